@@ -1,0 +1,163 @@
+//! Types shared by leaktracer's eBPF programs (`tracer-ebpf`) and its userspace collector
+//! (`tracer`). Every type here is `#[repr(C)]` plain data: the kernel side writes it into maps and
+//! userspace reads the same bytes back, so both sides must compile exactly these definitions.
+#![no_std]
+
+/// Stack id recorded when `bpf_get_stackid` failed: the bytes are still counted, under a stack
+/// userspace reports as "unknown".
+pub const UNKNOWN_STACK: u32 = u32::MAX;
+
+/// Key of one outstanding allocation (heap block or direct mapping).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    /// Process (thread group) that owns the address space.
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Address returned by the allocator (or the start of the mapping).
+    pub addr: u64,
+}
+
+/// One outstanding allocation, kept until its free so the free can be attributed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocRecord {
+    /// Bytes requested by the caller.
+    pub size: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the allocation returned.
+    pub timestamp_ns: u64,
+    /// Id in the stack-trace map, or [`UNKNOWN_STACK`].
+    pub stack_id: u32,
+    pub _pad: u32,
+}
+
+/// Key of the kernel-side aggregation: one user call stack of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub stack_id: u32,
+}
+
+/// Per-stack aggregate, updated by the kernel on every allocation and free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackStats {
+    /// Bytes allocated from this stack and not yet freed.
+    pub outstanding_bytes: u64,
+    /// Allocations from this stack not yet freed.
+    pub outstanding_allocations: u64,
+    /// Every allocation ever recorded from this stack.
+    pub total_allocations: u64,
+    /// Every byte ever recorded from this stack.
+    pub total_bytes: u64,
+}
+
+/// Which allocator entry point a pending call came from; decides how its return is handled.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallKind {
+    /// malloc, calloc, aligned_alloc, memalign, valloc, pvalloc: the return value is the block.
+    Alloc = 1,
+    /// realloc, reallocarray: `arg` holds the old pointer.
+    Realloc = 2,
+    /// posix_memalign: `arg` holds the out-parameter; the block is read through it on success.
+    PosixMemalign = 3,
+    /// mmap: the return value is a mapping of `size` bytes.
+    Mmap = 4,
+    /// mremap: `arg` holds the old address.
+    Mremap = 5,
+}
+
+/// An allocator call between its entry and its return, keyed by thread id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingCall {
+    /// A [`CallKind`] as u32.
+    pub kind: u32,
+    pub _pad: u32,
+    /// User stack pointer at entry: the matching return has `sp + 8`, and a call made while this
+    /// one runs (deeper on the stack) is nested inside it.
+    pub sp: u64,
+    /// Bytes requested.
+    pub size: u64,
+    /// Kind-specific argument (see [`CallKind`]).
+    pub arg: u64,
+    /// When the call entered, to tell a stale entry (its return never seen) from a live one.
+    pub entry_ns: u64,
+}
+
+/// A munmap range the kernel could not resolve by exact start address; userspace settles it
+/// against the recorded mappings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnmapEvent {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Indexes of the per-CPU counter array. Userspace sums them over CPUs.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Allocations recorded (heap and mmap).
+    Allocations = 0,
+    /// Frees (and unmaps) that released a recorded allocation.
+    Frees = 1,
+    /// Frees of pointers never recorded (allocated before attach): ignored.
+    UnknownFrees = 2,
+    /// Allocations not recorded because the allocation map was full.
+    AllocMapFull = 3,
+    /// Allocations recorded without a stack (stack map full or capture failed).
+    StackFailed = 4,
+    /// Calls not tracked because the pending-call map was full.
+    PendingMapFull = 5,
+    /// Allocations not aggregated because the per-stack map was full.
+    StatsMapFull = 6,
+    /// Allocator calls made from inside another allocator call: counted once, by the outer call.
+    NestedCalls = 7,
+    /// mmap/munmap/mremap calls made by the allocator itself: their bytes belong to the malloc.
+    AllocatorMmaps = 8,
+    /// Unresolved munmap ranges that could not be sent to userspace (ring buffer full).
+    UnmapEventsLost = 9,
+    /// Pending calls whose return was never seen (replaced as stale).
+    StaleCalls = 10,
+}
+
+/// Number of [`Counter`] slots.
+pub const COUNTER_SLOTS: u32 = 11;
+
+/// Names of the [`Counter`] slots, in index order, as reported in text and JSON.
+pub const COUNTER_NAMES: [&str; COUNTER_SLOTS as usize] = [
+    "allocations",
+    "frees",
+    "unknown_frees",
+    "alloc_map_full",
+    "stack_failed",
+    "pending_map_full",
+    "stats_map_full",
+    "nested_calls",
+    "allocator_mmaps",
+    "unmap_events_lost",
+    "stale_calls",
+];
+
+/// Slot in the `MMAP_STATE` array holding the number of recorded (live) direct mappings.
+pub const LIVE_MAPPINGS_SLOT: u32 = 0;
+
+/// A pending call older than this is stale: its return was never seen (longjmp, a uretprobe the
+/// kernel could not install) and it must not swallow later calls as "nested".
+pub const STALE_CALL_NS: u64 = 1_000_000_000;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)] plain-old-data with explicit padding fields.
+    unsafe impl aya::Pod for AllocKey {}
+    unsafe impl aya::Pod for AllocRecord {}
+    unsafe impl aya::Pod for StackKey {}
+    unsafe impl aya::Pod for StackStats {}
+    unsafe impl aya::Pod for UnmapEvent {}
+}

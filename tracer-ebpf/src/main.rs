@@ -1,0 +1,522 @@
+//! leaktracer's kernel side: uprobes on the allocator's entry points and uretprobes on their
+//! returns. Every allocation still outstanding is kept in a per-address record, and a per-stack
+//! aggregate (outstanding bytes and count) is updated on every allocation and free, so userspace
+//! reads maps rather than one event per call.
+//!
+//! Call protocol: an entry program stores a [`PendingCall`] for the thread; the shared return
+//! program (`call_return`) finishes it. A call entered while another allocator call of the same
+//! thread is running (deeper on the stack) is nested: the outer call already accounts for it.
+#![no_std]
+#![no_main]
+// BPF has atomic add but no compare-and-swap on the default CPU, so core gives no AtomicU64:
+// the intrinsic emits the `lock xadd` directly (the crate builds with RUSTC_BOOTSTRAP=1 anyway).
+#![allow(internal_features)]
+#![feature(core_intrinsics, adt_const_params)]
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe, uretprobe},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+};
+use tracer_common::{
+    AllocKey, AllocRecord, COUNTER_SLOTS, CallKind, Counter, LIVE_MAPPINGS_SLOT, PendingCall,
+    STALE_CALL_NS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
+};
+
+const EEXIST: i32 = 17;
+const PAGE_SIZE: u64 = 4096;
+const MAP_FAILED: u64 = u64::MAX;
+/// Recorded mappings a single munmap may release in the kernel before handing the rest to
+/// userspace.
+const MAX_UNMAP_STEPS: u32 = 16;
+
+// Sizes are defaults; userspace sets them from flags at load time.
+
+/// Processes (tgids) being traced.
+#[map]
+static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Outstanding heap blocks: (tgid, address) -> size, stack, time.
+#[map]
+static ALLOCS: HashMap<AllocKey, AllocRecord> =
+    HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+/// Outstanding direct mappings: (tgid, start) -> size, stack, time.
+#[map]
+static MMAPS: HashMap<AllocKey, AllocRecord> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Kernel-side aggregation per (tgid, stack).
+#[map]
+static STACK_STATS: HashMap<StackKey, StackStats> = HashMap::with_max_entries(65536, 0);
+
+/// User call stacks of allocation sites.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// Allocator calls between entry and return, by thread id.
+#[map]
+static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+/// Event and loss counters, see [`Counter`].
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Slot [`LIVE_MAPPINGS_SLOT`]: recorded direct mappings, so munmaps are only sent to userspace
+/// when there is something to release.
+#[map]
+static MMAP_STATE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// munmap ranges the kernel could not settle by exact start address.
+#[map]
+static UNMAP_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Atomic add on a map value shared by all CPUs (compiles to BPF's `lock xadd`).
+#[inline(always)]
+fn atomic_add(target: *mut u64, delta: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, delta) };
+}
+
+/// The calling process's tgid when it is a target.
+#[inline(always)]
+fn traced_tgid() -> Option<u32> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    unsafe { TARGETS.get(&tgid) }.map(|_| tgid)
+}
+
+#[inline(always)]
+fn thread_id() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+fn user_sp(regs: *mut aya_ebpf::bindings::pt_regs) -> u64 {
+    unsafe { (*regs).rsp }
+}
+
+/// The pending call of this thread that `sp` runs inside of, if any (a fresh one, higher up the
+/// stack).
+#[inline(always)]
+fn enclosing_call(tid: u32, sp: u64, now: u64) -> Option<PendingCall> {
+    let outer = unsafe { PENDING.get(&tid) }.copied()?;
+    if sp < outer.sp && now.wrapping_sub(outer.entry_ns) < STALE_CALL_NS {
+        Some(outer)
+    } else {
+        if outer.kind != 0 {
+            count(Counter::StaleCalls);
+        }
+        None
+    }
+}
+
+/// Entry half of every tracked call.
+#[inline(always)]
+fn begin_call(ctx: &ProbeContext, kind: CallKind, size: u64, arg: u64) {
+    if traced_tgid().is_none() {
+        return;
+    }
+    let tid = thread_id();
+    let sp = user_sp(ctx.regs);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if enclosing_call(tid, sp, now).is_some() {
+        count(match kind {
+            CallKind::Mmap | CallKind::Mremap => Counter::AllocatorMmaps,
+            _ => Counter::NestedCalls,
+        });
+        return;
+    }
+    let call = PendingCall {
+        kind: kind as u32,
+        _pad: 0,
+        sp,
+        size,
+        arg,
+        entry_ns: now,
+    };
+    if PENDING.insert(&tid, &call, BPF_ANY as u64).is_err() {
+        count(Counter::PendingMapFull);
+    }
+}
+
+/// Adds one allocation of `size` bytes to its stack's aggregate. False when the aggregate map is
+/// full.
+#[inline(always)]
+fn stats_add(key: &StackKey, size: u64) -> bool {
+    let mut stats = STACK_STATS.get_ptr_mut(key);
+    if stats.is_none() {
+        let _ = STACK_STATS.insert(key, &StackStats::default(), BPF_NOEXIST as u64);
+        stats = STACK_STATS.get_ptr_mut(key);
+    }
+    let Some(stats) = stats else {
+        return false;
+    };
+    unsafe {
+        atomic_add(&raw mut (*stats).outstanding_bytes, size);
+        atomic_add(&raw mut (*stats).outstanding_allocations, 1);
+        atomic_add(&raw mut (*stats).total_allocations, 1);
+        atomic_add(&raw mut (*stats).total_bytes, size);
+    }
+    true
+}
+
+/// Takes `bytes` and `allocations` off a stack's aggregate.
+#[inline(always)]
+fn stats_sub(key: &StackKey, bytes: u64, allocations: u64) {
+    if let Some(stats) = STACK_STATS.get_ptr_mut(key) {
+        unsafe {
+            atomic_add(&raw mut (*stats).outstanding_bytes, bytes.wrapping_neg());
+            atomic_add(
+                &raw mut (*stats).outstanding_allocations,
+                allocations.wrapping_neg(),
+            );
+        }
+    }
+}
+
+/// Releases the record of `addr` in `records` when there is one recorded at or before
+/// `not_after_ns` (a record made later belongs to another thread's newer allocation).
+#[inline(always)]
+fn release(
+    records: &HashMap<AllocKey, AllocRecord>,
+    tgid: u32,
+    addr: u64,
+    not_after_ns: u64,
+) -> Option<AllocRecord> {
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    let record = unsafe { records.get(&key) }.copied()?;
+    if record.timestamp_ns > not_after_ns {
+        return None;
+    }
+    if records.remove(&key).is_err() {
+        // Another CPU released it first.
+        return None;
+    }
+    stats_sub(
+        &StackKey {
+            tgid,
+            stack_id: record.stack_id,
+        },
+        record.size,
+        1,
+    );
+    count(Counter::Frees);
+    Some(record)
+}
+
+/// Records a new allocation at `addr`, with the user stack of the current return.
+#[inline(always)]
+fn record(
+    ctx: &RetProbeContext,
+    records: &HashMap<AllocKey, AllocRecord>,
+    tgid: u32,
+    addr: u64,
+    size: u64,
+    now: u64,
+) -> bool {
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as u32,
+        Err(_) => {
+            count(Counter::StackFailed);
+            UNKNOWN_STACK
+        }
+    };
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    let record = AllocRecord {
+        size,
+        timestamp_ns: now,
+        stack_id,
+        _pad: 0,
+    };
+    if let Err(err) = records.insert(&key, &record, BPF_NOEXIST as u64) {
+        if err != -EEXIST {
+            count(Counter::AllocMapFull);
+            return false;
+        }
+        // The address was handed out again, so its earlier block was freed by a path we do not
+        // see: settle the old record before taking its place.
+        release(records, tgid, addr, now);
+        if records.insert(&key, &record, BPF_ANY as u64).is_err() {
+            count(Counter::AllocMapFull);
+            return false;
+        }
+    }
+    if !stats_add(&StackKey { tgid, stack_id }, size) {
+        let _ = records.remove(&key);
+        count(Counter::StatsMapFull);
+        return false;
+    }
+    count(Counter::Allocations);
+    true
+}
+
+#[inline(always)]
+fn live_mappings() -> Option<*mut u64> {
+    MMAP_STATE.get_ptr_mut(LIVE_MAPPINGS_SLOT)
+}
+
+// ---- entry probes -------------------------------------------------------------------------
+
+/// malloc(size), valloc(size).
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    let size: u64 = ctx.arg(0).unwrap_or(0);
+    begin_call(&ctx, CallKind::Alloc, size, 0);
+    0
+}
+
+/// calloc(n, size): n * size bytes.
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let n: u64 = ctx.arg(0).unwrap_or(0);
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    // On overflow calloc fails and returns NULL: nothing gets recorded.
+    begin_call(&ctx, CallKind::Alloc, n.wrapping_mul(size), 0);
+    0
+}
+
+/// aligned_alloc(alignment, size), memalign(alignment, size).
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    begin_call(&ctx, CallKind::Alloc, size, 0);
+    0
+}
+
+/// pvalloc(size): size rounded up to whole pages.
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    let size: u64 = ctx.arg(0).unwrap_or(0);
+    let pages = size.div_ceil(PAGE_SIZE).max(1);
+    begin_call(&ctx, CallKind::Alloc, pages * PAGE_SIZE, 0);
+    0
+}
+
+/// realloc(ptr, size).
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    let size: u64 = ctx.arg(1).unwrap_or(0);
+    begin_call(&ctx, CallKind::Realloc, size, ptr);
+    0
+}
+
+/// reallocarray(ptr, n, size).
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    let n: u64 = ctx.arg(1).unwrap_or(0);
+    let size: u64 = ctx.arg(2).unwrap_or(0);
+    begin_call(&ctx, CallKind::Realloc, n.wrapping_mul(size), ptr);
+    0
+}
+
+/// posix_memalign(&ptr, alignment, size).
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    let out: u64 = ctx.arg(0).unwrap_or(0);
+    let size: u64 = ctx.arg(2).unwrap_or(0);
+    begin_call(&ctx, CallKind::PosixMemalign, size, out);
+    0
+}
+
+/// mmap(addr, length, prot, flags, fd, offset).
+#[uprobe]
+pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    let length: u64 = ctx.arg(1).unwrap_or(0);
+    begin_call(&ctx, CallKind::Mmap, length, 0);
+    0
+}
+
+/// mremap(old_address, old_size, new_size, flags, ...).
+#[uprobe]
+pub fn mremap_enter(ctx: ProbeContext) -> u32 {
+    let old: u64 = ctx.arg(0).unwrap_or(0);
+    let new_size: u64 = ctx.arg(2).unwrap_or(0);
+    begin_call(&ctx, CallKind::Mremap, new_size, old);
+    0
+}
+
+/// free(ptr): releases the block when it was recorded; unknown pointers are ignored.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let Some(tgid) = traced_tgid() else {
+        return 0;
+    };
+    let ptr: u64 = ctx.arg(0).unwrap_or(0);
+    if ptr == 0 {
+        return 0;
+    }
+    if release(&ALLOCS, tgid, ptr, u64::MAX).is_none() {
+        count(Counter::UnknownFrees);
+    }
+    0
+}
+
+/// munmap(addr, length): releases the recorded mappings the range covers, trimming one it only
+/// starts; what cannot be settled by start address goes to userspace.
+#[uprobe]
+pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    let Some(tgid) = traced_tgid() else {
+        return 0;
+    };
+    let start: u64 = ctx.arg(0).unwrap_or(0);
+    let length: u64 = ctx.arg(1).unwrap_or(0);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if enclosing_call(thread_id(), user_sp(ctx.regs), now).is_some() {
+        count(Counter::AllocatorMmaps);
+        return 0;
+    }
+    let Some(live) = live_mappings() else {
+        return 0;
+    };
+    if unsafe { *live } == 0 {
+        return 0;
+    }
+    let end = start.wrapping_add(length.div_ceil(PAGE_SIZE) * PAGE_SIZE);
+    let mut cursor = start;
+    for _ in 0..MAX_UNMAP_STEPS {
+        if cursor >= end {
+            break;
+        }
+        let key = AllocKey {
+            tgid,
+            _pad: 0,
+            addr: cursor,
+        };
+        let Some(mapping) = (unsafe { MMAPS.get(&key) }).copied() else {
+            break;
+        };
+        let mapping_end = cursor + mapping.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        if end >= mapping_end {
+            if release(&MMAPS, tgid, cursor, u64::MAX).is_some() {
+                atomic_add(live, 1u64.wrapping_neg());
+            }
+            cursor = mapping_end;
+        } else {
+            // Head of the mapping unmapped: keep the tail as the record.
+            let tail = AllocRecord {
+                size: mapping_end - end,
+                ..mapping
+            };
+            let tail_key = AllocKey { addr: end, ..key };
+            if MMAPS.remove(&key).is_ok() {
+                let _ = MMAPS.insert(&tail_key, &tail, BPF_ANY as u64);
+                stats_sub(
+                    &StackKey {
+                        tgid,
+                        stack_id: mapping.stack_id,
+                    },
+                    mapping.size.saturating_sub(tail.size),
+                    0,
+                );
+            }
+            cursor = end;
+        }
+    }
+    if cursor < end {
+        let event = UnmapEvent {
+            tgid,
+            _pad: 0,
+            start: cursor,
+            end,
+        };
+        if UNMAP_EVENTS.output::<UnmapEvent>(&event, 0).is_err() {
+            count(Counter::UnmapEventsLost);
+        }
+    }
+    0
+}
+
+// ---- the shared return probe ----------------------------------------------------------------
+
+/// Return of every tracked call: records what the call produced.
+#[uretprobe]
+pub fn call_return(ctx: RetProbeContext) -> u32 {
+    let Some(tgid) = traced_tgid() else {
+        return 0;
+    };
+    let tid = thread_id();
+    let Some(call) = (unsafe { PENDING.get(&tid) }).copied() else {
+        return 0;
+    };
+    // The outer call returns to its caller's stack: entry sp + the popped return address.
+    if user_sp(ctx.regs) != call.sp.wrapping_add(8) {
+        return 0;
+    }
+    let _ = PENDING.remove(&tid);
+    let ret: u64 = ctx.ret();
+    let now = unsafe { bpf_ktime_get_ns() };
+    match call.kind {
+        k if k == CallKind::Alloc as u32 => {
+            if ret != 0 {
+                record(&ctx, &ALLOCS, tgid, ret, call.size, now);
+            }
+        }
+        k if k == CallKind::Realloc as u32 => {
+            let old = call.arg;
+            if old == 0 {
+                if ret != 0 {
+                    record(&ctx, &ALLOCS, tgid, ret, call.size, now);
+                }
+            } else if ret != 0 {
+                release(&ALLOCS, tgid, old, call.entry_ns);
+                record(&ctx, &ALLOCS, tgid, ret, call.size, now);
+            } else if call.size == 0 {
+                // realloc(p, 0) freed p; a NULL return with size > 0 is a failure that frees
+                // nothing.
+                release(&ALLOCS, tgid, old, call.entry_ns);
+            }
+        }
+        k if k == CallKind::PosixMemalign as u32 => {
+            if ret as u32 == 0
+                && let Ok(ptr) = unsafe { bpf_probe_read_user(call.arg as *const u64) }
+                && ptr != 0
+            {
+                record(&ctx, &ALLOCS, tgid, ptr, call.size, now);
+            }
+        }
+        k if k == CallKind::Mmap as u32 => {
+            if ret != MAP_FAILED
+                && record(&ctx, &MMAPS, tgid, ret, call.size, now)
+                && let Some(live) = live_mappings()
+            {
+                atomic_add(live, 1);
+            }
+        }
+        k if k == CallKind::Mremap as u32 => {
+            // Only a mapping we recorded moves; others predate the trace.
+            if ret != MAP_FAILED && release(&MMAPS, tgid, call.arg, call.entry_ns).is_some() {
+                let recorded = record(&ctx, &MMAPS, tgid, ret, call.size, now);
+                if !recorded && let Some(live) = live_mappings() {
+                    atomic_add(live, 1u64.wrapping_neg());
+                }
+            }
+        }
+        _ => {}
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,58 @@
+//! Reading function symbols out of ELF files and turning their addresses into the file offsets
+//! uprobes are placed at.
+
+use std::{collections::HashMap, fs, io, path::Path};
+
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+/// File offsets of the `wanted` function symbols that `path` defines. Names absent from the file
+/// are absent from the result.
+pub fn function_offsets(path: &Path, wanted: &[&str]) -> io::Result<HashMap<String, u64>> {
+    let data = fs::read(path)?;
+    let file = object::File::parse(&*data)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+    let segments: Vec<(u64, u64, u64)> = file
+        .segments()
+        .map(|s| (s.address(), s.size(), s.file_range().0))
+        .collect();
+    let mut found = HashMap::new();
+    // The dynamic table first: it holds exported names; .symtab adds static executables.
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if !symbol.is_definition() || symbol.kind() != SymbolKind::Text {
+            continue;
+        }
+        let Ok(name) = symbol.name() else { continue };
+        // Versioned names (`malloc@@GLIBC_2.2.5`) appear in some .symtab entries.
+        let name = name.split('@').next().unwrap_or(name);
+        if found.contains_key(name) || !wanted.contains(&name) {
+            continue;
+        }
+        let address = symbol.address();
+        if let Some((seg_addr, _, seg_offset)) = segments
+            .iter()
+            .find(|(start, size, _)| address >= *start && address < start + size)
+        {
+            found.insert(name.to_string(), address - seg_addr + seg_offset);
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_malloc_in_this_process_libc() {
+        let maps = crate::target::maps::read_maps(std::process::id()).unwrap();
+        let libc = maps
+            .iter()
+            .filter_map(|m| m.clean_path())
+            .find(|p| p.contains("libc.so") || p.contains("libc-"))
+            .expect("test binary maps a libc");
+        let offsets = function_offsets(Path::new(libc), &["malloc", "free", "no_such_fn"]).unwrap();
+        assert!(offsets["malloc"] > 0);
+        assert!(offsets["free"] > 0);
+        assert!(!offsets.contains_key("no_such_fn"));
+    }
+}

@@ -1,0 +1,231 @@
+//! Loading the eBPF programs and attaching them to a target's allocator, for that process only.
+
+use std::{num::NonZeroU32, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::HashMap as BpfHashMap,
+    programs::{
+        UProbe,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
+};
+
+use crate::{
+    attach::allocator::{AttachPlan, ProbeObject, Role},
+    error::TraceError,
+};
+
+/// The compiled eBPF object, built by `build.rs` from `tracer-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// The shared return program of every allocating entry point.
+const RETURN_PROGRAM: &str = "call_return";
+
+/// Every program in the object.
+const PROGRAMS: &[&str] = &[
+    "malloc_enter",
+    "calloc_enter",
+    "memalign_enter",
+    "pvalloc_enter",
+    "realloc_enter",
+    "reallocarray_enter",
+    "posix_memalign_enter",
+    "mmap_enter",
+    "mremap_enter",
+    "free_enter",
+    "munmap_enter",
+    RETURN_PROGRAM,
+];
+
+/// Map capacities, from command-line flags.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    /// Outstanding heap allocations that can be recorded at once.
+    pub max_allocations: u32,
+    /// Distinct allocation stacks.
+    pub max_stacks: u32,
+}
+
+/// One attached probe, for `--verbose` and the report.
+#[derive(Clone, Debug)]
+pub struct AttachedProbe {
+    pub object: String,
+    pub symbols: Vec<&'static str>,
+    pub offset: u64,
+    pub program: &'static str,
+    pub is_return: bool,
+}
+
+/// Loaded programs and their links. Dropping it detaches every probe (links are file
+/// descriptors; the kernel also drops them if leaktracer dies).
+pub struct Probes {
+    ebpf: Ebpf,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    pub attached: Vec<AttachedProbe>,
+}
+
+/// Fails with a clear message when this process cannot load tracing programs.
+pub fn check_privileges() -> Result<(), TraceError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(TraceError::NotRoot)
+    }
+}
+
+/// Fails with a clear message when the kernel cannot run uprobes.
+pub fn check_kernel_support() -> Result<(), TraceError> {
+    let pmu = Path::new("/sys/bus/event_source/devices/uprobe");
+    if pmu.exists() {
+        Ok(())
+    } else {
+        Err(TraceError::NoUprobes(pmu.to_path_buf()))
+    }
+}
+
+impl Probes {
+    /// Loads (verifies) every program, with maps sized from `sizes`. Attaches nothing.
+    pub fn load(sizes: MapSizes) -> Result<Self, TraceError> {
+        check_privileges()?;
+        check_kernel_support()?;
+        if EBPF_OBJECT.is_empty() {
+            return Err(TraceError::Load(
+                "this binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`".into(),
+            ));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("ALLOCS", sizes.max_allocations)
+            .map_max_entries("STACKS", sizes.max_stacks)
+            .map_max_entries("STACK_STATS", sizes.max_stacks.saturating_mul(4))
+            .load(EBPF_OBJECT)
+            .map_err(|e| TraceError::Load(format!("{e:#}")))?;
+        for name in PROGRAMS {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| TraceError::Load(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
+            program
+                .load()
+                .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
+        }
+        Ok(Self {
+            ebpf,
+            links: Vec::new(),
+            attached: Vec::new(),
+        })
+    }
+
+    /// Counts allocations of this process (thread group) from now on.
+    pub fn add_target(&mut self, tgid: u32) -> Result<(), TraceError> {
+        let map = self.ebpf.map_mut("TARGETS").expect("TARGETS map");
+        let mut targets: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(map).map_err(|e| TraceError::Load(e.to_string()))?;
+        targets
+            .insert(tgid, 1, 0)
+            .map_err(|e| TraceError::Load(format!("adding pid {tgid} to the target map: {e}")))
+    }
+
+    /// Attaches the plan for `pid`: release side first (free, munmap), then the return probes,
+    /// then the allocation entries, so no allocation is recorded whose free could be missed.
+    pub fn attach(&mut self, plan: &AttachPlan, pid: u32) -> Result<(), TraceError> {
+        let pid = NonZeroU32::new(pid).expect("pid is never 0");
+        for object in &plan.objects {
+            for site in object.sites.iter().filter(|s| s.role == Role::Release) {
+                self.attach_one(object, site.program, site.offset, &site.symbols, pid, false)?;
+            }
+        }
+        for object in &plan.objects {
+            for site in object.sites.iter().filter(|s| s.role == Role::Allocate) {
+                self.attach_one(object, RETURN_PROGRAM, site.offset, &site.symbols, pid, true)?;
+            }
+        }
+        for object in &plan.objects {
+            for site in object.sites.iter().filter(|s| s.role == Role::Allocate) {
+                self.attach_one(object, site.program, site.offset, &site.symbols, pid, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_one(
+        &mut self,
+        object: &ProbeObject,
+        program: &'static str,
+        offset: u64,
+        symbols: &[&'static str],
+        pid: NonZeroU32,
+        is_return: bool,
+    ) -> Result<(), TraceError> {
+        let uprobe: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .expect("program loaded")
+            .try_into()
+            .expect("program is a uprobe");
+        let link = uprobe
+            .attach(offset, &object.open_path, UProbeScope::OneProcess(pid))
+            .map_err(|e| TraceError::Attach {
+                program: program.to_string(),
+                path: object.open_path.clone(),
+                offset,
+                reason: format!("{e:#}"),
+            })?;
+        self.links.push((program, link));
+        self.attached.push(AttachedProbe {
+            object: object.display_path.clone(),
+            symbols: symbols.to_vec(),
+            offset,
+            program,
+            is_return,
+        });
+        Ok(())
+    }
+
+    /// Detaches every probe; the maps stay readable.
+    pub fn detach(&mut self) {
+        for (program, link) in self.links.drain(..).rev() {
+            if let Some(Ok(uprobe)) = self
+                .ebpf
+                .program_mut(program)
+                .map(<&mut UProbe>::try_from)
+            {
+                let _ = uprobe.detach(link);
+            }
+        }
+    }
+
+    /// The loaded object, for reading maps.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// The verifier's log is long; its last lines say why.
+fn verifier_summary(error: &aya::programs::ProgramError) -> String {
+    let text = format!("{error:#}");
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines.len().saturating_sub(3);
+    lines[tail..].join(" / ")
+}

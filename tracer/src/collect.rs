@@ -1,0 +1,138 @@
+//! Reading the kernel-side aggregation: per-stack outstanding bytes and counts, the loss
+//! counters, and stack traces. Also settles the munmap ranges the kernel handed to userspace.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+};
+use tracer_common::{
+    AllocKey, AllocRecord, COUNTER_SLOTS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
+};
+
+const PAGE_SIZE: u64 = 4096;
+
+/// What the kernel has recorded at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct KernelSnapshot {
+    /// Stacks with something outstanding.
+    pub stacks: Vec<(StackKey, StackStats)>,
+    /// The [`tracer_common::Counter`] slots summed over CPUs.
+    pub counters: [u64; COUNTER_SLOTS as usize],
+}
+
+/// Reads the tracer's maps.
+pub struct Collector {
+    unmap_events: RingBuf<MapData>,
+    /// Releases settled here (partial munmaps), by stack: bytes and allocations to subtract.
+    released: HashMap<StackKey, (u64, i64)>,
+}
+
+impl Collector {
+    /// Takes the munmap event ring out of the loaded object.
+    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let ring = ebpf
+            .take_map("UNMAP_EVENTS")
+            .ok_or_else(|| anyhow::anyhow!("UNMAP_EVENTS map missing"))?;
+        Ok(Self {
+            unmap_events: RingBuf::try_from(ring)?,
+            released: HashMap::new(),
+        })
+    }
+
+    /// Settles every pending munmap range against the recorded mappings: a mapping the range
+    /// covers is released, one it overlaps is trimmed to what is still mapped.
+    pub fn drain_unmaps(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        let mut events = Vec::new();
+        while let Some(item) = self.unmap_events.next() {
+            if item.len() >= size_of::<UnmapEvent>() {
+                // SAFETY: the kernel wrote a whole UnmapEvent; read_unaligned copes with any
+                // alignment of the ring's data.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<UnmapEvent>()) });
+            }
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut mmaps: BpfHashMap<_, AllocKey, AllocRecord> =
+            BpfHashMap::try_from(ebpf.map_mut("MMAPS").expect("MMAPS map"))?;
+        let recorded: Vec<(AllocKey, AllocRecord)> = mmaps.iter().filter_map(Result::ok).collect();
+        for event in events {
+            for (key, record) in recorded.iter().filter(|(k, _)| k.tgid == event.tgid) {
+                let start = key.addr;
+                let end = start + record.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+                if end <= event.start || start >= event.end {
+                    continue;
+                }
+                // Pieces of the mapping left outside the unmapped range.
+                let mut pieces = Vec::new();
+                if start < event.start {
+                    pieces.push((start, event.start - start));
+                }
+                if end > event.end {
+                    pieces.push((event.end, end - event.end));
+                }
+                if mmaps.remove(key).is_err() {
+                    continue;
+                }
+                let kept: u64 = pieces.iter().map(|(_, len)| len).sum();
+                for (addr, size) in &pieces {
+                    let _ = mmaps.insert(AllocKey { addr: *addr, ..*key }, AllocRecord { size: *size, ..*record }, 0);
+                }
+                let entry = self
+                    .released
+                    .entry(StackKey {
+                        tgid: key.tgid,
+                        stack_id: record.stack_id,
+                    })
+                    .or_default();
+                entry.0 += record.size.saturating_sub(kept);
+                entry.1 += 1 - pieces.len() as i64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads per-stack aggregates and counters.
+    pub fn snapshot(&self, ebpf: &Ebpf) -> anyhow::Result<KernelSnapshot> {
+        let stats: BpfHashMap<_, StackKey, StackStats> =
+            BpfHashMap::try_from(ebpf.map("STACK_STATS").expect("STACK_STATS map"))?;
+        let mut stacks = Vec::new();
+        for entry in stats.iter() {
+            let (key, mut value) = entry?;
+            if let Some((bytes, allocations)) = self.released.get(&key) {
+                value.outstanding_bytes = value.outstanding_bytes.saturating_sub(*bytes);
+                value.outstanding_allocations =
+                    value.outstanding_allocations.saturating_add_signed(-allocations);
+            }
+            if value.outstanding_allocations > 0 || value.outstanding_bytes > 0 {
+                stacks.push((key, value));
+            }
+        }
+        let counters_map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(ebpf.map("COUNTERS").expect("COUNTERS map"))?;
+        let mut counters = [0u64; COUNTER_SLOTS as usize];
+        for (slot, total) in counters.iter_mut().enumerate() {
+            *total = counters_map.get(&(slot as u32), 0)?.iter().sum();
+        }
+        Ok(KernelSnapshot { stacks, counters })
+    }
+
+    /// The instruction pointers of a stack, innermost first; empty for the unknown stack.
+    pub fn stack(&self, ebpf: &Ebpf, stack_id: u32) -> Vec<u64> {
+        if stack_id == UNKNOWN_STACK {
+            return Vec::new();
+        }
+        let Some(map) = ebpf.map("STACKS") else {
+            return Vec::new();
+        };
+        let Ok(stacks) = StackTraceMap::try_from(map) else {
+            return Vec::new();
+        };
+        stacks
+            .get(&stack_id, 0)
+            .map(|trace| trace.frames().iter().map(|f| f.ip).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,42 @@
+//! Errors a user can act on. Each message is one line that says what is wrong and what to do.
+
+use std::path::PathBuf;
+
+/// Why a trace could not start or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("no process with pid {0} (check it with `ps -p {0}`; it may have exited)")]
+    NoSuchProcess(u32),
+
+    #[error(
+        "leaktracer needs root to load eBPF programs (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run it with sudo"
+    )]
+    NotRoot,
+
+    #[error(
+        "this kernel lacks uprobe support ({0} is missing): leaktracer needs CONFIG_UPROBES, CONFIG_UPROBE_EVENTS and CONFIG_BPF_EVENTS"
+    )]
+    NoUprobes(PathBuf),
+
+    #[error(
+        "no allocator found in pid {pid}: none of its mapped objects defines both `malloc` and `free` (looked in: {searched})"
+    )]
+    NoAllocator { pid: u32, searched: String },
+
+    #[error("allocator symbol `{symbol}` not found in {path}")]
+    SymbolNotFound { symbol: String, path: PathBuf },
+
+    #[error("cannot run `{command}`: {reason}")]
+    Launch { command: String, reason: String },
+
+    #[error("cannot load the eBPF programs: {0} (is this kernel 5.8 or newer with BPF enabled?)")]
+    Load(String),
+
+    #[error("cannot attach {program} to {path} at offset {offset:#x}: {reason}")]
+    Attach {
+        program: String,
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}

@@ -1,0 +1,20 @@
+//! leaktracer: find memory leaks in a live process with eBPF.
+//!
+//! The layout follows the path of the data:
+//! - [`target`]: the process to trace — an existing pid or a command launched stopped;
+//! - [`attach`]: which object serves `malloc` for it, where its entry points are, and the eBPF
+//!   probes on them;
+//! - [`collect`]: reading the kernel-side aggregation (per-stack outstanding bytes) out of maps;
+//! - [`symbolize`]: turning stack addresses into functions, files and lines;
+//! - [`report`]: the text report, JSON, folded stacks and flamegraph;
+//! - [`trace`]: one trace session from attach to the written report.
+
+pub mod attach;
+pub mod cli;
+pub mod collect;
+pub mod duration;
+pub mod error;
+pub mod report;
+pub mod symbolize;
+pub mod target;
+pub mod trace;

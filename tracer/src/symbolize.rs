@@ -1,0 +1,180 @@
+//! Turning stack addresses into frames (function, file:line, inlined calls, module) with
+//! blazesym.
+//!
+//! Addresses are translated to file offsets through the target's memory map, and every mapped
+//! object is opened (through `/proc/PID/map_files`, so containers and deleted files work) while
+//! the target is alive and kept open: a target that exits mid-trace is still symbolized.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::PathBuf,
+};
+
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer as BlazeSymbolizer,
+    source::{Elf, Source},
+};
+
+use crate::{
+    report::Frame,
+    target::maps::{Mapping, read_maps},
+};
+
+/// An executable mapping seen in a target, with the object kept open.
+#[derive(Clone, Debug)]
+struct KnownMapping {
+    start: u64,
+    end: u64,
+    offset: u64,
+    /// Path as the target sees it.
+    path: String,
+    /// Key into [`AddressSpaces::files`].
+    file: (u64, u64),
+}
+
+/// Executable mappings of the traced processes, remembered across refreshes.
+#[derive(Default)]
+pub struct AddressSpaces {
+    mappings: HashMap<u32, Vec<KnownMapping>>,
+    files: HashMap<(u64, u64), File>,
+}
+
+impl AddressSpaces {
+    /// Re-reads `/proc/PID/maps` and opens objects not seen before. Cheap; call it periodically
+    /// while tracing so libraries loaded later are known.
+    pub fn refresh(&mut self, pid: u32) {
+        let Ok(maps) = read_maps(pid) else {
+            return;
+        };
+        let known = self.mappings.entry(pid).or_default();
+        for mapping in maps.iter().filter(|m| m.is_file() && m.is_executable()) {
+            if known
+                .iter()
+                .any(|k| k.start == mapping.start && k.end == mapping.end && k.offset == mapping.offset)
+            {
+                continue;
+            }
+            let Some(file) = open_mapped_object(pid, mapping) else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else { continue };
+            let key = (meta.dev(), meta.ino());
+            self.files.entry(key).or_insert(file);
+            // A newer mapping at the same place replaces the old (dlclose + dlopen).
+            known.retain(|k| k.end <= mapping.start || k.start >= mapping.end);
+            known.push(KnownMapping {
+                start: mapping.start,
+                end: mapping.end,
+                offset: mapping.offset,
+                path: mapping.clean_path().unwrap_or_default().to_string(),
+                file: key,
+            });
+        }
+    }
+
+    fn find(&self, pid: u32, addr: u64) -> Option<&KnownMapping> {
+        self.mappings
+            .get(&pid)?
+            .iter()
+            .find(|m| addr >= m.start && addr < m.end)
+    }
+}
+
+/// Opens a mapped object as the process sees it.
+fn open_mapped_object(pid: u32, mapping: &Mapping) -> Option<File> {
+    let by_range = format!("/proc/{pid}/map_files/{:x}-{:x}", mapping.start, mapping.end);
+    File::open(by_range).ok().or_else(|| {
+        let path = mapping.clean_path()?;
+        File::open(crate::target::process::path_in_root(pid, path)).ok()
+    })
+}
+
+/// Symbolizes stacks; results are cached per object and offset.
+pub struct Symbolizer {
+    blazesym: BlazeSymbolizer,
+    cache: HashMap<((u64, u64), u64), Vec<Frame>>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    pub fn new() -> Self {
+        Self {
+            blazesym: BlazeSymbolizer::new(),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Frames of a stack of return addresses, innermost first. An address with inlined calls
+    /// gives several frames, the innermost inlined function first.
+    pub fn symbolize_stack(&mut self, spaces: &AddressSpaces, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        for &ip in ips {
+            let Some(mapping) = spaces.find(pid, ip) else {
+                frames.push(Frame::unknown(ip, "[unknown]".to_string(), ip));
+                continue;
+            };
+            let file_offset = ip - mapping.start + mapping.offset;
+            let key = (mapping.file, file_offset);
+            if !self.cache.contains_key(&key) {
+                let resolved = self.resolve(spaces, mapping, ip, file_offset);
+                self.cache.insert(key, resolved);
+            }
+            frames.extend(self.cache[&key].iter().cloned().map(|mut f| {
+                f.address = ip;
+                f
+            }));
+        }
+        frames
+    }
+
+    fn resolve(&self, spaces: &AddressSpaces, mapping: &KnownMapping, ip: u64, file_offset: u64) -> Vec<Frame> {
+        let module = mapping.path.clone();
+        let Some(file) = spaces.files.get(&mapping.file) else {
+            return vec![Frame::unknown(ip, module, file_offset)];
+        };
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let source = Source::Elf(Elf::new(fd_path));
+        // Stack entries are return addresses: look up the call instruction just before.
+        let lookup = file_offset.saturating_sub(1);
+        let Ok(Symbolized::Sym(sym)) = self.blazesym.symbolize_single(&source, Input::FileOffset(lookup)) else {
+            return vec![Frame::unknown(ip, module, file_offset)];
+        };
+        let location = |info: Option<&blazesym::symbolize::CodeInfo>| {
+            info.map(|c| (c.to_path().display().to_string(), c.line))
+        };
+        let mut frames = Vec::new();
+        for inlined in sym.inlined.iter().rev() {
+            let (file, line) = location(inlined.code_info.as_ref()).unzip();
+            frames.push(Frame {
+                function: sanitize(&inlined.name),
+                module: module.clone(),
+                file,
+                line: line.flatten(),
+                address: ip,
+                inlined: true,
+            });
+        }
+        let (file, line) = location(sym.code_info.as_deref()).unzip();
+        frames.push(Frame {
+            function: sanitize(&sym.name),
+            module,
+            file,
+            line: line.flatten(),
+            address: ip,
+            inlined: false,
+        });
+        frames
+    }
+}
+
+/// Names become single flamegraph frames: no `;` (the folded separator) or newlines.
+fn sanitize(name: &str) -> String {
+    name.replace(';', ":").replace(['\n', '\r'], " ")
+}

@@ -1,0 +1,207 @@
+//! Launching a command stopped, so probes are in place before its first allocation.
+//!
+//! The child stops itself (SIGSTOP) between fork and exec. The probes are attached for its pid:
+//! a uprobe on a file registered for a process is installed into whatever maps that file later,
+//! so the libc the program loads after exec is probed before any of its code runs.
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{self, Read},
+    os::{fd::FromRawFd, unix::ffi::OsStrExt},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::error::TraceError;
+
+/// A command started by leaktracer, stopped before exec until [`LaunchedChild::resume`].
+#[derive(Debug)]
+pub struct LaunchedChild {
+    pub pid: u32,
+    pub program: PathBuf,
+    /// Read end of a close-on-exec pipe: EOF means exec succeeded, 4 bytes are exec's errno.
+    exec_status: fs::File,
+    exit_status: Option<i32>,
+}
+
+fn launch_error(argv: &[String], reason: impl ToString) -> TraceError {
+    TraceError::Launch {
+        command: argv.join(" "),
+        reason: reason.to_string(),
+    }
+}
+
+/// Finds the program the way `execvp` would: a name with a slash as is, otherwise along `PATH`.
+pub fn resolve_program(name: &str) -> Option<PathBuf> {
+    let is_executable = |path: &Path| {
+        fs::metadata(path).is_ok_and(|m| m.is_file())
+            && CString::new(path.as_os_str().as_bytes())
+                .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0)
+    };
+    if name.contains('/') {
+        let path = PathBuf::from(name);
+        return is_executable(&path).then_some(path);
+    }
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+impl LaunchedChild {
+    /// Forks a child that stops itself and, once resumed, execs `argv`. Returns when the child is
+    /// stopped. Call before starting threads that hold locks the child might need (none are
+    /// touched between fork and exec here).
+    pub fn spawn_stopped(argv: &[String]) -> Result<Self, TraceError> {
+        let name = argv.first().ok_or_else(|| launch_error(argv, "empty command"))?;
+        let program = resolve_program(name).ok_or_else(|| {
+            launch_error(argv, "no such executable (not found, not executable, or not on PATH)")
+        })?;
+        let c_program = CString::new(program.as_os_str().as_bytes())
+            .map_err(|_| launch_error(argv, "NUL byte in program path"))?;
+        let c_args = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| launch_error(argv, "NUL byte in an argument"))?;
+        let mut c_argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
+        c_argv.push(std::ptr::null());
+
+        let mut pipe_fds = [0; 2];
+        if unsafe { libc::pipe2(pipe_fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(launch_error(argv, io::Error::last_os_error()));
+        }
+        let [read_fd, write_fd] = pipe_fds;
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(launch_error(argv, io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // Child: only async-signal-safe calls from here on.
+            unsafe {
+                libc::close(read_fd);
+                libc::raise(libc::SIGSTOP);
+                libc::execv(c_program.as_ptr(), c_argv.as_ptr());
+                let errno = *libc::__errno_location();
+                libc::write(write_fd, (&raw const errno).cast(), 4);
+                libc::_exit(127);
+            }
+        }
+        unsafe { libc::close(write_fd) };
+        let exec_status = unsafe { fs::File::from_raw_fd(read_fd) };
+        let mut status = 0;
+        let waited = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+        if waited != pid || !libc::WIFSTOPPED(status) {
+            return Err(launch_error(argv, "the child did not stop before exec"));
+        }
+        Ok(Self {
+            pid: pid as u32,
+            program,
+            exec_status,
+            exit_status: None,
+        })
+    }
+
+    /// Lets the child exec its command; fails when exec failed.
+    pub fn resume(&mut self, argv: &[String]) -> Result<(), TraceError> {
+        unsafe { libc::kill(self.pid as i32, libc::SIGCONT) };
+        let mut errno = [0u8; 4];
+        match self.exec_status.read(&mut errno) {
+            Ok(4) => {
+                self.reap_blocking();
+                Err(launch_error(
+                    argv,
+                    io::Error::from_raw_os_error(i32::from_ne_bytes(errno)),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends `signal` to the child if it still runs.
+    pub fn signal(&self, signal: i32) {
+        if self.exit_status.is_none() {
+            unsafe { libc::kill(self.pid as i32, signal) };
+        }
+    }
+
+    /// Reaps the child if it has exited; returns its status once known.
+    pub fn try_reap(&mut self) -> Option<i32> {
+        if self.exit_status.is_none() {
+            let mut status = 0;
+            if unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) } == self.pid as i32 {
+                self.exit_status = Some(status);
+            }
+        }
+        self.exit_status
+    }
+
+    /// Waits for the child to exit.
+    pub fn reap_blocking(&mut self) -> Option<i32> {
+        if self.exit_status.is_none() {
+            let mut status = 0;
+            if unsafe { libc::waitpid(self.pid as i32, &mut status, 0) } == self.pid as i32 {
+                self.exit_status = Some(status);
+            }
+        }
+        self.exit_status
+    }
+}
+
+/// The objects a program will load, in the order the dynamic linker searches them for symbols:
+/// the program, its LD_PRELOADs, then its libraries. A statically linked program is only itself.
+pub fn predict_loaded_objects(program: &Path) -> io::Result<Vec<PathBuf>> {
+    let data = fs::read(program)?;
+    if let Some(rest) = data.strip_prefix(b"#!") {
+        // A script: the interpreter is what runs.
+        let line = rest.split(|b| *b == b'\n').next().unwrap_or_default();
+        let interpreter = String::from_utf8_lossy(line);
+        if let Some(interpreter) = interpreter.split_whitespace().next() {
+            return predict_loaded_objects(Path::new(interpreter));
+        }
+    }
+    let Some(interp) = elf_interpreter(&data) else {
+        return Ok(vec![program.to_path_buf()]);
+    };
+    let output = Command::new(&interp).arg("--list").arg(program).output()?;
+    let mut objects = vec![program.to_path_buf()];
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = match line.split_once("=>") {
+            Some((_, target)) => target.trim(),
+            None => line.trim(),
+        };
+        let path = path.split(" (0x").next().unwrap_or("").trim();
+        if path.starts_with('/') {
+            let path = PathBuf::from(path);
+            if !objects.contains(&path) {
+                objects.push(path);
+            }
+        }
+    }
+    if objects.len() == 1 && !output.status.success() {
+        return Err(io::Error::other(format!(
+            "`{} --list {}` failed: {}",
+            interp.display(),
+            program.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(objects)
+}
+
+/// The dynamic linker named by an ELF's PT_INTERP, if it has one.
+fn elf_interpreter(data: &[u8]) -> Option<PathBuf> {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let elf = ElfFile64::<object::Endianness>::parse(data).ok()?;
+    let endian = elf.endian();
+    for header in elf.elf_program_headers() {
+        if header.p_type(endian) == object::elf::PT_INTERP {
+            let bytes = header.data(endian, data).ok()?;
+            let path = bytes.split(|b| *b == 0).next()?;
+            return Some(PathBuf::from(std::ffi::OsStr::from_bytes(path)));
+        }
+    }
+    None
+}

@@ -1,0 +1,6 @@
+//! The process being traced: reading what `/proc` says about it, and launching a command stopped
+//! so it can be traced from its first allocation.
+
+pub mod launch;
+pub mod maps;
+pub mod process;
