@@ -109,14 +109,17 @@ fn user_sp(regs: *mut aya_ebpf::bindings::pt_regs) -> u64 {
 #[inline(always)]
 fn enclosing_call(tid: u32, sp: u64, now: u64) -> Option<PendingCall> {
     let outer = unsafe { PENDING.get(&tid) }.copied()?;
-    if sp < outer.sp && now.wrapping_sub(outer.entry_ns) < STALE_CALL_NS {
-        Some(outer)
-    } else {
-        if outer.kind != 0 {
-            count(Counter::StaleCalls);
-        }
-        None
+    let fresh = now.wrapping_sub(outer.entry_ns) < STALE_CALL_NS;
+    if sp < outer.sp && fresh {
+        return Some(outer);
     }
+    // Same sp: the allocator tail-called an entry point (glibc's realloc(NULL, n) jumps to
+    // malloc); the inner call takes over and returns for both. Anything else is a call whose
+    // return was never seen.
+    if sp != outer.sp || !fresh {
+        count(Counter::StaleCalls);
+    }
+    None
 }
 
 /// Entry half of every tracked call.

@@ -193,14 +193,11 @@ impl Probes {
         Ok(())
     }
 
-    /// Detaches every probe; the maps stay readable.
+    /// Detaches every probe, allocation side first; the maps stay readable. (The kernel waits
+    /// for an RCU grace period per uprobe link, about 0.1 s each, serialized.)
     pub fn detach(&mut self) {
         for (program, link) in self.links.drain(..).rev() {
-            if let Some(Ok(uprobe)) = self
-                .ebpf
-                .program_mut(program)
-                .map(<&mut UProbe>::try_from)
-            {
+            if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
                 let _ = uprobe.detach(link);
             }
         }
