@@ -5,7 +5,9 @@ use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
-    let workspace = Path::new(&manifest_dir).parent().expect("tracer/ has a parent");
+    let workspace = Path::new(&manifest_dir)
+        .parent()
+        .expect("tracer/ has a parent");
     let ebpf_dir = workspace.join("tracer-ebpf");
     let common_dir = workspace.join("tracer-common");
     println!("cargo:rerun-if-changed={}", common_dir.display());

@@ -1,1 +1,287 @@
+//! Helpers for leaktracer's end-to-end tests: compile C workloads, run the real `leaktracer`
+//! binary against real processes (root needed: real eBPF), and read its JSON.
 
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The leaktracer binary under test: `$LEAKTRACER_BIN` (set by `cargo xtask test`), else the
+/// release build.
+pub fn leaktracer() -> PathBuf {
+    let path = std::env::var_os("LEAKTRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/leaktracer"));
+    assert!(
+        path.exists(),
+        "{} missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test unless it runs as root: these tests load real eBPF programs.
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "end-to-end tests load eBPF programs and need root: run `sudo cargo xtask test`"
+    );
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let dir = workspace_root().join("target/e2e").join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Compiles `tests/workloads/NAME.c` (frame pointers, debug info, no builtin malloc folding)
+/// and returns the binary. Safe to call from parallel tests.
+pub fn workload(name: &str) -> PathBuf {
+    let source = workspace_root().join(format!("tests/workloads/{name}.c"));
+    let out_dir = workspace_root().join("target/e2e/bin");
+    fs::create_dir_all(&out_dir).unwrap();
+    let binary = out_dir.join(name);
+    let temp = out_dir.join(format!(
+        ".{name}.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let status = Command::new("gcc")
+        .args([
+            "-O0",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fno-builtin",
+            "-pthread",
+            "-o",
+        ])
+        .arg(&temp)
+        .arg(&source)
+        .status()
+        .expect("gcc runs");
+    assert!(status.success(), "compiling {}", source.display());
+    fs::rename(&temp, &binary).unwrap();
+    binary
+}
+
+/// A running `leaktracer` whose stderr is collected as it comes.
+pub struct Tracer {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    stdout_reader: Option<std::thread::JoinHandle<String>>,
+}
+
+/// How a tracer run ended.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Tracer {
+    /// Starts `leaktracer ARGS`.
+    pub fn start<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut child = Command::new(leaktracer())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("leaktracer starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let stdout_reader = Some(std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        }));
+        Self {
+            child,
+            stderr,
+            stdout_reader,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the probes are attached (leaktracer says "tracing pid").
+    pub fn wait_attached(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.stderr.lock().unwrap().contains("tracing pid") {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "leaktracer exited early ({status}): {}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "leaktracer did not attach in 30 s: {}",
+            self.stderr.lock().unwrap()
+        );
+    }
+
+    /// Sends SIGINT, as Ctrl-C would.
+    pub fn interrupt(&self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+
+    /// Waits for the tracer to exit (at most 60 s).
+    pub fn finish(mut self) -> Finished {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "leaktracer did not finish in 60 s: {}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self.stdout_reader.take().unwrap().join().unwrap();
+        // Give the stderr thread a moment to drain the closed pipe.
+        std::thread::sleep(Duration::from_millis(50));
+        let stderr = self.stderr.lock().unwrap().clone();
+        Finished {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// Runs leaktracer to completion.
+pub fn run_tracer<I, S>(args: I) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Tracer::start(args).finish()
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The stacks whose frame 0 is `function`.
+pub fn stacks_at<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["frames"][0]["function"] == function)
+        .collect()
+}
+
+/// Outstanding bytes and allocations summed over the stacks whose frame 0 is `function`.
+pub fn outstanding_at(report: &Value, function: &str) -> (u64, u64) {
+    stacks_at(report, function)
+        .iter()
+        .fold((0, 0), |(b, n), s| {
+            (
+                b + s["outstanding_bytes"].as_u64().unwrap(),
+                n + s["outstanding_allocations"].as_u64().unwrap(),
+            )
+        })
+}
+
+/// True when any frame of any stack is `function`.
+pub fn mentions(report: &Value, function: &str) -> bool {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["frames"].as_array().unwrap())
+        .any(|f| f["function"] == function)
+}
+
+/// One byte of another process's memory (to see a uprobe's int3, 0xCC, at a function entry).
+pub fn byte_at(pid: u32, address: u64) -> u8 {
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut byte = [0u8];
+    mem.read_exact_at(&mut byte, address).unwrap();
+    byte[0]
+}
+
+/// Parses the workload's first line, `malloc=0x... free=0x...`.
+pub fn entry_addresses(line: &str) -> (u64, u64) {
+    let field = |name: &str| {
+        let value = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=0x")))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+        u64::from_str_radix(value, 16).unwrap()
+    };
+    (field("malloc"), field("free"))
+}
+
+/// Waits for a file to appear.
+pub fn wait_for_file(path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True while the process exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            !matches!(state, Some("Z") | Some("X"))
+        })
+        .unwrap_or(false)
+}

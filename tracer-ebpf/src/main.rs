@@ -91,7 +91,7 @@ fn atomic_add(target: *mut u64, delta: u64) {
 #[inline(always)]
 fn traced_tgid() -> Option<u32> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    unsafe { TARGETS.get(&tgid) }.map(|_| tgid)
+    unsafe { TARGETS.get(tgid) }.map(|_| tgid)
 }
 
 #[inline(always)]
@@ -108,7 +108,7 @@ fn user_sp(regs: *mut aya_ebpf::bindings::pt_regs) -> u64 {
 /// stack).
 #[inline(always)]
 fn enclosing_call(tid: u32, sp: u64, now: u64) -> Option<PendingCall> {
-    let outer = unsafe { PENDING.get(&tid) }.copied()?;
+    let outer = unsafe { PENDING.get(tid) }.copied()?;
     let fresh = now.wrapping_sub(outer.entry_ns) < STALE_CALL_NS;
     if sp < outer.sp && fresh {
         return Some(outer);
@@ -146,7 +146,7 @@ fn begin_call(ctx: &ProbeContext, kind: CallKind, size: u64, arg: u64) {
         arg,
         entry_ns: now,
     };
-    if PENDING.insert(&tid, &call, BPF_ANY as u64).is_err() {
+    if PENDING.insert(tid, call, BPF_ANY as u64).is_err() {
         count(Counter::PendingMapFull);
     }
 }
@@ -157,7 +157,7 @@ fn begin_call(ctx: &ProbeContext, kind: CallKind, size: u64, arg: u64) {
 fn stats_add(key: &StackKey, size: u64) -> bool {
     let mut stats = STACK_STATS.get_ptr_mut(key);
     if stats.is_none() {
-        let _ = STACK_STATS.insert(key, &StackStats::default(), BPF_NOEXIST as u64);
+        let _ = STACK_STATS.insert(key, StackStats::default(), BPF_NOEXIST as u64);
         stats = STACK_STATS.get_ptr_mut(key);
     }
     let Some(stats) = stats else {
@@ -200,11 +200,11 @@ fn release(
         _pad: 0,
         addr,
     };
-    let record = unsafe { records.get(&key) }.copied()?;
+    let record = unsafe { records.get(key) }.copied()?;
     if record.timestamp_ns > not_after_ns {
         return None;
     }
-    if records.remove(&key).is_err() {
+    if records.remove(key).is_err() {
         // Another CPU released it first.
         return None;
     }
@@ -248,7 +248,7 @@ fn record(
         stack_id,
         _pad: 0,
     };
-    if let Err(err) = records.insert(&key, &record, BPF_NOEXIST as u64) {
+    if let Err(err) = records.insert(key, record, BPF_NOEXIST as u64) {
         if err != -EEXIST {
             count(Counter::AllocMapFull);
             return false;
@@ -256,13 +256,13 @@ fn record(
         // The address was handed out again, so its earlier block was freed by a path we do not
         // see: settle the old record before taking its place.
         release(records, tgid, addr, now);
-        if records.insert(&key, &record, BPF_ANY as u64).is_err() {
+        if records.insert(key, record, BPF_ANY as u64).is_err() {
             count(Counter::AllocMapFull);
             return false;
         }
     }
     if !stats_add(&StackKey { tgid, stack_id }, size) {
-        let _ = records.remove(&key);
+        let _ = records.remove(key);
         count(Counter::StatsMapFull);
         return false;
     }
@@ -404,7 +404,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
             _pad: 0,
             addr: cursor,
         };
-        let Some(mapping) = (unsafe { MMAPS.get(&key) }).copied() else {
+        let Some(mapping) = (unsafe { MMAPS.get(key) }).copied() else {
             break;
         };
         let mapping_end = cursor + mapping.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
@@ -420,8 +420,8 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
                 ..mapping
             };
             let tail_key = AllocKey { addr: end, ..key };
-            if MMAPS.remove(&key).is_ok() {
-                let _ = MMAPS.insert(&tail_key, &tail, BPF_ANY as u64);
+            if MMAPS.remove(key).is_ok() {
+                let _ = MMAPS.insert(tail_key, tail, BPF_ANY as u64);
                 stats_sub(
                     &StackKey {
                         tgid,
@@ -457,21 +457,19 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let tid = thread_id();
-    let Some(call) = (unsafe { PENDING.get(&tid) }).copied() else {
+    let Some(call) = (unsafe { PENDING.get(tid) }).copied() else {
         return 0;
     };
     // The outer call returns to its caller's stack: entry sp + the popped return address.
     if user_sp(ctx.regs) != call.sp.wrapping_add(8) {
         return 0;
     }
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     let ret: u64 = ctx.ret();
     let now = unsafe { bpf_ktime_get_ns() };
     match call.kind {
-        k if k == CallKind::Alloc as u32 => {
-            if ret != 0 {
-                record(&ctx, &ALLOCS, tgid, ret, call.size, now);
-            }
+        k if k == CallKind::Alloc as u32 && ret != 0 => {
+            record(&ctx, &ALLOCS, tgid, ret, call.size, now);
         }
         k if k == CallKind::Realloc as u32 => {
             let old = call.arg;
@@ -504,13 +502,13 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
                 atomic_add(live, 1);
             }
         }
-        k if k == CallKind::Mremap as u32 => {
+        k if k == CallKind::Mremap as u32
             // Only a mapping we recorded moves; others predate the trace.
-            if ret != MAP_FAILED && release(&MMAPS, tgid, call.arg, call.entry_ns).is_some() {
-                let recorded = record(&ctx, &MMAPS, tgid, ret, call.size, now);
-                if !recorded && let Some(live) = live_mappings() {
-                    atomic_add(live, 1u64.wrapping_neg());
-                }
+            && ret != MAP_FAILED && release(&MMAPS, tgid, call.arg, call.entry_ns).is_some() =>
+        {
+            let recorded = record(&ctx, &MMAPS, tgid, ret, call.size, now);
+            if !recorded && let Some(live) = live_mappings() {
+                atomic_add(live, 1u64.wrapping_neg());
             }
         }
         _ => {}

@@ -49,7 +49,8 @@ impl Collector {
             if item.len() >= size_of::<UnmapEvent>() {
                 // SAFETY: the kernel wrote a whole UnmapEvent; read_unaligned copes with any
                 // alignment of the ring's data.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<UnmapEvent>()) });
+                events
+                    .push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<UnmapEvent>()) });
             }
         }
         if events.is_empty() {
@@ -78,7 +79,17 @@ impl Collector {
                 }
                 let kept: u64 = pieces.iter().map(|(_, len)| len).sum();
                 for (addr, size) in &pieces {
-                    let _ = mmaps.insert(AllocKey { addr: *addr, ..*key }, AllocRecord { size: *size, ..*record }, 0);
+                    let _ = mmaps.insert(
+                        AllocKey {
+                            addr: *addr,
+                            ..*key
+                        },
+                        AllocRecord {
+                            size: *size,
+                            ..*record
+                        },
+                        0,
+                    );
                 }
                 let entry = self
                     .released
@@ -103,8 +114,9 @@ impl Collector {
             let (key, mut value) = entry?;
             if let Some((bytes, allocations)) = self.released.get(&key) {
                 value.outstanding_bytes = value.outstanding_bytes.saturating_sub(*bytes);
-                value.outstanding_allocations =
-                    value.outstanding_allocations.saturating_add_signed(-allocations);
+                value.outstanding_allocations = value
+                    .outstanding_allocations
+                    .saturating_add_signed(-allocations);
             }
             if value.outstanding_allocations > 0 || value.outstanding_bytes > 0 {
                 stacks.push((key, value));

@@ -19,7 +19,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if number_len == 0 {
-            return Err(format!("`{text}` is not a duration (try 30s, 10m, 1h or 500ms)"));
+            return Err(format!(
+                "`{text}` is not a duration (try 30s, 10m, 1h or 500ms)"
+            ));
         }
         let value: f64 = rest[..number_len]
             .parse()

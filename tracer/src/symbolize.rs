@@ -50,10 +50,9 @@ impl AddressSpaces {
         };
         let known = self.mappings.entry(pid).or_default();
         for mapping in maps.iter().filter(|m| m.is_file() && m.is_executable()) {
-            if known
-                .iter()
-                .any(|k| k.start == mapping.start && k.end == mapping.end && k.offset == mapping.offset)
-            {
+            if known.iter().any(|k| {
+                k.start == mapping.start && k.end == mapping.end && k.offset == mapping.offset
+            }) {
                 continue;
             }
             let Some(file) = open_mapped_object(pid, mapping) else {
@@ -84,7 +83,10 @@ impl AddressSpaces {
 
 /// Opens a mapped object as the process sees it.
 fn open_mapped_object(pid: u32, mapping: &Mapping) -> Option<File> {
-    let by_range = format!("/proc/{pid}/map_files/{:x}-{:x}", mapping.start, mapping.end);
+    let by_range = format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.start, mapping.end
+    );
     File::open(by_range).ok().or_else(|| {
         let path = mapping.clean_path()?;
         File::open(crate::target::process::path_in_root(pid, path)).ok()
@@ -134,7 +136,13 @@ impl Symbolizer {
         frames
     }
 
-    fn resolve(&self, spaces: &AddressSpaces, mapping: &KnownMapping, ip: u64, file_offset: u64) -> Vec<Frame> {
+    fn resolve(
+        &self,
+        spaces: &AddressSpaces,
+        mapping: &KnownMapping,
+        ip: u64,
+        file_offset: u64,
+    ) -> Vec<Frame> {
         let module = mapping.path.clone();
         let Some(file) = spaces.files.get(&mapping.file) else {
             return vec![Frame::unknown(ip, module, file_offset)];
@@ -143,7 +151,10 @@ impl Symbolizer {
         let source = Source::Elf(Elf::new(fd_path));
         // Stack entries are return addresses: look up the call instruction just before.
         let lookup = file_offset.saturating_sub(1);
-        let Ok(Symbolized::Sym(sym)) = self.blazesym.symbolize_single(&source, Input::FileOffset(lookup)) else {
+        let Ok(Symbolized::Sym(sym)) = self
+            .blazesym
+            .symbolize_single(&source, Input::FileOffset(lookup))
+        else {
             return vec![Frame::unknown(ip, module, file_offset)];
         };
         let location = |info: Option<&blazesym::symbolize::CodeInfo>| {

@@ -93,7 +93,11 @@ fn trace_target(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyh
         for probe in &probes.attached {
             eprintln!(
                 "leaktracer: {} {} at {}+{:#x} ({})",
-                if probe.is_return { "uretprobe" } else { "uprobe   " },
+                if probe.is_return {
+                    "uretprobe"
+                } else {
+                    "uprobe   "
+                },
                 probe.symbols.join("/"),
                 probe.object,
                 probe.offset,
@@ -111,7 +115,11 @@ fn trace_target(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyh
     let info = ProcessInfo::read(pid).unwrap_or_default();
     eprintln!(
         "leaktracer: tracing pid {pid} ({}), allocator {}: {} probes attached; {}",
-        if info.comm.is_empty() { "?" } else { &info.comm },
+        if info.comm.is_empty() {
+            "?"
+        } else {
+            &info.comm
+        },
         plan.allocator,
         probes.attached.len(),
         match args.duration {
@@ -121,7 +129,14 @@ fn trace_target(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyh
     );
 
     let started = Instant::now();
-    let end_reason = wait_for_end(args.duration, pid, &mut child, &mut spaces, &mut collector, &mut probes)?;
+    let end_reason = wait_for_end(
+        args.duration,
+        pid,
+        &mut child,
+        &mut spaces,
+        &mut collector,
+        &mut probes,
+    )?;
     let elapsed = started.elapsed();
 
     // Freeze the picture: no probe fires past this point.
@@ -214,8 +229,12 @@ fn plan_for_pid(pid: u32) -> Result<AttachPlan, TraceError> {
 
 /// Plan for a command not yet exec'd: the objects the dynamic linker will load for it.
 fn plan_for_launch(child: &LaunchedChild) -> anyhow::Result<AttachPlan> {
-    let objects = predict_loaded_objects(&child.program)
-        .with_context(|| format!("cannot tell which libraries {} loads", child.program.display()))?;
+    let objects = predict_loaded_objects(&child.program).with_context(|| {
+        format!(
+            "cannot tell which libraries {} loads",
+            child.program.display()
+        )
+    })?;
     let candidates: Vec<Candidate> = objects
         .iter()
         .map(|path| Candidate {
@@ -316,7 +335,11 @@ fn write_outputs(args: &TraceArgs, report: &Report, info: &ProcessInfo) -> anyho
     if let Some(path) = &args.flamegraph {
         let title = format!(
             "leaktracer: {} (pid {}), outstanding bytes after {:.1} s",
-            if info.comm.is_empty() { "target" } else { &info.comm },
+            if info.comm.is_empty() {
+                "target"
+            } else {
+                &info.comm
+            },
             report.target.pids.first().copied().unwrap_or_default(),
             report.duration_secs
         );

@@ -1,1 +1,102 @@
-fn main() {}
+//! leaktracer's developer commands: `cargo xtask <setup|build|demo|test>`.
+//!
+//! Every command but `setup` runs setup first, so a fresh machine needs nothing else.
+
+mod demo;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, set up, demo and test leaktracer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building needs: the rust-src component and bpf-linker (built against
+    /// rustc's own LLVM). Quick when already present.
+    Setup,
+    /// Build target/release/leaktracer with its eBPF object embedded.
+    Build,
+    /// Build, start the bundled leaking demo server, trace it for ~10 s, print the report and
+    /// write leaks.svg and leaks.json (needs root).
+    Demo {
+        /// How long to trace.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+    },
+    /// Run every check: formatting, clippy, unit tests and the end-to-end tests (needs root: they
+    /// load real eBPF programs against real processes).
+    Test {
+        /// Extra arguments for the test harness, e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => setup::run().and_then(|()| build()),
+        Command::Demo { duration } => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| demo::run(&duration)),
+        Command::Test { args } => setup::run()
+            .and_then(|()| build())
+            .and_then(|()| test(&args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo build --release -p leaktracer`.
+fn build() -> anyhow::Result<()> {
+    util::step("building target/release/leaktracer");
+    util::run(util::cargo().args(["build", "--release", "--package", "leaktracer"]))
+}
+
+/// Format check, clippy, then all tests against the release binary.
+fn test(args: &[String]) -> anyhow::Result<()> {
+    util::step("cargo fmt --check");
+    util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+    util::step("cargo clippy -- -D warnings");
+    util::run(util::cargo().args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate is not a default member (it targets BPF): lint it for its own target.
+    util::run(
+        util::cargo()
+            .args(["clippy", "--release", "--package", "tracer-ebpf"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"])
+            .env("RUSTC_BOOTSTRAP", "1"),
+    )?;
+    util::step("cargo test (unit and end-to-end)");
+    let binary = util::workspace_root().join("target/release/leaktracer");
+    util::run(
+        util::cargo()
+            .args(["test", "--release", "--"])
+            .args(args)
+            .env("LEAKTRACER_BIN", binary),
+    )
+}

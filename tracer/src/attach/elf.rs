@@ -9,8 +9,12 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 /// are absent from the result.
 pub fn function_offsets(path: &Path, wanted: &[&str]) -> io::Result<HashMap<String, u64>> {
     let data = fs::read(path)?;
-    let file = object::File::parse(&*data)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+    let file = object::File::parse(&*data).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
     let segments: Vec<(u64, u64, u64)> = file
         .segments()
         .map(|s| (s.address(), s.size(), s.file_range().0))

@@ -148,7 +148,14 @@ impl Probes {
         }
         for object in &plan.objects {
             for site in object.sites.iter().filter(|s| s.role == Role::Allocate) {
-                self.attach_one(object, RETURN_PROGRAM, site.offset, &site.symbols, pid, true)?;
+                self.attach_one(
+                    object,
+                    RETURN_PROGRAM,
+                    site.offset,
+                    &site.symbols,
+                    pid,
+                    true,
+                )?;
             }
         }
         for object in &plan.objects {

@@ -112,7 +112,12 @@ impl Report {
             .iter()
             .filter(|s| s.outstanding_bytes > 0)
             .map(|stack| {
-                let mut names: Vec<&str> = stack.frames.iter().rev().map(|f| f.function.as_str()).collect();
+                let mut names: Vec<&str> = stack
+                    .frames
+                    .iter()
+                    .rev()
+                    .map(|f| f.function.as_str())
+                    .collect();
                 if names.is_empty() {
                     names.push("[unknown stack]");
                 }
@@ -161,7 +166,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(report.folded_lines(), vec!["main;worker;leak 4096".to_string()]);
+        assert_eq!(
+            report.folded_lines(),
+            vec!["main;worker;leak 4096".to_string()]
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::{
 use anyhow::Context;
 
 /// Writes `path` by writing a temporary file next to it and renaming it into place.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> anyhow::Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -18,7 +21,11 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Resul
     let name = path
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?;
-    let temp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let temp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| -> io::Result<()> {
         let mut file = io::BufWriter::new(fs::File::create(&temp)?);
         write(&mut file)?;
@@ -49,13 +56,18 @@ mod tests {
         });
         assert!(failed.is_err());
         assert_eq!(fs::read_to_string(&path).unwrap(), "first");
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temp file left behind");
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temp file left behind"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn missing_directory_is_an_error() {
-        let err = write_atomic(Path::new("/nonexistent-dir/x.json"), |w| w.write_all(b"x")).unwrap_err();
+        let err =
+            write_atomic(Path::new("/nonexistent-dir/x.json"), |w| w.write_all(b"x")).unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent-dir/x.json"));
     }
 }

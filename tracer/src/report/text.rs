@@ -12,10 +12,18 @@ pub fn render(report: &Report, top: usize) -> String {
         out,
         "leaktracer: traced {target} for {:.1} s ({})",
         report.duration_secs,
-        if report.end_reason.is_empty() { "ended" } else { &report.end_reason }
+        if report.end_reason.is_empty() {
+            "ended"
+        } else {
+            &report.end_reason
+        }
     );
     for allocator in &report.allocators {
-        let _ = writeln!(out, "allocator: {} (pid {})", allocator.object, allocator.pid);
+        let _ = writeln!(
+            out,
+            "allocator: {} (pid {})",
+            allocator.object, allocator.pid
+        );
     }
     let totals = &report.totals;
     let _ = writeln!(
@@ -44,7 +52,10 @@ pub fn render(report: &Report, top: usize) -> String {
         );
     }
     if report.stacks.is_empty() {
-        let _ = writeln!(out, "\nno outstanding allocations: nothing allocated during the trace is still held");
+        let _ = writeln!(
+            out,
+            "\nno outstanding allocations: nothing allocated during the trace is still held"
+        );
         return out;
     }
     let shown = report.stacks.len().min(top);

@@ -54,9 +54,14 @@ impl LaunchedChild {
     /// stopped. Call before starting threads that hold locks the child might need (none are
     /// touched between fork and exec here).
     pub fn spawn_stopped(argv: &[String]) -> Result<Self, TraceError> {
-        let name = argv.first().ok_or_else(|| launch_error(argv, "empty command"))?;
+        let name = argv
+            .first()
+            .ok_or_else(|| launch_error(argv, "empty command"))?;
         let program = resolve_program(name).ok_or_else(|| {
-            launch_error(argv, "no such executable (not found, not executable, or not on PATH)")
+            launch_error(
+                argv,
+                "no such executable (not found, not executable, or not on PATH)",
+            )
         })?;
         let c_program = CString::new(program.as_os_str().as_bytes())
             .map_err(|_| launch_error(argv, "NUL byte in program path"))?;
@@ -130,7 +135,9 @@ impl LaunchedChild {
     pub fn try_reap(&mut self) -> Option<i32> {
         if self.exit_status.is_none() {
             let mut status = 0;
-            if unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) } == self.pid as i32 {
+            if unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) }
+                == self.pid as i32
+            {
                 self.exit_status = Some(status);
             }
         }

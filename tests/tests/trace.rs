@@ -1,0 +1,404 @@
+//! End-to-end: real eBPF probes on real processes, checked against leaks known to the byte.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use leaktracer_e2e::*;
+
+/// The leak sites of `leaky sites --count N`: (frame-0 function, bytes, allocations).
+fn expected_sites(count: u64) -> Vec<(&'static str, u64, u64)> {
+    vec![
+        ("leak_malloc", count * 128, count),
+        ("leak_calloc", 50 * 16 * 32, 50),
+        ("grow", 10 * 4096, 10),
+        ("leak_posix_memalign", 20 * 1000, 20),
+        ("leak_aligned_alloc", 30 * 512, 30),
+        ("leak_mmap", 1 << 20, 1),
+        ("trim_mmap_tail", 8192, 1),
+        ("trim_mmap_head", 12288, 1),
+        ("keep_after_failed_realloc", 100, 1),
+    ]
+}
+
+/// Asserts every leak site exactly, and that nothing balanced shows up.
+fn assert_sites(report: &serde_json::Value, count: u64) {
+    for (function, bytes, allocations) in expected_sites(count) {
+        assert_eq!(
+            outstanding_at(report, function),
+            (bytes, allocations),
+            "{function}: outstanding (bytes, allocations)"
+        );
+        let stack = stacks_at(report, function)[0];
+        let frame = &stack["frames"][0];
+        assert!(
+            frame["file"].as_str().unwrap_or("").ends_with("leaky.c")
+                && frame["line"].as_u64().unwrap_or(0) > 0,
+            "{function}: frame 0 has file:line: {frame}"
+        );
+        assert!(
+            frame["module"].as_str().unwrap().ends_with("/leaky"),
+            "{function}: module {frame}"
+        );
+        let names: Vec<&str> = stack["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["function"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"main"),
+            "{function}: the chain reaches main: {names:?}"
+        );
+    }
+    // The realloc chain: only the final block (recorded under grow) is outstanding.
+    assert_eq!(
+        stacks_at(report, "grow")[0]["frames"][1]["function"],
+        "leak_realloc_chain"
+    );
+    assert_eq!(outstanding_at(report, "leak_realloc_chain"), (0, 0));
+    // Balanced work never appears: churn threads, freed mmaps, realloc(p, 0), failed malloc.
+    assert!(
+        !mentions(report, "churn_worker"),
+        "churn reported as outstanding"
+    );
+    assert!(
+        !mentions(report, "balanced_sites"),
+        "balanced sites reported"
+    );
+    let totals = &report["totals"];
+    let sum: u64 = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outstanding_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(totals["outstanding_bytes"].as_u64().unwrap(), sum);
+    assert_eq!(totals["dropped"], 0, "nothing dropped: {totals}");
+    // The churn: 2 threads x 20000 malloc+realloc pairs, all seen and all freed.
+    assert!(
+        totals["allocations"].as_u64().unwrap() >= 80_000,
+        "{totals}"
+    );
+    assert!(totals["frees"].as_u64().unwrap() >= 80_000, "{totals}");
+}
+
+#[test]
+fn launched_command_leak_sites_are_exact() {
+    require_root();
+    let dir = scratch_dir("launch_sites");
+    let leaky = workload("leaky");
+    let json = dir.join("leaks.json");
+    let svg = dir.join("leaks.svg");
+    let folded = dir.join("leaks.folded");
+    // The command exits by itself long before --duration: the trace ends with it.
+    let run = run_tracer([
+        "trace".as_ref(),
+        "--duration".as_ref(),
+        "120s".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--flamegraph".as_ref(),
+        svg.as_os_str(),
+        "--folded".as_ref(),
+        folded.as_os_str(),
+        "--".as_ref(),
+        leaky.as_os_str(),
+        "sites".as_ref(),
+        "--count".as_ref(),
+        "7".as_ref(),
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_sites(&report, 7);
+    assert_eq!(report["end_reason"], "target exited");
+    let pid = report["target"]["pids"][0].as_u64().unwrap();
+    assert_eq!(
+        report["target"]["command"],
+        serde_json::json!([leaky.to_str().unwrap(), "sites", "--count", "7"])
+    );
+    assert!(
+        report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["pid"] == pid)
+    );
+    // Text report: totals first, then the top stacks with their frames.
+    assert!(run.stdout.contains("outstanding:"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("  1.00 MiB (1048576 bytes) in 1 allocations"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("leak_mmap at "), "{}", run.stdout);
+    // Flamegraph and folded stacks carry the same bytes.
+    let svg_text = fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.contains("<svg") && svg_text.contains("leak_posix_memalign"));
+    let folded_text = fs::read_to_string(&folded).unwrap();
+    assert!(
+        folded_text
+            .lines()
+            .any(|l| l.ends_with(";leak_calloc 25600")
+                && l.starts_with("__libc_start_call_main;main")),
+        "{folded_text}"
+    );
+}
+
+#[test]
+fn top_limits_the_text_report() {
+    require_root();
+    let leaky = workload("leaky");
+    let run = run_tracer([
+        "trace".as_ref(),
+        "--top".as_ref(),
+        "2".as_ref(),
+        "--".as_ref(),
+        leaky.as_os_str(),
+        "sites".as_ref(),
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.contains("\n#2  "), "{}", run.stdout);
+    assert!(!run.stdout.contains("\n#3  "), "{}", run.stdout);
+}
+
+#[test]
+fn attach_to_running_process_ignores_what_came_before() {
+    require_root();
+    let dir = scratch_dir("attach");
+    let json = dir.join("leaks.json");
+    let mut target = Command::new(workload("leaky"))
+        .arg("attach")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id();
+    let mut lines = BufReader::new(target.stdout.take().unwrap()).lines();
+    let (malloc_addr, free_addr) = entry_addresses(&lines.next().unwrap().unwrap());
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let original = (byte_at(pid, malloc_addr), byte_at(pid, free_addr));
+
+    let mut tracer = Tracer::start([
+        "trace",
+        "--pid",
+        &pid.to_string(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    assert_eq!(
+        byte_at(pid, malloc_addr),
+        0xcc,
+        "malloc probed (int3) while tracing"
+    );
+    assert_eq!(
+        byte_at(pid, free_addr),
+        0xcc,
+        "free probed (int3) while tracing"
+    );
+    target.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    tracer.interrupt();
+    let run = tracer.finish();
+    assert!(run.status.success(), "{}", run.stderr);
+
+    // Probes are gone: the target's code is back to its own bytes, and it still runs.
+    assert_eq!(
+        (byte_at(pid, malloc_addr), byte_at(pid, free_addr)),
+        original
+    );
+    assert!(is_alive(pid));
+    drop(target.stdin.take());
+    target.wait().unwrap();
+
+    let report = read_json(&json);
+    assert_eq!(report["end_reason"], "interrupted");
+    assert_eq!(report["target"]["pids"], serde_json::json!([pid]));
+    assert_eq!(outstanding_at(&report, "after_attach"), (40 * 64, 40));
+    assert!(
+        !mentions(&report, "before_attach"),
+        "allocations from before attach are unknown"
+    );
+    assert!(!mentions(&report, "churn_worker"));
+    let totals = &report["totals"];
+    assert!(
+        totals["ignored"]["unknown_frees"].as_u64().unwrap() >= 100,
+        "{totals}"
+    );
+    assert_eq!(totals["dropped"], 0);
+}
+
+#[test]
+fn other_processes_are_not_probed() {
+    require_root();
+    // Two copies of the workload: one traced, one not. Only the traced one gets breakpoints.
+    let spawn = || {
+        let mut child = Command::new(workload("leaky"))
+            .arg("attach")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (malloc_addr, _) = entry_addresses(&lines.next().unwrap().unwrap());
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        (child, malloc_addr)
+    };
+    let (mut traced, traced_malloc) = spawn();
+    let (mut other, other_malloc) = spawn();
+    let mut tracer = Tracer::start(["trace", "--pid", &traced.id().to_string()]);
+    tracer.wait_attached();
+    assert_eq!(byte_at(traced.id(), traced_malloc), 0xcc);
+    assert_ne!(
+        byte_at(other.id(), other_malloc),
+        0xcc,
+        "an untraced process was probed"
+    );
+    tracer.interrupt();
+    assert!(tracer.finish().status.success());
+    for child in [&mut traced, &mut other] {
+        drop(child.stdin.take());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn ctrl_c_in_launch_mode_writes_every_file_and_stops_the_command() {
+    require_root();
+    let dir = scratch_dir("ctrl_c");
+    let json = dir.join("leaks.json");
+    let svg = dir.join("leaks.svg");
+    let folded = dir.join("leaks.folded");
+    let ready = dir.join("ready");
+    let leaky = workload("leaky");
+    let tracer = Tracer::start([
+        "trace".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--flamegraph".as_ref(),
+        svg.as_os_str(),
+        "--folded".as_ref(),
+        folded.as_os_str(),
+        "--".as_ref(),
+        leaky.as_os_str(),
+        "sites".as_ref(),
+        "--hold".as_ref(),
+        "--ready".as_ref(),
+        ready.as_os_str(),
+    ]);
+    wait_for_file(&ready, Duration::from_secs(60));
+    tracer.interrupt();
+    let run = tracer.finish();
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_eq!(report["end_reason"], "interrupted");
+    assert_sites(&report, 100);
+    let pid = report["target"]["pids"][0].as_u64().unwrap() as u32;
+    assert!(
+        !is_alive(pid),
+        "the launched command is stopped when the trace ends"
+    );
+    assert!(fs::read_to_string(&svg).unwrap().contains("leak_malloc"));
+    assert!(
+        fs::read_to_string(&folded)
+            .unwrap()
+            .contains(";leak_malloc 12800")
+    );
+}
+
+#[test]
+fn idle_trace_ends_at_duration_with_a_valid_empty_flamegraph() {
+    require_root();
+    let dir = scratch_dir("idle");
+    let json = dir.join("leaks.json");
+    let svg = dir.join("leaks.svg");
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let run = run_tracer([
+        "trace",
+        "--pid",
+        &sleeper.id().to_string(),
+        "--duration",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+        "--flamegraph",
+        svg.to_str().unwrap(),
+    ]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_eq!(report["end_reason"], "duration");
+    assert_eq!(report["stacks"], serde_json::json!([]));
+    assert_eq!(report["totals"]["outstanding_bytes"], 0);
+    let duration = report["duration_secs"].as_f64().unwrap();
+    assert!((1.0..5.0).contains(&duration), "{duration}");
+    let svg_text = fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<?xml") && svg_text.trim_end().ends_with("</svg>"));
+    assert!(svg_text.contains("no outstanding allocations"));
+    assert!(
+        run.stdout.contains("no outstanding allocations"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn bad_input_fails_in_one_line_and_keeps_earlier_output() {
+    require_root();
+    let dir = scratch_dir("bad_input");
+    let json = dir.join("leaks.json");
+    fs::write(&json, "{\"earlier\": true}\n").unwrap();
+
+    // No such pid (pid_max is at most 2^22).
+    let run = run_tracer([
+        "trace",
+        "--pid",
+        "4194999",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success());
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no process with pid 4194999"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fs::read_to_string(&json).unwrap(), "{\"earlier\": true}\n");
+
+    // A command that does not exist.
+    let run = run_tracer(["trace", "--", "/nonexistent/program"]);
+    assert!(!run.status.success());
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot run `/nonexistent/program`"),
+        "{}",
+        run.stderr
+    );
+
+    // Neither a pid nor a command.
+    let run = run_tracer(["trace"]);
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("--pid"), "{}", run.stderr);
+
+    // Not root: the same binary without privileges.
+    if Command::new("setpriv").arg("--version").output().is_ok() {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(leaktracer())
+            .args(["trace", "--pid", "1"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("needs root"), "{stderr}");
+    }
+}

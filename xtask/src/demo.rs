@@ -1,0 +1,64 @@
+//! `cargo xtask demo`: trace the bundled leaking server by pid, the way an operator would.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context;
+
+use crate::util::{self, step, workspace_root};
+
+pub fn run(duration: &str) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let source = root.join("xtask/demo/leaky_server.c");
+    let out_dir = root.join("target/demo");
+    std::fs::create_dir_all(&out_dir)?;
+    let server = out_dir.join("leaky-server");
+    step("compiling the demo server (with frame pointers and debug info)");
+    util::run(
+        Command::new("gcc")
+            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(&server)
+            .arg(&source),
+    )?;
+
+    let mut child = Command::new(&server)
+        .stdout(Stdio::inherit())
+        .spawn()
+        .context("cannot start the demo server")?;
+    std::thread::sleep(Duration::from_millis(300));
+    step(&format!(
+        "tracing the demo server (pid {}) for {duration}: leaktracer trace --pid {} --duration {duration} --flamegraph leaks.svg --json leaks.json",
+        child.id(),
+        child.id()
+    ));
+    let traced = util::run(
+        Command::new(root.join("target/release/leaktracer"))
+            .args([
+                "trace",
+                "--pid",
+                &child.id().to_string(),
+                "--duration",
+                duration,
+            ])
+            .args([
+                "--flamegraph",
+                "leaks.svg",
+                "--json",
+                "leaks.json",
+                "--top",
+                "5",
+            ]),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    traced?;
+    let here = std::env::current_dir()?;
+    step(&format!(
+        "done: open {} in a browser; the JSON is {}",
+        here.join("leaks.svg").display(),
+        here.join("leaks.json").display()
+    ));
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Installing what a fresh machine lacks: rust-src (for `-Z build-std=core`), bpf-linker, and a C
+//! compiler for the demo and test workloads. Each check is quick when the thing is present.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, bail};
+
+use crate::util::{self, cargo_home, path_with_cargo_bin, step, succeeds};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_debian_tools(&[("gcc", "gcc")])?;
+    Ok(())
+}
+
+fn sysroot() -> anyhow::Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("cannot run rustc")?;
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+fn ensure_rust_src() -> anyhow::Result<()> {
+    if sysroot()?
+        .join("lib/rustlib/src/rust/library/core")
+        .exists()
+    {
+        return Ok(());
+    }
+    step("installing the rust-src component");
+    util::run(Command::new("rustup").args(["component", "add", "rust-src"]))
+}
+
+/// bpf-linker built against rustc's own libLLVM, so the two never disagree on the LLVM version.
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let works =
+        |cmd: &mut Command| succeeds(cmd.env("PATH", path_with_cargo_bin()).arg("--version"));
+    if works(&mut Command::new("bpf-linker")) {
+        return Ok(());
+    }
+    let sysroot = sysroot()?;
+    let lib_dir = sysroot.join("lib");
+    let libllvm = std::fs::read_dir(&lib_dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("libLLVM.so."))
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: is this a rustup toolchain?",
+                lib_dir.display()
+            )
+        })?;
+    // libLLVM.so.22.1-rust-1.95.0-stable -> 22
+    let major = libllvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    // A prefix whose lib/ holds rustc's libLLVM under both names the build and the loader want.
+    // It must outlive the build: bpf-linker's RUNPATH points into it.
+    let prefix = cargo_home().join("leaktracer-llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    for name in ["libLLVM.so", libllvm.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib_dir.join(&libllvm), &link)
+            .with_context(|| format!("cannot link {}", link.display()))?;
+    }
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against rustc's LLVM {major} (about a minute)"
+    ));
+    util::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix)
+            .env("PATH", path_with_cargo_bin()),
+    )?;
+    if !works(&mut Command::new("bpf-linker")) {
+        bail!("bpf-linker was installed but does not run; try `cargo xtask setup` again");
+    }
+    Ok(())
+}
+
+/// Installs Debian packages for commands that are missing.
+pub fn ensure_debian_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(command, _)| {
+            !succeeds(Command::new("sh").args(["-c", &format!("command -v {command}")]))
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    let _ = util::run(Command::new("apt-get").arg("update").arg("-q"));
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
