@@ -52,10 +52,15 @@ pub fn scratch_dir(test: &str) -> PathBuf {
     dir
 }
 
-/// Compiles `tests/workloads/NAME.c` (frame pointers, debug info, no builtin malloc folding)
-/// and returns the binary. Safe to call from parallel tests.
+/// Compiles `tests/workloads/NAME.c` (or `NAME.cpp`) with frame pointers, debug info and no
+/// builtin malloc folding, and returns the binary. Safe to call from parallel tests.
 pub fn workload(name: &str) -> PathBuf {
-    let source = workspace_root().join(format!("tests/workloads/{name}.c"));
+    let dir = workspace_root().join("tests/workloads");
+    let (source, compiler) = if dir.join(format!("{name}.cpp")).exists() {
+        (dir.join(format!("{name}.cpp")), "g++")
+    } else {
+        (dir.join(format!("{name}.c")), "gcc")
+    };
     let out_dir = workspace_root().join("target/e2e/bin");
     fs::create_dir_all(&out_dir).unwrap();
     let binary = out_dir.join(name);
@@ -64,7 +69,7 @@ pub fn workload(name: &str) -> PathBuf {
         std::process::id(),
         std::thread::current().id()
     ));
-    let status = Command::new("gcc")
+    let status = Command::new(compiler)
         .args([
             "-O0",
             "-g",
@@ -76,7 +81,7 @@ pub fn workload(name: &str) -> PathBuf {
         .arg(&temp)
         .arg(&source)
         .status()
-        .expect("gcc runs");
+        .unwrap_or_else(|e| panic!("{compiler} runs: {e}"));
     assert!(status.success(), "compiling {}", source.display());
     fs::rename(&temp, &binary).unwrap();
     binary

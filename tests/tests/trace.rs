@@ -402,3 +402,50 @@ fn bad_input_fails_in_one_line_and_keeps_earlier_output() {
         assert!(stderr.contains("needs root"), "{stderr}");
     }
 }
+
+#[test]
+fn cxx_new_is_attributed_to_its_caller_with_demangled_names() {
+    require_root();
+    let dir = scratch_dir("cxx");
+    let json = dir.join("leaks.json");
+    let program = workload("cxx_leak");
+    let run = run_tracer([
+        "trace".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--".as_ref(),
+        program.as_os_str(),
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    // operator new is probed itself: frame 0 is the code that said `new`, never operator new.
+    assert_eq!(
+        outstanding_at(&report, "shop::add_node(int)"),
+        (50 * 200, 50)
+    );
+    assert_eq!(
+        outstanding_at(&report, "shop::make_array(int)"),
+        (50 * 100, 50)
+    );
+    assert!(
+        !mentions(&report, "shop::balanced(int)"),
+        "balanced C++ work reported"
+    );
+    let frame0: Vec<&str> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["frames"][0]["function"].as_str())
+        .collect();
+    assert!(
+        !frame0.iter().any(|f| f.starts_with("operator new")),
+        "{frame0:?}"
+    );
+    // The nested malloc inside operator new is not a second allocation.
+    assert!(
+        report["totals"]["ignored"]["nested_calls"]
+            .as_u64()
+            .unwrap()
+            >= 100
+    );
+}

@@ -23,9 +23,6 @@ pub enum TraceError {
     )]
     NoAllocator { pid: u32, searched: String },
 
-    #[error("allocator symbol `{symbol}` not found in {path}")]
-    SymbolNotFound { symbol: String, path: PathBuf },
-
     #[error("cannot run `{command}`: {reason}")]
     Launch { command: String, reason: String },
 

@@ -64,6 +64,56 @@ pub const MAP_ENTRY_POINTS: &[EntryPoint] = &[
     entry("mremap", "mremap_enter", Role::Allocate),
 ];
 
+/// C++ `operator new` (plain, array, nothrow, aligned), probed in the object that defines it
+/// (libstdc++ or libc++). Probing the wrapper makes frame 0 the code that said `new`: libstdc++
+/// has no frame pointers, so a stack taken at `malloc` would lose that caller. The `malloc`
+/// inside is then a nested call. `operator delete` needs no probe: it ends in `free`.
+pub const CXX_ENTRY_POINTS: &[EntryPoint] = &[
+    entry("_Znwm", "malloc_enter", Role::Allocate),
+    entry("_Znam", "malloc_enter", Role::Allocate),
+    entry("_ZnwmRKSt9nothrow_t", "malloc_enter", Role::Allocate),
+    entry("_ZnamRKSt9nothrow_t", "malloc_enter", Role::Allocate),
+    entry("_ZnwmSt11align_val_t", "malloc_enter", Role::Allocate),
+    entry("_ZnamSt11align_val_t", "malloc_enter", Role::Allocate),
+    entry(
+        "_ZnwmSt11align_val_tRKSt9nothrow_t",
+        "malloc_enter",
+        Role::Allocate,
+    ),
+    entry(
+        "_ZnamSt11align_val_tRKSt9nothrow_t",
+        "malloc_enter",
+        Role::Allocate,
+    ),
+];
+
+/// A family of entry points, probed in the first object (in symbol-resolution order) that
+/// defines all of `required`.
+struct Family {
+    points: &'static [EntryPoint],
+    required: &'static [&'static str],
+    /// The family without which there is nothing to trace.
+    essential: bool,
+}
+
+const FAMILIES: &[Family] = &[
+    Family {
+        points: HEAP_ENTRY_POINTS,
+        required: &["malloc", "free"],
+        essential: true,
+    },
+    Family {
+        points: MAP_ENTRY_POINTS,
+        required: &["mmap", "munmap"],
+        essential: false,
+    },
+    Family {
+        points: CXX_ENTRY_POINTS,
+        required: &["_Znwm"],
+        essential: false,
+    },
+];
+
 /// One place to attach: a distinct address in an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeSite {
@@ -143,67 +193,54 @@ fn is_c_library(path: &str) -> bool {
 
 /// Builds the attach plan from candidates in symbol-resolution order.
 pub fn plan(pid: u32, candidates: &[Candidate]) -> Result<AttachPlan, TraceError> {
-    let heap_names: Vec<&str> = HEAP_ENTRY_POINTS.iter().map(|e| e.symbol).collect();
-    let map_names: Vec<&str> = MAP_ENTRY_POINTS.iter().map(|e| e.symbol).collect();
-    let mut heap: Option<(&Candidate, HashMap<String, u64>)> = None;
-    let mut mapping: Option<(&Candidate, HashMap<String, u64>)> = None;
+    let wanted: Vec<&str> = FAMILIES
+        .iter()
+        .flat_map(|f| f.points.iter().map(|e| e.symbol))
+        .collect();
+    // Each family's object and the offsets of its symbols there.
+    let mut chosen: Vec<Option<(&Candidate, HashMap<String, u64>)>> = vec![None; FAMILIES.len()];
     for candidate in candidates {
-        if heap.is_some() && mapping.is_some() {
+        if chosen.iter().all(Option::is_some) {
             break;
         }
-        let Ok(offsets) = function_offsets(&candidate.open_path, &heap_names) else {
+        let Ok(offsets) = function_offsets(&candidate.open_path, &wanted) else {
             continue;
         };
-        if heap.is_none() && offsets.contains_key("malloc") && offsets.contains_key("free") {
-            heap = Some((candidate, offsets));
-        }
-        if mapping.is_none()
-            && let Ok(offsets) = function_offsets(&candidate.open_path, &map_names)
-            && offsets.contains_key("mmap")
-            && offsets.contains_key("munmap")
-        {
-            mapping = Some((candidate, offsets));
+        for (family, slot) in FAMILIES.iter().zip(chosen.iter_mut()) {
+            if slot.is_none() && family.required.iter().all(|s| offsets.contains_key(*s)) {
+                *slot = Some((candidate, offsets.clone()));
+            }
         }
     }
-    let Some((heap_object, heap_offsets)) = heap else {
-        return Err(TraceError::NoAllocator {
-            pid,
-            searched: candidates
-                .iter()
-                .map(|c| c.display_path.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    };
+    let mut allocator = None;
     let mut objects: Vec<ProbeObject> = Vec::new();
-    let mut add = |candidate: &Candidate, offsets: &HashMap<String, u64>, points: &[EntryPoint]| {
-        let Ok(meta) = std::fs::metadata(&candidate.open_path) else {
-            return;
-        };
-        let index = match objects
-            .iter()
-            .position(|o| o.dev == meta.dev() && o.inode == meta.ino())
-        {
-            Some(index) => index,
-            None => {
-                objects.push(ProbeObject {
-                    open_path: candidate.open_path.clone(),
-                    display_path: candidate.display_path.clone(),
-                    dev: meta.dev(),
-                    inode: meta.ino(),
-                    sites: Vec::new(),
+    for (family, slot) in FAMILIES.iter().zip(&chosen) {
+        let Some((candidate, offsets)) = slot else {
+            if family.essential {
+                return Err(TraceError::NoAllocator {
+                    pid,
+                    searched: candidates
+                        .iter()
+                        .map(|c| c.display_path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
-                objects.len() - 1
             }
+            continue;
         };
-        let sites = &mut objects[index].sites;
-        for point in points {
+        if family.essential {
+            allocator = Some(candidate.display_path.clone());
+        }
+        let Some(object) = probe_object(&mut objects, candidate) else {
+            continue;
+        };
+        for point in family.points {
             let Some(&offset) = offsets.get(point.symbol) else {
                 continue;
             };
-            match sites.iter_mut().find(|s| s.offset == offset) {
+            match object.sites.iter_mut().find(|s| s.offset == offset) {
                 Some(site) => site.symbols.push(point.symbol),
-                None => sites.push(ProbeSite {
+                None => object.sites.push(ProbeSite {
                     program: point.program,
                     role: point.role,
                     offset,
@@ -211,13 +248,35 @@ pub fn plan(pid: u32, candidates: &[Candidate]) -> Result<AttachPlan, TraceError
                 }),
             }
         }
-    };
-    add(heap_object, &heap_offsets, HEAP_ENTRY_POINTS);
-    if let Some((map_object, map_offsets)) = &mapping {
-        add(map_object, map_offsets, MAP_ENTRY_POINTS);
     }
     Ok(AttachPlan {
         objects,
-        allocator: heap_object.display_path.clone(),
+        allocator: allocator.expect("the essential family was found"),
     })
+}
+
+/// The plan's entry for `candidate`'s file, added if new (objects are told apart by device and
+/// inode, so one file reached by two paths is probed once).
+fn probe_object<'a>(
+    objects: &'a mut Vec<ProbeObject>,
+    candidate: &Candidate,
+) -> Option<&'a mut ProbeObject> {
+    let meta = std::fs::metadata(&candidate.open_path).ok()?;
+    let index = match objects
+        .iter()
+        .position(|o| o.dev == meta.dev() && o.inode == meta.ino())
+    {
+        Some(index) => index,
+        None => {
+            objects.push(ProbeObject {
+                open_path: candidate.open_path.clone(),
+                display_path: candidate.display_path.clone(),
+                dev: meta.dev(),
+                inode: meta.ino(),
+                sites: Vec::new(),
+            });
+            objects.len() - 1
+        }
+    };
+    objects.get_mut(index)
 }
