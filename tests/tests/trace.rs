@@ -449,3 +449,41 @@ fn cxx_new_is_attributed_to_its_caller_with_demangled_names() {
             >= 100
     );
 }
+
+#[test]
+fn full_maps_are_counted_and_reported_not_silent() {
+    require_root();
+    let dir = scratch_dir("full_maps");
+    let json = dir.join("leaks.json");
+    let leaky = workload("leaky");
+    let run = run_tracer([
+        "trace".as_ref(),
+        "--max-allocations".as_ref(),
+        "50".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--".as_ref(),
+        leaky.as_os_str(),
+        "sites".as_ref(),
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    let totals = &report["totals"];
+    let full = totals["dropped_by_cause"]["alloc_map_full"]
+        .as_u64()
+        .unwrap();
+    assert!(full > 0, "{totals}");
+    assert!(totals["dropped"].as_u64().unwrap() >= full);
+    // At most 50 heap blocks, plus the few direct mappings (kept in their own map).
+    assert!(
+        totals["outstanding_allocations"].as_u64().unwrap() <= 50 + 8,
+        "{totals}"
+    );
+    assert!(
+        run.stderr.contains("raise --max-allocations"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("dropped: "), "{}", run.stdout);
+    assert!(run.stdout.contains("alloc_map_full"), "{}", run.stdout);
+}

@@ -72,12 +72,27 @@ static MMAP_STATE: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static UNMAP_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
+/// Adds one to a counter; returns this CPU's new count (1 on the first event here).
 #[inline(always)]
-fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+fn count(counter: Counter) -> u64 {
+    match COUNTERS.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other CPU writes it.
-        unsafe { *slot += 1 };
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
     }
+}
+
+/// Counts a loss and, the first time on this CPU, tells the user live (through aya-log) what
+/// to do about it. Later losses are only counted: the report has the totals.
+macro_rules! count_loss {
+    ($ctx:expr, $counter:expr, $message:literal) => {
+        if count($counter) == 1 {
+            aya_log_ebpf::warn!($ctx, $message);
+        }
+    };
 }
 
 /// Atomic add on a map value shared by all CPUs (compiles to BPF's `lock xadd`).
@@ -147,7 +162,11 @@ fn begin_call(ctx: &ProbeContext, kind: CallKind, size: u64, arg: u64) {
         entry_ns: now,
     };
     if PENDING.insert(tid, call, BPF_ANY as u64).is_err() {
-        count(Counter::PendingMapFull);
+        count_loss!(
+            ctx,
+            Counter::PendingMapFull,
+            "pending-call map full: allocator calls are not being tracked"
+        );
     }
 }
 
@@ -233,7 +252,11 @@ fn record(
     let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
         Ok(id) => id as u32,
         Err(_) => {
-            count(Counter::StackFailed);
+            count_loss!(
+                ctx,
+                Counter::StackFailed,
+                "stack map full or stack capture failed: allocations kept without a stack (raise --max-stacks)"
+            );
             UNKNOWN_STACK
         }
     };
@@ -250,20 +273,32 @@ fn record(
     };
     if let Err(err) = records.insert(key, record, BPF_NOEXIST as u64) {
         if err != -EEXIST {
-            count(Counter::AllocMapFull);
+            count_loss!(
+                ctx,
+                Counter::AllocMapFull,
+                "allocation map full: allocations are being dropped (raise --max-allocations)"
+            );
             return false;
         }
         // The address was handed out again, so its earlier block was freed by a path we do not
         // see: settle the old record before taking its place.
         release(records, tgid, addr, now);
         if records.insert(key, record, BPF_ANY as u64).is_err() {
-            count(Counter::AllocMapFull);
+            count_loss!(
+                ctx,
+                Counter::AllocMapFull,
+                "allocation map full: allocations are being dropped (raise --max-allocations)"
+            );
             return false;
         }
     }
     if !stats_add(&StackKey { tgid, stack_id }, size) {
         let _ = records.remove(key);
-        count(Counter::StatsMapFull);
+        count_loss!(
+            ctx,
+            Counter::StatsMapFull,
+            "per-stack map full: allocations are being dropped (raise --max-stacks)"
+        );
         return false;
     }
     count(Counter::Allocations);
@@ -442,7 +477,11 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
             end,
         };
         if UNMAP_EVENTS.output::<UnmapEvent>(&event, 0).is_err() {
-            count(Counter::UnmapEventsLost);
+            count_loss!(
+                &ctx,
+                Counter::UnmapEventsLost,
+                "munmap event ring full: some partial unmaps are not settled"
+            );
         }
     }
     0

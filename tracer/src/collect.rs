@@ -22,9 +22,28 @@ pub struct KernelSnapshot {
     pub counters: [u64; COUNTER_SLOTS as usize],
 }
 
+/// Prints the eBPF side's warnings (map full and the like, see `count_loss!` in tracer-ebpf)
+/// as they happen, in leaktracer's own one-line style.
+pub struct KernelWarnings;
+
+impl log::Log for KernelWarnings {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("leaktracer: warning: {}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 /// Reads the tracer's maps.
 pub struct Collector {
     unmap_events: RingBuf<MapData>,
+    warnings: Option<aya_log::EbpfLogger<KernelWarnings>>,
     /// Releases settled here (partial munmaps), by stack: bytes and allocations to subtract.
     released: HashMap<StackKey, (u64, i64)>,
 }
@@ -37,8 +56,17 @@ impl Collector {
             .ok_or_else(|| anyhow::anyhow!("UNMAP_EVENTS map missing"))?;
         Ok(Self {
             unmap_events: RingBuf::try_from(ring)?,
+            // No logger only when the object has no log calls at all.
+            warnings: aya_log::EbpfLogger::init_with_logger(ebpf, KernelWarnings).ok(),
             released: HashMap::new(),
         })
+    }
+
+    /// Prints warnings the eBPF programs logged since the last call.
+    pub fn print_warnings(&mut self) {
+        if let Some(logger) = &mut self.warnings {
+            logger.flush();
+        }
     }
 
     /// Settles every pending munmap range against the recorded mappings: a mapping the range

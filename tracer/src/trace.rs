@@ -143,8 +143,9 @@ fn trace_target(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyh
     probes.detach();
     spaces.refresh(pid);
     collector.drain_unmaps(probes.ebpf_mut())?;
+    collector.print_warnings();
     let snapshot = collector.snapshot(probes.ebpf())?;
-    if args.verbose {
+    if args.verbose || snapshot.stacks.len() > 100 {
         eprintln!("leaktracer: symbolizing {} stacks", snapshot.stacks.len());
     }
     let command = if args.command.is_empty() {
@@ -214,6 +215,7 @@ fn wait_for_end(
                     }
                     spaces.refresh(pid);
                     collector.drain_unmaps(probes.ebpf_mut())?;
+                    collector.print_warnings();
                 }
             }
         }
