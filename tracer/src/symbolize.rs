@@ -119,7 +119,16 @@ impl Symbolizer {
         let mut frames = Vec::new();
         for &ip in ips {
             let Some(mapping) = spaces.find(pid, ip) else {
-                frames.push(Frame::unknown(ip, "[unknown]".to_string(), ip));
+                // Not in any executable mapping: usually a stale frame pointer in code built
+                // without them.
+                frames.push(Frame {
+                    function: format!("[unknown {ip:#x}]"),
+                    module: "[unknown]".to_string(),
+                    file: None,
+                    line: None,
+                    address: ip,
+                    inlined: false,
+                });
                 continue;
             };
             let file_offset = ip - mapping.start + mapping.offset;
