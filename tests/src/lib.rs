@@ -168,9 +168,9 @@ impl Tracer {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
     }
 
-    /// Waits for the tracer to exit (at most 60 s).
+    /// Waits for the tracer to exit (at most 3 minutes: the longest trace is one minute).
     pub fn finish(mut self) -> Finished {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(180);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
@@ -193,6 +193,32 @@ impl Tracer {
             stdout,
             stderr,
         }
+    }
+}
+
+impl Drop for Tracer {
+    /// A failing test never leaves a tracer behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A workload process killed when the test ends, pass or fail.
+pub struct Workload(pub Child);
+
+impl Workload {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -289,4 +315,134 @@ pub fn is_alive(pid: u32) -> bool {
             !matches!(state, Some("Z") | Some("X"))
         })
         .unwrap_or(false)
+}
+
+/// A memory cgroup with a limit, for tests of the time-to-limit arithmetic: cgroup v2 when its
+/// memory controller is available, else the v1 memory controller (hybrid hosts).
+pub struct MemoryCgroup {
+    pub dir: PathBuf,
+    /// The limit as the kernel stored it (rounded to pages).
+    pub limit_bytes: u64,
+}
+
+impl MemoryCgroup {
+    pub fn create(name: &str, limit_bytes: u64) -> Self {
+        let mounts = fs::read_to_string("/proc/mounts").unwrap();
+        let mut v2 = None;
+        let mut v1 = None;
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 {
+                continue;
+            }
+            if f[2] == "cgroup2" {
+                v2 = Some(PathBuf::from(f[1]));
+            } else if f[2] == "cgroup" && f[3].split(',').any(|o| o == "memory") {
+                v1 = Some(PathBuf::from(f[1]));
+            }
+        }
+        let v2_memory = v2.filter(|m| {
+            fs::read_to_string(m.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+        });
+        let (root, limit_file) = match (v2_memory, v1) {
+            (Some(root), _) => {
+                let _ = fs::write(root.join("cgroup.subtree_control"), "+memory");
+                (root, "memory.max")
+            }
+            (None, Some(root)) => (root, "memory.limit_in_bytes"),
+            (None, None) => panic!("no cgroup memory controller on this machine"),
+        };
+        let dir = root.join(name);
+        let _ = fs::remove_dir(&dir);
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join(limit_file), limit_bytes.to_string()).unwrap();
+        let limit_bytes = fs::read_to_string(dir.join(limit_file))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Self { dir, limit_bytes }
+    }
+
+    pub fn add(&self, pid: u32) {
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Runs `leaktracer` without privileges (as nobody), for commands that must not need root.
+pub fn run_unprivileged<I, S>(args: I) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(leaktracer())
+        .args(args)
+        .output()
+        .expect("setpriv runs");
+    Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Loads a page in headless Chromium and returns the DOM after its scripts ran.
+pub fn chromium_dom(page: &Path) -> String {
+    let profile = page.with_extension("chromium-profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium runs (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of `attribute` on the element with `id` in an HTML text (attributes as Chromium
+/// serializes them: double-quoted, entities escaped).
+pub fn attribute(html: &str, id: &str, attribute: &str) -> Option<String> {
+    let start = html.find(&format!("id=\"{id}\""))?;
+    let tag_start = html[..start].rfind('<')?;
+    let tag_end = start + html[start..].find('>')?;
+    let tag = &html[tag_start..tag_end];
+    let key = format!(" {attribute}=\"");
+    let value_start = tag.find(&key)? + key.len();
+    let value_end = value_start + tag[value_start..].find('"')?;
+    Some(
+        tag[value_start..value_end]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&"),
+    )
 }

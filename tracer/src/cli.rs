@@ -4,13 +4,15 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::duration::parse_duration;
+use crate::units::{parse_bytes, parse_duration};
 
 /// Find memory leaks in a live process with eBPF, without restarting it.
 ///
 /// leaktracer probes the allocator the target really uses (malloc, calloc, realloc, free, the
-/// aligned variants, mmap/munmap/mremap), keeps every allocation still outstanding in the kernel,
-/// keyed by its user call stack, and at the end reports the stacks that hold the most memory.
+/// aligned variants, C++ operator new, mmap/munmap/mremap), keeps every allocation still
+/// outstanding in the kernel, keyed by its user call stack, samples the per-stack totals every
+/// interval, and reports which stacks hold memory, which keep growing and how fast, and when the
+/// process reaches its memory limit.
 #[derive(Debug, Parser)]
 #[command(name = "leaktracer", version, propagate_version = true)]
 pub struct Cli {
@@ -28,8 +30,60 @@ pub enum Command {
     /// Examples:
     ///   sudo leaktracer trace --pid 4242 --duration 30s --flamegraph leaks.svg --json leaks.json
     ///   sudo leaktracer trace --flamegraph leaks.svg -- ./server --port 8080
+    ///   sudo leaktracer trace --pid 4242 --interval 10s --duration 10m --html report.html --json run.json
     #[command(verbatim_doc_comment)]
     Trace(TraceArgs),
+
+    /// Re-render a saved recording (the --json of a trace): text, flamegraph, folded, HTML. No
+    /// root needed.
+    ///
+    /// Example:
+    ///   leaktracer report run.json --flamegraph leaks.svg --html report.html --top 20
+    #[command(verbatim_doc_comment)]
+    Report(ReportArgs),
+
+    /// Compare two recordings of the same program: the stacks that grew most, and a differential
+    /// flamegraph. Stacks are matched by their symbolized frames, so recordings of different runs
+    /// compare. No root needed.
+    ///
+    /// Example:
+    ///   leaktracer diff before.json after.json --flamegraph growth.svg
+    #[command(verbatim_doc_comment)]
+    Diff(DiffArgs),
+}
+
+/// Where a report goes, besides the text on stdout.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Show this many stacks in the text report.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Write a leak flamegraph (SVG): width is outstanding bytes.
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// Write folded stacks (`root;...;leaf bytes`), for flamegraph.pl, inferno or speedscope.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+
+    /// Write one self-contained HTML page: the verdict, a chart of outstanding bytes and RSS over
+    /// time with the top growers, the flamegraph and the top stacks.
+    #[arg(long, value_name = "FILE.html")]
+    pub html: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    /// The outputs, with `json` added (a trace writes the recording itself).
+    pub fn outputs(&self, json: Option<PathBuf>) -> crate::report::Outputs {
+        crate::report::Outputs {
+            json,
+            folded: self.folded.clone(),
+            flamegraph: self.flamegraph.clone(),
+            html: self.html.clone(),
+            top: self.top,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -44,21 +98,41 @@ pub struct TraceArgs {
     #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Show this many stacks in the text report.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub top: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
 
-    /// Write a leak flamegraph (SVG): width is outstanding bytes.
-    #[arg(long, value_name = "FILE.svg")]
-    pub flamegraph: Option<PathBuf>,
-
-    /// Write folded stacks (`root;...;leaf bytes`), for flamegraph.pl, inferno or speedscope.
-    #[arg(long, value_name = "FILE")]
-    pub folded: Option<PathBuf>,
-
-    /// Write the full report as JSON (totals, every outstanding stack with its frames).
+    /// Write the full recording as JSON: totals, timeline, verdict, every outstanding stack with
+    /// its frames, growth and samples. `leaktracer report` and `diff` read it.
     #[arg(long, value_name = "FILE.json")]
     pub json: Option<PathBuf>,
+
+    /// Every interval, sample per-stack outstanding bytes and the RSS, and print a status line
+    /// (elapsed, outstanding, growth rate, top grower). The growth analysis works on these
+    /// samples.
+    #[arg(short, long, value_name = "DUR", value_parser = parse_duration, default_value = "5s")]
+    pub interval: Duration,
+
+    /// Count only allocations older than this (ignores the in-flight memory of a busy server).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub min_age: Option<Duration>,
+
+    /// Growth below this many bytes per second is flat: churn or plateau, never a leak.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, default_value = "128")]
+    pub min_rate: f64,
+
+    /// A leak grows (or holds) in at least this share of intervals.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.8)]
+    pub steady_ratio: f64,
+
+    /// A leak's growth over the second half of the trace is at least this fraction of its growth
+    /// over the first half; slower is `growing`.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.5)]
+    pub slowdown_ratio: f64,
+
+    /// Growth rates (bytes/s) from which a leak's severity is medium, high and critical; below the
+    /// first it is low.
+    #[arg(long, value_name = "MED,HIGH,CRIT", value_parser = parse_severity_rates, default_value = "10K,100K,1M")]
+    pub severity_rates: [f64; 3],
 
     /// Most outstanding heap allocations tracked at once; beyond it, allocations are counted as
     /// dropped (alloc_map_full).
@@ -70,6 +144,10 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub max_stacks: u32,
 
+    /// No live status line.
+    #[arg(short, long)]
+    pub quiet: bool,
+
     /// Print where each probe was placed, and progress.
     #[arg(short, long)]
     pub verbose: bool,
@@ -80,10 +158,72 @@ pub struct TraceArgs {
     pub command: Vec<String>,
 }
 
+impl TraceArgs {
+    /// The growth classification thresholds set by the flags.
+    pub fn thresholds(&self) -> crate::growth::Thresholds {
+        crate::growth::Thresholds {
+            min_rate: self.min_rate,
+            steady_ratio: self.steady_ratio,
+            slowdown_ratio: self.slowdown_ratio,
+            severity_rates: self.severity_rates,
+        }
+    }
+}
+
+fn parse_severity_rates(text: &str) -> Result<[f64; 3], String> {
+    let rates = text
+        .split(',')
+        .map(parse_bytes)
+        .collect::<Result<Vec<_>, _>>()?;
+    match rates[..] {
+        [medium, high, critical] if medium <= high && high <= critical => {
+            Ok([medium, high, critical])
+        }
+        _ => Err(format!(
+            "`{text}` must be three increasing rates, e.g. 10K,100K,1M"
+        )),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A recording written by `leaktracer trace --json`.
+    #[arg(value_name = "FILE.json")]
+    pub recording: PathBuf,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The earlier recording.
+    #[arg(value_name = "OLD.json")]
+    pub old: PathBuf,
+
+    /// The later recording.
+    #[arg(value_name = "NEW.json")]
+    pub new: PathBuf,
+
+    /// Show this many stacks.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Write a differential flamegraph (SVG): widths from NEW, red where bytes grew since OLD,
+    /// blue where they shrank.
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<PathBuf>,
+}
+
 /// Parses the command line and runs it.
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Trace(args) => crate::trace::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Trace(args) => crate::trace::run(args)?,
+        Command::Report(args) => {
+            crate::report::rerender(&args.recording, &args.output.outputs(None))?
+        }
+        Command::Diff(args) => crate::report::diff::run(&args)?,
     }
+    Ok(ExitCode::SUCCESS)
 }

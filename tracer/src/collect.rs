@@ -1,7 +1,7 @@
 //! Reading the kernel-side aggregation: per-stack outstanding bytes and counts, the loss
 //! counters, and stack traces. Also settles the munmap ranges the kernel handed to userspace.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use aya::{
     Ebpf,
@@ -12,6 +12,16 @@ use tracer_common::{
 };
 
 const PAGE_SIZE: u64 = 4096;
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so of record timestamps.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
 
 /// What the kernel has recorded at one moment.
 #[derive(Clone, Debug, Default)]
@@ -133,11 +143,16 @@ impl Collector {
         Ok(())
     }
 
-    /// Reads per-stack aggregates and counters.
-    pub fn snapshot(&self, ebpf: &Ebpf) -> anyhow::Result<KernelSnapshot> {
+    /// Reads per-stack aggregates and counters. With `min_age`, only allocations at least that
+    /// old count as outstanding: they are summed from the per-allocation records instead.
+    pub fn snapshot(
+        &self,
+        ebpf: &Ebpf,
+        min_age: Option<Duration>,
+    ) -> anyhow::Result<KernelSnapshot> {
         let stats: BpfHashMap<_, StackKey, StackStats> =
             BpfHashMap::try_from(ebpf.map("STACK_STATS").expect("STACK_STATS map"))?;
-        let mut stacks = Vec::new();
+        let mut all: HashMap<StackKey, StackStats> = HashMap::new();
         for entry in stats.iter() {
             let (key, mut value) = entry?;
             if let Some((bytes, allocations)) = self.released.get(&key) {
@@ -146,10 +161,37 @@ impl Collector {
                     .outstanding_allocations
                     .saturating_add_signed(-allocations);
             }
-            if value.outstanding_allocations > 0 || value.outstanding_bytes > 0 {
-                stacks.push((key, value));
+            all.insert(key, value);
+        }
+        if let Some(min_age) = min_age {
+            let cutoff = monotonic_ns().saturating_sub(min_age.as_nanos() as u64);
+            for value in all.values_mut() {
+                value.outstanding_bytes = 0;
+                value.outstanding_allocations = 0;
+            }
+            for map in ["ALLOCS", "MMAPS"] {
+                let records: BpfHashMap<_, AllocKey, AllocRecord> =
+                    BpfHashMap::try_from(ebpf.map(map).expect("record map"))?;
+                for (key, record) in records.iter().filter_map(Result::ok) {
+                    if record.timestamp_ns > cutoff {
+                        continue;
+                    }
+                    let stats = all
+                        .entry(StackKey {
+                            tgid: key.tgid,
+                            stack_id: record.stack_id,
+                        })
+                        .or_default();
+                    stats.outstanding_bytes += record.size;
+                    stats.outstanding_allocations += 1;
+                }
             }
         }
+        let mut stacks: Vec<(StackKey, StackStats)> = all
+            .into_iter()
+            .filter(|(_, v)| v.outstanding_allocations > 0 || v.outstanding_bytes > 0)
+            .collect();
+        stacks.sort_by_key(|(key, _)| *key);
         let counters_map: PerCpuArray<_, u64> =
             PerCpuArray::try_from(ebpf.map("COUNTERS").expect("COUNTERS map"))?;
         let mut counters = [0u64; COUNTER_SLOTS as usize];

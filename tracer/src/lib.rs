@@ -12,9 +12,11 @@
 pub mod attach;
 pub mod cli;
 pub mod collect;
-pub mod duration;
 pub mod error;
+pub mod growth;
+pub mod recording;
 pub mod report;
 pub mod symbolize;
 pub mod target;
 pub mod trace;
+pub mod units;

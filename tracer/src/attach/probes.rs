@@ -137,6 +137,20 @@ impl Probes {
             .map_err(|e| TraceError::Load(format!("adding pid {tgid} to the target map: {e}")))
     }
 
+    /// Stops counting this process: every program returns at once for it from now on. Cheaper
+    /// and more immediate than detaching, so a trace's final picture is frozen with this.
+    pub fn remove_target(&mut self, tgid: u32) -> Result<(), TraceError> {
+        let map = self.ebpf.map_mut("TARGETS").expect("TARGETS map");
+        let mut targets: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(map).map_err(|e| TraceError::Load(e.to_string()))?;
+        match targets.remove(&tgid) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(TraceError::Load(format!(
+                "removing pid {tgid} from the target map: {e}"
+            ))),
+        }
+    }
+
     /// Attaches the plan for `pid`: release side first (free, munmap), then the return probes,
     /// then the allocation entries, so no allocation is recorded whose free could be missed.
     pub fn attach(&mut self, plan: &AttachPlan, pid: u32) -> Result<(), TraceError> {

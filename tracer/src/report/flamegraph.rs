@@ -29,7 +29,8 @@ pub fn write_svg(report: &Report, title: &str, out: &mut dyn Write) -> io::Resul
     flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
 }
 
-fn write_empty_svg(title: &str, out: &mut dyn Write) -> io::Result<()> {
+/// An SVG that says there is nothing outstanding.
+pub fn write_empty_svg(title: &str, out: &mut dyn Write) -> io::Result<()> {
     let title = escape(title);
     write!(
         out,

@@ -2,13 +2,17 @@
 //!
 //! The JSON keys are a contract other tools read: extend, never rename.
 
+pub mod diff;
 pub mod flamegraph;
+pub mod html;
 pub mod output;
 pub mod text;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, io::Write, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::growth::{Growth, Thresholds};
 
 /// A finished trace.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -24,6 +28,55 @@ pub struct Report {
     /// Why the trace ended: `duration`, `interrupted` or `target exited`.
     #[serde(default)]
     pub end_reason: String,
+    /// Whole-process samples, one per interval.
+    #[serde(default)]
+    pub timeline: Vec<TimelinePoint>,
+    /// Is the process leaking, how fast, and when does it reach its memory limit.
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
+    /// The classification thresholds the growth figures were computed with.
+    #[serde(default)]
+    pub thresholds: Option<Thresholds>,
+    /// `--min-age`: only allocations older than this were counted.
+    #[serde(default)]
+    pub min_age_secs: Option<f64>,
+}
+
+/// The whole process at one sample.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// Seconds since the trace started.
+    pub t_secs: f64,
+    pub outstanding_bytes: u64,
+    /// Resident set size; null once the process has exited.
+    pub rss_bytes: Option<u64>,
+}
+
+/// One stack at one sample.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StackPoint {
+    pub t_secs: f64,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+}
+
+/// The verdict line of a report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// True when at least one stack is classed `leak`.
+    pub leak: bool,
+    /// Stacks classed `leak`.
+    pub leaking_stacks: usize,
+    /// Least-squares slope of the process's outstanding bytes over the trace.
+    pub growth_bytes_per_sec: f64,
+    pub memory_limit_bytes: Option<u64>,
+    /// Use under that limit when the trace ended.
+    pub memory_usage_bytes: Option<u64>,
+    pub memory_limit_source: Option<String>,
+    /// (limit - usage) / growth rate, when memory grows.
+    pub seconds_to_limit: Option<f64>,
+    /// The verdict in one sentence.
+    pub summary: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -73,6 +126,11 @@ pub struct Stack {
     pub pid: u32,
     /// Innermost first: frame 0 is the allocator's caller.
     pub frames: Vec<Frame>,
+    /// How this stack's outstanding bytes changed over the trace.
+    #[serde(default)]
+    pub growth: Option<Growth>,
+    #[serde(default)]
+    pub timeline: Vec<StackPoint>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -127,6 +185,84 @@ impl Report {
     }
 }
 
+/// The files a report is rendered to, with the text report on stdout.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    pub json: Option<PathBuf>,
+    pub folded: Option<PathBuf>,
+    pub flamegraph: Option<PathBuf>,
+    pub html: Option<PathBuf>,
+    /// Stacks shown in the text report.
+    pub top: usize,
+}
+
+impl Report {
+    /// The flamegraph's title: the target and how long it was traced.
+    pub fn title(&self) -> String {
+        let comm = self.target.comms.first().filter(|c| !c.is_empty());
+        format!(
+            "leaktracer: {} (pid {}), outstanding bytes after {:.1} s",
+            comm.map_or("target", String::as_str),
+            self.target.pids.first().copied().unwrap_or_default(),
+            self.duration_secs
+        )
+    }
+
+    /// Writes every requested file (atomically), reporting each on stderr.
+    pub fn write_files(&self, outputs: &Outputs) -> anyhow::Result<()> {
+        use output::write_atomic;
+        let written = |path: &PathBuf| eprintln!("leaktracer: wrote {}", path.display());
+        if let Some(path) = &outputs.json {
+            write_atomic(path, |w| {
+                serde_json::to_writer_pretty(&mut *w, self)?;
+                w.write_all(b"\n")
+            })?;
+            written(path);
+        }
+        if let Some(path) = &outputs.folded {
+            write_atomic(path, |w| {
+                for line in self.folded_lines() {
+                    writeln!(w, "{line}")?;
+                }
+                Ok(())
+            })?;
+            written(path);
+        }
+        if let Some(path) = &outputs.flamegraph {
+            write_atomic(path, |w| flamegraph::write_svg(self, &self.title(), w))?;
+            written(path);
+        }
+        if let Some(path) = &outputs.html {
+            write_atomic(path, |w| html::write(self, w))?;
+            written(path);
+        }
+        Ok(())
+    }
+}
+
+/// Reads a recording written by `trace --json`.
+pub fn load(path: &std::path::Path) -> anyhow::Result<Report> {
+    use anyhow::Context;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a leaktracer recording (write one with `leaktracer trace --json`)",
+            path.display()
+        )
+    })
+}
+
+/// `leaktracer report`: renders a saved recording exactly as the trace that wrote it did.
+pub fn rerender(recording: &std::path::Path, outputs: &Outputs) -> anyhow::Result<()> {
+    let report = load(recording)?;
+    report.write_files(outputs)?;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text::render(&report, outputs.top).as_bytes());
+    let _ = stdout.flush();
+    Ok(())
+}
+
 /// `1536` -> `1.50 KiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -177,5 +313,31 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.50 KiB");
         assert_eq!(human_bytes(1 << 20), "1.00 MiB");
+    }
+}
+
+/// A rate in bytes per second, signed: `+1.50 KiB/s`.
+pub fn human_rate(bytes_per_sec: f64) -> String {
+    let sign = if bytes_per_sec < 0.0 { "-" } else { "+" };
+    format!(
+        "{sign}{}/s",
+        human_bytes(bytes_per_sec.abs().round() as u64)
+    )
+}
+
+/// A duration in the largest two units: `2d 3h`, `1h 23m`, `4m 10s`, `12s`.
+pub fn human_duration(secs: f64) -> String {
+    let secs = secs.max(0.0).round() as u64;
+    let (d, h, m, s) = (
+        secs / 86400,
+        secs % 86400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
     }
 }

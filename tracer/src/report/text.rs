@@ -2,7 +2,29 @@
 
 use std::fmt::Write as _;
 
-use super::{Frame, Report, human_bytes};
+use super::{Frame, Report, human_bytes, human_rate};
+use crate::growth::{Class, Severity};
+
+/// The class as JSON spells it.
+pub fn class_name(class: Class) -> &'static str {
+    match class {
+        Class::Leak => "leak",
+        Class::Growing => "growing",
+        Class::Plateau => "plateau",
+        Class::Churn => "churn",
+    }
+}
+
+/// The severity as JSON spells it.
+pub fn severity_name(severity: Severity) -> &'static str {
+    match severity {
+        Severity::None => "none",
+        Severity::Low => "low",
+        Severity::Medium => "medium",
+        Severity::High => "high",
+        Severity::Critical => "critical",
+    }
+}
 
 /// Renders totals and the `top` stacks by outstanding bytes.
 pub fn render(report: &Report, top: usize) -> String {
@@ -18,6 +40,9 @@ pub fn render(report: &Report, top: usize) -> String {
             &report.end_reason
         }
     );
+    if let Some(verdict) = &report.verdict {
+        let _ = writeln!(out, "verdict: {}", verdict.summary);
+    }
     for allocator in &report.allocators {
         let _ = writeln!(
             out,
@@ -74,6 +99,16 @@ pub fn render(report: &Report, top: usize) -> String {
             stack.outstanding_allocations,
             stack.total_allocations
         );
+        if let Some(growth) = &stack.growth {
+            let _ = writeln!(
+                out,
+                "    growth: {} ({}, severity {}; grew or held in {:.0}% of intervals)",
+                human_rate(growth.bytes_per_sec),
+                class_name(growth.class),
+                severity_name(growth.severity),
+                growth.non_decreasing_ratio * 100.0
+            );
+        }
         if stack.frames.is_empty() {
             let _ = writeln!(out, "    [stack not captured]");
         }
@@ -98,7 +133,8 @@ fn describe_target(report: &Report) -> String {
     pids.join(", ")
 }
 
-fn describe_frame(frame: &Frame) -> String {
+/// A frame as one line: function, location, module.
+pub fn describe_frame(frame: &Frame) -> String {
     let module = frame.module.rsplit('/').next().unwrap_or(&frame.module);
     let location = match (&frame.file, frame.line) {
         (Some(file), Some(line)) => format!(" at {file}:{line}"),

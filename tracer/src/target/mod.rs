@@ -3,4 +3,5 @@
 
 pub mod launch;
 pub mod maps;
+pub mod memory;
 pub mod process;

@@ -1,5 +1,5 @@
-//! Parsing of human durations on the command line: `30s`, `10m`, `1h`, `500ms`, `1.5s`, or a bare
-//! number of seconds.
+//! Units on the command line: durations (`30s`, `10m`, `1h`, `500ms`, `1.5s`, or a bare number
+//! of seconds) and byte sizes (`512`, `64K`, `10MiB`, `1G`).
 
 use std::time::Duration;
 
@@ -55,9 +55,42 @@ fn seconds(secs: f64, text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a byte count such as `512`, `64K`, `64KiB`, `10M` or `1.5G` (binary units).
+pub fn parse_bytes(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let value: f64 = text[..split]
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (try 512, 64K, 10M or 1G)"))?;
+    let scale = match text[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        unit => {
+            return Err(format!(
+                "unknown size unit `{unit}` in `{text}` (use K, M or G)"
+            ));
+        }
+    };
+    Ok(value * scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_bytes("512").unwrap(), 512.0);
+        assert_eq!(parse_bytes("64K").unwrap(), 65536.0);
+        assert_eq!(parse_bytes("10MiB").unwrap(), 10.0 * 1048576.0);
+        assert_eq!(parse_bytes("1.5g").unwrap(), 1.5 * 1073741824.0);
+        assert!(parse_bytes("ten").is_err());
+        assert!(parse_bytes("5X").is_err());
+    }
 
     #[test]
     fn parses_units_and_bare_seconds() {

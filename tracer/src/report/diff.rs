@@ -1,0 +1,208 @@
+//! `leaktracer diff`: what grew between two recordings of the same program.
+//!
+//! Stacks are matched by their symbolized frames (function names, innermost first), not by
+//! addresses, which differ from run to run.
+
+use std::{collections::HashMap, fmt::Write as _, io::Write};
+
+use inferno::{differential, flamegraph};
+
+use super::{Frame, Report, flamegraph::write_empty_svg, human_bytes, load, output::write_atomic};
+use crate::cli::DiffArgs;
+
+/// One stack in both recordings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DiffRow {
+    pub frames: Vec<Frame>,
+    pub old_bytes: u64,
+    pub new_bytes: u64,
+    pub old_allocations: u64,
+    pub new_allocations: u64,
+}
+
+impl DiffRow {
+    pub fn delta(&self) -> i64 {
+        self.new_bytes as i64 - self.old_bytes as i64
+    }
+}
+
+/// How stacks are matched across recordings.
+fn signature(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .map(|f| f.function.as_str())
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// Every stack of either recording, the largest growth first.
+pub fn compare(old: &Report, new: &Report) -> Vec<DiffRow> {
+    let mut rows: HashMap<String, DiffRow> = HashMap::new();
+    for stack in &old.stacks {
+        let row = rows.entry(signature(&stack.frames)).or_default();
+        row.old_bytes += stack.outstanding_bytes;
+        row.old_allocations += stack.outstanding_allocations;
+        row.frames = stack.frames.clone();
+    }
+    for stack in &new.stacks {
+        let row = rows.entry(signature(&stack.frames)).or_default();
+        row.new_bytes += stack.outstanding_bytes;
+        row.new_allocations += stack.outstanding_allocations;
+        row.frames = stack.frames.clone();
+    }
+    let mut rows: Vec<DiffRow> = rows.into_values().collect();
+    rows.sort_by(|a, b| {
+        b.delta()
+            .cmp(&a.delta())
+            .then(b.new_bytes.cmp(&a.new_bytes))
+            .then_with(|| signature(&a.frames).cmp(&signature(&b.frames)))
+    });
+    rows
+}
+
+fn signed_bytes(delta: i64) -> String {
+    let sign = if delta < 0 { "-" } else { "+" };
+    format!("{sign}{}", human_bytes(delta.unsigned_abs()))
+}
+
+/// The diff table.
+pub fn render(old: &Report, new: &Report, rows: &[DiffRow], top: usize) -> String {
+    let mut out = String::new();
+    let describe = |r: &Report| {
+        format!(
+            "pid {} ({:.1} s)",
+            r.target.pids.first().copied().unwrap_or_default(),
+            r.duration_secs
+        )
+    };
+    let _ = writeln!(
+        out,
+        "leaktracer diff: {} -> {}",
+        describe(old),
+        describe(new)
+    );
+    let _ = writeln!(
+        out,
+        "outstanding: {} -> {} ({})",
+        human_bytes(old.totals.outstanding_bytes),
+        human_bytes(new.totals.outstanding_bytes),
+        signed_bytes(new.totals.outstanding_bytes as i64 - old.totals.outstanding_bytes as i64)
+    );
+    let _ = writeln!(
+        out,
+        "\n{:>13} {:>12} {:>12}  stack (frame 0 first)",
+        "change", "old", "new"
+    );
+    for row in rows.iter().take(top) {
+        let chain: Vec<&str> = row
+            .frames
+            .iter()
+            .take(4)
+            .map(|f| f.function.as_str())
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:>13} {:>12} {:>12}  {}{}",
+            signed_bytes(row.delta()),
+            human_bytes(row.old_bytes),
+            human_bytes(row.new_bytes),
+            if chain.is_empty() {
+                "[unknown stack]".to_string()
+            } else {
+                chain.join(" <- ")
+            },
+            if row.frames.len() > 4 { " <- ..." } else { "" }
+        );
+    }
+    out
+}
+
+/// The differential flamegraph: widths from NEW, red where bytes grew since OLD, blue where
+/// they shrank.
+pub fn write_svg(old: &Report, new: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    let title = format!(
+        "leaktracer diff: pid {} -> pid {}, outstanding bytes",
+        old.target.pids.first().copied().unwrap_or_default(),
+        new.target.pids.first().copied().unwrap_or_default()
+    );
+    let before = old.folded_lines().join("\n");
+    let after = new.folded_lines().join("\n");
+    if after.is_empty() {
+        return write_empty_svg(&title, out);
+    }
+    let mut combined = Vec::new();
+    differential::from_readers(
+        differential::Options::default(),
+        before.as_bytes(),
+        after.as_bytes(),
+        &mut combined,
+    )?;
+    let combined = String::from_utf8_lossy(&combined);
+    let mut options = flamegraph::Options::default();
+    options.title = title;
+    options.count_name = "bytes".to_string();
+    flamegraph::from_lines(&mut options, combined.lines(), out)
+}
+
+/// `leaktracer diff OLD NEW`.
+pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
+    let old = load(&args.old)?;
+    let new = load(&args.new)?;
+    let rows = compare(&old, &new);
+    if let Some(path) = &args.flamegraph {
+        write_atomic(path, |w| write_svg(&old, &new, w))?;
+        eprintln!("leaktracer: wrote {}", path.display());
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(render(&old, &new, &rows, args.top).as_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Stack;
+
+    fn report(stacks: &[(&str, u64)]) -> Report {
+        Report {
+            stacks: stacks
+                .iter()
+                .map(|(name, bytes)| Stack {
+                    outstanding_bytes: *bytes,
+                    outstanding_allocations: 1,
+                    frames: vec![
+                        Frame {
+                            function: name.to_string(),
+                            address: *bytes, // differs between runs; must not matter
+                            ..Default::default()
+                        },
+                        Frame {
+                            function: "main".into(),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn matches_by_frames_and_orders_by_growth() {
+        let old = report(&[("leak", 1000), ("cache", 500), ("gone", 300)]);
+        let new = report(&[("leak", 2000), ("cache", 500), ("fresh", 100)]);
+        let rows = compare(&old, &new);
+        let order: Vec<(&str, i64)> = rows
+            .iter()
+            .map(|r| (r.frames[0].function.as_str(), r.delta()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![("leak", 1000), ("fresh", 100), ("cache", 0), ("gone", -300)]
+        );
+        let mut svg = Vec::new();
+        write_svg(&old, &new, &mut svg).unwrap();
+        assert!(String::from_utf8(svg).unwrap().contains("leak"));
+    }
+}

@@ -1,0 +1,146 @@
+//! How much memory a process may use and how much it uses: its cgroup's limit (v2 `memory.max`
+//! or v1 `memory.limit_in_bytes`, the tightest along the path to the root), else the machine's
+//! MemTotal; and its resident set size.
+
+use std::{fs, path::PathBuf};
+
+/// v1 reports "no limit" as a huge page-rounded number.
+const V1_UNLIMITED: u64 = 1 << 62;
+
+/// The memory limit that applies to a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryLimit {
+    pub limit_bytes: u64,
+    /// Current use under that limit: the cgroup's usage, or MemTotal - MemAvailable.
+    pub usage_bytes: u64,
+    /// Where the limit comes from, e.g. `cgroup v2 memory.max of /sys/fs/cgroup/app`.
+    pub source: String,
+}
+
+impl MemoryLimit {
+    /// Bytes left before the limit.
+    pub fn headroom(&self) -> u64 {
+        self.limit_bytes.saturating_sub(self.usage_bytes)
+    }
+}
+
+/// The resident set size of `pid` (VmRSS), if it still runs.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The limit for `pid`: the tightest cgroup limit on its path, else MemTotal.
+pub fn memory_limit(pid: u32) -> Option<MemoryLimit> {
+    cgroup_limit(pid).or_else(machine_limit)
+}
+
+fn machine_limit() -> Option<MemoryLimit> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let value = meminfo.lines().find_map(|l| l.strip_prefix(name))?;
+        let kib: u64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    };
+    let total = field("MemTotal:")?;
+    let available = field("MemAvailable:").unwrap_or(total);
+    Some(MemoryLimit {
+        limit_bytes: total,
+        usage_bytes: total.saturating_sub(available),
+        source: "MemTotal (no cgroup memory limit)".to_string(),
+    })
+}
+
+/// Mount points of the cgroup2 hierarchy and of the v1 memory controller.
+fn cgroup_mounts() -> (Option<PathBuf>, Option<PathBuf>) {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut v2 = None;
+    let mut v1_memory = None;
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, mount_point, fs_type, options, ..] = fields[..] else {
+            continue;
+        };
+        if fs_type == "cgroup2" && v2.is_none() {
+            v2 = Some(PathBuf::from(mount_point));
+        } else if fs_type == "cgroup" && options.split(',').any(|o| o == "memory") {
+            v1_memory = Some(PathBuf::from(mount_point));
+        }
+    }
+    (v2, v1_memory)
+}
+
+fn cgroup_limit(pid: u32) -> Option<MemoryLimit> {
+    let membership = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let (v2_mount, v1_mount) = cgroup_mounts();
+    for line in membership.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let (mount, limit_file, usage_file, kind) = if controllers.is_empty() {
+            (v2_mount.clone(), "memory.max", "memory.current", "v2")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (
+                v1_mount.clone(),
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "v1",
+            )
+        } else {
+            continue;
+        };
+        let Some(mount) = mount else { continue };
+        // The tightest limit from the process's cgroup up to the root.
+        let mut dir = mount.join(path.trim_start_matches('/'));
+        let mut best: Option<MemoryLimit> = None;
+        loop {
+            if let Some(limit) = read_limit(&dir.join(limit_file))
+                && best.as_ref().is_none_or(|b| limit < b.limit_bytes)
+            {
+                best = Some(MemoryLimit {
+                    limit_bytes: limit,
+                    usage_bytes: read_number(&dir.join(usage_file)).unwrap_or(0),
+                    source: format!("cgroup {kind} {limit_file} of {}", dir.display()),
+                });
+            }
+            if dir == mount || !dir.pop() {
+                break;
+            }
+        }
+        if best.is_some() {
+            return best;
+        }
+    }
+    None
+}
+
+/// A limit file's value; `None` for "max" (v2) or the v1 "unlimited" value.
+fn read_limit(path: &std::path::Path) -> Option<u64> {
+    let value = read_number(path)?;
+    (value < V1_UNLIMITED).then_some(value)
+}
+
+fn read_number(path: &std::path::Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_a_limit_and_rss() {
+        let pid = std::process::id();
+        let limit = memory_limit(pid).expect("some limit applies");
+        assert!(limit.limit_bytes > 0 && limit.usage_bytes <= limit.limit_bytes * 2);
+        assert!(rss_bytes(pid).unwrap() > 0);
+        assert_eq!(rss_bytes(u32::MAX), None);
+    }
+}
