@@ -258,3 +258,44 @@ fn report_rejects_what_is_not_a_recording() {
     assert!(stderr.contains("not a leaktracer recording"), "{stderr}");
     assert!(!dir.join("x.svg").exists());
 }
+
+/// `--min-age` counts only allocations older than the age: churn's short-lived blocks vanish,
+/// the steady leak keeps exactly what it leaked up to that age before the end.
+#[test]
+fn min_age_hides_in_flight_memory() {
+    require_root();
+    let dir = scratch_dir("min_age");
+    let json = dir.join("run.json");
+    let mut target = start_growth(&["--no-late"]);
+    go(&mut target);
+    let run = run_tracer([
+        "trace".as_ref(),
+        "--pid".as_ref(),
+        target.pid().to_string().as_ref(),
+        "--duration".as_ref(),
+        "6s".as_ref(),
+        "--interval".as_ref(),
+        "1s".as_ref(),
+        "--min-age".as_ref(),
+        "3s".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
+    drop(target);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_eq!(report["min_age_secs"].as_f64(), Some(3.0));
+    assert_eq!(
+        outstanding_at(&report, "churn_step"),
+        (0, 0),
+        "churn blocks live ~32 ms"
+    );
+    let duration = report["duration_secs"].as_f64().unwrap();
+    let (bytes, count) = outstanding_at(&report, "steady_leak");
+    let expected = (duration - 3.0) * 50.0;
+    assert!(
+        (count as f64 - expected).abs() <= 5.0,
+        "{count} blocks, expected about {expected}"
+    );
+    assert_eq!(bytes, count * 4096);
+}

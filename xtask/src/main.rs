@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             .and_then(|()| build())
             .and_then(|()| demo::run(&duration)),
         Command::Test { args } => setup::run()
+            .and_then(|()| setup::ensure_test_tools())
             .and_then(|()| build())
             .and_then(|()| test(&args)),
     };

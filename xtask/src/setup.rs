@@ -16,6 +16,16 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the end-to-end tests use besides the build: a C++ compiler for the C++ workload,
+/// Chromium to render the HTML report, setpriv to run commands unprivileged.
+pub fn ensure_test_tools() -> anyhow::Result<()> {
+    ensure_debian_tools(&[
+        ("g++", "g++"),
+        ("chromium", "chromium"),
+        ("setpriv", "util-linux"),
+    ])
+}
+
 fn sysroot() -> anyhow::Result<PathBuf> {
     let out = Command::new("rustc")
         .args(["--print", "sysroot"])

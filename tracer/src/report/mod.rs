@@ -279,6 +279,32 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A rate in bytes per second, signed: `+1.50 KiB/s`.
+pub fn human_rate(bytes_per_sec: f64) -> String {
+    let sign = if bytes_per_sec < 0.0 { "-" } else { "+" };
+    format!(
+        "{sign}{}/s",
+        human_bytes(bytes_per_sec.abs().round() as u64)
+    )
+}
+
+/// A duration in the largest two units: `2d 3h`, `1h 23m`, `4m 10s`, `12s`.
+pub fn human_duration(secs: f64) -> String {
+    let secs = secs.max(0.0).round() as u64;
+    let (d, h, m, s) = (
+        secs / 86400,
+        secs % 86400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,31 +339,5 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.50 KiB");
         assert_eq!(human_bytes(1 << 20), "1.00 MiB");
-    }
-}
-
-/// A rate in bytes per second, signed: `+1.50 KiB/s`.
-pub fn human_rate(bytes_per_sec: f64) -> String {
-    let sign = if bytes_per_sec < 0.0 { "-" } else { "+" };
-    format!(
-        "{sign}{}/s",
-        human_bytes(bytes_per_sec.abs().round() as u64)
-    )
-}
-
-/// A duration in the largest two units: `2d 3h`, `1h 23m`, `4m 10s`, `12s`.
-pub fn human_duration(secs: f64) -> String {
-    let secs = secs.max(0.0).round() as u64;
-    let (d, h, m, s) = (
-        secs / 86400,
-        secs % 86400 / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-    );
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m {s}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
     }
 }
