@@ -52,6 +52,32 @@ pub fn scratch_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// Compiles `tests/workloads/NAME.c` statically against musl (Debian's musl-tools).
+pub fn musl_static_workload(name: &str) -> PathBuf {
+    let source = workspace_root().join(format!("tests/workloads/{name}.c"));
+    let out_dir = workspace_root().join("target/e2e/bin");
+    fs::create_dir_all(&out_dir).unwrap();
+    let binary = out_dir.join(format!("{name}-musl-static"));
+    let temp = out_dir.join(format!(
+        ".{name}-musl.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let status = Command::new("musl-gcc")
+        .args(["-static", "-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&temp)
+        .arg(&source)
+        .status()
+        .expect("musl-gcc runs (cargo xtask setup installs musl-tools)");
+    assert!(
+        status.success(),
+        "compiling {} with musl-gcc",
+        source.display()
+    );
+    fs::rename(&temp, &binary).unwrap();
+    binary
+}
+
 /// Compiles `tests/workloads/NAME.c` (or `NAME.cpp`) with frame pointers, debug info and no
 /// builtin malloc folding, and returns the binary. Safe to call from parallel tests.
 pub fn workload(name: &str) -> PathBuf {
@@ -142,11 +168,11 @@ impl Tracer {
         self.child.id()
     }
 
-    /// Waits until the probes are attached (leaktracer says "tracing pid").
+    /// Waits until the probes are attached (leaktracer says "tracing ...").
     pub fn wait_attached(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if self.stderr.lock().unwrap().contains("tracing pid") {
+            if self.stderr.lock().unwrap().contains("leaktracer: tracing ") {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -159,6 +185,27 @@ impl Tracer {
         }
         panic!(
             "leaktracer did not attach in 30 s: {}",
+            self.stderr.lock().unwrap()
+        );
+    }
+
+    /// Waits until leaktracer's stderr contains `needle`.
+    pub fn wait_stderr(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.stderr.lock().unwrap().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "leaktracer exited ({status}) before saying {needle:?}: {}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "leaktracer did not say {needle:?} in 30 s: {}",
             self.stderr.lock().unwrap()
         );
     }
@@ -445,4 +492,72 @@ pub fn attribute(html: &str, id: &str, attribute: &str) -> Option<String> {
             .replace("&quot;", "\"")
             .replace("&amp;", "&"),
     )
+}
+
+/// Device and inode of the executable mapping of a file whose path ends with `suffix`, as
+/// `/proc/PID/maps` shows it.
+pub fn mapped_file(pid: u32, suffix: &str) -> Option<(u64, u64)> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || !f[1].contains('x') || !f[5].ends_with(suffix) {
+            return None;
+        }
+        let (major, minor) = f[3].split_once(':')?;
+        let dev = libc::makedev(
+            u32::from_str_radix(major, 16).ok()?,
+            u32::from_str_radix(minor, 16).ok()?,
+        );
+        Some((dev, f[4].parse().ok()?))
+    })
+}
+
+/// The children of a process.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A cgroup v2 directory for a test, removed at the end (after its processes are gone).
+pub struct Cgroup2Dir(pub PathBuf);
+
+impl Cgroup2Dir {
+    pub fn create(name: &str) -> Self {
+        let mounts = fs::read_to_string("/proc/mounts").unwrap();
+        let mount = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+            })
+            .expect("a cgroup2 mount");
+        let dir = mount.join(name);
+        let _ = fs::remove_dir(&dir);
+        fs::create_dir(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// A shell command line that moves itself into this cgroup, then execs `command`.
+    pub fn enter_and_exec(&self, command: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {command}",
+            self.0.display()
+        ));
+        cmd
+    }
+}
+
+impl Drop for Cgroup2Dir {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

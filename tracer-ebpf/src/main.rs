@@ -14,8 +14,12 @@
 #![feature(core_intrinsics, adt_const_params)]
 
 use aya_ebpf::{
+    Global,
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_get_current_ancestor_cgroup_id,
+    },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
@@ -102,11 +106,28 @@ fn atomic_add(target: *mut u64, delta: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, delta) };
 }
 
-/// The calling process's tgid when it is a target.
+/// With `--cgroup`: the cgroup v2 id (directory inode) whose processes are traced, and its level
+/// in the hierarchy, so processes in descendant cgroups match through their ancestor at that
+/// level. 0: no cgroup filter. Set by userspace at load time.
+#[unsafe(no_mangle)]
+static FILTER_CGROUP_ID: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static FILTER_CGROUP_LEVEL: Global<u32> = Global::new(0);
+
+/// The calling process's tgid when it is a target: one userspace attached to and, with a
+/// cgroup filter, inside that cgroup.
 #[inline(always)]
 fn traced_tgid() -> Option<u32> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    unsafe { TARGETS.get(tgid) }.map(|_| tgid)
+    unsafe { TARGETS.get(tgid) }?;
+    let cgroup = FILTER_CGROUP_ID.load();
+    if cgroup != 0
+        && unsafe { bpf_get_current_ancestor_cgroup_id(FILTER_CGROUP_LEVEL.load() as i32) }
+            != cgroup
+    {
+        return None;
+    }
+    Some(tgid)
 }
 
 #[inline(always)]

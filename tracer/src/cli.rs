@@ -32,7 +32,7 @@ pub enum Command {
     ///   sudo leaktracer trace --flamegraph leaks.svg -- ./server --port 8080
     ///   sudo leaktracer trace --pid 4242 --interval 10s --duration 10m --html report.html --json run.json
     #[command(verbatim_doc_comment)]
-    Trace(TraceArgs),
+    Trace(Box<TraceArgs>),
 
     /// Re-render a saved recording (the --json of a trace): text, flamegraph, folded, HTML. No
     /// root needed.
@@ -87,12 +87,34 @@ impl OutputArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "command"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "command", "cgroup", "container"])))]
 pub struct TraceArgs {
     /// Attach to this running process (all its threads). Allocations made before attach are
     /// not known and their frees are ignored.
     #[arg(short, long, value_name = "PID")]
     pub pid: Option<u32>,
+
+    /// Trace every process in this cgroup v2 directory and its descendants, including processes
+    /// that start while tracing (attached within a second). On a hybrid host the directory is
+    /// under the cgroup2 mount, e.g. /sys/fs/cgroup/unified/...
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Trace a container: its cgroup is found from the container id (a unique prefix is enough)
+    /// in the cgroups of running processes (docker, containerd, CRI-O, podman).
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
+
+    /// With --pid or a command: also trace the processes it forks (and what they exec), e.g. the
+    /// workers of a pre-fork server.
+    #[arg(long)]
+    pub follow_children: bool,
+
+    /// The object that serves malloc, as the target sees its path, and optionally the prefix of
+    /// its function names (e.g. `/opt/app/bin/server:je_`). By default it is found: the
+    /// executable, an LD_PRELOADed allocator, or the C library.
+    #[arg(long, value_name = "PATH[:PREFIX]")]
+    pub allocator: Option<crate::attach::allocator::AllocatorOverride>,
 
     /// Stop after this long (e.g. 30s, 10m, 1h). Without it, trace until Ctrl-C or the target exits.
     #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
@@ -219,7 +241,7 @@ pub struct DiffArgs {
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Trace(args) => crate::trace::run(args)?,
+        Command::Trace(args) => crate::trace::run(*args)?,
         Command::Report(args) => {
             crate::report::rerender(&args.recording, &args.output.outputs(None))?
         }

@@ -1,7 +1,10 @@
-//! One trace session: find the allocator, attach, wait for the end, collect, symbolize, report.
+//! One trace session: find the processes and their allocators, attach, sample until the end,
+//! collect, symbolize, report.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io::{IsTerminal, Write},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -10,25 +13,31 @@ use tracer_common::{COUNTER_NAMES, Counter};
 
 use crate::{
     attach::{
-        allocator::{self, AttachPlan, Candidate},
+        allocator::{self, AttachPlan},
         probes::{self, MapSizes, Probes},
     },
     cli::TraceArgs,
     collect::{Collector, KernelSnapshot},
     error::TraceError,
     recording::{Recorder, verdict},
-    report::{self, AllocatorUsed, Report, Stack, Target, Totals, human_bytes, human_rate},
+    report::{
+        self, AllocatorUsed, ProcessEntry, Report, Stack, Target, Totals, human_bytes, human_rate,
+    },
     symbolize::{AddressSpaces, Symbolizer},
     target::{
+        cgroup::{Cgroup, find_container},
         launch::{LaunchedChild, predict_loaded_objects},
         maps::read_maps,
         memory::{MemoryLimit, memory_limit, rss_bytes},
-        process::{ProcessInfo, is_alive},
+        process::{ProcessInfo, descendants, is_alive},
     },
 };
 
-/// How often the target's liveness and memory map are checked.
+/// How often liveness, new processes and memory maps are checked.
 const POLL: Duration = Duration::from_millis(100);
+/// Polls in a row a new process may fail to attach (mid-exec, libraries not mapped yet) before
+/// it is given up with a warning: a second.
+const ATTACH_ATTEMPTS: u32 = 10;
 /// A launched command still running when the trace ends gets this long to exit after SIGTERM.
 const TERMINATE_GRACE: Duration = Duration::from_secs(2);
 
@@ -50,10 +59,52 @@ impl EndReason {
     }
 }
 
+/// Which processes a trace covers.
+enum Scope {
+    /// One process (a pid, or the launched command), with its descendants if followed.
+    Process { root: u32, follow_children: bool },
+    /// Every process in a cgroup v2 directory and below.
+    Cgroup(Cgroup),
+}
+
+impl Scope {
+    /// The processes to trace now.
+    fn members(&self) -> Vec<u32> {
+        match self {
+            Scope::Process {
+                root,
+                follow_children,
+            } => {
+                let mut pids = vec![*root];
+                if *follow_children {
+                    pids.extend(descendants(*root));
+                }
+                pids
+            }
+            Scope::Cgroup(cgroup) => cgroup.processes(),
+        }
+    }
+}
+
+/// A process leaktracer attached to.
+struct Tracked {
+    info: ProcessInfo,
+    plan: AttachPlan,
+    /// Device and inode of every object probed for it.
+    objects: BTreeSet<(u64, u64)>,
+    /// Its executable, to notice an exec.
+    exe: Option<PathBuf>,
+}
+
 /// Runs `leaktracer trace`.
 pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     probes::check_privileges()?;
     probes::check_kernel_support()?;
+    if let Some(pid) = args.pid
+        && !is_alive(pid)
+    {
+        return Err(TraceError::NoSuchProcess(pid).into());
+    }
 
     // Launch before any thread exists: the child runs nothing between fork and exec but raise().
     let mut child = if args.command.is_empty() {
@@ -61,7 +112,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     } else {
         Some(LaunchedChild::spawn_stopped(&args.command)?)
     };
-    let result = trace_target(&args, child.as_mut());
+    let result = trace(&args, child.as_mut());
     if let Some(child) = child.as_mut()
         && child.try_reap().is_none()
     {
@@ -71,115 +122,102 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     result
 }
 
-fn trace_target(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Result<()> {
-    let (pid, plan) = match child.as_deref() {
-        Some(child) => (child.pid, plan_for_launch(child)?),
-        None => {
-            let pid = args.pid.expect("clap requires --pid or a command");
-            if !is_alive(pid) {
-                return Err(TraceError::NoSuchProcess(pid).into());
-            }
-            (pid, plan_for_pid(pid)?)
-        }
+fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Result<()> {
+    let scope = match (&child, args.pid, &args.cgroup, &args.container) {
+        (Some(child), ..) => Scope::Process {
+            root: child.pid,
+            follow_children: args.follow_children,
+        },
+        (None, Some(pid), ..) => Scope::Process {
+            root: pid,
+            follow_children: args.follow_children,
+        },
+        (None, None, Some(dir), _) => Scope::Cgroup(Cgroup::open(dir)?),
+        (None, None, None, Some(id)) => Scope::Cgroup(Cgroup::open(&find_container(id)?)?),
+        _ => unreachable!("clap requires a target"),
     };
-
-    let mut probes = Probes::load(MapSizes {
+    let probes = Probes::load(MapSizes {
+        cgroup: match &scope {
+            Scope::Cgroup(cgroup) => Some((cgroup.id, cgroup.level)),
+            Scope::Process { .. } => None,
+        },
         max_allocations: args.max_allocations,
         max_stacks: args.max_stacks,
     })?;
-    probes.add_target(pid)?;
-    probes.attach(&plan, pid)?;
-    let collector = Collector::new(probes.ebpf_mut())?;
-    if args.verbose {
-        for probe in &probes.attached {
-            eprintln!(
-                "leaktracer: {} {} at {}+{:#x} ({})",
-                if probe.is_return {
-                    "uretprobe"
-                } else {
-                    "uprobe   "
-                },
-                probe.symbols.join("/"),
-                probe.object,
-                probe.offset,
-                probe.program
-            );
-        }
-    }
+    let mut session = Session {
+        args,
+        scope,
+        probes,
+        collector: None,
+        spaces: AddressSpaces::default(),
+        recorder: Recorder::start(),
+        symbolizer: Symbolizer::new(),
+        limit: None,
+        status: StatusLine::new(args.quiet),
+        tracked: BTreeMap::new(),
+        failed: BTreeSet::new(),
+        attempts: BTreeMap::new(),
+    };
+    session.collector = Some(Collector::new(session.probes.ebpf_mut())?);
 
-    let mut spaces = AddressSpaces::default();
+    // The launched command: attached before exec, to the objects its loader will map.
     if let Some(child) = child.as_deref_mut() {
+        let objects = predict_loaded_objects(&child.program).with_context(|| {
+            format!(
+                "cannot tell which libraries {} loads",
+                child.program.display()
+            )
+        })?;
+        let plan = allocator::plan(
+            child.pid,
+            &allocator::candidates_from_paths(&objects),
+            args.allocator.as_ref(),
+        )?;
+        session.attach_plan(child.pid, &plan)?;
         child.resume(&args.command)?;
-    } else {
-        spaces.refresh(pid);
+        session.track(child.pid, plan);
     }
-    let info = ProcessInfo::read(pid).unwrap_or_default();
+    // Everything else in scope now; a --pid that cannot be traced is an error, not a warning.
+    if let Some(pid) = args.pid {
+        let plan = plan_for_pid(pid, args)?;
+        session.attach_plan(pid, &plan)?;
+        session.track(pid, plan);
+    }
+    session.discover();
+    if session.tracked.is_empty() && matches!(session.scope, Scope::Cgroup(_)) {
+        eprintln!("leaktracer: the cgroup has no process yet; waiting for one to start");
+    }
+    session.recorder = Recorder::start();
     eprintln!(
-        "leaktracer: tracing pid {pid} ({}), allocator {}: {} probes attached; {}",
-        if info.comm.is_empty() {
-            "?"
-        } else {
-            &info.comm
-        },
-        plan.allocator,
-        probes.attached.len(),
+        "leaktracer: tracing {}: {} probes attached; {}",
+        session.describe_targets(),
+        session.probes.attached.len(),
         match args.duration {
             Some(d) => format!("stopping after {:.0?} or on Ctrl-C", d),
             None => "Ctrl-C to stop".to_string(),
         }
     );
 
-    let mut session = Session {
-        pid,
-        args,
-        probes,
-        collector,
-        spaces,
-        recorder: Recorder::start(),
-        symbolizer: Symbolizer::new(),
-        limit: memory_limit(pid),
-        status: StatusLine::new(args.quiet),
-    };
     let end_reason = session.wait_for_end(&mut child)?;
-    // Freeze the picture: the programs ignore the target from here on. (Detaching all probes
+    // Freeze the picture: the programs ignore the targets from here on. (Detaching all probes
     // takes the kernel about 0.1 s per probe; that happens last, when `session` is dropped.)
-    session.probes.remove_target(pid)?;
+    for pid in session.tracked.keys().copied().collect::<Vec<_>>() {
+        session.probes.remove_target(pid)?;
+    }
     let elapsed = session.recorder.elapsed_secs();
-    session.spaces.refresh(pid);
-    session.collector.drain_unmaps(session.probes.ebpf_mut())?;
-    session.collector.print_warnings();
-    let snapshot = session
-        .collector
-        .snapshot(session.probes.ebpf(), args.min_age)?;
-    session
-        .recorder
-        .sample_at(elapsed, &snapshot, rss_bytes(pid));
+    session.refresh_spaces();
+    let collector = session.collector.as_mut().expect("collector");
+    collector.drain_unmaps(session.probes.ebpf_mut())?;
+    collector.print_warnings();
+    let snapshot = collector.snapshot(session.probes.ebpf(), args.min_age)?;
+    let rss = session.total_rss();
+    session.recorder.sample_at(elapsed, &snapshot, rss);
     session.status.finish();
     if args.verbose || snapshot.stacks.len() > 100 {
         eprintln!("leaktracer: symbolizing {} stacks", snapshot.stacks.len());
     }
-    if let Some(limit) = memory_limit(pid) {
-        session.limit = Some(limit);
-    }
-    let command = if args.command.is_empty() {
-        Some(info.cmdline.clone()).filter(|c| !c.is_empty())
-    } else {
-        Some(args.command.clone())
-    };
-    let report = session.build_report(
-        &snapshot,
-        Target {
-            pids: vec![pid],
-            command,
-            comms: vec![info.comm.clone()],
-        },
-        vec![AllocatorUsed {
-            pid,
-            object: plan.allocator.clone(),
-        }],
-        elapsed,
-        end_reason,
-    );
+    session.refresh_limit();
+    let report = session.build_report(&snapshot, elapsed, end_reason);
     report.write_files(&args.output.outputs(args.json.clone()))?;
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(report::text::render(&report, args.output.top).as_bytes());
@@ -188,23 +226,216 @@ fn trace_target(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyh
     Ok(())
 }
 
-/// A trace in progress: the probes, what has been sampled, and how to name stacks.
+/// A trace in progress: the probes, the processes, what has been sampled, how to name stacks.
 struct Session<'a> {
-    pid: u32,
     args: &'a TraceArgs,
+    scope: Scope,
     probes: Probes,
-    collector: Collector,
+    collector: Option<Collector>,
     spaces: AddressSpaces,
     recorder: Recorder,
     symbolizer: Symbolizer,
-    /// The target's memory limit, last read while it was alive.
+    /// The memory limit of the (first) target, last read while it was alive.
     limit: Option<MemoryLimit>,
     status: StatusLine,
+    tracked: BTreeMap<u32, Tracked>,
+    /// Processes that could not be traced (warned about once).
+    failed: BTreeSet<u32>,
+    /// Failed attach attempts of processes not given up on yet.
+    attempts: BTreeMap<u32, u32>,
 }
 
 impl Session<'_> {
-    /// Waits for Ctrl-C/SIGTERM, the duration, or the target's exit; samples every interval and
-    /// keeps the view of the target's memory map fresh meanwhile.
+    /// Attaches `plan` for `pid` and counts its allocations from now on.
+    fn attach_plan(&mut self, pid: u32, plan: &AttachPlan) -> Result<(), TraceError> {
+        // Counted before the first probe can fire: a process that sees its probes in place
+        // (tests wait for malloc's breakpoint) is already counted.
+        self.probes.add_target(pid)?;
+        if let Err(err) = self.probes.attach(plan, pid) {
+            let _ = self.probes.remove_target(pid);
+            return Err(err);
+        }
+        if self.args.verbose {
+            for probe in self.probes.attached.iter().filter(|p| p.pid == pid) {
+                eprintln!(
+                    "leaktracer: pid {pid}: {} {} at {}+{:#x} ({})",
+                    if probe.is_return {
+                        "uretprobe"
+                    } else {
+                        "uprobe   "
+                    },
+                    probe.symbols.join("/"),
+                    probe.object,
+                    probe.offset,
+                    probe.program
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers an attached process.
+    fn track(&mut self, pid: u32, plan: AttachPlan) {
+        let info = ProcessInfo::read(pid).unwrap_or(ProcessInfo {
+            pid,
+            nspid: vec![pid],
+            ..Default::default()
+        });
+        let objects = plan.objects.iter().map(|o| (o.dev, o.inode)).collect();
+        self.spaces.refresh(pid);
+        if self.limit.is_none() {
+            self.limit = memory_limit(pid);
+        }
+        self.tracked.insert(
+            pid,
+            Tracked {
+                info,
+                plan,
+                objects,
+                exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
+            },
+        );
+    }
+
+    /// Attaches to processes that entered the scope, and to objects a traced process mapped by
+    /// exec'ing another program.
+    fn discover(&mut self) {
+        for pid in self.scope.members() {
+            if self.failed.contains(&pid) || pid == std::process::id() {
+                continue;
+            }
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            if self.tracked.get(&pid).is_some_and(|t| t.exe == exe) {
+                continue;
+            }
+            match self.attach_process(pid, exe) {
+                Ok(()) => {
+                    self.attempts.remove(&pid);
+                }
+                Err(err) => {
+                    // A process caught mid-exec has no allocator mapped yet, or loses the
+                    // mapping being attached to: try again on the next polls, then give up.
+                    let attempts = self.attempts.entry(pid).or_insert(0);
+                    *attempts += 1;
+                    if *attempts >= ATTACH_ATTEMPTS {
+                        self.failed.insert(pid);
+                        if is_alive(pid) {
+                            let comm = ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default();
+                            eprintln!(
+                                "leaktracer: warning: not tracing pid {pid} ({comm}): {err:#}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attaches to a new process, or to what an exec'd process maps that it did not before.
+    fn attach_process(&mut self, pid: u32, exe: Option<PathBuf>) -> anyhow::Result<()> {
+        let mut plan = plan_for_pid(pid, self.args)?;
+        let known = self
+            .tracked
+            .get(&pid)
+            .map(|t| t.objects.clone())
+            .unwrap_or_default();
+        let mut new_part = plan.clone();
+        new_part
+            .objects
+            .retain(|o| !known.contains(&(o.dev, o.inode)));
+        self.attach_plan(pid, &new_part)?;
+        if let Some(tracked) = self.tracked.get_mut(&pid) {
+            // An exec: same pid, new program.
+            tracked
+                .objects
+                .extend(plan.objects.iter().map(|o| (o.dev, o.inode)));
+            tracked.exe = exe;
+            tracked.info = ProcessInfo::read(pid).unwrap_or_else(|| tracked.info.clone());
+            std::mem::swap(&mut tracked.plan, &mut plan);
+            self.spaces.refresh(pid);
+        } else {
+            eprintln!(
+                "leaktracer: attached to pid {pid} ({}), allocator {}",
+                ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default(),
+                plan.allocator
+            );
+            self.track(pid, plan);
+        }
+        Ok(())
+    }
+
+    fn refresh_spaces(&mut self) {
+        for pid in self.tracked.keys() {
+            self.spaces.refresh(*pid);
+        }
+    }
+
+    fn refresh_limit(&mut self) {
+        let alive = self.tracked.keys().copied().find(|pid| is_alive(*pid));
+        if let Some(limit) = alive.and_then(memory_limit) {
+            self.limit = Some(limit);
+        }
+    }
+
+    /// Summed RSS of the traced processes still alive.
+    fn total_rss(&self) -> Option<u64> {
+        let values: Vec<u64> = self
+            .tracked
+            .keys()
+            .filter_map(|pid| rss_bytes(*pid))
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    fn describe_targets(&self) -> String {
+        let mut parts: Vec<String> = self
+            .tracked
+            .iter()
+            .take(5)
+            .map(|(pid, t)| {
+                format!(
+                    "pid {pid} ({}), allocator {}",
+                    t.info.comm, t.plan.allocator
+                )
+            })
+            .collect();
+        if self.tracked.len() > 5 {
+            parts.push(format!("and {} more", self.tracked.len() - 5));
+        }
+        if let Scope::Cgroup(cgroup) = &self.scope {
+            parts.insert(0, format!("cgroup {}", cgroup.dir.display()));
+        }
+        parts.join("; ")
+    }
+
+    /// True when nothing in scope runs any more.
+    fn target_gone(&self, child: &mut Option<&mut LaunchedChild>) -> bool {
+        match (&self.scope, child.as_deref_mut()) {
+            (Scope::Cgroup(cgroup), _) => !cgroup.exists(),
+            (
+                Scope::Process {
+                    follow_children, ..
+                },
+                Some(child),
+            ) => {
+                child.try_reap().is_some()
+                    && (!follow_children || self.tracked.keys().all(|pid| !is_alive(*pid)))
+            }
+            (
+                Scope::Process {
+                    root,
+                    follow_children,
+                },
+                None,
+            ) => {
+                !is_alive(*root)
+                    && (!follow_children || self.tracked.keys().all(|pid| !is_alive(*pid)))
+            }
+        }
+    }
+
+    /// Waits for Ctrl-C/SIGTERM, the duration, or the end of the targets; samples every interval,
+    /// attaches to new processes and keeps the view of memory maps fresh meanwhile.
     fn wait_for_end(
         &mut self,
         child: &mut Option<&mut LaunchedChild>,
@@ -228,16 +459,14 @@ impl Session<'_> {
                         return Ok(EndReason::Duration);
                     }
                     _ = poll.tick() => {
-                        let exited = match child.as_deref_mut() {
-                            Some(child) => child.try_reap().is_some(),
-                            None => !is_alive(self.pid),
-                        };
-                        if exited {
+                        if self.target_gone(child) {
                             return Ok(EndReason::TargetExited);
                         }
-                        self.spaces.refresh(self.pid);
-                        self.collector.drain_unmaps(self.probes.ebpf_mut())?;
-                        self.collector.print_warnings();
+                        self.discover();
+                        self.refresh_spaces();
+                        let collector = self.collector.as_mut().expect("collector");
+                        collector.drain_unmaps(self.probes.ebpf_mut())?;
+                        collector.print_warnings();
                     }
                     _ = sample.tick() => self.sample()?,
                 }
@@ -247,19 +476,16 @@ impl Session<'_> {
 
     /// Takes one sample and shows it on the status line.
     fn sample(&mut self) -> anyhow::Result<()> {
-        let snapshot = self
-            .collector
-            .snapshot(self.probes.ebpf(), self.args.min_age)?;
-        let rss = rss_bytes(self.pid);
+        self.refresh_limit();
+        let collector = self.collector.as_ref().expect("collector");
+        let snapshot = collector.snapshot(self.probes.ebpf(), self.args.min_age)?;
+        let rss = self.total_rss();
         self.recorder.sample(&snapshot, rss);
-        if let Some(limit) = memory_limit(self.pid) {
-            self.limit = Some(limit);
-        }
         if self.status.quiet {
             return Ok(());
         }
         let grower = self.recorder.top_grower().map(|(key, rate)| {
-            let ips = self.collector.stack(self.probes.ebpf(), key.stack_id);
+            let ips = collector.stack(self.probes.ebpf(), key.stack_id);
             let frames = self
                 .symbolizer
                 .symbolize_stack(&self.spaces, key.tgid, &ips);
@@ -268,8 +494,13 @@ impl Session<'_> {
                 .map_or("[unknown stack]".to_string(), |f| f.function.clone());
             format!("{name} {}", human_rate(rate))
         });
+        let processes = if self.tracked.len() > 1 {
+            format!(", {} processes", self.tracked.len())
+        } else {
+            String::new()
+        };
         self.status.show(&format!(
-            "[{:>5.0}s] outstanding {} ({}), rss {}, top grower: {}",
+            "[{:>5.0}s] outstanding {} ({}), rss {}{processes}, top grower: {}",
             self.recorder.elapsed_secs(),
             human_bytes(self.recorder.last_total()),
             human_rate(self.recorder.total_rate()),
@@ -282,17 +513,16 @@ impl Session<'_> {
     fn build_report(
         &mut self,
         snapshot: &KernelSnapshot,
-        target: Target,
-        allocators: Vec<AllocatorUsed>,
         elapsed: f64,
         end_reason: EndReason,
     ) -> Report {
         let thresholds = self.args.thresholds();
+        let collector = self.collector.as_ref().expect("collector");
         let mut stacks: Vec<Stack> = snapshot
             .stacks
             .iter()
             .map(|(key, stats)| {
-                let ips = self.collector.stack(self.probes.ebpf(), key.stack_id);
+                let ips = collector.stack(self.probes.ebpf(), key.stack_id);
                 let (timeline, growth) = self.recorder.stack_history(key, &thresholds);
                 Stack {
                     outstanding_bytes: stats.outstanding_bytes,
@@ -300,6 +530,11 @@ impl Session<'_> {
                     total_allocations: stats.total_allocations,
                     total_bytes: stats.total_bytes,
                     pid: key.tgid,
+                    comm: self
+                        .tracked
+                        .get(&key.tgid)
+                        .map(|t| t.info.comm.clone())
+                        .unwrap_or_default(),
                     frames: self
                         .symbolizer
                         .symbolize_stack(&self.spaces, key.tgid, &ips),
@@ -312,6 +547,7 @@ impl Session<'_> {
             b.outstanding_bytes
                 .cmp(&a.outstanding_bytes)
                 .then(b.outstanding_allocations.cmp(&a.outstanding_allocations))
+                .then(a.pid.cmp(&b.pid))
         });
         let counter = |c: Counter| snapshot.counters[c as usize];
         let named = |list: &[Counter]| {
@@ -342,12 +578,53 @@ impl Session<'_> {
         };
         let timeline = self.recorder.timeline();
         let verdict = verdict(&stacks, &timeline, self.limit.clone());
+        let launched = !self.args.command.is_empty();
+        let root_command = self.tracked.values().next().map(|t| t.info.cmdline.clone());
         Report {
-            target,
+            target: Target {
+                pids: self.tracked.keys().copied().collect(),
+                command: if launched {
+                    Some(self.args.command.clone())
+                } else {
+                    root_command.filter(|c| !c.is_empty())
+                },
+                comms: self.tracked.values().map(|t| t.info.comm.clone()).collect(),
+                cgroup: match &self.scope {
+                    Scope::Cgroup(cgroup) => Some(cgroup.dir.display().to_string()),
+                    Scope::Process { .. } => None,
+                },
+            },
             duration_secs: elapsed,
             totals,
             stacks,
-            allocators,
+            allocators: self
+                .tracked
+                .iter()
+                .map(|(pid, t)| AllocatorUsed {
+                    pid: *pid,
+                    object: t.plan.allocator.clone(),
+                })
+                .collect(),
+            processes: self
+                .tracked
+                .iter()
+                .map(|(pid, t)| ProcessEntry {
+                    pid: *pid,
+                    nspid: t.info.nspid.clone(),
+                    comm: t.info.comm.clone(),
+                    command: t.info.cmdline.clone(),
+                    cgroup: t.info.cgroup.clone(),
+                    allocator: t.plan.allocator.clone(),
+                    allocator_dev: t.plan.allocator_file.0,
+                    allocator_inode: t.plan.allocator_file.1,
+                    probed_objects: t
+                        .plan
+                        .objects
+                        .iter()
+                        .map(|o| o.display_path.clone())
+                        .collect(),
+                })
+                .collect(),
             end_reason: end_reason.as_str().to_string(),
             timeline,
             verdict: Some(verdict),
@@ -393,29 +670,11 @@ impl StatusLine {
     }
 }
 
-/// Plan for a running process: the objects it maps, opened through its root.
-fn plan_for_pid(pid: u32) -> Result<AttachPlan, TraceError> {
+/// Plan for a running process: the objects it maps, opened as it maps them.
+fn plan_for_pid(pid: u32, args: &TraceArgs) -> Result<AttachPlan, TraceError> {
     let maps = read_maps(pid).map_err(|_| TraceError::NoSuchProcess(pid))?;
     let candidates = allocator::candidates_from_maps(pid, &maps);
-    allocator::plan(pid, &candidates)
-}
-
-/// Plan for a command not yet exec'd: the objects the dynamic linker will load for it.
-fn plan_for_launch(child: &LaunchedChild) -> anyhow::Result<AttachPlan> {
-    let objects = predict_loaded_objects(&child.program).with_context(|| {
-        format!(
-            "cannot tell which libraries {} loads",
-            child.program.display()
-        )
-    })?;
-    let candidates: Vec<Candidate> = objects
-        .iter()
-        .map(|path| Candidate {
-            open_path: path.clone(),
-            display_path: path.display().to_string(),
-        })
-        .collect();
-    Ok(allocator::plan(child.pid, &candidates)?)
+    allocator::plan(pid, &candidates, args.allocator.as_ref())
 }
 
 /// SIGTERM, a grace period, then SIGKILL; always reaps.

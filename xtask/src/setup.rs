@@ -17,12 +17,24 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// What the end-to-end tests use besides the build: a C++ compiler for the C++ workload,
-/// Chromium to render the HTML report, setpriv to run commands unprivileged.
+/// Chromium to render the HTML report, setpriv and unshare, musl for a static binary, and the
+/// allocators the tests preload.
 pub fn ensure_test_tools() -> anyhow::Result<()> {
     ensure_debian_tools(&[
         ("g++", "g++"),
         ("chromium", "chromium"),
         ("setpriv", "util-linux"),
+        ("unshare", "util-linux"),
+        ("musl-gcc", "musl-tools"),
+        ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "libjemalloc2"),
+        (
+            "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+            "libtcmalloc-minimal4",
+        ),
+        (
+            "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
+            "libmimalloc2.0",
+        ),
     ])
 }
 
@@ -109,15 +121,21 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs Debian packages for commands that are missing.
+/// Installs the Debian packages of commands (or, for absolute paths, files) that are missing.
 pub fn ensure_debian_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = tools
+    let present = |what: &str| {
+        if what.starts_with('/') {
+            std::path::Path::new(what).exists()
+        } else {
+            succeeds(Command::new("sh").args(["-c", &format!("command -v {what}")]))
+        }
+    };
+    let mut missing: Vec<&str> = tools
         .iter()
-        .filter(|(command, _)| {
-            !succeeds(Command::new("sh").args(["-c", &format!("command -v {command}")]))
-        })
+        .filter(|(what, _)| !present(what))
         .map(|(_, package)| *package)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

@@ -1,16 +1,18 @@
-//! Which object serves the target's allocations, and which entry points to probe in it.
+//! Which object serves a process's allocations, and which entry points to probe in it.
 //!
 //! The dynamic linker binds `malloc` to the first loaded object that defines it: the executable
 //! (static binaries, programs with their own allocator), then LD_PRELOADs, then libraries in load
-//! order. We probe that object's allocation functions, and `mmap`/`munmap`/`mremap` in the object
-//! that defines those (libc). Entry points at the same address (glibc's `aligned_alloc` and
-//! `memalign`, `mmap` and `mmap64`) are probed once.
+//! order. We probe that object's allocation functions; the prefixed APIs of jemalloc (`je_`),
+//! mimalloc (`mi_`) and tcmalloc (`tc_`) wherever an object defines them; `mmap`/`munmap`/
+//! `mremap` in the object that defines those (the C library); and C++ `operator new`. Entry
+//! points at one address (glibc's `aligned_alloc` and `memalign`, `mmap` and `mmap64`, an
+//! allocator's `malloc` aliased to its `mi_malloc`) are probed once.
+//!
+//! Objects of a running process are opened through `/proc/PID/map_files/`, which is the very
+//! file the process maps even inside another mount namespace, and checked by device and inode
+//! against its memory map before anything is attached.
 
-use std::{
-    collections::HashMap,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf};
 
 use crate::{
     attach::elf::function_offsets,
@@ -28,91 +30,139 @@ pub enum Role {
 }
 
 /// An allocator entry point: symbol name, the eBPF entry program for it, and its role.
+#[derive(Clone, Debug)]
 pub struct EntryPoint {
-    pub symbol: &'static str,
+    pub symbol: String,
     pub program: &'static str,
     pub role: Role,
 }
 
-const fn entry(symbol: &'static str, program: &'static str, role: Role) -> EntryPoint {
+fn entry(symbol: impl Into<String>, program: &'static str, role: Role) -> EntryPoint {
     EntryPoint {
-        symbol,
+        symbol: symbol.into(),
         program,
         role,
     }
 }
 
-/// Heap entry points, probed in the object that serves `malloc`.
-pub const HEAP_ENTRY_POINTS: &[EntryPoint] = &[
-    entry("free", "free_enter", Role::Release),
-    entry("malloc", "malloc_enter", Role::Allocate),
-    entry("calloc", "calloc_enter", Role::Allocate),
-    entry("realloc", "realloc_enter", Role::Allocate),
-    entry("reallocarray", "reallocarray_enter", Role::Allocate),
-    entry("posix_memalign", "posix_memalign_enter", Role::Allocate),
-    entry("aligned_alloc", "memalign_enter", Role::Allocate),
-    entry("memalign", "memalign_enter", Role::Allocate),
-    entry("valloc", "malloc_enter", Role::Allocate),
-    entry("pvalloc", "pvalloc_enter", Role::Allocate),
-];
+/// The malloc family under `prefix` ("" for the standard names).
+pub fn heap_entry_points(prefix: &str) -> Vec<EntryPoint> {
+    [
+        ("free", "free_enter", Role::Release),
+        ("malloc", "malloc_enter", Role::Allocate),
+        ("calloc", "calloc_enter", Role::Allocate),
+        ("realloc", "realloc_enter", Role::Allocate),
+        ("reallocarray", "reallocarray_enter", Role::Allocate),
+        ("posix_memalign", "posix_memalign_enter", Role::Allocate),
+        ("aligned_alloc", "memalign_enter", Role::Allocate),
+        ("memalign", "memalign_enter", Role::Allocate),
+        ("valloc", "malloc_enter", Role::Allocate),
+        ("pvalloc", "pvalloc_enter", Role::Allocate),
+    ]
+    .into_iter()
+    .map(|(name, program, role)| entry(format!("{prefix}{name}"), program, role))
+    .collect()
+}
 
 /// Mapping entry points, probed in the object that defines `mmap` (the C library).
-pub const MAP_ENTRY_POINTS: &[EntryPoint] = &[
-    entry("munmap", "munmap_enter", Role::Release),
-    entry("mmap", "mmap_enter", Role::Allocate),
-    entry("mmap64", "mmap_enter", Role::Allocate),
-    entry("mremap", "mremap_enter", Role::Allocate),
-];
+pub fn map_entry_points() -> Vec<EntryPoint> {
+    vec![
+        entry("munmap", "munmap_enter", Role::Release),
+        entry("mmap", "mmap_enter", Role::Allocate),
+        entry("mmap64", "mmap_enter", Role::Allocate),
+        entry("mremap", "mremap_enter", Role::Allocate),
+    ]
+}
 
 /// C++ `operator new` (plain, array, nothrow, aligned), probed in the object that defines it
 /// (libstdc++ or libc++). Probing the wrapper makes frame 0 the code that said `new`: libstdc++
 /// has no frame pointers, so a stack taken at `malloc` would lose that caller. The `malloc`
 /// inside is then a nested call. `operator delete` needs no probe: it ends in `free`.
-pub const CXX_ENTRY_POINTS: &[EntryPoint] = &[
-    entry("_Znwm", "malloc_enter", Role::Allocate),
-    entry("_Znam", "malloc_enter", Role::Allocate),
-    entry("_ZnwmRKSt9nothrow_t", "malloc_enter", Role::Allocate),
-    entry("_ZnamRKSt9nothrow_t", "malloc_enter", Role::Allocate),
-    entry("_ZnwmSt11align_val_t", "malloc_enter", Role::Allocate),
-    entry("_ZnamSt11align_val_t", "malloc_enter", Role::Allocate),
-    entry(
+pub fn cxx_entry_points() -> Vec<EntryPoint> {
+    [
+        "_Znwm",
+        "_Znam",
+        "_ZnwmRKSt9nothrow_t",
+        "_ZnamRKSt9nothrow_t",
+        "_ZnwmSt11align_val_t",
+        "_ZnamSt11align_val_t",
         "_ZnwmSt11align_val_tRKSt9nothrow_t",
-        "malloc_enter",
-        Role::Allocate,
-    ),
-    entry(
         "_ZnamSt11align_val_tRKSt9nothrow_t",
-        "malloc_enter",
-        Role::Allocate,
-    ),
-];
+    ]
+    .into_iter()
+    .map(|name| entry(name, "malloc_enter", Role::Allocate))
+    .collect()
+}
+
+/// Prefixed allocator APIs programs may call directly, beside (or instead of) `malloc`.
+const ALLOCATOR_PREFIXES: &[&str] = &["je_", "mi_", "tc_"];
+
+/// `--allocator PATH[:PREFIX]`: the object (as the target sees its path) that serves `malloc`,
+/// and the prefix of its function names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllocatorOverride {
+    pub path: String,
+    pub prefix: String,
+}
+
+impl std::str::FromStr for AllocatorOverride {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (path, prefix) = text.split_once(':').unwrap_or((text, ""));
+        if path.is_empty() {
+            return Err(
+                "--allocator needs a path, e.g. /usr/lib/libjemalloc.so.2 or ./app:je_".into(),
+            );
+        }
+        Ok(Self {
+            path: path.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+}
 
 /// A family of entry points, probed in the first object (in symbol-resolution order) that
 /// defines all of `required`.
 struct Family {
-    points: &'static [EntryPoint],
-    required: &'static [&'static str],
-    /// The family without which there is nothing to trace.
+    points: Vec<EntryPoint>,
+    required: Vec<String>,
+    /// The family that serves `malloc`: without it there is nothing to trace.
     essential: bool,
+    /// Only an object with this path (or file name) qualifies.
+    only: Option<String>,
 }
 
-const FAMILIES: &[Family] = &[
-    Family {
-        points: HEAP_ENTRY_POINTS,
-        required: &["malloc", "free"],
-        essential: true,
-    },
-    Family {
-        points: MAP_ENTRY_POINTS,
-        required: &["mmap", "munmap"],
+fn families(allocator: Option<&AllocatorOverride>) -> Vec<Family> {
+    let heap = |prefix: &str, essential: bool, only: Option<String>| Family {
+        points: heap_entry_points(prefix),
+        required: vec![format!("{prefix}malloc"), format!("{prefix}free")],
+        essential,
+        only,
+    };
+    let mut families = vec![match allocator {
+        Some(a) => heap(&a.prefix, true, Some(a.path.clone())),
+        None => heap("", true, None),
+    }];
+    for prefix in ALLOCATOR_PREFIXES {
+        if allocator.is_none_or(|a| a.prefix != *prefix) {
+            families.push(heap(prefix, false, None));
+        }
+    }
+    families.push(Family {
+        points: map_entry_points(),
+        required: vec!["mmap".into(), "munmap".into()],
         essential: false,
-    },
-    Family {
-        points: CXX_ENTRY_POINTS,
-        required: &["_Znwm"],
+        only: None,
+    });
+    families.push(Family {
+        points: cxx_entry_points(),
+        required: vec!["_Znwm".into()],
         essential: false,
-    },
-];
+        only: None,
+    });
+    families
+}
 
 /// One place to attach: a distinct address in an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,13 +173,13 @@ pub struct ProbeSite {
     /// File offset of the function.
     pub offset: u64,
     /// Every symbol at this address (aliases share one probe).
-    pub symbols: Vec<&'static str>,
+    pub symbols: Vec<String>,
 }
 
 /// An object file to probe, as reachable from leaktracer's mount namespace.
 #[derive(Clone, Debug)]
 pub struct ProbeObject {
-    /// Path used to attach and read symbols (through `/proc/PID/root` for a running process).
+    /// Path used to attach and read symbols (`/proc/PID/map_files/...` for a running process).
     pub open_path: PathBuf,
     /// Path as the target sees it, for reports.
     pub display_path: String,
@@ -143,20 +193,27 @@ pub struct ProbeObject {
 pub struct AttachPlan {
     /// Objects to probe, deduplicated by device and inode.
     pub objects: Vec<ProbeObject>,
-    /// The object that serves `malloc`, for the report.
+    /// The object that serves `malloc`, as the process sees its path.
     pub allocator: String,
+    /// Its device and inode.
+    pub allocator_file: (u64, u64),
 }
 
 /// A candidate object, in symbol-resolution order.
+#[derive(Clone, Debug)]
 pub struct Candidate {
     pub open_path: PathBuf,
     pub display_path: String,
+    /// Device and inode the process maps; the opened file must be that file.
+    pub expected: Option<(u64, u64)>,
 }
 
-/// Candidate objects of a running process: every file-backed executable mapping, the executable
-/// first, then the others in address order, each once by device and inode.
+/// Candidate objects of a running process: every file-backed executable mapping, each once by
+/// device and inode, in the order the dynamic linker resolves symbols: the executable, the
+/// LD_PRELOADs, the other libraries, the C library last.
 pub fn candidates_from_maps(pid: u32, maps: &[Mapping]) -> Vec<Candidate> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let preloads = preloads_of(pid);
     let mut seen = Vec::new();
     let mut out: Vec<Candidate> = Vec::new();
     for mapping in maps.iter().filter(|m| m.is_file() && m.is_executable()) {
@@ -165,94 +222,161 @@ pub fn candidates_from_maps(pid: u32, maps: &[Mapping]) -> Vec<Candidate> {
             continue;
         }
         seen.push(key);
-        let path = mapping.clean_path().unwrap_or_default().to_string();
-        let candidate = Candidate {
-            open_path: path_in_root(pid, &path),
-            display_path: path.clone(),
-        };
-        if exe.as_deref() == Some(Path::new(&path)) {
-            out.insert(0, candidate);
+        out.push(Candidate {
+            open_path: PathBuf::from(format!(
+                "/proc/{pid}/map_files/{:x}-{:x}",
+                mapping.start, mapping.end
+            )),
+            display_path: mapping.clean_path().unwrap_or_default().to_string(),
+            expected: mapping.dev_number().map(|dev| (dev, mapping.inode)),
+        });
+    }
+    let rank = |c: &Candidate| {
+        let name = file_name(&c.display_path);
+        if exe
+            .as_deref()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.trim_end_matches(" (deleted)") == c.display_path)
+        {
+            (0, 0)
+        } else if let Some(i) = preloads
+            .iter()
+            .position(|p| p == &c.display_path || file_name(p) == name)
+        {
+            (1, i)
+        } else if is_c_library(&c.display_path) {
+            (3, 0)
         } else {
-            out.push(candidate);
+            (2, 0)
+        }
+    };
+    out.sort_by_key(rank);
+    out
+}
+
+/// LD_PRELOAD of the process, then its /etc/ld.so.preload, in order.
+fn preloads_of(pid: u32) -> Vec<String> {
+    let mut preloads = Vec::new();
+    if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
+        for var in environ.split(|b| *b == 0) {
+            if let Some(value) = var.strip_prefix(b"LD_PRELOAD=") {
+                preloads.extend(
+                    String::from_utf8_lossy(value)
+                        .split([' ', ':'])
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_string),
+                );
+            }
         }
     }
-    // Preloaded or bundled allocators come before the C library in practice; libc last among
-    // equals keeps `malloc` bound to the interposer.
-    out.sort_by_key(|c| {
-        let is_exe = exe.as_deref() == Some(Path::new(&c.display_path));
-        (!is_exe, is_c_library(&c.display_path))
-    });
-    out
+    if let Ok(file) = std::fs::read_to_string(path_in_root(pid, "/etc/ld.so.preload")) {
+        preloads.extend(file.split_whitespace().map(str::to_string));
+    }
+    preloads
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// True for the C library itself (glibc or musl), which other allocators interpose.
 fn is_c_library(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
+    let name = file_name(path);
     name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("ld-musl")
 }
 
 /// Builds the attach plan from candidates in symbol-resolution order.
-pub fn plan(pid: u32, candidates: &[Candidate]) -> Result<AttachPlan, TraceError> {
-    let wanted: Vec<&str> = FAMILIES
+pub fn plan(
+    pid: u32,
+    candidates: &[Candidate],
+    allocator: Option<&AllocatorOverride>,
+) -> Result<AttachPlan, TraceError> {
+    let families = families(allocator);
+    let wanted: Vec<&str> = families
         .iter()
-        .flat_map(|f| f.points.iter().map(|e| e.symbol))
+        .flat_map(|f| f.points.iter().map(|e| e.symbol.as_str()))
         .collect();
     // Each family's object and the offsets of its symbols there.
-    let mut chosen: Vec<Option<(&Candidate, HashMap<String, u64>)>> = vec![None; FAMILIES.len()];
+    let mut chosen: Vec<Option<(&Candidate, HashMap<String, u64>)>> = vec![None; families.len()];
     for candidate in candidates {
         if chosen.iter().all(Option::is_some) {
             break;
         }
+        if !is_the_mapped_file(candidate) {
+            continue;
+        }
         let Ok(offsets) = function_offsets(&candidate.open_path, &wanted) else {
             continue;
         };
-        for (family, slot) in FAMILIES.iter().zip(chosen.iter_mut()) {
-            if slot.is_none() && family.required.iter().all(|s| offsets.contains_key(*s)) {
+        for (family, slot) in families.iter().zip(chosen.iter_mut()) {
+            let qualifies = family.only.as_deref().is_none_or(|only| {
+                only == candidate.display_path || only == file_name(&candidate.display_path)
+            });
+            if slot.is_none()
+                && qualifies
+                && family.required.iter().all(|s| offsets.contains_key(s))
+            {
                 *slot = Some((candidate, offsets.clone()));
             }
         }
     }
-    let mut allocator = None;
+    let mut allocator_object = None;
     let mut objects: Vec<ProbeObject> = Vec::new();
-    for (family, slot) in FAMILIES.iter().zip(&chosen) {
+    for (family, slot) in families.iter().zip(&chosen) {
         let Some((candidate, offsets)) = slot else {
             if family.essential {
                 return Err(TraceError::NoAllocator {
                     pid,
-                    searched: candidates
-                        .iter()
-                        .map(|c| c.display_path.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    searched: match &family.only {
+                        Some(only) => format!(
+                            "{only} (from --allocator), with {}",
+                            family.required.join(" and ")
+                        ),
+                        None => candidates
+                            .iter()
+                            .map(|c| c.display_path.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    },
                 });
             }
             continue;
         };
-        if family.essential {
-            allocator = Some(candidate.display_path.clone());
-        }
         let Some(object) = probe_object(&mut objects, candidate) else {
             continue;
         };
-        for point in family.points {
-            let Some(&offset) = offsets.get(point.symbol) else {
+        if family.essential {
+            allocator_object = Some((candidate.display_path.clone(), (object.dev, object.inode)));
+        }
+        for point in &family.points {
+            let Some(&offset) = offsets.get(&point.symbol) else {
                 continue;
             };
             match object.sites.iter_mut().find(|s| s.offset == offset) {
-                Some(site) => site.symbols.push(point.symbol),
+                Some(site) => site.symbols.push(point.symbol.clone()),
                 None => object.sites.push(ProbeSite {
                     program: point.program,
                     role: point.role,
                     offset,
-                    symbols: vec![point.symbol],
+                    symbols: vec![point.symbol.clone()],
                 }),
             }
         }
     }
+    let (allocator, allocator_file) = allocator_object.expect("the essential family was found");
     Ok(AttachPlan {
         objects,
-        allocator: allocator.expect("the essential family was found"),
+        allocator,
+        allocator_file,
     })
+}
+
+/// True when the opened file is the one the process maps (same device and inode).
+fn is_the_mapped_file(candidate: &Candidate) -> bool {
+    let Some((dev, inode)) = candidate.expected else {
+        return true;
+    };
+    std::fs::metadata(&candidate.open_path).is_ok_and(|m| m.dev() == dev && m.ino() == inode)
 }
 
 /// The plan's entry for `candidate`'s file, added if new (objects are told apart by device and
@@ -279,4 +403,55 @@ fn probe_object<'a>(
         }
     };
     objects.get_mut(index)
+}
+
+/// Candidates for a command about to be launched: the objects the dynamic linker will load, in
+/// its order (opened by their paths: the command runs in our mount namespace).
+pub fn candidates_from_paths(paths: &[PathBuf]) -> Vec<Candidate> {
+    paths
+        .iter()
+        .map(|path| Candidate {
+            open_path: path.clone(),
+            display_path: path.display().to_string(),
+            expected: None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glibc_aliases_are_probed_once() {
+        let pid = std::process::id();
+        let maps = crate::target::maps::read_maps(pid).unwrap();
+        let plan = plan(pid, &candidates_from_maps(pid, &maps), None).unwrap();
+        assert!(is_c_library(&plan.allocator), "{}", plan.allocator);
+        let sites: Vec<&ProbeSite> = plan.objects.iter().flat_map(|o| &o.sites).collect();
+        let offsets: Vec<u64> = sites.iter().map(|s| s.offset).collect();
+        let mut unique = offsets.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(offsets.len(), unique.len(), "each address once");
+        let malloc = sites
+            .iter()
+            .find(|s| s.symbols.contains(&"malloc".to_string()))
+            .unwrap();
+        assert_eq!(malloc.program, "malloc_enter");
+        assert!(
+            plan.objects
+                .iter()
+                .all(|o| o.open_path.starts_with(format!("/proc/{pid}/map_files")))
+        );
+    }
+
+    #[test]
+    fn allocator_override_parses_path_and_prefix() {
+        let a: AllocatorOverride = "/opt/app:je_".parse().unwrap();
+        assert_eq!((a.path.as_str(), a.prefix.as_str()), ("/opt/app", "je_"));
+        let b: AllocatorOverride = "libjemalloc.so.2".parse().unwrap();
+        assert_eq!(b.prefix, "");
+        assert!(":je_".parse::<AllocatorOverride>().is_err());
+    }
 }

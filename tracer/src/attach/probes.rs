@@ -12,7 +12,7 @@ use aya::{
 };
 
 use crate::{
-    attach::allocator::{AttachPlan, ProbeObject, Role},
+    attach::allocator::{AttachPlan, ProbeObject, ProbeSite, Role},
     error::TraceError,
 };
 
@@ -38,9 +38,11 @@ const PROGRAMS: &[&str] = &[
     RETURN_PROGRAM,
 ];
 
-/// Map capacities, from command-line flags.
+/// Load-time settings, from command-line flags.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
+    /// With `--cgroup`: only processes in this cgroup (id, level) count.
+    pub cgroup: Option<(u64, u32)>,
     /// Outstanding heap allocations that can be recorded at once.
     pub max_allocations: u32,
     /// Distinct allocation stacks.
@@ -50,8 +52,9 @@ pub struct MapSizes {
 /// One attached probe, for `--verbose` and the report.
 #[derive(Clone, Debug)]
 pub struct AttachedProbe {
+    pub pid: u32,
     pub object: String,
-    pub symbols: Vec<&'static str>,
+    pub symbols: Vec<String>,
     pub offset: u64,
     pub program: &'static str,
     pub is_return: bool,
@@ -104,7 +107,10 @@ impl Probes {
                 "this binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`".into(),
             ));
         }
+        let (cgroup_id, cgroup_level) = sizes.cgroup.unwrap_or((0, 0));
         let mut ebpf = EbpfLoader::new()
+            .override_global("FILTER_CGROUP_ID", &cgroup_id, true)
+            .override_global("FILTER_CGROUP_LEVEL", &cgroup_level, true)
             .map_max_entries("ALLOCS", sizes.max_allocations)
             .map_max_entries("STACKS", sizes.max_stacks)
             .map_max_entries("STACK_STATS", sizes.max_stacks.saturating_mul(4))
@@ -152,30 +158,40 @@ impl Probes {
     }
 
     /// Attaches the plan for `pid`: release side first (free, munmap), then the return probes,
-    /// then the allocation entries, so no allocation is recorded whose free could be missed.
+    /// then the allocation entries, `malloc` last, so no allocation is recorded whose free
+    /// could be missed, and a probed `malloc` means everything is in place.
+    ///
+    /// All or nothing: when one probe cannot be attached (the process exec'd or exited
+    /// meanwhile), the ones attached by this call are detached again.
     pub fn attach(&mut self, plan: &AttachPlan, pid: u32) -> Result<(), TraceError> {
+        let before = self.links.len();
+        let result = self.attach_all(plan, pid);
+        if result.is_err() {
+            self.detach_from(before);
+        }
+        result
+    }
+
+    fn attach_all(&mut self, plan: &AttachPlan, pid: u32) -> Result<(), TraceError> {
         let pid = NonZeroU32::new(pid).expect("pid is never 0");
-        for object in &plan.objects {
-            for site in object.sites.iter().filter(|s| s.role == Role::Release) {
-                self.attach_one(object, site.program, site.offset, &site.symbols, pid, false)?;
-            }
+        let sites = |role: Role| {
+            let mut sites: Vec<(&ProbeObject, &ProbeSite)> = plan
+                .objects
+                .iter()
+                .flat_map(|o| o.sites.iter().map(move |s| (o, s)))
+                .filter(|(_, s)| s.role == role)
+                .collect();
+            sites.sort_by_key(|(_, s)| s.symbols.iter().any(|name| name == "malloc"));
+            sites
+        };
+        for (object, site) in sites(Role::Release) {
+            self.attach_one(object, site.program, site, pid, false)?;
         }
-        for object in &plan.objects {
-            for site in object.sites.iter().filter(|s| s.role == Role::Allocate) {
-                self.attach_one(
-                    object,
-                    RETURN_PROGRAM,
-                    site.offset,
-                    &site.symbols,
-                    pid,
-                    true,
-                )?;
-            }
+        for (object, site) in sites(Role::Allocate) {
+            self.attach_one(object, RETURN_PROGRAM, site, pid, true)?;
         }
-        for object in &plan.objects {
-            for site in object.sites.iter().filter(|s| s.role == Role::Allocate) {
-                self.attach_one(object, site.program, site.offset, &site.symbols, pid, false)?;
-            }
+        for (object, site) in sites(Role::Allocate) {
+            self.attach_one(object, site.program, site, pid, false)?;
         }
         Ok(())
     }
@@ -184,8 +200,7 @@ impl Probes {
         &mut self,
         object: &ProbeObject,
         program: &'static str,
-        offset: u64,
-        symbols: &[&'static str],
+        site: &ProbeSite,
         pid: NonZeroU32,
         is_return: bool,
     ) -> Result<(), TraceError> {
@@ -196,18 +211,19 @@ impl Probes {
             .try_into()
             .expect("program is a uprobe");
         let link = uprobe
-            .attach(offset, &object.open_path, UProbeScope::OneProcess(pid))
+            .attach(site.offset, &object.open_path, UProbeScope::OneProcess(pid))
             .map_err(|e| TraceError::Attach {
                 program: program.to_string(),
                 path: object.open_path.clone(),
-                offset,
+                offset: site.offset,
                 reason: format!("{e:#}"),
             })?;
         self.links.push((program, link));
         self.attached.push(AttachedProbe {
+            pid: pid.get(),
             object: object.display_path.clone(),
-            symbols: symbols.to_vec(),
-            offset,
+            symbols: site.symbols.clone(),
+            offset: site.offset,
             program,
             is_return,
         });
@@ -217,7 +233,13 @@ impl Probes {
     /// Detaches every probe, allocation side first; the maps stay readable. (The kernel waits
     /// for an RCU grace period per uprobe link, about 0.1 s each, serialized.)
     pub fn detach(&mut self) {
-        for (program, link) in self.links.drain(..).rev() {
+        self.detach_from(0);
+    }
+
+    /// Detaches the links from index `first` on, newest first.
+    fn detach_from(&mut self, first: usize) {
+        self.attached.truncate(first);
+        for (program, link) in self.links.drain(first..).rev() {
             if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
                 let _ = uprobe.detach(link);
             }

@@ -25,6 +25,9 @@ pub struct Report {
     /// The object that served `malloc`, per process.
     #[serde(default)]
     pub allocators: Vec<AllocatorUsed>,
+    /// Every traced process: host pid, pid in its own namespace, command, cgroup, allocator.
+    #[serde(default)]
+    pub processes: Vec<ProcessEntry>,
     /// Why the trace ended: `duration`, `interrupted` or `target exited`.
     #[serde(default)]
     pub end_reason: String,
@@ -87,6 +90,29 @@ pub struct Target {
     /// Short command name of each traced process.
     #[serde(default)]
     pub comms: Vec<String>,
+    /// With `--cgroup` or `--container`: the cgroup v2 directory traced.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+}
+
+/// A traced process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessEntry {
+    /// Host pid.
+    pub pid: u32,
+    /// Its pid in each pid namespace, the host's first (the last is what it calls itself).
+    pub nspid: Vec<u32>,
+    pub comm: String,
+    pub command: Vec<String>,
+    /// Its cgroup v2 path.
+    pub cgroup: Option<String>,
+    /// The object that served `malloc`, as the process sees its path.
+    pub allocator: String,
+    /// Device and inode of that object: the file the process maps.
+    pub allocator_dev: u64,
+    pub allocator_inode: u64,
+    /// Every object probed for it.
+    pub probed_objects: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -124,6 +150,9 @@ pub struct Stack {
     pub total_bytes: u64,
     #[serde(default)]
     pub pid: u32,
+    /// Command name of that process.
+    #[serde(default)]
+    pub comm: String,
     /// Innermost first: frame 0 is the allocator's caller.
     pub frames: Vec<Frame>,
     /// How this stack's outstanding bytes changed over the trace.
@@ -165,18 +194,21 @@ impl Frame {
 
 impl Report {
     /// Folded stacks (`root;...;leaf bytes`), one line per stack, for flamegraph tools.
+    /// When the trace covers several processes, each stack's root frame names its process, so
+    /// stacks of different processes never merge.
     pub fn folded_lines(&self) -> Vec<String> {
+        let several = self.target.pids.len() > 1;
         self.stacks
             .iter()
             .filter(|s| s.outstanding_bytes > 0)
             .map(|stack| {
-                let mut names: Vec<&str> = stack
-                    .frames
-                    .iter()
-                    .rev()
-                    .map(|f| f.function.as_str())
-                    .collect();
-                if names.is_empty() {
+                let process = format!("{} (pid {})", stack.comm.replace(';', ":"), stack.pid);
+                let mut names: Vec<&str> = Vec::new();
+                if several {
+                    names.push(&process);
+                }
+                names.extend(stack.frames.iter().rev().map(|f| f.function.as_str()));
+                if stack.frames.is_empty() {
                     names.push("[unknown stack]");
                 }
                 format!("{} {}", names.join(";"), stack.outstanding_bytes)

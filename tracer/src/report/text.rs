@@ -43,11 +43,33 @@ pub fn render(report: &Report, top: usize) -> String {
     if let Some(verdict) = &report.verdict {
         let _ = writeln!(out, "verdict: {}", verdict.summary);
     }
-    for allocator in &report.allocators {
+    if let Some(cgroup) = &report.target.cgroup {
+        let _ = writeln!(out, "cgroup: {cgroup}");
+    }
+    if report.processes.is_empty() {
+        for allocator in &report.allocators {
+            let _ = writeln!(
+                out,
+                "allocator: {} (pid {})",
+                allocator.object, allocator.pid
+            );
+        }
+    }
+    for process in &report.processes {
+        let inner = process
+            .nspid
+            .last()
+            .filter(|inner| process.nspid.len() > 1 && **inner != process.pid)
+            .map(|inner| format!(", pid {inner} in its namespace"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "allocator: {} (pid {})",
-            allocator.object, allocator.pid
+            "process: pid {}{inner}: {} [{}] cgroup {}; allocator {}",
+            process.pid,
+            process.comm,
+            process.command.join(" "),
+            process.cgroup.as_deref().unwrap_or("?"),
+            process.allocator
         );
     }
     let totals = &report.totals;
@@ -99,6 +121,9 @@ pub fn render(report: &Report, top: usize) -> String {
             stack.outstanding_allocations,
             stack.total_allocations
         );
+        if report.target.pids.len() > 1 {
+            let _ = writeln!(out, "    process: pid {} ({})", stack.pid, stack.comm);
+        }
         if let Some(growth) = &stack.growth {
             let _ = writeln!(
                 out,

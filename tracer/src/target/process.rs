@@ -10,6 +10,10 @@ pub struct ProcessInfo {
     pub comm: String,
     /// Full command line, when readable.
     pub cmdline: Vec<String>,
+    /// Its pid in each pid namespace, outermost (the host's) first (`NSpid`).
+    pub nspid: Vec<u32>,
+    /// Its cgroup v2 path.
+    pub cgroup: Option<String>,
 }
 
 impl ProcessInfo {
@@ -24,12 +28,58 @@ impl ProcessInfo {
                     .collect()
             })
             .unwrap_or_default();
+        let nspid = fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+                Some(
+                    line.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect(),
+                )
+            })
+            .unwrap_or_else(|| vec![pid]);
         Some(Self {
             pid,
             comm: comm.trim_end().to_string(),
             cmdline,
+            nspid,
+            cgroup: crate::target::cgroup::process_cgroup(pid),
         })
     }
+}
+
+/// The parent of a process, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every live descendant of `root` (children, their children, ...).
+pub fn descendants(root: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, parent_of(pid)?)))
+        .collect();
+    let mut found = vec![root];
+    let mut index = 0;
+    while index < found.len() {
+        let parent = found[index];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(pid, _)| *pid),
+        );
+        index += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// True when a process with this pid exists (a zombie counts as gone).
@@ -48,4 +98,23 @@ pub fn is_alive(pid: u32) -> bool {
 /// another mount namespace (a container).
 pub fn path_in_root(pid: u32, path: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root{path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_descendants() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = descendants(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()));
+        let me = ProcessInfo::read(std::process::id()).unwrap();
+        assert_eq!(me.nspid.first(), Some(&std::process::id()));
+    }
 }

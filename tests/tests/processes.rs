@@ -1,0 +1,479 @@
+//! End-to-end: real allocators (static musl, jemalloc, tcmalloc, mimalloc), containers (mount +
+//! pid namespaces with their own libc, in their own cgroup), cgroup-wide tracing with processes
+//! that start later, and pre-fork servers with --follow-children.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Lines},
+    os::unix::fs::MetadataExt,
+    path::Path,
+    process::{ChildStdout, Command, Stdio},
+};
+
+use leaktracer_e2e::*;
+use serde_json::Value;
+
+/// What `alloc_sites sites` leaks: (frame-0 function, bytes, allocations).
+const SITES: &[(&str, u64, u64)] = &[
+    ("leak_malloc", 40 * 128, 40),
+    ("leak_calloc", 20 * 512, 20),
+    ("leak_realloc", 10 * 1000, 10),
+    ("leak_aligned", 10 * 2048, 10),
+];
+
+/// The leak sites of one process of a report, exactly.
+fn assert_sites(report: &Value, pid: u32) {
+    let of_pid: Vec<&Value> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["pid"] == pid)
+        .collect();
+    for (function, bytes, allocations) in SITES {
+        let (b, n) = of_pid
+            .iter()
+            .filter(|s| s["frames"][0]["function"] == *function)
+            .fold((0, 0), |(b, n), s| {
+                (
+                    b + s["outstanding_bytes"].as_u64().unwrap(),
+                    n + s["outstanding_allocations"].as_u64().unwrap(),
+                )
+            });
+        assert_eq!((b, n), (*bytes, *allocations), "pid {pid} {function}");
+    }
+    assert!(
+        !of_pid
+            .iter()
+            .any(|s| s["frames"][0]["function"] == "balanced"),
+        "balanced churn reported"
+    );
+}
+
+fn process(report: &Value, pid: u32) -> &Value {
+    report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not in processes: {}", report["processes"]))
+}
+
+/// The allocator leaktracer probed for `pid` is the very file the process maps.
+fn assert_probed_what_is_mapped(report: &Value, pid: u32, mapped: (u64, u64)) {
+    let entry = process(report, pid);
+    assert_eq!(
+        (
+            entry["allocator_dev"].as_u64().unwrap(),
+            entry["allocator_inode"].as_u64().unwrap()
+        ),
+        mapped,
+        "{entry}"
+    );
+}
+
+fn spawn_with_lines(mut cmd: Command) -> (Workload, Lines<BufReader<ChildStdout>>) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (Workload(child), lines)
+}
+
+/// Traces `alloc_sites sites` by pid under an allocator, checks the leaks and which object was
+/// probed.
+fn allocator_case(name: &str, program: &Path, preload: Option<&str>, allocator_suffix: &str) {
+    require_root();
+    let dir = scratch_dir(name);
+    let json = dir.join("leaks.json");
+    let mut cmd = Command::new(program);
+    cmd.arg("sites");
+    if let Some(preload) = preload {
+        cmd.env("LD_PRELOAD", preload);
+    }
+    let (workload, mut lines) = spawn_with_lines(cmd);
+    let pid = workload.pid();
+    let mut tracer = Tracer::start([
+        "trace",
+        "--pid",
+        &pid.to_string(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    let mapped = mapped_file(pid, allocator_suffix).expect("allocator mapped");
+    tracer.interrupt();
+    let run = tracer.finish();
+    drop(workload);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_sites(&report, pid);
+    let entry = process(&report, pid);
+    assert!(
+        entry["allocator"]
+            .as_str()
+            .unwrap()
+            .ends_with(allocator_suffix),
+        "{entry}"
+    );
+    assert!(run.stdout.contains(&format!(
+        "allocator {}",
+        entry["allocator"].as_str().unwrap()
+    )));
+    assert_probed_what_is_mapped(&report, pid, mapped);
+    assert_eq!(report["totals"]["dropped"], 0);
+}
+
+#[test]
+fn glibc_malloc() {
+    allocator_case("alloc_glibc", &workload("alloc_sites"), None, "libc.so.6");
+}
+
+#[test]
+fn static_musl_binary() {
+    let program = musl_static_workload("alloc_sites");
+    let name = program.file_name().unwrap().to_str().unwrap().to_string();
+    allocator_case("alloc_musl", &program, None, &format!("/{name}"));
+}
+
+#[test]
+fn jemalloc_preloaded() {
+    allocator_case(
+        "alloc_jemalloc",
+        &workload("alloc_sites"),
+        Some("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+        "libjemalloc.so.2",
+    );
+}
+
+#[test]
+fn tcmalloc_preloaded() {
+    allocator_case(
+        "alloc_tcmalloc",
+        &workload("alloc_sites"),
+        Some("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"),
+        "libtcmalloc_minimal.so.4.5.10",
+    );
+}
+
+#[test]
+fn mimalloc_preloaded() {
+    allocator_case(
+        "alloc_mimalloc",
+        &workload("alloc_sites"),
+        Some("/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"),
+        "libmimalloc.so.2.0",
+    );
+}
+
+/// A pre-fork server: the parent forks workers after the trace started; --follow-children
+/// traces each worker, and each worker's leak is found with exact bytes under its own pid.
+#[test]
+fn prefork_workers_are_followed() {
+    require_root();
+    let dir = scratch_dir("prefork");
+    let json = dir.join("leaks.json");
+    let mut cmd = Command::new(workload("alloc_sites"));
+    cmd.args(["fork", "3"]).arg(&dir);
+    let (workload, mut lines) = spawn_with_lines(cmd);
+    let parent = workload.pid();
+    let mut tracer = Tracer::start([
+        "trace",
+        "--pid",
+        &parent.to_string(),
+        "--follow-children",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    let mut workers = Vec::new();
+    let mut done = 0;
+    while done < 3 {
+        let line = lines.next().unwrap().unwrap();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields[..] {
+            ["worker", index, "pid", pid, "forked"] => {
+                let (index, pid): (u64, u32) = (index.parse().unwrap(), pid.parse().unwrap());
+                tracer.wait_stderr(&format!("attached to pid {pid} "));
+                fs::write(dir.join(format!("traced-{pid}")), "").unwrap();
+                workers.push((index, pid));
+            }
+            ["worker", _, "pid", _, "done"] => done += 1,
+            _ => {}
+        }
+    }
+    tracer.interrupt();
+    let run = tracer.finish();
+    for (_, pid) in &workers {
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    drop(workload);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    for (index, pid) in workers {
+        let stacks: Vec<&Value> = report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["pid"] == pid && s["frames"][0]["function"] == "worker_leak")
+            .collect();
+        assert_eq!(
+            stacks.len(),
+            1,
+            "worker {index} pid {pid}: {}",
+            report["stacks"]
+        );
+        assert_eq!(stacks[0]["outstanding_bytes"], (10 + index) * 256);
+        assert_eq!(stacks[0]["outstanding_allocations"], 10 + index);
+        assert!(
+            report["target"]["pids"]
+                .as_array()
+                .unwrap()
+                .contains(&pid.into())
+        );
+    }
+    // Stacks of different processes are never merged.
+    let pids: Vec<u64> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_u64().unwrap())
+        .collect();
+    assert!(pids.iter().all(|p| *p != 0));
+}
+
+/// --cgroup traces a process that starts in the cgroup after the trace began.
+#[test]
+fn cgroup_process_started_during_the_trace() {
+    require_root();
+    let dir = scratch_dir("cgroup_late");
+    let json = dir.join("leaks.json");
+    let cgroup = Cgroup2Dir::create(&format!("leaktracer-e2e-late-{}", std::process::id()));
+    let mut tracer = Tracer::start([
+        "trace",
+        "--cgroup",
+        cgroup.0.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    let program = workload("alloc_sites");
+    let (workload, mut lines) =
+        spawn_with_lines(cgroup.enter_and_exec(&format!("{} sites", program.display())));
+    let pid = workload.pid();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    let mapped = mapped_file(pid, "libc.so.6").unwrap();
+    tracer.interrupt();
+    let run = tracer.finish();
+    drop(workload);
+    assert!(run.status.success(), "{}", run.stderr);
+    eprintln!("{}", run.stderr);
+    let report = read_json(&json);
+    assert_sites(&report, pid);
+    assert_probed_what_is_mapped(&report, pid, mapped);
+    assert_eq!(report["target"]["cgroup"], cgroup.0.to_str().unwrap());
+    assert!(
+        run.stderr.contains(&format!("attached to pid {pid} ")),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A "container": new mount and pid namespaces, a root directory with its own copy of the
+/// workload, libc and loader (other inodes than the host's), in its own cgroup v2 directory.
+struct Container {
+    _unshare: Workload,
+    /// The workload's host pid (it is pid 1 inside).
+    pid: u32,
+    lines: Lines<BufReader<ChildStdout>>,
+    cgroup: Cgroup2Dir,
+    /// Device and inode of the container's libc copy.
+    libc: (u64, u64),
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // pid 1 of its namespace: only SIGKILL from outside ends it.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+    }
+}
+
+fn start_container(name: &str) -> Container {
+    let root = scratch_dir(&format!("{name}-rootfs"));
+    let copy = |from: &str, to: &str| {
+        let target = root.join(to.trim_start_matches('/'));
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        fs::copy(from, &target).unwrap_or_else(|e| panic!("{from}: {e}"));
+        target
+    };
+    let host_libc = fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    let libc_copy = copy(
+        host_libc.to_str().unwrap(),
+        "/lib/x86_64-linux-gnu/libc.so.6",
+    );
+    let loader = fs::canonicalize("/lib64/ld-linux-x86-64.so.2").unwrap();
+    copy(loader.to_str().unwrap(), "/lib64/ld-linux-x86-64.so.2");
+    copy(workload("alloc_sites").to_str().unwrap(), "/alloc_sites");
+    let meta = fs::metadata(&libc_copy).unwrap();
+    let cgroup = Cgroup2Dir::create(&format!("leaktracer-e2e-{name}-{}", std::process::id()));
+    let command = format!(
+        "unshare --mount --pid --fork chroot {} /alloc_sites sites",
+        root.display()
+    );
+    let (unshare, lines) = spawn_with_lines(cgroup.enter_and_exec(&command));
+    let mut pid = None;
+    for _ in 0..500 {
+        // unshare's child becomes pid 1 of the new namespace, then execs chroot, then the workload.
+        if let Some(child) = children_of(unshare.pid()).first()
+            && fs::read_link(format!("/proc/{child}/exe")).is_ok_and(|e| e.ends_with("alloc_sites"))
+        {
+            pid = Some(*child);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Container {
+        _unshare: unshare,
+        pid: pid.expect("the container's workload started"),
+        lines,
+        cgroup,
+        libc: (meta.dev(), meta.ino()),
+    }
+}
+
+fn trace_container(name: &str, by_cgroup: bool) {
+    require_root();
+    let dir = scratch_dir(name);
+    let json = dir.join("leaks.json");
+    let mut container = start_container(name);
+    let pid = container.pid;
+    let target = if by_cgroup {
+        vec![
+            "--cgroup".to_string(),
+            container.cgroup.0.display().to_string(),
+        ]
+    } else {
+        vec!["--pid".to_string(), pid.to_string()]
+    };
+    let mut tracer = Tracer::start(
+        ["trace".to_string()]
+            .into_iter()
+            .chain(target)
+            .chain(["--json".to_string(), json.display().to_string()]),
+    );
+    tracer.wait_attached();
+    assert_eq!(container.lines.next().unwrap().unwrap(), "done");
+    let mapped = mapped_file(pid, "/libc.so.6").unwrap();
+    tracer.interrupt();
+    let run = tracer.finish();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_sites(&report, pid);
+    // The container's own libc was probed, not the host's file at the same path.
+    let host_libc = fs::metadata("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    assert_ne!(container.libc, (host_libc.dev(), host_libc.ino()));
+    assert_eq!(mapped, container.libc);
+    assert_probed_what_is_mapped(&report, pid, container.libc);
+    // Named both ways: host pid and its pid in the container.
+    let entry = process(&report, pid);
+    assert_eq!(entry["nspid"], serde_json::json!([pid, 1]), "{entry}");
+    // (Its path as the kernel prints it: from the host, a chroot shows the host's full path.)
+    assert!(
+        entry["allocator"]
+            .as_str()
+            .unwrap()
+            .ends_with("/lib/x86_64-linux-gnu/libc.so.6"),
+        "{entry}"
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("pid {pid}, pid 1 in its namespace")),
+        "{}",
+        run.stdout
+    );
+    let cgroup_name = container
+        .cgroup
+        .0
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        entry["cgroup"].as_str().unwrap().ends_with(&cgroup_name),
+        "{entry}"
+    );
+}
+
+#[test]
+fn container_traced_by_cgroup() {
+    trace_container("container_cgroup", true);
+}
+
+#[test]
+fn container_traced_by_pid() {
+    trace_container("container_pid", false);
+}
+
+/// --container finds the cgroup from a container id prefix; ambiguity and absence are clear
+/// one-line errors.
+#[test]
+fn container_id_resolves_to_its_cgroup() {
+    require_root();
+    let id = format!("{:0>16x}{:0>48x}", std::process::id(), 0xfeed_u64);
+    let cgroup = Cgroup2Dir::create(&format!("docker-{id}.scope"));
+    let dir = scratch_dir("container_id");
+    let json = dir.join("leaks.json");
+    let program = workload("alloc_sites");
+    let (workload, mut lines) =
+        spawn_with_lines(cgroup.enter_and_exec(&format!("{} sites", program.display())));
+    let pid = workload.pid();
+    // The container "runs" once its cgroup holds the process.
+    while fs::read_to_string(cgroup.0.join("cgroup.procs"))
+        .unwrap()
+        .trim()
+        .is_empty()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut tracer = Tracer::start([
+        "trace",
+        "--container",
+        &id[..20],
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    tracer.interrupt();
+    let run = tracer.finish();
+    drop(workload);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_eq!(report["target"]["cgroup"], cgroup.0.to_str().unwrap());
+    assert_sites(&report, pid);
+
+    let missing = run_tracer(["trace", "--container", "0123456789abcdef0123"]);
+    assert!(!missing.status.success());
+    assert_eq!(
+        missing.stderr.trim().lines().count(),
+        1,
+        "{}",
+        missing.stderr
+    );
+    assert!(
+        missing.stderr.contains("no running container matches"),
+        "{}",
+        missing.stderr
+    );
+    let not_v2 = run_tracer(["trace", "--cgroup", "/tmp"]);
+    assert!(!not_v2.status.success());
+    assert!(
+        not_v2.stderr.contains("is not a cgroup v2 directory"),
+        "{}",
+        not_v2.stderr
+    );
+}
