@@ -114,6 +114,17 @@ static FILTER_CGROUP_ID: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static FILTER_CGROUP_LEVEL: Global<u32> = Global::new(0);
 
+/// For benchmarks (`--empty-programs`): every program returns at once, so a run measures the
+/// bare cost of the probes at their places.
+#[unsafe(no_mangle)]
+static EMPTY_PROGRAMS: Global<u8> = Global::new(0);
+
+/// True when the programs must do nothing (see [`EMPTY_PROGRAMS`]).
+#[inline(always)]
+fn empty() -> bool {
+    EMPTY_PROGRAMS.load() != 0
+}
+
 /// The calling process's tgid when it is a target: one userspace attached to and, with a
 /// cgroup filter, inside that cgroup.
 #[inline(always)]
@@ -336,6 +347,9 @@ fn live_mappings() -> Option<*mut u64> {
 /// malloc(size), valloc(size).
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let size: u64 = ctx.arg(0).unwrap_or(0);
     begin_call(&ctx, CallKind::Alloc, size, 0);
     0
@@ -344,6 +358,9 @@ pub fn malloc_enter(ctx: ProbeContext) -> u32 {
 /// calloc(n, size): n * size bytes.
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let n: u64 = ctx.arg(0).unwrap_or(0);
     let size: u64 = ctx.arg(1).unwrap_or(0);
     // On overflow calloc fails and returns NULL: nothing gets recorded.
@@ -354,6 +371,9 @@ pub fn calloc_enter(ctx: ProbeContext) -> u32 {
 /// aligned_alloc(alignment, size), memalign(alignment, size).
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let size: u64 = ctx.arg(1).unwrap_or(0);
     begin_call(&ctx, CallKind::Alloc, size, 0);
     0
@@ -362,6 +382,9 @@ pub fn memalign_enter(ctx: ProbeContext) -> u32 {
 /// pvalloc(size): size rounded up to whole pages.
 #[uprobe]
 pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let size: u64 = ctx.arg(0).unwrap_or(0);
     let pages = size.div_ceil(PAGE_SIZE).max(1);
     begin_call(&ctx, CallKind::Alloc, pages * PAGE_SIZE, 0);
@@ -371,6 +394,9 @@ pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
 /// realloc(ptr, size).
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let ptr: u64 = ctx.arg(0).unwrap_or(0);
     let size: u64 = ctx.arg(1).unwrap_or(0);
     begin_call(&ctx, CallKind::Realloc, size, ptr);
@@ -380,6 +406,9 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 /// reallocarray(ptr, n, size).
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let ptr: u64 = ctx.arg(0).unwrap_or(0);
     let n: u64 = ctx.arg(1).unwrap_or(0);
     let size: u64 = ctx.arg(2).unwrap_or(0);
@@ -390,6 +419,9 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 /// posix_memalign(&ptr, alignment, size).
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let out: u64 = ctx.arg(0).unwrap_or(0);
     let size: u64 = ctx.arg(2).unwrap_or(0);
     begin_call(&ctx, CallKind::PosixMemalign, size, out);
@@ -399,6 +431,9 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
 /// mmap(addr, length, prot, flags, fd, offset).
 #[uprobe]
 pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let length: u64 = ctx.arg(1).unwrap_or(0);
     begin_call(&ctx, CallKind::Mmap, length, 0);
     0
@@ -407,6 +442,9 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
 /// mremap(old_address, old_size, new_size, flags, ...).
 #[uprobe]
 pub fn mremap_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let old: u64 = ctx.arg(0).unwrap_or(0);
     let new_size: u64 = ctx.arg(2).unwrap_or(0);
     begin_call(&ctx, CallKind::Mremap, new_size, old);
@@ -416,6 +454,9 @@ pub fn mremap_enter(ctx: ProbeContext) -> u32 {
 /// free(ptr): releases the block when it was recorded; unknown pointers are ignored.
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let Some(tgid) = traced_tgid() else {
         return 0;
     };
@@ -433,6 +474,9 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
 /// starts; what cannot be settled by start address goes to userspace.
 #[uprobe]
 pub fn munmap_enter(ctx: ProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let Some(tgid) = traced_tgid() else {
         return 0;
     };
@@ -513,6 +557,9 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
 /// Return of every tracked call: records what the call produced.
 #[uretprobe]
 pub fn call_return(ctx: RetProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let Some(tgid) = traced_tgid() else {
         return 0;
     };

@@ -166,6 +166,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub max_stacks: u32,
 
+    /// For benchmarks: attach every probe as usual, but make the programs return at once (the
+    /// bare cost of the probes). Reports nothing.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
     /// No live status line.
     #[arg(short, long)]
     pub quiet: bool,

@@ -143,6 +143,7 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
         },
         max_allocations: args.max_allocations,
         max_stacks: args.max_stacks,
+        empty_programs: args.empty_programs,
     })?;
     let mut session = Session {
         args,

@@ -2,6 +2,7 @@
 //!
 //! Every command but `setup` runs setup first, so a fresh machine needs nothing else.
 
+mod bench;
 mod demo;
 mod setup;
 mod util;
@@ -34,6 +35,9 @@ enum Command {
         #[arg(long, default_value = "10s")]
         duration: String,
     },
+    /// Measure the slowdown of traced programs, side by side: native, the bare probes,
+    /// leaktracer, bcc memleak (needs root). Writes target/bench/ and BENCHMARKS.md.
+    Bench,
     /// Run every check: formatting, clippy, unit tests and the end-to-end tests (needs root: they
     /// load real eBPF programs against real processes).
     Test {
@@ -51,6 +55,10 @@ fn main() -> ExitCode {
         Command::Demo { duration } => setup::run()
             .and_then(|()| build())
             .and_then(|()| demo::run(&duration)),
+        Command::Bench => setup::run()
+            .and_then(|()| setup::ensure_test_tools())
+            .and_then(|()| build())
+            .and_then(|()| bench::run()),
         Command::Test { args } => setup::run()
             .and_then(|()| setup::ensure_test_tools())
             .and_then(|()| build())

@@ -43,6 +43,8 @@ const PROGRAMS: &[&str] = &[
 pub struct MapSizes {
     /// With `--cgroup`: only processes in this cgroup (id, level) count.
     pub cgroup: Option<(u64, u32)>,
+    /// Benchmarks only: attach as usual, but every program returns at once.
+    pub empty_programs: bool,
     /// Outstanding heap allocations that can be recorded at once.
     pub max_allocations: u32,
     /// Distinct allocation stacks.
@@ -111,6 +113,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_CGROUP_ID", &cgroup_id, true)
             .override_global("FILTER_CGROUP_LEVEL", &cgroup_level, true)
+            .override_global("EMPTY_PROGRAMS", &u8::from(sizes.empty_programs), true)
             .map_max_entries("ALLOCS", sizes.max_allocations)
             .map_max_entries("STACKS", sizes.max_stacks)
             .map_max_entries("STACK_STATS", sizes.max_stacks.saturating_mul(4))

@@ -1,0 +1,483 @@
+//! `cargo xtask bench`: how much a traced program slows down, side by side in one run.
+//!
+//! Each workload is started stopped (it waits for a line on stdin), the configuration attaches,
+//! then the workload runs and times its own operations. Configurations alternate within each
+//! repetition: native (nothing attached), floor (leaktracer's probes at its placement, programs
+//! that return at once), leaktracer (default), and bcc's memleak-bpfcc (default options) when it
+//! can run. Results: median and spread of ns per operation, slowdown vs native, the tracer's own
+//! CPU time and peak RSS, events dropped; Markdown and JSON under target/bench/, the table in
+//! BENCHMARKS.md.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{
+    setup,
+    util::{self, step, workspace_root},
+};
+
+const REPETITIONS: usize = 3;
+
+struct Workload {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Config {
+    Native,
+    Floor,
+    Leaktracer,
+    Memleak,
+}
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Config::Native => "native",
+            Config::Floor => "floor (leaktracer probes, empty programs)",
+            Config::Leaktracer => "leaktracer default",
+            Config::Memleak => "bcc memleak-bpfcc -p PID",
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Default)]
+struct Run {
+    ns_per_op: f64,
+    tracer_cpu_secs: f64,
+    tracer_peak_rss_kib: u64,
+    dropped: Option<u64>,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let out_dir = root.join("target/bench");
+    fs::create_dir_all(&out_dir)?;
+    let workloads = build_workloads(&out_dir)?;
+    let memleak = prepare_memleak(&out_dir);
+    if let Err(why) = &memleak {
+        step(&format!("bcc memleak will not run: {why:#}"));
+    }
+    let mut configs = vec![Config::Native, Config::Floor, Config::Leaktracer];
+    if memleak.is_ok() {
+        configs.push(Config::Memleak);
+    }
+    let headers = memleak.ok();
+    let leaktracer = root.join("target/release/leaktracer");
+
+    let mut results: Vec<(&Workload, Config, Vec<Run>)> = Vec::new();
+    for workload in &workloads {
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); configs.len()];
+        for repetition in 0..REPETITIONS {
+            for (index, config) in configs.iter().enumerate() {
+                step(&format!(
+                    "{} / {} / repetition {}",
+                    workload.name,
+                    config.name(),
+                    repetition + 1
+                ));
+                let run = measure(workload, *config, &leaktracer, headers.as_deref(), &out_dir)
+                    .with_context(|| format!("{} under {}", workload.name, config.name()))?;
+                runs[index].push(run);
+            }
+        }
+        for (config, runs) in configs.iter().zip(runs) {
+            results.push((workload, *config, runs));
+        }
+    }
+    let markdown = render_markdown(&results);
+    let json = render_json(&results);
+    fs::write(out_dir.join("results.md"), &markdown)?;
+    fs::write(out_dir.join("results.json"), json)?;
+    let page = format!(
+        "# Benchmarks\n\nMeasured by `cargo xtask bench` (as root) on {}; kernel {}.\n\
+         Each workload waits until the configuration is attached, then times its own operations;\n\
+         configurations alternate within each of {REPETITIONS} repetitions. Medians, with the range.\n\n{markdown}",
+        describe_machine(),
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    fs::write(root.join("BENCHMARKS.md"), page)?;
+    println!("{markdown}");
+    step("wrote target/bench/results.md, target/bench/results.json and BENCHMARKS.md");
+    Ok(())
+}
+
+fn describe_machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} x {model}")
+}
+
+fn build_workloads(out_dir: &Path) -> anyhow::Result<Vec<Workload>> {
+    let source = workspace_root().join("xtask/bench");
+    let churn = out_dir.join("churn");
+    util::run(
+        Command::new("gcc")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .arg(&churn)
+            .arg(source.join("churn.c")),
+    )?;
+    let containers = out_dir.join("containers");
+    util::run(
+        Command::new("g++")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(&containers)
+            .arg(source.join("containers.cpp")),
+    )?;
+    Ok(vec![
+        Workload {
+            name: "churn, 1 thread (malloc+free pairs, 16..4096 B)",
+            program: churn.clone(),
+            args: vec!["1".into(), "200000".into()],
+        },
+        Workload {
+            name: "churn, 2 threads",
+            program: churn,
+            args: vec!["2".into(), "100000".into()],
+        },
+        Workload {
+            name: "C++ map<string, vector<int>> build and drop (per insert)",
+            program: containers,
+            args: vec!["100".into()],
+        },
+    ])
+}
+
+/// bcc needs kernel headers; this kernel ships none, but Debian's 6.1 headers, unpacked and
+/// merged (common + amd64), work. Returns the directory to pass as BCC_KERNEL_SOURCE.
+fn prepare_memleak(out_dir: &Path) -> anyhow::Result<PathBuf> {
+    setup::ensure_debian_tools(&[("memleak-bpfcc", "bpfcc-tools")])?;
+    let merged = out_dir.join("kernel-headers");
+    if merged.join("include/linux/kconfig.h").exists() {
+        return Ok(merged);
+    }
+    let download = out_dir.join("kernel-headers-debs");
+    fs::create_dir_all(&download)?;
+    let search = Command::new("apt-cache")
+        .args([
+            "search",
+            "--names-only",
+            "^linux-headers-6.1.0-[0-9]+-amd64$",
+        ])
+        .output()?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&search.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    names.sort_by_key(|n| {
+        n.trim_start_matches("linux-headers-6.1.0-")
+            .trim_end_matches("-amd64")
+            .parse::<u32>()
+            .unwrap_or(0)
+    });
+    let amd64 = names
+        .pop()
+        .context("no linux-headers-6.1 package in the Debian index")?;
+    let common = amd64.replace("-amd64", "-common");
+    util::run(
+        Command::new("apt-get")
+            .args(["download", &amd64, &common])
+            .current_dir(&download),
+    )?;
+    let unpacked = download.join("root");
+    for deb in fs::read_dir(&download)? {
+        let deb = deb?.path();
+        if deb.extension().is_some_and(|e| e == "deb") {
+            util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        }
+    }
+    let src = unpacked.join("usr/src");
+    let dir_of = |suffix: &str| -> anyhow::Result<PathBuf> {
+        fs::read_dir(&src)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(suffix))
+            .with_context(|| format!("no *{suffix} in {}", src.display()))
+    };
+    fs::create_dir_all(&merged)?;
+    util::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", dir_of("-common")?.display()))
+            .arg(&merged),
+    )?;
+    util::run(
+        Command::new("cp")
+            .args(["-a", "--remove-destination"])
+            .arg(format!("{}/.", dir_of("-amd64")?.display()))
+            .arg(&merged),
+    )?;
+    Ok(merged)
+}
+
+/// Lines a child prints, collected as they come.
+fn collect_lines(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+fn wait_for(
+    lines: &Arc<Mutex<Vec<String>>>,
+    needle: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(line) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return Ok(line.clone());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no {needle:?} within {timeout:?}: {:?}",
+                lines.lock().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// CPU seconds and peak RSS (KiB) of a running process.
+fn usage(pid: u32) -> (f64, u64) {
+    let ticks = unsafe_sysconf_clk_tck();
+    let cpu = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0);
+    let peak = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    (cpu, peak)
+}
+
+/// Clock ticks per second, as `getconf CLK_TCK` says (100 on Linux).
+fn unsafe_sysconf_clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn measure(
+    workload: &Workload,
+    config: Config,
+    leaktracer: &Path,
+    headers: Option<&Path>,
+    out_dir: &Path,
+) -> anyhow::Result<Run> {
+    let mut target = Command::new(&workload.program)
+        .args(&workload.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = collect_lines(target.stdout.take().unwrap());
+    wait_for(&out, "ready", Duration::from_secs(10))?;
+    let pid = target.id().to_string();
+    let json = out_dir.join("run.json");
+    let mut tracer: Option<(Child, Arc<Mutex<Vec<String>>>)> = match config {
+        Config::Native => None,
+        Config::Floor | Config::Leaktracer => {
+            let mut cmd = Command::new(leaktracer);
+            cmd.args(["trace", "--quiet", "--pid", &pid, "--json"])
+                .arg(&json);
+            if config == Config::Floor {
+                cmd.arg("--empty-programs");
+            }
+            let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+            let err = collect_lines(child.stderr.take().unwrap());
+            wait_for(&err, "leaktracer: tracing ", Duration::from_secs(30))?;
+            Some((child, err))
+        }
+        Config::Memleak => {
+            let mut child = Command::new("memleak-bpfcc")
+                .args(["-p", &pid])
+                .env("BCC_KERNEL_SOURCE", headers.expect("headers prepared"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let out = collect_lines(child.stdout.take().unwrap());
+            wait_for(&out, "Attaching to pid", Duration::from_secs(120))?;
+            // memleak prints before its last probes are attached; give them a moment.
+            std::thread::sleep(Duration::from_millis(500));
+            Some((child, out))
+        }
+    };
+    let _ = fs::remove_file(&json);
+    target.stdin.as_mut().unwrap().write_all(b"go\n")?;
+    let line = wait_for(&out, "ns_per_op", Duration::from_secs(600))?;
+    let ns_per_op: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("ns_per_op value")?
+        .parse()?;
+    let mut run = Run {
+        ns_per_op,
+        ..Default::default()
+    };
+    if let Some((mut child, _)) = tracer.take() {
+        let (cpu, peak) = usage(child.id());
+        run.tracer_cpu_secs = cpu;
+        run.tracer_peak_rss_kib = peak;
+        unsafe_kill_int(child.id());
+        child.wait()?;
+        if config == Config::Leaktracer
+            && let Ok(text) = fs::read_to_string(&json)
+        {
+            run.dropped = text
+                .split("\"dropped\":")
+                .nth(1)
+                .and_then(|rest| rest.split([',', '\n']).next())
+                .and_then(|n| n.trim().parse().ok());
+        }
+    }
+    let _ = target.wait();
+    Ok(run)
+}
+
+/// SIGINT, as Ctrl-C would send.
+fn unsafe_kill_int(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn render_markdown(results: &[(&Workload, Config, Vec<Run>)]) -> String {
+    let mut out = String::new();
+    let mut current = "";
+    let mut native = 0.0;
+    let mut floor = 0.0;
+    let mut ours = 0.0;
+    for (workload, config, runs) in results {
+        if workload.name != current {
+            if !current.is_empty() {
+                out.push_str(&ratios(floor, ours, results, current));
+            }
+            current = workload.name;
+            out.push_str(&format!(
+                "\n### {current}\n\n| configuration | ns/op (median) | range | slowdown vs native | tracer CPU s | tracer peak RSS | dropped |\n|---|---|---|---|---|---|---|\n"
+            ));
+        }
+        let mut ns: Vec<f64> = runs.iter().map(|r| r.ns_per_op).collect();
+        let med = median(&mut ns);
+        match config {
+            Config::Native => native = med,
+            Config::Floor => floor = med,
+            Config::Leaktracer => ours = med,
+            Config::Memleak => {}
+        }
+        let mut cpu: Vec<f64> = runs.iter().map(|r| r.tracer_cpu_secs).collect();
+        let mut rss: Vec<f64> = runs.iter().map(|r| r.tracer_peak_rss_kib as f64).collect();
+        let dropped = runs.iter().filter_map(|r| r.dropped).max();
+        out.push_str(&format!(
+            "| {} | {:.1} | {:.1}–{:.1} | {:.1}× | {} | {} | {} |\n",
+            config.name(),
+            med,
+            ns.first().unwrap_or(&0.0),
+            ns.last().unwrap_or(&0.0),
+            if native > 0.0 { med / native } else { 1.0 },
+            if *config == Config::Native {
+                "-".to_string()
+            } else {
+                format!("{:.2}", median(&mut cpu))
+            },
+            if *config == Config::Native {
+                "-".to_string()
+            } else {
+                format!("{:.0} MiB", median(&mut rss) / 1024.0)
+            },
+            dropped.map_or("-".to_string(), |d| d.to_string()),
+        ));
+    }
+    if !current.is_empty() {
+        out.push_str(&ratios(floor, ours, results, current));
+    }
+    out
+}
+
+/// leaktracer over its floor, and against memleak, for one workload.
+fn ratios(
+    floor: f64,
+    ours: f64,
+    results: &[(&Workload, Config, Vec<Run>)],
+    workload: &str,
+) -> String {
+    let memleak = results
+        .iter()
+        .find(|(w, c, _)| w.name == workload && *c == Config::Memleak)
+        .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
+    let mut line = format!("\nleaktracer / its floor: {:.2}×", ours / floor);
+    if let Some(memleak) = memleak {
+        line.push_str(&format!(
+            "; leaktracer / bcc memleak: {:.2}×",
+            ours / memleak
+        ));
+    }
+    line.push('\n');
+    line
+}
+
+fn render_json(results: &[(&Workload, Config, Vec<Run>)]) -> String {
+    let entries: Vec<String> = results
+        .iter()
+        .map(|(workload, config, runs)| {
+            let ns: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.ns_per_op)).collect();
+            let cpu: Vec<String> = runs.iter().map(|r| format!("{:.3}", r.tracer_cpu_secs)).collect();
+            let rss: Vec<String> = runs.iter().map(|r| r.tracer_peak_rss_kib.to_string()).collect();
+            format!(
+                "  {{\"workload\": {:?}, \"config\": {:?}, \"ns_per_op\": [{}], \"tracer_cpu_secs\": [{}], \"tracer_peak_rss_kib\": [{}]}}",
+                workload.name,
+                config.name(),
+                ns.join(", "),
+                cpu.join(", "),
+                rss.join(", ")
+            )
+        })
+        .collect();
+    format!("[\n{}\n]\n", entries.join(",\n"))
+}
