@@ -324,6 +324,16 @@ pub fn byte_at(pid: u32, address: u64) -> u8 {
     byte[0]
 }
 
+/// The first 16 bytes of a function in another process: a uprobe's int3 (0xCC) shows there,
+/// at the entry or a few instructions in (leaktracer may place an entry probe past an
+/// instruction the kernel would have to single-step).
+pub fn code_at(pid: u32, address: u64) -> [u8; 16] {
+    let mem = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut bytes = [0u8; 16];
+    mem.read_exact_at(&mut bytes, address).unwrap();
+    bytes
+}
+
 /// Parses the workload's first line, `malloc=0x... free=0x...`.
 pub fn entry_addresses(line: &str) -> (u64, u64) {
     let field = |name: &str| {

@@ -258,8 +258,16 @@ impl Session<'_> {
         }
         if self.args.verbose {
             for probe in self.probes.attached.iter().filter(|p| p.pid == pid) {
+                let placement = if probe.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", after `{}` (the kernel would single-step it)",
+                        probe.skipped.join("; ")
+                    )
+                };
                 eprintln!(
-                    "leaktracer: pid {pid}: {} {} at {}+{:#x} ({})",
+                    "leaktracer: pid {pid}: {} {} at {}+{:#x} ({}){placement}",
                     if probe.is_return {
                         "uretprobe"
                     } else {

@@ -15,7 +15,7 @@
 use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf};
 
 use crate::{
-    attach::elf::function_offsets,
+    attach::{elf::function_offsets, placement},
     error::TraceError,
     target::{maps::Mapping, process::path_in_root},
 };
@@ -172,6 +172,11 @@ pub struct ProbeSite {
     pub role: Role,
     /// File offset of the function.
     pub offset: u64,
+    /// File offset of the entry probe: the function's, or past instructions the kernel would
+    /// single-step (see [`crate::attach::placement`]); release probes only.
+    pub probe_offset: u64,
+    /// The instructions skipped to get there.
+    pub skipped: Vec<String>,
     /// Every symbol at this address (aliases share one probe).
     pub symbols: Vec<String>,
 }
@@ -358,10 +363,15 @@ pub fn plan(
                     program: point.program,
                     role: point.role,
                     offset,
+                    probe_offset: offset,
+                    skipped: Vec::new(),
                     symbols: vec![point.symbol.clone()],
                 }),
             }
         }
+    }
+    for object in &mut objects {
+        place_release_probes(object);
     }
     let (allocator, allocator_file) = allocator_object.expect("the essential family was found");
     Ok(AttachPlan {
@@ -369,6 +379,25 @@ pub fn plan(
         allocator,
         allocator_file,
     })
+}
+
+/// Moves entry-only probes past leading instructions the kernel would single-step.
+fn place_release_probes(object: &mut ProbeObject) {
+    if !object.sites.iter().any(|s| s.role == Role::Release) {
+        return;
+    }
+    let Ok(data) = std::fs::read(&object.open_path) else {
+        return;
+    };
+    for site in object.sites.iter_mut().filter(|s| s.role == Role::Release) {
+        let start = site.offset as usize;
+        let Some(code) = data.get(start..(start + 64).min(data.len())) else {
+            continue;
+        };
+        let placement = placement::place(code, placement::registers_read_by(site.program));
+        site.probe_offset = site.offset + placement.delta;
+        site.skipped = placement.skipped;
+    }
 }
 
 /// True when the opened file is the one the process maps (same device and inode).

@@ -6,4 +6,5 @@
 
 pub mod allocator;
 pub mod elf;
+pub mod placement;
 pub mod probes;

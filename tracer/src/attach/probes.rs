@@ -57,7 +57,10 @@ pub struct AttachedProbe {
     pub pid: u32,
     pub object: String,
     pub symbols: Vec<String>,
+    /// File offset probed.
     pub offset: u64,
+    /// Instructions skipped from the symbol's entry (see attach::placement).
+    pub skipped: Vec<String>,
     pub program: &'static str,
     pub is_return: bool,
 }
@@ -190,6 +193,7 @@ impl Probes {
         for (object, site) in sites(Role::Release) {
             self.attach_one(object, site.program, site, pid, false)?;
         }
+        // Return probes, and the entry probes of the same functions, at the symbol's entry.
         for (object, site) in sites(Role::Allocate) {
             self.attach_one(object, RETURN_PROGRAM, site, pid, true)?;
         }
@@ -213,12 +217,18 @@ impl Probes {
             .expect("program loaded")
             .try_into()
             .expect("program is a uprobe");
+        // Only release probes move (see attach::placement); the others sit at the entry.
+        let offset = if site.role == Role::Release {
+            site.probe_offset
+        } else {
+            site.offset
+        };
         let link = uprobe
-            .attach(site.offset, &object.open_path, UProbeScope::OneProcess(pid))
+            .attach(offset, &object.open_path, UProbeScope::OneProcess(pid))
             .map_err(|e| TraceError::Attach {
                 program: program.to_string(),
                 path: object.open_path.clone(),
-                offset: site.offset,
+                offset,
                 reason: format!("{e:#}"),
             })?;
         self.links.push((program, link));
@@ -226,7 +236,12 @@ impl Probes {
             pid: pid.get(),
             object: object.display_path.clone(),
             symbols: site.symbols.clone(),
-            offset: site.offset,
+            offset,
+            skipped: if is_return {
+                Vec::new()
+            } else {
+                site.skipped.clone()
+            },
             program,
             is_return,
         });

@@ -1,0 +1,202 @@
+//! Where exactly to put an entry probe.
+//!
+//! A uprobe traps once when the kernel can emulate the probed instruction (push, jmp, jcc, call,
+//! nop) and twice when it must single-step it out of line (almost everything else). glibc's
+//! `free` starts with `test %rdi,%rdi`, a single-stepped instruction, then a `je`, an emulated
+//! one: probing the `je` halves the traps of every free.
+//!
+//! The rule: walk the first instructions; stop at the first one the kernel emulates and probe
+//! there, provided every instruction skipped on the way
+//! - falls through to the next (no branch, call, return or syscall: every path from the entry
+//!   reaches the probe), and
+//! - writes none of the registers the program reads (its arguments and the stack pointer) and
+//!   no memory.
+//!
+//! Otherwise, the probe stays at the symbol's entry. Only entry-only probes move: a return probe
+//! must sit at the entry (it takes the return address from the top of the stack there), and an
+//! entry probe sharing that address with it costs no extra trap.
+
+use iced_x86::{
+    Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic,
+    OpAccess, Register,
+};
+
+/// How many instructions may be skipped.
+const MAX_SKIPPED: usize = 4;
+
+/// Where to probe, relative to the symbol, and what was skipped to get there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// Bytes from the symbol's entry to the probed instruction.
+    pub delta: u64,
+    /// The skipped instructions, as text, for `--verbose`.
+    pub skipped: Vec<String>,
+}
+
+impl Placement {
+    fn at_entry() -> Self {
+        Self {
+            delta: 0,
+            skipped: Vec::new(),
+        }
+    }
+}
+
+/// True for instructions the x86 uprobe code emulates instead of single-stepping
+/// (arch/x86/kernel/uprobes.c: branches, calls, pushes of a register, nops).
+pub fn kernel_emulates(instruction: &Instruction) -> bool {
+    match instruction.mnemonic() {
+        Mnemonic::Push => {
+            instruction.op0_register() != Register::None && instruction.op0_register().is_gpr64()
+        }
+        Mnemonic::Nop => true,
+        Mnemonic::Jmp | Mnemonic::Call => matches!(
+            instruction.code(),
+            Code::Jmp_rel8_64 | Code::Jmp_rel32_64 | Code::Call_rel32_64
+        ),
+        _ => instruction.is_jcc_short_or_near(),
+    }
+}
+
+/// The placement for a function whose first bytes are `code`, for a program that reads `reads`
+/// (full 64-bit registers; the stack pointer is always kept).
+pub fn place(code: &[u8], reads: &[Register]) -> Placement {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut info = InstructionInfoFactory::new();
+    let mut skipped = Vec::new();
+    let mut instruction = Instruction::default();
+    for _ in 0..=MAX_SKIPPED {
+        if !decoder.can_decode() {
+            break;
+        }
+        decoder.decode_out(&mut instruction);
+        if instruction.is_invalid() {
+            break;
+        }
+        if kernel_emulates(&instruction) {
+            return Placement {
+                delta: instruction.ip(),
+                skipped,
+            };
+        }
+        if instruction.flow_control() != FlowControl::Next {
+            break;
+        }
+        let used = info.info(&instruction);
+        let writes_read_register = used.used_registers().iter().any(|r| {
+            matches!(
+                r.access(),
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
+            ) && {
+                let full = r.register().full_register();
+                full == Register::RSP || reads.contains(&full)
+            }
+        });
+        let writes_memory = used.used_memory().iter().any(|m| {
+            matches!(
+                m.access(),
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
+            )
+        });
+        if writes_read_register || writes_memory {
+            break;
+        }
+        skipped.push(instruction.to_string());
+    }
+    Placement::at_entry()
+}
+
+/// The registers an entry program reads (besides the stack pointer).
+pub fn registers_read_by(program: &str) -> &'static [Register] {
+    match program {
+        "free_enter" | "malloc_enter" | "pvalloc_enter" => &[Register::RDI],
+        "munmap_enter" | "calloc_enter" | "realloc_enter" => &[Register::RDI, Register::RSI],
+        "memalign_enter" | "mmap_enter" => &[Register::RSI],
+        "reallocarray_enter" => &[Register::RDI, Register::RSI, Register::RDX],
+        "posix_memalign_enter" | "mremap_enter" => &[Register::RDI, Register::RDX],
+        // Unknown: assume every argument register.
+        _ => &[
+            Register::RDI,
+            Register::RSI,
+            Register::RDX,
+            Register::RCX,
+            Register::R8,
+            Register::R9,
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glibc_free_is_probed_at_its_je() {
+        // test %rdi,%rdi ; je +0xc2 ; push %rbp
+        let code = [0x48, 0x85, 0xff, 0x0f, 0x84, 0xc2, 0, 0, 0, 0x55];
+        let placement = place(&code, &[Register::RDI]);
+        assert_eq!(placement.delta, 3);
+        assert_eq!(placement.skipped, vec!["test rdi,rdi".to_string()]);
+    }
+
+    #[test]
+    fn an_emulated_first_instruction_stays() {
+        // push %r12 (malloc)
+        assert_eq!(place(&[0x41, 0x54, 0x55], &[Register::RDI]).delta, 0);
+    }
+
+    #[test]
+    fn writing_a_read_register_or_the_stack_keeps_the_entry() {
+        // mov %rdi,%rbx is fine, mov $1,%edi is not (rdi is read), sub $0x58,%rsp is not.
+        assert_eq!(place(&[0x48, 0x89, 0xfb, 0x55], &[Register::RDI]).delta, 3);
+        assert_eq!(place(&[0xbf, 1, 0, 0, 0, 0x55], &[Register::RDI]).delta, 0);
+        assert_eq!(
+            place(&[0x48, 0x83, 0xec, 0x58, 0x55], &[Register::RDI]).delta,
+            0
+        );
+        // mov $0xb,%eax ; syscall (munmap): the syscall is a control transfer.
+        assert_eq!(
+            place(
+                &[0xb8, 0x0b, 0, 0, 0, 0x0f, 0x05],
+                &[Register::RDI, Register::RSI]
+            )
+            .delta,
+            0
+        );
+        // A store to memory is never skipped.
+        assert_eq!(place(&[0x48, 0x89, 0x07, 0x55], &[Register::RSI]).delta, 0);
+    }
+
+    #[test]
+    fn this_process_free_gets_an_emulated_placement() {
+        // Whatever libc this test runs on: the probed instruction is the entry or one the
+        // kernel emulates, reached by skipping only harmless instructions.
+        let maps = crate::target::maps::read_maps(std::process::id()).unwrap();
+        let libc = maps
+            .iter()
+            .filter_map(|m| m.clean_path())
+            .find(|p| p.contains("libc.so"))
+            .unwrap()
+            .to_string();
+        let offsets =
+            crate::attach::elf::function_offsets(std::path::Path::new(&libc), &["free"]).unwrap();
+        let data = std::fs::read(&libc).unwrap();
+        let start = offsets["free"] as usize;
+        let placement = place(&data[start..start + 64], &[Register::RDI]);
+        if placement.delta > 0 {
+            let mut decoder = Decoder::with_ip(
+                64,
+                &data[start + placement.delta as usize..],
+                0,
+                DecoderOptions::NONE,
+            );
+            assert!(kernel_emulates(&decoder.decode()));
+        }
+    }
+}
