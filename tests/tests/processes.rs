@@ -427,18 +427,13 @@ fn container_id_resolves_to_its_cgroup() {
     let cgroup = Cgroup2Dir::create(&format!("docker-{id}.scope"));
     let dir = scratch_dir("container_id");
     let json = dir.join("leaks.json");
-    let program = workload("alloc_sites");
-    let (workload, mut lines) =
-        spawn_with_lines(cgroup.enter_and_exec(&format!("{} sites", program.display())));
+    // The workload waits until it is traced; it enters the container's cgroup before any
+    // tracer starts (the exec-while-discovered case is cgroup_process_started_during_the_trace).
+    let mut cmd = Command::new(workload("alloc_sites"));
+    cmd.arg("sites");
+    let (workload, mut lines) = spawn_with_lines(cmd);
     let pid = workload.pid();
-    // The container "runs" once its cgroup holds the process.
-    while fs::read_to_string(cgroup.0.join("cgroup.procs"))
-        .unwrap()
-        .trim()
-        .is_empty()
-    {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    fs::write(cgroup.0.join("cgroup.procs"), pid.to_string()).unwrap();
     let mut tracer = Tracer::start([
         "trace",
         "--container",
