@@ -103,12 +103,13 @@ impl Recorder {
             .collect()
     }
 
-    /// A stack's samples and their growth analysis.
+    /// A stack's samples and their growth analysis; no analysis from fewer than
+    /// [`MIN_SAMPLES`] settled samples.
     pub fn stack_history(
         &self,
         key: &StackKey,
         thresholds: &Thresholds,
-    ) -> (Vec<StackPoint>, growth::Growth) {
+    ) -> (Vec<StackPoint>, Option<growth::Growth>) {
         let series = self.series.get(key).cloned().unwrap_or_default();
         let points: Vec<StackPoint> = self
             .times
@@ -122,10 +123,14 @@ impl Recorder {
             .collect();
         let bytes: Vec<f64> = series.iter().map(|(b, _)| *b as f64).collect();
         let (times, bytes) = settled(&self.times, &bytes);
-        let growth = growth::analyze(times, bytes, thresholds);
+        let growth =
+            (times.len() >= MIN_SAMPLES).then(|| growth::analyze(times, bytes, thresholds));
         (points, growth)
     }
 }
+
+/// Growth is judged on at least this many samples (after the first).
+pub const MIN_SAMPLES: usize = 3;
 
 /// The samples growth is judged on: all but the first, taken at attach, when every stack
 /// starts from zero only because nothing earlier is known (its jump to the in-flight level is
@@ -156,11 +161,17 @@ pub fn verdict(
         .iter()
         .filter(|s| s.growth.is_some_and(|g| g.class == Class::Leak))
         .count();
+    let judged = times.len() >= MIN_SAMPLES;
     let seconds_to_limit = limit
         .as_ref()
-        .filter(|_| rate > 0.0)
+        .filter(|_| rate > 0.0 && judged)
         .map(|l| l.headroom() as f64 / rate);
-    let mut summary = if leaking_stacks > 0 {
+    let mut summary = if !judged {
+        format!(
+            "too short to judge growth: {} samples (trace longer, or sample more often with --interval)",
+            times.len()
+        )
+    } else if leaking_stacks > 0 {
         format!(
             "LEAK: {leaking_stacks} stack{} growing steadily; outstanding memory {}",
             if leaking_stacks == 1 { "" } else { "s" },

@@ -547,7 +547,7 @@ impl Session<'_> {
                     frames: self
                         .symbolizer
                         .symbolize_stack(&self.spaces, key.tgid, &ips),
-                    growth: Some(growth),
+                    growth,
                     timeline,
                 }
             })
