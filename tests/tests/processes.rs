@@ -87,8 +87,9 @@ fn allocator_case(name: &str, program: &Path, preload: Option<&str>, allocator_s
     require_root();
     let dir = scratch_dir(name);
     let json = dir.join("leaks.json");
+    let flag = dir.join("go");
     let mut cmd = Command::new(program);
-    cmd.arg("sites");
+    cmd.arg("sites").arg(&flag);
     if let Some(preload) = preload {
         cmd.env("LD_PRELOAD", preload);
     }
@@ -102,6 +103,7 @@ fn allocator_case(name: &str, program: &Path, preload: Option<&str>, allocator_s
         json.to_str().unwrap(),
     ]);
     tracer.wait_attached();
+    fs::write(&flag, "").unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "done");
     let mapped = mapped_file(pid, allocator_suffix).expect("allocator mapped");
     tracer.interrupt();
@@ -260,9 +262,15 @@ fn cgroup_process_started_during_the_trace() {
     ]);
     tracer.wait_attached();
     let program = workload("alloc_sites");
-    let (workload, mut lines) =
-        spawn_with_lines(cgroup.enter_and_exec(&format!("{} sites", program.display())));
+    let flag = dir.join("go");
+    let (workload, mut lines) = spawn_with_lines(cgroup.enter_and_exec(&format!(
+        "{} sites {}",
+        program.display(),
+        flag.display()
+    )));
     let pid = workload.pid();
+    tracer.wait_stderr(&format!("attached to pid {pid} "));
+    fs::write(&flag, "").unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "done");
     let mapped = mapped_file(pid, "libc.so.6").unwrap();
     tracer.interrupt();
@@ -291,6 +299,8 @@ struct Container {
     cgroup: Cgroup2Dir,
     /// Device and inode of the container's libc copy.
     libc: (u64, u64),
+    /// The file (`/go` inside) that lets the workload start leaking.
+    flag: std::path::PathBuf,
 }
 
 impl Drop for Container {
@@ -319,7 +329,7 @@ fn start_container(name: &str) -> Container {
     let meta = fs::metadata(&libc_copy).unwrap();
     let cgroup = Cgroup2Dir::create(&format!("leaktracer-e2e-{name}-{}", std::process::id()));
     let command = format!(
-        "unshare --mount --pid --fork chroot {} /alloc_sites sites",
+        "unshare --mount --pid --fork chroot {} /alloc_sites sites /go",
         root.display()
     );
     let (unshare, lines) = spawn_with_lines(cgroup.enter_and_exec(&command));
@@ -335,6 +345,7 @@ fn start_container(name: &str) -> Container {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Container {
+        flag: root.join("go"),
         _unshare: unshare,
         pid: pid.expect("the container's workload started"),
         lines,
@@ -364,6 +375,8 @@ fn trace_container(name: &str, by_cgroup: bool) {
             .chain(["--json".to_string(), json.display().to_string()]),
     );
     tracer.wait_attached();
+    tracer.wait_stderr(&format!("pid {pid} "));
+    fs::write(&container.flag, "").unwrap();
     assert_eq!(container.lines.next().unwrap().unwrap(), "done");
     let mapped = mapped_file(pid, "/libc.so.6").unwrap();
     tracer.interrupt();
@@ -429,8 +442,9 @@ fn container_id_resolves_to_its_cgroup() {
     let json = dir.join("leaks.json");
     // The workload waits until it is traced; it enters the container's cgroup before any
     // tracer starts (the exec-while-discovered case is cgroup_process_started_during_the_trace).
+    let flag = dir.join("go");
     let mut cmd = Command::new(workload("alloc_sites"));
-    cmd.arg("sites");
+    cmd.arg("sites").arg(&flag);
     let (workload, mut lines) = spawn_with_lines(cmd);
     let pid = workload.pid();
     fs::write(cgroup.0.join("cgroup.procs"), pid.to_string()).unwrap();
@@ -442,6 +456,7 @@ fn container_id_resolves_to_its_cgroup() {
         json.to_str().unwrap(),
     ]);
     tracer.wait_attached();
+    fs::write(&flag, "").unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "done");
     tracer.interrupt();
     let run = tracer.finish();

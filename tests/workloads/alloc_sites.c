@@ -3,7 +3,10 @@
  * tests. Portable C: builds against glibc, statically against musl, runs under jemalloc,
  * tcmalloc or mimalloc (LD_PRELOAD).
  *
- *   alloc_sites sites     wait until traced, leak (below), print "done", wait for a signal
+ *   alloc_sites sites [FLAG]
+ *                         wait until traced (until the file FLAG exists, when given: tests make
+ *                         it once leaktracer says it is tracing this process), leak (below),
+ *                         print "done", wait for a signal
  *   alloc_sites fork N DIR
  *                         wait until traced, fork N workers 300 ms apart; each prints
  *                         "worker I pid P forked", waits for the file DIR/traced-P (the test
@@ -14,8 +17,8 @@
  * sites leaks: leak_malloc 40 x 128 B, leak_calloc 20 x 512 B, leak_realloc 10 x 1000 B,
  * leak_aligned 10 x 2048 B.
  *
- * "Traced" means malloc's first instruction is a breakpoint (0xCC): leaktracer attaches malloc
- * last. A forked child inherits its parent's breakpoints, so workers wait for the test instead.
+ * Without FLAG, "traced" means malloc's first instruction is a breakpoint (0xCC): handy by hand,
+ * but a return probe puts it there before every entry probe is attached, so tests use files.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -26,6 +29,16 @@
 #define NOINLINE __attribute__((noinline))
 
 static void *volatile sink;
+
+static void wait_for_file(const char *flag) {
+    for (int t = 0; access(flag, F_OK) != 0; t++) {
+        if (t > 3000) {
+            fprintf(stderr, "alloc_sites: %s did not appear in 30 s\n", flag);
+            exit(3);
+        }
+        usleep(10000);
+    }
+}
 
 static void wait_until_traced(void) {
     volatile unsigned char *entry = (volatile unsigned char *)(void *)malloc;
@@ -78,7 +91,8 @@ static void hold(void) {
 
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "sites")) {
-        wait_until_traced();
+        if (argc >= 3) wait_for_file(argv[2]);
+        else wait_until_traced();
         leak_malloc();
         leak_calloc();
         leak_realloc();
@@ -99,10 +113,7 @@ int main(int argc, char **argv) {
                 snprintf(flag, sizeof flag, "%s/traced-%d", dir, (int)getpid());
                 printf("worker %d pid %d forked\n", i, (int)getpid());
                 fflush(stdout);
-                for (int t = 0; access(flag, F_OK) != 0; t++) {
-                    if (t > 3000) return 3;
-                    usleep(10000);
-                }
+                wait_for_file(flag);
                 worker_leak(10 + i);
                 balanced();
                 printf("worker %d pid %d done\n", i, (int)getpid());
