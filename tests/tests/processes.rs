@@ -487,3 +487,47 @@ fn container_id_resolves_to_its_cgroup() {
         not_v2.stderr
     );
 }
+
+/// `--sample-bytes` (default period, 512 KiB): a leak of many small blocks is estimated within
+/// 10%, a leak of blocks larger than the period is exact, and the report says it is sampled.
+#[test]
+fn sampled_estimates_are_unbiased_and_large_blocks_exact() {
+    require_root();
+    let dir = scratch_dir("sampling");
+    let json = dir.join("leaks.json");
+    let flag = dir.join("go");
+    let mut cmd = Command::new(workload("alloc_sites"));
+    cmd.arg("sampling").arg(&flag);
+    let (workload, mut lines) = spawn_with_lines(cmd);
+    let pid = workload.pid();
+    let mut tracer = Tracer::start([
+        "trace",
+        "--pid",
+        &pid.to_string(),
+        "--sample-bytes",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    fs::write(&flag, "").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    tracer.interrupt();
+    let run = tracer.finish();
+    drop(workload);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_eq!(report["sample_bytes"], 512 * 1024);
+    let small = stacks_at(&report, "leak_small_many");
+    let estimate: u64 = small
+        .iter()
+        .map(|s| s["outstanding_bytes"].as_u64().unwrap())
+        .sum();
+    let truth = 100_000.0 * 4096.0;
+    assert!(
+        (estimate as f64 - truth).abs() / truth < 0.10,
+        "estimate {estimate} vs {truth}"
+    );
+    assert_eq!(outstanding_at(&report, "leak_large"), (20 << 20, 20));
+    assert!(report["totals"]["ignored"]["unsampled"].as_u64().unwrap() > 90_000);
+    assert!(run.stdout.contains("heap bytes and counts are estimates"));
+}

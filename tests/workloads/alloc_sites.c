@@ -7,6 +7,9 @@
  *                         wait until traced (until the file FLAG exists, when given: tests make
  *                         it once leaktracer says it is tracing this process), leak (below),
  *                         print "done", wait for a signal
+ *   alloc_sites sampling FLAG
+ *                         once FLAG exists: leak_small_many 100000 x 4096 B, leak_large 20 x
+ *                         1 MiB, then as sites
  *   alloc_sites fork N DIR
  *                         wait until traced, fork N workers 300 ms apart; each prints
  *                         "worker I pid P forked", waits for the file DIR/traced-P (the test
@@ -81,6 +84,14 @@ NOINLINE void balanced(void) {
     }
 }
 
+NOINLINE void leak_small_many(void) {
+    for (int i = 0; i < 100000; i++) sink = malloc(4096);          /* 100000 x 4096 B */
+}
+
+NOINLINE void leak_large(void) {
+    for (int i = 0; i < 20; i++) sink = malloc(1 << 20);           /* 20 x 1 MiB */
+}
+
 NOINLINE void worker_leak(int count) {
     for (int i = 0; i < count; i++) sink = malloc(256);
 }
@@ -97,6 +108,15 @@ int main(int argc, char **argv) {
         leak_calloc();
         leak_realloc();
         leak_aligned();
+        balanced();
+        printf("done\n");
+        fflush(stdout);
+        hold();
+    }
+    if (argc >= 3 && !strcmp(argv[1], "sampling")) {
+        wait_for_file(argv[2]);
+        leak_small_many();
+        leak_large();
         balanced();
         printf("done\n");
         fflush(stdout);
@@ -124,6 +144,6 @@ int main(int argc, char **argv) {
         }
         hold();
     }
-    fprintf(stderr, "usage: alloc_sites sites | fork N DIR\n");
+    fprintf(stderr, "usage: alloc_sites sites [FLAG] | sampling FLAG | fork N DIR\n");
     return 2;
 }

@@ -28,7 +28,9 @@ pub struct AllocRecord {
     pub timestamp_ns: u64,
     /// Id in the stack-trace map, or [`UNKNOWN_STACK`].
     pub stack_id: u32,
-    pub _pad: u32,
+    /// Allocations this record stands for: 1, or with `--sample-bytes` the inverse of the
+    /// probability it was sampled with (`size` is then scaled likewise).
+    pub weight: u32,
 }
 
 /// Key of the kernel-side aggregation: one user call stack of one process.
@@ -124,10 +126,16 @@ pub enum Counter {
     UnmapEventsLost = 9,
     /// Pending calls whose return was never seen (replaced as stale).
     StaleCalls = 10,
+    /// Allocations not recorded by `--sample-bytes` sampling (the sampled ones stand for them).
+    Unsampled = 11,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 11;
+pub const COUNTER_SLOTS: u32 = 12;
+
+/// Entries of the sampling table: the probability of sampling an allocation of size s is looked
+/// up at `s * SAMPLE_TABLE_SLOTS / sample_bytes`.
+pub const SAMPLE_TABLE_SLOTS: u32 = 1024;
 
 /// Names of the [`Counter`] slots, in index order, as reported in text and JSON.
 pub const COUNTER_NAMES: [&str; COUNTER_SLOTS as usize] = [
@@ -142,6 +150,7 @@ pub const COUNTER_NAMES: [&str; COUNTER_SLOTS as usize] = [
     "allocator_mmaps",
     "unmap_events_lost",
     "stale_calls",
+    "unsampled",
 ];
 
 /// Slot in the `MMAP_STATE` array holding the number of recorded (live) direct mappings.

@@ -18,7 +18,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_get_current_ancestor_cgroup_id,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32},
     },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, CallKind, Counter, LIVE_MAPPINGS_SLOT, PendingCall,
-    STALE_CALL_NS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
+    SAMPLE_TABLE_SLOTS, STALE_CALL_NS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
 };
 
 const EEXIST: i32 = 17;
@@ -72,6 +72,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 #[map]
 static MMAP_STATE: Array<u64> = Array::with_max_entries(1, 0);
 
+/// With `--sample-bytes`: slot k holds 2^32 x (1 - exp(-(k + 0.5) / SAMPLE_TABLE_SLOTS)), the
+/// probability (scaled to u32) of sampling an allocation of k / SAMPLE_TABLE_SLOTS of the
+/// sampling period. Filled by userspace.
+#[map]
+static SAMPLE_TABLE: Array<u32> = Array::with_max_entries(SAMPLE_TABLE_SLOTS, 0);
+
 /// munmap ranges the kernel could not settle by exact start address.
 #[map]
 static UNMAP_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
@@ -113,6 +119,10 @@ fn atomic_add(target: *mut u64, delta: u64) {
 static FILTER_CGROUP_ID: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static FILTER_CGROUP_LEVEL: Global<u32> = Global::new(0);
+
+/// `--sample-bytes`: sample on average one allocation per this many bytes (0: record all).
+#[unsafe(no_mangle)]
+static SAMPLE_BYTES: Global<u64> = Global::new(0);
 
 /// For benchmarks (`--empty-programs`): every program returns at once, so a run measures the
 /// bare cost of the probes at their places.
@@ -205,7 +215,7 @@ fn begin_call(ctx: &ProbeContext, kind: CallKind, size: u64, arg: u64) {
 /// Adds one allocation of `size` bytes to its stack's aggregate. False when the aggregate map is
 /// full.
 #[inline(always)]
-fn stats_add(key: &StackKey, size: u64) -> bool {
+fn stats_add(key: &StackKey, size: u64, allocations: u64) -> bool {
     let mut stats = STACK_STATS.get_ptr_mut(key);
     if stats.is_none() {
         let _ = STACK_STATS.insert(key, StackStats::default(), BPF_NOEXIST as u64);
@@ -216,8 +226,8 @@ fn stats_add(key: &StackKey, size: u64) -> bool {
     };
     unsafe {
         atomic_add(&raw mut (*stats).outstanding_bytes, size);
-        atomic_add(&raw mut (*stats).outstanding_allocations, 1);
-        atomic_add(&raw mut (*stats).total_allocations, 1);
+        atomic_add(&raw mut (*stats).outstanding_allocations, allocations);
+        atomic_add(&raw mut (*stats).total_allocations, allocations);
         atomic_add(&raw mut (*stats).total_bytes, size);
     }
     true
@@ -265,10 +275,38 @@ fn release(
             stack_id: record.stack_id,
         },
         record.size,
-        1,
+        u64::from(record.weight.max(1)),
     );
     count(Counter::Frees);
     Some(record)
+}
+
+/// Whether to record a heap allocation of `size` bytes under `--sample-bytes`, and if so the
+/// (bytes, allocations) it stands for: sampled with probability p = 1 - exp(-size/N) (always
+/// from N bytes up), and scaled by 1/p, so totals are unbiased.
+#[inline(always)]
+fn sample(size: u64) -> Option<(u64, u32)> {
+    let period = SAMPLE_BYTES.load();
+    if period == 0 || size >= period {
+        return Some((size, 1));
+    }
+    let slot = (size * SAMPLE_TABLE_SLOTS as u64 / period) as u32;
+    let threshold = u64::from(*SAMPLE_TABLE.get(slot)?).max(1);
+    if u64::from(unsafe { bpf_get_prandom_u32() }) >= threshold {
+        count(Counter::Unsampled);
+        return None;
+    }
+    let scaled = (size << 32) / threshold;
+    let weight = ((1u64 << 32) + threshold / 2) / threshold;
+    Some((scaled, weight as u32))
+}
+
+/// Records a heap allocation, subject to sampling.
+#[inline(always)]
+fn record_heap(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64, now: u64) {
+    if let Some((bytes, weight)) = sample(size) {
+        record(ctx, &ALLOCS, tgid, addr, bytes, weight, now);
+    }
 }
 
 /// Records a new allocation at `addr`, with the user stack of the current return.
@@ -279,6 +317,7 @@ fn record(
     tgid: u32,
     addr: u64,
     size: u64,
+    weight: u32,
     now: u64,
 ) -> bool {
     let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
@@ -301,7 +340,7 @@ fn record(
         size,
         timestamp_ns: now,
         stack_id,
-        _pad: 0,
+        weight,
     };
     if let Err(err) = records.insert(key, record, BPF_NOEXIST as u64) {
         if err != -EEXIST {
@@ -324,7 +363,7 @@ fn record(
             return false;
         }
     }
-    if !stats_add(&StackKey { tgid, stack_id }, size) {
+    if !stats_add(&StackKey { tgid, stack_id }, size, u64::from(weight)) {
         let _ = records.remove(key);
         count_loss!(
             ctx,
@@ -576,17 +615,17 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     match call.kind {
         k if k == CallKind::Alloc as u32 && ret != 0 => {
-            record(&ctx, &ALLOCS, tgid, ret, call.size, now);
+            record_heap(&ctx, tgid, ret, call.size, now);
         }
         k if k == CallKind::Realloc as u32 => {
             let old = call.arg;
             if old == 0 {
                 if ret != 0 {
-                    record(&ctx, &ALLOCS, tgid, ret, call.size, now);
+                    record_heap(&ctx, tgid, ret, call.size, now);
                 }
             } else if ret != 0 {
                 release(&ALLOCS, tgid, old, call.entry_ns);
-                record(&ctx, &ALLOCS, tgid, ret, call.size, now);
+                record_heap(&ctx, tgid, ret, call.size, now);
             } else if call.size == 0 {
                 // realloc(p, 0) freed p; a NULL return with size > 0 is a failure that frees
                 // nothing.
@@ -598,12 +637,12 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
                 && let Ok(ptr) = unsafe { bpf_probe_read_user(call.arg as *const u64) }
                 && ptr != 0
             {
-                record(&ctx, &ALLOCS, tgid, ptr, call.size, now);
+                record_heap(&ctx, tgid, ptr, call.size, now);
             }
         }
         k if k == CallKind::Mmap as u32 => {
             if ret != MAP_FAILED
-                && record(&ctx, &MMAPS, tgid, ret, call.size, now)
+                && record(&ctx, &MMAPS, tgid, ret, call.size, 1, now)
                 && let Some(live) = live_mappings()
             {
                 atomic_add(live, 1);
@@ -613,7 +652,7 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
             // Only a mapping we recorded moves; others predate the trace.
             && ret != MAP_FAILED && release(&MMAPS, tgid, call.arg, call.entry_ns).is_some() =>
         {
-            let recorded = record(&ctx, &MMAPS, tgid, ret, call.size, now);
+            let recorded = record(&ctx, &MMAPS, tgid, ret, call.size, 1, now);
             if !recorded && let Some(live) = live_mappings() {
                 atomic_add(live, 1u64.wrapping_neg());
             }

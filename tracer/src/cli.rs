@@ -156,6 +156,13 @@ pub struct TraceArgs {
     #[arg(long, value_name = "MED,HIGH,CRIT", value_parser = parse_severity_rates, default_value = "10K,100K,1M")]
     pub severity_rates: [f64; 3],
 
+    /// Sample heap allocations: record on average one per N bytes (an allocation of s bytes with
+    /// probability 1 - exp(-s/N), from N bytes up always) and scale each sampled one back, so
+    /// totals are unbiased estimates. Cheaper on allocation-heavy targets. `--sample-bytes`
+    /// alone: 512K.
+    #[arg(long, value_name = "N", value_parser = parse_bytes, num_args = 0..=1, default_missing_value = "512K")]
+    pub sample_bytes: Option<f64>,
+
     /// Most outstanding heap allocations tracked at once; beyond it, allocations are counted as
     /// dropped (alloc_map_full).
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]

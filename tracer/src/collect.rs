@@ -183,7 +183,7 @@ impl Collector {
                         })
                         .or_default();
                     stats.outstanding_bytes += record.size;
-                    stats.outstanding_allocations += 1;
+                    stats.outstanding_allocations += u64::from(record.weight.max(1));
                 }
             }
         }

@@ -144,6 +144,7 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
         max_allocations: args.max_allocations,
         max_stacks: args.max_stacks,
         empty_programs: args.empty_programs,
+        sample_bytes: args.sample_bytes.map_or(0, |n| n.max(1.0) as u64),
     })?;
     let mut session = Session {
         args,
@@ -583,6 +584,7 @@ impl Session<'_> {
                 Counter::NestedCalls,
                 Counter::AllocatorMmaps,
                 Counter::StaleCalls,
+                Counter::Unsampled,
             ]),
         };
         let timeline = self.recorder.timeline();
@@ -639,6 +641,7 @@ impl Session<'_> {
             verdict: Some(verdict),
             thresholds: Some(thresholds),
             min_age_secs: self.args.min_age.map(|d| d.as_secs_f64()),
+            sample_bytes: self.args.sample_bytes.map(|n| n.max(1.0) as u64),
         }
     }
 }

@@ -37,6 +37,7 @@ enum Config {
     Native,
     Floor,
     Leaktracer,
+    Sampled,
     Memleak,
 }
 
@@ -46,6 +47,7 @@ impl Config {
             Config::Native => "native",
             Config::Floor => "floor (leaktracer probes, empty programs)",
             Config::Leaktracer => "leaktracer default",
+            Config::Sampled => "leaktracer --sample-bytes (512K)",
             Config::Memleak => "bcc memleak-bpfcc -p PID",
         }
     }
@@ -69,7 +71,12 @@ pub fn run() -> anyhow::Result<()> {
     if let Err(why) = &memleak {
         step(&format!("bcc memleak will not run: {why:#}"));
     }
-    let mut configs = vec![Config::Native, Config::Floor, Config::Leaktracer];
+    let mut configs = vec![
+        Config::Native,
+        Config::Floor,
+        Config::Leaktracer,
+        Config::Sampled,
+    ];
     if memleak.is_ok() {
         configs.push(Config::Memleak);
     }
@@ -317,12 +324,15 @@ fn measure(
     let json = out_dir.join("run.json");
     let mut tracer: Option<(Child, Arc<Mutex<Vec<String>>>)> = match config {
         Config::Native => None,
-        Config::Floor | Config::Leaktracer => {
+        Config::Floor | Config::Leaktracer | Config::Sampled => {
             let mut cmd = Command::new(leaktracer);
             cmd.args(["trace", "--quiet", "--pid", &pid, "--json"])
                 .arg(&json);
             if config == Config::Floor {
                 cmd.arg("--empty-programs");
+            }
+            if config == Config::Sampled {
+                cmd.arg("--sample-bytes");
             }
             let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
             let err = collect_lines(child.stderr.take().unwrap());
@@ -361,7 +371,7 @@ fn measure(
         run.tracer_peak_rss_kib = peak;
         unsafe_kill_int(child.id());
         child.wait()?;
-        if config == Config::Leaktracer
+        if matches!(config, Config::Leaktracer | Config::Sampled)
             && let Ok(text) = fs::read_to_string(&json)
         {
             run.dropped = text
@@ -409,7 +419,7 @@ fn render_markdown(results: &[(&Workload, Config, Vec<Run>)]) -> String {
             Config::Native => native = med,
             Config::Floor => floor = med,
             Config::Leaktracer => ours = med,
-            Config::Memleak => {}
+            Config::Sampled | Config::Memleak => {}
         }
         let mut cpu: Vec<f64> = runs.iter().map(|r| r.tracer_cpu_secs).collect();
         let mut rss: Vec<f64> = runs.iter().map(|r| r.tracer_peak_rss_kib as f64).collect();
@@ -451,7 +461,14 @@ fn ratios(
         .iter()
         .find(|(w, c, _)| w.name == workload && *c == Config::Memleak)
         .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
+    let sampled = results
+        .iter()
+        .find(|(w, c, _)| w.name == workload && *c == Config::Sampled)
+        .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
     let mut line = format!("\nleaktracer / its floor: {:.2}×", ours / floor);
+    if let Some(sampled) = sampled {
+        line.push_str(&format!("; sampled / floor: {:.2}×", sampled / floor));
+    }
     if let Some(memleak) = memleak {
         line.push_str(&format!(
             "; leaktracer / bcc memleak: {:.2}×",

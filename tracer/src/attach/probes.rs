@@ -11,6 +11,8 @@ use aya::{
     },
 };
 
+use tracer_common::SAMPLE_TABLE_SLOTS;
+
 use crate::{
     attach::allocator::{AttachPlan, ProbeObject, ProbeSite, Role},
     error::TraceError,
@@ -45,6 +47,8 @@ pub struct MapSizes {
     pub cgroup: Option<(u64, u32)>,
     /// Benchmarks only: attach as usual, but every program returns at once.
     pub empty_programs: bool,
+    /// `--sample-bytes`: record on average one heap allocation per this many bytes (0: all).
+    pub sample_bytes: u64,
     /// Outstanding heap allocations that can be recorded at once.
     pub max_allocations: u32,
     /// Distinct allocation stacks.
@@ -117,6 +121,7 @@ impl Probes {
             .override_global("FILTER_CGROUP_ID", &cgroup_id, true)
             .override_global("FILTER_CGROUP_LEVEL", &cgroup_level, true)
             .override_global("EMPTY_PROGRAMS", &u8::from(sizes.empty_programs), true)
+            .override_global("SAMPLE_BYTES", &sizes.sample_bytes, true)
             .map_max_entries("ALLOCS", sizes.max_allocations)
             .map_max_entries("STACKS", sizes.max_stacks)
             .map_max_entries("STACK_STATS", sizes.max_stacks.saturating_mul(4))
@@ -132,6 +137,7 @@ impl Probes {
                 .load()
                 .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
         }
+        fill_sample_table(&mut ebpf)?;
         Ok(Self {
             ebpf,
             links: Vec::new(),
@@ -278,6 +284,24 @@ impl Drop for Probes {
     fn drop(&mut self) {
         self.detach();
     }
+}
+
+/// Slot k: the probability, scaled to 2^32, of sampling an allocation of (k + 0.5) / slots of
+/// the sampling period: 1 - exp(-(k + 0.5) / slots). The kernel samples with it and scales by its
+/// inverse, so the quantization costs variance, not bias.
+fn fill_sample_table(ebpf: &mut Ebpf) -> Result<(), TraceError> {
+    let map = ebpf.map_mut("SAMPLE_TABLE").expect("SAMPLE_TABLE map");
+    let mut table: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(map).map_err(|e| TraceError::Load(e.to_string()))?;
+    for slot in 0..SAMPLE_TABLE_SLOTS {
+        let fraction = (f64::from(slot) + 0.5) / f64::from(SAMPLE_TABLE_SLOTS);
+        let probability = 1.0 - (-fraction).exp();
+        let scaled = (probability * 4_294_967_296.0).clamp(1.0, 4_294_967_295.0) as u32;
+        table
+            .set(slot, scaled, 0)
+            .map_err(|e| TraceError::Load(format!("filling the sampling table: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The verifier's log is long; its last lines say why.

@@ -43,6 +43,10 @@ pub struct Report {
     /// `--min-age`: only allocations older than this were counted.
     #[serde(default)]
     pub min_age_secs: Option<f64>,
+    /// `--sample-bytes`: heap figures are estimates from one allocation sampled per this many
+    /// bytes on average.
+    #[serde(default)]
+    pub sample_bytes: Option<u64>,
 }
 
 /// The whole process at one sample.

@@ -43,6 +43,13 @@ pub fn render(report: &Report, top: usize) -> String {
     if let Some(verdict) = &report.verdict {
         let _ = writeln!(out, "verdict: {}", verdict.summary);
     }
+    if let Some(period) = report.sample_bytes {
+        let _ = writeln!(
+            out,
+            "sampled: one heap allocation per {} on average; heap bytes and counts are estimates",
+            human_bytes(period)
+        );
+    }
     if let Some(cgroup) = &report.target.cgroup {
         let _ = writeln!(out, "cgroup: {cgroup}");
     }
