@@ -128,10 +128,13 @@ pub enum Counter {
     StaleCalls = 10,
     /// Allocations not recorded by `--sample-bytes` sampling (the sampled ones stand for them).
     Unsampled = 11,
+    /// PROT_NONE mmaps: address space reserved, not memory (thread stacks and arena heaps are
+    /// made usable later with mprotect, and their memory is counted where it is allocated).
+    Reservations = 12,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 12;
+pub const COUNTER_SLOTS: u32 = 13;
 
 /// Entries of the sampling table: the probability of sampling an allocation of size s is looked
 /// up at `s * SAMPLE_TABLE_SLOTS / sample_bytes`.
@@ -151,6 +154,7 @@ pub const COUNTER_NAMES: [&str; COUNTER_SLOTS as usize] = [
     "unmap_events_lost",
     "stale_calls",
     "unsampled",
+    "reserved_mappings",
 ];
 
 /// Slot in the `MMAP_STATE` array holding the number of recorded (live) direct mappings.

@@ -474,6 +474,14 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let length: u64 = ctx.arg(1).unwrap_or(0);
+    let prot: u64 = ctx.arg(2).unwrap_or(0);
+    if prot == 0 {
+        // PROT_NONE reserves address space; no memory until an mprotect we do not count.
+        if traced_tgid().is_some() {
+            count(Counter::Reservations);
+        }
+        return 0;
+    }
     begin_call(&ctx, CallKind::Mmap, length, 0);
     0
 }

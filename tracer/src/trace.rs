@@ -585,6 +585,7 @@ impl Session<'_> {
                 Counter::AllocatorMmaps,
                 Counter::StaleCalls,
                 Counter::Unsampled,
+                Counter::Reservations,
             ]),
         };
         let timeline = self.recorder.timeline();

@@ -29,7 +29,7 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
         .context("cannot start the demo server")?;
     std::thread::sleep(Duration::from_millis(300));
     step(&format!(
-        "tracing the demo server (pid {}) for {duration}: leaktracer trace --pid {} --duration {duration} --flamegraph leaks.svg --json leaks.json",
+        "tracing the demo server (pid {}) for {duration}: leaktracer trace --pid {} --duration {duration} --interval 1s --flamegraph leaks.svg --json leaks.json --html leaks.html",
         child.id(),
         child.id()
     ));
@@ -43,10 +43,14 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
                 duration,
             ])
             .args([
+                "--interval",
+                "1s",
                 "--flamegraph",
                 "leaks.svg",
                 "--json",
                 "leaks.json",
+                "--html",
+                "leaks.html",
                 "--top",
                 "5",
             ]),
@@ -56,7 +60,8 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     traced?;
     let here = std::env::current_dir()?;
     step(&format!(
-        "done: open {} in a browser; the JSON is {}",
+        "done: open {} (or {}) in a browser; the JSON is {}",
+        here.join("leaks.html").display(),
         here.join("leaks.svg").display(),
         here.join("leaks.json").display()
     ));
