@@ -136,7 +136,7 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
         (None, None, None, Some(id)) => Scope::Cgroup(Cgroup::open(&find_container(id)?)?),
         _ => unreachable!("clap requires a target"),
     };
-    let probes = Probes::load(MapSizes {
+    let mut probes = Probes::load(MapSizes {
         cgroup: match &scope {
             Scope::Cgroup(cgroup) => Some((cgroup.id, cgroup.level)),
             Scope::Process { .. } => None,
@@ -146,11 +146,12 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
         empty_programs: args.empty_programs,
         sample_bytes: args.sample_bytes.map_or(0, |n| n.max(1.0) as u64),
     })?;
+    let collector = Collector::new(probes.ebpf_mut())?;
     let mut session = Session {
         args,
         scope,
         probes,
-        collector: None,
+        collector,
         spaces: AddressSpaces::default(),
         recorder: Recorder::start(),
         symbolizer: Symbolizer::new(),
@@ -160,7 +161,6 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
         failed: BTreeSet::new(),
         attempts: BTreeMap::new(),
     };
-    session.collector = Some(Collector::new(session.probes.ebpf_mut())?);
 
     // The launched command: attached before exec, to the objects its loader will map.
     if let Some(child) = child.as_deref_mut() {
@@ -208,10 +208,10 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
     }
     let elapsed = session.recorder.elapsed_secs();
     session.refresh_spaces();
-    let collector = session.collector.as_mut().expect("collector");
-    collector.drain_unmaps(session.probes.ebpf_mut())?;
-    collector.print_warnings();
-    let snapshot = collector.snapshot(session.probes.ebpf(), args.min_age)?;
+    session.settle_unmaps()?;
+    let snapshot = session
+        .collector
+        .snapshot(session.probes.ebpf(), args.min_age)?;
     let rss = session.total_rss();
     session.recorder.sample_at(elapsed, &snapshot, rss);
     session.status.finish();
@@ -233,7 +233,7 @@ struct Session<'a> {
     args: &'a TraceArgs,
     scope: Scope,
     probes: Probes,
-    collector: Option<Collector>,
+    collector: Collector,
     spaces: AddressSpaces,
     recorder: Recorder,
     symbolizer: Symbolizer,
@@ -374,6 +374,13 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Settles pending munmap ranges and prints what the kernel side warned about.
+    fn settle_unmaps(&mut self) -> anyhow::Result<()> {
+        self.collector.drain_unmaps(self.probes.ebpf_mut())?;
+        self.collector.print_warnings();
+        Ok(())
+    }
+
     fn refresh_spaces(&mut self) {
         for pid in self.tracked.keys() {
             self.spaces.refresh(*pid);
@@ -474,9 +481,7 @@ impl Session<'_> {
                         }
                         self.discover();
                         self.refresh_spaces();
-                        let collector = self.collector.as_mut().expect("collector");
-                        collector.drain_unmaps(self.probes.ebpf_mut())?;
-                        collector.print_warnings();
+                        self.settle_unmaps()?;
                     }
                     _ = sample.tick() => self.sample()?,
                 }
@@ -487,7 +492,7 @@ impl Session<'_> {
     /// Takes one sample and shows it on the status line.
     fn sample(&mut self) -> anyhow::Result<()> {
         self.refresh_limit();
-        let collector = self.collector.as_ref().expect("collector");
+        let collector = &self.collector;
         let snapshot = collector.snapshot(self.probes.ebpf(), self.args.min_age)?;
         let rss = self.total_rss();
         self.recorder.sample(&snapshot, rss);
@@ -527,7 +532,7 @@ impl Session<'_> {
         end_reason: EndReason,
     ) -> Report {
         let thresholds = self.args.thresholds();
-        let collector = self.collector.as_ref().expect("collector");
+        let collector = &self.collector;
         let mut stacks: Vec<Stack> = snapshot
             .stacks
             .iter()

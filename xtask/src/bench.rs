@@ -271,7 +271,7 @@ fn wait_for(
 
 /// CPU seconds and peak RSS (KiB) of a running process.
 fn usage(pid: u32) -> (f64, u64) {
-    let ticks = unsafe_sysconf_clk_tck();
+    let ticks = clock_ticks_per_second();
     let cpu = fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -296,14 +296,17 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu, peak)
 }
 
-/// Clock ticks per second, as `getconf CLK_TCK` says (100 on Linux).
-fn unsafe_sysconf_clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+/// Clock ticks per second, as `getconf CLK_TCK` says (100 on Linux); asked once.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 fn measure(
@@ -369,7 +372,7 @@ fn measure(
         let (cpu, peak) = usage(child.id());
         run.tracer_cpu_secs = cpu;
         run.tracer_peak_rss_kib = peak;
-        unsafe_kill_int(child.id());
+        interrupt(child.id());
         child.wait()?;
         if matches!(config, Config::Leaktracer | Config::Sampled)
             && let Ok(text) = fs::read_to_string(&json)
@@ -386,7 +389,7 @@ fn measure(
 }
 
 /// SIGINT, as Ctrl-C would send.
-fn unsafe_kill_int(pid: u32) {
+fn interrupt(pid: u32) {
     let _ = Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status();

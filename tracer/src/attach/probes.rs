@@ -145,12 +145,15 @@ impl Probes {
         })
     }
 
+    /// The map of traced processes (tgids).
+    fn targets(&mut self) -> Result<BpfHashMap<&mut aya::maps::MapData, u32, u8>, TraceError> {
+        let map = self.ebpf.map_mut("TARGETS").expect("TARGETS map");
+        BpfHashMap::try_from(map).map_err(|e| TraceError::Load(e.to_string()))
+    }
+
     /// Counts allocations of this process (thread group) from now on.
     pub fn add_target(&mut self, tgid: u32) -> Result<(), TraceError> {
-        let map = self.ebpf.map_mut("TARGETS").expect("TARGETS map");
-        let mut targets: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(map).map_err(|e| TraceError::Load(e.to_string()))?;
-        targets
+        self.targets()?
             .insert(tgid, 1, 0)
             .map_err(|e| TraceError::Load(format!("adding pid {tgid} to the target map: {e}")))
     }
@@ -158,10 +161,7 @@ impl Probes {
     /// Stops counting this process: every program returns at once for it from now on. Cheaper
     /// and more immediate than detaching, so a trace's final picture is frozen with this.
     pub fn remove_target(&mut self, tgid: u32) -> Result<(), TraceError> {
-        let map = self.ebpf.map_mut("TARGETS").expect("TARGETS map");
-        let mut targets: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(map).map_err(|e| TraceError::Load(e.to_string()))?;
-        match targets.remove(&tgid) {
+        match self.targets()?.remove(&tgid) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(TraceError::Load(format!(
                 "removing pid {tgid} from the target map: {e}"
