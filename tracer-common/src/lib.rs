@@ -3,9 +3,22 @@
 //! userspace reads the same bytes back, so both sides must compile exactly these definitions.
 #![no_std]
 
-/// Stack id recorded when `bpf_get_stackid` failed: the bytes are still counted, under a stack
-/// userspace reports as "unknown".
-pub const UNKNOWN_STACK: u32 = u32::MAX;
+/// Stack id recorded when the stack could not be kept (stack map full): the bytes are still
+/// counted, under a stack userspace reports as "unknown". No captured stack hashes to it.
+pub const UNKNOWN_STACK: u64 = u64::MAX;
+
+/// Frames kept per user stack (the kernel's own limit, PERF_MAX_STACK_DEPTH).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// One user call stack, kept in the `STACKS` map under its 64-bit hash (the stack id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserStack {
+    /// Frames in use at the front of `ips`.
+    pub depth: u64,
+    /// Return addresses, innermost first: `ips[0]` is the allocator's caller.
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
 
 /// Key of one outstanding allocation (heap block or direct mapping).
 #[repr(C)]
@@ -26,11 +39,12 @@ pub struct AllocRecord {
     pub size: u64,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the allocation returned.
     pub timestamp_ns: u64,
-    /// Id in the stack-trace map, or [`UNKNOWN_STACK`].
-    pub stack_id: u32,
+    /// Key in the stack map, or [`UNKNOWN_STACK`].
+    pub stack_id: u64,
     /// Allocations this record stands for: 1, or with `--sample-bytes` the inverse of the
     /// probability it was sampled with (`size` is then scaled likewise).
     pub weight: u32,
+    pub _pad: u32,
 }
 
 /// Key of the kernel-side aggregation: one user call stack of one process.
@@ -38,7 +52,8 @@ pub struct AllocRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {
     pub tgid: u32,
-    pub stack_id: u32,
+    pub _pad: u32,
+    pub stack_id: u64,
 }
 
 /// Per-stack aggregate, updated by the kernel on every allocation and free.
@@ -75,7 +90,7 @@ pub enum CallKind {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PendingCall {
-    /// A [`CallKind`] as u32.
+    /// A [`CallKind`] as u32; 0 while the thread has no call pending.
     pub kind: u32,
     pub _pad: u32,
     /// User stack pointer at entry: the matching return has `sp + 8`, and a call made while this
@@ -112,7 +127,7 @@ pub enum Counter {
     UnknownFrees = 2,
     /// Allocations not recorded because the allocation map was full.
     AllocMapFull = 3,
-    /// Allocations recorded without a stack (stack map full or capture failed).
+    /// Allocations recorded without a stack (stack map full).
     StackFailed = 4,
     /// Calls not tracked because the pending-call map was full.
     PendingMapFull = 5,
@@ -173,4 +188,5 @@ mod pod {
     unsafe impl aya::Pod for StackKey {}
     unsafe impl aya::Pod for StackStats {}
     unsafe impl aya::Pod for UnmapEvent {}
+    unsafe impl aya::Pod for UserStack {}
 }

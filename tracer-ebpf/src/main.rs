@@ -15,18 +15,19 @@
 
 use aya_ebpf::{
     Global,
-    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32},
     },
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, CallKind, Counter, LIVE_MAPPINGS_SLOT, PendingCall,
-    SAMPLE_TABLE_SLOTS, STALE_CALL_NS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
+    MAX_STACK_DEPTH, SAMPLE_TABLE_SLOTS, STALE_CALL_NS, StackKey, StackStats, UNKNOWN_STACK,
+    UnmapEvent, UserStack,
 };
 
 const EEXIST: i32 = 17;
@@ -38,9 +39,11 @@ const MAX_UNMAP_STEPS: u32 = 16;
 
 // Sizes are defaults; userspace sets them from flags at load time.
 
-/// Processes (tgids) being traced.
+/// Slot 0: non-zero once userspace froze the picture (end of the trace): every program returns
+/// at once. Probes are attached per process, so a program only ever runs in a target; an array
+/// slot is the cheapest check there is (no hashing).
 #[map]
-static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+static STOPPED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Outstanding heap blocks: (tgid, address) -> size, stack, time.
 #[map]
@@ -55,13 +58,19 @@ static MMAPS: HashMap<AllocKey, AllocRecord> = HashMap::with_max_entries(65536, 
 #[map]
 static STACK_STATS: HashMap<StackKey, StackStats> = HashMap::with_max_entries(65536, 0);
 
-/// User call stacks of allocation sites.
+/// User call stacks of allocation sites, by 64-bit hash of their frames.
 #[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+static STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
-/// Allocator calls between entry and return, by thread id.
+/// Per-CPU scratch space for the stack being captured (too big for the 512-byte BPF stack).
 #[map]
-static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(16384, 0);
+static STACK_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// Allocator calls between entry and return, by thread id. A thread's entry stays and is
+/// rewritten in place (`kind` 0 when idle): one lookup per entry and return, no insert or
+/// delete on the hot path. LRU, so entries of exited threads make room for new ones.
+#[map]
+static PENDING: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(16384, 0);
 
 /// Event and loss counters, see [`Counter`].
 #[map]
@@ -135,12 +144,14 @@ fn empty() -> bool {
     EMPTY_PROGRAMS.load() != 0
 }
 
-/// The calling process's tgid when it is a target: one userspace attached to and, with a
-/// cgroup filter, inside that cgroup.
+/// The calling process's tgid while tracing goes on and, with a cgroup filter, the process is
+/// inside that cgroup. (Probes are attached per process, so the caller is always a target.)
 #[inline(always)]
 fn traced_tgid() -> Option<u32> {
+    if STOPPED.get(0).is_none_or(|stopped| *stopped != 0) {
+        return None;
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    unsafe { TARGETS.get(tgid) }?;
     let cgroup = FILTER_CGROUP_ID.load();
     if cgroup != 0
         && unsafe { bpf_get_current_ancestor_cgroup_id(FILTER_CGROUP_LEVEL.load() as i32) }
@@ -166,6 +177,9 @@ fn user_sp(regs: *mut aya_ebpf::bindings::pt_regs) -> u64 {
 #[inline(always)]
 fn enclosing_call(tid: u32, sp: u64, now: u64) -> Option<PendingCall> {
     let outer = unsafe { PENDING.get(tid) }.copied()?;
+    if outer.kind == 0 {
+        return None;
+    }
     let fresh = now.wrapping_sub(outer.entry_ns) < STALE_CALL_NS;
     if sp < outer.sp && fresh {
         return Some(outer);
@@ -203,6 +217,11 @@ fn begin_call(ctx: &ProbeContext, kind: CallKind, size: u64, arg: u64) {
         arg,
         entry_ns: now,
     };
+    if let Some(slot) = PENDING.get_ptr_mut(tid) {
+        // Only this thread touches its entry.
+        unsafe { *slot = call };
+        return;
+    }
     if PENDING.insert(tid, call, BPF_ANY as u64).is_err() {
         count_loss!(
             ctx,
@@ -272,6 +291,7 @@ fn release(
     stats_sub(
         &StackKey {
             tgid,
+            _pad: 0,
             stack_id: record.stack_id,
         },
         record.size,
@@ -309,6 +329,67 @@ fn record_heap(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64, now: u64)
     }
 }
 
+/// Mixes one frame into a stack hash (64-bit multiply-xorshift: every bit of `ip` reaches every
+/// bit of the result, so distinct stacks practically never share a hash).
+#[inline(always)]
+fn mix(hash: u64, ip: u64) -> u64 {
+    let h = (hash ^ ip).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
+}
+
+/// Captures the user call stack at an allocator's return by walking the frame-pointer chain,
+/// keeps it in `STACKS` under its hash, and returns the hash.
+///
+/// Done here rather than with `bpf_get_stackid`: the kernel's walker reads on until a read
+/// faults, and every chain ends at a null frame pointer, so each capture paid a page fault
+/// (about 0.5 us on this machine kind). This walk stops at the null pointer, and at a frame
+/// pointer that does not move up the stack (code built without frame pointers), and its
+/// 64-bit ids do not collide the way the stack-trace map's buckets do.
+#[inline(always)]
+fn capture_stack(regs: *mut aya_ebpf::bindings::pt_regs) -> Option<u64> {
+    let stack = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
+    // At a return probe the instruction pointer is already back in the caller.
+    let (mut fp, ip) = unsafe { ((*regs).rbp, (*regs).rip) };
+    stack.ips[0] = ip;
+    let mut hash = mix(0, ip);
+    let mut depth = 1;
+    while depth < MAX_STACK_DEPTH {
+        if fp == 0 || fp & 7 != 0 {
+            break;
+        }
+        // A frame: [saved frame pointer, return address].
+        let Ok(frame) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            break;
+        };
+        let [next, ret] = frame;
+        if ret == 0 {
+            break;
+        }
+        let Some(slot) = stack.ips.get_mut(depth) else {
+            break;
+        };
+        *slot = ret;
+        hash = mix(hash, ret);
+        depth += 1;
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    stack.depth = depth as u64;
+    if hash == UNKNOWN_STACK {
+        hash = 0;
+    }
+    if unsafe { STACKS.get(hash) }.is_none() {
+        match STACKS.insert(hash, stack, BPF_NOEXIST as u64) {
+            Ok(()) => {}
+            Err(err) if err == -EEXIST => {}
+            Err(_) => return None,
+        }
+    }
+    Some(hash)
+}
+
 /// Records a new allocation at `addr`, with the user stack of the current return.
 #[inline(always)]
 fn record(
@@ -320,13 +401,13 @@ fn record(
     weight: u32,
     now: u64,
 ) -> bool {
-    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as u32,
-        Err(_) => {
+    let stack_id = match capture_stack(ctx.regs) {
+        Some(id) => id,
+        None => {
             count_loss!(
                 ctx,
                 Counter::StackFailed,
-                "stack map full or stack capture failed: allocations kept without a stack (raise --max-stacks)"
+                "stack map full: allocations kept without a stack (raise --max-stacks)"
             );
             UNKNOWN_STACK
         }
@@ -341,6 +422,7 @@ fn record(
         timestamp_ns: now,
         stack_id,
         weight,
+        _pad: 0,
     };
     if let Err(err) = records.insert(key, record, BPF_NOEXIST as u64) {
         if err != -EEXIST {
@@ -363,7 +445,7 @@ fn record(
             return false;
         }
     }
-    if !stats_add(&StackKey { tgid, stack_id }, size, u64::from(weight)) {
+    if !stats_add(&StackKey { tgid, _pad: 0, stack_id }, size, u64::from(weight)) {
         let _ = records.remove(key);
         count_loss!(
             ctx,
@@ -572,6 +654,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
                 stats_sub(
                     &StackKey {
                         tgid,
+                        _pad: 0,
                         stack_id: mapping.stack_id,
                     },
                     mapping.size.saturating_sub(tail.size),
@@ -611,14 +694,15 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let tid = thread_id();
-    let Some(call) = (unsafe { PENDING.get(tid) }).copied() else {
+    let Some(slot) = PENDING.get_ptr_mut(tid) else {
         return 0;
     };
+    let call = unsafe { *slot };
     // The outer call returns to its caller's stack: entry sp + the popped return address.
-    if user_sp(ctx.regs) != call.sp.wrapping_add(8) {
+    if call.kind == 0 || user_sp(ctx.regs) != call.sp.wrapping_add(8) {
         return 0;
     }
-    let _ = PENDING.remove(tid);
+    unsafe { (*slot).kind = 0 };
     let ret: u64 = ctx.ret();
     let now = unsafe { bpf_ktime_get_ns() };
     match call.kind {

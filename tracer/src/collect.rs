@@ -5,10 +5,11 @@ use std::{collections::HashMap, time::Duration};
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
+    UserStack,
 };
 
 const PAGE_SIZE: u64 = 4096;
@@ -133,6 +134,7 @@ impl Collector {
                     .released
                     .entry(StackKey {
                         tgid: key.tgid,
+                        _pad: 0,
                         stack_id: record.stack_id,
                     })
                     .or_default();
@@ -179,6 +181,7 @@ impl Collector {
                     let stats = all
                         .entry(StackKey {
                             tgid: key.tgid,
+                            _pad: 0,
                             stack_id: record.stack_id,
                         })
                         .or_default();
@@ -202,19 +205,22 @@ impl Collector {
     }
 
     /// The instruction pointers of a stack, innermost first; empty for the unknown stack.
-    pub fn stack(&self, ebpf: &Ebpf, stack_id: u32) -> Vec<u64> {
+    pub fn stack(&self, ebpf: &Ebpf, stack_id: u64) -> Vec<u64> {
         if stack_id == UNKNOWN_STACK {
             return Vec::new();
         }
         let Some(map) = ebpf.map("STACKS") else {
             return Vec::new();
         };
-        let Ok(stacks) = StackTraceMap::try_from(map) else {
+        let Ok(stacks) = BpfHashMap::<_, u64, UserStack>::try_from(map) else {
             return Vec::new();
         };
         stacks
             .get(&stack_id, 0)
-            .map(|trace| trace.frames().iter().map(|f| f.ip).collect())
+            .map(|stack| {
+                let depth = (stack.depth as usize).min(stack.ips.len());
+                stack.ips[..depth].to_vec()
+            })
             .unwrap_or_default()
     }
 }

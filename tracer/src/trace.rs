@@ -201,11 +201,9 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
     );
 
     let end_reason = session.wait_for_end(&mut child)?;
-    // Freeze the picture: the programs ignore the targets from here on. (Detaching all probes
+    // Freeze the picture: the programs return at once from here on. (Detaching all probes
     // takes the kernel about 0.1 s per probe; that happens last, when `session` is dropped.)
-    for pid in session.tracked.keys().copied().collect::<Vec<_>>() {
-        session.probes.remove_target(pid)?;
-    }
+    session.probes.stop_recording()?;
     let elapsed = session.recorder.elapsed_secs();
     session.refresh_spaces();
     session.settle_unmaps()?;
@@ -248,15 +246,9 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// Attaches `plan` for `pid` and counts its allocations from now on.
+    /// Attaches `plan` for `pid`: its allocations count from now on.
     fn attach_plan(&mut self, pid: u32, plan: &AttachPlan) -> Result<(), TraceError> {
-        // Counted before the first probe can fire: a process that sees its probes in place
-        // (tests wait for malloc's breakpoint) is already counted.
-        self.probes.add_target(pid)?;
-        if let Err(err) = self.probes.attach(plan, pid) {
-            let _ = self.probes.remove_target(pid);
-            return Err(err);
-        }
+        self.probes.attach(plan, pid)?;
         if self.args.verbose {
             for probe in self.probes.attached.iter().filter(|p| p.pid == pid) {
                 let placement = if probe.skipped.is_empty() {
