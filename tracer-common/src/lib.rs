@@ -56,18 +56,31 @@ pub struct StackKey {
     pub stack_id: u64,
 }
 
-/// Per-stack aggregate, updated by the kernel on every allocation and free.
+/// Per-stack totals, added to by the kernel on every allocation. (What is still outstanding is
+/// summed by userspace from the per-allocation records, so frees touch no aggregate.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackStats {
-    /// Bytes allocated from this stack and not yet freed.
-    pub outstanding_bytes: u64,
-    /// Allocations from this stack not yet freed.
-    pub outstanding_allocations: u64,
     /// Every allocation ever recorded from this stack.
     pub total_allocations: u64,
     /// Every byte ever recorded from this stack.
     pub total_bytes: u64,
+}
+
+/// Slots of the per-CPU stack cache (see [`CachedStack`]).
+pub const STACK_CACHE_SLOTS: usize = 64;
+
+/// A slot of the per-CPU stack cache: a stack allocated from lately on this CPU and the totals
+/// added since it took the slot (written back to the per-stack map when another stack takes
+/// it). `tgid` 0: empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedStack {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub stack_id: u64,
+    pub allocations: u64,
+    pub bytes: u64,
 }
 
 /// Which allocator entry point a pending call came from; decides how its return is handled.
@@ -92,7 +105,9 @@ pub enum CallKind {
 pub struct PendingCall {
     /// A [`CallKind`] as u32; 0 while the thread has no call pending.
     pub kind: u32,
-    pub _pad: u32,
+    /// Thread the call belongs to (pending-call slots are shared by thread ids modulo their
+    /// number).
+    pub tid: u32,
     /// User stack pointer at entry: the matching return has `sp + 8`, and a call made while this
     /// one runs (deeper on the stack) is nested inside it.
     pub sp: u64,
@@ -100,8 +115,12 @@ pub struct PendingCall {
     pub size: u64,
     /// Kind-specific argument (see [`CallKind`]).
     pub arg: u64,
-    /// When the call entered, to tell a stale entry (its return never seen) from a live one.
+    /// `bpf_ktime_get_ns()` at entry, for the calls that release an earlier block (realloc,
+    /// mremap): a record made after it belongs to another thread's newer allocation. 0 for the
+    /// others (the clock read is not free).
     pub entry_ns: u64,
+    /// `bpf_jiffies64()` at entry, to tell a stale entry (its return never seen) from a live one.
+    pub entry_jiffies: u64,
 }
 
 /// A munmap range the kernel could not resolve by exact start address; userspace settles it
@@ -175,9 +194,15 @@ pub const COUNTER_NAMES: [&str; COUNTER_SLOTS as usize] = [
 /// Slot in the `MMAP_STATE` array holding the number of recorded (live) direct mappings.
 pub const LIVE_MAPPINGS_SLOT: u32 = 0;
 
-/// A pending call older than this is stale: its return was never seen (longjmp, a uretprobe the
-/// kernel could not install) and it must not swallow later calls as "nested".
-pub const STALE_CALL_NS: u64 = 1_000_000_000;
+/// A pending call older than this many jiffies is stale: its return was never seen (longjmp, a
+/// uretprobe the kernel could not install) and it must not swallow later calls as "nested".
+/// 1 s at HZ=1000, 4 s at 250, 10 s at 100: far beyond any allocator call.
+pub const STALE_CALL_JIFFIES: u64 = 1000;
+
+/// Pending-call slots, indexed by thread id modulo this: at least the usual `pid_max` (32768),
+/// so threads rarely share a slot; a thread whose slot is busy with another thread's call
+/// uses the overflow map.
+pub const PENDING_SLOTS: u32 = 65536;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -189,4 +214,5 @@ mod pod {
     unsafe impl aya::Pod for StackStats {}
     unsafe impl aya::Pod for UnmapEvent {}
     unsafe impl aya::Pod for UserStack {}
+    unsafe impl aya::Pod for CachedStack {}
 }

@@ -18,15 +18,16 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32},
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32, bpf_jiffies64},
     },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
 };
 use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, CallKind, Counter, LIVE_MAPPINGS_SLOT, PendingCall,
-    MAX_STACK_DEPTH, SAMPLE_TABLE_SLOTS, STALE_CALL_NS, StackKey, StackStats, UNKNOWN_STACK,
+    CachedStack, MAX_STACK_DEPTH, PENDING_SLOTS, STACK_CACHE_SLOTS, SAMPLE_TABLE_SLOTS, STALE_CALL_JIFFIES, StackKey, StackStats, UNKNOWN_STACK,
     UnmapEvent, UserStack,
 };
 
@@ -54,7 +55,9 @@ static ALLOCS: HashMap<AllocKey, AllocRecord> =
 #[map]
 static MMAPS: HashMap<AllocKey, AllocRecord> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
-/// Kernel-side aggregation per (tgid, stack).
+/// Totals per (tgid, stack), added to on every allocation. What is outstanding is the set of
+/// records in `ALLOCS` and `MMAPS`, which userspace reads in batches: a free is then a single
+/// map operation.
 #[map]
 static STACK_STATS: HashMap<StackKey, StackStats> = HashMap::with_max_entries(65536, 0);
 
@@ -66,11 +69,25 @@ static STACKS: HashMap<u64, UserStack> = HashMap::with_max_entries(16384, BPF_F_
 #[map]
 static STACK_SCRATCH: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
 
-/// Allocator calls between entry and return, by thread id. A thread's entry stays and is
-/// rewritten in place (`kind` 0 when idle): one lookup per entry and return, no insert or
-/// delete on the hot path. LRU, so entries of exited threads make room for new ones.
+/// Per CPU, the stacks allocated from lately (slot `stack id % STACK_CACHE_SLOTS`) with the
+/// totals added since they took the slot. A hit means the stack is already in `STACKS` (never
+/// removed from) and its totals grow in place: an allocation from a known site costs no map
+/// operation but its record. A stack taking the slot writes the previous one's totals back to
+/// `STACK_STATS`; userspace adds what is still cached.
 #[map]
-static PENDING: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(16384, 0);
+static STACK_CACHE: PerCpuArray<[CachedStack; STACK_CACHE_SLOTS]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Allocator calls between entry and return: slot `tid % PENDING_SLOTS`, tagged with the
+/// thread id, rewritten in place (`kind` 0 when idle). An array slot costs no hashing, and no
+/// insert or delete happens on the hot path.
+#[map]
+static PENDING: Array<PendingCall> = Array::with_max_entries(PENDING_SLOTS, 0);
+
+/// Pending calls of threads whose slot is busy with another thread's call, by thread id. LRU,
+/// so entries of exited threads make room for new ones.
+#[map]
+static PENDING_OVERFLOW: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(4096, 0);
 
 /// Event and loss counters, see [`Counter`].
 #[map]
@@ -172,15 +189,36 @@ fn user_sp(regs: *mut aya_ebpf::bindings::pt_regs) -> u64 {
     unsafe { (*regs).rsp }
 }
 
+#[inline(always)]
+fn jiffies() -> u64 {
+    unsafe { bpf_jiffies64() }
+}
+
+/// This thread's pending-call entry: its slot when the slot is tagged with it, else its
+/// overflow entry, if any.
+#[inline(always)]
+fn pending_entry(tid: u32) -> Option<*mut PendingCall> {
+    let slot = PENDING.get_ptr_mut(tid % PENDING_SLOTS)?;
+    if unsafe { (*slot).tid } == tid {
+        return Some(slot);
+    }
+    PENDING_OVERFLOW.get_ptr_mut(tid)
+}
+
+#[inline(always)]
+fn is_stale(call: &PendingCall, now_jiffies: u64) -> bool {
+    now_jiffies.wrapping_sub(call.entry_jiffies) >= STALE_CALL_JIFFIES
+}
+
 /// The pending call of this thread that `sp` runs inside of, if any (a fresh one, higher up the
 /// stack).
 #[inline(always)]
-fn enclosing_call(tid: u32, sp: u64, now: u64) -> Option<PendingCall> {
-    let outer = unsafe { PENDING.get(tid) }.copied()?;
+fn enclosing_call(tid: u32, sp: u64, now_jiffies: u64) -> Option<PendingCall> {
+    let outer = unsafe { *pending_entry(tid)? };
     if outer.kind == 0 {
         return None;
     }
-    let fresh = now.wrapping_sub(outer.entry_ns) < STALE_CALL_NS;
+    let fresh = !is_stale(&outer, now_jiffies);
     if sp < outer.sp && fresh {
         return Some(outer);
     }
@@ -201,28 +239,42 @@ fn begin_call(ctx: &ProbeContext, kind: CallKind, size: u64, arg: u64) {
     }
     let tid = thread_id();
     let sp = user_sp(ctx.regs);
-    let now = unsafe { bpf_ktime_get_ns() };
-    if enclosing_call(tid, sp, now).is_some() {
+    let now_jiffies = jiffies();
+    if enclosing_call(tid, sp, now_jiffies).is_some() {
         count(match kind {
             CallKind::Mmap | CallKind::Mremap => Counter::AllocatorMmaps,
             _ => Counter::NestedCalls,
         });
         return;
     }
+    let releases_earlier = matches!(kind, CallKind::Realloc | CallKind::Mremap);
     let call = PendingCall {
         kind: kind as u32,
-        _pad: 0,
+        tid,
         sp,
         size,
         arg,
-        entry_ns: now,
+        entry_ns: if releases_earlier {
+            unsafe { bpf_ktime_get_ns() }
+        } else {
+            0
+        },
+        entry_jiffies: now_jiffies,
     };
-    if let Some(slot) = PENDING.get_ptr_mut(tid) {
-        // Only this thread touches its entry.
+    let Some(slot) = PENDING.get_ptr_mut(tid % PENDING_SLOTS) else {
+        return;
+    };
+    let holder = unsafe { &*slot };
+    if holder.tid == tid || holder.kind == 0 || is_stale(holder, now_jiffies) {
         unsafe { *slot = call };
         return;
     }
-    if PENDING.insert(tid, call, BPF_ANY as u64).is_err() {
+    // The slot holds another thread's live call.
+    if let Some(entry) = PENDING_OVERFLOW.get_ptr_mut(tid) {
+        unsafe { *entry = call };
+        return;
+    }
+    if PENDING_OVERFLOW.insert(tid, call, BPF_ANY as u64).is_err() {
         count_loss!(
             ctx,
             Counter::PendingMapFull,
@@ -231,8 +283,7 @@ fn begin_call(ctx: &ProbeContext, kind: CallKind, size: u64, arg: u64) {
     }
 }
 
-/// Adds one allocation of `size` bytes to its stack's aggregate. False when the aggregate map is
-/// full.
+/// Adds allocations to a stack's totals in `STACK_STATS`. False when the map is full.
 #[inline(always)]
 fn stats_add(key: &StackKey, size: u64, allocations: u64) -> bool {
     let mut stats = STACK_STATS.get_ptr_mut(key);
@@ -244,32 +295,32 @@ fn stats_add(key: &StackKey, size: u64, allocations: u64) -> bool {
         return false;
     };
     unsafe {
-        atomic_add(&raw mut (*stats).outstanding_bytes, size);
-        atomic_add(&raw mut (*stats).outstanding_allocations, allocations);
         atomic_add(&raw mut (*stats).total_allocations, allocations);
         atomic_add(&raw mut (*stats).total_bytes, size);
     }
     true
 }
 
-/// Takes `bytes` and `allocations` off a stack's aggregate.
+/// Releases the record of `addr` in `records`: a free. One map operation; true when there was
+/// a record.
 #[inline(always)]
-fn stats_sub(key: &StackKey, bytes: u64, allocations: u64) {
-    if let Some(stats) = STACK_STATS.get_ptr_mut(key) {
-        unsafe {
-            atomic_add(&raw mut (*stats).outstanding_bytes, bytes.wrapping_neg());
-            atomic_add(
-                &raw mut (*stats).outstanding_allocations,
-                allocations.wrapping_neg(),
-            );
-        }
+fn release(records: &HashMap<AllocKey, AllocRecord>, tgid: u32, addr: u64) -> bool {
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    if records.remove(key).is_err() {
+        return false;
     }
+    count(Counter::Frees);
+    true
 }
 
 /// Releases the record of `addr` in `records` when there is one recorded at or before
 /// `not_after_ns` (a record made later belongs to another thread's newer allocation).
 #[inline(always)]
-fn release(
+fn release_older(
     records: &HashMap<AllocKey, AllocRecord>,
     tgid: u32,
     addr: u64,
@@ -288,15 +339,6 @@ fn release(
         // Another CPU released it first.
         return None;
     }
-    stats_sub(
-        &StackKey {
-            tgid,
-            _pad: 0,
-            stack_id: record.stack_id,
-        },
-        record.size,
-        u64::from(record.weight.max(1)),
-    );
     count(Counter::Frees);
     Some(record)
 }
@@ -380,14 +422,62 @@ fn capture_stack(regs: *mut aya_ebpf::bindings::pt_regs) -> Option<u64> {
     if hash == UNKNOWN_STACK {
         hash = 0;
     }
-    if unsafe { STACKS.get(hash) }.is_none() {
-        match STACKS.insert(hash, stack, BPF_NOEXIST as u64) {
-            Ok(()) => {}
-            Err(err) if err == -EEXIST => {}
-            Err(_) => return None,
-        }
-    }
     Some(hash)
+}
+
+/// Keeps the stack just captured (in the scratch space) under `stack_id` in `STACKS`, when it is
+/// not there yet. False when the map is full.
+#[inline(always)]
+fn keep_stack(stack_id: u64) -> bool {
+    if unsafe { STACKS.get(stack_id) }.is_some() {
+        return true;
+    }
+    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    match STACKS.insert(stack_id, unsafe { &*stack }, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        Err(err) => err == -EEXIST,
+    }
+}
+
+/// This CPU's cache slot for (tgid, stack_id), and whether it already holds that stack.
+#[inline(always)]
+fn stack_cache_slot(tgid: u32, stack_id: u64) -> Option<(*mut CachedStack, bool)> {
+    let cache = unsafe { &mut *STACK_CACHE.get_ptr_mut(0)? };
+    let slot = &mut cache[stack_id as usize % STACK_CACHE_SLOTS];
+    let hit = slot.tgid == tgid && slot.stack_id == stack_id;
+    Some((slot, hit))
+}
+
+/// Hands a cache slot to (tgid, stack_id): the previous holder's totals go to `STACK_STATS`.
+#[inline(always)]
+fn take_cache_slot<C: EbpfContext>(ctx: &C, slot: &mut CachedStack, tgid: u32, stack_id: u64) {
+    if slot.tgid != 0
+        && slot.allocations != 0
+        && !stats_add(
+            &StackKey {
+                tgid: slot.tgid,
+                _pad: 0,
+                stack_id: slot.stack_id,
+            },
+            slot.bytes,
+            slot.allocations,
+        )
+    {
+        count_loss!(
+            ctx,
+            Counter::StatsMapFull,
+            "per-stack totals map full: some stacks' allocation totals are incomplete (raise --max-stacks)"
+        );
+    }
+    *slot = CachedStack {
+        tgid,
+        _pad: 0,
+        stack_id,
+        allocations: 0,
+        bytes: 0,
+    };
 }
 
 /// Records a new allocation at `addr`, with the user stack of the current return.
@@ -401,17 +491,19 @@ fn record(
     weight: u32,
     now: u64,
 ) -> bool {
-    let stack_id = match capture_stack(ctx.regs) {
-        Some(id) => id,
-        None => {
-            count_loss!(
-                ctx,
-                Counter::StackFailed,
-                "stack map full: allocations kept without a stack (raise --max-stacks)"
-            );
-            UNKNOWN_STACK
-        }
+    let mut stack_id = capture_stack(ctx.regs).unwrap_or(UNKNOWN_STACK);
+    let Some((slot, mut hit)) = stack_cache_slot(tgid, stack_id) else {
+        return false;
     };
+    if !hit && stack_id != UNKNOWN_STACK && !keep_stack(stack_id) {
+        count_loss!(
+            ctx,
+            Counter::StackFailed,
+            "stack map full: allocations kept without a stack (raise --max-stacks)"
+        );
+        stack_id = UNKNOWN_STACK;
+        hit = false;
+    }
     let key = AllocKey {
         tgid,
         _pad: 0,
@@ -424,36 +516,22 @@ fn record(
         weight,
         _pad: 0,
     };
-    if let Err(err) = records.insert(key, record, BPF_NOEXIST as u64) {
-        if err != -EEXIST {
-            count_loss!(
-                ctx,
-                Counter::AllocMapFull,
-                "allocation map full: allocations are being dropped (raise --max-allocations)"
-            );
-            return false;
-        }
-        // The address was handed out again, so its earlier block was freed by a path we do not
-        // see: settle the old record before taking its place.
-        release(records, tgid, addr, now);
-        if records.insert(key, record, BPF_ANY as u64).is_err() {
-            count_loss!(
-                ctx,
-                Counter::AllocMapFull,
-                "allocation map full: allocations are being dropped (raise --max-allocations)"
-            );
-            return false;
-        }
-    }
-    if !stats_add(&StackKey { tgid, _pad: 0, stack_id }, size, u64::from(weight)) {
-        let _ = records.remove(key);
+    // An existing record for the address is replaced: the address was handed out again, so
+    // its earlier block was freed by a path we do not see.
+    if records.insert(key, record, BPF_ANY as u64).is_err() {
         count_loss!(
             ctx,
-            Counter::StatsMapFull,
-            "per-stack map full: allocations are being dropped (raise --max-stacks)"
+            Counter::AllocMapFull,
+            "allocation map full: allocations are being dropped (raise --max-allocations)"
         );
         return false;
     }
+    let slot = unsafe { &mut *slot };
+    if !hit {
+        take_cache_slot(ctx, slot, tgid, stack_id);
+    }
+    slot.allocations += u64::from(weight);
+    slot.bytes += size;
     count(Counter::Allocations);
     true
 }
@@ -593,7 +671,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if ptr == 0 {
         return 0;
     }
-    if release(&ALLOCS, tgid, ptr, u64::MAX).is_none() {
+    if !release(&ALLOCS, tgid, ptr) {
         count(Counter::UnknownFrees);
     }
     0
@@ -611,8 +689,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
     };
     let start: u64 = ctx.arg(0).unwrap_or(0);
     let length: u64 = ctx.arg(1).unwrap_or(0);
-    let now = unsafe { bpf_ktime_get_ns() };
-    if enclosing_call(thread_id(), user_sp(ctx.regs), now).is_some() {
+    if enclosing_call(thread_id(), user_sp(ctx.regs), jiffies()).is_some() {
         count(Counter::AllocatorMmaps);
         return 0;
     }
@@ -638,7 +715,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
         };
         let mapping_end = cursor + mapping.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         if end >= mapping_end {
-            if release(&MMAPS, tgid, cursor, u64::MAX).is_some() {
+            if release(&MMAPS, tgid, cursor) {
                 atomic_add(live, 1u64.wrapping_neg());
             }
             cursor = mapping_end;
@@ -651,15 +728,6 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
             let tail_key = AllocKey { addr: end, ..key };
             if MMAPS.remove(key).is_ok() {
                 let _ = MMAPS.insert(tail_key, tail, BPF_ANY as u64);
-                stats_sub(
-                    &StackKey {
-                        tgid,
-                        _pad: 0,
-                        stack_id: mapping.stack_id,
-                    },
-                    mapping.size.saturating_sub(tail.size),
-                    0,
-                );
             }
             cursor = end;
         }
@@ -694,7 +762,7 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let tid = thread_id();
-    let Some(slot) = PENDING.get_ptr_mut(tid) else {
+    let Some(slot) = pending_entry(tid) else {
         return 0;
     };
     let call = unsafe { *slot };
@@ -716,12 +784,12 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
                     record_heap(&ctx, tgid, ret, call.size, now);
                 }
             } else if ret != 0 {
-                release(&ALLOCS, tgid, old, call.entry_ns);
+                release_older(&ALLOCS, tgid, old, call.entry_ns);
                 record_heap(&ctx, tgid, ret, call.size, now);
             } else if call.size == 0 {
                 // realloc(p, 0) freed p; a NULL return with size > 0 is a failure that frees
                 // nothing.
-                release(&ALLOCS, tgid, old, call.entry_ns);
+                release_older(&ALLOCS, tgid, old, call.entry_ns);
             }
         }
         k if k == CallKind::PosixMemalign as u32 => {
@@ -742,7 +810,7 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
         }
         k if k == CallKind::Mremap as u32
             // Only a mapping we recorded moves; others predate the trace.
-            && ret != MAP_FAILED && release(&MMAPS, tgid, call.arg, call.entry_ns).is_some() =>
+            && ret != MAP_FAILED && release_older(&MMAPS, tgid, call.arg, call.entry_ns).is_some() =>
         {
             let recorded = record(&ctx, &MMAPS, tgid, ret, call.size, 1, now);
             if !recorded && let Some(live) = live_mappings() {

@@ -1,5 +1,8 @@
-//! Reading the kernel-side aggregation: per-stack outstanding bytes and counts, the loss
-//! counters, and stack traces. Also settles the munmap ranges the kernel handed to userspace.
+//! Reading what the kernel recorded: the outstanding allocations summed per stack, the
+//! per-stack totals, the loss counters, and stack traces. Also settles the munmap ranges the
+//! kernel handed to userspace.
+
+mod batch;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -8,7 +11,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
+    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, STACK_CACHE_SLOTS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
     UserStack,
 };
 
@@ -24,11 +27,24 @@ fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// One stack's figures at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackFigures {
+    /// Bytes allocated from this stack and not yet freed.
+    pub outstanding_bytes: u64,
+    /// Allocations from this stack not yet freed.
+    pub outstanding_allocations: u64,
+    /// Every allocation recorded from this stack.
+    pub total_allocations: u64,
+    /// Every byte recorded from this stack.
+    pub total_bytes: u64,
+}
+
 /// What the kernel has recorded at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct KernelSnapshot {
     /// Stacks with something outstanding.
-    pub stacks: Vec<(StackKey, StackStats)>,
+    pub stacks: Vec<(StackKey, StackFigures)>,
     /// The [`tracer_common::Counter`] slots summed over CPUs.
     pub counters: [u64; COUNTER_SLOTS as usize],
 }
@@ -51,12 +67,19 @@ impl log::Log for KernelWarnings {
     fn flush(&self) {}
 }
 
+/// The map called `name` (one of the tracer's own, so it exists).
+fn map_data<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a MapData> {
+    use aya::maps::Map;
+    match ebpf.map(name) {
+        Some(Map::HashMap(data) | Map::LruHashMap(data)) => Ok(data),
+        _ => anyhow::bail!("{name}: not a hash map in the eBPF object"),
+    }
+}
+
 /// Reads the tracer's maps.
 pub struct Collector {
     unmap_events: RingBuf<MapData>,
     warnings: Option<aya_log::EbpfLogger<KernelWarnings>>,
-    /// Releases settled here (partial munmaps), by stack: bytes and allocations to subtract.
-    released: HashMap<StackKey, (u64, i64)>,
 }
 
 impl Collector {
@@ -69,7 +92,6 @@ impl Collector {
             unmap_events: RingBuf::try_from(ring)?,
             // No logger only when the object has no log calls at all.
             warnings: aya_log::EbpfLogger::init_with_logger(ebpf, KernelWarnings).ok(),
-            released: HashMap::new(),
         })
     }
 
@@ -116,7 +138,6 @@ impl Collector {
                 if mmaps.remove(key).is_err() {
                     continue;
                 }
-                let kept: u64 = pieces.iter().map(|(_, len)| len).sum();
                 for (addr, size) in &pieces {
                     let _ = mmaps.insert(
                         AllocKey {
@@ -130,70 +151,64 @@ impl Collector {
                         0,
                     );
                 }
-                let entry = self
-                    .released
+            }
+        }
+        Ok(())
+    }
+
+    /// Sums the outstanding records per stack (with `min_age`, only those at least that old)
+    /// and reads the per-stack totals and the counters.
+    pub fn snapshot(
+        &self,
+        ebpf: &Ebpf,
+        min_age: Option<Duration>,
+    ) -> anyhow::Result<KernelSnapshot> {
+        let cutoff = min_age.map_or(u64::MAX, |age| {
+            monotonic_ns().saturating_sub(age.as_nanos() as u64)
+        });
+        let mut all: HashMap<StackKey, StackFigures> = HashMap::new();
+        for map in ["ALLOCS", "MMAPS"] {
+            let records: Vec<(AllocKey, AllocRecord)> = batch::read_hash_map(map_data(ebpf, map)?)?;
+            for (key, record) in records {
+                if record.timestamp_ns > cutoff {
+                    continue;
+                }
+                let figures = all
                     .entry(StackKey {
                         tgid: key.tgid,
                         _pad: 0,
                         stack_id: record.stack_id,
                     })
                     .or_default();
-                entry.0 += record.size.saturating_sub(kept);
-                entry.1 += 1 - pieces.len() as i64;
+                figures.outstanding_bytes += record.size;
+                figures.outstanding_allocations += u64::from(record.weight.max(1));
             }
         }
-        Ok(())
-    }
-
-    /// Reads per-stack aggregates and counters. With `min_age`, only allocations at least that
-    /// old count as outstanding: they are summed from the per-allocation records instead.
-    pub fn snapshot(
-        &self,
-        ebpf: &Ebpf,
-        min_age: Option<Duration>,
-    ) -> anyhow::Result<KernelSnapshot> {
-        let stats: BpfHashMap<_, StackKey, StackStats> =
-            BpfHashMap::try_from(ebpf.map("STACK_STATS").expect("STACK_STATS map"))?;
-        let mut all: HashMap<StackKey, StackStats> = HashMap::new();
-        for entry in stats.iter() {
-            let (key, mut value) = entry?;
-            if let Some((bytes, allocations)) = self.released.get(&key) {
-                value.outstanding_bytes = value.outstanding_bytes.saturating_sub(*bytes);
-                value.outstanding_allocations = value
-                    .outstanding_allocations
-                    .saturating_add_signed(-allocations);
+        let totals: Vec<(StackKey, StackStats)> =
+            batch::read_hash_map(map_data(ebpf, "STACK_STATS")?)?;
+        for (key, stats) in totals {
+            if let Some(figures) = all.get_mut(&key) {
+                figures.total_allocations += stats.total_allocations;
+                figures.total_bytes += stats.total_bytes;
             }
-            all.insert(key, value);
         }
-        if let Some(min_age) = min_age {
-            let cutoff = monotonic_ns().saturating_sub(min_age.as_nanos() as u64);
-            for value in all.values_mut() {
-                value.outstanding_bytes = 0;
-                value.outstanding_allocations = 0;
-            }
-            for map in ["ALLOCS", "MMAPS"] {
-                let records: BpfHashMap<_, AllocKey, AllocRecord> =
-                    BpfHashMap::try_from(ebpf.map(map).expect("record map"))?;
-                for (key, record) in records.iter().filter_map(Result::ok) {
-                    if record.timestamp_ns > cutoff {
-                        continue;
-                    }
-                    let stats = all
-                        .entry(StackKey {
-                            tgid: key.tgid,
-                            _pad: 0,
-                            stack_id: record.stack_id,
-                        })
-                        .or_default();
-                    stats.outstanding_bytes += record.size;
-                    stats.outstanding_allocations += u64::from(record.weight.max(1));
+        // Totals not written back yet: still in the per-CPU stack caches.
+        let cache: PerCpuArray<_, [CachedStack; STACK_CACHE_SLOTS]> =
+            PerCpuArray::try_from(ebpf.map("STACK_CACHE").expect("STACK_CACHE map"))?;
+        for per_cpu in cache.get(&0, 0)?.iter() {
+            for slot in per_cpu.iter().filter(|slot| slot.tgid != 0) {
+                let key = StackKey {
+                    tgid: slot.tgid,
+                    _pad: 0,
+                    stack_id: slot.stack_id,
+                };
+                if let Some(figures) = all.get_mut(&key) {
+                    figures.total_allocations += slot.allocations;
+                    figures.total_bytes += slot.bytes;
                 }
             }
         }
-        let mut stacks: Vec<(StackKey, StackStats)> = all
-            .into_iter()
-            .filter(|(_, v)| v.outstanding_allocations > 0 || v.outstanding_bytes > 0)
-            .collect();
+        let mut stacks: Vec<(StackKey, StackFigures)> = all.into_iter().collect();
         stacks.sort_by_key(|(key, _)| *key);
         let counters_map: PerCpuArray<_, u64> =
             PerCpuArray::try_from(ebpf.map("COUNTERS").expect("COUNTERS map"))?;
