@@ -14,7 +14,7 @@
 #![feature(core_intrinsics, adt_const_params)]
 
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
@@ -23,12 +23,11 @@ use aya_ebpf::{
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
-    EbpfContext,
 };
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, CallKind, Counter, LIVE_MAPPINGS_SLOT, PendingCall,
-    CachedStack, MAX_STACK_DEPTH, PENDING_SLOTS, STACK_CACHE_SLOTS, SAMPLE_TABLE_SLOTS, STALE_CALL_JIFFIES, StackKey, StackStats, UNKNOWN_STACK,
-    UnmapEvent, UserStack,
+    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, CallKind, Counter, LIVE_MAPPINGS_SLOT,
+    MAX_STACK_DEPTH, PENDING_SLOTS, PendingCall, SAMPLE_TABLE_SLOTS, STACK_CACHE_SLOTS,
+    STALE_CALL_JIFFIES, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent, UserStack,
 };
 
 const EEXIST: i32 = 17;

@@ -178,6 +178,17 @@ pub struct TraceArgs {
     #[arg(long, hide = true)]
     pub empty_programs: bool,
 
+    /// For benchmarks: probe every function at its symbol's entry, the usual placement, rather
+    /// than past instructions the kernel would single-step.
+    #[arg(long, hide = true)]
+    pub probes_at_symbol_entry: bool,
+
+    /// Measure the eBPF programs themselves (the kernel's BPF run-time statistics, which cost
+    /// some 20-40 ns per call while on) and print, per program, its runs, its mean run time
+    /// and the instructions the verifier checked.
+    #[arg(long)]
+    pub program_stats: bool,
+
     /// No live status line.
     #[arg(short, long)]
     pub quiet: bool,

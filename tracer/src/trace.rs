@@ -1,6 +1,7 @@
 //! One trace session: find the processes and their allocators, attach, sample until the end,
 //! collect, symbolize, report.
 
+use aya::sys::{Stats, enable_stats};
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{IsTerminal, Write},
@@ -147,6 +148,14 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
         sample_bytes: args.sample_bytes.map_or(0, |n| n.max(1.0) as u64),
     })?;
     let collector = Collector::new(probes.ebpf_mut())?;
+    // Held for the whole trace: the kernel measures programs only while it is open.
+    let run_time_stats = if args.program_stats {
+        Some(enable_stats(Stats::RunTime).map_err(|e| {
+            anyhow::anyhow!("cannot turn on the kernel's BPF run-time statistics: {e}")
+        })?)
+    } else {
+        None
+    };
     let mut session = Session {
         args,
         scope,
@@ -170,11 +179,14 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
                 child.program.display()
             )
         })?;
-        let plan = allocator::plan(
+        let mut plan = allocator::plan(
             child.pid,
             &allocator::candidates_from_paths(&objects),
             args.allocator.as_ref(),
         )?;
+        if args.probes_at_symbol_entry {
+            plan.place_at_symbol_entries();
+        }
         session.attach_plan(child.pid, &plan)?;
         child.resume(&args.command)?;
         session.track(child.pid, plan);
@@ -201,6 +213,14 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
     );
 
     let end_reason = session.wait_for_end(&mut child)?;
+    if run_time_stats.is_some() {
+        for stats in session.probes.program_stats() {
+            eprintln!(
+                "leaktracer: program {}: {} runs, {:.0} ns per run, {} instructions verified",
+                stats.name, stats.runs, stats.ns_per_run, stats.verified_instructions
+            );
+        }
+    }
     // Freeze the picture: the programs return at once from here on. (Detaching all probes
     // takes the kernel about 0.1 s per probe; that happens last, when `session` is dropped.)
     session.probes.stop_recording()?;
@@ -684,7 +704,11 @@ impl StatusLine {
 fn plan_for_pid(pid: u32, args: &TraceArgs) -> Result<AttachPlan, TraceError> {
     let maps = read_maps(pid).map_err(|_| TraceError::NoSuchProcess(pid))?;
     let candidates = allocator::candidates_from_maps(pid, &maps);
-    allocator::plan(pid, &candidates, args.allocator.as_ref())
+    let mut plan = allocator::plan(pid, &candidates, args.allocator.as_ref())?;
+    if args.probes_at_symbol_entry {
+        plan.place_at_symbol_entries();
+    }
+    Ok(plan)
 }
 
 /// SIGTERM, a grace period, then SIGKILL; always reaps.

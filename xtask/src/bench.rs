@@ -3,10 +3,12 @@
 //! Each workload is started stopped (it waits for a line on stdin), the configuration attaches,
 //! then the workload runs and times its own operations. Configurations alternate within each
 //! repetition: native (nothing attached), floor (leaktracer's probes at its placement, programs
-//! that return at once), leaktracer (default), and bcc's memleak-bpfcc (default options) when it
-//! can run. Results: median and spread of ns per operation, slowdown vs native, the tracer's own
-//! CPU time and peak RSS, events dropped; Markdown and JSON under target/bench/, the table in
-//! BENCHMARKS.md.
+//! that return at once), the usual-placement floor (the same at symbol entries), leaktracer
+//! (default), leaktracer sampled, and bcc's memleak-bpfcc (default options) when it can run.
+//! Results: median and spread of ns per operation, slowdown vs native, the tracer's own CPU use
+//! while the workload runs and its peak RSS, events dropped; then one run per workload with
+//! `--program-stats` for the eBPF programs' own run time. Markdown and JSON under
+//! target/bench/, the tables in BENCHMARKS.md.
 
 use std::{
     fs,
@@ -36,6 +38,7 @@ struct Workload {
 enum Config {
     Native,
     Floor,
+    UsualFloor,
     Leaktracer,
     Sampled,
     Memleak,
@@ -46,6 +49,7 @@ impl Config {
         match self {
             Config::Native => "native",
             Config::Floor => "floor (leaktracer probes, empty programs)",
+            Config::UsualFloor => "usual-placement floor (probes at symbol entry, empty programs)",
             Config::Leaktracer => "leaktracer default",
             Config::Sampled => "leaktracer --sample-bytes (512K)",
             Config::Memleak => "bcc memleak-bpfcc -p PID",
@@ -57,7 +61,8 @@ impl Config {
 #[derive(Clone, Default)]
 struct Run {
     ns_per_op: f64,
-    tracer_cpu_secs: f64,
+    /// The tracer's CPU time while the workload ran, as a share of one core (percent).
+    tracer_cpu_percent: f64,
     tracer_peak_rss_kib: u64,
     dropped: Option<u64>,
 }
@@ -74,6 +79,7 @@ pub fn run() -> anyhow::Result<()> {
     let mut configs = vec![
         Config::Native,
         Config::Floor,
+        Config::UsualFloor,
         Config::Leaktracer,
         Config::Sampled,
     ];
@@ -103,7 +109,16 @@ pub fn run() -> anyhow::Result<()> {
             results.push((workload, *config, runs));
         }
     }
-    let markdown = render_markdown(&results);
+    let mut profiles = Vec::new();
+    for workload in &workloads {
+        step(&format!("{} / eBPF program run times", workload.name));
+        profiles.push((
+            workload.name,
+            profile_programs(workload, &leaktracer, &out_dir)?,
+        ));
+    }
+    let mut markdown = render_markdown(&results);
+    markdown.push_str(&render_profiles(&profiles));
     let json = render_json(&results);
     fs::write(out_dir.join("results.md"), &markdown)?;
     fs::write(out_dir.join("results.json"), json)?;
@@ -269,19 +284,22 @@ fn wait_for(
     }
 }
 
-/// CPU seconds and peak RSS (KiB) of a running process.
-fn usage(pid: u32) -> (f64, u64) {
-    let ticks = clock_ticks_per_second();
-    let cpu = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .unwrap_or(0.0);
-    let peak = fs::read_to_string(format!("/proc/{pid}/status"))
+/// CPU time (ns) a process's threads have run so far, from each thread's schedstat (exact,
+/// where /proc/PID/stat counts in 10 ms ticks).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Peak RSS (KiB) of a running process.
+fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -292,21 +310,7 @@ fn usage(pid: u32) -> (f64, u64) {
                 .parse()
                 .ok()
         })
-        .unwrap_or(0);
-    (cpu, peak)
-}
-
-/// Clock ticks per second, as `getconf CLK_TCK` says (100 on Linux); asked once.
-fn clock_ticks_per_second() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    })
+        .unwrap_or(0)
 }
 
 fn measure(
@@ -327,20 +331,14 @@ fn measure(
     let json = out_dir.join("run.json");
     let mut tracer: Option<(Child, Arc<Mutex<Vec<String>>>)> = match config {
         Config::Native => None,
-        Config::Floor | Config::Leaktracer | Config::Sampled => {
-            let mut cmd = Command::new(leaktracer);
-            cmd.args(["trace", "--quiet", "--pid", &pid, "--json"])
-                .arg(&json);
-            if config == Config::Floor {
-                cmd.arg("--empty-programs");
-            }
-            if config == Config::Sampled {
-                cmd.arg("--sample-bytes");
-            }
-            let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-            let err = collect_lines(child.stderr.take().unwrap());
-            wait_for(&err, "leaktracer: tracing ", Duration::from_secs(30))?;
-            Some((child, err))
+        Config::Floor | Config::UsualFloor | Config::Leaktracer | Config::Sampled => {
+            let extra: &[&str] = match config {
+                Config::Floor => &["--empty-programs"],
+                Config::UsualFloor => &["--empty-programs", "--probes-at-symbol-entry"],
+                Config::Sampled => &["--sample-bytes"],
+                _ => &[],
+            };
+            Some(start_leaktracer(leaktracer, &pid, &json, extra)?)
         }
         Config::Memleak => {
             let mut child = Command::new("memleak-bpfcc")
@@ -357,8 +355,13 @@ fn measure(
         }
     };
     let _ = fs::remove_file(&json);
+    let tracer_pid = tracer.as_ref().map(|(child, _)| child.id());
+    let cpu_before = tracer_pid.map_or(0, cpu_ns);
+    let started = Instant::now();
     target.stdin.as_mut().unwrap().write_all(b"go\n")?;
     let line = wait_for(&out, "ns_per_op", Duration::from_secs(600))?;
+    let cpu_during = tracer_pid.map_or(0, cpu_ns).saturating_sub(cpu_before);
+    let wall = started.elapsed().as_nanos().max(1) as f64;
     let ns_per_op: f64 = line
         .split_whitespace()
         .nth(1)
@@ -366,12 +369,11 @@ fn measure(
         .parse()?;
     let mut run = Run {
         ns_per_op,
+        tracer_cpu_percent: cpu_during as f64 / wall * 100.0,
         ..Default::default()
     };
     if let Some((mut child, _)) = tracer.take() {
-        let (cpu, peak) = usage(child.id());
-        run.tracer_cpu_secs = cpu;
-        run.tracer_peak_rss_kib = peak;
+        run.tracer_peak_rss_kib = peak_rss_kib(child.id());
         interrupt(child.id());
         child.wait()?;
         if matches!(config, Config::Leaktracer | Config::Sampled)
@@ -386,6 +388,85 @@ fn measure(
     }
     let _ = target.wait();
     Ok(run)
+}
+
+/// Starts `leaktracer trace --pid PID` and waits until it traces.
+fn start_leaktracer(
+    leaktracer: &Path,
+    pid: &str,
+    json: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(Child, Arc<Mutex<Vec<String>>>)> {
+    let mut child = Command::new(leaktracer)
+        .args(["trace", "--quiet", "--pid", pid, "--json"])
+        .arg(json)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let err = collect_lines(child.stderr.take().unwrap());
+    wait_for(&err, "leaktracer: tracing ", Duration::from_secs(30))?;
+    Ok((child, err))
+}
+
+/// One run of leaktracer default with `--program-stats`: each program's runs, mean run time and
+/// verified instructions, as leaktracer prints them.
+fn profile_programs(
+    workload: &Workload,
+    leaktracer: &Path,
+    out_dir: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let mut target = Command::new(&workload.program)
+        .args(&workload.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = collect_lines(target.stdout.take().unwrap());
+    wait_for(&out, "ready", Duration::from_secs(10))?;
+    let json = out_dir.join("profile.json");
+    let (mut child, err) = start_leaktracer(
+        leaktracer,
+        &target.id().to_string(),
+        &json,
+        &["--program-stats"],
+    )?;
+    target.stdin.as_mut().unwrap().write_all(b"go\n")?;
+    wait_for(&out, "ns_per_op", Duration::from_secs(600))?;
+    interrupt(child.id());
+    child.wait()?;
+    let _ = target.wait();
+    let _ = fs::remove_file(&json);
+    let lines = err.lock().unwrap();
+    Ok(lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("leaktracer: program "))
+        .map(str::to_string)
+        .collect())
+}
+
+fn render_profiles(profiles: &[(&str, Vec<String>)]) -> String {
+    let mut out = String::from(
+        "
+### eBPF programs' own run time (one run each, `leaktracer trace --program-stats`)
+
+         Measured by the kernel (BPF run-time statistics, which add their own ~20-40 ns per run).
+",
+    );
+    for (workload, lines) in profiles {
+        out.push_str(&format!(
+            "
+{workload}:
+
+"
+        ));
+        for line in lines {
+            out.push_str(&format!(
+                "- {line}
+"
+            ));
+        }
+    }
+    out
 }
 
 /// SIGINT, as Ctrl-C would send.
@@ -413,7 +494,7 @@ fn render_markdown(results: &[(&Workload, Config, Vec<Run>)]) -> String {
             }
             current = workload.name;
             out.push_str(&format!(
-                "\n### {current}\n\n| configuration | ns/op (median) | range | slowdown vs native | tracer CPU s | tracer peak RSS | dropped |\n|---|---|---|---|---|---|---|\n"
+                "\n### {current}\n\n| configuration | ns/op (median) | range | slowdown vs native | tracer CPU while running | tracer peak RSS | dropped |\n|---|---|---|---|---|---|---|\n"
             ));
         }
         let mut ns: Vec<f64> = runs.iter().map(|r| r.ns_per_op).collect();
@@ -422,9 +503,9 @@ fn render_markdown(results: &[(&Workload, Config, Vec<Run>)]) -> String {
             Config::Native => native = med,
             Config::Floor => floor = med,
             Config::Leaktracer => ours = med,
-            Config::Sampled | Config::Memleak => {}
+            Config::UsualFloor | Config::Sampled | Config::Memleak => {}
         }
-        let mut cpu: Vec<f64> = runs.iter().map(|r| r.tracer_cpu_secs).collect();
+        let mut cpu: Vec<f64> = runs.iter().map(|r| r.tracer_cpu_percent).collect();
         let mut rss: Vec<f64> = runs.iter().map(|r| r.tracer_peak_rss_kib as f64).collect();
         let dropped = runs.iter().filter_map(|r| r.dropped).max();
         out.push_str(&format!(
@@ -437,7 +518,7 @@ fn render_markdown(results: &[(&Workload, Config, Vec<Run>)]) -> String {
             if *config == Config::Native {
                 "-".to_string()
             } else {
-                format!("{:.2}", median(&mut cpu))
+                format!("{:.1}% of a core", median(&mut cpu))
             },
             if *config == Config::Native {
                 "-".to_string()
@@ -468,9 +549,19 @@ fn ratios(
         .iter()
         .find(|(w, c, _)| w.name == workload && *c == Config::Sampled)
         .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
+    let usual_floor = results
+        .iter()
+        .find(|(w, c, _)| w.name == workload && *c == Config::UsualFloor)
+        .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
     let mut line = format!("\nleaktracer / its floor: {:.2}×", ours / floor);
     if let Some(sampled) = sampled {
         line.push_str(&format!("; sampled / floor: {:.2}×", sampled / floor));
+    }
+    if let Some(usual) = usual_floor {
+        line.push_str(&format!(
+            "; usual-placement floor / our floor: {:.2}×",
+            usual / floor
+        ));
     }
     if let Some(memleak) = memleak {
         line.push_str(&format!(
@@ -487,10 +578,13 @@ fn render_json(results: &[(&Workload, Config, Vec<Run>)]) -> String {
         .iter()
         .map(|(workload, config, runs)| {
             let ns: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.ns_per_op)).collect();
-            let cpu: Vec<String> = runs.iter().map(|r| format!("{:.3}", r.tracer_cpu_secs)).collect();
+            let cpu: Vec<String> = runs
+                .iter()
+                .map(|r| format!("{:.2}", r.tracer_cpu_percent))
+                .collect();
             let rss: Vec<String> = runs.iter().map(|r| r.tracer_peak_rss_kib.to_string()).collect();
             format!(
-                "  {{\"workload\": {:?}, \"config\": {:?}, \"ns_per_op\": [{}], \"tracer_cpu_secs\": [{}], \"tracer_peak_rss_kib\": [{}]}}",
+                "  {{\"workload\": {:?}, \"config\": {:?}, \"ns_per_op\": [{}], \"tracer_cpu_percent\": [{}], \"tracer_peak_rss_kib\": [{}]}}",
                 workload.name,
                 config.name(),
                 ns.join(", "),

@@ -204,6 +204,17 @@ pub struct AttachPlan {
     pub allocator_file: (u64, u64),
 }
 
+impl AttachPlan {
+    /// Puts every probe back at its symbol's entry, the usual placement (for benchmarks: the
+    /// floor tools other than leaktracer pay).
+    pub fn place_at_symbol_entries(&mut self) {
+        for site in self.objects.iter_mut().flat_map(|o| o.sites.iter_mut()) {
+            site.probe_offset = site.offset;
+            site.skipped.clear();
+        }
+    }
+}
+
 /// A candidate object, in symbol-resolution order.
 #[derive(Clone, Debug)]
 pub struct Candidate {

@@ -105,6 +105,15 @@ pub fn check_kernel_support() -> Result<(), TraceError> {
     }
 }
 
+/// One program's run-time figures.
+#[derive(Clone, Debug)]
+pub struct ProgramStats {
+    pub name: &'static str,
+    pub runs: u64,
+    pub ns_per_run: f64,
+    pub verified_instructions: u32,
+}
+
 impl Probes {
     /// Loads (verifies) every program, with maps sized from `sizes`. Attaches nothing.
     pub fn load(sizes: MapSizes) -> Result<Self, TraceError> {
@@ -257,6 +266,31 @@ impl Probes {
     }
 
     /// The loaded object, for reading maps.
+    /// Run-time figures of every program, as the kernel measures them while its BPF statistics
+    /// are on (see `aya::sys::enable_stats`); programs never run are left out.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let mut all = Vec::new();
+        for name in PROGRAMS {
+            let Some(program) = self.ebpf.program(name) else {
+                continue;
+            };
+            let Ok(info) = program.info() else {
+                continue;
+            };
+            let runs = info.run_count();
+            if runs == 0 {
+                continue;
+            }
+            all.push(ProgramStats {
+                name,
+                runs,
+                ns_per_run: info.run_time().as_nanos() as f64 / runs as f64,
+                verified_instructions: info.verified_instruction_count().unwrap_or(0),
+            });
+        }
+        all
+    }
+
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }

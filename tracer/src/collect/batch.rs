@@ -64,8 +64,7 @@ pub fn read_hash_map<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
             )
         };
         let error = (result < 0).then(io::Error::last_os_error);
-        if matches!(&error, Some(e) if e.raw_os_error() == Some(libc::ENOSPC)) && attr.count == 0
-        {
+        if matches!(&error, Some(e) if e.raw_os_error() == Some(libc::ENOSPC)) && attr.count == 0 {
             chunk *= 4;
             continue;
         }

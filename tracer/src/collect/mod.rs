@@ -11,8 +11,8 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, STACK_CACHE_SLOTS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
-    UserStack,
+    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, STACK_CACHE_SLOTS, StackKey, StackStats,
+    UNKNOWN_STACK, UnmapEvent, UserStack,
 };
 
 const PAGE_SIZE: u64 = 4096;
