@@ -434,7 +434,10 @@ fn keep_stack(stack_id: u64) -> bool {
     let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    match STACKS.insert(stack_id, unsafe { &*stack }, BPF_NOEXIST as u64) {
+    // By reference: a 1 KiB value copied onto the 512-byte BPF stack would not verify.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let inserted = STACKS.insert(stack_id, unsafe { &*stack }, BPF_NOEXIST as u64);
+    match inserted {
         Ok(()) => true,
         Err(err) => err == -EEXIST,
     }

@@ -169,6 +169,11 @@ pub fn analyze(times: &[f64], values: &[f64], thresholds: &Thresholds) -> Growth
         }
     } else if ratio >= thresholds.steady_ratio && second >= thresholds.slowdown_ratio * first {
         Class::Leak
+    } else if significant_slope(&times[..n], &values[..n]) < thresholds.min_rate {
+        // Rising lately but not over the trace: a few samples of noise can line up in one
+        // half (seen with 64 blocks of random sizes in flight); memory that grows, grows
+        // over the whole trace too.
+        Class::Churn
     } else {
         Class::Growing
     };
@@ -256,6 +261,17 @@ mod tests {
                 "{v:?}"
             );
         }
+    }
+
+    #[test]
+    fn noise_that_lines_up_in_the_second_half_is_churn() {
+        // Measured: churn_step of tests/workloads/growth.c, 60 s at --interval 5s.
+        let t = times(13);
+        let v = [
+            2929.0, 70109.0, 67686.0, 71915.0, 65168.0, 68969.0, 56772.0, 55918.0, 54942.0,
+            62798.0, 60682.0, 65157.0, 66129.0,
+        ];
+        assert_eq!(analyze(&t, &v, &Thresholds::default()).class, Class::Churn);
     }
 
     #[test]
