@@ -1,44 +1,13 @@
 //! End-to-end: growth over time — classification against workloads of known shape, the verdict's
 //! time to the memory limit, re-rendering with `report`, `diff`, and the HTML page in Chromium.
 
-use std::{
-    fs,
-    io::{BufRead, BufReader, Write},
-    os::unix::fs::PermissionsExt,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{fs, os::unix::fs::PermissionsExt, process::Command};
 
 use leaktracer_e2e::*;
 use serde_json::Value;
 
 /// The truth of `growth`'s steady leak: 4096 bytes every 20 ms.
 const STEADY_RATE: f64 = 4096.0 * 50.0;
-
-/// Starts the growth workload and lets its threads run (before any tracer attaches, so thread
-/// stacks are not part of the trace).
-fn start_growth(args: &[&str]) -> Workload {
-    let mut child = Command::new(workload("growth"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
-    Workload(child)
-}
-
-fn go(workload: &mut Workload) {
-    workload
-        .0
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"go\n")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-}
 
 fn growth_of<'a>(report: &'a Value, function: &str) -> &'a Value {
     let stacks = stacks_at(report, function);
@@ -58,7 +27,7 @@ fn sixty_seconds_of_known_shapes() {
     let cgroup = MemoryCgroup::create(&format!("leaktracer-e2e-{}", std::process::id()), 1 << 30);
     let mut target = start_growth(&["--late", "30"]);
     cgroup.add(target.pid());
-    go(&mut target);
+    release_growth(&mut target);
 
     let file = |name: &str| dir.join(name);
     let run = run_tracer([
@@ -193,7 +162,7 @@ fn diff_shows_the_stack_that_grew() {
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     let record = |leak: &str, json: &std::path::Path| {
         let mut target = start_growth(&["--leak", leak, "--no-late"]);
-        go(&mut target);
+        release_growth(&mut target);
         let run = run_tracer([
             "trace".as_ref(),
             "--pid".as_ref(),
@@ -267,7 +236,7 @@ fn min_age_hides_in_flight_memory() {
     let dir = scratch_dir("min_age");
     let json = dir.join("run.json");
     let mut target = start_growth(&["--no-late"]);
-    go(&mut target);
+    release_growth(&mut target);
     let run = run_tracer([
         "trace".as_ref(),
         "--pid".as_ref(),

@@ -71,6 +71,11 @@ pub struct OutputArgs {
     /// time with the top growers, the flamegraph and the top stacks.
     #[arg(long, value_name = "FILE.html")]
     pub html: Option<PathBuf>,
+
+    /// Write the outstanding allocations as a gzipped pprof profile (profile.proto, sample
+    /// types inuse_objects/count and inuse_space/bytes), for `go tool pprof`, Pyroscope, Parca.
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pub pprof: Option<PathBuf>,
 }
 
 impl OutputArgs {
@@ -81,6 +86,7 @@ impl OutputArgs {
             folded: self.folded.clone(),
             flamegraph: self.flamegraph.clone(),
             html: self.html.clone(),
+            pprof: self.pprof.clone(),
             top: self.top,
         }
     }
@@ -133,6 +139,19 @@ pub struct TraceArgs {
     /// samples.
     #[arg(short, long, value_name = "DUR", value_parser = parse_duration, default_value = "5s")]
     pub interval: Duration,
+
+    /// While tracing, serve HTTP on ADDR: Prometheus metrics (/metrics), the report as JSON
+    /// (/api/snapshot), the timeline (/api/history), the leaking stacks (/api/leaks), the
+    /// processes (/api/process), the current flamegraph (/flamegraph.svg) and a live dashboard
+    /// (/). A bare PORT (or :PORT) binds 127.0.0.1; HOST:PORT binds that address, with a
+    /// warning unless it is loopback. Refreshed every --interval.
+    #[arg(long, value_name = "ADDR", value_parser = crate::serve::parse_addr)]
+    pub serve: Option<std::net::SocketAddr>,
+
+    /// Stacks with their own series in /metrics: the top N by outstanding bytes (bounds the
+    /// label cardinality).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub metrics_stacks: usize,
 
     /// Count only allocations older than this (ignores the in-flight memory of a busy server).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]

@@ -4,9 +4,11 @@
 //! - [`target`]: the process to trace — an existing pid or a command launched stopped;
 //! - [`attach`]: which object serves `malloc` for it, where its entry points are, and the eBPF
 //!   probes on them;
-//! - [`collect`]: reading the kernel-side aggregation (per-stack outstanding bytes) out of maps;
+//! - [`collect`]: reading what the kernel recorded (outstanding allocations, per-stack totals)
+//!   out of maps;
 //! - [`symbolize`]: turning stack addresses into functions, files and lines;
-//! - [`report`]: the text report, JSON, folded stacks and flamegraph;
+//! - [`report`]: the text report, JSON, folded stacks, flamegraph, HTML and pprof;
+//! - [`serve`]: `--serve`, the live HTTP endpoints (Prometheus metrics, JSON, dashboard);
 //! - [`trace`]: one trace session from attach to the written report.
 
 pub mod attach;
@@ -16,6 +18,7 @@ pub mod error;
 pub mod growth;
 pub mod recording;
 pub mod report;
+pub mod serve;
 pub mod symbolize;
 pub mod target;
 pub mod trace;

@@ -18,7 +18,7 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    report::Frame,
+    report::{Frame, ModuleMapping},
     target::maps::{Mapping, read_maps},
 };
 
@@ -73,12 +73,49 @@ impl AddressSpaces {
         }
     }
 
+    /// The mappings of `pid` that `addresses` fall in, each once, with build ids.
+    pub fn module_mappings(
+        &self,
+        pid: u32,
+        addresses: impl IntoIterator<Item = u64>,
+    ) -> Vec<ModuleMapping> {
+        let mut found: Vec<&KnownMapping> = Vec::new();
+        for address in addresses {
+            if let Some(mapping) = self.find(pid, address)
+                && !found.iter().any(|m| std::ptr::eq(*m, mapping))
+            {
+                found.push(mapping);
+            }
+        }
+        found.sort_by_key(|m| m.start);
+        found
+            .into_iter()
+            .map(|m| ModuleMapping {
+                pid,
+                start: m.start,
+                end: m.end,
+                file_offset: m.offset,
+                path: m.path.clone(),
+                build_id: self.files.get(&m.file).and_then(build_id),
+            })
+            .collect()
+    }
+
     fn find(&self, pid: u32, addr: u64) -> Option<&KnownMapping> {
         self.mappings
             .get(&pid)?
             .iter()
             .find(|m| addr >= m.start && addr < m.end)
     }
+}
+
+/// The GNU build id of an ELF object, as hex, read through the kept-open file.
+fn build_id(file: &File) -> Option<String> {
+    use object::{Object, read::ReadCache};
+    let cache = ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let id = elf.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Opens a mapped object as the process sees it.

@@ -24,13 +24,14 @@ use crate::{
     report::{
         self, AllocatorUsed, ProcessEntry, Report, Stack, Target, Totals, human_bytes, human_rate,
     },
+    serve::{LiveProcess, Published, Server},
     symbolize::{AddressSpaces, Symbolizer},
     target::{
         cgroup::{Cgroup, find_container},
         launch::{LaunchedChild, predict_loaded_objects},
         maps::read_maps,
         memory::{MemoryLimit, memory_limit, rss_bytes},
-        process::{ProcessInfo, descendants, is_alive},
+        process::{ProcessInfo, ProcessUsage, descendants, is_alive},
     },
 };
 
@@ -156,6 +157,17 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
     } else {
         None
     };
+    let server = match args.serve {
+        Some(addr) => {
+            let server = Server::start(addr)?;
+            eprintln!(
+                "leaktracer: serving http://{} (/metrics, /api/snapshot, /api/history, /api/leaks, /api/process, /flamegraph.svg)",
+                server.addr
+            );
+            Some(server)
+        }
+        None => None,
+    };
     let mut session = Session {
         args,
         scope,
@@ -166,6 +178,7 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
         symbolizer: Symbolizer::new(),
         limit: None,
         status: StatusLine::new(args.quiet),
+        server,
         tracked: BTreeMap::new(),
         failed: BTreeSet::new(),
         attempts: BTreeMap::new(),
@@ -237,7 +250,8 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
         eprintln!("leaktracer: symbolizing {} stacks", snapshot.stacks.len());
     }
     session.refresh_limit();
-    let report = session.build_report(&snapshot, elapsed, end_reason);
+    let report = session.build_report(&snapshot, elapsed, Some(end_reason));
+    session.publish(&report);
     report.write_files(&args.output.outputs(args.json.clone()))?;
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(report::text::render(&report, args.output.top).as_bytes());
@@ -258,6 +272,8 @@ struct Session<'a> {
     /// The memory limit of the (first) target, last read while it was alive.
     limit: Option<MemoryLimit>,
     status: StatusLine,
+    /// `--serve`: the HTTP server the current report is published to every interval.
+    server: Option<Server>,
     tracked: BTreeMap<u32, Tracked>,
     /// Processes that could not be traced (warned about once).
     failed: BTreeSet<u32>,
@@ -386,6 +402,30 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Hands the current report to the HTTP server, when there is one.
+    fn publish(&self, report: &Report) {
+        let Some(server) = &self.server else {
+            return;
+        };
+        let processes: Vec<LiveProcess> = self
+            .tracked
+            .keys()
+            .map(|pid| LiveProcess {
+                pid: *pid,
+                usage: ProcessUsage::read(*pid),
+            })
+            .collect();
+        match Published::render(
+            report,
+            &processes,
+            self.args.interval.as_secs_f64(),
+            self.args.metrics_stacks,
+        ) {
+            Ok(bodies) => server.publish(bodies),
+            Err(e) => eprintln!("leaktracer: warning: cannot render the served pages: {e:#}"),
+        }
+    }
+
     /// Settles pending munmap ranges and prints what the kernel side warned about.
     fn settle_unmaps(&mut self) -> anyhow::Result<()> {
         self.collector.drain_unmaps(self.probes.ebpf_mut())?;
@@ -508,6 +548,12 @@ impl Session<'_> {
         let snapshot = collector.snapshot(self.probes.ebpf(), self.args.min_age)?;
         let rss = self.total_rss();
         self.recorder.sample(&snapshot, rss);
+        if self.server.is_some() {
+            let elapsed = self.recorder.elapsed_secs();
+            let report = self.build_report(&snapshot, elapsed, None);
+            self.publish(&report);
+        }
+        let collector = &self.collector;
         if self.status.quiet {
             return Ok(());
         }
@@ -541,7 +587,7 @@ impl Session<'_> {
         &mut self,
         snapshot: &KernelSnapshot,
         elapsed: f64,
-        end_reason: EndReason,
+        end_reason: Option<EndReason>,
     ) -> Report {
         let thresholds = self.args.thresholds();
         let collector = &self.collector;
@@ -551,7 +597,11 @@ impl Session<'_> {
             .map(|(key, stats)| {
                 let ips = collector.stack(self.probes.ebpf(), key.stack_id);
                 let (timeline, growth) = self.recorder.stack_history(key, &thresholds);
+                let frames = self
+                    .symbolizer
+                    .symbolize_stack(&self.spaces, key.tgid, &ips);
                 Stack {
+                    id: Stack::id_of(&frames),
                     outstanding_bytes: stats.outstanding_bytes,
                     outstanding_allocations: stats.outstanding_allocations,
                     total_allocations: stats.total_allocations,
@@ -562,9 +612,7 @@ impl Session<'_> {
                         .get(&key.tgid)
                         .map(|t| t.info.comm.clone())
                         .unwrap_or_default(),
-                    frames: self
-                        .symbolizer
-                        .symbolize_stack(&self.spaces, key.tgid, &ips),
+                    frames,
                     growth,
                     timeline,
                 }
@@ -607,6 +655,14 @@ impl Session<'_> {
         };
         let timeline = self.recorder.timeline();
         let verdict = verdict(&stacks, &timeline, self.limit.clone());
+        let mut mappings = Vec::new();
+        for pid in self.tracked.keys() {
+            let addresses = stacks
+                .iter()
+                .filter(|s| s.pid == *pid)
+                .flat_map(|s| s.frames.iter().map(|f| f.address));
+            mappings.extend(self.spaces.module_mappings(*pid, addresses));
+        }
         let launched = !self.args.command.is_empty();
         let root_command = self.tracked.values().next().map(|t| t.info.cmdline.clone());
         Report {
@@ -654,12 +710,13 @@ impl Session<'_> {
                         .collect(),
                 })
                 .collect(),
-            end_reason: end_reason.as_str().to_string(),
+            end_reason: end_reason.map_or("running", EndReason::as_str).to_string(),
             timeline,
             verdict: Some(verdict),
             thresholds: Some(thresholds),
             min_age_secs: self.args.min_age.map(|d| d.as_secs_f64()),
             sample_bytes: self.args.sample_bytes.map(|n| n.max(1.0) as u64),
+            mappings,
         }
     }
 }

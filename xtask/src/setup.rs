@@ -35,7 +35,14 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
             "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
             "libmimalloc2.0",
         ),
-    ])
+    ])?;
+    // The Prometheus scrape test skips, saying so, when the package cannot be installed.
+    if let Err(why) = ensure_debian_tools(&[("prometheus", "prometheus")]) {
+        step(&format!(
+            "prometheus not installed ({why:#}); its test will skip"
+        ));
+    }
+    Ok(())
 }
 
 fn sysroot() -> anyhow::Result<PathBuf> {

@@ -6,6 +6,7 @@ pub mod diff;
 pub mod flamegraph;
 pub mod html;
 pub mod output;
+pub mod pprof;
 pub mod text;
 
 use std::{collections::BTreeMap, io::Write, path::PathBuf};
@@ -47,6 +48,23 @@ pub struct Report {
     /// bytes on average.
     #[serde(default)]
     pub sample_bytes: Option<u64>,
+    /// The mapped objects the stacks' addresses fall in, with build ids (for pprof).
+    #[serde(default)]
+    pub mappings: Vec<ModuleMapping>,
+}
+
+/// An executable mapping of a traced process that stack addresses point into.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleMapping {
+    pub pid: u32,
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub file_offset: u64,
+    /// The object, as the process sees its path.
+    pub path: String,
+    /// GNU build id (hex), when the object has one.
+    pub build_id: Option<String>,
 }
 
 /// The whole process at one sample.
@@ -145,6 +163,10 @@ pub struct Totals {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Stack {
+    /// Short id of the stack, stable across runs and restarts: a hash of its functions and
+    /// modules (not addresses). Labels its Prometheus series.
+    #[serde(default)]
+    pub id: String,
     pub outstanding_bytes: u64,
     pub outstanding_allocations: u64,
     /// All allocations from this stack during the trace, freed or not.
@@ -179,6 +201,32 @@ pub struct Frame {
     /// True for a function inlined into the next frame.
     #[serde(default)]
     pub inlined: bool,
+}
+
+impl Stack {
+    /// The stable short id of a stack with these frames (see [`Stack::id`]): 64-bit FNV-1a over
+    /// each frame's function and module file name, as 12 hex digits.
+    pub fn id_of(frames: &[Frame]) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for byte in bytes {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for frame in frames {
+            eat(frame.function.as_bytes());
+            eat(b"\0");
+            eat(frame
+                .module
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .as_bytes());
+            eat(b"\n");
+        }
+        format!("{:012x}", hash >> 16)
+    }
 }
 
 impl Frame {
@@ -228,6 +276,7 @@ pub struct Outputs {
     pub folded: Option<PathBuf>,
     pub flamegraph: Option<PathBuf>,
     pub html: Option<PathBuf>,
+    pub pprof: Option<PathBuf>,
     /// Stacks shown in the text report.
     pub top: usize,
 }
@@ -270,6 +319,10 @@ impl Report {
         }
         if let Some(path) = &outputs.html {
             write_atomic(path, |w| html::write(self, w))?;
+            written(path);
+        }
+        if let Some(path) = &outputs.pprof {
+            write_atomic(path, |w| pprof::write(self, w))?;
             written(path);
         }
         Ok(())

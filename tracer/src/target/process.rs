@@ -49,6 +49,38 @@ impl ProcessInfo {
     }
 }
 
+/// What a process uses right now, as `/proc/PID` says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessUsage {
+    /// Resident set size.
+    pub rss_bytes: u64,
+    /// Entries of `/proc/PID/fd`.
+    pub open_fds: u64,
+    /// `Threads:` of `/proc/PID/status`.
+    pub threads: u64,
+}
+
+impl ProcessUsage {
+    /// `None` once the process is gone.
+    pub fn read(pid: u32) -> Option<Self> {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some(Self {
+            rss_bytes: field("VmRSS:").unwrap_or(0) * 1024,
+            open_fds: fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64),
+            threads: field("Threads:").unwrap_or(0),
+        })
+    }
+}
+
 /// The parent of a process, from `/proc/PID/stat`.
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

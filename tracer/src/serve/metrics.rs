@@ -1,0 +1,302 @@
+//! `/metrics`: the Prometheus text exposition format (version 0.0.4).
+//!
+//! Per-stack series are limited to the top `--metrics-stacks` stacks by outstanding bytes and
+//! labelled with the stack's stable short id and its frame-0 function, so label cardinality
+//! stays bounded however many stacks the target has.
+
+use std::fmt::Write;
+
+use super::{LiveProcess, api::frame_zero};
+use crate::report::Report;
+
+/// One metric family being written: HELP and TYPE once, then its samples.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Self { out }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (index, (key, text)) in labels.iter().enumerate() {
+                if index > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{key}=\"{}\"", escape(text));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A float as Prometheus reads it (finite; no exponent surprises).
+fn float(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.3}")
+    } else {
+        "0".into()
+    }
+}
+
+/// Renders every metric of `report`.
+pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> String {
+    let mut out = String::new();
+    let comm_of = |pid: u32| {
+        report
+            .processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .map_or(String::new(), |p| p.comm.clone())
+    };
+
+    {
+        let name = "leaktracer_outstanding_bytes";
+        let mut family = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "Bytes allocated since the trace began and not freed, per traced process.",
+        );
+        for pid in &report.target.pids {
+            let bytes: u64 = report
+                .stacks
+                .iter()
+                .filter(|s| s.pid == *pid)
+                .map(|s| s.outstanding_bytes)
+                .sum();
+            family.sample(
+                name,
+                &[("pid", &pid.to_string()), ("comm", &comm_of(*pid))],
+                bytes,
+            );
+        }
+    }
+    {
+        let name = "leaktracer_outstanding_allocations";
+        let mut family = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "Allocations made since the trace began and not freed, per traced process.",
+        );
+        for pid in &report.target.pids {
+            let count: u64 = report
+                .stacks
+                .iter()
+                .filter(|s| s.pid == *pid)
+                .map(|s| s.outstanding_allocations)
+                .sum();
+            family.sample(
+                name,
+                &[("pid", &pid.to_string()), ("comm", &comm_of(*pid))],
+                count,
+            );
+        }
+    }
+    {
+        let name = "leaktracer_rss_bytes";
+        let mut family = Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "Resident set size of each traced process still running.",
+        );
+        for process in processes {
+            if let Some(usage) = &process.usage {
+                let pid = process.pid.to_string();
+                family.sample(
+                    name,
+                    &[("pid", &pid), ("comm", &comm_of(process.pid))],
+                    usage.rss_bytes,
+                );
+            }
+        }
+    }
+    if let Some(verdict) = &report.verdict {
+        let name = "leaktracer_growth_bytes_per_second";
+        Family::new(
+            &mut out,
+            name,
+            "gauge",
+            "Least-squares slope of all outstanding bytes over the trace so far.",
+        )
+        .sample(name, &[], float(verdict.growth_bytes_per_sec));
+        let name = "leaktracer_leaking_stacks";
+        Family::new(&mut out, name, "gauge", "Stacks classed leak.").sample(
+            name,
+            &[],
+            verdict.leaking_stacks,
+        );
+        if let Some(limit) = verdict.memory_limit_bytes {
+            let name = "leaktracer_memory_limit_bytes";
+            Family::new(
+                &mut out,
+                name,
+                "gauge",
+                "Memory limit of the target (cgroup memory.max, else MemTotal).",
+            )
+            .sample(name, &[], limit);
+        }
+        if let Some(seconds) = verdict.seconds_to_limit {
+            let name = "leaktracer_seconds_to_limit";
+            Family::new(
+                &mut out,
+                name,
+                "gauge",
+                "Seconds until the memory limit at the current growth rate.",
+            )
+            .sample(name, &[], float(seconds));
+        }
+    }
+    let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+        Family::new(out, name, "counter", help).sample(name, &[], value);
+    };
+    counter(
+        &mut out,
+        "leaktracer_allocations_total",
+        "Allocations recorded since the trace began.",
+        report.totals.allocations,
+    );
+    counter(
+        &mut out,
+        "leaktracer_frees_total",
+        "Frees and unmaps that released a recorded allocation.",
+        report.totals.frees,
+    );
+    {
+        let name = "leaktracer_dropped_total";
+        let mut family = Family::new(
+            &mut out,
+            name,
+            "counter",
+            "Allocations or attributions lost, by cause (a full map and the like).",
+        );
+        for (cause, count) in &report.totals.dropped_by_cause {
+            family.sample(name, &[("cause", cause)], count);
+        }
+    }
+    {
+        let name = "leaktracer_ignored_total";
+        let mut family = Family::new(
+            &mut out,
+            name,
+            "counter",
+            "Calls deliberately not counted, by reason.",
+        );
+        for (reason, count) in &report.totals.ignored {
+            family.sample(name, &[("reason", reason)], count);
+        }
+    }
+    {
+        let name = "leaktracer_trace_seconds";
+        Family::new(&mut out, name, "gauge", "Seconds traced so far.").sample(
+            name,
+            &[],
+            float(report.duration_secs),
+        );
+    }
+
+    let top: Vec<_> = report
+        .stacks
+        .iter()
+        .filter(|s| s.outstanding_bytes > 0)
+        .take(stacks)
+        .collect();
+    let labels = |stack: &crate::report::Stack| {
+        [
+            ("stack_id", stack.id.clone()),
+            ("function", frame_zero(&stack.frames).to_string()),
+            ("pid", stack.pid.to_string()),
+        ]
+    };
+    let per_stack = |out: &mut String,
+                     name: &str,
+                     help: &str,
+                     value: &dyn Fn(&crate::report::Stack) -> String| {
+        let mut family = Family::new(out, name, "gauge", help);
+        for stack in &top {
+            let owned = labels(stack);
+            let borrowed: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            family.sample(name, &borrowed, value(stack));
+        }
+    };
+    per_stack(
+        &mut out,
+        "leaktracer_stack_outstanding_bytes",
+        "Outstanding bytes of the top stacks (--metrics-stacks), by stable stack id and the allocator's caller.",
+        &|s| s.outstanding_bytes.to_string(),
+    );
+    per_stack(
+        &mut out,
+        "leaktracer_stack_outstanding_allocations",
+        "Outstanding allocations of the top stacks.",
+        &|s| s.outstanding_allocations.to_string(),
+    );
+    per_stack(
+        &mut out,
+        "leaktracer_stack_growth_bytes_per_second",
+        "Growth rate of the top stacks over the trace so far.",
+        &|s| float(s.growth.as_ref().map_or(0.0, |g| g.bytes_per_sec)),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Frame, ProcessEntry, Stack, Target};
+
+    #[test]
+    fn families_are_declared_once_and_labels_escaped() {
+        let report = Report {
+            target: Target {
+                pids: vec![7],
+                ..Default::default()
+            },
+            processes: vec![ProcessEntry {
+                pid: 7,
+                comm: "a\"b".into(),
+                ..Default::default()
+            }],
+            stacks: (0..3)
+                .map(|i| Stack {
+                    id: format!("{i:012x}"),
+                    outstanding_bytes: 100 - i,
+                    outstanding_allocations: 1,
+                    pid: 7,
+                    frames: vec![Frame {
+                        function: format!("f{i}"),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let text = render(&report, &[], 2);
+        assert!(text.contains("leaktracer_outstanding_bytes{pid=\"7\",comm=\"a\\\"b\"} 297\n"));
+        assert!(text.contains(
+            "leaktracer_stack_outstanding_bytes{stack_id=\"000000000001\",function=\"f1\",pid=\"7\"} 99\n"
+        ));
+        // Top 2 only.
+        assert!(!text.contains("function=\"f2\""));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            assert_eq!(text.matches(&format!("{line}\n")).count(), 1, "{line}");
+        }
+    }
+}
