@@ -101,6 +101,7 @@ fn allocator_case(name: &str, program: &Path, preload: Option<&str>, allocator_s
         &pid.to_string(),
         "--json",
         json.to_str().unwrap(),
+        "--verbose",
     ]);
     tracer.wait_attached();
     fs::write(&flag, "").unwrap();
@@ -126,6 +127,18 @@ fn allocator_case(name: &str, program: &Path, preload: Option<&str>, allocator_s
     )));
     assert_probed_what_is_mapped(&report, pid, mapped);
     assert_eq!(report["totals"]["dropped"], 0);
+    // --verbose names where free's probe went (and what it skipped, when it moved).
+    let free = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("uprobe") && l.contains("(free_enter)"))
+        .unwrap_or_else(|| panic!("free's placement printed: {}", run.stderr));
+    if allocator_suffix == "libc.so.6" {
+        assert!(
+            free.ends_with("after `test rdi,rdi` (the kernel would single-step it)"),
+            "{free}"
+        );
+    }
 }
 
 #[test]

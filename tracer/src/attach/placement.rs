@@ -173,6 +173,107 @@ mod tests {
         assert_eq!(place(&[0x48, 0x89, 0x07, 0x55], &[Register::RSI]).delta, 0);
     }
 
+    /// Checks a placement against the rule independently of [`place`]'s walk: the probed
+    /// instruction is the entry or emulated, and each skipped one falls through and writes no
+    /// memory and no register in `reads` or the stack pointer.
+    fn assert_sound(code: &[u8], placement: &Placement, reads: &[Register], what: &str) {
+        let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+        let mut info = InstructionInfoFactory::new();
+        let mut skipped = 0;
+        for instruction in decoder.iter() {
+            if instruction.ip() == placement.delta {
+                assert!(
+                    placement.delta == 0 || kernel_emulates(&instruction),
+                    "{what}: probed instruction {instruction} is emulated"
+                );
+                assert_eq!(skipped, placement.skipped.len(), "{what}");
+                return;
+            }
+            assert_eq!(
+                instruction.flow_control(),
+                FlowControl::Next,
+                "{what}: {instruction}"
+            );
+            let used = info.info(&instruction);
+            for register in used.used_registers() {
+                let written = matches!(
+                    register.access(),
+                    OpAccess::Write
+                        | OpAccess::CondWrite
+                        | OpAccess::ReadWrite
+                        | OpAccess::ReadCondWrite
+                );
+                let full = register.register().full_register();
+                assert!(
+                    !(written && (reads.contains(&full) || full == Register::RSP)),
+                    "{what}: {instruction} writes {full:?}"
+                );
+            }
+            assert!(
+                used.used_memory().iter().all(|m| !matches!(
+                    m.access(),
+                    OpAccess::Write
+                        | OpAccess::CondWrite
+                        | OpAccess::ReadWrite
+                        | OpAccess::ReadCondWrite
+                )),
+                "{what}: {instruction} writes memory"
+            );
+            skipped += 1;
+        }
+        panic!(
+            "{what}: the probe at +{} is not an instruction boundary",
+            placement.delta
+        );
+    }
+
+    /// The release-side probes on the real allocator builds the end-to-end tests run (glibc,
+    /// musl, jemalloc, tcmalloc, mimalloc as Debian ships them; `cargo xtask test` installs
+    /// them): every placement follows the rule, and glibc's free moves past its `test`.
+    #[test]
+    fn real_allocator_builds_get_sound_placements() {
+        let builds = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-musl/libc.so",
+            "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+            "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+            "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
+        ];
+        for build in builds {
+            let path = std::path::Path::new(build);
+            assert!(
+                path.exists(),
+                "{build} missing: run `cargo xtask test`, which installs it"
+            );
+            let data = std::fs::read(path).unwrap();
+            let offsets = crate::attach::elf::function_offsets(path, &["free", "munmap"]).unwrap();
+            assert!(offsets.contains_key("free"), "{build} exports free");
+            for (function, offset) in &offsets {
+                let program = if function == "free" {
+                    "free_enter"
+                } else {
+                    "munmap_enter"
+                };
+                let reads = registers_read_by(program);
+                let code = &data[*offset as usize..(*offset as usize + 64).min(data.len())];
+                let placement = place(code, reads);
+                eprintln!(
+                    "{build} {function}: +{} after {:?}",
+                    placement.delta, placement.skipped
+                );
+                assert_sound(code, &placement, reads, &format!("{build} {function}"));
+            }
+            if build.ends_with("libc.so.6") {
+                assert_eq!(offsets.len(), 2);
+                let code = &data[offsets["free"] as usize..][..64];
+                assert_eq!(
+                    place(code, registers_read_by("free_enter")).skipped,
+                    ["test rdi,rdi"]
+                );
+            }
+        }
+    }
+
     #[test]
     fn this_process_free_gets_an_emulated_placement() {
         // Whatever libc this test runs on: the probed instruction is the entry or one the
