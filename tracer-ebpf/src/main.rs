@@ -103,6 +103,15 @@ static MMAP_STATE: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static SAMPLE_TABLE: Array<u32> = Array::with_max_entries(SAMPLE_TABLE_SLOTS, 0);
 
+/// With `--sample-bytes`: how many heap records exist per address hash (slot
+/// `hash(tgid, address) % ADDRESS_FILTER_SLOTS`). Most frees are of unsampled blocks; a zero
+/// slot proves there is no record without a hash-map lookup.
+#[map]
+static RECORDED_ADDRESSES: Array<u32> = Array::with_max_entries(ADDRESS_FILTER_SLOTS, 0);
+
+/// Slots of [`RECORDED_ADDRESSES`] (a power of two).
+const ADDRESS_FILTER_SLOTS: u32 = 1 << 18;
+
 /// munmap ranges the kernel could not settle by exact start address.
 #[map]
 static UNMAP_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
@@ -300,17 +309,62 @@ fn stats_add(key: &StackKey, size: u64, allocations: u64) -> bool {
     true
 }
 
-/// Releases the record of `addr` in `records`: a free. One map operation; true when there was
-/// a record.
+/// The two kinds of allocation records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Records {
+    /// Heap blocks, in `ALLOCS`.
+    Heap,
+    /// Direct mappings, in `MMAPS`.
+    Mappings,
+}
+
+impl Records {
+    #[inline(always)]
+    fn map(self) -> &'static HashMap<AllocKey, AllocRecord> {
+        match self {
+            Records::Heap => &ALLOCS,
+            Records::Mappings => &MMAPS,
+        }
+    }
+
+    /// This address's count in [`RECORDED_ADDRESSES`], for sampled heap records only.
+    #[inline(always)]
+    fn filter_slot(self, tgid: u32, addr: u64) -> Option<*mut u32> {
+        if self != Records::Heap || SAMPLE_BYTES.load() == 0 {
+            return None;
+        }
+        let index = mix(u64::from(tgid), addr) as u32 & (ADDRESS_FILTER_SLOTS - 1);
+        RECORDED_ADDRESSES.get_ptr_mut(index)
+    }
+}
+
+/// Atomic add of a signed step on a u32 counter.
 #[inline(always)]
-fn release(records: &HashMap<AllocKey, AllocRecord>, tgid: u32, addr: u64) -> bool {
+fn atomic_add_u32(target: *mut u32, delta: i32) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(target, delta as u32) };
+}
+
+/// Releases the record of `addr`: a free. One map operation (none for a sampled-out block);
+/// true when there was a record.
+#[inline(always)]
+fn release(records: Records, tgid: u32, addr: u64) -> bool {
+    let filter = records.filter_slot(tgid, addr);
+    if let Some(slot) = filter
+        && unsafe { *slot } == 0
+    {
+        return false;
+    }
     let key = AllocKey {
         tgid,
         _pad: 0,
         addr,
     };
-    if records.remove(key).is_err() {
+    if records.map().remove(key).is_err() {
         return false;
+    }
+    if let Some(slot) = filter {
+        atomic_add_u32(slot, -1);
     }
     count(Counter::Frees);
     true
@@ -320,23 +374,33 @@ fn release(records: &HashMap<AllocKey, AllocRecord>, tgid: u32, addr: u64) -> bo
 /// `not_after_ns` (a record made later belongs to another thread's newer allocation).
 #[inline(always)]
 fn release_older(
-    records: &HashMap<AllocKey, AllocRecord>,
+    records: Records,
     tgid: u32,
     addr: u64,
     not_after_ns: u64,
 ) -> Option<AllocRecord> {
+    let filter = records.filter_slot(tgid, addr);
+    if let Some(slot) = filter
+        && unsafe { *slot } == 0
+    {
+        return None;
+    }
+    let records_map = records.map();
     let key = AllocKey {
         tgid,
         _pad: 0,
         addr,
     };
-    let record = unsafe { records.get(key) }.copied()?;
+    let record = unsafe { records_map.get(key) }.copied()?;
     if record.timestamp_ns > not_after_ns {
         return None;
     }
-    if records.remove(key).is_err() {
+    if records_map.remove(key).is_err() {
         // Another CPU released it first.
         return None;
+    }
+    if let Some(slot) = filter {
+        atomic_add_u32(slot, -1);
     }
     count(Counter::Frees);
     Some(record)
@@ -364,9 +428,9 @@ fn sample(size: u64) -> Option<(u64, u32)> {
 
 /// Records a heap allocation, subject to sampling.
 #[inline(always)]
-fn record_heap(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64, now: u64) {
+fn record_heap(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
     if let Some((bytes, weight)) = sample(size) {
-        record(ctx, &ALLOCS, tgid, addr, bytes, weight, now);
+        record(ctx, Records::Heap, tgid, addr, bytes, weight);
     }
 }
 
@@ -486,12 +550,11 @@ fn take_cache_slot<C: EbpfContext>(ctx: &C, slot: &mut CachedStack, tgid: u32, s
 #[inline(always)]
 fn record(
     ctx: &RetProbeContext,
-    records: &HashMap<AllocKey, AllocRecord>,
+    records: Records,
     tgid: u32,
     addr: u64,
     size: u64,
     weight: u32,
-    now: u64,
 ) -> bool {
     let mut stack_id = capture_stack(ctx.regs).unwrap_or(UNKNOWN_STACK);
     let Some((slot, mut hit)) = stack_cache_slot(tgid, stack_id) else {
@@ -513,14 +576,26 @@ fn record(
     };
     let record = AllocRecord {
         size,
-        timestamp_ns: now,
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
         stack_id,
         weight,
         _pad: 0,
     };
     // An existing record for the address is replaced: the address was handed out again, so
-    // its earlier block was freed by a path we do not see.
-    if records.insert(key, record, BPF_ANY as u64).is_err() {
+    // its earlier block was freed by a path we do not see. Counted in the address filter only
+    // when new.
+    let inserted = match records.filter_slot(tgid, addr) {
+        Some(slot) => match records.map().insert(key, record, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                atomic_add_u32(slot, 1);
+                Ok(())
+            }
+            Err(err) if err == -EEXIST => records.map().insert(key, record, BPF_ANY as u64),
+            Err(err) => Err(err),
+        },
+        None => records.map().insert(key, record, BPF_ANY as u64),
+    };
+    if inserted.is_err() {
         count_loss!(
             ctx,
             Counter::AllocMapFull,
@@ -673,7 +748,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if ptr == 0 {
         return 0;
     }
-    if !release(&ALLOCS, tgid, ptr) {
+    if !release(Records::Heap, tgid, ptr) {
         count(Counter::UnknownFrees);
     }
     0
@@ -717,7 +792,7 @@ pub fn munmap_enter(ctx: ProbeContext) -> u32 {
         };
         let mapping_end = cursor + mapping.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         if end >= mapping_end {
-            if release(&MMAPS, tgid, cursor) {
+            if release(Records::Mappings, tgid, cursor) {
                 atomic_add(live, 1u64.wrapping_neg());
             }
             cursor = mapping_end;
@@ -774,24 +849,23 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
     }
     unsafe { (*slot).kind = 0 };
     let ret: u64 = ctx.ret();
-    let now = unsafe { bpf_ktime_get_ns() };
     match call.kind {
         k if k == CallKind::Alloc as u32 && ret != 0 => {
-            record_heap(&ctx, tgid, ret, call.size, now);
+            record_heap(&ctx, tgid, ret, call.size);
         }
         k if k == CallKind::Realloc as u32 => {
             let old = call.arg;
             if old == 0 {
                 if ret != 0 {
-                    record_heap(&ctx, tgid, ret, call.size, now);
+                    record_heap(&ctx, tgid, ret, call.size);
                 }
             } else if ret != 0 {
-                release_older(&ALLOCS, tgid, old, call.entry_ns);
-                record_heap(&ctx, tgid, ret, call.size, now);
+                release_older(Records::Heap, tgid, old, call.entry_ns);
+                record_heap(&ctx, tgid, ret, call.size);
             } else if call.size == 0 {
                 // realloc(p, 0) freed p; a NULL return with size > 0 is a failure that frees
                 // nothing.
-                release_older(&ALLOCS, tgid, old, call.entry_ns);
+                release_older(Records::Heap, tgid, old, call.entry_ns);
             }
         }
         k if k == CallKind::PosixMemalign as u32 => {
@@ -799,12 +873,12 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
                 && let Ok(ptr) = unsafe { bpf_probe_read_user(call.arg as *const u64) }
                 && ptr != 0
             {
-                record_heap(&ctx, tgid, ptr, call.size, now);
+                record_heap(&ctx, tgid, ptr, call.size);
             }
         }
         k if k == CallKind::Mmap as u32 => {
             if ret != MAP_FAILED
-                && record(&ctx, &MMAPS, tgid, ret, call.size, 1, now)
+                && record(&ctx, Records::Mappings, tgid, ret, call.size, 1)
                 && let Some(live) = live_mappings()
             {
                 atomic_add(live, 1);
@@ -812,9 +886,9 @@ pub fn call_return(ctx: RetProbeContext) -> u32 {
         }
         k if k == CallKind::Mremap as u32
             // Only a mapping we recorded moves; others predate the trace.
-            && ret != MAP_FAILED && release_older(&MMAPS, tgid, call.arg, call.entry_ns).is_some() =>
+            && ret != MAP_FAILED && release_older(Records::Mappings, tgid, call.arg, call.entry_ns).is_some() =>
         {
-            let recorded = record(&ctx, &MMAPS, tgid, ret, call.size, 1, now);
+            let recorded = record(&ctx, Records::Mappings, tgid, ret, call.size, 1);
             if !recorded && let Some(live) = live_mappings() {
                 atomic_add(live, 1u64.wrapping_neg());
             }

@@ -313,13 +313,9 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn measure(
-    workload: &Workload,
-    config: Config,
-    leaktracer: &Path,
-    headers: Option<&Path>,
-    out_dir: &Path,
-) -> anyhow::Result<Run> {
+/// Starts a workload, which waits for a line on stdin, and returns it with its output lines
+/// once it says "ready".
+fn start_workload(workload: &Workload) -> anyhow::Result<(Child, Arc<Mutex<Vec<String>>>)> {
     let mut target = Command::new(&workload.program)
         .args(&workload.args)
         .stdin(Stdio::piped())
@@ -327,6 +323,17 @@ fn measure(
         .spawn()?;
     let out = collect_lines(target.stdout.take().unwrap());
     wait_for(&out, "ready", Duration::from_secs(10))?;
+    Ok((target, out))
+}
+
+fn measure(
+    workload: &Workload,
+    config: Config,
+    leaktracer: &Path,
+    headers: Option<&Path>,
+    out_dir: &Path,
+) -> anyhow::Result<Run> {
+    let (mut target, out) = start_workload(workload)?;
     let pid = target.id().to_string();
     let json = out_dir.join("run.json");
     let mut tracer: Option<(Child, Arc<Mutex<Vec<String>>>)> = match config {
@@ -416,13 +423,7 @@ fn profile_programs(
     leaktracer: &Path,
     out_dir: &Path,
 ) -> anyhow::Result<Vec<String>> {
-    let mut target = Command::new(&workload.program)
-        .args(&workload.args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let out = collect_lines(target.stdout.take().unwrap());
-    wait_for(&out, "ready", Duration::from_secs(10))?;
+    let (mut target, out) = start_workload(workload)?;
     let json = out_dir.join("profile.json");
     let (mut child, err) = start_leaktracer(
         leaktracer,

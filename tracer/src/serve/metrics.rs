@@ -7,7 +7,7 @@
 use std::fmt::Write;
 
 use super::{LiveProcess, api::frame_zero};
-use crate::report::Report;
+use crate::report::{Report, Stack};
 
 /// One metric family being written: HELP and TYPE once, then its samples.
 struct Family<'a> {
@@ -64,50 +64,30 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
             .map_or(String::new(), |p| p.comm.clone())
     };
 
-    {
-        let name = "leaktracer_outstanding_bytes";
-        let mut family = Family::new(
-            &mut out,
-            name,
-            "gauge",
-            "Bytes allocated since the trace began and not freed, per traced process.",
-        );
+    let per_process = |out: &mut String, name: &str, help: &str, value: fn(&Stack) -> u64| {
+        let mut family = Family::new(out, name, "gauge", help);
         for pid in &report.target.pids {
-            let bytes: u64 = report
+            let sum: u64 = report
                 .stacks
                 .iter()
                 .filter(|s| s.pid == *pid)
-                .map(|s| s.outstanding_bytes)
+                .map(value)
                 .sum();
-            family.sample(
-                name,
-                &[("pid", &pid.to_string()), ("comm", &comm_of(*pid))],
-                bytes,
-            );
+            family.sample(name, &[("pid", &pid.to_string()), ("comm", &comm_of(*pid))], sum);
         }
-    }
-    {
-        let name = "leaktracer_outstanding_allocations";
-        let mut family = Family::new(
-            &mut out,
-            name,
-            "gauge",
-            "Allocations made since the trace began and not freed, per traced process.",
-        );
-        for pid in &report.target.pids {
-            let count: u64 = report
-                .stacks
-                .iter()
-                .filter(|s| s.pid == *pid)
-                .map(|s| s.outstanding_allocations)
-                .sum();
-            family.sample(
-                name,
-                &[("pid", &pid.to_string()), ("comm", &comm_of(*pid))],
-                count,
-            );
-        }
-    }
+    };
+    per_process(
+        &mut out,
+        "leaktracer_outstanding_bytes",
+        "Bytes allocated since the trace began and not freed, per traced process.",
+        |s| s.outstanding_bytes,
+    );
+    per_process(
+        &mut out,
+        "leaktracer_outstanding_allocations",
+        "Allocations made since the trace began and not freed, per traced process.",
+        |s| s.outstanding_allocations,
+    );
     {
         let name = "leaktracer_rss_bytes";
         let mut family = Family::new(
@@ -217,7 +197,7 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
         .filter(|s| s.outstanding_bytes > 0)
         .take(stacks)
         .collect();
-    let labels = |stack: &crate::report::Stack| {
+    let labels = |stack: &Stack| {
         [
             ("stack_id", stack.id.clone()),
             ("function", frame_zero(&stack.frames).to_string()),
@@ -227,7 +207,7 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
     let per_stack = |out: &mut String,
                      name: &str,
                      help: &str,
-                     value: &dyn Fn(&crate::report::Stack) -> String| {
+                     value: &dyn Fn(&Stack) -> String| {
         let mut family = Family::new(out, name, "gauge", help);
         for stack in &top {
             let owned = labels(stack);
