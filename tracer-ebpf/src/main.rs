@@ -373,12 +373,7 @@ fn release(records: Records, tgid: u32, addr: u64) -> bool {
 /// Releases the record of `addr` in `records` when there is one recorded at or before
 /// `not_after_ns` (a record made later belongs to another thread's newer allocation).
 #[inline(always)]
-fn release_older(
-    records: Records,
-    tgid: u32,
-    addr: u64,
-    not_after_ns: u64,
-) -> Option<AllocRecord> {
+fn release_older(records: Records, tgid: u32, addr: u64, not_after_ns: u64) -> Option<AllocRecord> {
     let filter = records.filter_slot(tgid, addr);
     if let Some(slot) = filter
         && unsafe { *slot } == 0

@@ -447,24 +447,13 @@ fn profile_programs(
 
 fn render_profiles(profiles: &[(&str, Vec<String>)]) -> String {
     let mut out = String::from(
-        "
-### eBPF programs' own run time (one run each, `leaktracer trace --program-stats`)
-
-         Measured by the kernel (BPF run-time statistics, which add their own ~20-40 ns per run).
-",
+        "\n### eBPF programs' own run time (one run each, `leaktracer trace --program-stats`)\n\n\
+         Measured by the kernel (BPF run-time statistics, which add their own ~20-40 ns per run).\n",
     );
     for (workload, lines) in profiles {
-        out.push_str(&format!(
-            "
-{workload}:
-
-"
-        ));
+        out.push_str(&format!("\n{workload}:\n\n"));
         for line in lines {
-            out.push_str(&format!(
-                "- {line}
-"
-            ));
+            out.push_str(&format!("- {line}\n"));
         }
     }
     out

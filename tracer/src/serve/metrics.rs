@@ -73,7 +73,11 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
                 .filter(|s| s.pid == *pid)
                 .map(value)
                 .sum();
-            family.sample(name, &[("pid", &pid.to_string()), ("comm", &comm_of(*pid))], sum);
+            family.sample(
+                name,
+                &[("pid", &pid.to_string()), ("comm", &comm_of(*pid))],
+                sum,
+            );
         }
     };
     per_process(
@@ -204,10 +208,7 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
             ("pid", stack.pid.to_string()),
         ]
     };
-    let per_stack = |out: &mut String,
-                     name: &str,
-                     help: &str,
-                     value: &dyn Fn(&Stack) -> String| {
+    let per_stack = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&Stack) -> String| {
         let mut family = Family::new(out, name, "gauge", help);
         for stack in &top {
             let owned = labels(stack);
