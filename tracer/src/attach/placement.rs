@@ -179,8 +179,7 @@ mod tests {
     fn assert_sound(code: &[u8], placement: &Placement, reads: &[Register], what: &str) {
         let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
         let mut info = InstructionInfoFactory::new();
-        let mut skipped = 0;
-        for instruction in decoder.iter() {
+        for (skipped, instruction) in decoder.iter().enumerate() {
             if instruction.ip() == placement.delta {
                 assert!(
                     placement.delta == 0 || kernel_emulates(&instruction),
@@ -219,7 +218,6 @@ mod tests {
                 )),
                 "{what}: {instruction} writes memory"
             );
-            skipped += 1;
         }
         panic!(
             "{what}: the probe at +{} is not an instruction boundary",
