@@ -26,7 +26,7 @@ use crate::{
     util::{self, step, workspace_root},
 };
 
-const REPETITIONS: usize = 3;
+const REPETITIONS: usize = 5;
 
 struct Workload {
     name: &'static str,
