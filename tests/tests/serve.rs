@@ -519,3 +519,38 @@ fn pprof_inuse_space_equals_the_json() {
     assert!((mapping.memory_start..mapping.memory_limit).contains(&leaf_of_leak_malloc.address));
     assert!(leaf_of_leak_malloc.line[0].line > 0, "file:line kept");
 }
+
+/// Bad `--serve` input is a one-line error before anything is attached: a taken port, an
+/// address that is not one; and a non-loopback address warns that it exposes stacks.
+#[test]
+fn serve_errors_and_the_exposure_warning() {
+    require_root();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = run_tracer(["trace", "--serve", &addr, "--", "/bin/true"]);
+    assert!(!run.status.success());
+    let error = run.stderr.trim();
+    assert!(
+        error.starts_with("leaktracer: cannot listen on ") && error.contains("pick another port"),
+        "{error}"
+    );
+    assert!(!error.contains("tracing"), "nothing attached: {error}");
+
+    let run = run_tracer(["trace", "--serve", "not-an-address", "--", "/bin/true"]);
+    assert!(!run.status.success());
+    assert!(
+        run.stderr.contains("is not HOST:PORT or PORT"),
+        "{}",
+        run.stderr
+    );
+
+    // Any address but loopback: served, with the warning.
+    let run = run_tracer(["trace", "--serve", "0.0.0.0:0", "--", "/bin/true"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("not loopback: anyone who can reach it sees the target's call stacks"),
+        "{}",
+        run.stderr
+    );
+}

@@ -544,8 +544,9 @@ impl Session<'_> {
     /// Takes one sample and shows it on the status line.
     fn sample(&mut self) -> anyhow::Result<()> {
         self.refresh_limit();
-        let collector = &self.collector;
-        let snapshot = collector.snapshot(self.probes.ebpf(), self.args.min_age)?;
+        let snapshot = self
+            .collector
+            .snapshot(self.probes.ebpf(), self.args.min_age)?;
         let rss = self.total_rss();
         self.recorder.sample(&snapshot, rss);
         if self.server.is_some() {

@@ -117,9 +117,10 @@ impl Collector {
         if events.is_empty() {
             return Ok(());
         }
+        let recorded: Vec<(AllocKey, AllocRecord)> =
+            batch::read_hash_map(map_data(ebpf, "MMAPS")?)?;
         let mut mmaps: BpfHashMap<_, AllocKey, AllocRecord> =
             BpfHashMap::try_from(ebpf.map_mut("MMAPS").expect("MMAPS map"))?;
-        let recorded: Vec<(AllocKey, AllocRecord)> = mmaps.iter().filter_map(Result::ok).collect();
         for event in events {
             for (key, record) in recorded.iter().filter(|(k, _)| k.tgid == event.tgid) {
                 let start = key.addr;

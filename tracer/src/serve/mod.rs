@@ -15,7 +15,6 @@ use std::{
     thread::JoinHandle,
 };
 
-use anyhow::Context;
 use axum::{
     Router,
     body::Bytes,
@@ -95,8 +94,10 @@ impl Server {
     /// Binds `addr` now (so a taken port is an error before tracing starts) and serves on a
     /// thread of its own.
     pub fn start(addr: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).with_context(|| {
-            format!("cannot listen on {addr} (--serve): is another program using the port?")
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {addr} (--serve): {e}; pick another port, or stop the program using it"
+            )
         })?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
