@@ -47,6 +47,38 @@ pub struct AllocRecord {
     pub _pad: u32,
 }
 
+/// Slots of the heap record table (a power of two), the first tier of heap records; records
+/// that find their probe window full go to the `ALLOCS` hash map.
+pub const RECORD_TABLE_SLOTS: u32 = 1 << 18;
+
+/// Slots a record may occupy from its home slot on (linear probing).
+pub const RECORD_PROBES: u32 = 8;
+
+/// [`RecordSlot::key`] of a slot never used.
+pub const SLOT_EMPTY: u64 = 0;
+/// [`RecordSlot::key`] of a slot whose record was freed (reusable; lookups go on past it).
+pub const SLOT_FREED: u64 = 1;
+/// [`RecordSlot::key`] while a record is being written into the slot.
+pub const SLOT_BUSY: u64 = 2;
+/// Keys of live records are fingerprints from here up.
+pub const FIRST_RECORD_KEY: u64 = 3;
+
+/// One slot of the heap record table: an outstanding heap block, published by writing `key`
+/// (a 64-bit fingerprint of tgid and address) last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordSlot {
+    /// [`SLOT_EMPTY`], [`SLOT_FREED`], [`SLOT_BUSY`], or the record's fingerprint.
+    pub key: u64,
+    pub tgid: u32,
+    /// See [`AllocRecord::weight`].
+    pub weight: u32,
+    pub addr: u64,
+    pub size: u64,
+    pub timestamp_ns: u64,
+    pub stack_id: u64,
+}
+
 /// Key of the kernel-side aggregation: one user call stack of one process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -215,4 +247,5 @@ mod pod {
     unsafe impl aya::Pod for UnmapEvent {}
     unsafe impl aya::Pod for UserStack {}
     unsafe impl aya::Pod for CachedStack {}
+    unsafe impl aya::Pod for RecordSlot {}
 }

@@ -25,9 +25,11 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, CallKind, Counter, LIVE_MAPPINGS_SLOT,
-    MAX_STACK_DEPTH, PENDING_SLOTS, PendingCall, SAMPLE_TABLE_SLOTS, STACK_CACHE_SLOTS,
-    STALE_CALL_JIFFIES, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent, UserStack,
+    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, CallKind, Counter, FIRST_RECORD_KEY,
+    LIVE_MAPPINGS_SLOT, MAX_STACK_DEPTH, PENDING_SLOTS, PendingCall, RECORD_PROBES,
+    RECORD_TABLE_SLOTS, RecordSlot, SAMPLE_TABLE_SLOTS, SLOT_BUSY, SLOT_EMPTY, SLOT_FREED,
+    STACK_CACHE_SLOTS, STALE_CALL_JIFFIES, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
+    UserStack,
 };
 
 const EEXIST: i32 = 17;
@@ -45,7 +47,20 @@ const MAX_UNMAP_STEPS: u32 = 16;
 #[map]
 static STOPPED: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Outstanding heap blocks: (tgid, address) -> size, stack, time.
+/// Outstanding heap blocks, first tier: an open-addressing table in an array. Its operations
+/// are plain memory accesses (no hashing by the kernel, no allocation, no bucket lock): slots
+/// are claimed and released with compare-and-exchange. A record whose probe window is full
+/// goes to `ALLOCS`.
+#[map]
+static RECORD_TABLE: Array<RecordSlot> = Array::with_max_entries(RECORD_TABLE_SLOTS, 0);
+
+/// Slot 0: heap records living in `ALLOCS` (the table's overflow); a free looks there only while
+/// there are some.
+#[map]
+static OVERFLOWED: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Outstanding heap blocks, second tier (see `RECORD_TABLE`): (tgid, address) -> size, stack,
+/// time.
 #[map]
 static ALLOCS: HashMap<AllocKey, AllocRecord> =
     HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
@@ -338,6 +353,173 @@ impl Records {
     }
 }
 
+/// Compare-and-exchange on a map value: the value it held (equal to `old` when swapped).
+/// (BPF atomics with fetch: tracer-ebpf/build.rs has bpf-linker generate alu32 code.)
+#[inline(always)]
+fn compare_exchange(target: *mut u64, old: u64, new: u64) -> u64 {
+    use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            target, old, new,
+        )
+    }
+    .0
+}
+
+/// The record table's key for (tgid, address).
+#[inline(always)]
+fn fingerprint(tgid: u32, addr: u64) -> u64 {
+    let key = mix(mix(0, u64::from(tgid)), addr);
+    if key < FIRST_RECORD_KEY {
+        key + FIRST_RECORD_KEY
+    } else {
+        key
+    }
+}
+
+/// Slot `i` of the probe window of `key`.
+#[inline(always)]
+fn table_slot(key: u64, i: u32) -> Option<*mut RecordSlot> {
+    RECORD_TABLE.get_ptr_mut((key as u32).wrapping_add(i) & (RECORD_TABLE_SLOTS - 1))
+}
+
+/// How a record went into the table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    /// Into a free slot.
+    New,
+    /// Over a record of the same address (its block was freed by a path we do not see).
+    Replaced,
+    /// Nowhere: the window is full.
+    Full,
+}
+
+/// Writes a claimed slot and publishes it under `key`.
+#[inline(always)]
+fn fill_slot(slot: *mut RecordSlot, key: u64, tgid: u32, addr: u64, record: &AllocRecord) {
+    unsafe {
+        (*slot).tgid = tgid;
+        (*slot).weight = record.weight;
+        (*slot).addr = addr;
+        (*slot).size = record.size;
+        (*slot).timestamp_ns = record.timestamp_ns;
+        (*slot).stack_id = record.stack_id;
+        // Last: readers trust the fields once they see the key.
+        core::ptr::write_volatile(&raw mut (*slot).key, key);
+    }
+}
+
+/// Puts a heap record into the table.
+#[inline(always)]
+fn table_insert(tgid: u32, addr: u64, record: &AllocRecord) -> Placed {
+    let key = fingerprint(tgid, addr);
+    for i in 0..RECORD_PROBES {
+        let Some(slot) = table_slot(key, i) else {
+            return Placed::Full;
+        };
+        let seen = unsafe { (*slot).key };
+        if seen == key && compare_exchange(unsafe { &raw mut (*slot).key }, key, SLOT_BUSY) == key {
+            fill_slot(slot, key, tgid, addr, record);
+            return Placed::Replaced;
+        }
+        if seen == SLOT_EMPTY {
+            break;
+        }
+    }
+    for i in 0..RECORD_PROBES {
+        let Some(slot) = table_slot(key, i) else {
+            return Placed::Full;
+        };
+        let seen = unsafe { (*slot).key };
+        if (seen == SLOT_EMPTY || seen == SLOT_FREED)
+            && compare_exchange(unsafe { &raw mut (*slot).key }, seen, SLOT_BUSY) == seen
+        {
+            fill_slot(slot, key, tgid, addr, record);
+            return Placed::New;
+        }
+    }
+    Placed::Full
+}
+
+/// Takes the record of (tgid, addr) out of the table, when it was recorded at or before
+/// `not_after_ns`.
+#[inline(always)]
+fn table_take(tgid: u32, addr: u64, not_after_ns: u64) -> Option<AllocRecord> {
+    let key = fingerprint(tgid, addr);
+    for i in 0..RECORD_PROBES {
+        let slot = table_slot(key, i)?;
+        let seen = unsafe { (*slot).key };
+        if seen == key {
+            let record = unsafe {
+                AllocRecord {
+                    size: (*slot).size,
+                    timestamp_ns: (*slot).timestamp_ns,
+                    stack_id: (*slot).stack_id,
+                    weight: (*slot).weight,
+                    _pad: 0,
+                }
+            };
+            if record.timestamp_ns > not_after_ns
+                || compare_exchange(unsafe { &raw mut (*slot).key }, key, SLOT_FREED) != key
+            {
+                return None;
+            }
+            return Some(record);
+        }
+        // Slots never become empty again, so a record never lies past an empty slot.
+        if seen == SLOT_EMPTY {
+            return None;
+        }
+    }
+    None
+}
+
+/// Removes the record of (tgid, addr) recorded at or before `not_after_ns`: a heap record from
+/// the table or its overflow, a mapping from `MMAPS`.
+#[inline(always)]
+fn take_record(records: Records, tgid: u32, addr: u64, not_after_ns: u64) -> Option<AllocRecord> {
+    if records == Records::Heap {
+        if let Some(record) = table_take(tgid, addr, not_after_ns) {
+            return Some(record);
+        }
+        let overflow = OVERFLOWED.get_ptr_mut(0)?;
+        if unsafe { *overflow } == 0 {
+            return None;
+        }
+        let record = take_from_map(records.map(), tgid, addr, not_after_ns)?;
+        atomic_add(overflow, 1u64.wrapping_neg());
+        return Some(record);
+    }
+    take_from_map(records.map(), tgid, addr, not_after_ns)
+}
+
+/// Removes the record of (tgid, addr) from a hash map when recorded at or before
+/// `not_after_ns` (u64::MAX: any, with a single map operation).
+#[inline(always)]
+fn take_from_map(
+    map: &HashMap<AllocKey, AllocRecord>,
+    tgid: u32,
+    addr: u64,
+    not_after_ns: u64,
+) -> Option<AllocRecord> {
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    if not_after_ns == u64::MAX {
+        map.remove(key).ok()?;
+        return Some(AllocRecord::default());
+    }
+    let record = unsafe { map.get(key) }.copied()?;
+    if record.timestamp_ns > not_after_ns {
+        return None;
+    }
+    // Fails when another CPU released it first.
+    map.remove(key).ok()?;
+    Some(record)
+}
+
 /// Atomic add of a signed step on a u32 counter.
 #[inline(always)]
 fn atomic_add_u32(target: *mut u32, delta: i32) {
@@ -355,12 +537,7 @@ fn release(records: Records, tgid: u32, addr: u64) -> bool {
     {
         return false;
     }
-    let key = AllocKey {
-        tgid,
-        _pad: 0,
-        addr,
-    };
-    if records.map().remove(key).is_err() {
+    if take_record(records, tgid, addr, u64::MAX).is_none() {
         return false;
     }
     if let Some(slot) = filter {
@@ -380,20 +557,7 @@ fn release_older(records: Records, tgid: u32, addr: u64, not_after_ns: u64) -> O
     {
         return None;
     }
-    let records_map = records.map();
-    let key = AllocKey {
-        tgid,
-        _pad: 0,
-        addr,
-    };
-    let record = unsafe { records_map.get(key) }.copied()?;
-    if record.timestamp_ns > not_after_ns {
-        return None;
-    }
-    if records_map.remove(key).is_err() {
-        // Another CPU released it first.
-        return None;
-    }
+    let record = take_record(records, tgid, addr, not_after_ns)?;
     if let Some(slot) = filter {
         atomic_add_u32(slot, -1);
     }
@@ -579,16 +743,36 @@ fn record(
     // An existing record for the address is replaced: the address was handed out again, so
     // its earlier block was freed by a path we do not see. Counted in the address filter only
     // when new.
-    let inserted = match records.filter_slot(tgid, addr) {
-        Some(slot) => match records.map().insert(key, record, BPF_NOEXIST as u64) {
-            Ok(()) => {
+    let filter = records.filter_slot(tgid, addr);
+    let placed = if records == Records::Heap {
+        table_insert(tgid, addr, &record)
+    } else {
+        Placed::Full
+    };
+    let inserted = match placed {
+        Placed::New => {
+            if let Some(slot) = filter {
                 atomic_add_u32(slot, 1);
+            }
+            Ok(())
+        }
+        Placed::Replaced => Ok(()),
+        // Mappings, and heap records the table has no room for.
+        Placed::Full => match records.map().insert(key, record, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                if let Some(slot) = filter {
+                    atomic_add_u32(slot, 1);
+                }
+                if records == Records::Heap
+                    && let Some(overflow) = OVERFLOWED.get_ptr_mut(0)
+                {
+                    atomic_add(overflow, 1);
+                }
                 Ok(())
             }
             Err(err) if err == -EEXIST => records.map().insert(key, record, BPF_ANY as u64),
             Err(err) => Err(err),
         },
-        None => records.map().insert(key, record, BPF_ANY as u64),
     };
     if inserted.is_err() {
         count_loss!(

@@ -1,4 +1,4 @@
-//! Reading a whole BPF hash map in a few system calls (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+)
+//! Reading a whole BPF hash map or array in a few system calls (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6+)
 //! instead of two per entry, so a snapshot of a million outstanding allocations stays cheap.
 //! aya 0.14 has no batch operations, so this speaks to the kernel directly.
 
@@ -31,13 +31,13 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every (key, value) of a hash map, read in batches. Entries added or removed meanwhile may or
+/// Every (key, value) of a hash map or array, read in batches. Entries added or removed meanwhile may or
 /// may not be seen, as with any iteration of a live map.
-pub fn read_hash_map<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+pub fn read_map<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
     let fd = map.fd().as_fd().as_raw_fd();
     let mut entries = Vec::new();
     let mut chunk = FIRST_CHUNK;
-    // Hash maps page by bucket index: the token is a u32.
+    // Hash maps page by bucket index, arrays by index: the token is a u32.
     let mut token: u32 = 0;
     let mut next: u32 = 0;
     let mut first = true;

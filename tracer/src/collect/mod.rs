@@ -11,8 +11,8 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, STACK_CACHE_SLOTS, StackKey, StackStats,
-    UNKNOWN_STACK, UnmapEvent, UserStack,
+    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, FIRST_RECORD_KEY, RecordSlot,
+    STACK_CACHE_SLOTS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent, UserStack,
 };
 
 const PAGE_SIZE: u64 = 4096;
@@ -71,8 +71,8 @@ impl log::Log for KernelWarnings {
 fn map_data<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a MapData> {
     use aya::maps::Map;
     match ebpf.map(name) {
-        Some(Map::HashMap(data) | Map::LruHashMap(data)) => Ok(data),
-        _ => anyhow::bail!("{name}: not a hash map in the eBPF object"),
+        Some(Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data)) => Ok(data),
+        _ => anyhow::bail!("{name}: not a hash map or array in the eBPF object"),
     }
 }
 
@@ -117,8 +117,7 @@ impl Collector {
         if events.is_empty() {
             return Ok(());
         }
-        let recorded: Vec<(AllocKey, AllocRecord)> =
-            batch::read_hash_map(map_data(ebpf, "MMAPS")?)?;
+        let recorded: Vec<(AllocKey, AllocRecord)> = batch::read_map(map_data(ebpf, "MMAPS")?)?;
         let mut mmaps: BpfHashMap<_, AllocKey, AllocRecord> =
             BpfHashMap::try_from(ebpf.map_mut("MMAPS").expect("MMAPS map"))?;
         for event in events {
@@ -168,8 +167,33 @@ impl Collector {
             monotonic_ns().saturating_sub(age.as_nanos() as u64)
         });
         let mut all: HashMap<StackKey, StackFigures> = HashMap::new();
+        let table: Vec<(u32, RecordSlot)> = batch::read_map(map_data(ebpf, "RECORD_TABLE")?)?;
+        let in_table = table
+            .into_iter()
+            .filter(|(_, slot)| slot.key >= FIRST_RECORD_KEY)
+            .map(|(_, slot)| {
+                (
+                    AllocKey {
+                        tgid: slot.tgid,
+                        _pad: 0,
+                        addr: slot.addr,
+                    },
+                    AllocRecord {
+                        size: slot.size,
+                        timestamp_ns: slot.timestamp_ns,
+                        stack_id: slot.stack_id,
+                        weight: slot.weight,
+                        _pad: 0,
+                    },
+                )
+            });
+        let mut records: Vec<(AllocKey, AllocRecord)> = in_table.collect();
         for map in ["ALLOCS", "MMAPS"] {
-            let records: Vec<(AllocKey, AllocRecord)> = batch::read_hash_map(map_data(ebpf, map)?)?;
+            records.extend(batch::read_map::<AllocKey, AllocRecord>(map_data(
+                ebpf, map,
+            )?)?);
+        }
+        {
             for (key, record) in records {
                 if record.timestamp_ns > cutoff {
                     continue;
@@ -185,8 +209,7 @@ impl Collector {
                 figures.outstanding_allocations += u64::from(record.weight.max(1));
             }
         }
-        let totals: Vec<(StackKey, StackStats)> =
-            batch::read_hash_map(map_data(ebpf, "STACK_STATS")?)?;
+        let totals: Vec<(StackKey, StackStats)> = batch::read_map(map_data(ebpf, "STACK_STATS")?)?;
         for (key, stats) in totals {
             if let Some(figures) = all.get_mut(&key) {
                 figures.total_allocations += stats.total_allocations;
