@@ -487,3 +487,29 @@ fn full_maps_are_counted_and_reported_not_silent() {
     assert!(run.stdout.contains("dropped: "), "{}", run.stdout);
     assert!(run.stdout.contains("alloc_map_full"), "{}", run.stdout);
 }
+
+/// Heap records beyond the record table's windows go to the overflow map and are exact there
+/// too: `--max-allocations 400` gives a 256-slot table (8-slot windows) and 144 overflow
+/// entries, and the ~220 leaked blocks of `leaky sites` (plus the churn in flight) fill the
+/// table's windows well past the point where records overflow.
+#[test]
+fn records_overflowing_the_table_are_exact() {
+    require_root();
+    let dir = scratch_dir("table_overflow");
+    let json = dir.join("leaks.json");
+    let leaky = workload("leaky");
+    let run = run_tracer([
+        "trace".as_ref(),
+        "--max-allocations".as_ref(),
+        "400".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--".as_ref(),
+        leaky.as_os_str(),
+        "sites".as_ref(),
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_eq!(report["totals"]["dropped"], 0, "{}", report["totals"]);
+    assert_sites(&report, 100);
+}

@@ -47,9 +47,21 @@ pub struct AllocRecord {
     pub _pad: u32,
 }
 
-/// Slots of the heap record table (a power of two), the first tier of heap records; records
-/// that find their probe window full go to the `ALLOCS` hash map.
+/// Most slots of the heap record table (a power of two), the first tier of heap records;
+/// records that find their probe window full go to the `ALLOCS` hash map. Userspace sizes the
+/// table from `--max-allocations` up to this.
 pub const RECORD_TABLE_SLOTS: u32 = 1 << 18;
+
+/// How `--max-allocations` heap records are split: (record table slots, a power of two; entries
+/// of the overflow hash map), together exactly `max_allocations` (at least 2).
+pub fn split_record_capacity(max_allocations: u32) -> (u32, u32) {
+    let total = max_allocations.max(2);
+    // The largest power of two up to the total (capped), halved when it would leave the
+    // overflow map no entry (a hash map needs one).
+    let table = (1u32 << (31 - total.leading_zeros())).min(RECORD_TABLE_SLOTS);
+    let table = if table == total { table / 2 } else { table };
+    (table, total - table)
+}
 
 /// Slots a record may occupy from its home slot on (linear probing).
 pub const RECORD_PROBES: u32 = 8;
@@ -248,4 +260,20 @@ mod pod {
     unsafe impl aya::Pod for UserStack {}
     unsafe impl aya::Pod for CachedStack {}
     unsafe impl aya::Pod for RecordSlot {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_capacity_is_split_exactly() {
+        assert_eq!(
+            split_record_capacity(1 << 20),
+            (RECORD_TABLE_SLOTS, (1 << 20) - RECORD_TABLE_SLOTS)
+        );
+        assert_eq!(split_record_capacity(50), (32, 18));
+        assert_eq!(split_record_capacity(64), (32, 32));
+        assert_eq!(split_record_capacity(0), (1, 1));
+    }
 }

@@ -169,6 +169,11 @@ static FILTER_CGROUP_ID: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static FILTER_CGROUP_LEVEL: Global<u32> = Global::new(0);
 
+/// Slots of `RECORD_TABLE` minus one (a power of two minus one), set by userspace with the
+/// table's size.
+#[unsafe(no_mangle)]
+static RECORD_TABLE_MASK: Global<u32> = Global::new(RECORD_TABLE_SLOTS - 1);
+
 /// `--sample-bytes`: sample on average one allocation per this many bytes (0: record all).
 #[unsafe(no_mangle)]
 static SAMPLE_BYTES: Global<u64> = Global::new(0);
@@ -380,7 +385,7 @@ fn fingerprint(tgid: u32, addr: u64) -> u64 {
 /// Slot `i` of the probe window of `key`.
 #[inline(always)]
 fn table_slot(key: u64, i: u32) -> Option<*mut RecordSlot> {
-    RECORD_TABLE.get_ptr_mut((key as u32).wrapping_add(i) & (RECORD_TABLE_SLOTS - 1))
+    RECORD_TABLE.get_ptr_mut((key as u32).wrapping_add(i) & RECORD_TABLE_MASK.load())
 }
 
 /// How a record went into the table.

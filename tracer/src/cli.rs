@@ -182,8 +182,9 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", value_parser = parse_bytes, num_args = 0..=1, default_missing_value = "512K")]
     pub sample_bytes: Option<f64>,
 
-    /// Most outstanding heap allocations tracked at once; beyond it, allocations are counted as
-    /// dropped (alloc_map_full).
+    /// Outstanding heap allocations tracked beyond the record table (262144 slots, each record
+    /// within 8 slots of its home); beyond both, allocations are counted as dropped
+    /// (alloc_map_full).
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub max_allocations: u32,
 

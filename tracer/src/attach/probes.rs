@@ -125,12 +125,16 @@ impl Probes {
             ));
         }
         let (cgroup_id, cgroup_level) = sizes.cgroup.unwrap_or((0, 0));
+        let (table_slots, overflow_entries) =
+            tracer_common::split_record_capacity(sizes.max_allocations);
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_CGROUP_ID", &cgroup_id, true)
             .override_global("FILTER_CGROUP_LEVEL", &cgroup_level, true)
             .override_global("EMPTY_PROGRAMS", &u8::from(sizes.empty_programs), true)
             .override_global("SAMPLE_BYTES", &sizes.sample_bytes, true)
-            .map_max_entries("ALLOCS", sizes.max_allocations)
+            .map_max_entries("RECORD_TABLE", table_slots)
+            .override_global("RECORD_TABLE_MASK", &(table_slots - 1), true)
+            .map_max_entries("ALLOCS", overflow_entries)
             .map_max_entries("STACKS", sizes.max_stacks)
             .map_max_entries("STACK_STATS", sizes.max_stacks.saturating_mul(4))
             .load(EBPF_OBJECT)
