@@ -15,7 +15,7 @@
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_prandom_u32, bpf_jiffies64},
@@ -52,7 +52,8 @@ static STOPPED: Array<u32> = Array::with_max_entries(1, 0);
 /// are claimed and released with compare-and-exchange. A record whose probe window is full
 /// goes to `ALLOCS`.
 #[map]
-static RECORD_TABLE: Array<RecordSlot> = Array::with_max_entries(RECORD_TABLE_SLOTS, 0);
+static RECORD_TABLE: Array<RecordSlot> =
+    Array::with_max_entries(RECORD_TABLE_SLOTS, BPF_F_MMAPABLE);
 
 /// Slot 0: heap records living in `ALLOCS` (the table's overflow); a free looks there only while
 /// there are some.

@@ -148,7 +148,8 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
         empty_programs: args.empty_programs,
         sample_bytes: args.sample_bytes.map_or(0, |n| n.max(1.0) as u64),
     })?;
-    let collector = Collector::new(probes.ebpf_mut())?;
+    let table_slots = probes.record_table_slots;
+    let collector = Collector::new(probes.ebpf_mut(), table_slots)?;
     // Held for the whole trace: the kernel measures programs only while it is open.
     let run_time_stats = if args.program_stats {
         Some(enable_stats(Stats::RunTime).map_err(|e| {

@@ -74,6 +74,8 @@ pub struct Probes {
     ebpf: Ebpf,
     links: Vec<(&'static str, UProbeLinkId)>,
     pub attached: Vec<AttachedProbe>,
+    /// Slots of the heap record table, as sized at load.
+    pub record_table_slots: u32,
 }
 
 /// Fails with a clear message when this process cannot load tracing programs.
@@ -152,6 +154,7 @@ impl Probes {
         fill_sample_table(&mut ebpf)?;
         Ok(Self {
             ebpf,
+            record_table_slots: table_slots,
             links: Vec::new(),
             attached: Vec::new(),
         })

@@ -3,6 +3,7 @@
 //! kernel handed to userspace.
 
 mod batch;
+mod table;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -11,8 +12,8 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, FIRST_RECORD_KEY, RecordSlot,
-    STACK_CACHE_SLOTS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent, UserStack,
+    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, STACK_CACHE_SLOTS, StackKey, StackStats,
+    UNKNOWN_STACK, UnmapEvent, UserStack,
 };
 
 const PAGE_SIZE: u64 = 4096;
@@ -80,15 +81,20 @@ fn map_data<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a MapData> {
 pub struct Collector {
     unmap_events: RingBuf<MapData>,
     warnings: Option<aya_log::EbpfLogger<KernelWarnings>>,
+    /// The heap record table, mapped.
+    table: table::RecordTable,
 }
 
 impl Collector {
     /// Takes the munmap event ring out of the loaded object.
-    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+    pub fn new(ebpf: &mut Ebpf, table_slots: u32) -> anyhow::Result<Self> {
+        let table = table::RecordTable::map(map_data(ebpf, "RECORD_TABLE")?, table_slots as usize)
+            .map_err(|e| anyhow::anyhow!("cannot map the record table: {e}"))?;
         let ring = ebpf
             .take_map("UNMAP_EVENTS")
             .ok_or_else(|| anyhow::anyhow!("UNMAP_EVENTS map missing"))?;
         Ok(Self {
+            table,
             unmap_events: RingBuf::try_from(ring)?,
             // No logger only when the object has no log calls at all.
             warnings: aya_log::EbpfLogger::init_with_logger(ebpf, KernelWarnings).ok(),
@@ -167,34 +173,14 @@ impl Collector {
             monotonic_ns().saturating_sub(age.as_nanos() as u64)
         });
         let mut all: HashMap<StackKey, StackFigures> = HashMap::new();
-        let table: Vec<(u32, RecordSlot)> = batch::read_map(map_data(ebpf, "RECORD_TABLE")?)?;
-        let in_table = table
-            .into_iter()
-            .filter(|(_, slot)| slot.key >= FIRST_RECORD_KEY)
-            .map(|(_, slot)| {
-                (
-                    AllocKey {
-                        tgid: slot.tgid,
-                        _pad: 0,
-                        addr: slot.addr,
-                    },
-                    AllocRecord {
-                        size: slot.size,
-                        timestamp_ns: slot.timestamp_ns,
-                        stack_id: slot.stack_id,
-                        weight: slot.weight,
-                        _pad: 0,
-                    },
-                )
-            });
-        let mut records: Vec<(AllocKey, AllocRecord)> = in_table.collect();
+        let mut records: Vec<(AllocKey, AllocRecord)> = Vec::new();
         for map in ["ALLOCS", "MMAPS"] {
             records.extend(batch::read_map::<AllocKey, AllocRecord>(map_data(
                 ebpf, map,
             )?)?);
         }
         {
-            for (key, record) in records {
+            for (key, record) in self.table.records().chain(records) {
                 if record.timestamp_ns > cutoff {
                     continue;
                 }

@@ -1,0 +1,78 @@
+//! The heap record table, read in place: the array map is created mmapable and mapped read-only
+//! here, so a snapshot scans it without copying 12 MiB out of the kernel every interval.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    ptr::NonNull,
+};
+
+use aya::maps::MapData;
+use tracer_common::{AllocKey, AllocRecord, FIRST_RECORD_KEY, RecordSlot};
+
+/// A read-only mapping of the record table.
+pub struct RecordTable {
+    base: NonNull<RecordSlot>,
+    slots: usize,
+    len: usize,
+}
+
+impl RecordTable {
+    /// Maps the table (an array map created with BPF_F_MMAPABLE) of `slots` slots.
+    pub fn map(map: &MapData, slots: usize) -> io::Result<Self> {
+        let page = 4096;
+        let len = (slots * size_of::<RecordSlot>()).div_ceil(page) * page;
+        // SAFETY: a shared read-only mapping of the map's memory; the kernel keeps it valid
+        // while mapped, and it is unmapped on drop.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            base: NonNull::new(address.cast()).expect("mmap returned a non-null address"),
+            slots,
+            len,
+        })
+    }
+
+    /// The live records (slots being written or freed are skipped).
+    pub fn records(&self) -> impl Iterator<Item = (AllocKey, AllocRecord)> + '_ {
+        (0..self.slots).filter_map(move |index| {
+            // SAFETY: index < slots, inside the mapping. The programs write slots while we
+            // read: volatile reads of plain data, a slot published by its key written last.
+            let slot = unsafe { std::ptr::read_volatile(self.base.as_ptr().add(index)) };
+            (slot.key >= FIRST_RECORD_KEY).then(|| {
+                (
+                    AllocKey {
+                        tgid: slot.tgid,
+                        _pad: 0,
+                        addr: slot.addr,
+                    },
+                    AllocRecord {
+                        size: slot.size,
+                        timestamp_ns: slot.timestamp_ns,
+                        stack_id: slot.stack_id,
+                        weight: slot.weight,
+                        _pad: 0,
+                    },
+                )
+            })
+        })
+    }
+}
+
+impl Drop for RecordTable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
