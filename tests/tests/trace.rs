@@ -450,16 +450,14 @@ fn cxx_new_is_attributed_to_its_caller_with_demangled_names() {
     );
 }
 
-#[test]
-fn full_maps_are_counted_and_reported_not_silent() {
-    require_root();
-    let dir = scratch_dir("full_maps");
-    let json = dir.join("leaks.json");
+/// Traces `leaky sites` launched with `--max-allocations N`: the run and its JSON report.
+fn trace_sites_with_max_allocations(test: &str, n: &str) -> (Finished, serde_json::Value) {
+    let json = scratch_dir(test).join("leaks.json");
     let leaky = workload("leaky");
     let run = run_tracer([
         "trace".as_ref(),
         "--max-allocations".as_ref(),
-        "50".as_ref(),
+        n.as_ref(),
         "--json".as_ref(),
         json.as_os_str(),
         "--".as_ref(),
@@ -467,7 +465,13 @@ fn full_maps_are_counted_and_reported_not_silent() {
         "sites".as_ref(),
     ]);
     assert!(run.status.success(), "{}", run.stderr);
-    let report = read_json(&json);
+    (run, read_json(&json))
+}
+
+#[test]
+fn full_maps_are_counted_and_reported_not_silent() {
+    require_root();
+    let (run, report) = trace_sites_with_max_allocations("full_maps", "50");
     let totals = &report["totals"];
     let full = totals["dropped_by_cause"]["alloc_map_full"]
         .as_u64()
@@ -495,21 +499,7 @@ fn full_maps_are_counted_and_reported_not_silent() {
 #[test]
 fn records_overflowing_the_table_are_exact() {
     require_root();
-    let dir = scratch_dir("table_overflow");
-    let json = dir.join("leaks.json");
-    let leaky = workload("leaky");
-    let run = run_tracer([
-        "trace".as_ref(),
-        "--max-allocations".as_ref(),
-        "400".as_ref(),
-        "--json".as_ref(),
-        json.as_os_str(),
-        "--".as_ref(),
-        leaky.as_os_str(),
-        "sites".as_ref(),
-    ]);
-    assert!(run.status.success(), "{}", run.stderr);
-    let report = read_json(&json);
+    let (_, report) = trace_sites_with_max_allocations("table_overflow", "400");
     assert_eq!(report["totals"]["dropped"], 0, "{}", report["totals"]);
     assert_sites(&report, 100);
 }
