@@ -5,7 +5,7 @@
 use std::{
     io,
     mem::{MaybeUninit, size_of},
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
 use aya::{Pod, maps::MapData};
@@ -34,27 +34,36 @@ struct BatchAttr {
 /// Every (key, value) of a hash map or array, read in batches. Entries added or removed meanwhile may or
 /// may not be seen, as with any iteration of a live map.
 pub fn read_map<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
-    let fd = map.fd().as_fd().as_raw_fd();
+    read_map_fd(map.fd().as_fd())
+}
+
+/// [`read_map`] by file descriptor.
+fn read_map_fd<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>> {
+    let fd = map.as_raw_fd();
     let mut entries = Vec::new();
     let mut chunk = FIRST_CHUNK;
-    // Hash maps page by bucket index, arrays by index: the token is a u32.
-    let mut token: u32 = 0;
-    let mut next: u32 = 0;
+    // Hash maps page by bucket index, arrays by index: a u32, but the kernel writes the next
+    // token as a whole key (key_size bytes, 16 for our keys) and reads it back likewise, so the
+    // token buffers are key-sized.
+    let token_size = size_of::<K>().max(size_of::<u64>());
+    let mut token = vec![0u8; token_size];
+    let mut next = vec![0u8; token_size];
     let mut first = true;
     loop {
         let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(chunk);
         let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(chunk);
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &raw const token as u64 },
-            out_batch: &raw mut next as u64,
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: next.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
             count: chunk as u32,
             map_fd: fd as u32,
             ..Default::default()
         };
-        // SAFETY: attr points at buffers of `chunk` keys and values that outlive the call; the
-        // kernel writes at most `count` of each and says how many in `count`.
+        // SAFETY: attr points at buffers of `chunk` keys and values, and at key-sized tokens,
+        // that outlive the call; the kernel writes at most `count` keys and values and says how
+        // many in `count`.
         let result = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -85,7 +94,92 @@ pub fn read_map<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
             Some(e) => return Err(e),
         }
-        token = next;
+        token.copy_from_slice(&next);
         first = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use tracer_common::{AllocKey, AllocRecord};
+
+    use super::*;
+
+    /// A BPF hash map made with the raw syscall (`BPF_MAP_CREATE`), filled with `bpf()` updates.
+    fn hash_map(entries: u32) -> OwnedFd {
+        #[repr(C)]
+        #[derive(Default)]
+        struct CreateAttr {
+            map_type: u32,
+            key_size: u32,
+            value_size: u32,
+            max_entries: u32,
+            map_flags: u32,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct UpdateAttr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let create = CreateAttr {
+            map_type: 1, // BPF_MAP_TYPE_HASH
+            key_size: size_of::<AllocKey>() as u32,
+            value_size: size_of::<AllocRecord>() as u32,
+            max_entries: entries,
+            map_flags: 0,
+        };
+        let fd =
+            unsafe { libc::syscall(libc::SYS_bpf, 0, &raw const create, size_of::<CreateAttr>()) };
+        assert!(
+            fd >= 0,
+            "BPF_MAP_CREATE (needs root): {}",
+            io::Error::last_os_error()
+        );
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        for i in 0..entries {
+            let key = AllocKey {
+                tgid: 7,
+                _pad: 0,
+                addr: 0x1000 * u64::from(i),
+            };
+            let value = AllocRecord {
+                size: u64::from(i),
+                ..Default::default()
+            };
+            let update = UpdateAttr {
+                map_fd: fd.as_raw_fd() as u32,
+                key: &raw const key as u64,
+                value: &raw const value as u64,
+                ..Default::default()
+            };
+            let ok = unsafe {
+                libc::syscall(libc::SYS_bpf, 2, &raw const update, size_of::<UpdateAttr>())
+            };
+            assert_eq!(ok, 0, "BPF_MAP_UPDATE_ELEM: {}", io::Error::last_os_error());
+        }
+        fd
+    }
+
+    /// Several batches of 16-byte keys: every entry comes back exactly once across the batch
+    /// tokens (which the kernel writes key-sized).
+    #[test]
+    fn a_hash_map_with_wide_keys_reads_whole_in_batches() {
+        let entries = 3 * FIRST_CHUNK as u32 + 17;
+        let map = hash_map(entries);
+        let mut read: Vec<(AllocKey, AllocRecord)> = read_map_fd(map.as_fd()).unwrap();
+        read.sort_by_key(|(key, _)| key.addr);
+        assert_eq!(read.len(), entries as usize);
+        for (i, (key, record)) in read.iter().enumerate() {
+            assert_eq!(
+                (key.tgid, key.addr, record.size),
+                (7, 0x1000 * i as u64, i as u64)
+            );
+        }
     }
 }
