@@ -533,24 +533,11 @@ fn atomic_add_u32(target: *mut u32, delta: i32) {
     unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(target, delta as u32) };
 }
 
-/// Releases the record of `addr`: a free. One map operation (none for a sampled-out block);
-/// true when there was a record.
+/// Releases the record of `addr`: a free (no map operation for a sampled-out block, one at most
+/// otherwise). True when there was a record.
 #[inline(always)]
 fn release(records: Records, tgid: u32, addr: u64) -> bool {
-    let filter = records.filter_slot(tgid, addr);
-    if let Some(slot) = filter
-        && unsafe { *slot } == 0
-    {
-        return false;
-    }
-    if take_record(records, tgid, addr, u64::MAX).is_none() {
-        return false;
-    }
-    if let Some(slot) = filter {
-        atomic_add_u32(slot, -1);
-    }
-    count(Counter::Frees);
-    true
+    release_older(records, tgid, addr, u64::MAX).is_some()
 }
 
 /// Releases the record of `addr` in `records` when there is one recorded at or before

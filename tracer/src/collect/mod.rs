@@ -179,21 +179,19 @@ impl Collector {
                 ebpf, map,
             )?)?);
         }
-        {
-            for (key, record) in self.table.records().chain(records) {
-                if record.timestamp_ns > cutoff {
-                    continue;
-                }
-                let figures = all
-                    .entry(StackKey {
-                        tgid: key.tgid,
-                        _pad: 0,
-                        stack_id: record.stack_id,
-                    })
-                    .or_default();
-                figures.outstanding_bytes += record.size;
-                figures.outstanding_allocations += u64::from(record.weight.max(1));
+        for (key, record) in self.table.records().chain(records) {
+            if record.timestamp_ns > cutoff {
+                continue;
             }
+            let figures = all
+                .entry(StackKey {
+                    tgid: key.tgid,
+                    _pad: 0,
+                    stack_id: record.stack_id,
+                })
+                .or_default();
+            figures.outstanding_bytes += record.size;
+            figures.outstanding_allocations += u64::from(record.weight.max(1));
         }
         let totals: Vec<(StackKey, StackStats)> = batch::read_map(map_data(ebpf, "STACK_STATS")?)?;
         for (key, stats) in totals {

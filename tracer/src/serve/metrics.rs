@@ -53,6 +53,25 @@ fn float(value: f64) -> String {
     }
 }
 
+/// A family with one unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    Family::new(out, name, kind, help).sample(name, &[], value);
+}
+
+/// A counter family with one sample per entry of `counts`, labelled `label`.
+fn by_label(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    counts: &std::collections::BTreeMap<String, u64>,
+) {
+    let mut family = Family::new(out, name, "counter", help);
+    for (value, count) in counts {
+        family.sample(name, &[(label, value)], count);
+    }
+}
+
 /// Renders every metric of `report`.
 pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> String {
     let mut out = String::new();
@@ -112,88 +131,74 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
         }
     }
     if let Some(verdict) = &report.verdict {
-        let name = "leaktracer_growth_bytes_per_second";
-        Family::new(
+        single(
             &mut out,
-            name,
+            "leaktracer_growth_bytes_per_second",
             "gauge",
             "Least-squares slope of all outstanding bytes over the trace so far.",
-        )
-        .sample(name, &[], float(verdict.growth_bytes_per_sec));
-        let name = "leaktracer_leaking_stacks";
-        Family::new(&mut out, name, "gauge", "Stacks classed leak.").sample(
-            name,
-            &[],
+            float(verdict.growth_bytes_per_sec),
+        );
+        single(
+            &mut out,
+            "leaktracer_leaking_stacks",
+            "gauge",
+            "Stacks classed leak.",
             verdict.leaking_stacks,
         );
         if let Some(limit) = verdict.memory_limit_bytes {
-            let name = "leaktracer_memory_limit_bytes";
-            Family::new(
+            single(
                 &mut out,
-                name,
+                "leaktracer_memory_limit_bytes",
                 "gauge",
                 "Memory limit of the target (cgroup memory.max, else MemTotal).",
-            )
-            .sample(name, &[], limit);
+                limit,
+            );
         }
         if let Some(seconds) = verdict.seconds_to_limit {
-            let name = "leaktracer_seconds_to_limit";
-            Family::new(
+            single(
                 &mut out,
-                name,
+                "leaktracer_seconds_to_limit",
                 "gauge",
                 "Seconds until the memory limit at the current growth rate.",
-            )
-            .sample(name, &[], float(seconds));
+                float(seconds),
+            );
         }
     }
-    let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-        Family::new(out, name, "counter", help).sample(name, &[], value);
-    };
-    counter(
+    single(
         &mut out,
         "leaktracer_allocations_total",
+        "counter",
         "Allocations recorded since the trace began.",
         report.totals.allocations,
     );
-    counter(
+    single(
         &mut out,
         "leaktracer_frees_total",
+        "counter",
         "Frees and unmaps that released a recorded allocation.",
         report.totals.frees,
     );
-    {
-        let name = "leaktracer_dropped_total";
-        let mut family = Family::new(
-            &mut out,
-            name,
-            "counter",
-            "Allocations or attributions lost, by cause (a full map and the like).",
-        );
-        for (cause, count) in &report.totals.dropped_by_cause {
-            family.sample(name, &[("cause", cause)], count);
-        }
-    }
-    {
-        let name = "leaktracer_ignored_total";
-        let mut family = Family::new(
-            &mut out,
-            name,
-            "counter",
-            "Calls deliberately not counted, by reason.",
-        );
-        for (reason, count) in &report.totals.ignored {
-            family.sample(name, &[("reason", reason)], count);
-        }
-    }
-    {
-        let name = "leaktracer_trace_seconds";
-        Family::new(&mut out, name, "gauge", "Seconds traced so far.").sample(
-            name,
-            &[],
-            float(report.duration_secs),
-        );
-    }
+    by_label(
+        &mut out,
+        "leaktracer_dropped_total",
+        "Allocations or attributions lost, by cause (a full map and the like).",
+        "cause",
+        &report.totals.dropped_by_cause,
+    );
+    by_label(
+        &mut out,
+        "leaktracer_ignored_total",
+        "Calls deliberately not counted, by reason.",
+        "reason",
+        &report.totals.ignored,
+    );
+    single(
+        &mut out,
+        "leaktracer_trace_seconds",
+        "gauge",
+        "Seconds traced so far.",
+        float(report.duration_secs),
+    );
 
     let top: Vec<_> = report
         .stacks
