@@ -203,6 +203,20 @@ fn severity(rate: f64, thresholds: &Thresholds) -> Severity {
     }
 }
 
+/// Growth is judged on at least this many samples (after the first).
+pub const MIN_SAMPLES: usize = 3;
+
+/// The samples growth is judged on: all but the first, taken at attach, when every stack
+/// starts from zero only because nothing earlier is known (its jump to the in-flight level is
+/// not growth).
+pub fn settled<'a>(times: &'a [f64], values: &'a [f64]) -> (&'a [f64], &'a [f64]) {
+    if times.len() > 2 {
+        (&times[1..], &values[1..])
+    } else {
+        (times, values)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,14 +9,18 @@
 //! - [`symbolize`]: turning stack addresses into functions, files and lines;
 //! - [`report`]: the text report, JSON, folded stacks, flamegraph, HTML and pprof;
 //! - [`serve`]: `--serve`, the live HTTP endpoints (Prometheus metrics, JSON, dashboard);
-//! - [`trace`]: one trace session from attach to the written report.
+//! - [`trace`]: one trace session from attach to the written report, run from a validated
+//!   [`trace::TraceConfig`];
+//! - [`history`]: the samples a trace took, in memory; [`growth`]: what they show;
+//! - [`cli`]: the command line (clap), turned into those configurations;
+//! - [`units`]: sizes and durations, parsed and shown.
 
 pub mod attach;
 pub mod cli;
 pub mod collect;
 pub mod error;
 pub mod growth;
-pub mod recording;
+pub mod history;
 pub mod report;
 pub mod serve;
 pub mod symbolize;

@@ -1,5 +1,6 @@
-//! Units on the command line: durations (`30s`, `10m`, `1h`, `500ms`, `1.5s`, or a bare number
-//! of seconds) and byte sizes (`512`, `64K`, `10MiB`, `1G`).
+//! Units, read and written: durations (`30s`, `10m`, `1h`, `500ms`, `1.5s`, or a bare number of
+//! seconds) and byte sizes (`512`, `64K`, `10MiB`, `1G`) as the command line takes them, and
+//! bytes, rates and durations as reports show them (`1.50 KiB`, `+1.50 KiB/s`, `1h 23m`).
 
 use std::time::Duration;
 
@@ -78,9 +79,58 @@ pub fn parse_bytes(text: &str) -> Result<f64, String> {
     Ok(value * scale)
 }
 
+/// `1536` -> `1.50 KiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+/// A rate in bytes per second, signed: `+1.50 KiB/s`.
+pub fn human_rate(bytes_per_sec: f64) -> String {
+    let sign = if bytes_per_sec < 0.0 { "-" } else { "+" };
+    format!(
+        "{sign}{}/s",
+        human_bytes(bytes_per_sec.abs().round() as u64)
+    )
+}
+
+/// A duration in the largest two units: `2d 3h`, `1h 23m`, `4m 10s`, `12s`.
+pub fn human_duration(secs: f64) -> String {
+    let secs = secs.max(0.0).round() as u64;
+    let (d, h, m, s) = (
+        secs / 86400,
+        secs % 86400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn human_bytes_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(1 << 20), "1.00 MiB");
+    }
 
     #[test]
     fn parses_sizes() {

@@ -7,8 +7,10 @@ use std::{collections::HashMap, fmt::Write as _, io::Write};
 
 use inferno::{differential, flamegraph};
 
-use super::{Frame, Report, flamegraph::write_empty_svg, human_bytes, load, output::write_atomic};
-use crate::cli::DiffArgs;
+use std::path::{Path, PathBuf};
+
+use super::{Frame, Report, flamegraph::write_empty_svg, load, output::write_atomic};
+use crate::units::human_bytes;
 
 /// One stack in both recordings.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -144,17 +146,26 @@ pub fn write_svg(old: &Report, new: &Report, out: &mut dyn Write) -> std::io::Re
     flamegraph::from_lines(&mut options, combined.lines(), out)
 }
 
+/// What `leaktracer diff` shows and writes besides the two recordings.
+#[derive(Clone, Debug, Default)]
+pub struct DiffOptions {
+    /// Rows in the text table.
+    pub top: usize,
+    /// Where to write the differential flamegraph.
+    pub flamegraph: Option<PathBuf>,
+}
+
 /// `leaktracer diff OLD NEW`.
-pub fn run(args: &DiffArgs) -> anyhow::Result<()> {
-    let old = load(&args.old)?;
-    let new = load(&args.new)?;
+pub fn run(old: &Path, new: &Path, options: &DiffOptions) -> anyhow::Result<()> {
+    let old = load(old)?;
+    let new = load(new)?;
     let rows = compare(&old, &new);
-    if let Some(path) = &args.flamegraph {
+    if let Some(path) = &options.flamegraph {
         write_atomic(path, |w| write_svg(&old, &new, w))?;
         eprintln!("leaktracer: wrote {}", path.display());
     }
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(render(&old, &new, &rows, args.top).as_bytes());
+    let _ = stdout.write_all(render(&old, &new, &rows, options.top).as_bytes());
     Ok(())
 }
 

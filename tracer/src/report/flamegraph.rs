@@ -7,7 +7,8 @@ use inferno::flamegraph::{
     color::{BasicPalette, Palette},
 };
 
-use super::{Report, human_bytes};
+use super::Report;
+use crate::units::human_bytes;
 
 /// Writes the flamegraph SVG of `report`. A trace with nothing outstanding still gives a valid
 /// SVG, one that says so.

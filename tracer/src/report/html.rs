@@ -7,9 +7,10 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::{
-    Report, Stack, flamegraph, human_bytes, human_duration, human_rate,
+    Report, Stack, flamegraph,
     text::{class_name, describe_frame, severity_name},
 };
+use crate::units::{human_bytes, human_duration, human_rate};
 
 /// Growers drawn as their own lines in the chart.
 const CHART_GROWERS: usize = 5;

@@ -1,13 +1,63 @@
-//! Writing output files atomically: a reader (or a crash) never sees half a file, and a failed
-//! run leaves the previous file as it was.
+//! Writing a report's files: which ones were asked for, each written atomically, so a reader
+//! (or a crash) never sees half a file and a failed run leaves the previous file as it was.
 
 use std::{
     fs,
     io::{self, Write},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::Context;
+
+use super::{Report, flamegraph, html, pprof};
+
+/// The files a report is rendered to, with the text report on stdout.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    pub json: Option<PathBuf>,
+    pub folded: Option<PathBuf>,
+    pub flamegraph: Option<PathBuf>,
+    pub html: Option<PathBuf>,
+    pub pprof: Option<PathBuf>,
+    /// Stacks shown in the text report.
+    pub top: usize,
+}
+
+impl Report {
+    /// Writes every requested file (atomically), reporting each on stderr.
+    pub fn write_files(&self, outputs: &Outputs) -> anyhow::Result<()> {
+        let written = |path: &PathBuf| eprintln!("leaktracer: wrote {}", path.display());
+        if let Some(path) = &outputs.json {
+            write_atomic(path, |w| {
+                serde_json::to_writer_pretty(&mut *w, self)?;
+                w.write_all(b"\n")
+            })?;
+            written(path);
+        }
+        if let Some(path) = &outputs.folded {
+            write_atomic(path, |w| {
+                for line in self.folded_lines() {
+                    writeln!(w, "{line}")?;
+                }
+                Ok(())
+            })?;
+            written(path);
+        }
+        if let Some(path) = &outputs.flamegraph {
+            write_atomic(path, |w| flamegraph::write_svg(self, &self.title(), w))?;
+            written(path);
+        }
+        if let Some(path) = &outputs.html {
+            write_atomic(path, |w| html::write(self, w))?;
+            written(path);
+        }
+        if let Some(path) = &outputs.pprof {
+            write_atomic(path, |w| pprof::write(self, w))?;
+            written(path);
+        }
+        Ok(())
+    }
+}
 
 /// Writes `path` by writing a temporary file next to it and renaming it into place.
 pub fn write_atomic(

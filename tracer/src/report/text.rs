@@ -2,8 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::{Frame, Report, human_bytes, human_rate};
+use super::{Frame, Report};
 use crate::growth::{Class, Severity};
+use crate::units::{human_bytes, human_rate};
 
 /// The class as JSON spells it.
 pub fn class_name(class: Class) -> &'static str {

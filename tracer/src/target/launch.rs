@@ -144,6 +144,21 @@ impl LaunchedChild {
         self.exit_status
     }
 
+    /// Stops the child like timeout(1) would: SIGTERM, `grace` to exit, then SIGKILL; always
+    /// reaps it.
+    pub fn terminate(&mut self, grace: std::time::Duration) {
+        self.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if self.try_reap().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.signal(libc::SIGKILL);
+        self.reap_blocking();
+    }
+
     /// Waits for the child to exit.
     pub fn reap_blocking(&mut self) -> Option<i32> {
         if self.exit_status.is_none() {

@@ -1,56 +1,11 @@
-//! Command-line interface.
+//! The command line as clap parses it: flags and their help. [`super::config`] turns these
+//! into the validated configurations the rest of leaktracer runs on.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
 use crate::units::{parse_bytes, parse_duration};
-
-/// Find memory leaks in a live process with eBPF, without restarting it.
-///
-/// leaktracer probes the allocator the target really uses (malloc, calloc, realloc, free, the
-/// aligned variants, C++ operator new, mmap/munmap/mremap), keeps every allocation still
-/// outstanding in the kernel, keyed by its user call stack, samples the per-stack totals every
-/// interval, and reports which stacks hold memory, which keep growing and how fast, and when the
-/// process reaches its memory limit.
-#[derive(Debug, Parser)]
-#[command(name = "leaktracer", version, propagate_version = true)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Trace a running process (--pid) or a command you launch, then report what is still allocated.
-    ///
-    /// The trace ends at --duration, on Ctrl-C (or SIGTERM), or when the target exits; in every case
-    /// the report and all requested files are written and every probe is detached.
-    ///
-    /// Examples:
-    ///   sudo leaktracer trace --pid 4242 --duration 30s --flamegraph leaks.svg --json leaks.json
-    ///   sudo leaktracer trace --flamegraph leaks.svg -- ./server --port 8080
-    ///   sudo leaktracer trace --pid 4242 --interval 10s --duration 10m --html report.html --json run.json
-    #[command(verbatim_doc_comment)]
-    Trace(Box<TraceArgs>),
-
-    /// Re-render a saved recording (the --json of a trace): text, flamegraph, folded, HTML. No
-    /// root needed.
-    ///
-    /// Example:
-    ///   leaktracer report run.json --flamegraph leaks.svg --html report.html --top 20
-    #[command(verbatim_doc_comment)]
-    Report(ReportArgs),
-
-    /// Compare two recordings of the same program: the stacks that grew most, and a differential
-    /// flamegraph. Stacks are matched by their symbolized frames, so recordings of different runs
-    /// compare. No root needed.
-    ///
-    /// Example:
-    ///   leaktracer diff before.json after.json --flamegraph growth.svg
-    #[command(verbatim_doc_comment)]
-    Diff(DiffArgs),
-}
 
 /// Where a report goes, besides the text on stdout.
 #[derive(Debug, Args)]
@@ -76,20 +31,6 @@ pub struct OutputArgs {
     /// types inuse_objects/count and inuse_space/bytes), for `go tool pprof`, Pyroscope, Parca.
     #[arg(long, value_name = "FILE.pb.gz")]
     pub pprof: Option<PathBuf>,
-}
-
-impl OutputArgs {
-    /// The outputs, with `json` added (a trace writes the recording itself).
-    pub fn outputs(&self, json: Option<PathBuf>) -> crate::report::Outputs {
-        crate::report::Outputs {
-            json,
-            folded: self.folded.clone(),
-            flamegraph: self.flamegraph.clone(),
-            html: self.html.clone(),
-            pprof: self.pprof.clone(),
-            top: self.top,
-        }
-    }
 }
 
 #[derive(Debug, Args)]
@@ -223,18 +164,6 @@ pub struct TraceArgs {
     pub command: Vec<String>,
 }
 
-impl TraceArgs {
-    /// The growth classification thresholds set by the flags.
-    pub fn thresholds(&self) -> crate::growth::Thresholds {
-        crate::growth::Thresholds {
-            min_rate: self.min_rate,
-            steady_ratio: self.steady_ratio,
-            slowdown_ratio: self.slowdown_ratio,
-            severity_rates: self.severity_rates,
-        }
-    }
-}
-
 fn parse_severity_rates(text: &str) -> Result<[f64; 3], String> {
     let rates = text
         .split(',')
@@ -278,17 +207,4 @@ pub struct DiffArgs {
     /// blue where they shrank.
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
-}
-
-/// Parses the command line and runs it.
-pub fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Trace(args) => crate::trace::run(*args)?,
-        Command::Report(args) => {
-            crate::report::rerender(&args.recording, &args.output.outputs(None))?
-        }
-        Command::Diff(args) => crate::report::diff::run(&args)?,
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,5 @@
-//! Samples taken during a trace and what they add up to: the timeline, per-stack growth, and
-//! the verdict.
+//! The in-memory history of a trace's samples: the whole process and every stack at each
+//! interval, and the growth they show so far.
 
 use std::{collections::HashMap, time::Instant};
 
@@ -7,13 +7,12 @@ use tracer_common::StackKey;
 
 use crate::{
     collect::KernelSnapshot,
-    growth::{self, Class, Thresholds},
-    report::{Stack, StackPoint, TimelinePoint, Verdict, human_bytes, human_duration, human_rate},
-    target::memory::MemoryLimit,
+    growth::{self, MIN_SAMPLES, Thresholds, settled},
+    report::{StackPoint, TimelinePoint},
 };
 
 /// Per-interval samples of the whole process and of every stack.
-pub struct Recorder {
+pub struct SampleHistory {
     started: Instant,
     times: Vec<f64>,
     totals: Vec<u64>,
@@ -22,7 +21,7 @@ pub struct Recorder {
     series: HashMap<StackKey, Vec<(u64, u64)>>,
 }
 
-impl Recorder {
+impl SampleHistory {
     /// Starts the clock: samples are timed from here.
     pub fn start() -> Self {
         Self {
@@ -126,86 +125,5 @@ impl Recorder {
         let growth =
             (times.len() >= MIN_SAMPLES).then(|| growth::analyze(times, bytes, thresholds));
         (points, growth)
-    }
-}
-
-/// Growth is judged on at least this many samples (after the first).
-pub const MIN_SAMPLES: usize = 3;
-
-/// The samples growth is judged on: all but the first, taken at attach, when every stack
-/// starts from zero only because nothing earlier is known (its jump to the in-flight level is
-/// not growth).
-fn settled<'a>(times: &'a [f64], values: &'a [f64]) -> (&'a [f64], &'a [f64]) {
-    if times.len() > 2 {
-        (&times[1..], &values[1..])
-    } else {
-        (times, values)
-    }
-}
-
-/// The verdict: is anything leaking, how fast does the process's outstanding memory grow, and
-/// when does it reach its limit at that rate.
-pub fn verdict(
-    stacks: &[Stack],
-    timeline: &[TimelinePoint],
-    limit: Option<MemoryLimit>,
-) -> Verdict {
-    let times: Vec<f64> = timeline.iter().map(|p| p.t_secs).collect();
-    let bytes: Vec<f64> = timeline
-        .iter()
-        .map(|p| p.outstanding_bytes as f64)
-        .collect();
-    let (times, bytes) = settled(&times, &bytes);
-    let rate = growth::slope(times, bytes);
-    let leaking_stacks = stacks
-        .iter()
-        .filter(|s| s.growth.is_some_and(|g| g.class == Class::Leak))
-        .count();
-    let judged = times.len() >= MIN_SAMPLES;
-    let seconds_to_limit = limit
-        .as_ref()
-        .filter(|_| rate > 0.0 && judged)
-        .map(|l| l.headroom() as f64 / rate);
-    let mut summary = if !judged {
-        format!(
-            "too short to judge growth: {} samples (trace longer, or sample more often with --interval)",
-            times.len()
-        )
-    } else if leaking_stacks > 0 {
-        format!(
-            "LEAK: {leaking_stacks} stack{} growing steadily; outstanding memory {}",
-            if leaking_stacks == 1 { "" } else { "s" },
-            human_rate(rate)
-        )
-    } else {
-        format!(
-            "no leak found: no stack grows steadily (outstanding memory {})",
-            human_rate(rate)
-        )
-    };
-    if let Some(limit) = &limit {
-        match seconds_to_limit {
-            Some(secs) => summary.push_str(&format!(
-                "; {} limit ({}) reached in about {} at this rate",
-                human_bytes(limit.limit_bytes),
-                limit.source,
-                human_duration(secs)
-            )),
-            None => summary.push_str(&format!(
-                "; limit {} ({})",
-                human_bytes(limit.limit_bytes),
-                limit.source
-            )),
-        }
-    }
-    Verdict {
-        leak: leaking_stacks > 0,
-        leaking_stacks,
-        growth_bytes_per_sec: rate,
-        memory_limit_bytes: limit.as_ref().map(|l| l.limit_bytes),
-        memory_usage_bytes: limit.as_ref().map(|l| l.usage_bytes),
-        memory_limit_source: limit.map(|l| l.source),
-        seconds_to_limit,
-        summary,
     }
 }

@@ -1,0 +1,149 @@
+//! From what clap parsed to the validated configurations the subcommands run on: contradictory
+//! flags are rejected here, with a message that says what to do instead.
+
+use std::path::PathBuf;
+
+use super::args::{DiffArgs, OutputArgs, TraceArgs};
+use crate::{
+    growth::Thresholds,
+    report::{Outputs, diff::DiffOptions},
+    trace::{TargetSpec, TraceConfig},
+};
+
+/// A combination of flags that cannot be honoured.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "--follow-children goes with --pid or a command: --cgroup and --container already trace every process in the cgroup, children included"
+    )]
+    FollowChildrenWithCgroup,
+}
+
+impl OutputArgs {
+    /// The outputs, with `json` added (a trace writes the recording itself).
+    pub fn outputs(&self, json: Option<PathBuf>) -> Outputs {
+        Outputs {
+            json,
+            folded: self.folded.clone(),
+            flamegraph: self.flamegraph.clone(),
+            html: self.html.clone(),
+            pprof: self.pprof.clone(),
+            top: self.top,
+        }
+    }
+}
+
+impl DiffArgs {
+    /// What `diff` shows and writes.
+    pub fn options(&self) -> DiffOptions {
+        DiffOptions {
+            top: self.top,
+            flamegraph: self.flamegraph.clone(),
+        }
+    }
+}
+
+impl TryFrom<TraceArgs> for TraceConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: TraceArgs) -> Result<Self, ConfigError> {
+        // clap's "target" group makes these exclusive and requires one.
+        let target = match (args.pid, args.cgroup, args.container) {
+            (Some(pid), _, _) => TargetSpec::Pid(pid),
+            (None, Some(dir), _) => TargetSpec::Cgroup(dir),
+            (None, None, Some(id)) => TargetSpec::Container(id),
+            (None, None, None) => TargetSpec::Launch(args.command),
+        };
+        if args.follow_children
+            && matches!(target, TargetSpec::Cgroup(_) | TargetSpec::Container(_))
+        {
+            return Err(ConfigError::FollowChildrenWithCgroup);
+        }
+        Ok(TraceConfig {
+            target,
+            follow_children: args.follow_children,
+            allocator: args.allocator,
+            duration: args.duration,
+            interval: args.interval,
+            outputs: args.output.outputs(args.json),
+            serve: args.serve,
+            metrics_stacks: args.metrics_stacks,
+            min_age: args.min_age,
+            thresholds: Thresholds {
+                min_rate: args.min_rate,
+                steady_ratio: args.steady_ratio,
+                slowdown_ratio: args.slowdown_ratio,
+                severity_rates: args.severity_rates,
+            },
+            sample_bytes: args.sample_bytes.map(|n| n.max(1.0) as u64),
+            max_allocations: args.max_allocations,
+            max_stacks: args.max_stacks,
+            empty_programs: args.empty_programs,
+            probes_at_symbol_entry: args.probes_at_symbol_entry,
+            program_stats: args.program_stats,
+            quiet: args.quiet,
+            verbose: args.verbose,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn config(argv: &[&str]) -> Result<TraceConfig, ConfigError> {
+        let cli = Cli::try_parse_from(["leaktracer", "trace"].iter().chain(argv)).unwrap();
+        match cli.command {
+            Command::Trace(args) => (*args).try_into(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_library_defaults() {
+        let parsed = config(&["--pid", "42"]).unwrap();
+        let by_hand = TraceConfig::new(TargetSpec::Pid(42));
+        assert_eq!(format!("{parsed:?}"), format!("{by_hand:?}"));
+    }
+
+    #[test]
+    fn targets_and_outputs_are_carried_over() {
+        let launch = config(&["--json", "r.json", "--top", "3", "--", "./app", "-x"]).unwrap();
+        assert_eq!(
+            launch.target,
+            TargetSpec::Launch(vec!["./app".into(), "-x".into()])
+        );
+        assert_eq!(launch.outputs.json, Some(PathBuf::from("r.json")));
+        assert_eq!(launch.outputs.top, 3);
+        let sampled = config(&["--pid", "1", "--sample-bytes"]).unwrap();
+        assert_eq!(sampled.sample_bytes, Some(512 * 1024));
+        let cgroup = config(&["--cgroup", "/sys/fs/cgroup/app"]).unwrap();
+        assert_eq!(
+            cgroup.target,
+            TargetSpec::Cgroup("/sys/fs/cgroup/app".into())
+        );
+    }
+
+    #[test]
+    fn follow_children_with_a_cgroup_is_rejected() {
+        for target in [
+            ["--cgroup", "/sys/fs/cgroup/app"],
+            ["--container", "abc123"],
+        ] {
+            let mut argv = target.to_vec();
+            argv.push("--follow-children");
+            assert_eq!(
+                config(&argv).unwrap_err(),
+                ConfigError::FollowChildrenWithCgroup
+            );
+        }
+        assert!(
+            config(&["--pid", "7", "--follow-children"])
+                .unwrap()
+                .follow_children
+        );
+    }
+}

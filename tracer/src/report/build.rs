@@ -1,0 +1,212 @@
+//! Assembling a [`Report`] from what a trace collected: the kernel's figures per stack, the
+//! symbolized frames and sample history of each stack, the traced processes, and the verdict.
+//!
+//! It takes plain values, not the trace session, so a report can be built (and tested) without
+//! probes or processes.
+
+use tracer_common::{COUNTER_NAMES, Counter};
+
+use super::{
+    ModuleMapping, ProcessEntry, Report, Stack, StackPoint, Target, TimelinePoint, Totals, Verdict,
+};
+use crate::{
+    collect::StackFigures,
+    growth::{self, Class, Growth, MIN_SAMPLES, Thresholds, settled},
+    target::memory::MemoryLimit,
+    units::{human_bytes, human_duration, human_rate},
+};
+
+/// What a report says about the trace besides its stacks.
+#[derive(Clone, Debug, Default)]
+pub struct TraceFacts {
+    /// Every traced process, by pid.
+    pub processes: Vec<ProcessEntry>,
+    /// The command leaktracer launched, if it did.
+    pub launched_command: Option<Vec<String>>,
+    /// With `--cgroup` or `--container`: the cgroup v2 directory traced.
+    pub cgroup: Option<String>,
+    pub duration_secs: f64,
+    /// Why the trace ended, or `running` for a live snapshot.
+    pub end_reason: String,
+    pub thresholds: Thresholds,
+    pub min_age_secs: Option<f64>,
+    pub sample_bytes: Option<u64>,
+    /// The memory limit of the (first) target, last read while it was alive.
+    pub limit: Option<MemoryLimit>,
+    /// The whole process at each sample.
+    pub timeline: Vec<TimelinePoint>,
+    /// The mapped objects the stacks' addresses fall in.
+    pub mappings: Vec<ModuleMapping>,
+}
+
+/// One stack's entry: the kernel's figures, its frames and its history.
+pub fn stack(
+    pid: u32,
+    comm: String,
+    figures: &StackFigures,
+    frames: Vec<super::Frame>,
+    timeline: Vec<StackPoint>,
+    growth: Option<Growth>,
+) -> Stack {
+    Stack {
+        id: Stack::id_of(&frames),
+        outstanding_bytes: figures.outstanding_bytes,
+        outstanding_allocations: figures.outstanding_allocations,
+        total_allocations: figures.total_allocations,
+        total_bytes: figures.total_bytes,
+        pid,
+        comm,
+        frames,
+        growth,
+        timeline,
+    }
+}
+
+/// Sorts stacks the way reports list them: most outstanding bytes first.
+pub fn sort_stacks(stacks: &mut [Stack]) {
+    stacks.sort_by(|a, b| {
+        b.outstanding_bytes
+            .cmp(&a.outstanding_bytes)
+            .then(b.outstanding_allocations.cmp(&a.outstanding_allocations))
+            .then(a.pid.cmp(&b.pid))
+    });
+}
+
+/// The totals: outstanding figures summed over `stacks`, the rest from the kernel's counters.
+pub fn totals(stacks: &[Stack], counters: &[u64]) -> Totals {
+    let counter = |c: Counter| counters[c as usize];
+    let named = |list: &[Counter]| {
+        list.iter()
+            .map(|c| (COUNTER_NAMES[*c as usize].to_string(), counter(*c)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let dropped_by_cause = named(&[
+        Counter::AllocMapFull,
+        Counter::StackFailed,
+        Counter::PendingMapFull,
+        Counter::StatsMapFull,
+        Counter::UnmapEventsLost,
+    ]);
+    Totals {
+        outstanding_bytes: stacks.iter().map(|s| s.outstanding_bytes).sum(),
+        outstanding_allocations: stacks.iter().map(|s| s.outstanding_allocations).sum(),
+        allocations: counter(Counter::Allocations),
+        frees: counter(Counter::Frees),
+        dropped: dropped_by_cause.values().sum(),
+        dropped_by_cause,
+        ignored: named(&[
+            Counter::UnknownFrees,
+            Counter::NestedCalls,
+            Counter::AllocatorMmaps,
+            Counter::StaleCalls,
+            Counter::Unsampled,
+            Counter::Reservations,
+        ]),
+    }
+}
+
+/// The report of a trace: `stacks` sorted (see [`sort_stacks`]), `counters` the kernel's
+/// counter slots summed over CPUs.
+pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report {
+    let totals = totals(&stacks, counters);
+    let verdict = verdict(&stacks, &facts.timeline, facts.limit.clone());
+    let root_command = facts
+        .processes
+        .first()
+        .map(|p| p.command.clone())
+        .filter(|c| !c.is_empty());
+    Report {
+        target: Target {
+            pids: facts.processes.iter().map(|p| p.pid).collect(),
+            command: facts.launched_command.or(root_command),
+            comms: facts.processes.iter().map(|p| p.comm.clone()).collect(),
+            cgroup: facts.cgroup,
+        },
+        duration_secs: facts.duration_secs,
+        totals,
+        stacks,
+        allocators: facts
+            .processes
+            .iter()
+            .map(|p| super::AllocatorUsed {
+                pid: p.pid,
+                object: p.allocator.clone(),
+            })
+            .collect(),
+        processes: facts.processes,
+        end_reason: facts.end_reason,
+        timeline: facts.timeline,
+        verdict: Some(verdict),
+        thresholds: Some(facts.thresholds),
+        min_age_secs: facts.min_age_secs,
+        sample_bytes: facts.sample_bytes,
+        mappings: facts.mappings,
+    }
+}
+
+/// The verdict: is anything leaking, how fast does the process's outstanding memory grow, and
+/// when does it reach its limit at that rate.
+pub fn verdict(
+    stacks: &[Stack],
+    timeline: &[TimelinePoint],
+    limit: Option<MemoryLimit>,
+) -> Verdict {
+    let times: Vec<f64> = timeline.iter().map(|p| p.t_secs).collect();
+    let bytes: Vec<f64> = timeline
+        .iter()
+        .map(|p| p.outstanding_bytes as f64)
+        .collect();
+    let (times, bytes) = settled(&times, &bytes);
+    let rate = growth::slope(times, bytes);
+    let leaking_stacks = stacks
+        .iter()
+        .filter(|s| s.growth.is_some_and(|g| g.class == Class::Leak))
+        .count();
+    let judged = times.len() >= MIN_SAMPLES;
+    let seconds_to_limit = limit
+        .as_ref()
+        .filter(|_| rate > 0.0 && judged)
+        .map(|l| l.headroom() as f64 / rate);
+    let mut summary = if !judged {
+        format!(
+            "too short to judge growth: {} samples (trace longer, or sample more often with --interval)",
+            times.len()
+        )
+    } else if leaking_stacks > 0 {
+        format!(
+            "LEAK: {leaking_stacks} stack{} growing steadily; outstanding memory {}",
+            if leaking_stacks == 1 { "" } else { "s" },
+            human_rate(rate)
+        )
+    } else {
+        format!(
+            "no leak found: no stack grows steadily (outstanding memory {})",
+            human_rate(rate)
+        )
+    };
+    if let Some(limit) = &limit {
+        match seconds_to_limit {
+            Some(secs) => summary.push_str(&format!(
+                "; {} limit ({}) reached in about {} at this rate",
+                human_bytes(limit.limit_bytes),
+                limit.source,
+                human_duration(secs)
+            )),
+            None => summary.push_str(&format!(
+                "; limit {} ({})",
+                human_bytes(limit.limit_bytes),
+                limit.source
+            )),
+        }
+    }
+    Verdict {
+        leak: leaking_stacks > 0,
+        leaking_stacks,
+        growth_bytes_per_sec: rate,
+        memory_limit_bytes: limit.as_ref().map(|l| l.limit_bytes),
+        memory_usage_bytes: limit.as_ref().map(|l| l.usage_bytes),
+        memory_limit_source: limit.map(|l| l.source),
+        seconds_to_limit,
+        summary,
+    }
+}

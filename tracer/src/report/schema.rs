@@ -1,0 +1,307 @@
+//! The report's schema: what a trace produces, as written to JSON and read back by `report`
+//! and `diff`.
+//!
+//! The JSON keys are a contract other tools read: extend, never rename.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::growth::{Growth, Thresholds};
+
+/// A finished trace.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub target: Target,
+    pub duration_secs: f64,
+    pub totals: Totals,
+    /// Sorted by outstanding bytes, largest first.
+    pub stacks: Vec<Stack>,
+    /// The object that served `malloc`, per process.
+    #[serde(default)]
+    pub allocators: Vec<AllocatorUsed>,
+    /// Every traced process: host pid, pid in its own namespace, command, cgroup, allocator.
+    #[serde(default)]
+    pub processes: Vec<ProcessEntry>,
+    /// Why the trace ended: `duration`, `interrupted` or `target exited`.
+    #[serde(default)]
+    pub end_reason: String,
+    /// Whole-process samples, one per interval.
+    #[serde(default)]
+    pub timeline: Vec<TimelinePoint>,
+    /// Is the process leaking, how fast, and when does it reach its memory limit.
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
+    /// The classification thresholds the growth figures were computed with.
+    #[serde(default)]
+    pub thresholds: Option<Thresholds>,
+    /// `--min-age`: only allocations older than this were counted.
+    #[serde(default)]
+    pub min_age_secs: Option<f64>,
+    /// `--sample-bytes`: heap figures are estimates from one allocation sampled per this many
+    /// bytes on average.
+    #[serde(default)]
+    pub sample_bytes: Option<u64>,
+    /// The mapped objects the stacks' addresses fall in, with build ids (for pprof).
+    #[serde(default)]
+    pub mappings: Vec<ModuleMapping>,
+}
+
+/// An executable mapping of a traced process that stack addresses point into.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleMapping {
+    pub pid: u32,
+    pub start: u64,
+    pub end: u64,
+    /// File offset of `start`.
+    pub file_offset: u64,
+    /// The object, as the process sees its path.
+    pub path: String,
+    /// GNU build id (hex), when the object has one.
+    pub build_id: Option<String>,
+}
+
+/// The whole process at one sample.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// Seconds since the trace started.
+    pub t_secs: f64,
+    pub outstanding_bytes: u64,
+    /// Resident set size; null once the process has exited.
+    pub rss_bytes: Option<u64>,
+}
+
+/// One stack at one sample.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StackPoint {
+    pub t_secs: f64,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+}
+
+/// The verdict line of a report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// True when at least one stack is classed `leak`.
+    pub leak: bool,
+    /// Stacks classed `leak`.
+    pub leaking_stacks: usize,
+    /// Least-squares slope of the process's outstanding bytes over the trace.
+    pub growth_bytes_per_sec: f64,
+    pub memory_limit_bytes: Option<u64>,
+    /// Use under that limit when the trace ended.
+    pub memory_usage_bytes: Option<u64>,
+    pub memory_limit_source: Option<String>,
+    /// (limit - usage) / growth rate, when memory grows.
+    pub seconds_to_limit: Option<f64>,
+    /// The verdict in one sentence.
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Target {
+    pub pids: Vec<u32>,
+    /// The launched command, or the traced process's command line; null when unreadable.
+    pub command: Option<Vec<String>>,
+    /// Short command name of each traced process.
+    #[serde(default)]
+    pub comms: Vec<String>,
+    /// With `--cgroup` or `--container`: the cgroup v2 directory traced.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+}
+
+/// A traced process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessEntry {
+    /// Host pid.
+    pub pid: u32,
+    /// Its pid in each pid namespace, the host's first (the last is what it calls itself).
+    pub nspid: Vec<u32>,
+    pub comm: String,
+    pub command: Vec<String>,
+    /// Its cgroup v2 path.
+    pub cgroup: Option<String>,
+    /// The object that served `malloc`, as the process sees its path.
+    pub allocator: String,
+    /// Device and inode of that object: the file the process maps.
+    pub allocator_dev: u64,
+    pub allocator_inode: u64,
+    /// Every object probed for it.
+    pub probed_objects: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AllocatorUsed {
+    pub pid: u32,
+    pub object: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    /// Allocations recorded during the trace.
+    pub allocations: u64,
+    /// Frees (and unmaps) that released a recorded allocation.
+    pub frees: u64,
+    /// Allocations or attributions lost: the sum of `dropped_by_cause`.
+    pub dropped: u64,
+    #[serde(default)]
+    pub dropped_by_cause: BTreeMap<String, u64>,
+    /// Calls deliberately not counted: frees of pointers allocated before the trace, allocator
+    /// calls nested in another, the allocator's own mmaps.
+    #[serde(default)]
+    pub ignored: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stack {
+    /// Short id of the stack, stable across runs and restarts: a hash of its functions and
+    /// modules (not addresses). Labels its Prometheus series.
+    #[serde(default)]
+    pub id: String,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    /// All allocations from this stack during the trace, freed or not.
+    #[serde(default)]
+    pub total_allocations: u64,
+    #[serde(default)]
+    pub total_bytes: u64,
+    #[serde(default)]
+    pub pid: u32,
+    /// Command name of that process.
+    #[serde(default)]
+    pub comm: String,
+    /// Innermost first: frame 0 is the allocator's caller.
+    pub frames: Vec<Frame>,
+    /// How this stack's outstanding bytes changed over the trace.
+    #[serde(default)]
+    pub growth: Option<Growth>,
+    #[serde(default)]
+    pub timeline: Vec<StackPoint>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Demangled function name, or `module+0xoffset` when unknown.
+    pub function: String,
+    /// Object the address belongs to, as the target sees its path.
+    pub module: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// The return address in the target's address space.
+    pub address: u64,
+    /// True for a function inlined into the next frame.
+    #[serde(default)]
+    pub inlined: bool,
+}
+
+impl Stack {
+    /// The stable short id of a stack with these frames (see [`Stack::id`]): 64-bit FNV-1a over
+    /// each frame's function and module file name, as 12 hex digits.
+    pub fn id_of(frames: &[Frame]) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for byte in bytes {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for frame in frames {
+            eat(frame.function.as_bytes());
+            eat(b"\0");
+            eat(frame
+                .module
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .as_bytes());
+            eat(b"\n");
+        }
+        format!("{:012x}", hash >> 16)
+    }
+}
+
+impl Frame {
+    /// A frame nothing is known about but its module and offset.
+    pub fn unknown(address: u64, module: String, offset: u64) -> Self {
+        let name = module.rsplit('/').next().unwrap_or(&module);
+        Self {
+            function: format!("{name}+{offset:#x}"),
+            module,
+            file: None,
+            line: None,
+            address,
+            inlined: false,
+        }
+    }
+}
+
+impl Report {
+    /// Folded stacks (`root;...;leaf bytes`), one line per stack, for flamegraph tools.
+    /// When the trace covers several processes, each stack's root frame names its process, so
+    /// stacks of different processes never merge.
+    pub fn folded_lines(&self) -> Vec<String> {
+        let several = self.target.pids.len() > 1;
+        self.stacks
+            .iter()
+            .filter(|s| s.outstanding_bytes > 0)
+            .map(|stack| {
+                let process = format!("{} (pid {})", stack.comm.replace(';', ":"), stack.pid);
+                let mut names: Vec<&str> = Vec::new();
+                if several {
+                    names.push(&process);
+                }
+                names.extend(stack.frames.iter().rev().map(|f| f.function.as_str()));
+                if stack.frames.is_empty() {
+                    names.push("[unknown stack]");
+                }
+                format!("{} {}", names.join(";"), stack.outstanding_bytes)
+            })
+            .collect()
+    }
+}
+
+impl Report {
+    /// The flamegraph's title: the target and how long it was traced.
+    pub fn title(&self) -> String {
+        let comm = self.target.comms.first().filter(|c| !c.is_empty());
+        format!(
+            "leaktracer: {} (pid {}), outstanding bytes after {:.1} s",
+            comm.map_or("target", String::as_str),
+            self.target.pids.first().copied().unwrap_or_default(),
+            self.duration_secs
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(name: &str) -> Frame {
+        Frame {
+            function: name.into(),
+            module: "/bin/x".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn folded_is_root_first_with_bytes() {
+        let report = Report {
+            stacks: vec![Stack {
+                outstanding_bytes: 4096,
+                outstanding_allocations: 2,
+                frames: vec![frame("leak"), frame("worker"), frame("main")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            report.folded_lines(),
+            vec!["main;worker;leak 4096".to_string()]
+        );
+    }
+}

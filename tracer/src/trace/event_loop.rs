@@ -1,0 +1,111 @@
+//! The trace's event loop: until Ctrl-C, SIGTERM, the duration or the end of the targets, it
+//! polls for new processes and unmaps, and samples every interval.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{EndReason, Session, status::Status};
+use crate::target::{launch::LaunchedChild, process::is_alive};
+
+/// How often liveness, new processes and memory maps are checked.
+const POLL: Duration = Duration::from_millis(100);
+
+impl Session<'_> {
+    /// Waits for Ctrl-C/SIGTERM, the duration, or the end of the targets; samples every interval,
+    /// attaches to new processes and keeps the view of memory maps fresh meanwhile.
+    pub(super) fn wait_for_end(
+        &mut self,
+        child: &mut Option<&mut LaunchedChild>,
+    ) -> anyhow::Result<EndReason> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(async {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("cannot install the SIGTERM handler")?;
+            let deadline = self.config.duration.map(|d| tokio::time::Instant::now() + d);
+            let mut poll = tokio::time::interval(POLL);
+            let mut sample = tokio::time::interval(self.config.interval);
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return Ok(EndReason::Interrupted),
+                    _ = terminate.recv() => return Ok(EndReason::Interrupted),
+                    _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                        return Ok(EndReason::Duration);
+                    }
+                    _ = poll.tick() => {
+                        if self.target_gone(child) {
+                            return Ok(EndReason::TargetExited);
+                        }
+                        self.discover();
+                        self.refresh_spaces();
+                        self.settle_unmaps()?;
+                    }
+                    _ = sample.tick() => self.sample()?,
+                }
+            }
+        })
+    }
+
+    /// True when nothing in scope runs any more.
+    fn target_gone(&self, child: &mut Option<&mut LaunchedChild>) -> bool {
+        let tracked: Vec<u32> = self.tracked.keys().copied().collect();
+        // A launched child is gone once reaped (a zombie is still "alive" in /proc).
+        self.scope.is_gone(
+            |root| match child.as_deref_mut() {
+                Some(child) => child.try_reap().is_some(),
+                None => !is_alive(root),
+            },
+            &tracked,
+        )
+    }
+
+    /// Settles pending munmap ranges and prints what the kernel side warned about.
+    pub(super) fn settle_unmaps(&mut self) -> anyhow::Result<()> {
+        self.collector.drain_unmaps(self.probes.ebpf_mut())?;
+        self.collector.print_warnings();
+        Ok(())
+    }
+
+    /// Takes one sample, publishes it when serving, and shows it on the status line.
+    fn sample(&mut self) -> anyhow::Result<()> {
+        self.refresh_limit();
+        let snapshot = self
+            .collector
+            .snapshot(self.probes.ebpf(), self.config.min_age)?;
+        let rss = self.total_rss();
+        self.history.sample(&snapshot, rss);
+        if self.server.is_some() {
+            let elapsed = self.history.elapsed_secs();
+            let report = self.build_report(&snapshot, elapsed, None);
+            self.publish(&report);
+        }
+        if self.status.quiet {
+            return Ok(());
+        }
+        let grower = self.history.top_grower().map(|(key, rate)| {
+            let ips = self.collector.stack(self.probes.ebpf(), key.stack_id);
+            let frames = self
+                .symbolizer
+                .symbolize_stack(&self.spaces, key.tgid, &ips);
+            let name = frames
+                .first()
+                .map_or("[unknown stack]".to_string(), |f| f.function.clone());
+            (name, rate)
+        });
+        let line = Status {
+            elapsed_secs: self.history.elapsed_secs(),
+            outstanding_bytes: self.history.last_total(),
+            growth_bytes_per_sec: self.history.total_rate(),
+            rss_bytes: rss,
+            processes: self.tracked.len(),
+            top_grower: grower.as_ref().map(|(name, rate)| (name.as_str(), *rate)),
+        }
+        .render();
+        self.status.show(&line);
+        Ok(())
+    }
+}

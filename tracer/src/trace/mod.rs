@@ -1,0 +1,326 @@
+//! One trace session: find the processes and their allocators, attach, sample until the end,
+//! collect, symbolize, report.
+//!
+//! - [`config`]: what the trace is asked to do ([`TraceConfig`]), validated;
+//! - [`scope`]: which processes it covers;
+//! - [`processes`]: attaching to them as they come, and what the report says of them;
+//! - [`event_loop`]: waiting for the end while polling and sampling;
+//! - [`status`]: the live status line.
+
+pub mod config;
+mod event_loop;
+mod processes;
+pub mod scope;
+pub mod status;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    time::Duration,
+};
+
+use anyhow::Context;
+use aya::sys::{Stats, enable_stats};
+
+pub use config::{TargetSpec, TraceConfig};
+use processes::{Tracked, plan_for_pid};
+use scope::Scope;
+use status::StatusLine;
+
+use crate::{
+    attach::{
+        allocator,
+        probes::{self, MapSizes, Probes},
+    },
+    collect::{Collector, KernelSnapshot},
+    error::TraceError,
+    history::SampleHistory,
+    report::{self, Report, build::TraceFacts},
+    serve::{LiveProcess, Published, Server},
+    symbolize::{AddressSpaces, Symbolizer},
+    target::{
+        cgroup::{Cgroup, find_container},
+        launch::{LaunchedChild, predict_loaded_objects},
+        memory::MemoryLimit,
+        process::{ProcessUsage, is_alive},
+    },
+};
+
+/// A launched command still running when the trace ends gets this long to exit after SIGTERM.
+const TERMINATE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the trace stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    Duration,
+    Interrupted,
+    TargetExited,
+}
+
+impl EndReason {
+    /// As the report's `end_reason` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Duration => "duration",
+            Self::Interrupted => "interrupted",
+            Self::TargetExited => "target exited",
+        }
+    }
+}
+
+/// Runs `leaktracer trace`.
+pub fn run(config: TraceConfig) -> anyhow::Result<()> {
+    probes::check_privileges()?;
+    probes::check_kernel_support()?;
+    if let Some(pid) = config.pid()
+        && !is_alive(pid)
+    {
+        return Err(TraceError::NoSuchProcess(pid).into());
+    }
+
+    // Launch before any thread exists: the child runs nothing between fork and exec but raise().
+    let mut child = match config.command() {
+        Some(command) => Some(LaunchedChild::spawn_stopped(command)?),
+        None => None,
+    };
+    let result = trace(&config, child.as_mut());
+    if let Some(child) = child.as_mut()
+        && child.try_reap().is_none()
+    {
+        // Setup failed, or the trace ended while it still runs.
+        child.terminate(TERMINATE_GRACE);
+    }
+    result
+}
+
+fn trace(config: &TraceConfig, mut child: Option<&mut LaunchedChild>) -> anyhow::Result<()> {
+    let scope = match (&child, &config.target) {
+        (Some(child), _) => Scope::Process {
+            root: child.pid,
+            follow_children: config.follow_children,
+        },
+        (None, TargetSpec::Launch(_)) => unreachable!("run() launches the command first"),
+        (None, TargetSpec::Pid(pid)) => Scope::Process {
+            root: *pid,
+            follow_children: config.follow_children,
+        },
+        (None, TargetSpec::Cgroup(dir)) => Scope::Cgroup(Cgroup::open(dir)?),
+        (None, TargetSpec::Container(id)) => Scope::Cgroup(Cgroup::open(&find_container(id)?)?),
+    };
+    let mut probes = Probes::load(MapSizes {
+        cgroup: scope.kernel_filter(),
+        max_allocations: config.max_allocations,
+        max_stacks: config.max_stacks,
+        empty_programs: config.empty_programs,
+        sample_bytes: config.sample_bytes.unwrap_or(0),
+    })?;
+    let table_slots = probes.record_table_slots;
+    let collector = Collector::new(probes.ebpf_mut(), table_slots)?;
+    // Held for the whole trace: the kernel measures programs only while it is open.
+    let run_time_stats = if config.program_stats {
+        Some(enable_stats(Stats::RunTime).map_err(|e| {
+            anyhow::anyhow!("cannot turn on the kernel's BPF run-time statistics: {e}")
+        })?)
+    } else {
+        None
+    };
+    let server = match config.serve {
+        Some(addr) => {
+            let server = Server::start(addr)?;
+            eprintln!(
+                "leaktracer: serving http://{} (/metrics, /api/snapshot, /api/history, /api/leaks, /api/process, /flamegraph.svg)",
+                server.addr
+            );
+            Some(server)
+        }
+        None => None,
+    };
+    let mut session = Session {
+        config,
+        scope,
+        probes,
+        collector,
+        spaces: AddressSpaces::default(),
+        history: SampleHistory::start(),
+        symbolizer: Symbolizer::new(),
+        limit: None,
+        status: StatusLine::new(config.quiet),
+        server,
+        tracked: BTreeMap::new(),
+        failed: BTreeSet::new(),
+        attempts: BTreeMap::new(),
+    };
+
+    // The launched command: attached before exec, to the objects its loader will map.
+    if let Some(child) = child.as_deref_mut() {
+        let objects = predict_loaded_objects(&child.program).with_context(|| {
+            format!(
+                "cannot tell which libraries {} loads",
+                child.program.display()
+            )
+        })?;
+        let mut plan = allocator::plan(
+            child.pid,
+            &allocator::candidates_from_paths(&objects),
+            config.allocator.as_ref(),
+        )?;
+        if config.probes_at_symbol_entry {
+            plan.place_at_symbol_entries();
+        }
+        session.attach_plan(child.pid, &plan)?;
+        child.resume(config.command().unwrap_or_default())?;
+        session.track(child.pid, plan);
+    }
+    // Everything else in scope now; a --pid that cannot be traced is an error, not a warning.
+    if let Some(pid) = config.pid() {
+        let plan = plan_for_pid(pid, config)?;
+        session.attach_plan(pid, &plan)?;
+        session.track(pid, plan);
+    }
+    session.discover();
+    if session.tracked.is_empty() && matches!(session.scope, Scope::Cgroup(_)) {
+        eprintln!("leaktracer: the cgroup has no process yet; waiting for one to start");
+    }
+    session.history = SampleHistory::start();
+    eprintln!(
+        "leaktracer: tracing {}: {} probes attached; {}",
+        session.describe_targets(),
+        session.probes.attached.len(),
+        match config.duration {
+            Some(d) => format!("stopping after {:.0?} or on Ctrl-C", d),
+            None => "Ctrl-C to stop".to_string(),
+        }
+    );
+
+    let end_reason = session.wait_for_end(&mut child)?;
+    if run_time_stats.is_some() {
+        for stats in session.probes.program_stats() {
+            eprintln!(
+                "leaktracer: program {}: {} runs, {:.0} ns per run, {} instructions verified",
+                stats.name, stats.runs, stats.ns_per_run, stats.verified_instructions
+            );
+        }
+    }
+    // Freeze the picture: the programs return at once from here on. (Detaching all probes
+    // takes the kernel about 0.1 s per probe; that happens last, when `session` is dropped.)
+    session.probes.stop_recording()?;
+    let elapsed = session.history.elapsed_secs();
+    session.refresh_spaces();
+    session.settle_unmaps()?;
+    let snapshot = session
+        .collector
+        .snapshot(session.probes.ebpf(), config.min_age)?;
+    let rss = session.total_rss();
+    session.history.sample_at(elapsed, &snapshot, rss);
+    session.status.finish();
+    if config.verbose || snapshot.stacks.len() > 100 {
+        eprintln!("leaktracer: symbolizing {} stacks", snapshot.stacks.len());
+    }
+    session.refresh_limit();
+    let report = session.build_report(&snapshot, elapsed, Some(end_reason));
+    session.publish(&report);
+    report.write_files(&config.outputs)?;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(report::text::render(&report, config.outputs.top).as_bytes());
+    let _ = stdout.flush();
+    drop(session); // detaches every probe
+    Ok(())
+}
+
+/// A trace in progress: the probes, the processes, what has been sampled, how to name stacks.
+struct Session<'a> {
+    config: &'a TraceConfig,
+    scope: Scope,
+    probes: Probes,
+    collector: Collector,
+    spaces: AddressSpaces,
+    history: SampleHistory,
+    symbolizer: Symbolizer,
+    /// The memory limit of the (first) target, last read while it was alive.
+    limit: Option<MemoryLimit>,
+    status: StatusLine,
+    /// `--serve`: the HTTP server the current report is published to every interval.
+    server: Option<Server>,
+    tracked: BTreeMap<u32, Tracked>,
+    /// Processes that could not be traced (warned about once).
+    failed: BTreeSet<u32>,
+    /// Failed attach attempts of processes not given up on yet.
+    attempts: BTreeMap<u32, u32>,
+}
+
+impl Session<'_> {
+    /// The report of what the kernel holds in `snapshot`: every stack symbolized, with its
+    /// history; `end_reason` is `None` for a live report.
+    fn build_report(
+        &mut self,
+        snapshot: &KernelSnapshot,
+        elapsed: f64,
+        end_reason: Option<EndReason>,
+    ) -> Report {
+        let thresholds = self.config.thresholds;
+        let mut stacks: Vec<report::Stack> = snapshot
+            .stacks
+            .iter()
+            .map(|(key, figures)| {
+                let ips = self.collector.stack(self.probes.ebpf(), key.stack_id);
+                let (timeline, growth) = self.history.stack_history(key, &thresholds);
+                let frames = self
+                    .symbolizer
+                    .symbolize_stack(&self.spaces, key.tgid, &ips);
+                let comm = self
+                    .tracked
+                    .get(&key.tgid)
+                    .map(|t| t.info.comm.clone())
+                    .unwrap_or_default();
+                report::build::stack(key.tgid, comm, figures, frames, timeline, growth)
+            })
+            .collect();
+        report::build::sort_stacks(&mut stacks);
+        let mut mappings = Vec::new();
+        for pid in self.tracked.keys() {
+            let addresses = stacks
+                .iter()
+                .filter(|s| s.pid == *pid)
+                .flat_map(|s| s.frames.iter().map(|f| f.address));
+            mappings.extend(self.spaces.module_mappings(*pid, addresses));
+        }
+        let facts = TraceFacts {
+            processes: self.tracked.iter().map(|(pid, t)| t.entry(*pid)).collect(),
+            launched_command: self.config.command().map(<[String]>::to_vec),
+            cgroup: self.scope.cgroup_dir(),
+            duration_secs: elapsed,
+            end_reason: end_reason.map_or("running", EndReason::as_str).to_string(),
+            thresholds,
+            min_age_secs: self.config.min_age.map(|d| d.as_secs_f64()),
+            sample_bytes: self.config.sample_bytes,
+            limit: self.limit.clone(),
+            timeline: self.history.timeline(),
+            mappings,
+        };
+        report::build::report(stacks, &snapshot.counters, facts)
+    }
+
+    /// Hands the current report to the HTTP server, when there is one.
+    fn publish(&self, report: &Report) {
+        let Some(server) = &self.server else {
+            return;
+        };
+        let processes: Vec<LiveProcess> = self
+            .tracked
+            .keys()
+            .map(|pid| LiveProcess {
+                pid: *pid,
+                usage: ProcessUsage::read(*pid),
+            })
+            .collect();
+        match Published::render(
+            report,
+            &processes,
+            self.config.interval.as_secs_f64(),
+            self.config.metrics_stacks,
+        ) {
+            Ok(bodies) => server.publish(bodies),
+            Err(e) => eprintln!("leaktracer: warning: cannot render the served pages: {e:#}"),
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The processes a trace is attached to: attaching new ones as they enter the scope (with
+//! retries for processes caught mid-exec), noticing an exec, and what the report says of them.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use super::{Session, TraceConfig};
+use crate::{
+    attach::allocator::{self, AttachPlan},
+    error::TraceError,
+    report::ProcessEntry,
+    target::{
+        maps::read_maps,
+        memory::{memory_limit, rss_bytes},
+        process::{ProcessInfo, is_alive},
+    },
+};
+
+/// Polls in a row a new process may fail to attach (mid-exec, libraries not mapped yet) before
+/// it is given up with a warning: a second.
+const ATTACH_ATTEMPTS: u32 = 10;
+
+/// A process leaktracer attached to.
+pub struct Tracked {
+    pub info: ProcessInfo,
+    pub plan: AttachPlan,
+    /// Device and inode of every object probed for it.
+    objects: BTreeSet<(u64, u64)>,
+    /// Its executable, to notice an exec.
+    exe: Option<PathBuf>,
+}
+
+impl Tracked {
+    /// The process as the report lists it.
+    pub fn entry(&self, pid: u32) -> ProcessEntry {
+        ProcessEntry {
+            pid,
+            nspid: self.info.nspid.clone(),
+            comm: self.info.comm.clone(),
+            command: self.info.cmdline.clone(),
+            cgroup: self.info.cgroup.clone(),
+            allocator: self.plan.allocator.clone(),
+            allocator_dev: self.plan.allocator_file.0,
+            allocator_inode: self.plan.allocator_file.1,
+            probed_objects: self
+                .plan
+                .objects
+                .iter()
+                .map(|o| o.display_path.clone())
+                .collect(),
+        }
+    }
+}
+
+/// The executable of `pid`, to tell an exec from the process we attached to.
+fn executable(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// Plan for a running process: the objects it maps, opened as it maps them.
+pub fn plan_for_pid(pid: u32, config: &TraceConfig) -> Result<AttachPlan, TraceError> {
+    let maps = read_maps(pid).map_err(|_| TraceError::NoSuchProcess(pid))?;
+    let candidates = allocator::candidates_from_maps(pid, &maps);
+    let mut plan = allocator::plan(pid, &candidates, config.allocator.as_ref())?;
+    if config.probes_at_symbol_entry {
+        plan.place_at_symbol_entries();
+    }
+    Ok(plan)
+}
+
+impl Session<'_> {
+    /// Attaches `plan` for `pid`: its allocations count from now on.
+    pub(super) fn attach_plan(&mut self, pid: u32, plan: &AttachPlan) -> Result<(), TraceError> {
+        self.probes.attach(plan, pid)?;
+        if self.config.verbose {
+            self.print_placements(pid);
+        }
+        Ok(())
+    }
+
+    /// `--verbose`: where each probe of `pid` was placed.
+    fn print_placements(&self, pid: u32) {
+        for probe in self.probes.attached.iter().filter(|p| p.pid == pid) {
+            let placement = if probe.skipped.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", after `{}` (the kernel would single-step it)",
+                    probe.skipped.join("; ")
+                )
+            };
+            eprintln!(
+                "leaktracer: pid {pid}: {} {} at {}+{:#x} ({}){placement}",
+                if probe.is_return {
+                    "uretprobe"
+                } else {
+                    "uprobe   "
+                },
+                probe.symbols.join("/"),
+                probe.object,
+                probe.offset,
+                probe.program
+            );
+        }
+    }
+
+    /// Remembers an attached process.
+    pub(super) fn track(&mut self, pid: u32, plan: AttachPlan) {
+        let info = ProcessInfo::read(pid).unwrap_or(ProcessInfo {
+            pid,
+            nspid: vec![pid],
+            ..Default::default()
+        });
+        let objects = plan.objects.iter().map(|o| (o.dev, o.inode)).collect();
+        self.spaces.refresh(pid);
+        if self.limit.is_none() {
+            self.limit = memory_limit(pid);
+        }
+        self.tracked.insert(
+            pid,
+            Tracked {
+                info,
+                plan,
+                objects,
+                exe: executable(pid),
+            },
+        );
+    }
+
+    /// Attaches to processes that entered the scope, and to objects a traced process mapped by
+    /// exec'ing another program.
+    pub(super) fn discover(&mut self) {
+        for pid in self.scope.members() {
+            if self.failed.contains(&pid) || pid == std::process::id() {
+                continue;
+            }
+            let exe = executable(pid);
+            if self.tracked.get(&pid).is_some_and(|t| t.exe == exe) {
+                continue;
+            }
+            match self.attach_process(pid, exe) {
+                Ok(()) => {
+                    self.attempts.remove(&pid);
+                }
+                Err(err) => {
+                    // A process caught mid-exec has no allocator mapped yet, or loses the
+                    // mapping being attached to: try again on the next polls, then give up.
+                    let attempts = self.attempts.entry(pid).or_insert(0);
+                    *attempts += 1;
+                    if *attempts >= ATTACH_ATTEMPTS {
+                        self.failed.insert(pid);
+                        if is_alive(pid) {
+                            let comm = ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default();
+                            eprintln!(
+                                "leaktracer: warning: not tracing pid {pid} ({comm}): {err:#}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attaches to a new process, or to what an exec'd process maps that it did not before.
+    fn attach_process(&mut self, pid: u32, exe: Option<PathBuf>) -> anyhow::Result<()> {
+        let mut plan = plan_for_pid(pid, self.config)?;
+        let known = self
+            .tracked
+            .get(&pid)
+            .map(|t| t.objects.clone())
+            .unwrap_or_default();
+        let mut new_part = plan.clone();
+        new_part
+            .objects
+            .retain(|o| !known.contains(&(o.dev, o.inode)));
+        self.attach_plan(pid, &new_part)?;
+        if let Some(tracked) = self.tracked.get_mut(&pid) {
+            // An exec: same pid, new program.
+            tracked
+                .objects
+                .extend(plan.objects.iter().map(|o| (o.dev, o.inode)));
+            tracked.exe = exe;
+            tracked.info = ProcessInfo::read(pid).unwrap_or_else(|| tracked.info.clone());
+            std::mem::swap(&mut tracked.plan, &mut plan);
+            self.spaces.refresh(pid);
+        } else {
+            eprintln!(
+                "leaktracer: attached to pid {pid} ({}), allocator {}",
+                ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default(),
+                plan.allocator
+            );
+            self.track(pid, plan);
+        }
+        Ok(())
+    }
+
+    /// Re-reads the memory maps of every traced process (for symbolizing).
+    pub(super) fn refresh_spaces(&mut self) {
+        for pid in self.tracked.keys() {
+            self.spaces.refresh(*pid);
+        }
+    }
+
+    /// Re-reads the memory limit while a traced process is alive to read it from.
+    pub(super) fn refresh_limit(&mut self) {
+        let alive = self.tracked.keys().copied().find(|pid| is_alive(*pid));
+        if let Some(limit) = alive.and_then(memory_limit) {
+            self.limit = Some(limit);
+        }
+    }
+
+    /// Summed RSS of the traced processes still alive.
+    pub(super) fn total_rss(&self) -> Option<u64> {
+        let values: Vec<u64> = self
+            .tracked
+            .keys()
+            .filter_map(|pid| rss_bytes(*pid))
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    /// The traced processes in one line, for the "tracing ..." message.
+    pub(super) fn describe_targets(&self) -> String {
+        let mut parts: Vec<String> = self
+            .tracked
+            .iter()
+            .take(5)
+            .map(|(pid, t)| {
+                format!(
+                    "pid {pid} ({}), allocator {}",
+                    t.info.comm, t.plan.allocator
+                )
+            })
+            .collect();
+        if self.tracked.len() > 5 {
+            parts.push(format!("and {} more", self.tracked.len() - 5));
+        }
+        if let Some(dir) = self.scope.cgroup_dir() {
+            parts.insert(0, format!("cgroup {dir}"));
+        }
+        parts.join("; ")
+    }
+}

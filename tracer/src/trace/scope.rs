@@ -1,0 +1,61 @@
+//! Which processes a trace covers, now and as they come and go.
+
+use crate::target::{
+    cgroup::Cgroup,
+    process::{descendants, is_alive},
+};
+
+/// Which processes a trace covers.
+pub enum Scope {
+    /// One process (a pid, or the launched command), with its descendants if followed.
+    Process { root: u32, follow_children: bool },
+    /// Every process in a cgroup v2 directory and below.
+    Cgroup(Cgroup),
+}
+
+impl Scope {
+    /// The processes to trace now.
+    pub fn members(&self) -> Vec<u32> {
+        match self {
+            Scope::Process {
+                root,
+                follow_children,
+            } => {
+                let mut pids = vec![*root];
+                if *follow_children {
+                    pids.extend(descendants(*root));
+                }
+                pids
+            }
+            Scope::Cgroup(cgroup) => cgroup.processes(),
+        }
+    }
+
+    /// The cgroup filter for the kernel side: the cgroup's id and level.
+    pub fn kernel_filter(&self) -> Option<(u64, u32)> {
+        match self {
+            Scope::Cgroup(cgroup) => Some((cgroup.id, cgroup.level)),
+            Scope::Process { .. } => None,
+        }
+    }
+
+    /// The cgroup directory traced, for the report.
+    pub fn cgroup_dir(&self) -> Option<String> {
+        match self {
+            Scope::Cgroup(cgroup) => Some(cgroup.dir.display().to_string()),
+            Scope::Process { .. } => None,
+        }
+    }
+
+    /// True when nothing in scope runs any more. `root_exited` says whether the root process
+    /// has ended (a launched child must be reaped to tell); `tracked` are the processes attached.
+    pub fn is_gone(&self, root_exited: impl FnOnce(u32) -> bool, tracked: &[u32]) -> bool {
+        match self {
+            Scope::Cgroup(cgroup) => !cgroup.exists(),
+            Scope::Process {
+                root,
+                follow_children,
+            } => root_exited(*root) && (!follow_children || tracked.iter().all(|p| !is_alive(*p))),
+        }
+    }
+}
