@@ -210,3 +210,87 @@ pub fn verdict(
         summary,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::{COUNTER_SLOTS, Counter};
+
+    use super::*;
+    use crate::report::Frame;
+
+    fn leaf(name: &str) -> Vec<Frame> {
+        vec![Frame {
+            function: name.into(),
+            module: "/bin/app".into(),
+            ..Default::default()
+        }]
+    }
+
+    #[test]
+    fn a_report_from_plain_values() {
+        let figures = |bytes, allocations| StackFigures {
+            outstanding_bytes: bytes,
+            outstanding_allocations: allocations,
+            total_allocations: allocations + 1,
+            total_bytes: bytes * 2,
+        };
+        let mut stacks = vec![
+            stack(
+                7,
+                "app".into(),
+                &figures(128, 1),
+                leaf("small"),
+                vec![],
+                None,
+            ),
+            stack(
+                7,
+                "app".into(),
+                &figures(4096, 4),
+                leaf("large"),
+                vec![],
+                None,
+            ),
+        ];
+        sort_stacks(&mut stacks);
+        let mut counters = vec![0u64; COUNTER_SLOTS as usize];
+        counters[Counter::Allocations as usize] = 9;
+        counters[Counter::Frees as usize] = 4;
+        counters[Counter::StackFailed as usize] = 2;
+        counters[Counter::UnknownFrees as usize] = 3;
+        let facts = TraceFacts {
+            processes: vec![ProcessEntry {
+                pid: 7,
+                comm: "app".into(),
+                command: vec!["/bin/app".into(), "-v".into()],
+                allocator: "/lib/libc.so.6".into(),
+                ..Default::default()
+            }],
+            end_reason: "duration".into(),
+            duration_secs: 2.0,
+            ..Default::default()
+        };
+        let report = report(stacks, &counters, facts);
+        let order: Vec<&str> = report
+            .stacks
+            .iter()
+            .map(|s| s.frames[0].function.as_str())
+            .collect();
+        assert_eq!(order, ["large", "small"]);
+        assert_eq!(report.totals.outstanding_bytes, 4096 + 128);
+        assert_eq!(report.totals.outstanding_allocations, 5);
+        assert_eq!((report.totals.allocations, report.totals.frees), (9, 4));
+        assert_eq!(report.totals.dropped, 2);
+        assert_eq!(report.totals.dropped_by_cause["stack_failed"], 2);
+        assert_eq!(report.totals.ignored["unknown_frees"], 3);
+        assert_eq!(report.target.pids, [7]);
+        assert_eq!(
+            report.target.command,
+            Some(vec!["/bin/app".to_string(), "-v".to_string()])
+        );
+        assert_eq!(report.allocators[0].object, "/lib/libc.so.6");
+        let verdict = report.verdict.unwrap();
+        assert!(!verdict.leak);
+        assert!(verdict.summary.starts_with("too short to judge growth"));
+    }
+}
