@@ -49,9 +49,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     seconds(total, text)
 }
 
+/// The longest duration any flag takes: ten years, beyond any trace, and far from the limits of
+/// the clocks it is added to.
+pub const MAX_DURATION_SECS: f64 = 10.0 * 365.0 * 86400.0;
+
 fn seconds(secs: f64, text: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("duration `{text}` must be positive"));
+    }
+    if secs > MAX_DURATION_SECS {
+        return Err(format!(
+            "duration `{text}` is longer than ten years: give one that ends (e.g. 30d)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -76,7 +85,11 @@ pub fn parse_bytes(text: &str) -> Result<f64, String> {
             ));
         }
     };
-    Ok(value * scale)
+    let bytes = value * scale;
+    if !bytes.is_finite() {
+        return Err(format!("`{text}` is too large a size"));
+    }
+    Ok(bytes)
 }
 
 /// `1536` -> `1.50 KiB`.
@@ -159,5 +172,13 @@ mod tests {
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("-5").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err());
+        assert!(parse_duration("1e300").is_err());
+        assert!(parse_duration("nan").is_err());
+        assert!(parse_duration("inf").is_err());
+        assert_eq!(
+            parse_duration("3650d").unwrap(),
+            Duration::from_secs(315_360_000)
+        );
     }
 }

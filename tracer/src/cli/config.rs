@@ -11,12 +11,37 @@ use crate::{
 };
 
 /// A combination of flags that cannot be honoured.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error(
         "--follow-children goes with --pid or a command: --cgroup and --container already trace every process in the cgroup, children included"
     )]
     FollowChildrenWithCgroup,
+    #[error("{flag} {value}: must be a number from 0 to 1 ({meaning})")]
+    NotARatio {
+        flag: &'static str,
+        value: f64,
+        meaning: &'static str,
+    },
+    #[error(
+        "--sample-bytes {0}: must be at least 1 byte (leave the flag out to record every allocation)"
+    )]
+    SampleBytesTooSmall(f64),
+    #[error("--max-stacks 0: the kernel must keep at least one stack")]
+    NoStacks,
+}
+
+/// Checks a share given on the command line: finite and within 0..=1.
+fn ratio(flag: &'static str, value: f64, meaning: &'static str) -> Result<f64, ConfigError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::NotARatio {
+            flag,
+            value,
+            meaning,
+        })
+    }
 }
 
 impl OutputArgs {
@@ -59,6 +84,14 @@ impl TryFrom<TraceArgs> for TraceConfig {
         {
             return Err(ConfigError::FollowChildrenWithCgroup);
         }
+        let sample_bytes = match args.sample_bytes {
+            Some(n) if n < 1.0 => return Err(ConfigError::SampleBytesTooSmall(n)),
+            Some(n) => Some(n as u64),
+            None => None,
+        };
+        if args.max_stacks == 0 {
+            return Err(ConfigError::NoStacks);
+        }
         Ok(TraceConfig {
             target,
             follow_children: args.follow_children,
@@ -71,11 +104,19 @@ impl TryFrom<TraceArgs> for TraceConfig {
             min_age: args.min_age,
             thresholds: Thresholds {
                 min_rate: args.min_rate,
-                steady_ratio: args.steady_ratio,
-                slowdown_ratio: args.slowdown_ratio,
+                steady_ratio: ratio(
+                    "--steady-ratio",
+                    args.steady_ratio,
+                    "the share of intervals a leak grows or holds in",
+                )?,
+                slowdown_ratio: ratio(
+                    "--slowdown-ratio",
+                    args.slowdown_ratio,
+                    "a leak's second-half rate over its first-half rate",
+                )?,
                 severity_rates: args.severity_rates,
             },
-            sample_bytes: args.sample_bytes.map(|n| n.max(1.0) as u64),
+            sample_bytes,
             max_allocations: args.max_allocations,
             max_stacks: args.max_stacks,
             empty_programs: args.empty_programs,

@@ -9,7 +9,12 @@ use inferno::{differential, flamegraph};
 
 use std::path::{Path, PathBuf};
 
-use super::{Frame, Report, flamegraph::write_empty_svg, load, output::write_atomic};
+use super::{
+    Frame, Report,
+    flamegraph::write_empty_svg,
+    load,
+    output::{check_destinations, write_file},
+};
 use crate::units::human_bytes;
 
 /// One stack in both recordings.
@@ -157,12 +162,17 @@ pub struct DiffOptions {
 
 /// `leaktracer diff OLD NEW`.
 pub fn run(old: &Path, new: &Path, options: &DiffOptions) -> anyhow::Result<()> {
+    if let Some(path) = &options.flamegraph {
+        check_destinations(&[("--flamegraph", path)], &[old, new])?;
+    }
     let old = load(old)?;
     let new = load(new)?;
     let rows = compare(&old, &new);
     if let Some(path) = &options.flamegraph {
-        write_atomic(path, |w| write_svg(&old, &new, w))?;
-        eprintln!("leaktracer: wrote {}", path.display());
+        write_file("--flamegraph", path, |w| write_svg(&old, &new, w))?;
+        if !super::output::is_stdout(path) {
+            eprintln!("leaktracer: wrote {}", path.display());
+        }
     }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(render(&old, &new, &rows, options.top).as_bytes());

@@ -90,13 +90,32 @@ pub fn parse_addr(spec: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("`{spec}` resolves to no address"))
 }
 
+/// Why a bind failed, and what to do, by its real cause.
+fn bind_advice(err: &std::io::Error, addr: SocketAddr) -> String {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::AddrInUse => {
+            format!("{err}; pick another port, or stop the program using it")
+        }
+        ErrorKind::PermissionDenied => {
+            format!("{err}; ports below 1024 need CAP_NET_BIND_SERVICE: pick a port from 1024 up")
+        }
+        ErrorKind::AddrNotAvailable => format!(
+            "{err}; {} is not an address of this machine: use a port alone (127.0.0.1), or an address `ip addr` lists",
+            addr.ip()
+        ),
+        _ => err.to_string(),
+    }
+}
+
 impl Server {
     /// Binds `addr` now (so a taken port is an error before tracing starts) and serves on a
     /// thread of its own.
     pub fn start(addr: SocketAddr) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).map_err(|e| {
             anyhow::anyhow!(
-                "cannot listen on {addr} (--serve): {e}; pick another port, or stop the program using it"
+                "cannot listen on {addr} (--serve): {}",
+                bind_advice(&e, addr)
             )
         })?;
         listener.set_nonblocking(true)?;

@@ -15,7 +15,6 @@ pub mod status;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Write,
     time::Duration,
 };
 
@@ -70,6 +69,8 @@ impl EndReason {
 
 /// Runs `leaktracer trace`.
 pub fn run(config: TraceConfig) -> anyhow::Result<()> {
+    // Before any work: a trace of ten minutes must not end in "cannot write".
+    config.outputs.check(&[])?;
     probes::check_privileges()?;
     probes::check_kernel_support()?;
     if let Some(pid) = config.pid()
@@ -219,12 +220,9 @@ fn trace(config: &TraceConfig, mut child: Option<&mut LaunchedChild>) -> anyhow:
     session.refresh_limit();
     let report = session.build_report(&snapshot, elapsed, Some(end_reason));
     session.publish(&report);
-    report.write_files(&config.outputs)?;
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(report::text::render(&report, config.outputs.top).as_bytes());
-    let _ = stdout.flush();
+    let delivered = report::deliver(&report, &config.outputs);
     drop(session); // detaches every probe
-    Ok(())
+    delivered
 }
 
 /// A trace in progress: the probes, the processes, what has been sampled, how to name stacks.

@@ -1,0 +1,160 @@
+//! Hostile and careless input never panics: every flag's value parser, the validation into a
+//! trace configuration, and the recording loader answer anything with a value or a one-line
+//! error. Property tests: random values, many per run.
+
+use std::{fs, path::PathBuf};
+
+use clap::Parser;
+use leaktracer::{
+    cli::{Cli, Command},
+    report,
+    trace::TraceConfig,
+    units::{MAX_DURATION_SECS, parse_bytes, parse_duration},
+};
+use proptest::prelude::*;
+
+/// Flags that take a value, with a value of the right shape (the flag's own parser is what is
+/// under test, not clap's handling of a missing value).
+const VALUE_FLAGS: &[&str] = &[
+    "--duration",
+    "--interval",
+    "--min-age",
+    "--min-rate",
+    "--steady-ratio",
+    "--slowdown-ratio",
+    "--severity-rates",
+    "--sample-bytes",
+    "--max-allocations",
+    "--max-stacks",
+    "--metrics-stacks",
+    "--top",
+    "--allocator",
+];
+
+/// Values a careless or hostile user types: numbers of every size and sign, units, NaN and
+/// infinities, separators, overflow, empty and odd bytes.
+fn hostile_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[-+]?[0-9]{0,25}(\\.[0-9]{0,5})?(e[-+]?[0-9]{1,4})?(ms|s|m|h|d|K|M|G|KiB|x|)",
+        Just("NaN".to_string()),
+        Just("inf".to_string()),
+        Just("-inf".to_string()),
+        Just("18446744073709551615s".to_string()),
+        Just("1e309".to_string()),
+        Just("0".to_string()),
+        Just(",,".to_string()),
+        Just("1,2".to_string()),
+        Just("3M,2M,1M".to_string()),
+        Just(":".to_string()),
+        "[ -~]{0,12}",
+        any::<String>(),
+    ]
+}
+
+/// Parses `leaktracer trace --pid 1 FLAG VALUE` and validates it; returns whether it was taken.
+fn try_trace(flag: &str, value: &str) -> bool {
+    let argv = ["leaktracer", "trace", "--pid", "1", flag, value];
+    match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Trace(args),
+        }) => TraceConfig::try_from(*args).is_ok(),
+        Ok(_) => unreachable!("parsed as trace"),
+        Err(err) => {
+            let text = err.to_string();
+            assert!(!text.trim().is_empty(), "an error says something");
+            false
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn durations_parse_in_range_or_fail(text in hostile_value()) {
+        if let Ok(duration) = parse_duration(&text) {
+            let secs = duration.as_secs_f64();
+            prop_assert!(secs > 0.0 && secs <= MAX_DURATION_SECS, "{text} -> {secs}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_finite_or_fail(text in hostile_value()) {
+        if let Ok(bytes) = parse_bytes(&text) {
+            prop_assert!(bytes.is_finite() && bytes >= 0.0, "{text} -> {bytes}");
+        }
+    }
+
+    #[test]
+    fn every_value_flag_takes_or_refuses_any_value(
+        flag in proptest::sample::select(VALUE_FLAGS),
+        value in hostile_value(),
+    ) {
+        try_trace(flag, &value);
+    }
+
+    #[test]
+    fn taken_configurations_hold_sane_values(
+        steady in hostile_value(),
+        slowdown in hostile_value(),
+        sample in hostile_value(),
+    ) {
+        let argv = [
+            "leaktracer", "trace", "--pid", "1", "--steady-ratio", &steady,
+            "--slowdown-ratio", &slowdown, "--sample-bytes", &sample,
+        ];
+        if let Ok(Cli { command: Command::Trace(args) }) = Cli::try_parse_from(argv)
+            && let Ok(config) = TraceConfig::try_from(*args)
+        {
+            let t = config.thresholds;
+            prop_assert!((0.0..=1.0).contains(&t.steady_ratio));
+            prop_assert!((0.0..=1.0).contains(&t.slowdown_ratio));
+            prop_assert!(config.sample_bytes.is_some_and(|n| n >= 1));
+        }
+    }
+
+    #[test]
+    fn the_recording_loader_refuses_garbage_with_one_line(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let path = scratch().join(format!("garbage-{}.json", std::process::id()));
+        fs::write(&path, &bytes).unwrap();
+        if let Err(err) = report::load(&path) {
+            let text = format!("{err:#}");
+            prop_assert!(text.contains("is not a leaktracer recording"), "{text}");
+        }
+        let _ = fs::remove_file(&path);
+    }
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join("leaktracer-hostile-input");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn known_bad_values_are_refused_with_their_flag_named() {
+    for (flag, value) in [
+        ("--duration", "18446744073709551615s"),
+        ("--min-age", "1e300"),
+        ("--interval", "0"),
+        ("--steady-ratio", "NaN"),
+        ("--steady-ratio", "5"),
+        ("--steady-ratio", "inf"),
+        ("--sample-bytes", "0"),
+        ("--max-stacks", "0"),
+        ("--severity-rates", "3M,2M,1M"),
+    ] {
+        assert!(!try_trace(flag, value), "{flag} {value} was taken");
+    }
+}
+
+#[test]
+fn devices_and_fifos_are_not_read_as_recordings() {
+    let err = format!("{:#}", report::load("/dev/zero".as_ref()).unwrap_err());
+    assert!(err.contains("is not a regular file"), "{err}");
+    let err = format!(
+        "{:#}",
+        report::load("/nonexistent.json".as_ref()).unwrap_err()
+    );
+    assert!(err.starts_with("cannot read /nonexistent.json"), "{err}");
+}
