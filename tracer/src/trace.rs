@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context;
-use tracer_common::{COUNTER_NAMES, Counter};
+use tracer_common::{Counter, CounterKind};
 
 use crate::{
     attach::{
@@ -148,8 +148,7 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
         empty_programs: args.empty_programs,
         sample_bytes: args.sample_bytes.map_or(0, |n| n.max(1.0) as u64),
     })?;
-    let table_slots = probes.record_table_slots;
-    let collector = Collector::new(probes.ebpf_mut(), table_slots)?;
+    let collector = Collector::new(&mut probes)?;
     // Held for the whole trace: the kernel measures programs only while it is open.
     let run_time_stats = if args.program_stats {
         Some(enable_stats(Stats::RunTime).map_err(|e| {
@@ -243,7 +242,7 @@ fn trace(args: &TraceArgs, mut child: Option<&mut LaunchedChild>) -> anyhow::Res
     session.settle_unmaps()?;
     let snapshot = session
         .collector
-        .snapshot(session.probes.ebpf(), args.min_age)?;
+        .snapshot(session.probes.maps(), args.min_age)?;
     let rss = session.total_rss();
     session.recorder.sample_at(elapsed, &snapshot, rss);
     session.status.finish();
@@ -429,7 +428,7 @@ impl Session<'_> {
 
     /// Settles pending munmap ranges and prints what the kernel side warned about.
     fn settle_unmaps(&mut self) -> anyhow::Result<()> {
-        self.collector.drain_unmaps(self.probes.ebpf_mut())?;
+        self.collector.drain_unmaps(self.probes.maps_mut())?;
         self.collector.print_warnings();
         Ok(())
     }
@@ -547,7 +546,7 @@ impl Session<'_> {
         self.refresh_limit();
         let snapshot = self
             .collector
-            .snapshot(self.probes.ebpf(), self.args.min_age)?;
+            .snapshot(self.probes.maps(), self.args.min_age)?;
         let rss = self.total_rss();
         self.recorder.sample(&snapshot, rss);
         if self.server.is_some() {
@@ -560,7 +559,7 @@ impl Session<'_> {
             return Ok(());
         }
         let grower = self.recorder.top_grower().map(|(key, rate)| {
-            let ips = collector.stack(self.probes.ebpf(), key.stack_id);
+            let ips = collector.stack(self.probes.maps(), key.stack_id);
             let frames = self
                 .symbolizer
                 .symbolize_stack(&self.spaces, key.tgid, &ips);
@@ -597,7 +596,7 @@ impl Session<'_> {
             .stacks
             .iter()
             .map(|(key, stats)| {
-                let ips = collector.stack(self.probes.ebpf(), key.stack_id);
+                let ips = collector.stack(self.probes.maps(), key.stack_id);
                 let (timeline, growth) = self.recorder.stack_history(key, &thresholds);
                 let frames = self
                     .symbolizer
@@ -627,18 +626,14 @@ impl Session<'_> {
                 .then(a.pid.cmp(&b.pid))
         });
         let counter = |c: Counter| snapshot.counters[c as usize];
-        let named = |list: &[Counter]| {
-            list.iter()
-                .map(|c| (COUNTER_NAMES[*c as usize].to_string(), counter(*c)))
+        let of_kind = |kind: CounterKind| {
+            Counter::ALL
+                .iter()
+                .filter(|c| c.kind() == kind)
+                .map(|c| (c.name().to_string(), counter(*c)))
                 .collect::<std::collections::BTreeMap<_, _>>()
         };
-        let dropped_by_cause = named(&[
-            Counter::AllocMapFull,
-            Counter::StackFailed,
-            Counter::PendingMapFull,
-            Counter::StatsMapFull,
-            Counter::UnmapEventsLost,
-        ]);
+        let dropped_by_cause = of_kind(CounterKind::Dropped);
         let totals = Totals {
             outstanding_bytes: stacks.iter().map(|s| s.outstanding_bytes).sum(),
             outstanding_allocations: stacks.iter().map(|s| s.outstanding_allocations).sum(),
@@ -646,14 +641,7 @@ impl Session<'_> {
             frees: counter(Counter::Frees),
             dropped: dropped_by_cause.values().sum(),
             dropped_by_cause,
-            ignored: named(&[
-                Counter::UnknownFrees,
-                Counter::NestedCalls,
-                Counter::AllocatorMmaps,
-                Counter::StaleCalls,
-                Counter::Unsampled,
-                Counter::Reservations,
-            ]),
+            ignored: of_kind(CounterKind::Ignored),
         };
         let timeline = self.recorder.timeline();
         let verdict = verdict(&stacks, &timeline, self.limit.clone());
