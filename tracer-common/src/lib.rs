@@ -3,6 +3,8 @@
 //! userspace reads the same bytes back, so both sides must compile exactly these definitions.
 #![no_std]
 
+pub mod programs;
+
 /// Stack id recorded when the stack could not be kept (stack map full): the bytes are still
 /// counted, under a stack userspace reports as "unknown". No captured stack hashes to it.
 pub const UNKNOWN_STACK: u64 = u64::MAX;
@@ -31,6 +33,16 @@ pub struct AllocKey {
     pub addr: u64,
 }
 
+impl AllocKey {
+    pub const fn new(tgid: u32, addr: u64) -> Self {
+        Self {
+            tgid,
+            _pad: 0,
+            addr,
+        }
+    }
+}
+
 /// One outstanding allocation, kept until its free so the free can be attributed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +57,18 @@ pub struct AllocRecord {
     /// probability it was sampled with (`size` is then scaled likewise).
     pub weight: u32,
     pub _pad: u32,
+}
+
+impl AllocRecord {
+    pub const fn new(size: u64, timestamp_ns: u64, stack_id: u64, weight: u32) -> Self {
+        Self {
+            size,
+            timestamp_ns,
+            stack_id,
+            weight,
+            _pad: 0,
+        }
+    }
 }
 
 /// Most slots of the heap record table (a power of two), the first tier of heap records;
@@ -100,6 +124,16 @@ pub struct StackKey {
     pub stack_id: u64,
 }
 
+impl StackKey {
+    pub const fn new(tgid: u32, stack_id: u64) -> Self {
+        Self {
+            tgid,
+            _pad: 0,
+            stack_id,
+        }
+    }
+}
+
 /// Per-stack totals, added to by the kernel on every allocation. (What is still outstanding is
 /// summed by userspace from the per-allocation records, so frees touch no aggregate.)
 #[repr(C)]
@@ -125,6 +159,19 @@ pub struct CachedStack {
     pub stack_id: u64,
     pub allocations: u64,
     pub bytes: u64,
+}
+
+impl CachedStack {
+    /// A slot just taken by (tgid, stack_id), with nothing added yet.
+    pub const fn new(tgid: u32, stack_id: u64) -> Self {
+        Self {
+            tgid,
+            _pad: 0,
+            stack_id,
+            allocations: 0,
+            bytes: 0,
+        }
+    }
 }
 
 /// Which allocator entry point a pending call came from; decides how its return is handled.
@@ -178,6 +225,17 @@ pub struct UnmapEvent {
     pub end: u64,
 }
 
+impl UnmapEvent {
+    pub const fn new(tgid: u32, start: u64, end: u64) -> Self {
+        Self {
+            tgid,
+            _pad: 0,
+            start,
+            end,
+        }
+    }
+}
+
 /// Indexes of the per-CPU counter array. Userspace sums them over CPUs.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,29 +269,78 @@ pub enum Counter {
     Reservations = 12,
 }
 
+/// What a [`Counter`] tells about the report's figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterKind {
+    /// Events behind the figures (allocations, frees).
+    Counted,
+    /// Events lost: the figures miss them (`totals.dropped_by_cause`).
+    Dropped,
+    /// Events left out on purpose: the figures are right without them (`totals.ignored`).
+    Ignored,
+}
+
+impl Counter {
+    /// Every counter, in slot order (`Counter::ALL[i] as u32 == i`).
+    pub const ALL: [Counter; 13] = [
+        Counter::Allocations,
+        Counter::Frees,
+        Counter::UnknownFrees,
+        Counter::AllocMapFull,
+        Counter::StackFailed,
+        Counter::PendingMapFull,
+        Counter::StatsMapFull,
+        Counter::NestedCalls,
+        Counter::AllocatorMmaps,
+        Counter::UnmapEventsLost,
+        Counter::StaleCalls,
+        Counter::Unsampled,
+        Counter::Reservations,
+    ];
+
+    /// The name reported in text and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Allocations => "allocations",
+            Counter::Frees => "frees",
+            Counter::UnknownFrees => "unknown_frees",
+            Counter::AllocMapFull => "alloc_map_full",
+            Counter::StackFailed => "stack_failed",
+            Counter::PendingMapFull => "pending_map_full",
+            Counter::StatsMapFull => "stats_map_full",
+            Counter::NestedCalls => "nested_calls",
+            Counter::AllocatorMmaps => "allocator_mmaps",
+            Counter::UnmapEventsLost => "unmap_events_lost",
+            Counter::StaleCalls => "stale_calls",
+            Counter::Unsampled => "unsampled",
+            Counter::Reservations => "reserved_mappings",
+        }
+    }
+
+    pub const fn kind(self) -> CounterKind {
+        match self {
+            Counter::Allocations | Counter::Frees => CounterKind::Counted,
+            Counter::AllocMapFull
+            | Counter::StackFailed
+            | Counter::PendingMapFull
+            | Counter::StatsMapFull
+            | Counter::UnmapEventsLost => CounterKind::Dropped,
+            Counter::UnknownFrees
+            | Counter::NestedCalls
+            | Counter::AllocatorMmaps
+            | Counter::StaleCalls
+            | Counter::Unsampled
+            | Counter::Reservations => CounterKind::Ignored,
+        }
+    }
+}
+
 /// Number of [`Counter`] slots.
-pub const COUNTER_SLOTS: u32 = 13;
+pub const COUNTER_SLOTS: u32 = Counter::ALL.len() as u32;
 
 /// Entries of the sampling table: the probability of sampling an allocation of size s is looked
 /// up at `s * SAMPLE_TABLE_SLOTS / sample_bytes`.
 pub const SAMPLE_TABLE_SLOTS: u32 = 1024;
-
-/// Names of the [`Counter`] slots, in index order, as reported in text and JSON.
-pub const COUNTER_NAMES: [&str; COUNTER_SLOTS as usize] = [
-    "allocations",
-    "frees",
-    "unknown_frees",
-    "alloc_map_full",
-    "stack_failed",
-    "pending_map_full",
-    "stats_map_full",
-    "nested_calls",
-    "allocator_mmaps",
-    "unmap_events_lost",
-    "stale_calls",
-    "unsampled",
-    "reserved_mappings",
-];
 
 /// Slot in the `MMAP_STATE` array holding the number of recorded (live) direct mappings.
 pub const LIVE_MAPPINGS_SLOT: u32 = 0;
@@ -275,5 +382,17 @@ mod tests {
         assert_eq!(split_record_capacity(50), (32, 18));
         assert_eq!(split_record_capacity(64), (32, 32));
         assert_eq!(split_record_capacity(0), (1, 1));
+    }
+
+    #[test]
+    fn counters_are_listed_in_slot_order_with_distinct_names() {
+        for (slot, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, slot);
+            assert!(
+                Counter::ALL[..slot]
+                    .iter()
+                    .all(|c| c.name() != counter.name())
+            );
+        }
     }
 }

@@ -14,22 +14,18 @@
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf};
 
+/// What a probed entry point does to the outstanding set (from the program table).
+pub use tracer_common::programs::Role;
+use tracer_common::programs::{self, Program};
+
 use crate::{
     attach::{elf::function_offsets, placement},
     error::TraceError,
     target::{maps::Mapping, process::path_in_root},
 };
 
-/// What a probed entry point does to the outstanding set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Releases memory (free, munmap): attached first, so no allocation is seen without its free.
-    Release,
-    /// Produces memory: an entry program plus the shared return program.
-    Allocate,
-}
-
-/// An allocator entry point: symbol name, the eBPF entry program for it, and its role.
+/// An allocator entry point: symbol name, the eBPF entry program for it, and its role (the
+/// program's, from the table).
 #[derive(Clone, Debug)]
 pub struct EntryPoint {
     pub symbol: String,
@@ -37,40 +33,40 @@ pub struct EntryPoint {
     pub role: Role,
 }
 
-fn entry(symbol: impl Into<String>, program: &'static str, role: Role) -> EntryPoint {
+fn entry(symbol: impl Into<String>, program: &'static Program) -> EntryPoint {
     EntryPoint {
         symbol: symbol.into(),
-        program,
-        role,
+        program: program.name,
+        role: program.role,
     }
 }
 
 /// The malloc family under `prefix` ("" for the standard names).
 pub fn heap_entry_points(prefix: &str) -> Vec<EntryPoint> {
     [
-        ("free", "free_enter", Role::Release),
-        ("malloc", "malloc_enter", Role::Allocate),
-        ("calloc", "calloc_enter", Role::Allocate),
-        ("realloc", "realloc_enter", Role::Allocate),
-        ("reallocarray", "reallocarray_enter", Role::Allocate),
-        ("posix_memalign", "posix_memalign_enter", Role::Allocate),
-        ("aligned_alloc", "memalign_enter", Role::Allocate),
-        ("memalign", "memalign_enter", Role::Allocate),
-        ("valloc", "malloc_enter", Role::Allocate),
-        ("pvalloc", "pvalloc_enter", Role::Allocate),
+        ("free", &programs::FREE_ENTER),
+        ("malloc", &programs::MALLOC_ENTER),
+        ("calloc", &programs::CALLOC_ENTER),
+        ("realloc", &programs::REALLOC_ENTER),
+        ("reallocarray", &programs::REALLOCARRAY_ENTER),
+        ("posix_memalign", &programs::POSIX_MEMALIGN_ENTER),
+        ("aligned_alloc", &programs::MEMALIGN_ENTER),
+        ("memalign", &programs::MEMALIGN_ENTER),
+        ("valloc", &programs::MALLOC_ENTER),
+        ("pvalloc", &programs::PVALLOC_ENTER),
     ]
     .into_iter()
-    .map(|(name, program, role)| entry(format!("{prefix}{name}"), program, role))
+    .map(|(name, program)| entry(format!("{prefix}{name}"), program))
     .collect()
 }
 
 /// Mapping entry points, probed in the object that defines `mmap` (the C library).
 pub fn map_entry_points() -> Vec<EntryPoint> {
     vec![
-        entry("munmap", "munmap_enter", Role::Release),
-        entry("mmap", "mmap_enter", Role::Allocate),
-        entry("mmap64", "mmap_enter", Role::Allocate),
-        entry("mremap", "mremap_enter", Role::Allocate),
+        entry("munmap", &programs::MUNMAP_ENTER),
+        entry("mmap", &programs::MMAP_ENTER),
+        entry("mmap64", &programs::MMAP_ENTER),
+        entry("mremap", &programs::MREMAP_ENTER),
     ]
 }
 
@@ -90,7 +86,7 @@ pub fn cxx_entry_points() -> Vec<EntryPoint> {
         "_ZnamSt11align_val_tRKSt9nothrow_t",
     ]
     .into_iter()
-    .map(|name| entry(name, "malloc_enter", Role::Allocate))
+    .map(|name| entry(name, &programs::MALLOC_ENTER))
     .collect()
 }
 
@@ -405,7 +401,7 @@ fn place_release_probes(object: &mut ProbeObject) {
         let Some(code) = data.get(start..(start + 64).min(data.len())) else {
             continue;
         };
-        let placement = placement::place(code, placement::registers_read_by(site.program));
+        let placement = placement::place(code, &placement::registers_read_by(site.program));
         site.probe_offset = site.offset + placement.delta;
         site.skipped = placement.skipped;
     }

@@ -112,29 +112,42 @@ pub fn place(code: &[u8], reads: &[Register]) -> Placement {
     Placement::at_entry()
 }
 
-/// The registers an entry program reads (besides the stack pointer).
-pub fn registers_read_by(program: &str) -> &'static [Register] {
-    match program {
-        "free_enter" | "malloc_enter" | "pvalloc_enter" => &[Register::RDI],
-        "munmap_enter" | "calloc_enter" | "realloc_enter" => &[Register::RDI, Register::RSI],
-        "memalign_enter" | "mmap_enter" => &[Register::RSI],
-        "reallocarray_enter" => &[Register::RDI, Register::RSI, Register::RDX],
-        "posix_memalign_enter" | "mremap_enter" => &[Register::RDI, Register::RDX],
-        // Unknown: assume every argument register.
-        _ => &[
-            Register::RDI,
-            Register::RSI,
-            Register::RDX,
-            Register::RCX,
-            Register::R8,
-            Register::R9,
-        ],
+/// The x86-64 System V argument registers, in argument order.
+const ARGUMENT_REGISTERS: [Register; 6] = [
+    Register::RDI,
+    Register::RSI,
+    Register::RDX,
+    Register::RCX,
+    Register::R8,
+    Register::R9,
+];
+
+/// The registers an entry program reads (besides the stack pointer): those of the arguments
+/// its `tracer_common::programs` entry lists; every argument register for a program not there.
+pub fn registers_read_by(program: &str) -> Vec<Register> {
+    match tracer_common::programs::by_name(program) {
+        Some(program) => program
+            .arguments
+            .iter()
+            .map(|&argument| ARGUMENT_REGISTERS[argument])
+            .collect(),
+        None => ARGUMENT_REGISTERS.to_vec(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_programs_read_their_argument_registers() {
+        assert_eq!(registers_read_by("free_enter"), [Register::RDI]);
+        assert_eq!(
+            registers_read_by("munmap_enter"),
+            [Register::RDI, Register::RSI]
+        );
+        assert_eq!(registers_read_by("no_such_program"), ARGUMENT_REGISTERS);
+    }
 
     #[test]
     fn glibc_free_is_probed_at_its_je() {
@@ -254,18 +267,18 @@ mod tests {
                 };
                 let reads = registers_read_by(program);
                 let code = &data[*offset as usize..(*offset as usize + 64).min(data.len())];
-                let placement = place(code, reads);
+                let placement = place(code, &reads);
                 eprintln!(
                     "{build} {function}: +{} after {:?}",
                     placement.delta, placement.skipped
                 );
-                assert_sound(code, &placement, reads, &format!("{build} {function}"));
+                assert_sound(code, &placement, &reads, &format!("{build} {function}"));
             }
             if build.ends_with("libc.so.6") {
                 assert_eq!(offsets.len(), 2);
                 let code = &data[offsets["free"] as usize..][..64];
                 assert_eq!(
-                    place(code, registers_read_by("free_enter")).skipped,
+                    place(code, &registers_read_by("free_enter")).skipped,
                     ["test rdi,rdi"]
                 );
             }

@@ -10,10 +10,14 @@ use aya::{
     },
 };
 
-use tracer_common::SAMPLE_TABLE_SLOTS;
+use tracer_common::{
+    SAMPLE_TABLE_SLOTS,
+    programs::{self, Role, globals, maps},
+};
 
 use crate::{
-    attach::allocator::{AttachPlan, ProbeObject, ProbeSite, Role},
+    attach::allocator::{AttachPlan, ProbeObject, ProbeSite},
+    collect::KernelMaps,
     error::TraceError,
 };
 
@@ -21,23 +25,7 @@ use crate::{
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 /// The shared return program of every allocating entry point.
-const RETURN_PROGRAM: &str = "call_return";
-
-/// Every program in the object.
-const PROGRAMS: &[&str] = &[
-    "malloc_enter",
-    "calloc_enter",
-    "memalign_enter",
-    "pvalloc_enter",
-    "realloc_enter",
-    "reallocarray_enter",
-    "posix_memalign_enter",
-    "mmap_enter",
-    "mremap_enter",
-    "free_enter",
-    "munmap_enter",
-    RETURN_PROGRAM,
-];
+const RETURN_PROGRAM: &str = programs::CALL_RETURN.name;
 
 /// Load-time settings, from command-line flags.
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +60,8 @@ pub struct AttachedProbe {
 /// descriptors; the kernel also drops them if leaktracer dies).
 pub struct Probes {
     ebpf: Ebpf,
+    /// The maps userspace uses, taken out of `ebpf` at load.
+    maps: KernelMaps,
     links: Vec<(&'static str, UProbeLinkId)>,
     pub attached: Vec<AttachedProbe>,
     /// Slots of the heap record table, as sized at load.
@@ -130,18 +120,22 @@ impl Probes {
         let (table_slots, overflow_entries) =
             tracer_common::split_record_capacity(sizes.max_allocations);
         let mut ebpf = EbpfLoader::new()
-            .override_global("FILTER_CGROUP_ID", &cgroup_id, true)
-            .override_global("FILTER_CGROUP_LEVEL", &cgroup_level, true)
-            .override_global("EMPTY_PROGRAMS", &u8::from(sizes.empty_programs), true)
-            .override_global("SAMPLE_BYTES", &sizes.sample_bytes, true)
-            .map_max_entries("RECORD_TABLE", table_slots)
-            .override_global("RECORD_TABLE_MASK", &(table_slots - 1), true)
-            .map_max_entries("ALLOCS", overflow_entries)
-            .map_max_entries("STACKS", sizes.max_stacks)
-            .map_max_entries("STACK_STATS", sizes.max_stacks.saturating_mul(4))
+            .override_global(globals::FILTER_CGROUP_ID, &cgroup_id, true)
+            .override_global(globals::FILTER_CGROUP_LEVEL, &cgroup_level, true)
+            .override_global(
+                globals::EMPTY_PROGRAMS,
+                &u8::from(sizes.empty_programs),
+                true,
+            )
+            .override_global(globals::SAMPLE_BYTES, &sizes.sample_bytes, true)
+            .map_max_entries(maps::RECORD_TABLE, table_slots)
+            .override_global(globals::RECORD_TABLE_MASK, &(table_slots - 1), true)
+            .map_max_entries(maps::ALLOCS, overflow_entries)
+            .map_max_entries(maps::STACKS, sizes.max_stacks)
+            .map_max_entries(maps::STACK_STATS, sizes.max_stacks.saturating_mul(4))
             .load(EBPF_OBJECT)
             .map_err(|e| TraceError::Load(format!("{e:#}")))?;
-        for name in PROGRAMS {
+        for name in programs::ALL.map(|program| program.name) {
             let program: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or_else(|| TraceError::Load(format!("program {name} missing from the object")))?
@@ -151,9 +145,11 @@ impl Probes {
                 .load()
                 .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
         }
-        fill_sample_table(&mut ebpf)?;
+        let mut maps = KernelMaps::take(&mut ebpf).map_err(|e| TraceError::Load(e.to_string()))?;
+        fill_sample_table(&mut maps)?;
         Ok(Self {
             ebpf,
+            maps,
             record_table_slots: table_slots,
             links: Vec::new(),
             attached: Vec::new(),
@@ -163,10 +159,8 @@ impl Probes {
     /// Freezes the picture: every program returns at once from now on. Cheaper and more
     /// immediate than detaching, which the kernel does about 0.1 s per probe.
     pub fn stop_recording(&mut self) -> Result<(), TraceError> {
-        let map = self.ebpf.map_mut("STOPPED").expect("STOPPED map");
-        let mut stopped: aya::maps::Array<_, u32> =
-            aya::maps::Array::try_from(map).map_err(|e| TraceError::Load(e.to_string()))?;
-        stopped
+        self.maps
+            .stopped
             .set(0, 1, 0)
             .map_err(|e| TraceError::Load(format!("stopping the programs: {e}")))
     }
@@ -272,12 +266,11 @@ impl Probes {
         }
     }
 
-    /// The loaded object, for reading maps.
     /// Run-time figures of every program, as the kernel measures them while its BPF statistics
     /// are on (see `aya::sys::enable_stats`); programs never run are left out.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         let mut all = Vec::new();
-        for name in PROGRAMS {
+        for name in programs::ALL.map(|program| program.name) {
             let Some(program) = self.ebpf.program(name) else {
                 continue;
             };
@@ -298,12 +291,18 @@ impl Probes {
         all
     }
 
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
+    /// The collector of what these programs record: their record table mapped, their log taken.
+    pub fn collector(&mut self) -> anyhow::Result<crate::collect::Collector> {
+        crate::collect::Collector::new(&mut self.ebpf, &self.maps, self.record_table_slots)
     }
 
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The maps userspace reads and writes.
+    pub fn maps(&self) -> &KernelMaps {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut KernelMaps {
+        &mut self.maps
     }
 }
 
@@ -316,10 +315,8 @@ impl Drop for Probes {
 /// Slot k: the probability, scaled to 2^32, of sampling an allocation of (k + 0.5) / slots of
 /// the sampling period: 1 - exp(-(k + 0.5) / slots). The kernel samples with it and scales by its
 /// inverse, so the quantization costs variance, not bias.
-fn fill_sample_table(ebpf: &mut Ebpf) -> Result<(), TraceError> {
-    let map = ebpf.map_mut("SAMPLE_TABLE").expect("SAMPLE_TABLE map");
-    let mut table: aya::maps::Array<_, u32> =
-        aya::maps::Array::try_from(map).map_err(|e| TraceError::Load(e.to_string()))?;
+fn fill_sample_table(maps: &mut KernelMaps) -> Result<(), TraceError> {
+    let table = &mut maps.sample_table;
     for slot in 0..SAMPLE_TABLE_SLOTS {
         let fraction = (f64::from(slot) + 0.5) / f64::from(SAMPLE_TABLE_SLOTS);
         let probability = 1.0 - (-fraction).exp();
@@ -337,4 +334,93 @@ fn verifier_summary(error: &aya::programs::ProgramError) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines.len().saturating_sub(3);
     lines[tail..].join(" / ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+    use super::*;
+
+    /// What aya-log adds to the object: its map and its level global.
+    const LOG_MAP: &str = "AYA_LOGS";
+    const LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
+    /// The embedded object's global symbols: (programs with their section, maps, globals).
+    fn object_symbols() -> (
+        BTreeSet<(String, String)>,
+        BTreeSet<String>,
+        BTreeSet<String>,
+    ) {
+        let file = object::File::parse(EBPF_OBJECT).expect("the embedded eBPF object parses");
+        let (mut programs, mut maps, mut globals) = Default::default();
+        for symbol in file
+            .symbols()
+            .filter(|s| s.is_global() && s.is_definition())
+        {
+            let Some(section) = symbol
+                .section_index()
+                .and_then(|i| file.section_by_index(i).ok())
+            else {
+                continue;
+            };
+            let section = section.name().unwrap().to_string();
+            let name = symbol.name().unwrap().to_string();
+            match symbol.kind() {
+                SymbolKind::Text
+                    if section.starts_with("uprobe") || section.starts_with("uret") =>
+                {
+                    BTreeSet::insert(&mut programs, (name, section));
+                }
+                SymbolKind::Data if section == "maps" => {
+                    BTreeSet::insert(&mut maps, name);
+                }
+                SymbolKind::Data => {
+                    BTreeSet::insert(&mut globals, name);
+                }
+                _ => {}
+            }
+        }
+        (programs, maps, globals)
+    }
+
+    /// The program, map and global tables of tracer-common against the object itself, both
+    /// ways (no kernel needed: the ELF is parsed).
+    #[test]
+    fn the_tables_match_the_embedded_object() {
+        if EBPF_OBJECT.is_empty() {
+            assert!(
+                option_env!("AYA_BUILD_SKIP").is_some(),
+                "the eBPF object is missing although AYA_BUILD_SKIP is not set"
+            );
+            return;
+        }
+        let (programs, maps, globals) = object_symbols();
+        let expected_programs: BTreeSet<(String, String)> = programs::ALL
+            .iter()
+            .map(|p| {
+                let section = if p.role == Role::Return {
+                    "uretprobe"
+                } else {
+                    "uprobe"
+                };
+                (p.name.to_string(), section.to_string())
+            })
+            .collect();
+        assert_eq!(programs, expected_programs, "programs (name, section)");
+        let expected_maps: BTreeSet<String> = maps::ALL
+            .iter()
+            .chain([&LOG_MAP])
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(maps, expected_maps, "maps");
+        let expected_globals: BTreeSet<String> = globals::ALL
+            .iter()
+            .chain([&LOG_LEVEL])
+            .map(|g| g.to_string())
+            .collect();
+        assert_eq!(globals, expected_globals, "globals");
+    }
 }

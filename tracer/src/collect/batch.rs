@@ -143,11 +143,7 @@ mod tests {
         );
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         for i in 0..entries {
-            let key = AllocKey {
-                tgid: 7,
-                _pad: 0,
-                addr: 0x1000 * u64::from(i),
-            };
+            let key = AllocKey::new(7, 0x1000 * u64::from(i));
             let value = AllocRecord {
                 size: u64::from(i),
                 ..Default::default()

@@ -3,18 +3,17 @@
 //! kernel handed to userspace.
 
 mod batch;
+mod kernel_maps;
 mod table;
 
 use std::{collections::HashMap, time::Duration};
 
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-};
+use aya::maps::IterableMap;
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, STACK_CACHE_SLOTS, StackKey, StackStats,
-    UNKNOWN_STACK, UnmapEvent, UserStack,
+    AllocKey, AllocRecord, COUNTER_SLOTS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
 };
+
+pub use kernel_maps::{KernelMaps, KernelMapsError};
 
 const PAGE_SIZE: u64 = 4096;
 
@@ -68,34 +67,21 @@ impl log::Log for KernelWarnings {
     fn flush(&self) {}
 }
 
-/// The map called `name` (one of the tracer's own, so it exists).
-fn map_data<'a>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a MapData> {
-    use aya::maps::Map;
-    match ebpf.map(name) {
-        Some(Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data)) => Ok(data),
-        _ => anyhow::bail!("{name}: not a hash map or array in the eBPF object"),
-    }
-}
-
 /// Reads the tracer's maps.
 pub struct Collector {
-    unmap_events: RingBuf<MapData>,
     warnings: Option<aya_log::EbpfLogger<KernelWarnings>>,
     /// The heap record table, mapped.
     table: table::RecordTable,
 }
 
 impl Collector {
-    /// Takes the munmap event ring out of the loaded object.
-    pub fn new(ebpf: &mut Ebpf, table_slots: u32) -> anyhow::Result<Self> {
-        let table = table::RecordTable::map(map_data(ebpf, "RECORD_TABLE")?, table_slots as usize)
+    /// Maps the record table of the loaded programs (`table_slots` of it in use) and takes
+    /// their log out of `ebpf`.
+    pub fn new(ebpf: &mut aya::Ebpf, maps: &KernelMaps, table_slots: u32) -> anyhow::Result<Self> {
+        let table = table::RecordTable::map(maps.record_table.map(), table_slots as usize)
             .map_err(|e| anyhow::anyhow!("cannot map the record table: {e}"))?;
-        let ring = ebpf
-            .take_map("UNMAP_EVENTS")
-            .ok_or_else(|| anyhow::anyhow!("UNMAP_EVENTS map missing"))?;
         Ok(Self {
             table,
-            unmap_events: RingBuf::try_from(ring)?,
             // No logger only when the object has no log calls at all.
             warnings: aya_log::EbpfLogger::init_with_logger(ebpf, KernelWarnings).ok(),
         })
@@ -110,9 +96,9 @@ impl Collector {
 
     /// Settles every pending munmap range against the recorded mappings: a mapping the range
     /// covers is released, one it overlaps is trimmed to what is still mapped.
-    pub fn drain_unmaps(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    pub fn drain_unmaps(&self, maps: &mut KernelMaps) -> anyhow::Result<()> {
         let mut events = Vec::new();
-        while let Some(item) = self.unmap_events.next() {
+        while let Some(item) = maps.unmap_events.next() {
             if item.len() >= size_of::<UnmapEvent>() {
                 // SAFETY: the kernel wrote a whole UnmapEvent; read_unaligned copes with any
                 // alignment of the ring's data.
@@ -123,9 +109,8 @@ impl Collector {
         if events.is_empty() {
             return Ok(());
         }
-        let recorded: Vec<(AllocKey, AllocRecord)> = batch::read_map(map_data(ebpf, "MMAPS")?)?;
-        let mut mmaps: BpfHashMap<_, AllocKey, AllocRecord> =
-            BpfHashMap::try_from(ebpf.map_mut("MMAPS").expect("MMAPS map"))?;
+        let recorded: Vec<(AllocKey, AllocRecord)> = batch::read_map(maps.mmaps.map())?;
+        let mmaps = &mut maps.mmaps;
         for event in events {
             for (key, record) in recorded.iter().filter(|(k, _)| k.tgid == event.tgid) {
                 let start = key.addr;
@@ -146,10 +131,7 @@ impl Collector {
                 }
                 for (addr, size) in &pieces {
                     let _ = mmaps.insert(
-                        AllocKey {
-                            addr: *addr,
-                            ..*key
-                        },
+                        AllocKey::new(key.tgid, *addr),
                         AllocRecord {
                             size: *size,
                             ..*record
@@ -166,7 +148,7 @@ impl Collector {
     /// and reads the per-stack totals and the counters.
     pub fn snapshot(
         &self,
-        ebpf: &Ebpf,
+        maps: &KernelMaps,
         min_age: Option<Duration>,
     ) -> anyhow::Result<KernelSnapshot> {
         let cutoff = min_age.map_or(u64::MAX, |age| {
@@ -174,26 +156,20 @@ impl Collector {
         });
         let mut all: HashMap<StackKey, StackFigures> = HashMap::new();
         let mut records: Vec<(AllocKey, AllocRecord)> = Vec::new();
-        for map in ["ALLOCS", "MMAPS"] {
-            records.extend(batch::read_map::<AllocKey, AllocRecord>(map_data(
-                ebpf, map,
-            )?)?);
+        for map in [&maps.allocs, &maps.mmaps] {
+            records.extend(batch::read_map::<AllocKey, AllocRecord>(map.map())?);
         }
         for (key, record) in self.table.records().chain(records) {
             if record.timestamp_ns > cutoff {
                 continue;
             }
             let figures = all
-                .entry(StackKey {
-                    tgid: key.tgid,
-                    _pad: 0,
-                    stack_id: record.stack_id,
-                })
+                .entry(StackKey::new(key.tgid, record.stack_id))
                 .or_default();
             figures.outstanding_bytes += record.size;
             figures.outstanding_allocations += u64::from(record.weight.max(1));
         }
-        let totals: Vec<(StackKey, StackStats)> = batch::read_map(map_data(ebpf, "STACK_STATS")?)?;
+        let totals: Vec<(StackKey, StackStats)> = batch::read_map(maps.stack_stats.map())?;
         for (key, stats) in totals {
             if let Some(figures) = all.get_mut(&key) {
                 figures.total_allocations += stats.total_allocations;
@@ -201,15 +177,9 @@ impl Collector {
             }
         }
         // Totals not written back yet: still in the per-CPU stack caches.
-        let cache: PerCpuArray<_, [CachedStack; STACK_CACHE_SLOTS]> =
-            PerCpuArray::try_from(ebpf.map("STACK_CACHE").expect("STACK_CACHE map"))?;
-        for per_cpu in cache.get(&0, 0)?.iter() {
+        for per_cpu in maps.stack_cache.get(&0, 0)?.iter() {
             for slot in per_cpu.iter().filter(|slot| slot.tgid != 0) {
-                let key = StackKey {
-                    tgid: slot.tgid,
-                    _pad: 0,
-                    stack_id: slot.stack_id,
-                };
+                let key = StackKey::new(slot.tgid, slot.stack_id);
                 if let Some(figures) = all.get_mut(&key) {
                     figures.total_allocations += slot.allocations;
                     figures.total_bytes += slot.bytes;
@@ -218,27 +188,19 @@ impl Collector {
         }
         let mut stacks: Vec<(StackKey, StackFigures)> = all.into_iter().collect();
         stacks.sort_by_key(|(key, _)| *key);
-        let counters_map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(ebpf.map("COUNTERS").expect("COUNTERS map"))?;
         let mut counters = [0u64; COUNTER_SLOTS as usize];
         for (slot, total) in counters.iter_mut().enumerate() {
-            *total = counters_map.get(&(slot as u32), 0)?.iter().sum();
+            *total = maps.counters.get(&(slot as u32), 0)?.iter().sum();
         }
         Ok(KernelSnapshot { stacks, counters })
     }
 
     /// The instruction pointers of a stack, innermost first; empty for the unknown stack.
-    pub fn stack(&self, ebpf: &Ebpf, stack_id: u64) -> Vec<u64> {
+    pub fn stack(&self, maps: &KernelMaps, stack_id: u64) -> Vec<u64> {
         if stack_id == UNKNOWN_STACK {
             return Vec::new();
         }
-        let Some(map) = ebpf.map("STACKS") else {
-            return Vec::new();
-        };
-        let Ok(stacks) = BpfHashMap::<_, u64, UserStack>::try_from(map) else {
-            return Vec::new();
-        };
-        stacks
+        maps.stacks
             .get(&stack_id, 0)
             .map(|stack| {
                 let depth = (stack.depth as usize).min(stack.ips.len());

@@ -50,18 +50,8 @@ impl RecordTable {
             // SAFETY: index < slots, inside the mapping. The programs write slots while we
             // read: volatile reads of plain data, a slot published by its key written last.
             let slot = unsafe { std::ptr::read_volatile(self.base.as_ptr().add(index)) };
-            let key = AllocKey {
-                tgid: slot.tgid,
-                _pad: 0,
-                addr: slot.addr,
-            };
-            let record = AllocRecord {
-                size: slot.size,
-                timestamp_ns: slot.timestamp_ns,
-                stack_id: slot.stack_id,
-                weight: slot.weight,
-                _pad: 0,
-            };
+            let key = AllocKey::new(slot.tgid, slot.addr);
+            let record = AllocRecord::new(slot.size, slot.timestamp_ns, slot.stack_id, slot.weight);
             (slot.key >= FIRST_RECORD_KEY).then_some((key, record))
         })
     }

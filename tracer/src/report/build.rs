@@ -4,7 +4,7 @@
 //! It takes plain values, not the trace session, so a report can be built (and tested) without
 //! probes or processes.
 
-use tracer_common::{COUNTER_NAMES, Counter};
+use tracer_common::{Counter, CounterKind};
 
 use super::{
     ModuleMapping, ProcessEntry, Report, Stack, StackPoint, Target, TimelinePoint, Totals, Verdict,
@@ -75,18 +75,14 @@ pub fn sort_stacks(stacks: &mut [Stack]) {
 /// The totals: outstanding figures summed over `stacks`, the rest from the kernel's counters.
 pub fn totals(stacks: &[Stack], counters: &[u64]) -> Totals {
     let counter = |c: Counter| counters[c as usize];
-    let named = |list: &[Counter]| {
-        list.iter()
-            .map(|c| (COUNTER_NAMES[*c as usize].to_string(), counter(*c)))
+    let of_kind = |kind: CounterKind| {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.kind() == kind)
+            .map(|c| (c.name().to_string(), counter(*c)))
             .collect::<std::collections::BTreeMap<_, _>>()
     };
-    let dropped_by_cause = named(&[
-        Counter::AllocMapFull,
-        Counter::StackFailed,
-        Counter::PendingMapFull,
-        Counter::StatsMapFull,
-        Counter::UnmapEventsLost,
-    ]);
+    let dropped_by_cause = of_kind(CounterKind::Dropped);
     Totals {
         outstanding_bytes: stacks.iter().map(|s| s.outstanding_bytes).sum(),
         outstanding_allocations: stacks.iter().map(|s| s.outstanding_allocations).sum(),
@@ -94,14 +90,7 @@ pub fn totals(stacks: &[Stack], counters: &[u64]) -> Totals {
         frees: counter(Counter::Frees),
         dropped: dropped_by_cause.values().sum(),
         dropped_by_cause,
-        ignored: named(&[
-            Counter::UnknownFrees,
-            Counter::NestedCalls,
-            Counter::AllocatorMmaps,
-            Counter::StaleCalls,
-            Counter::Unsampled,
-            Counter::Reservations,
-        ]),
+        ignored: of_kind(CounterKind::Ignored),
     }
 }
 

@@ -65,7 +65,7 @@ impl Session<'_> {
 
     /// Settles pending munmap ranges and prints what the kernel side warned about.
     pub(super) fn settle_unmaps(&mut self) -> anyhow::Result<()> {
-        self.collector.drain_unmaps(self.probes.ebpf_mut())?;
+        self.collector.drain_unmaps(self.probes.maps_mut())?;
         self.collector.print_warnings();
         Ok(())
     }
@@ -75,7 +75,7 @@ impl Session<'_> {
         self.refresh_limit();
         let snapshot = self
             .collector
-            .snapshot(self.probes.ebpf(), self.config.min_age)?;
+            .snapshot(self.probes.maps(), self.config.min_age)?;
         let rss = self.total_rss();
         self.history.sample(&snapshot, rss);
         if self.server.is_some() {
@@ -87,7 +87,7 @@ impl Session<'_> {
             return Ok(());
         }
         let grower = self.history.top_grower().map(|(key, rate)| {
-            let ips = self.collector.stack(self.probes.ebpf(), key.stack_id);
+            let ips = self.collector.stack(self.probes.maps(), key.stack_id);
             let frames = self
                 .symbolizer
                 .symbolize_stack(&self.spaces, key.tgid, &ips);

@@ -115,8 +115,7 @@ fn trace(config: &TraceConfig, mut child: Option<&mut LaunchedChild>) -> anyhow:
         empty_programs: config.empty_programs,
         sample_bytes: config.sample_bytes.unwrap_or(0),
     })?;
-    let table_slots = probes.record_table_slots;
-    let collector = Collector::new(probes.ebpf_mut(), table_slots)?;
+    let collector = probes.collector()?;
     // Held for the whole trace: the kernel measures programs only while it is open.
     let run_time_stats = if config.program_stats {
         Some(enable_stats(Stats::RunTime).map_err(|e| {
@@ -210,7 +209,7 @@ fn trace(config: &TraceConfig, mut child: Option<&mut LaunchedChild>) -> anyhow:
     session.settle_unmaps()?;
     let snapshot = session
         .collector
-        .snapshot(session.probes.ebpf(), config.min_age)?;
+        .snapshot(session.probes.maps(), config.min_age)?;
     let rss = session.total_rss();
     session.history.sample_at(elapsed, &snapshot, rss);
     session.status.finish();
@@ -260,7 +259,7 @@ impl Session<'_> {
             .stacks
             .iter()
             .map(|(key, figures)| {
-                let ips = self.collector.stack(self.probes.ebpf(), key.stack_id);
+                let ips = self.collector.stack(self.probes.maps(), key.stack_id);
                 let (timeline, growth) = self.history.stack_history(key, &thresholds);
                 let frames = self
                     .symbolizer

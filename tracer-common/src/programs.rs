@@ -1,0 +1,198 @@
+//! The eBPF object's interface, in one place: its programs (name, role, the arguments each
+//! reads), its maps and its globals. The kernel side reads its arguments through [`Program`];
+//! userspace attaches, places probes and opens maps by these names. A userspace test parses the
+//! embedded object and checks it against these tables both ways.
+
+/// What a program does at its probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Entry of a call that produces memory; finished by the [`Role::Return`] program.
+    Allocate,
+    /// Entry of a call that releases memory (free, munmap): attached first, so no allocation is
+    /// seen without its free. Its probe may move past the first instructions (placement).
+    Release,
+    /// The shared return probe of every allocating call.
+    Return,
+}
+
+/// One program of the eBPF object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Program {
+    /// The ELF symbol (and aya program name).
+    pub name: &'static str,
+    pub role: Role,
+    /// The argument indexes (0: first argument) the program reads, in the order it uses them.
+    pub arguments: &'static [usize],
+}
+
+/// malloc(size), valloc(size), C++ operator new.
+pub const MALLOC_ENTER: Program = Program {
+    name: "malloc_enter",
+    role: Role::Allocate,
+    arguments: &[0],
+};
+/// calloc(n, size).
+pub const CALLOC_ENTER: Program = Program {
+    name: "calloc_enter",
+    role: Role::Allocate,
+    arguments: &[0, 1],
+};
+/// aligned_alloc(alignment, size), memalign(alignment, size): reads the size.
+pub const MEMALIGN_ENTER: Program = Program {
+    name: "memalign_enter",
+    role: Role::Allocate,
+    arguments: &[1],
+};
+/// pvalloc(size).
+pub const PVALLOC_ENTER: Program = Program {
+    name: "pvalloc_enter",
+    role: Role::Allocate,
+    arguments: &[0],
+};
+/// realloc(ptr, size).
+pub const REALLOC_ENTER: Program = Program {
+    name: "realloc_enter",
+    role: Role::Allocate,
+    arguments: &[0, 1],
+};
+/// reallocarray(ptr, n, size).
+pub const REALLOCARRAY_ENTER: Program = Program {
+    name: "reallocarray_enter",
+    role: Role::Allocate,
+    arguments: &[0, 1, 2],
+};
+/// posix_memalign(&ptr, alignment, size): reads the out-parameter and the size.
+pub const POSIX_MEMALIGN_ENTER: Program = Program {
+    name: "posix_memalign_enter",
+    role: Role::Allocate,
+    arguments: &[0, 2],
+};
+/// mmap(addr, length, prot, ...): reads length and prot.
+pub const MMAP_ENTER: Program = Program {
+    name: "mmap_enter",
+    role: Role::Allocate,
+    arguments: &[1, 2],
+};
+/// mremap(old_address, old_size, new_size, ...): reads the old address and the new size.
+pub const MREMAP_ENTER: Program = Program {
+    name: "mremap_enter",
+    role: Role::Allocate,
+    arguments: &[0, 2],
+};
+/// free(ptr).
+pub const FREE_ENTER: Program = Program {
+    name: "free_enter",
+    role: Role::Release,
+    arguments: &[0],
+};
+/// munmap(addr, length).
+pub const MUNMAP_ENTER: Program = Program {
+    name: "munmap_enter",
+    role: Role::Release,
+    arguments: &[0, 1],
+};
+/// Return of every allocating call: reads the return value only.
+pub const CALL_RETURN: Program = Program {
+    name: "call_return",
+    role: Role::Return,
+    arguments: &[],
+};
+
+/// Every program of the object.
+pub const ALL: [Program; 12] = [
+    MALLOC_ENTER,
+    CALLOC_ENTER,
+    MEMALIGN_ENTER,
+    PVALLOC_ENTER,
+    REALLOC_ENTER,
+    REALLOCARRAY_ENTER,
+    POSIX_MEMALIGN_ENTER,
+    MMAP_ENTER,
+    MREMAP_ENTER,
+    FREE_ENTER,
+    MUNMAP_ENTER,
+    CALL_RETURN,
+];
+
+/// The program called `name`.
+pub fn by_name(name: &str) -> Option<&'static Program> {
+    ALL.iter().find(|program| program.name == name)
+}
+
+/// Names of the object's maps: the names of the statics in tracer-ebpf's `maps` module
+/// (aya-ebpf's `#[map]` takes only a literal name, so the statics carry these very names, which
+/// the object test checks).
+pub mod maps {
+    pub const STOPPED: &str = "STOPPED";
+    pub const RECORD_TABLE: &str = "RECORD_TABLE";
+    pub const OVERFLOWED: &str = "OVERFLOWED";
+    pub const ALLOCS: &str = "ALLOCS";
+    pub const MMAPS: &str = "MMAPS";
+    pub const STACK_STATS: &str = "STACK_STATS";
+    pub const STACKS: &str = "STACKS";
+    pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
+    pub const STACK_CACHE: &str = "STACK_CACHE";
+    pub const PENDING: &str = "PENDING";
+    pub const PENDING_OVERFLOW: &str = "PENDING_OVERFLOW";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const MMAP_STATE: &str = "MMAP_STATE";
+    pub const SAMPLE_TABLE: &str = "SAMPLE_TABLE";
+    pub const RECORDED_ADDRESSES: &str = "RECORDED_ADDRESSES";
+    pub const UNMAP_EVENTS: &str = "UNMAP_EVENTS";
+
+    /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
+    pub const ALL: [&str; 16] = [
+        STOPPED,
+        RECORD_TABLE,
+        OVERFLOWED,
+        ALLOCS,
+        MMAPS,
+        STACK_STATS,
+        STACKS,
+        STACK_SCRATCH,
+        STACK_CACHE,
+        PENDING,
+        PENDING_OVERFLOW,
+        COUNTERS,
+        MMAP_STATE,
+        SAMPLE_TABLE,
+        RECORDED_ADDRESSES,
+        UNMAP_EVENTS,
+    ];
+}
+
+/// Names of the object's globals, which userspace sets at load time.
+pub mod globals {
+    pub const FILTER_CGROUP_ID: &str = "FILTER_CGROUP_ID";
+    pub const FILTER_CGROUP_LEVEL: &str = "FILTER_CGROUP_LEVEL";
+    pub const RECORD_TABLE_MASK: &str = "RECORD_TABLE_MASK";
+    pub const SAMPLE_BYTES: &str = "SAMPLE_BYTES";
+    pub const EMPTY_PROGRAMS: &str = "EMPTY_PROGRAMS";
+
+    /// Every global the tracer declares (aya-log adds its own, `AYA_LOG_LEVEL`).
+    pub const ALL: [&str; 5] = [
+        FILTER_CGROUP_ID,
+        FILTER_CGROUP_LEVEL,
+        RECORD_TABLE_MASK,
+        SAMPLE_BYTES,
+        EMPTY_PROGRAMS,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_distinct_and_one_program_returns() {
+        for (i, program) in ALL.iter().enumerate() {
+            assert!(ALL[..i].iter().all(|p| p.name != program.name));
+            assert_eq!(by_name(program.name), Some(program));
+        }
+        let returns: usize = ALL.iter().filter(|p| p.role == Role::Return).count();
+        assert_eq!(returns, 1);
+        for (i, map) in maps::ALL.iter().enumerate() {
+            assert!(!maps::ALL[..i].contains(map));
+        }
+    }
+}

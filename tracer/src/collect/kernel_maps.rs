@@ -1,0 +1,73 @@
+//! The eBPF object's maps userspace reads or writes, each resolved once, right after loading,
+//! into a typed handle: a missing or mistyped map fails the load, not a later read.
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    AllocKey, AllocRecord, CachedStack, RecordSlot, STACK_CACHE_SLOTS, StackKey, StackStats,
+    UserStack, programs::maps,
+};
+
+/// Why the maps could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelMapsError {
+    #[error("map {0} missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Type {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// The maps, taken out of the loaded object (the programs keep theirs).
+pub struct KernelMaps {
+    /// Slot 0 set to stop every program.
+    pub stopped: Array<MapData, u32>,
+    /// Sampling probabilities, filled at load.
+    pub sample_table: Array<MapData, u32>,
+    /// The heap record table (mapped into memory by the collector).
+    pub record_table: Array<MapData, RecordSlot>,
+    /// Heap records the table had no room for.
+    pub allocs: HashMap<MapData, AllocKey, AllocRecord>,
+    /// Direct mappings.
+    pub mmaps: HashMap<MapData, AllocKey, AllocRecord>,
+    pub stack_stats: HashMap<MapData, StackKey, StackStats>,
+    pub stacks: HashMap<MapData, u64, UserStack>,
+    /// Per-CPU totals not written back to `stack_stats` yet.
+    pub stack_cache: PerCpuArray<MapData, [CachedStack; STACK_CACHE_SLOTS]>,
+    /// The [`tracer_common::Counter`] slots, per CPU.
+    pub counters: PerCpuArray<MapData, u64>,
+    /// munmap ranges for userspace to settle.
+    pub unmap_events: RingBuf<MapData>,
+}
+
+impl KernelMaps {
+    /// Takes every map userspace uses out of `ebpf`.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, KernelMapsError> {
+        Ok(Self {
+            stopped: take(ebpf, maps::STOPPED)?,
+            sample_table: take(ebpf, maps::SAMPLE_TABLE)?,
+            record_table: take(ebpf, maps::RECORD_TABLE)?,
+            allocs: take(ebpf, maps::ALLOCS)?,
+            mmaps: take(ebpf, maps::MMAPS)?,
+            stack_stats: take(ebpf, maps::STACK_STATS)?,
+            stacks: take(ebpf, maps::STACKS)?,
+            stack_cache: take(ebpf, maps::STACK_CACHE)?,
+            counters: take(ebpf, maps::COUNTERS)?,
+            unmap_events: take(ebpf, maps::UNMAP_EVENTS)?,
+        })
+    }
+}
+
+/// The map called `name`, as the typed handle `M`.
+fn take<M: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<M, KernelMapsError> {
+    let map = ebpf.take_map(name).ok_or(KernelMapsError::Missing(name))?;
+    M::try_from(map).map_err(|source| KernelMapsError::Type { name, source })
+}
