@@ -9,9 +9,32 @@ pub enum TraceError {
     NoSuchProcess(u32),
 
     #[error(
-        "leaktracer needs root to load eBPF programs (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run it with sudo"
+        "cannot read the memory maps of pid {0}: permission denied (leaktracer needs root with CAP_SYS_PTRACE to read another user's process)"
     )]
-    NotRoot,
+    ProcessNotReadable(u32),
+
+    #[error("pid {0} exited while leaktracer was attaching to it")]
+    ExitedDuringAttach(u32),
+
+    #[error(
+        "cannot open the objects pid {pid} maps (through /proc/{pid}/map_files): {reason}; leaktracer needs CAP_SYS_ADMIN for that, besides CAP_BPF and CAP_PERFMON"
+    )]
+    ObjectsNotOpenable { pid: u32, reason: String },
+
+    #[error(
+        "cannot create the kernel map {map} with {entries} entries: {reason}; lower {flag} (memory for BPF maps is charged to this process's memory cgroup)"
+    )]
+    MapTooLarge {
+        map: String,
+        entries: u32,
+        flag: &'static str,
+        reason: String,
+    },
+
+    #[error(
+        "leaktracer needs root to load eBPF programs (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; missing: {0}): run it with sudo"
+    )]
+    NotRoot(String),
 
     #[error(
         "this kernel lacks uprobe support ({0} is missing): leaktracer needs CONFIG_UPROBES, CONFIG_UPROBE_EVENTS and CONFIG_BPF_EVENTS"

@@ -234,11 +234,20 @@ pub fn candidates_from_maps(pid: u32, maps: &[Mapping]) -> Vec<Candidate> {
             continue;
         }
         seen.push(key);
+        let map_file = PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            mapping.start, mapping.end
+        ));
+        // map_files needs CAP_SYS_ADMIN; without it, the path through the process's root
+        // reaches the same file (checked by device and inode before it is probed).
+        let open_path = match std::fs::metadata(&map_file) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => mapping
+                .clean_path()
+                .map_or(map_file, |path| path_in_root(pid, path)),
+            _ => map_file,
+        };
         out.push(Candidate {
-            open_path: PathBuf::from(format!(
-                "/proc/{pid}/map_files/{:x}-{:x}",
-                mapping.start, mapping.end
-            )),
+            open_path,
             display_path: mapping.clean_path().unwrap_or_default().to_string(),
             expected: mapping.dev_number().map(|dev| (dev, mapping.inode)),
         });
@@ -337,6 +346,18 @@ pub fn plan(
     for (family, slot) in families.iter().zip(&chosen) {
         let Some((candidate, offsets)) = slot else {
             if family.essential {
+                if pid != 0 && !crate::target::process::is_alive(pid) {
+                    return Err(TraceError::ExitedDuringAttach(pid));
+                }
+                let unopenable = candidates.iter().find_map(|c| {
+                    std::fs::File::open(&c.open_path)
+                        .err()
+                        .filter(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+                        .map(|e| format!("{}: {e}", c.display_path))
+                });
+                if let Some(reason) = unopenable {
+                    return Err(TraceError::ObjectsNotOpenable { pid, reason });
+                }
                 return Err(TraceError::NoAllocator {
                     pid,
                     searched: match &family.only {
@@ -355,6 +376,17 @@ pub fn plan(
             continue;
         };
         let Some(object) = probe_object(&mut objects, candidate) else {
+            if family.essential {
+                // Found a moment ago, gone now: the process exited (or exec'd) meanwhile.
+                return Err(if crate::target::process::is_alive(pid) {
+                    TraceError::ObjectsNotOpenable {
+                        pid,
+                        reason: format!("{} vanished while attaching", candidate.display_path),
+                    }
+                } else {
+                    TraceError::ExitedDuringAttach(pid)
+                });
+            }
             continue;
         };
         if family.essential {
@@ -380,7 +412,9 @@ pub fn plan(
     for object in &mut objects {
         place_release_probes(object);
     }
-    let (allocator, allocator_file) = allocator_object.expect("the essential family was found");
+    let Some((allocator, allocator_file)) = allocator_object else {
+        return Err(TraceError::ExitedDuringAttach(pid));
+    };
     Ok(AttachPlan {
         objects,
         allocator,

@@ -81,10 +81,17 @@ pub fn check_privileges() -> Result<(), TraceError> {
         .unwrap_or(0);
     let has = |cap: u32| effective & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        Ok(())
-    } else {
-        Err(TraceError::NotRoot)
+        return Ok(());
     }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    Err(TraceError::NotRoot(format!(
+        "{} (or CAP_SYS_ADMIN)",
+        missing.join(" and ")
+    )))
 }
 
 /// Fails with a clear message when the kernel cannot run uprobes.
@@ -95,6 +102,34 @@ pub fn check_kernel_support() -> Result<(), TraceError> {
     } else {
         Err(TraceError::NoUprobes(pmu.to_path_buf()))
     }
+}
+
+/// Why loading failed, by its real cause: a map the kernel would not create at the size the
+/// flags asked for names the flag; anything else is a kernel without what leaktracer needs.
+fn load_error(
+    err: aya::EbpfError,
+    sizes: &MapSizes,
+    table_slots: u32,
+    overflow_entries: u32,
+) -> TraceError {
+    if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = &err {
+        let sized_by = match name.as_str() {
+            maps::RECORD_TABLE => Some(("--max-allocations", table_slots)),
+            maps::ALLOCS => Some(("--max-allocations", overflow_entries)),
+            maps::STACKS => Some(("--max-stacks", sizes.max_stacks)),
+            maps::STACK_STATS => Some(("--max-stacks", sizes.max_stacks.saturating_mul(4))),
+            _ => None,
+        };
+        if let Some((flag, entries)) = sized_by {
+            return TraceError::MapTooLarge {
+                map: name.clone(),
+                entries,
+                flag,
+                reason: io_error.to_string(),
+            };
+        }
+    }
+    TraceError::Load(format!("{err:#}"))
 }
 
 /// One program's run-time figures.
@@ -134,7 +169,7 @@ impl Probes {
             .map_max_entries(maps::STACKS, sizes.max_stacks)
             .map_max_entries(maps::STACK_STATS, sizes.max_stacks.saturating_mul(4))
             .load(EBPF_OBJECT)
-            .map_err(|e| TraceError::Load(format!("{e:#}")))?;
+            .map_err(|e| load_error(e, &sizes, table_slots, overflow_entries))?;
         for name in programs::ALL.map(|program| program.name) {
             let program: &mut UProbe = ebpf
                 .program_mut(name)
@@ -227,11 +262,17 @@ impl Probes {
         };
         let link = uprobe
             .attach(offset, &object.open_path, UProbeScope::OneProcess(pid))
-            .map_err(|e| TraceError::Attach {
-                program: program.to_string(),
-                path: object.open_path.clone(),
-                offset,
-                reason: format!("{e:#}"),
+            .map_err(|e| {
+                if crate::target::process::is_alive(pid.get()) {
+                    TraceError::Attach {
+                        program: program.to_string(),
+                        path: object.open_path.clone(),
+                        offset,
+                        reason: format!("{e:#}"),
+                    }
+                } else {
+                    TraceError::ExitedDuringAttach(pid.get())
+                }
             })?;
         self.links.push((program, link));
         self.attached.push(AttachedProbe {

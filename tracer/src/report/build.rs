@@ -37,6 +37,10 @@ pub struct TraceFacts {
     pub timeline: Vec<TimelinePoint>,
     /// The mapped objects the stacks' addresses fall in.
     pub mappings: Vec<ModuleMapping>,
+    /// How the launched command ended, if it did.
+    pub target_exit: Option<super::TargetExit>,
+    /// Execs of traced processes.
+    pub execs: Vec<super::ExecEvent>,
 }
 
 /// One stack's entry: the kernel's figures, its frames and its history.
@@ -130,6 +134,8 @@ pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report
         min_age_secs: facts.min_age_secs,
         sample_bytes: facts.sample_bytes,
         mappings: facts.mappings,
+        target_exit: facts.target_exit,
+        execs: facts.execs,
     }
 }
 

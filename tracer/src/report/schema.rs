@@ -45,6 +45,56 @@ pub struct Report {
     /// The mapped objects the stacks' addresses fall in, with build ids (for pprof).
     #[serde(default)]
     pub mappings: Vec<ModuleMapping>,
+    /// How the launched command ended, when it ended during the trace; null otherwise.
+    #[serde(default)]
+    pub target_exit: Option<TargetExit>,
+    /// Traced processes that exec'd another program during the trace: what they held before
+    /// the exec was retired with their old image (never a leak of the new one).
+    #[serde(default)]
+    pub execs: Vec<ExecEvent>,
+}
+
+/// How a launched command ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetExit {
+    pub pid: u32,
+    /// Its exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it (e.g. `SIGSEGV`), when one did.
+    pub signal: Option<String>,
+    pub core_dumped: bool,
+}
+
+impl TargetExit {
+    /// `exit code 3`, `killed by SIGSEGV (core dumped)`.
+    pub fn describe(&self) -> String {
+        match (&self.code, &self.signal) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => format!(
+                "killed by {signal}{}",
+                if self.core_dumped {
+                    " (core dumped)"
+                } else {
+                    ""
+                }
+            ),
+            (None, None) => "ended".to_string(),
+        }
+    }
+}
+
+/// A traced process that exec'd during the trace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecEvent {
+    pub pid: u32,
+    /// Seconds since the trace started (when leaktracer noticed it).
+    pub t_secs: f64,
+    /// The program it ran before, and the one it runs now.
+    pub from: String,
+    pub to: String,
+    /// Outstanding allocations of the old image retired at the exec, and their bytes.
+    pub retired_allocations: u64,
+    pub retired_bytes: u64,
 }
 
 /// An executable mapping of a traced process that stack addresses point into.

@@ -33,14 +33,31 @@ pub fn render(report: &Report, top: usize) -> String {
     let target = describe_target(report);
     let _ = writeln!(
         out,
-        "leaktracer: traced {target} for {:.1} s ({})",
+        "leaktracer: traced {target} for {:.1} s ({}{})",
         report.duration_secs,
         if report.end_reason.is_empty() {
             "ended"
         } else {
             &report.end_reason
-        }
+        },
+        report
+            .target_exit
+            .as_ref()
+            .map(|exit| format!(": {}", exit.describe()))
+            .unwrap_or_default()
     );
+    for exec in &report.execs {
+        let _ = writeln!(
+            out,
+            "exec: pid {} ran {} after {} at {:.1} s; the old image's {} outstanding allocations ({}) were retired with it",
+            exec.pid,
+            exec.to,
+            exec.from,
+            exec.t_secs,
+            exec.retired_allocations,
+            human_bytes(exec.retired_bytes)
+        );
+    }
     if let Some(verdict) = &report.verdict {
         let _ = writeln!(out, "verdict: {}", verdict.summary);
     }

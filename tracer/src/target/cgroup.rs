@@ -17,6 +17,8 @@ pub enum CgroupError {
         "{0} is not a cgroup v2 directory (on a hybrid host use the cgroup2 mount, e.g. /sys/fs/cgroup/unified/...)"
     )]
     NotCgroup2(PathBuf),
+    #[error("{0} is a file inside a cgroup, not a cgroup: give its directory ({1})")]
+    FileInCgroup(PathBuf, PathBuf),
     #[error("no cgroup2 hierarchy is mounted (see /proc/mounts)")]
     NoCgroup2Mount,
     #[error("no running container matches id `{0}` (looked in /proc/*/cgroup)")]
@@ -56,6 +58,10 @@ impl Cgroup {
             || stat.f_type as i64 != CGROUP2_SUPER_MAGIC
         {
             return Err(CgroupError::NotCgroup2(dir));
+        }
+        if !dir.is_dir() {
+            let parent = dir.parent().unwrap_or(&dir).to_path_buf();
+            return Err(CgroupError::FileInCgroup(dir, parent));
         }
         let mount = cgroup2_mount().ok_or(CgroupError::NoCgroup2Mount)?;
         let relative = dir

@@ -49,6 +49,52 @@ pub fn resolve_program(name: &str) -> Option<PathBuf> {
         .find(|candidate| is_executable(candidate))
 }
 
+/// How a launched command ended: its exit code, or the signal that killed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChildExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub core_dumped: bool,
+}
+
+impl ChildExit {
+    /// From a `waitpid` status.
+    pub fn from_wait_status(status: i32) -> Self {
+        let signaled = libc::WIFSIGNALED(status);
+        Self {
+            code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+            signal: signaled.then(|| libc::WTERMSIG(status)),
+            core_dumped: signaled && libc::WCOREDUMP(status),
+        }
+    }
+}
+
+/// A signal's name, e.g. `SIGKILL`, or its number when it is not a common one.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
 impl LaunchedChild {
     /// Forks a child that stops itself and, once resumed, execs `argv`. Returns when the child is
     /// stopped. Call before starting threads that hold locks the child might need (none are
@@ -78,14 +124,28 @@ impl LaunchedChild {
             return Err(launch_error(argv, io::Error::last_os_error()));
         }
         let [read_fd, write_fd] = pipe_fds;
+        // SAFETY: getpid has no preconditions.
+        let tracer_pid = unsafe { libc::getpid() };
+        // SAFETY: no other thread exists yet (see above), so the child inherits no held lock.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(launch_error(argv, io::Error::last_os_error()));
         }
         if pid == 0 {
             // Child: only async-signal-safe calls from here on.
+            // SAFETY: each call is async-signal-safe and takes valid arguments.
             unsafe {
                 libc::close(read_fd);
+                // The tracer's handlers (which end a trace with its report) are not the
+                // command's: it gets the default dispositions, as a shell would give it.
+                for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+                // Dies with the tracer, whenever that is: never left stopped, never orphaned.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != tracer_pid {
+                    libc::_exit(127);
+                }
                 libc::raise(libc::SIGSTOP);
                 libc::execv(c_program.as_ptr(), c_argv.as_ptr());
                 let errno = *libc::__errno_location();
@@ -157,6 +217,11 @@ impl LaunchedChild {
         }
         self.signal(libc::SIGKILL);
         self.reap_blocking();
+    }
+
+    /// How the child ended, once reaped.
+    pub fn exit(&self) -> Option<ChildExit> {
+        self.exit_status.map(ChildExit::from_wait_status)
     }
 
     /// Waits for the child to exit.

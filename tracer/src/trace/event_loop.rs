@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{EndReason, Session, status::Status};
 use crate::target::{launch::LaunchedChild, process::is_alive};
@@ -11,28 +12,71 @@ use crate::target::{launch::LaunchedChild, process::is_alive};
 /// How often liveness, new processes and memory maps are checked.
 const POLL: Duration = Duration::from_millis(100);
 
+/// The signals that end a trace: held from before the first probe, so one that arrives while
+/// attaching ends the trace as soon as it starts, with its report.
+pub struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime's context).
+    pub fn install() -> anyhow::Result<Self> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot install the {name} handler"))
+        };
+        Ok(Self {
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
+/// After SIGHUP the terminal is gone and writing to it fails: standard streams that were the
+/// terminal now go to /dev/null, so the files are still written (and nothing panics).
+fn leave_closed_terminal() {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    for fd in 0..=2 {
+        // SAFETY: isatty and dup2 on plain descriptor numbers; /dev/null is open.
+        unsafe {
+            if libc::isatty(fd) == 1 {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
 impl Session<'_> {
-    /// Waits for Ctrl-C/SIGTERM, the duration, or the end of the targets; samples every interval,
-    /// attaches to new processes and keeps the view of memory maps fresh meanwhile.
+    /// Waits for Ctrl-C, SIGTERM or SIGHUP, the duration, or the end of the targets; samples
+    /// every interval, attaches to new processes and keeps the view of memory maps fresh
+    /// meanwhile.
     pub(super) fn wait_for_end(
         &mut self,
         child: &mut Option<&mut LaunchedChild>,
+        runtime: &tokio::runtime::Runtime,
+        signals: &mut Signals,
     ) -> anyhow::Result<EndReason> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
         runtime.block_on(async {
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .context("cannot install the SIGTERM handler")?;
             let deadline = self.config.duration.map(|d| tokio::time::Instant::now() + d);
             let mut poll = tokio::time::interval(POLL);
             let mut sample = tokio::time::interval(self.config.interval);
             loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return Ok(EndReason::Interrupted),
-                    _ = terminate.recv() => return Ok(EndReason::Interrupted),
+                    _ = signals.interrupt.recv() => return Ok(EndReason::Interrupted),
+                    _ = signals.terminate.recv() => return Ok(EndReason::Interrupted),
+                    _ = signals.hangup.recv() => {
+                        leave_closed_terminal();
+                        return Ok(EndReason::Interrupted);
+                    }
                     _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                         return Ok(EndReason::Duration);
                     }

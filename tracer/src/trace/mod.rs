@@ -22,6 +22,7 @@ use anyhow::Context;
 use aya::sys::{Stats, enable_stats};
 
 pub use config::{TargetSpec, TraceConfig};
+use event_loop::Signals;
 use processes::{Tracked, plan_for_pid};
 use scope::Scope;
 use status::StatusLine;
@@ -34,12 +35,12 @@ use crate::{
     collect::{Collector, KernelSnapshot},
     error::TraceError,
     history::SampleHistory,
-    report::{self, Report, build::TraceFacts},
+    report::{self, ExecEvent, Report, TargetExit, build::TraceFacts},
     serve::{LiveProcess, Published, Server},
     symbolize::{AddressSpaces, Symbolizer},
     target::{
         cgroup::{Cgroup, find_container},
-        launch::{LaunchedChild, predict_loaded_objects},
+        launch::{LaunchedChild, predict_loaded_objects, signal_name},
         memory::MemoryLimit,
         process::{ProcessUsage, is_alive},
     },
@@ -79,12 +80,22 @@ pub fn run(config: TraceConfig) -> anyhow::Result<()> {
         return Err(TraceError::NoSuchProcess(pid).into());
     }
 
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Before the fork and before attaching: from here on Ctrl-C, SIGTERM and SIGHUP (a closed
+    // terminal, a dropped ssh) end the trace with its report instead of killing leaktracer.
+    let signals = {
+        let _context = runtime.enter();
+        Signals::install()?
+    };
     // Launch before any thread exists: the child runs nothing between fork and exec but raise().
     let mut child = match config.command() {
         Some(command) => Some(LaunchedChild::spawn_stopped(command)?),
         None => None,
     };
-    let result = trace(&config, child.as_mut());
+    let result = trace(&config, child.as_mut(), &runtime, signals);
     if let Some(child) = child.as_mut()
         && child.try_reap().is_none()
     {
@@ -94,7 +105,12 @@ pub fn run(config: TraceConfig) -> anyhow::Result<()> {
     result
 }
 
-fn trace(config: &TraceConfig, mut child: Option<&mut LaunchedChild>) -> anyhow::Result<()> {
+fn trace(
+    config: &TraceConfig,
+    mut child: Option<&mut LaunchedChild>,
+    runtime: &tokio::runtime::Runtime,
+    mut signals: Signals,
+) -> anyhow::Result<()> {
     let scope = match (&child, &config.target) {
         (Some(child), _) => Scope::Process {
             root: child.pid,
@@ -149,6 +165,8 @@ fn trace(config: &TraceConfig, mut child: Option<&mut LaunchedChild>) -> anyhow:
         tracked: BTreeMap::new(),
         failed: BTreeSet::new(),
         attempts: BTreeMap::new(),
+        target_exit: None,
+        execs: Vec::new(),
     };
 
     // The launched command: attached before exec, to the objects its loader will map.
@@ -192,7 +210,17 @@ fn trace(config: &TraceConfig, mut child: Option<&mut LaunchedChild>) -> anyhow:
         }
     );
 
-    let end_reason = session.wait_for_end(&mut child)?;
+    let end_reason = session.wait_for_end(&mut child, runtime, &mut signals)?;
+    session.target_exit = child.as_deref_mut().and_then(|child| {
+        child.try_reap()?;
+        let exit = child.exit()?;
+        Some(TargetExit {
+            pid: child.pid,
+            code: exit.code,
+            signal: exit.signal.map(signal_name),
+            core_dumped: exit.core_dumped,
+        })
+    });
     if run_time_stats.is_some() {
         for stats in session.probes.program_stats() {
             eprintln!(
@@ -243,6 +271,10 @@ struct Session<'a> {
     failed: BTreeSet<u32>,
     /// Failed attach attempts of processes not given up on yet.
     attempts: BTreeMap<u32, u32>,
+    /// How the launched command ended, once it has.
+    target_exit: Option<TargetExit>,
+    /// Execs of traced processes, and what was retired with their old images.
+    execs: Vec<ExecEvent>,
 }
 
 impl Session<'_> {
@@ -293,6 +325,8 @@ impl Session<'_> {
             limit: self.limit.clone(),
             timeline: self.history.timeline(),
             mappings,
+            target_exit: self.target_exit.clone(),
+            execs: self.execs.clone(),
         };
         report::build::report(stacks, &snapshot.counters, facts)
     }
