@@ -162,6 +162,26 @@ impl Collector {
         Ok(())
     }
 
+    /// Every outstanding record, one per heap block or direct mapping: the record table, its
+    /// overflow map, then the mappings.
+    pub fn records(&self, ebpf: &Ebpf) -> anyhow::Result<Vec<(AllocKey, AllocRecord)>> {
+        Ok(self.outstanding(ebpf)?.collect())
+    }
+
+    /// [`Self::records`] without copying the record table: it is scanned in place.
+    fn outstanding<'a>(
+        &'a self,
+        ebpf: &Ebpf,
+    ) -> anyhow::Result<impl Iterator<Item = (AllocKey, AllocRecord)> + use<'a>> {
+        let mut in_maps: Vec<(AllocKey, AllocRecord)> = Vec::new();
+        for map in ["ALLOCS", "MMAPS"] {
+            in_maps.extend(batch::read_map::<AllocKey, AllocRecord>(map_data(
+                ebpf, map,
+            )?)?);
+        }
+        Ok(self.table.records().chain(in_maps))
+    }
+
     /// Sums the outstanding records per stack (with `min_age`, only those at least that old)
     /// and reads the per-stack totals and the counters.
     pub fn snapshot(
@@ -173,13 +193,7 @@ impl Collector {
             monotonic_ns().saturating_sub(age.as_nanos() as u64)
         });
         let mut all: HashMap<StackKey, StackFigures> = HashMap::new();
-        let mut records: Vec<(AllocKey, AllocRecord)> = Vec::new();
-        for map in ["ALLOCS", "MMAPS"] {
-            records.extend(batch::read_map::<AllocKey, AllocRecord>(map_data(
-                ebpf, map,
-            )?)?);
-        }
-        for (key, record) in self.table.records().chain(records) {
+        for (key, record) in self.outstanding(ebpf)? {
             if record.timestamp_ns > cutoff {
                 continue;
             }
