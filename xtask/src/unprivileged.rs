@@ -30,6 +30,7 @@ pub fn run_unit_tests(args: &[String]) -> anyhow::Result<()> {
     }
     for binary in &binaries {
         ensure_reachable_by_others(&binary.executable)?;
+        step(&format!("as nobody: {}", binary.executable.display()));
         util::run(
             Command::new("setpriv")
                 .arg(format!("--reuid={NOBODY}"))
