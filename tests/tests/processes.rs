@@ -22,29 +22,11 @@ const SITES: &[(&str, u64, u64)] = &[
 ];
 
 /// The leak sites of one process of a report, exactly.
-fn assert_sites(report: &Value, pid: u32) {
-    let of_pid: Vec<&Value> = report["stacks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["pid"] == pid)
-        .collect();
-    for (function, bytes, allocations) in SITES {
-        let (b, n) = of_pid
-            .iter()
-            .filter(|s| s["frames"][0]["function"] == *function)
-            .fold((0, 0), |(b, n), s| {
-                (
-                    b + s["outstanding_bytes"].as_u64().unwrap(),
-                    n + s["outstanding_allocations"].as_u64().unwrap(),
-                )
-            });
-        assert_eq!((b, n), (*bytes, *allocations), "pid {pid} {function}");
-    }
+fn assert_alloc_sites(report: &Value, pid: u32) {
+    let of_pid = process_stacks(report, pid);
+    assert_sites(&of_pid, SITES);
     assert!(
-        !of_pid
-            .iter()
-            .any(|s| s["frames"][0]["function"] == "balanced"),
+        stacks_at(&of_pid, "balanced").is_empty(),
         "balanced churn reported"
     );
 }
@@ -112,7 +94,7 @@ fn allocator_case(name: &str, program: &Path, preload: Option<&str>, allocator_s
     drop(workload);
     assert!(run.status.success(), "{}", run.stderr);
     let report = read_json(&json);
-    assert_sites(&report, pid);
+    assert_alloc_sites(&report, pid);
     let entry = process(&report, pid);
     assert!(
         entry["allocator"]
@@ -228,20 +210,17 @@ fn prefork_workers_are_followed() {
     assert!(run.status.success(), "{}", run.stderr);
     let report = read_json(&json);
     for (index, pid) in workers {
-        let stacks: Vec<&Value> = report["stacks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["pid"] == pid && s["frames"][0]["function"] == "worker_leak")
-            .collect();
+        let of_worker = process_stacks(&report, pid);
         assert_eq!(
-            stacks.len(),
+            stacks_at(&of_worker, "worker_leak").len(),
             1,
             "worker {index} pid {pid}: {}",
             report["stacks"]
         );
-        assert_eq!(stacks[0]["outstanding_bytes"], (10 + index) * 256);
-        assert_eq!(stacks[0]["outstanding_allocations"], 10 + index);
+        assert_sites(
+            &of_worker,
+            &[("worker_leak", (10 + index) * 256, 10 + index)],
+        );
         assert!(
             report["target"]["pids"]
                 .as_array()
@@ -292,7 +271,7 @@ fn cgroup_process_started_during_the_trace() {
     assert!(run.status.success(), "{}", run.stderr);
     eprintln!("{}", run.stderr);
     let report = read_json(&json);
-    assert_sites(&report, pid);
+    assert_alloc_sites(&report, pid);
     assert_probed_what_is_mapped(&report, pid, mapped);
     assert_eq!(report["target"]["cgroup"], cgroup.0.to_str().unwrap());
     assert!(
@@ -397,7 +376,7 @@ fn trace_container(name: &str, by_cgroup: bool) {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     assert!(run.status.success(), "{}", run.stderr);
     let report = read_json(&json);
-    assert_sites(&report, pid);
+    assert_alloc_sites(&report, pid);
     // The container's own libc was probed, not the host's file at the same path.
     let host_libc = fs::metadata("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
     assert_ne!(container.libc, (host_libc.dev(), host_libc.ino()));
@@ -477,7 +456,7 @@ fn container_id_resolves_to_its_cgroup() {
     assert!(run.status.success(), "{}", run.stderr);
     let report = read_json(&json);
     assert_eq!(report["target"]["cgroup"], cgroup.0.to_str().unwrap());
-    assert_sites(&report, pid);
+    assert_alloc_sites(&report, pid);
 
     let missing = run_tracer(["trace", "--container", "0123456789abcdef0123"]);
     assert!(!missing.status.success());
@@ -540,7 +519,7 @@ fn sampled_estimates_are_unbiased_and_large_blocks_exact() {
         (estimate as f64 - truth).abs() / truth < 0.10,
         "estimate {estimate} vs {truth}"
     );
-    assert_eq!(outstanding_at(&report, "leak_large"), (20 << 20, 20));
+    assert_sites(&report, &[("leak_large", 20 << 20, 20)]);
     assert!(report["totals"]["ignored"]["unsampled"].as_u64().unwrap() > 90_000);
     assert!(run.stdout.contains("heap bytes and counts are estimates"));
 }

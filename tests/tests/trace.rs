@@ -25,13 +25,10 @@ fn expected_sites(count: u64) -> Vec<(&'static str, u64, u64)> {
 }
 
 /// Asserts every leak site exactly, and that nothing balanced shows up.
-fn assert_sites(report: &serde_json::Value, count: u64) {
-    for (function, bytes, allocations) in expected_sites(count) {
-        assert_eq!(
-            outstanding_at(report, function),
-            (bytes, allocations),
-            "{function}: outstanding (bytes, allocations)"
-        );
+fn assert_leaky_sites(report: &serde_json::Value, count: u64) {
+    let sites = expected_sites(count);
+    assert_sites(report, &sites);
+    for (function, _, _) in sites {
         let stack = stacks_at(report, function)[0];
         let frame = &stack["frames"][0];
         assert!(
@@ -59,7 +56,7 @@ fn assert_sites(report: &serde_json::Value, count: u64) {
         stacks_at(report, "grow")[0]["frames"][1]["function"],
         "leak_realloc_chain"
     );
-    assert_eq!(outstanding_at(report, "leak_realloc_chain"), (0, 0));
+    assert_sites(report, &[("leak_realloc_chain", 0, 0)]);
     // Balanced work never appears: churn threads, freed mmaps, realloc(p, 0), failed malloc.
     assert!(
         !mentions(report, "churn_worker"),
@@ -113,7 +110,7 @@ fn launched_command_leak_sites_are_exact() {
     ]);
     assert!(run.status.success(), "{}", run.stderr);
     let report = read_json(&json);
-    assert_sites(&report, 7);
+    assert_leaky_sites(&report, 7);
     assert_eq!(report["end_reason"], "target exited");
     let pid = report["target"]["pids"][0].as_u64().unwrap();
     assert_eq!(
@@ -219,7 +216,7 @@ fn attach_to_running_process_ignores_what_came_before() {
     let report = read_json(&json);
     assert_eq!(report["end_reason"], "interrupted");
     assert_eq!(report["target"]["pids"], serde_json::json!([pid]));
-    assert_eq!(outstanding_at(&report, "after_attach"), (40 * 64, 40));
+    assert_sites(&report, &[("after_attach", 40 * 64, 40)]);
     assert!(
         !mentions(&report, "before_attach"),
         "allocations from before attach are unknown"
@@ -298,7 +295,7 @@ fn ctrl_c_in_launch_mode_writes_every_file_and_stops_the_command() {
     assert!(run.status.success(), "{}", run.stderr);
     let report = read_json(&json);
     assert_eq!(report["end_reason"], "interrupted");
-    assert_sites(&report, 100);
+    assert_leaky_sites(&report, 100);
     let pid = report["target"]["pids"][0].as_u64().unwrap() as u32;
     assert!(
         !is_alive(pid),
@@ -390,14 +387,9 @@ fn bad_input_fails_in_one_line_and_keeps_earlier_output() {
 
     // Not root: the same binary without privileges.
     if Command::new("setpriv").arg("--version").output().is_ok() {
-        let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(leaktracer())
-            .args(["trace", "--pid", "1"])
-            .output()
-            .unwrap();
+        let out = run_unprivileged(["trace", "--pid", "1"]);
         assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = out.stderr;
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains("needs root"), "{stderr}");
     }
@@ -419,13 +411,12 @@ fn cxx_new_is_attributed_to_its_caller_with_demangled_names() {
     assert!(run.status.success(), "{}", run.stderr);
     let report = read_json(&json);
     // operator new is probed itself: frame 0 is the code that said `new`, never operator new.
-    assert_eq!(
-        outstanding_at(&report, "shop::add_node(int)"),
-        (50 * 200, 50)
-    );
-    assert_eq!(
-        outstanding_at(&report, "shop::make_array(int)"),
-        (50 * 100, 50)
+    assert_sites(
+        &report,
+        &[
+            ("shop::add_node(int)", 50 * 200, 50),
+            ("shop::make_array(int)", 50 * 100, 50),
+        ],
     );
     assert!(
         !mentions(&report, "shop::balanced(int)"),
@@ -501,5 +492,5 @@ fn records_overflowing_the_table_are_exact() {
     require_root();
     let (_, report) = trace_sites_with_max_allocations("table_overflow", "400");
     assert_eq!(report["totals"]["dropped"], 0, "{}", report["totals"]);
-    assert_sites(&report, 100);
+    assert_leaky_sites(&report, 100);
 }

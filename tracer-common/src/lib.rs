@@ -342,8 +342,15 @@ pub const COUNTER_SLOTS: u32 = Counter::ALL.len() as u32;
 /// up at `s * SAMPLE_TABLE_SLOTS / sample_bytes`.
 pub const SAMPLE_TABLE_SLOTS: u32 = 1024;
 
-/// Slot in the `MMAP_STATE` array holding the number of recorded (live) direct mappings.
+/// Slot in the `MMAP_STATE` array counting the direct mappings the kernel recorded less those
+/// it released (written by the kernel only, with atomic adds).
 pub const LIVE_MAPPINGS_SLOT: u32 = 0;
+/// Slot in the `MMAP_STATE` array counting the mapping records userspace added less those it
+/// removed while settling munmaps (written by userspace only, so no update is lost to a race).
+/// The live count is the wrapping sum of both slots.
+pub const USER_MAPPINGS_SLOT: u32 = 1;
+/// Slots of `MMAP_STATE`.
+pub const MMAP_STATE_SLOTS: u32 = 2;
 
 /// A pending call older than this many jiffies is stale: its return was never seen (longjmp, a
 /// uretprobe the kernel could not install) and it must not swallow later calls as "nested".

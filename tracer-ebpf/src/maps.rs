@@ -9,9 +9,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, PENDING_SLOTS, PendingCall,
-    RECORD_TABLE_SLOTS, RecordSlot, SAMPLE_TABLE_SLOTS, STACK_CACHE_SLOTS, StackKey, StackStats,
-    UserStack,
+    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, MMAP_STATE_SLOTS, PENDING_SLOTS,
+    PendingCall, RECORD_TABLE_SLOTS, RecordSlot, SAMPLE_TABLE_SLOTS, STACK_CACHE_SLOTS, StackKey,
+    StackStats, UserStack,
 };
 
 /// What a map insert with `BPF_NOEXIST` fails with when the key is there already (-EEXIST).
@@ -89,10 +89,12 @@ pub(crate) static PENDING_OVERFLOW: LruHashMap<u32, PendingCall> =
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Slot `LIVE_MAPPINGS_SLOT`: recorded direct mappings, so munmaps are only sent to userspace
-/// when there is something to release.
+/// Recorded direct mappings, so munmaps are only sent to userspace when there is something to
+/// release: slot `LIVE_MAPPINGS_SLOT` counts the kernel's records, `USER_MAPPINGS_SLOT` the
+/// pieces userspace made by splitting a mapping (each slot has one writer; see
+/// [`crate::records::has_live_mappings`]).
 #[map]
-pub(crate) static MMAP_STATE: Array<u64> = Array::with_max_entries(1, 0);
+pub(crate) static MMAP_STATE: Array<u64> = Array::with_max_entries(MMAP_STATE_SLOTS, 0);
 
 /// With `--sample-bytes`: slot k holds 2^32 x (1 - exp(-(k + 0.5) / SAMPLE_TABLE_SLOTS)), the
 /// probability (scaled to u32) of sampling an allocation of k / SAMPLE_TABLE_SLOTS of the

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AllocKey, AllocRecord, Counter, FIRST_RECORD_KEY, LIVE_MAPPINGS_SLOT, RECORD_PROBES,
-    RecordSlot, SLOT_BUSY, SLOT_EMPTY, SLOT_FREED, UNKNOWN_STACK,
+    RecordSlot, SLOT_BUSY, SLOT_EMPTY, SLOT_FREED, UNKNOWN_STACK, USER_MAPPINGS_SLOT,
 };
 
 use crate::{
@@ -337,8 +337,22 @@ pub(crate) fn record(
     true
 }
 
-/// The number of recorded (live) direct mappings, in `MMAP_STATE`.
+/// The kernel's count of recorded direct mappings, in `MMAP_STATE` (added to atomically).
 #[inline(always)]
 pub(crate) fn live_mappings() -> Option<*mut u64> {
     MMAP_STATE.get_ptr_mut(LIVE_MAPPINGS_SLOT)
+}
+
+/// True while any direct mapping is recorded: the kernel's count plus the pieces userspace
+/// added (wrapping: the kernel may release a piece userspace made, taking its own slot below
+/// zero).
+#[inline(always)]
+pub(crate) fn has_live_mappings() -> bool {
+    let (Some(kernel), Some(user)) = (
+        MMAP_STATE.get(LIVE_MAPPINGS_SLOT),
+        MMAP_STATE.get(USER_MAPPINGS_SLOT),
+    ) else {
+        return false;
+    };
+    kernel.wrapping_add(*user) != 0
 }

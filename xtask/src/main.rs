@@ -5,6 +5,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod unprivileged;
 mod util;
 
 use std::process::ExitCode;
@@ -38,8 +39,9 @@ enum Command {
     /// Measure the slowdown of traced programs, side by side: native, the bare probes,
     /// leaktracer, bcc memleak (needs root). Writes target/bench/ and BENCHMARKS.md.
     Bench,
-    /// Run every check: formatting, clippy, unit tests and the end-to-end tests (needs root: they
-    /// load real eBPF programs against real processes).
+    /// Run every check: formatting, clippy, the unit tests (also as an unprivileged user, which
+    /// they must pass as), the in-process kernel tests and the end-to-end tests (needs root:
+    /// they load real eBPF programs against real processes).
     Test {
         /// Extra arguments for the test harness, e.g. a test name filter.
         #[arg(last = true)]
@@ -79,14 +81,19 @@ fn build() -> anyhow::Result<()> {
     util::run(util::cargo().args(["build", "--release", "--package", "leaktracer"]))
 }
 
-/// Format check, clippy, then all tests against the release binary.
+/// Format check, clippy, the unit tests unprivileged, then every test as root against the
+/// release binary.
 fn test(args: &[String]) -> anyhow::Result<()> {
     util::step("cargo fmt --check");
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
     util::step("cargo clippy -- -D warnings");
+    // Every host package, the end-to-end tests included (they are not a default member).
     util::run(util::cargo().args([
         "clippy",
         "--release",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
         "--all-targets",
         "--",
         "-D",
@@ -100,11 +107,19 @@ fn test(args: &[String]) -> anyhow::Result<()> {
             .args(["--", "-D", "warnings"])
             .env("RUSTC_BOOTSTRAP", "1"),
     )?;
-    util::step("cargo test (unit and end-to-end)");
+    unprivileged::run_unit_tests(args)?;
+    util::step("cargo test as root (unit, kernel and end-to-end)");
     let binary = util::workspace_root().join("target/release/leaktracer");
     util::run(
         util::cargo()
-            .args(["test", "--release", "--"])
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "tracer-ebpf",
+                "--",
+            ])
             .args(args)
             .env("LEAKTRACER_BIN", binary),
     )

@@ -10,7 +10,7 @@ use crate::{
     current::{jiffies, thread_id, traced_tgid, user_sp},
     maps::{MMAPS, UNMAP_EVENTS},
     pending::{begin_call, enclosing_call},
-    records::{Records, live_mappings, release},
+    records::{Records, has_live_mappings, live_mappings, release},
 };
 
 /// Recorded mappings a single munmap may release in the kernel before handing the rest to
@@ -46,13 +46,12 @@ entry_program! {
             count(Counter::AllocatorMmaps);
             return 0;
         }
+        if !has_live_mappings() {
+            return 0;
+        }
         let Some(live) = live_mappings() else {
             return 0;
         };
-        // SAFETY: a pointer from an array lookup, valid for the run; a plain read.
-        if unsafe { *live } == 0 {
-            return 0;
-        }
         let end = start.wrapping_add(length.div_ceil(PAGE_SIZE) * PAGE_SIZE);
         let mut cursor = start;
         for _ in 0..MAX_UNMAP_STEPS {

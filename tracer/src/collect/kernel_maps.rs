@@ -43,6 +43,8 @@ pub struct KernelMaps {
     pub counters: PerCpuArray<MapData, u64>,
     /// munmap ranges for userspace to settle.
     pub unmap_events: RingBuf<MapData>,
+    /// Counts of recorded mappings (see `tracer_common::USER_MAPPINGS_SLOT`).
+    pub mmap_state: Array<MapData, u64>,
 }
 
 impl KernelMaps {
@@ -59,6 +61,7 @@ impl KernelMaps {
             stack_cache: take(ebpf, maps::STACK_CACHE)?,
             counters: take(ebpf, maps::COUNTERS)?,
             unmap_events: take(ebpf, maps::UNMAP_EVENTS)?,
+            mmap_state: take(ebpf, maps::MMAP_STATE)?,
         })
     }
 }

@@ -72,6 +72,9 @@ pub struct Collector {
     warnings: Option<aya_log::EbpfLogger<KernelWarnings>>,
     /// The heap record table, mapped.
     table: table::RecordTable,
+    /// Mapping records added less those removed by [`Collector::drain_unmaps`] (wrapping), as
+    /// last written to `MMAP_STATE`.
+    user_mappings: u64,
 }
 
 impl Collector {
@@ -82,6 +85,7 @@ impl Collector {
             .map_err(|e| anyhow::anyhow!("cannot map the record table: {e}"))?;
         Ok(Self {
             table,
+            user_mappings: 0,
             // No logger only when the object has no log calls at all.
             warnings: aya_log::EbpfLogger::init_with_logger(ebpf, KernelWarnings).ok(),
         })
@@ -96,7 +100,7 @@ impl Collector {
 
     /// Settles every pending munmap range against the recorded mappings: a mapping the range
     /// covers is released, one it overlaps is trimmed to what is still mapped.
-    pub fn drain_unmaps(&self, maps: &mut KernelMaps) -> anyhow::Result<()> {
+    pub fn drain_unmaps(&mut self, maps: &mut KernelMaps) -> anyhow::Result<()> {
         let mut events = Vec::new();
         while let Some(item) = maps.unmap_events.next() {
             if item.len() >= size_of::<UnmapEvent>() {
@@ -109,10 +113,17 @@ impl Collector {
         if events.is_empty() {
             return Ok(());
         }
-        let recorded: Vec<(AllocKey, AllocRecord)> = batch::read_map(maps.mmaps.map())?;
+        // Kept up to date as events settle: a later event may hit a piece an earlier one left.
+        let mut recorded: Vec<(AllocKey, AllocRecord)> = batch::read_map(maps.mmaps.map())?;
         let mmaps = &mut maps.mmaps;
+        let user_mappings_before = self.user_mappings;
         for event in events {
-            for (key, record) in recorded.iter().filter(|(k, _)| k.tgid == event.tgid) {
+            let hit: Vec<(AllocKey, AllocRecord)> = recorded
+                .iter()
+                .filter(|(k, _)| k.tgid == event.tgid)
+                .copied()
+                .collect();
+            for (key, record) in &hit {
                 let start = key.addr;
                 let end = start + record.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
                 if end <= event.start || start >= event.end {
@@ -129,19 +140,45 @@ impl Collector {
                 if mmaps.remove(key).is_err() {
                     continue;
                 }
+                recorded.retain(|(k, _)| k != key);
+                self.user_mappings = self.user_mappings.wrapping_sub(1);
                 for (addr, size) in &pieces {
-                    let _ = mmaps.insert(
-                        AllocKey::new(key.tgid, *addr),
-                        AllocRecord {
-                            size: *size,
-                            ..*record
-                        },
-                        0,
-                    );
+                    let piece_key = AllocKey::new(key.tgid, *addr);
+                    let piece = AllocRecord {
+                        size: *size,
+                        ..*record
+                    };
+                    if mmaps.insert(piece_key, piece, 0).is_ok() {
+                        recorded.push((piece_key, piece));
+                        self.user_mappings = self.user_mappings.wrapping_add(1);
+                    }
                 }
             }
         }
+        if self.user_mappings != user_mappings_before {
+            // Only userspace writes this slot: the kernel's unmap probe sees every piece.
+            maps.mmap_state
+                .set(tracer_common::USER_MAPPINGS_SLOT, self.user_mappings, 0)?;
+        }
         Ok(())
+    }
+
+    /// Every outstanding record, one per heap block or direct mapping: the record table, its
+    /// overflow map, then the mappings.
+    pub fn records(&self, maps: &KernelMaps) -> anyhow::Result<Vec<(AllocKey, AllocRecord)>> {
+        Ok(self.outstanding(maps)?.collect())
+    }
+
+    /// [`Self::records`] without copying the record table: it is scanned in place.
+    fn outstanding<'a>(
+        &'a self,
+        maps: &KernelMaps,
+    ) -> anyhow::Result<impl Iterator<Item = (AllocKey, AllocRecord)> + use<'a>> {
+        let mut in_maps: Vec<(AllocKey, AllocRecord)> = Vec::new();
+        for map in [&maps.allocs, &maps.mmaps] {
+            in_maps.extend(batch::read_map::<AllocKey, AllocRecord>(map.map())?);
+        }
+        Ok(self.table.records().chain(in_maps))
     }
 
     /// Sums the outstanding records per stack (with `min_age`, only those at least that old)
@@ -155,11 +192,7 @@ impl Collector {
             monotonic_ns().saturating_sub(age.as_nanos() as u64)
         });
         let mut all: HashMap<StackKey, StackFigures> = HashMap::new();
-        let mut records: Vec<(AllocKey, AllocRecord)> = Vec::new();
-        for map in [&maps.allocs, &maps.mmaps] {
-            records.extend(batch::read_map::<AllocKey, AllocRecord>(map.map())?);
-        }
-        for (key, record) in self.table.records().chain(records) {
+        for (key, record) in self.outstanding(maps)? {
             if record.timestamp_ns > cutoff {
                 continue;
             }

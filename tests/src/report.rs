@@ -1,0 +1,101 @@
+//! Questions asked of a JSON report: which stacks sit at a function, what they hold.
+
+use std::{fs, path::Path};
+
+use serde_json::Value;
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The stacks whose frame 0 is `function`.
+pub fn stacks_at<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["frames"][0]["function"] == function)
+        .collect()
+}
+
+/// Outstanding bytes and allocations summed over the stacks whose frame 0 is `function`.
+pub fn outstanding_at(report: &Value, function: &str) -> (u64, u64) {
+    stacks_at(report, function)
+        .iter()
+        .fold((0, 0), |(b, n), s| {
+            (
+                b + s["outstanding_bytes"].as_u64().unwrap(),
+                n + s["outstanding_allocations"].as_u64().unwrap(),
+            )
+        })
+}
+
+/// True when any frame of any stack is `function`.
+pub fn mentions(report: &Value, function: &str) -> bool {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["frames"].as_array().unwrap())
+        .any(|f| f["function"] == function)
+}
+
+/// The report narrowed to the stacks of process `pid`, for the other queries here (which then
+/// see that process only).
+pub fn process_stacks(report: &Value, pid: u32) -> Value {
+    let stacks: Vec<Value> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["pid"] == pid)
+        .cloned()
+        .collect();
+    serde_json::json!({ "pid": pid, "stacks": stacks })
+}
+
+/// Asserts that the stacks at each function (frame 0) hold exactly the given outstanding bytes
+/// and allocations: `sites` is `(function, bytes, allocations)`, `(f, 0, 0)` for a function
+/// that must hold nothing. The failure lists every site that differs and what the report holds.
+pub fn assert_sites(report: &Value, sites: &[(&str, u64, u64)]) {
+    let wrong: Vec<String> = sites
+        .iter()
+        .filter_map(|&(function, bytes, allocations)| {
+            let found = outstanding_at(report, function);
+            (found != (bytes, allocations)).then(|| {
+                format!(
+                    "  {function}: expected {bytes} B in {allocations} allocations, found {} B in {}",
+                    found.0, found.1
+                )
+            })
+        })
+        .collect();
+    if wrong.is_empty() {
+        return;
+    }
+    let held: Vec<String> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "  {}: {} B in {}",
+                s["frames"][0]["function"]
+                    .as_str()
+                    .unwrap_or("[unknown stack]"),
+                s["outstanding_bytes"],
+                s["outstanding_allocations"]
+            )
+        })
+        .collect();
+    let whose = match report["pid"].as_u64() {
+        Some(pid) => format!(" of process {pid}"),
+        None => String::new(),
+    };
+    panic!(
+        "outstanding memory{whose} differs from the expected sites:\n{}\nthe report's stacks{whose} hold:\n{}",
+        wrong.join("\n"),
+        held.join("\n")
+    );
+}

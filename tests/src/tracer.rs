@@ -1,0 +1,187 @@
+//! Running the real `leaktracer` binary: to completion, or in the background while a test
+//! drives its target.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::paths::workspace_root;
+
+/// The leaktracer binary under test: `$LEAKTRACER_BIN` (set by `cargo xtask test`), else the
+/// release build.
+pub fn leaktracer() -> PathBuf {
+    let path = std::env::var_os("LEAKTRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/leaktracer"));
+    assert!(
+        path.exists(),
+        "{} missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test unless it runs as root: these tests load real eBPF programs.
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "end-to-end tests load eBPF programs and need root: run `sudo cargo xtask test`"
+    );
+}
+
+/// A running `leaktracer` whose stderr is collected as it comes.
+pub struct Tracer {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    stdout_reader: Option<std::thread::JoinHandle<String>>,
+}
+
+/// How a tracer run ended.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Tracer {
+    /// Starts `leaktracer ARGS`.
+    pub fn start<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut child = Command::new(leaktracer())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("leaktracer starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let stdout_reader = Some(std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        }));
+        Self {
+            child,
+            stderr,
+            stdout_reader,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the probes are attached (leaktracer says "tracing ...").
+    pub fn wait_attached(&mut self) {
+        self.wait_stderr("leaktracer: tracing ");
+    }
+
+    /// Waits until leaktracer's stderr contains `needle`.
+    pub fn wait_stderr(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.stderr.lock().unwrap().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "leaktracer exited ({status}) before saying {needle:?}: {}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "leaktracer did not say {needle:?} in 30 s: {}",
+            self.stderr.lock().unwrap()
+        );
+    }
+
+    /// Sends SIGINT, as Ctrl-C would.
+    pub fn interrupt(&self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+
+    /// Waits for the tracer to exit (at most 3 minutes: the longest trace is one minute).
+    pub fn finish(mut self) -> Finished {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "leaktracer did not finish in 60 s: {}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self.stdout_reader.take().unwrap().join().unwrap();
+        // Give the stderr thread a moment to drain the closed pipe.
+        std::thread::sleep(Duration::from_millis(50));
+        let stderr = self.stderr.lock().unwrap().clone();
+        Finished {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Tracer {
+    /// A failing test never leaves a tracer behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs leaktracer to completion.
+pub fn run_tracer<I, S>(args: I) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Tracer::start(args).finish()
+}
+
+/// Runs `leaktracer` without privileges (as nobody), for commands that must not need root.
+pub fn run_unprivileged<I, S>(args: I) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(leaktracer())
+        .args(args)
+        .output()
+        .expect("setpriv runs");
+    Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,127 @@
+//! The C workloads of `tests/workloads/`: compiling them, and running the ones the tests
+//! drive over their standard streams.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::paths::workspace_root;
+
+/// Compiles `tests/workloads/NAME.c` statically against musl (Debian's musl-tools).
+pub fn musl_static_workload(name: &str) -> PathBuf {
+    let source = workspace_root().join(format!("tests/workloads/{name}.c"));
+    let out_dir = workspace_root().join("target/e2e/bin");
+    fs::create_dir_all(&out_dir).unwrap();
+    let binary = out_dir.join(format!("{name}-musl-static"));
+    let temp = out_dir.join(format!(
+        ".{name}-musl.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let status = Command::new("musl-gcc")
+        .args(["-static", "-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&temp)
+        .arg(&source)
+        .status()
+        .expect("musl-gcc runs (cargo xtask setup installs musl-tools)");
+    assert!(
+        status.success(),
+        "compiling {} with musl-gcc",
+        source.display()
+    );
+    fs::rename(&temp, &binary).unwrap();
+    binary
+}
+
+/// Compiles `tests/workloads/NAME.c` (or `NAME.cpp`) with frame pointers, debug info and no
+/// builtin malloc folding, and returns the binary. Safe to call from parallel tests.
+pub fn workload(name: &str) -> PathBuf {
+    let dir = workspace_root().join("tests/workloads");
+    let (source, compiler) = if dir.join(format!("{name}.cpp")).exists() {
+        (dir.join(format!("{name}.cpp")), "g++")
+    } else {
+        (dir.join(format!("{name}.c")), "gcc")
+    };
+    let out_dir = workspace_root().join("target/e2e/bin");
+    fs::create_dir_all(&out_dir).unwrap();
+    let binary = out_dir.join(name);
+    let temp = out_dir.join(format!(
+        ".{name}.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let status = Command::new(compiler)
+        .args([
+            "-O0",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fno-builtin",
+            "-pthread",
+            "-o",
+        ])
+        .arg(&temp)
+        .arg(&source)
+        .status()
+        .unwrap_or_else(|e| panic!("{compiler} runs: {e}"));
+    assert!(status.success(), "compiling {}", source.display());
+    fs::rename(&temp, &binary).unwrap();
+    binary
+}
+
+/// A workload process killed when the test ends, pass or fail.
+pub struct Workload(pub Child);
+
+impl Workload {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Parses the workload's first line, `malloc=0x... free=0x...`.
+pub fn entry_addresses(line: &str) -> (u64, u64) {
+    let field = |name: &str| {
+        let value = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=0x")))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+        u64::from_str_radix(value, 16).unwrap()
+    };
+    (field("malloc"), field("free"))
+}
+
+/// Starts `tests/workloads/growth.c` (its threads wait) and reads its "ready".
+pub fn start_growth(args: &[&str]) -> Workload {
+    let mut child = Command::new(workload("growth"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    Workload(child)
+}
+
+/// Lets the growth workload's threads run (before any tracer attaches, so thread stacks are
+/// not part of the trace).
+pub fn release_growth(workload: &mut Workload) {
+    workload
+        .0
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+}

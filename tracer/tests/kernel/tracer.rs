@@ -1,0 +1,149 @@
+//! The one place these tests use leaktracer's library: load the real eBPF object, attach its
+//! programs to this binary's trigger functions for this process only, and read back what the
+//! kernel recorded. (Kept narrow so a change to the attach or collect API is adapted here.)
+
+use std::{io::Write, path::PathBuf};
+
+use leaktracer::{
+    attach::{
+        allocator::{self, AllocatorOverride, AttachPlan, ProbeSite},
+        elf,
+        probes::{self, MapSizes, Probes},
+    },
+    collect::Collector,
+};
+use tracer_common::Counter;
+
+use crate::triggers;
+
+/// The real programs, attached to the triggers of this process.
+pub struct KernelTracer {
+    // Declared first so it is dropped first: it maps the record table of the loaded object.
+    collector: Collector,
+    probes: Probes,
+}
+
+impl KernelTracer {
+    /// Loads and attaches, or `None` after saying why when this process may not load eBPF
+    /// programs (an unprivileged `cargo test`).
+    pub fn start() -> Option<Self> {
+        if let Err(why) = probes::check_privileges() {
+            // Straight to stderr: the harness would hide a print of a passing test.
+            let _ = writeln!(std::io::stderr(), "skipped: {why}");
+            return None;
+        }
+        let mut probes = Probes::load(MapSizes {
+            cgroup: None,
+            empty_programs: false,
+            sample_bytes: 0,
+            max_allocations: 4096,
+            max_stacks: 1024,
+        })
+        .expect("the eBPF object loads");
+        probes
+            .attach(&trigger_plan(), std::process::id())
+            .expect("the programs attach to the triggers");
+        let collector = probes.collector().expect("the collector starts");
+        Some(Self { collector, probes })
+    }
+
+    /// Every outstanding (address, bytes) this process has, in address order, after settling
+    /// the munmap ranges the kernel left to userspace (as the tracer does before each snapshot).
+    pub fn outstanding(&mut self) -> Vec<(u64, u64)> {
+        self.collector
+            .drain_unmaps(self.probes.maps_mut())
+            .expect("munmap ranges settle");
+        let pid = std::process::id();
+        let mut records: Vec<(u64, u64)> = self
+            .collector
+            .records(self.probes.maps())
+            .expect("the records read")
+            .into_iter()
+            .filter(|(key, _)| key.tgid == pid)
+            .map(|(key, record)| (key.addr, record.size))
+            .collect();
+        records.sort_unstable();
+        records
+    }
+
+    /// Outstanding bytes summed over every stack of the kernel snapshot (what reports show).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot()
+            .stacks
+            .iter()
+            .map(|(_, figures)| figures.outstanding_bytes)
+            .sum()
+    }
+
+    /// A loss or event counter of the snapshot, summed over CPUs.
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.snapshot().counters[counter as usize]
+    }
+
+    fn snapshot(&self) -> leaktracer::collect::KernelSnapshot {
+        self.collector
+            .snapshot(self.probes.maps(), None)
+            .expect("the snapshot reads")
+    }
+}
+
+/// The triggers to probe: the heap family as `--allocator THIS_BINARY:trigger_` plans it, and
+/// the mapping family by hand (the planner probes `mmap` only in the object that defines the
+/// real one, the C library).
+fn trigger_plan() -> AttachPlan {
+    let exe: PathBuf = std::env::current_exe().expect("this test's executable");
+    let pid = std::process::id();
+    let heap = AllocatorOverride {
+        path: exe.display().to_string(),
+        prefix: triggers::PREFIX.to_string(),
+    };
+    let mut plan = allocator::plan(
+        pid,
+        &allocator::candidates_from_paths(std::slice::from_ref(&exe)),
+        Some(&heap),
+    )
+    .expect("the heap triggers are planned");
+    let mapping_points: Vec<(String, allocator::EntryPoint)> = allocator::map_entry_points()
+        .into_iter()
+        .map(|point| (format!("{}{}", triggers::PREFIX, point.symbol), point))
+        .collect();
+    let names: Vec<&str> = mapping_points
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let offsets = elf::function_offsets(&exe, &names).expect("this executable's symbols");
+    let object = &mut plan.objects[0];
+    for (name, point) in &mapping_points {
+        let Some(&offset) = offsets.get(name) else {
+            continue;
+        };
+        object.sites.push(ProbeSite {
+            program: point.program,
+            role: point.role,
+            offset,
+            probe_offset: offset,
+            skipped: Vec::new(),
+            symbols: vec![name.clone()],
+        });
+    }
+    let probed: Vec<&str> = object
+        .sites
+        .iter()
+        .flat_map(|site| site.symbols.iter().map(String::as_str))
+        .collect();
+    for wanted in [
+        "malloc",
+        "free",
+        "realloc",
+        "posix_memalign",
+        "mmap",
+        "munmap",
+    ] {
+        let name = format!("{}{wanted}", triggers::PREFIX);
+        assert!(
+            probed.contains(&name.as_str()),
+            "{name} planned: {probed:?}"
+        );
+    }
+    plan
+}
