@@ -84,6 +84,9 @@ fn build() -> anyhow::Result<()> {
 /// Format check, clippy, the unit tests unprivileged, then every test as root against the
 /// release binary.
 fn test(args: &[String]) -> anyhow::Result<()> {
+    // ensure_test_tools ran: tests that need those packages fail instead of skipping.
+    // SAFETY: xtask is single-threaded; every command started from here inherits it.
+    unsafe { std::env::set_var("LEAKTRACER_TEST_TOOLS", "installed") };
     util::step("cargo fmt --check");
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
     util::step("cargo clippy -- -D warnings");

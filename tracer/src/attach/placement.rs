@@ -137,6 +137,8 @@ pub fn registers_read_by(program: &str) -> Vec<Register> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
 
     #[test]
@@ -252,6 +254,14 @@ mod tests {
         ];
         for build in builds {
             let path = std::path::Path::new(build);
+            if !path.exists() && std::env::var_os("LEAKTRACER_TEST_TOOLS").is_none() {
+                // A plain `cargo test` on a machine without the package: say so, go on.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped {build}: not installed (`cargo xtask test` installs it)"
+                );
+                continue;
+            }
             assert!(
                 path.exists(),
                 "{build} missing: run `cargo xtask test`, which installs it"
