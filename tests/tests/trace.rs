@@ -83,6 +83,50 @@ fn assert_leaky_sites(report: &serde_json::Value, count: u64) {
     assert!(totals["frees"].as_u64().unwrap() >= 80_000, "{totals}");
 }
 
+/// An exec releases the whole old image without a free: what it held is retired with it (no
+/// false leak), the new image is traced afresh and exactly, and the report says it exec'd.
+#[test]
+fn exec_retires_the_old_image_and_traces_the_new_one() {
+    require_root();
+    let dir = scratch_dir("exec_retires");
+    let leaky = workload("leaky");
+    let json = dir.join("leaks.json");
+    let run = run_tracer([
+        "trace".as_ref(),
+        "--duration".as_ref(),
+        "120s".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--".as_ref(),
+        leaky.as_os_str(),
+        "exec-self".as_ref(),
+        "7".as_ref(),
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert!(
+        !mentions(&report, "leak_before_exec"),
+        "the old image's blocks are still outstanding: {}",
+        run.stdout
+    );
+    assert_leaky_sites(&report, 7);
+    let execs = report["execs"].as_array().expect("execs listed");
+    assert_eq!(execs.len(), 1, "{execs:?}");
+    let exec = &execs[0];
+    assert_eq!(exec["pid"], report["target"]["pids"][0]);
+    assert!(
+        exec["retired_allocations"].as_u64().unwrap() >= 100,
+        "{exec}"
+    );
+    assert!(
+        exec["retired_bytes"].as_u64().unwrap() >= 100 * 64,
+        "{exec}"
+    );
+    assert_eq!(report["target_exit"]["code"], 0);
+    assert!(run.stdout.contains("exec: pid "), "{}", run.stdout);
+    assert!(run.stderr.contains("exec'd"), "{}", run.stderr);
+}
+
 #[test]
 fn launched_command_leak_sites_are_exact() {
     require_root();

@@ -11,6 +11,9 @@
  *       stdin to close.
  *   leaky idle SECONDS
  *       Balanced churn only, for SECONDS, then exits.
+ *   leaky exec-self N
+ *       Leaks 100 x 64 B at leak_before_exec, then execs itself as `leaky sites --count N`: the
+ *       old image's blocks vanish with it, without a free.
  *
  * Every run prints "malloc=<addr> free=<addr>" first, so a test can check the probes' int3.
  */
@@ -124,6 +127,10 @@ static void wait_line(void) {
 
 static void on_term(int sig) { (void)sig; _exit(0); }
 
+NOINLINE void leak_before_exec(void) {
+    for (int i = 0; i < 100; i++) sink = malloc(64);               /* 100 x 64 B, then exec */
+}
+
 int main(int argc, char **argv) {
     printf("malloc=%p free=%p\n", (void *)malloc, (void *)free);
     fflush(stdout);
@@ -170,6 +177,12 @@ int main(int argc, char **argv) {
         fflush(stdout);
         wait_line();
         return 0;
+    }
+    if (!strcmp(argv[1], "exec-self") && argc > 2) {
+        leak_before_exec();
+        char *again[] = {argv[0], "sites", "--count", argv[2], NULL};
+        execv("/proc/self/exe", again);
+        return 3;
     }
     if (!strcmp(argv[1], "idle") && argc > 2) {
         int seconds = atoi(argv[2]);

@@ -13,6 +13,9 @@ pub enum Role {
     Release,
     /// The shared return probe of every allocating call.
     Return,
+    /// A raw tracepoint on `sched_process_exec`: stamps when a process exec'd, so userspace
+    /// retires what its old image held (an exec frees it all, with no call to free).
+    Exec,
 }
 
 /// One program of the eBPF object.
@@ -98,8 +101,18 @@ pub const CALL_RETURN: Program = Program {
     arguments: &[],
 };
 
+/// Every exec on the machine: the time, by process (cheap, and execs are rare).
+pub const PROCESS_EXEC: Program = Program {
+    name: "process_exec",
+    role: Role::Exec,
+    arguments: &[],
+};
+
+/// The raw tracepoint [`PROCESS_EXEC`] runs at.
+pub const EXEC_TRACEPOINT: &str = "sched_process_exec";
+
 /// Every program of the object.
-pub const ALL: [Program; 12] = [
+pub const ALL: [Program; 13] = [
     MALLOC_ENTER,
     CALLOC_ENTER,
     MEMALIGN_ENTER,
@@ -112,6 +125,7 @@ pub const ALL: [Program; 12] = [
     FREE_ENTER,
     MUNMAP_ENTER,
     CALL_RETURN,
+    PROCESS_EXEC,
 ];
 
 /// The program called `name`.
@@ -139,9 +153,10 @@ pub mod maps {
     pub const SAMPLE_TABLE: &str = "SAMPLE_TABLE";
     pub const RECORDED_ADDRESSES: &str = "RECORDED_ADDRESSES";
     pub const UNMAP_EVENTS: &str = "UNMAP_EVENTS";
+    pub const EXECS: &str = "EXECS";
 
     /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         STOPPED,
         RECORD_TABLE,
         OVERFLOWED,
@@ -158,6 +173,7 @@ pub mod maps {
         SAMPLE_TABLE,
         RECORDED_ADDRESSES,
         UNMAP_EVENTS,
+        EXECS,
     ];
 }
 

@@ -12,7 +12,7 @@ use crate::maps::{FILTER_CGROUP_ID, FILTER_CGROUP_LEVEL, STOPPED};
 /// inside that cgroup. (Probes are attached per process, so the caller is always a target.)
 #[inline(always)]
 pub(crate) fn traced_tgid() -> Option<u32> {
-    if STOPPED.get(0).is_none_or(|stopped| *stopped != 0) {
+    if tracing_stopped() {
         return None;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -27,6 +27,12 @@ pub(crate) fn traced_tgid() -> Option<u32> {
         }
     }
     Some(tgid)
+}
+
+/// True once userspace froze the picture (the end of the trace).
+#[inline(always)]
+pub(crate) fn tracing_stopped() -> bool {
+    STOPPED.get(0).is_none_or(|stopped| *stopped != 0)
 }
 
 #[inline(always)]

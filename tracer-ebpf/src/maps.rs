@@ -14,6 +14,11 @@ use tracer_common::{
     StackStats, UserStack,
 };
 
+/// Processes that exec'd while tracing: tgid -> `bpf_ktime_get_ns()` of the exec. LRU: the
+/// tracepoint sees every exec on the machine; userspace reads its targets' entries every poll.
+#[map]
+pub(crate) static EXECS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
 /// What a map insert with `BPF_NOEXIST` fails with when the key is there already (-EEXIST).
 pub(crate) const EEXIST: i32 = 17;
 

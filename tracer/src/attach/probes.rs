@@ -5,7 +5,7 @@ use std::{num::NonZeroU32, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        UProbe,
+        RawTracePoint, UProbe,
         uprobe::{UProbeLinkId, UProbeScope},
     },
 };
@@ -170,15 +170,29 @@ impl Probes {
             .map_max_entries(maps::STACK_STATS, sizes.max_stacks.saturating_mul(4))
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e, &sizes, table_slots, overflow_entries))?;
-        for name in programs::ALL.map(|program| program.name) {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| TraceError::Load(format!("program {name} missing from the object")))?
-                .try_into()
-                .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
-            program
-                .load()
-                .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
+        for program in programs::ALL {
+            let name = program.name;
+            let loaded = ebpf.program_mut(name).ok_or_else(|| {
+                TraceError::Load(format!("program {name} missing from the object"))
+            })?;
+            let verified = match program.role {
+                Role::Exec => {
+                    let exec: &mut RawTracePoint = loaded
+                        .try_into()
+                        .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
+                    // Attached at once, machine-wide (the program only stamps the time of an
+                    // exec): no exec of a target is missed, however early.
+                    exec.load()
+                        .and_then(|()| exec.attach(programs::EXEC_TRACEPOINT).map(drop))
+                }
+                _ => {
+                    let uprobe: &mut UProbe = loaded
+                        .try_into()
+                        .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
+                    uprobe.load()
+                }
+            };
+            verified.map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
         }
         let mut maps = KernelMaps::take(&mut ebpf).map_err(|e| TraceError::Load(e.to_string()))?;
         fill_sample_table(&mut maps)?;
@@ -411,7 +425,9 @@ mod tests {
             let name = symbol.name().unwrap().to_string();
             match symbol.kind() {
                 SymbolKind::Text
-                    if section.starts_with("uprobe") || section.starts_with("uret") =>
+                    if section.starts_with("uprobe")
+                        || section.starts_with("uret")
+                        || section.starts_with("raw_tp") =>
                 {
                     BTreeSet::insert(&mut programs, (name, section));
                 }
@@ -442,12 +458,12 @@ mod tests {
         let expected_programs: BTreeSet<(String, String)> = programs::ALL
             .iter()
             .map(|p| {
-                let section = if p.role == Role::Return {
-                    "uretprobe"
-                } else {
-                    "uprobe"
+                let section = match p.role {
+                    Role::Return => "uretprobe".to_string(),
+                    Role::Exec => format!("raw_tp/{}", programs::EXEC_TRACEPOINT),
+                    Role::Allocate | Role::Release => "uprobe".to_string(),
                 };
-                (p.name.to_string(), section.to_string())
+                (p.name.to_string(), section)
             })
             .collect();
         assert_eq!(programs, expected_programs, "programs (name, section)");

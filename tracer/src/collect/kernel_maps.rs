@@ -45,6 +45,8 @@ pub struct KernelMaps {
     pub unmap_events: RingBuf<MapData>,
     /// Counts of recorded mappings (see `tracer_common::USER_MAPPINGS_SLOT`).
     pub mmap_state: Array<MapData, u64>,
+    /// When processes exec'd: tgid -> CLOCK_MONOTONIC ns.
+    pub execs: HashMap<MapData, u32, u64>,
 }
 
 impl KernelMaps {
@@ -62,6 +64,7 @@ impl KernelMaps {
             counters: take(ebpf, maps::COUNTERS)?,
             unmap_events: take(ebpf, maps::UNMAP_EVENTS)?,
             mmap_state: take(ebpf, maps::MMAP_STATE)?,
+            execs: take(ebpf, maps::EXECS)?,
         })
     }
 }

@@ -10,7 +10,8 @@ use std::{collections::HashMap, time::Duration};
 
 use aya::maps::IterableMap;
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, StackKey, StackStats, UNKNOWN_STACK, UnmapEvent,
+    AllocKey, AllocRecord, COUNTER_SLOTS, RecordSlot, StackKey, StackStats, UNKNOWN_STACK,
+    UnmapEvent,
 };
 
 pub use kernel_maps::{KernelMaps, KernelMapsError};
@@ -18,7 +19,7 @@ pub use kernel_maps::{KernelMaps, KernelMapsError};
 const PAGE_SIZE: u64 = 4096;
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so of record timestamps.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -161,6 +162,57 @@ impl Collector {
                 .set(tracer_common::USER_MAPPINGS_SLOT, self.user_mappings, 0)?;
         }
         Ok(())
+    }
+
+    /// When `tgid` last exec'd (CLOCK_MONOTONIC ns), if it did while tracing.
+    pub fn exec_time(&self, maps: &KernelMaps, tgid: u32) -> Option<u64> {
+        maps.execs.get(&tgid, 0).ok()
+    }
+
+    /// Retires what `tgid` recorded before `before_ns` (its exec): an exec releases the whole
+    /// old image without a call to free, so those records would otherwise stay "outstanding"
+    /// for ever. Returns the allocations and bytes retired.
+    pub fn retire(
+        &mut self,
+        maps: &mut KernelMaps,
+        tgid: u32,
+        before_ns: u64,
+    ) -> anyhow::Result<(u64, u64)> {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        let stale: Vec<(u32, RecordSlot)> = self
+            .table
+            .live_slots()
+            .filter(|(_, slot)| slot.tgid == tgid && slot.timestamp_ns < before_ns)
+            .collect();
+        for (index, slot) in stale {
+            // The old image is gone: no program frees these any more, so marking the slot
+            // freed races with nothing but a new block at the same address, rarer than rare.
+            let freed = RecordSlot {
+                key: tracer_common::SLOT_FREED,
+                ..Default::default()
+            };
+            if maps.record_table.set(index, freed, 0).is_ok() {
+                count += u64::from(slot.weight);
+                bytes += slot.size;
+            }
+        }
+        let mut mappings_removed = 0u64;
+        for (map, is_mappings) in [(&mut maps.allocs, false), (&mut maps.mmaps, true)] {
+            let records: Vec<(AllocKey, AllocRecord)> = batch::read_map(map.map())?;
+            for (key, record) in records {
+                if key.tgid == tgid && record.timestamp_ns < before_ns && map.remove(&key).is_ok() {
+                    count += u64::from(record.weight);
+                    bytes += record.size;
+                    mappings_removed += u64::from(is_mappings);
+                }
+            }
+        }
+        if mappings_removed > 0 {
+            self.user_mappings = self.user_mappings.wrapping_sub(mappings_removed);
+            maps.mmap_state
+                .set(tracer_common::USER_MAPPINGS_SLOT, self.user_mappings, 0)?;
+        }
+        Ok((count, bytes))
     }
 
     /// Every outstanding record, one per heap block or direct mapping: the record table, its

@@ -46,13 +46,20 @@ impl RecordTable {
 
     /// The live records (slots being written or freed are skipped).
     pub fn records(&self) -> impl Iterator<Item = (AllocKey, AllocRecord)> + '_ {
+        self.live_slots().map(|(_, slot)| {
+            let key = AllocKey::new(slot.tgid, slot.addr);
+            let record = AllocRecord::new(slot.size, slot.timestamp_ns, slot.stack_id, slot.weight);
+            (key, record)
+        })
+    }
+
+    /// The live slots with their indexes.
+    pub fn live_slots(&self) -> impl Iterator<Item = (u32, RecordSlot)> + '_ {
         (0..self.slots).filter_map(move |index| {
             // SAFETY: index < slots, inside the mapping. The programs write slots while we
             // read: volatile reads of plain data, a slot published by its key written last.
             let slot = unsafe { std::ptr::read_volatile(self.base.as_ptr().add(index)) };
-            let key = AllocKey::new(slot.tgid, slot.addr);
-            let record = AllocRecord::new(slot.size, slot.timestamp_ns, slot.stack_id, slot.weight);
-            (slot.key >= FIRST_RECORD_KEY).then_some((key, record))
+            (slot.key >= FIRST_RECORD_KEY).then_some((index as u32, slot))
         })
     }
 }

@@ -165,22 +165,30 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// How a path is compared with others: its directory resolved, its name as given; plus the
-/// device and inode when it exists (hard links). `None` when the directory does not resolve.
-fn identity(path: &Path) -> (Option<PathBuf>, Option<(u64, u64)>) {
-    use std::os::unix::fs::MetadataExt;
-    let resolved = path
-        .file_name()
-        .and_then(|name| Some(fs::canonicalize(parent_dir(path)).ok()?.join(name)));
-    let file = fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
-    (resolved, file)
+/// How a path is compared with others: its directory resolved and its name as given, plus the
+/// device and inode when it exists (hard links).
+#[derive(Debug, PartialEq, Eq)]
+struct FileIdentity {
+    /// `None` when the directory does not resolve.
+    resolved: Option<PathBuf>,
+    file: Option<(u64, u64)>,
 }
 
-fn same(
-    a: &(Option<PathBuf>, Option<(u64, u64)>),
-    b: &(Option<PathBuf>, Option<(u64, u64)>),
-) -> bool {
-    (a.0.is_some() && a.0 == b.0) || (a.1.is_some() && a.1 == b.1)
+impl FileIdentity {
+    fn of(path: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let resolved = path
+            .file_name()
+            .and_then(|name| Some(fs::canonicalize(parent_dir(path)).ok()?.join(name)));
+        let file = fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        Self { resolved, file }
+    }
+
+    /// True when both name the same file.
+    fn same_as(&self, other: &Self) -> bool {
+        (self.resolved.is_some() && self.resolved == other.resolved)
+            || (self.file.is_some() && self.file == other.file)
+    }
 }
 
 /// Checks every destination before any work starts: each is absent or a regular file (never a
@@ -192,8 +200,8 @@ pub fn check_destinations(
     inputs: &[&Path],
 ) -> Result<(), OutputError> {
     let mut on_stdout: Option<&'static str> = None;
-    let mut seen: Vec<(&'static str, (Option<PathBuf>, Option<(u64, u64)>))> = Vec::new();
-    let inputs: Vec<_> = inputs.iter().map(|p| identity(p)).collect();
+    let mut seen: Vec<(&'static str, FileIdentity)> = Vec::new();
+    let inputs: Vec<FileIdentity> = inputs.iter().map(|p| FileIdentity::of(p)).collect();
     for &(flag, path) in files {
         let path_buf = || path.to_path_buf();
         if is_stdout(path) {
@@ -248,15 +256,15 @@ pub fn check_destinations(
                 reason,
             });
         }
-        let id = identity(path);
-        if let Some((first, _)) = seen.iter().find(|(_, other)| same(other, &id)) {
+        let id = FileIdentity::of(path);
+        if let Some((first, _)) = seen.iter().find(|(_, other)| other.same_as(&id)) {
             return Err(OutputError::Overlap {
                 first,
                 second: flag,
                 path: path_buf(),
             });
         }
-        if inputs.iter().any(|input| same(input, &id)) {
+        if inputs.iter().any(|input| input.same_as(&id)) {
             return Err(OutputError::OverwritesInput {
                 flag,
                 path: path_buf(),

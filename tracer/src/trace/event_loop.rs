@@ -84,6 +84,7 @@ impl Session<'_> {
                         if self.target_gone(child) {
                             return Ok(EndReason::TargetExited);
                         }
+                        self.settle_execs()?;
                         self.discover();
                         self.refresh_spaces();
                         self.settle_unmaps()?;

@@ -211,7 +211,7 @@ fn trace(
     );
 
     let end_reason = session.wait_for_end(&mut child, runtime, &mut signals)?;
-    session.target_exit = child.as_deref_mut().and_then(|child| {
+    session.target_exit = child.as_mut().and_then(|child| {
         child.try_reap()?;
         let exit = child.exit()?;
         Some(TargetExit {
@@ -233,6 +233,7 @@ fn trace(
     // takes the kernel about 0.1 s per probe; that happens last, when `session` is dropped.)
     session.probes.stop_recording()?;
     let elapsed = session.history.elapsed_secs();
+    session.settle_execs()?;
     session.refresh_spaces();
     session.settle_unmaps()?;
     let snapshot = session

@@ -7,7 +7,7 @@ use super::{Session, TraceConfig};
 use crate::{
     attach::allocator::{self, AttachPlan},
     error::TraceError,
-    report::ProcessEntry,
+    report::{ExecEvent, ProcessEntry},
     target::{
         maps::read_maps,
         memory::{memory_limit, rss_bytes},
@@ -27,6 +27,10 @@ pub struct Tracked {
     objects: BTreeSet<(u64, u64)>,
     /// Its executable, to notice an exec.
     exe: Option<PathBuf>,
+    /// The last exec of it already settled (CLOCK_MONOTONIC ns): execs up to here are known.
+    exec_settled_ns: u64,
+    /// The launched command: its first exec is the launch itself, not news.
+    launched: bool,
 }
 
 impl Tracked {
@@ -108,6 +112,7 @@ impl Session<'_> {
 
     /// Remembers an attached process.
     pub(super) fn track(&mut self, pid: u32, plan: AttachPlan) {
+        let launched = self.config.command().is_some() && self.tracked.is_empty();
         let info = ProcessInfo::read(pid).unwrap_or(ProcessInfo {
             pid,
             nspid: vec![pid],
@@ -125,8 +130,54 @@ impl Session<'_> {
                 plan,
                 objects,
                 exe: executable(pid),
+                exec_settled_ns: crate::collect::monotonic_ns(),
+                launched,
             },
         );
+    }
+
+    /// Retires what each traced process held before an exec it made since the last poll: the
+    /// exec freed its whole old image, with no call to free that the probes could see.
+    pub(super) fn settle_execs(&mut self) -> anyhow::Result<()> {
+        let pids: Vec<u32> = self.tracked.keys().copied().collect();
+        for pid in pids {
+            let Some(exec_ns) = self.collector.exec_time(self.probes.maps(), pid) else {
+                continue;
+            };
+            let tracked = self.tracked.get_mut(&pid).expect("listed above");
+            if exec_ns <= tracked.exec_settled_ns {
+                continue;
+            }
+            tracked.exec_settled_ns = exec_ns;
+            let first_of_launch = std::mem::take(&mut tracked.launched);
+            let from = tracked
+                .exe
+                .as_ref()
+                .map(|exe| exe.display().to_string())
+                .unwrap_or_default();
+            let (allocations, bytes) =
+                self.collector
+                    .retire(self.probes.maps_mut(), pid, exec_ns)?;
+            if first_of_launch && allocations == 0 {
+                continue; // the launched command's own exec
+            }
+            let to = executable(pid)
+                .map(|exe| exe.display().to_string())
+                .unwrap_or_default();
+            eprintln!(
+                "leaktracer: pid {pid} exec'd {to}: retired the {allocations} outstanding allocations ({}) of its old image",
+                crate::units::human_bytes(bytes)
+            );
+            self.execs.push(ExecEvent {
+                pid,
+                t_secs: self.history.elapsed_secs(),
+                from,
+                to,
+                retired_allocations: allocations,
+                retired_bytes: bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Attaches to processes that entered the scope, and to objects a traced process mapped by

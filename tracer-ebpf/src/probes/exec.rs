@@ -1,0 +1,33 @@
+//! `process_exec`: when a process execs, its old image's memory goes away without a single
+//! free. The time of the exec lets userspace retire exactly the records made before it.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+};
+use tracer_common::programs;
+
+use crate::{
+    current::{now_ns, tracing_stopped},
+    maps::EXECS,
+    probes::programs_are_empty,
+};
+
+/// `sched_process_exec`, on every exec: stamps the exec'ing process with the time.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
+    const PROGRAM: programs::Program = programs::PROCESS_EXEC;
+    const {
+        assert!(crate::probes::same_name(PROGRAM.name, "process_exec"));
+        assert!(crate::probes::same_name(
+            programs::EXEC_TRACEPOINT,
+            "sched_process_exec"
+        ));
+    }
+    if programs_are_empty() || tracing_stopped() {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // A full map evicts its oldest entry (LRU); the insert cannot fail otherwise.
+    let _ = EXECS.insert(tgid, now_ns(), 0);
+    0
+}
