@@ -19,6 +19,7 @@ pub struct OutputArgs {
     pub flamegraph: Option<PathBuf>,
 
     /// Write folded stacks (`root;...;leaf bytes`), for flamegraph.pl, inferno or speedscope.
+    /// Any output may be `-` for stdout (one of them; the text report then goes to stderr).
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
 
@@ -71,7 +72,9 @@ pub struct TraceArgs {
     pub output: OutputArgs,
 
     /// Write the full recording as JSON: totals, timeline, verdict, every outstanding stack with
-    /// its frames, growth and samples. `leaktracer report` and `diff` read it.
+    /// its frames, growth and samples. `leaktracer report` and `diff` read it. Outputs are
+    /// checked before the trace starts: regular files only (never a device, FIFO, directory or
+    /// link), in a directory that takes a new file, none named twice.
     #[arg(long, value_name = "FILE.json")]
     pub json: Option<PathBuf>,
 
