@@ -57,6 +57,12 @@ fn seconds(secs: f64, text: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("duration `{text}` must be positive"));
     }
+    if secs < 0.001 {
+        // Shorter rounds towards nothing: a zero sampling interval cannot tick.
+        return Err(format!(
+            "duration `{text}` is shorter than a millisecond: give at least 1ms"
+        ));
+    }
     if secs > MAX_DURATION_SECS {
         return Err(format!(
             "duration `{text}` is longer than ten years: give one that ends (e.g. 30d)"
@@ -176,6 +182,9 @@ mod tests {
         assert!(parse_duration("1e300").is_err());
         assert!(parse_duration("nan").is_err());
         assert!(parse_duration("inf").is_err());
+        assert!(parse_duration("1e-10").is_err());
+        assert!(parse_duration("0.0001s").is_err());
+        assert_eq!(parse_duration("1ms").unwrap(), Duration::from_millis(1));
         assert_eq!(
             parse_duration("3650d").unwrap(),
             Duration::from_secs(315_360_000)
