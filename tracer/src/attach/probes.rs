@@ -70,16 +70,9 @@ pub struct Probes {
 
 /// Fails with a clear message when this process cannot load tracing programs.
 pub fn check_privileges() -> Result<(), TraceError> {
-    const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| effective & (1 << cap) != 0;
+    let has = has_capability;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
     }
@@ -92,6 +85,45 @@ pub fn check_privileges() -> Result<(), TraceError> {
         "{} (or CAP_SYS_ADMIN)",
         missing.join(" and ")
     )))
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// True when this process has capability `cap` in its effective set.
+fn has_capability(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    effective & (1 << cap) != 0
+}
+
+/// True when an error's chain holds a permission error from the kernel (EACCES or EPERM).
+fn permission_denied(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// An error with its causes, `outer: inner: ...` (thiserror's Display shows only the outer).
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
 }
 
 /// Fails with a clear message when the kernel cannot run uprobes.
@@ -277,15 +309,22 @@ impl Probes {
         let link = uprobe
             .attach(offset, &object.open_path, UProbeScope::OneProcess(pid))
             .map_err(|e| {
-                if crate::target::process::is_alive(pid.get()) {
+                if !crate::target::process::is_alive(pid.get()) {
+                    TraceError::ExitedDuringAttach(pid.get())
+                } else if permission_denied(&e) && !has_capability(CAP_SYS_ADMIN) {
+                    // The kernel opens uprobe perf events for CAP_SYS_ADMIN only: CAP_BPF and
+                    // CAP_PERFMON load the programs but cannot attach them.
+                    TraceError::UprobeNeedsSysAdmin {
+                        program: program.to_string(),
+                        path: object.open_path.clone(),
+                    }
+                } else {
                     TraceError::Attach {
                         program: program.to_string(),
                         path: object.open_path.clone(),
                         offset,
-                        reason: format!("{e:#}"),
+                        reason: with_causes(&e),
                     }
-                } else {
-                    TraceError::ExitedDuringAttach(pid.get())
                 }
             })?;
         self.links.push((program, link));
