@@ -17,7 +17,7 @@ pub enum TraceError {
     ExitedDuringAttach(u32),
 
     #[error(
-        "cannot open the objects pid {pid} maps (through /proc/{pid}/map_files): {reason}; leaktracer needs CAP_SYS_ADMIN for that, besides CAP_BPF and CAP_PERFMON"
+        "cannot open the objects pid {pid} maps (through /proc/{pid}/map_files): {reason} (map_files needs CAP_SYS_ADMIN in the host's user namespace, and another user's process CAP_SYS_PTRACE)"
     )]
     ObjectsNotOpenable { pid: u32, reason: String },
 
@@ -26,9 +26,7 @@ pub enum TraceError {
     )]
     UprobeNeedsSysAdmin { program: String, path: PathBuf },
 
-    #[error(
-        "cannot create the kernel map {map} with {entries} entries: {reason}; lower {flag} (memory for BPF maps is charged to this process's memory cgroup)"
-    )]
+    #[error("cannot create the kernel map {map} with {entries} entries: {reason}; lower {flag}")]
     MapTooLarge {
         map: String,
         entries: u32,
@@ -37,7 +35,7 @@ pub enum TraceError {
     },
 
     #[error(
-        "leaktracer needs root to load eBPF programs (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; missing: {0}): run it with sudo"
+        "leaktracer needs root: the kernel attaches uprobes only with CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON alone are not enough; missing: {0}): run it with sudo"
     )]
     NotRoot(String),
 

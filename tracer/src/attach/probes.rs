@@ -68,23 +68,16 @@ pub struct Probes {
     pub record_table_slots: u32,
 }
 
-/// Fails with a clear message when this process cannot load tracing programs.
+/// Fails with a clear message when this process cannot trace. CAP_SYS_ADMIN is what it takes:
+/// CAP_BPF and CAP_PERFMON load the programs, but the kernel opens uprobe perf events only for
+/// CAP_SYS_ADMIN (checked on 6.18 with a capability-restricted root), and CAP_SYS_ADMIN covers
+/// both of them.
 pub fn check_privileges() -> Result<(), TraceError> {
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let has = has_capability;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
+    if has_capability(CAP_SYS_ADMIN) {
+        Ok(())
+    } else {
+        Err(TraceError::NotRoot("CAP_SYS_ADMIN".into()))
     }
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|(cap, _)| !has(*cap))
-        .map(|(_, name)| name)
-        .collect();
-    Err(TraceError::NotRoot(format!(
-        "{} (or CAP_SYS_ADMIN)",
-        missing.join(" and ")
-    )))
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -153,11 +146,18 @@ fn load_error(
             _ => None,
         };
         if let Some((flag, entries)) = sized_by {
+            let reason = match io_error.raw_os_error() {
+                Some(libc::E2BIG) => "more than the kernel allows in one map".to_string(),
+                Some(libc::ENOMEM) => format!(
+                    "{io_error} (BPF map memory is charged to this process's memory cgroup)"
+                ),
+                _ => io_error.to_string(),
+            };
             return TraceError::MapTooLarge {
                 map: name.clone(),
                 entries,
                 flag,
-                reason: io_error.to_string(),
+                reason,
             };
         }
     }

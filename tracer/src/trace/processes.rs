@@ -113,11 +113,15 @@ impl Session<'_> {
     /// Remembers an attached process.
     pub(super) fn track(&mut self, pid: u32, plan: AttachPlan) {
         let launched = self.config.command().is_some() && self.tracked.is_empty();
-        let info = ProcessInfo::read(pid).unwrap_or(ProcessInfo {
+        let mut info = ProcessInfo::read(pid).unwrap_or(ProcessInfo {
             pid,
             nspid: vec![pid],
             ..Default::default()
         });
+        if launched && info.cmdline.is_empty() {
+            // Read too late (it exited at once): its command line is the one we launched.
+            info.cmdline = self.config.command().unwrap_or_default().to_vec();
+        }
         let objects = plan.objects.iter().map(|o| (o.dev, o.inode)).collect();
         self.spaces.refresh(pid);
         if self.limit.is_none() {
