@@ -162,7 +162,7 @@ pub struct TraceArgs {
     pub verbose: bool,
 
     /// Launch this command (with its arguments) and trace it from its first allocation. When the
-    /// trace ends first, the command is stopped with SIGTERM.
+    /// trace ends first, the command is stopped with SIGTERM; it never outlives leaktracer.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }

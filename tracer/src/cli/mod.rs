@@ -28,8 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Trace a running process (--pid) or a command you launch, then report what is still allocated.
     ///
-    /// The trace ends at --duration, on Ctrl-C (or SIGTERM), or when the target exits; in every case
-    /// the report and all requested files are written and every probe is detached.
+    /// The trace ends at --duration, on Ctrl-C, SIGTERM or SIGHUP (a closed terminal), or when the
+    /// target exits; in every case the report and all requested files are written and every
+    /// probe is detached. Output files are checked before the trace starts.
     ///
     /// Examples:
     ///   sudo leaktracer trace --pid 4242 --duration 30s --flamegraph leaks.svg --json leaks.json
