@@ -1,0 +1,422 @@
+//! Unwind tables compiled from an object's call-frame information (`.eh_frame`), for code
+//! built without frame pointers: for each address range, how to find the canonical frame
+//! address and the caller's saved RBP, as compact [`UnwindRow`]s sorted by address.
+//!
+//! This is the userspace half of DWARF CFI unwinding (issue 11); the kernel side that walks
+//! these rows at an allocation's return is not written yet. What the row format cannot express
+//! becomes a [`CfaRule::Stop`] row and is counted in [`TableStats`], never dropped silently.
+
+use std::{fs, io, path::Path};
+
+use gimli::{
+    BaseAddresses, CfaRule as GimliCfa, CieOrFde, EhFrame, LittleEndian, Register, RegisterRule,
+    UnwindContext, UnwindSection, X86_64,
+};
+use object::{Object, ObjectSection};
+use tracer_common::{CfaRule, FpRule, UnwindRow};
+
+/// What compiling a table met, besides the rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Function entries (FDEs) compiled.
+    pub functions: u64,
+    /// Rows whose rules the format cannot express (made [`CfaRule::Stop`]).
+    pub unrepresentable: u64,
+    /// Address ranges between functions with no CFI (a [`CfaRule::Stop`] row each).
+    pub gaps: u64,
+}
+
+/// An object's unwind table.
+#[derive(Clone, Debug, Default)]
+pub struct UnwindTable {
+    /// Sorted by `pc`, no two consecutive rows alike.
+    pub rows: Vec<UnwindRow>,
+    pub stats: TableStats,
+}
+
+/// Why a table could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum UnwindError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("{path} is not an ELF object: {reason}")]
+    NotElf { path: String, reason: String },
+    #[error("{path}: malformed .eh_frame: {reason}")]
+    BadCfi { path: String, reason: String },
+}
+
+/// The PLT stubs' CFA expression, as GNU ld writes it: `RSP + 8 + ((RIP & 15) >= N) << 3`,
+/// with N at the byte marked here (lit11 for `.plt`, lit10 in some layouts).
+const PLT_EXPRESSION: [u8; 11] = [
+    0x77, 0x08, // DW_OP_breg7 (rsp) 8
+    0x80, 0x00, // DW_OP_breg16 (rip) 0
+    0x3f, // DW_OP_lit15
+    0x1a, // DW_OP_and
+    0x3b, // DW_OP_lit11 (N)
+    0x2a, // DW_OP_ge
+    0x33, // DW_OP_lit3
+    0x24, // DW_OP_shl
+    0x22, // DW_OP_plus
+];
+const PLT_THRESHOLD_AT: usize = 6;
+
+/// The threshold N of a PLT expression, if `bytes` is one.
+fn plt_threshold(bytes: &[u8]) -> Option<i32> {
+    if bytes.len() != PLT_EXPRESSION.len() {
+        return None;
+    }
+    let same_elsewhere = bytes
+        .iter()
+        .zip(PLT_EXPRESSION)
+        .enumerate()
+        .all(|(i, (a, b))| i == PLT_THRESHOLD_AT || *a == b);
+    let literal = bytes[PLT_THRESHOLD_AT];
+    // DW_OP_lit0 is 0x30.
+    (same_elsewhere && (0x30..=0x4f).contains(&literal)).then(|| i32::from(literal - 0x30))
+}
+
+fn stop_row(pc: u64) -> UnwindRow {
+    UnwindRow {
+        pc,
+        cfa_rule: CfaRule::Stop as u8,
+        fp_rule: FpRule::Lost as u8,
+        ..Default::default()
+    }
+}
+
+/// Compiles the table of the ELF object at `path`.
+pub fn compile_file(path: &Path) -> Result<UnwindTable, UnwindError> {
+    let display = path.display().to_string();
+    let data = fs::read(path).map_err(|source| UnwindError::Read {
+        path: display.clone(),
+        source,
+    })?;
+    compile(&data).map_err(|reason| match reason {
+        CompileError::Elf(reason) => UnwindError::NotElf {
+            path: display,
+            reason,
+        },
+        CompileError::Cfi(reason) => UnwindError::BadCfi {
+            path: display,
+            reason,
+        },
+    })
+}
+
+enum CompileError {
+    Elf(String),
+    Cfi(String),
+}
+
+/// Compiles the table of an ELF object's bytes. An object without `.eh_frame` has an empty
+/// table (every address is then a gap for the unwinder).
+fn compile(data: &[u8]) -> Result<UnwindTable, CompileError> {
+    let file = object::File::parse(data).map_err(|e| CompileError::Elf(e.to_string()))?;
+    let Some(section) = file.section_by_name(".eh_frame") else {
+        return Ok(UnwindTable::default());
+    };
+    let bytes = section
+        .data()
+        .map_err(|e| CompileError::Elf(e.to_string()))?;
+    let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+    if let Some(text) = file.section_by_name(".text") {
+        bases = bases.set_text(text.address());
+    }
+    if let Some(hdr) = file.section_by_name(".eh_frame_hdr") {
+        bases = bases.set_eh_frame_hdr(hdr.address());
+    }
+    let eh_frame = EhFrame::new(bytes, LittleEndian);
+    let cfi = |e: gimli::Error| CompileError::Cfi(e.to_string());
+    let mut ctx = Box::new(UnwindContext::new());
+    // Per function: its range and its rows.
+    let mut functions: Vec<(u64, u64, Vec<UnwindRow>)> = Vec::new();
+    let mut stats = TableStats::default();
+    let mut entries = eh_frame.entries(&bases);
+    while let Some(entry) = entries.next().map_err(cfi)? {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let fde = partial
+            .parse(|section, bases, offset| section.cie_from_offset(bases, offset))
+            .map_err(cfi)?;
+        let mut table = fde.rows(&eh_frame, &bases, &mut ctx).map_err(cfi)?;
+        let mut rows = Vec::new();
+        while let Some(row) = table.next_row().map_err(cfi)? {
+            let compiled = compile_row(row, &eh_frame);
+            if compiled.cfa_rule == CfaRule::Stop as u8 {
+                stats.unrepresentable += 1;
+            }
+            rows.push(UnwindRow {
+                pc: row.start_address(),
+                ..compiled
+            });
+        }
+        stats.functions += 1;
+        functions.push((fde.initial_address(), fde.end_address(), rows));
+    }
+    functions.sort_by_key(|(start, ..)| *start);
+    let mut rows: Vec<UnwindRow> = Vec::new();
+    let mut covered_to = 0u64;
+    for (start, end, function_rows) in functions {
+        if start > covered_to && !rows.is_empty() {
+            rows.push(stop_row(covered_to));
+            stats.gaps += 1;
+        }
+        rows.extend(function_rows);
+        covered_to = covered_to.max(end);
+    }
+    if !rows.is_empty() {
+        rows.push(stop_row(covered_to));
+    }
+    // One row per change: a row like the one before it adds nothing.
+    rows.dedup_by(|next, kept| {
+        let same = UnwindRow { pc: 0, ..*next } == UnwindRow { pc: 0, ..*kept };
+        same || next.pc == kept.pc && {
+            // Two rows at one address (an empty range): the later one holds.
+            *kept = *next;
+            true
+        }
+    });
+    Ok(UnwindTable { rows, stats })
+}
+
+/// One gimli row as an [`UnwindRow`] (its `pc` left for the caller).
+fn compile_row<R: gimli::Reader>(
+    row: &gimli::UnwindTableRow<R::Offset>,
+    eh_frame: &EhFrame<R>,
+) -> UnwindRow {
+    let unrepresentable = stop_row(0);
+    // x86-64: the return address is at CFA - 8; anything else this format cannot follow.
+    match row.register(X86_64::RA) {
+        Some(RegisterRule::Offset(-8)) | None => {}
+        Some(_) => return unrepresentable,
+    }
+    let (cfa_rule, cfa_offset) = match row.cfa() {
+        GimliCfa::RegisterAndOffset { register, offset } => {
+            let Ok(offset) = i32::try_from(*offset) else {
+                return unrepresentable;
+            };
+            match *register {
+                X86_64::RSP => (CfaRule::SpOffset, offset),
+                X86_64::RBP => (CfaRule::FpOffset, offset),
+                _ => return unrepresentable,
+            }
+        }
+        GimliCfa::Expression(expression) => {
+            let threshold = expression
+                .get(eh_frame)
+                .ok()
+                .and_then(|e| e.0.to_slice().ok().and_then(|b| plt_threshold(&b)));
+            match threshold {
+                Some(threshold) => (CfaRule::Plt, threshold),
+                None => return unrepresentable,
+            }
+        }
+    };
+    let (fp_rule, fp_offset) = match row.register(Register(X86_64::RBP.0)) {
+        None | Some(RegisterRule::SameValue) => (FpRule::Unchanged, 0),
+        Some(RegisterRule::Offset(offset)) => match i32::try_from(offset) {
+            Ok(offset) => (FpRule::AtCfaOffset, offset),
+            Err(_) => (FpRule::Lost, 0),
+        },
+        Some(_) => (FpRule::Lost, 0),
+    };
+    UnwindRow {
+        pc: 0,
+        cfa_rule: cfa_rule as u8,
+        fp_rule: fp_rule as u8,
+        cfa_offset,
+        fp_offset,
+        ..Default::default()
+    }
+}
+
+impl UnwindTable {
+    /// The row that covers `pc` (the last one starting at or before it), if any.
+    pub fn row_for(&self, pc: u64) -> Option<&UnwindRow> {
+        let index = self.rows.partition_point(|row| row.pc <= pc);
+        index.checked_sub(1).map(|i| &self.rows[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// What readelf says at one address: the CFA, rbp and ra columns.
+    struct ReadelfRow {
+        pc: u64,
+        cfa: String,
+        rbp: String,
+        ra: String,
+    }
+
+    /// Every interpreted row of `readelf --debug-dump=frames-interp`: an independent reading of
+    /// the same CFI. An FDE that prints no table keeps its CIE's initial rules.
+    fn readelf_rows(path: &str) -> Option<Vec<ReadelfRow>> {
+        let out = Command::new("readelf")
+            .args(["--debug-dump=frames-interp", path])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut rows = Vec::new();
+        // Initial (cfa, rbp, ra) of each CIE, by its offset.
+        let mut cies: std::collections::HashMap<String, (String, String, String)> =
+            Default::default();
+        let mut columns: Vec<String> = Vec::new();
+        // The entry whose table follows: Some(cie offset) for a CIE, None for an FDE.
+        let mut current_cie: Option<String> = None;
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if line.contains(" CIE ") {
+                current_cie = fields.first().map(|f| f.to_string());
+                columns.clear();
+            } else if line.contains(" FDE ") {
+                current_cie = None;
+                columns.clear();
+                let cie = line.split("cie=").nth(1)?.split_whitespace().next()?;
+                let range = line.split("pc=").nth(1)?;
+                let pc = u64::from_str_radix(range.split("..").next()?, 16).ok()?;
+                let (cfa, rbp, ra) = cies
+                    .get(cie)
+                    .cloned()
+                    .unwrap_or_else(|| ("rsp+8".into(), "u".into(), "c-8".into()));
+                rows.push(ReadelfRow { pc, cfa, rbp, ra });
+            } else if fields.first() == Some(&"LOC") {
+                columns = fields.iter().map(|f| f.to_string()).collect();
+            } else if !columns.is_empty() && fields.len() == columns.len() {
+                let Ok(pc) = u64::from_str_radix(fields[0], 16) else {
+                    continue;
+                };
+                let column = |name: &str, default: &'static str| {
+                    columns
+                        .iter()
+                        .position(|c| c == name)
+                        .map_or(default.to_string(), |i| fields[i].to_string())
+                };
+                let row = ReadelfRow {
+                    pc,
+                    cfa: fields[1].to_string(),
+                    rbp: column("rbp", "u"),
+                    ra: column("ra", "c-8"),
+                };
+                match &current_cie {
+                    Some(cie) => {
+                        cies.entry(cie.clone())
+                            .or_insert((row.cfa, row.rbp, row.ra));
+                    }
+                    None => {
+                        // The first row of a table restates the FDE's start.
+                        if rows.last().is_some_and(|r: &ReadelfRow| r.pc == pc) {
+                            rows.pop();
+                        }
+                        rows.push(row);
+                    }
+                }
+            }
+        }
+        Some(rows)
+    }
+
+    fn describe(row: &UnwindRow) -> (String, String) {
+        let cfa = match row.cfa_rule {
+            r if r == CfaRule::SpOffset as u8 => format!("rsp+{}", row.cfa_offset),
+            r if r == CfaRule::FpOffset as u8 => format!("rbp+{}", row.cfa_offset),
+            r if r == CfaRule::Plt as u8 => "exp".to_string(),
+            _ => "stop".to_string(),
+        };
+        let rbp = match row.fp_rule {
+            r if r == FpRule::AtCfaOffset as u8 => format!("c{}", row.fp_offset),
+            r if r == FpRule::Unchanged as u8 => "u".to_string(),
+            _ => "lost".to_string(),
+        };
+        (cfa, rbp)
+    }
+
+    /// This machine's C library and a C++ library, compiled and checked row by row against
+    /// readelf's interpretation of the same CFI.
+    #[test]
+    fn tables_agree_with_readelf_row_by_row() {
+        for path in [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
+            // A Debian program built without frame pointers (installed for trials, may be absent).
+            "/usr/bin/redis-check-rdb",
+        ] {
+            let Some(expected) = readelf_rows(path).filter(|rows| !rows.is_empty()) else {
+                eprintln!("skipped {path}: readelf (binutils) or the library is missing");
+                continue;
+            };
+            let table = compile_file(Path::new(path)).unwrap();
+            assert!(table.stats.functions > 1000, "{path}: {:?}", table.stats);
+            let (mut compared, mut mismatches) = (0, Vec::new());
+            for row in &expected {
+                // readelf's own spellings for rules outside the format (other registers,
+                // expressions other than the PLT's) are not compared.
+                let representable = (row.cfa.starts_with("rsp+")
+                    || row.cfa.starts_with("rbp+")
+                    || row.cfa == "exp")
+                    && (row.rbp == "u" || row.rbp.starts_with("c-"))
+                    && (row.ra == "c-8" || row.ra == "u");
+                if !representable {
+                    continue;
+                }
+                let ours = table.row_for(row.pc).map(describe);
+                compared += 1;
+                // An undefined return address marks the outermost frame (thread entry, _start):
+                // the unwinder must stop there.
+                let expected = if row.ra == "u" {
+                    ("stop".to_string(), "lost".to_string())
+                } else {
+                    (row.cfa.clone(), row.rbp.clone())
+                };
+                if ours.as_ref() != Some(&expected) {
+                    mismatches.push(format!(
+                        "{:#x}: readelf {} {}, ours {ours:?}",
+                        row.pc, row.cfa, row.rbp
+                    ));
+                }
+            }
+            assert!(compared > 10_000, "{path}: only {compared} rows compared");
+            assert!(
+                mismatches.is_empty(),
+                "{path}: {} of {compared} rows differ, e.g. {:?}",
+                mismatches.len(),
+                &mismatches[..mismatches.len().min(5)]
+            );
+        }
+    }
+
+    #[test]
+    fn plt_expressions_are_recognized_and_others_are_not() {
+        assert_eq!(plt_threshold(&PLT_EXPRESSION), Some(11));
+        let mut ten = PLT_EXPRESSION;
+        ten[PLT_THRESHOLD_AT] = 0x3a;
+        assert_eq!(plt_threshold(&ten), Some(10));
+        let mut other = PLT_EXPRESSION;
+        other[1] = 0x10;
+        assert_eq!(plt_threshold(&other), None);
+        assert_eq!(plt_threshold(&PLT_EXPRESSION[..10]), None);
+    }
+
+    #[test]
+    fn lookups_find_the_row_covering_an_address() {
+        let row = |pc, offset| UnwindRow {
+            pc,
+            cfa_rule: CfaRule::SpOffset as u8,
+            cfa_offset: offset,
+            ..Default::default()
+        };
+        let table = UnwindTable {
+            rows: vec![row(0x1000, 8), row(0x1004, 16), stop_row(0x1010)],
+            stats: TableStats::default(),
+        };
+        assert_eq!(table.row_for(0xfff), None);
+        assert_eq!(table.row_for(0x1000).unwrap().cfa_offset, 8);
+        assert_eq!(table.row_for(0x1003).unwrap().cfa_offset, 8);
+        assert_eq!(table.row_for(0x100f).unwrap().cfa_offset, 16);
+        assert_eq!(table.row_for(0x2000).unwrap().cfa_rule, CfaRule::Stop as u8);
+    }
+}
