@@ -239,6 +239,69 @@ impl UnwindTable {
     }
 }
 
+/// The registers an unwind step follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registers {
+    pub pc: u64,
+    pub sp: u64,
+    /// RBP; 0 once it is lost (see [`FpRule::Lost`]).
+    pub fp: u64,
+}
+
+/// Why an unwind step could not go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepError {
+    /// The row says stop: no CFI, the outermost frame, or a rule the format cannot follow.
+    Stop,
+    /// The CFA needs a register that is lost.
+    RegisterLost,
+    /// The CFA is not above the stack pointer: corrupt or misread, never followed.
+    CfaNotAboveSp,
+    /// A memory read failed.
+    Unreadable,
+}
+
+/// One unwind step, as the kernel-side walker will take it: from a frame's registers and the
+/// row covering its pc, the caller's registers (its pc is the return address). `read` reads one
+/// u64 of the target's memory.
+pub fn step(
+    row: &UnwindRow,
+    regs: Registers,
+    read: impl Fn(u64) -> Option<u64>,
+) -> Result<Registers, StepError> {
+    let offset = i64::from(row.cfa_offset);
+    let cfa = match row.cfa_rule {
+        r if r == CfaRule::SpOffset as u8 => regs.sp.wrapping_add_signed(offset),
+        r if r == CfaRule::FpOffset as u8 => {
+            if regs.fp == 0 {
+                return Err(StepError::RegisterLost);
+            }
+            regs.fp.wrapping_add_signed(offset)
+        }
+        r if r == CfaRule::Plt as u8 => {
+            let pushed = if (regs.pc & 15) as i64 >= offset {
+                8
+            } else {
+                0
+            };
+            regs.sp + 8 + pushed
+        }
+        _ => return Err(StepError::Stop),
+    };
+    if cfa <= regs.sp {
+        return Err(StepError::CfaNotAboveSp);
+    }
+    let pc = read(cfa - 8).ok_or(StepError::Unreadable)?;
+    let fp = match row.fp_rule {
+        r if r == FpRule::Unchanged as u8 => regs.fp,
+        r if r == FpRule::AtCfaOffset as u8 => {
+            read(cfa.wrapping_add_signed(i64::from(row.fp_offset))).ok_or(StepError::Unreadable)?
+        }
+        _ => 0,
+    };
+    Ok(Registers { pc, sp: cfa, fp })
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;
@@ -418,5 +481,147 @@ mod tests {
         assert_eq!(table.row_for(0x1003).unwrap().cfa_offset, 8);
         assert_eq!(table.row_for(0x100f).unwrap().cfa_offset, 16);
         assert_eq!(table.row_for(0x2000).unwrap().cfa_rule, CfaRule::Stop as u8);
+    }
+
+    /// This executable's load bias (runtime address - ELF virtual address), from where
+    /// `innermost` is now and where its symbol says it is.
+    fn own_bias() -> u64 {
+        use object::ObjectSymbol;
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let file = object::File::parse(&*exe).unwrap();
+        let symbol = file
+            .symbols()
+            .find(|s| s.name().is_ok_and(|n| n.contains("5tests9innermost")))
+            .expect("innermost has a symbol");
+        innermost as *const () as u64 - symbol.address()
+    }
+
+    /// The function of this executable whose code contains `vaddr`.
+    fn function_at(vaddr: u64) -> Option<String> {
+        use object::ObjectSymbol;
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let file = object::File::parse(&*exe).unwrap();
+        file.symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
+            .find(|s| (s.address()..s.address() + s.size()).contains(&vaddr))
+            .and_then(|s| s.name().ok().map(str::to_string))
+    }
+
+    #[inline(never)]
+    fn innermost(depth: &mut u32) -> (Vec<String>, u32) {
+        let (sp, fp, pc): (u64, u64, u64);
+        // SAFETY: reads three registers into outputs; touches no memory.
+        unsafe {
+            std::arch::asm!(
+                "mov {0}, rsp", "mov {1}, rbp", "lea {2}, [rip]",
+                out(reg) sp, out(reg) fp, out(reg) pc,
+            );
+        }
+        *depth += 1;
+        let table = compile_file(Path::new("/proc/self/exe")).unwrap();
+        let bias = own_bias();
+        // Only this thread's live stack is read: every frame walked is above `sp`.
+        let read = |address: u64| {
+            (address >= sp && address < sp + (8 << 20))
+                // SAFETY: inside this thread's stack, below its frames' live data.
+                .then(|| unsafe { std::ptr::read(address as *const u64) })
+        };
+        let mut regs = Registers { pc, sp, fp };
+        let mut callers = Vec::new();
+        for frame in 0..16 {
+            // A return address points after its call: look up the call itself.
+            let lookup = if frame == 0 { regs.pc } else { regs.pc - 1 };
+            let Some(row) = table.row_for(lookup - bias) else {
+                break;
+            };
+            match step(row, regs, read) {
+                Ok(caller) => {
+                    regs = caller;
+                    match function_at(regs.pc - 1 - bias) {
+                        Some(name) => callers.push(name),
+                        None => break,
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        (callers, *depth)
+    }
+
+    #[inline(never)]
+    fn middle(depth: &mut u32) -> (Vec<String>, u32) {
+        let result = innermost(std::hint::black_box(depth));
+        // Work after the call keeps it from being a tail call.
+        (result.0, std::hint::black_box(result.1 + 1))
+    }
+
+    #[inline(never)]
+    fn outer(depth: &mut u32) -> (Vec<String>, u32) {
+        let result = middle(std::hint::black_box(depth));
+        (result.0, std::hint::black_box(result.1 + 1))
+    }
+
+    /// The rows unwind a real stack: from inside `innermost`, the callers found through this
+    /// test binary's own CFI are `middle`, then `outer`, then the test function, in order.
+    #[test]
+    fn rows_unwind_this_threads_own_stack() {
+        let mut depth = 0;
+        let (callers, _) = outer(&mut depth);
+        // Mangled names (no demangler needed): each contains its function's name.
+        let at = |name: &str| callers.iter().position(|n| n.contains(name));
+        let (middle, outer, test) = (
+            at("6middle"),
+            at("5outer"),
+            at("rows_unwind_this_threads_own_stack"),
+        );
+        assert_eq!(middle, Some(0), "{callers:?}");
+        assert_eq!(outer, Some(1), "{callers:?}");
+        assert_eq!(test, Some(2), "{callers:?}");
+    }
+
+    #[test]
+    fn a_step_refuses_what_it_cannot_follow() {
+        let regs = Registers {
+            pc: 0x1000,
+            sp: 0x7000,
+            fp: 0,
+        };
+        let read = |_| Some(0xdead);
+        let row = |cfa_rule: CfaRule, cfa_offset| UnwindRow {
+            cfa_rule: cfa_rule as u8,
+            cfa_offset,
+            ..Default::default()
+        };
+        assert_eq!(
+            step(&row(CfaRule::Stop, 0), regs, read),
+            Err(StepError::Stop)
+        );
+        assert_eq!(
+            step(&row(CfaRule::FpOffset, 16), regs, read),
+            Err(StepError::RegisterLost)
+        );
+        assert_eq!(
+            step(&row(CfaRule::SpOffset, 0), regs, read),
+            Err(StepError::CfaNotAboveSp)
+        );
+        assert_eq!(
+            step(&row(CfaRule::SpOffset, 16), regs, |_| None),
+            Err(StepError::Unreadable)
+        );
+        let caller = step(&row(CfaRule::SpOffset, 16), regs, read).unwrap();
+        assert_eq!(
+            caller,
+            Registers {
+                pc: 0xdead,
+                sp: 0x7010,
+                fp: 0
+            }
+        );
+        // A PLT stub: 8 more once its push has run (pc & 15 >= 11).
+        let plt = row(CfaRule::Plt, 11);
+        let before = Registers { pc: 0x1006, ..regs };
+        let after = Registers { pc: 0x100b, ..regs };
+        assert_eq!(step(&plt, before, read).unwrap().sp, 0x7008);
+        assert_eq!(step(&plt, after, read).unwrap().sp, 0x7010);
     }
 }
