@@ -239,6 +239,102 @@ impl UnwindTable {
     }
 }
 
+/// The load bias of a mapping (runtime address - ELF virtual address): from the loadable
+/// segment whose page-aligned file offset is where the mapping starts in the file.
+pub fn load_bias(elf: &object::File, mapping_start: u64, mapping_offset: u64) -> Option<u64> {
+    use object::ObjectSegment;
+    const PAGE: u64 = 4096;
+    elf.segments().find_map(|segment| {
+        let (file_offset, _) = segment.file_range();
+        (file_offset & !(PAGE - 1) == mapping_offset)
+            .then(|| mapping_start.wrapping_sub(segment.address() & !(PAGE - 1)))
+    })
+}
+
+/// An executable mapping of a process, with its object's table.
+#[derive(Clone, Debug)]
+pub struct MappedTable {
+    pub start: u64,
+    pub end: u64,
+    /// Runtime address - the object's virtual address.
+    pub bias: u64,
+    pub path: String,
+    pub table: std::sync::Arc<UnwindTable>,
+}
+
+/// Tables of the objects processes map, each compiled once however many processes map it
+/// (keyed by device and inode: 20 processes sharing libc compile it once).
+#[derive(Default)]
+pub struct TableCache {
+    tables: std::collections::HashMap<(u64, u64), std::sync::Arc<UnwindTable>>,
+    /// Objects compiled so far.
+    pub compiled: u64,
+}
+
+impl TableCache {
+    /// The tables of every executable file mapping of `pid`, the objects opened as the process
+    /// maps them (through `/proc/PID/map_files`, or its root, checked by device and inode).
+    /// Objects that cannot be read or parsed are left out (their frames stop the unwinder).
+    pub fn process_tables(&mut self, pid: u32) -> io::Result<Vec<MappedTable>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        for mapping in crate::target::maps::read_maps(pid)? {
+            if !(mapping.is_file() && mapping.is_executable()) {
+                continue;
+            }
+            let Some(path) = mapping.clean_path() else {
+                continue;
+            };
+            let map_file = format!(
+                "/proc/{pid}/map_files/{:x}-{:x}",
+                mapping.start, mapping.end
+            );
+            let expected = mapping.dev_number().map(|dev| (dev, mapping.inode));
+            let opened = [
+                std::path::PathBuf::from(map_file),
+                crate::target::process::path_in_root(pid, path),
+            ]
+            .into_iter()
+            .find_map(|candidate| {
+                let meta = fs::metadata(&candidate).ok()?;
+                (Some((meta.dev(), meta.ino())) == expected).then_some(candidate)
+            });
+            let (Some(file), Some(key)) = (opened, expected) else {
+                continue;
+            };
+            let Ok(data) = fs::read(&file) else {
+                continue;
+            };
+            let Ok(elf) = object::File::parse(&*data) else {
+                continue;
+            };
+            let Some(bias) = load_bias(&elf, mapping.start, mapping.offset) else {
+                continue;
+            };
+            let table = match self.tables.get(&key) {
+                Some(table) => table.clone(),
+                None => {
+                    let Ok(table) = compile(&data) else {
+                        continue;
+                    };
+                    self.compiled += 1;
+                    let table = std::sync::Arc::new(table);
+                    self.tables.insert(key, table.clone());
+                    table
+                }
+            };
+            out.push(MappedTable {
+                start: mapping.start,
+                end: mapping.end,
+                bias,
+                path: path.to_string(),
+                table,
+            });
+        }
+        Ok(out)
+    }
+}
+
 /// The registers an unwind step follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Registers {
@@ -623,5 +719,29 @@ mod tests {
         let after = Registers { pc: 0x100b, ..regs };
         assert_eq!(step(&plt, before, read).unwrap().sp, 0x7008);
         assert_eq!(step(&plt, after, read).unwrap().sp, 0x7010);
+    }
+
+    /// A process's tables: its own executable's mapping found with the bias its symbols give,
+    /// and a second look compiles nothing again.
+    #[test]
+    fn process_tables_are_biased_right_and_compiled_once() {
+        let mut cache = TableCache::default();
+        let tables = cache.process_tables(std::process::id()).unwrap();
+        let here = innermost as *const () as u64;
+        let own = tables
+            .iter()
+            .find(|t| (t.start..t.end).contains(&here))
+            .expect("this executable's code is mapped");
+        assert_eq!(own.bias, own_bias());
+        assert!(own.table.row_for(here - own.bias).is_some());
+        assert!(
+            tables.iter().any(|t| t.path.contains("libc.so")),
+            "libc is mapped: {:?}",
+            tables.iter().map(|t| &t.path).collect::<Vec<_>>()
+        );
+        let compiled = cache.compiled;
+        assert!(compiled >= 2, "{compiled}");
+        cache.process_tables(std::process::id()).unwrap();
+        assert_eq!(cache.compiled, compiled, "the second look compiled again");
     }
 }
