@@ -21,11 +21,6 @@ pub enum TraceError {
     )]
     ObjectsNotOpenable { pid: u32, reason: String },
 
-    #[error(
-        "cannot attach {program} to {path}: permission denied; this kernel attaches uprobes only with CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON load the programs but cannot attach them): missing CAP_SYS_ADMIN"
-    )]
-    UprobeNeedsSysAdmin { program: String, path: PathBuf },
-
     #[error("cannot create the kernel map {map} with {entries} entries: {reason}; lower {flag}")]
     MapTooLarge {
         map: String,

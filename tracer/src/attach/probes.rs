@@ -93,20 +93,6 @@ fn has_capability(cap: u32) -> bool {
     effective & (1 << cap) != 0
 }
 
-/// True when an error's chain holds a permission error from the kernel (EACCES or EPERM).
-fn permission_denied(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(err) = cause {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && matches!(io.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
-        {
-            return true;
-        }
-        cause = err.source();
-    }
-    false
-}
-
 /// An error with its causes, `outer: inner: ...` (thiserror's Display shows only the outer).
 fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
@@ -311,13 +297,6 @@ impl Probes {
             .map_err(|e| {
                 if !crate::target::process::is_alive(pid.get()) {
                     TraceError::ExitedDuringAttach(pid.get())
-                } else if permission_denied(&e) && !has_capability(CAP_SYS_ADMIN) {
-                    // The kernel opens uprobe perf events for CAP_SYS_ADMIN only: CAP_BPF and
-                    // CAP_PERFMON load the programs but cannot attach them.
-                    TraceError::UprobeNeedsSysAdmin {
-                        program: program.to_string(),
-                        path: object.open_path.clone(),
-                    }
                 } else {
                     TraceError::Attach {
                         program: program.to_string(),
