@@ -191,6 +191,44 @@ impl FileIdentity {
     }
 }
 
+/// The destination is a name for a file, and absent or a regular file (never a link, a
+/// directory, a device or a FIFO).
+fn check_kind(flag: &'static str, path: &Path) -> Result<(), OutputError> {
+    let path_buf = || path.to_path_buf();
+    if path.file_name().is_none() {
+        return Err(OutputError::NotAFileName {
+            flag,
+            path: path_buf(),
+        });
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(OutputError::Symlink {
+                flag,
+                path: path_buf(),
+            });
+        }
+        Ok(meta) => {
+            if let Some(what) = not_regular(meta.file_type()) {
+                return Err(OutputError::NotARegularFile {
+                    flag,
+                    path: path_buf(),
+                    what,
+                });
+            }
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(reason) => {
+            return Err(OutputError::Unreadable {
+                flag,
+                path: path_buf(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Checks every destination before any work starts: each is absent or a regular file (never a
 /// device, FIFO, directory or link), its directory exists and takes a new file (tried for real:
 /// a read-only file system or a missing directory shows here, not after the trace), no two
@@ -214,37 +252,7 @@ pub fn check_destinations(
             on_stdout = Some(flag);
             continue;
         }
-        if path.file_name().is_none() {
-            return Err(OutputError::NotAFileName {
-                flag,
-                path: path_buf(),
-            });
-        }
-        match fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(OutputError::Symlink {
-                    flag,
-                    path: path_buf(),
-                });
-            }
-            Ok(meta) => {
-                if let Some(what) = not_regular(meta.file_type()) {
-                    return Err(OutputError::NotARegularFile {
-                        flag,
-                        path: path_buf(),
-                        what,
-                    });
-                }
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(reason) => {
-                return Err(OutputError::Unreadable {
-                    flag,
-                    path: path_buf(),
-                    reason,
-                });
-            }
-        }
+        check_kind(flag, path)?;
         let dir = parent_dir(path);
         // Creating (and at once removing) a file is the only sure test: as root, access(2)
         // says yes to a read-only file system's files.
@@ -323,10 +331,15 @@ fn write_checked(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> anyhow::Result<()> {
-    check_destinations(&[(flag, path)], &[])?;
+    check_kind(flag, path)?;
     let dir = parent_dir(path);
-    let temp =
-        temp_file_in(dir, path).with_context(|| format!("cannot write {}", path.display()))?;
+    // The temporary file is the writability test here: no separate probe.
+    let temp = temp_file_in(dir, path).map_err(|reason| OutputError::Unwritable {
+        flag,
+        path: path.to_path_buf(),
+        dir: dir.to_path_buf(),
+        reason,
+    })?;
     let result = (|| -> io::Result<tempfile::NamedTempFile> {
         let mut out = io::BufWriter::new(temp);
         write(&mut out)?;
@@ -336,7 +349,7 @@ fn write_checked(
     })();
     let temp = result.with_context(|| format!("cannot write {}", path.display()))?;
     // Checked again just before the rename: the destination may have changed during the trace.
-    check_destinations(&[(flag, path)], &[])?;
+    check_kind(flag, path)?;
     temp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("cannot write {}", path.display()))?;
