@@ -4,6 +4,9 @@
 #![no_std]
 
 pub mod programs;
+pub mod unwind;
+
+pub use unwind::{CfaRule, FpRule, UnwindEnd, UnwindMapping, UnwindProcess, UnwindRow};
 
 /// Stack id recorded when the stack could not be kept (stack map full): the bytes are still
 /// counted, under a stack userspace reports as "unknown". No captured stack hashes to it.
@@ -362,55 +365,6 @@ pub const STALE_CALL_JIFFIES: u64 = 1000;
 /// uses the overflow map.
 pub const PENDING_SLOTS: u32 = 65536;
 
-/// How an unwinder finds the canonical frame address (CFA: the caller's stack pointer before
-/// the call) within an [`UnwindRow`]'s range.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CfaRule {
-    /// No usable CFI here (a gap between functions' entries, or a rule the row format cannot
-    /// express): the unwinder stops, or falls back to the frame pointer.
-    Stop = 0,
-    /// CFA = RSP + `cfa_offset`.
-    SpOffset = 1,
-    /// CFA = RBP + `cfa_offset`.
-    FpOffset = 2,
-    /// A PLT stub's expression: CFA = RSP + 8, plus 8 more once `RIP & 15` reaches
-    /// `cfa_offset` (the stub has pushed its argument).
-    Plt = 3,
-}
-
-/// Where the caller's RBP is within an [`UnwindRow`]'s range.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FpRule {
-    /// RBP still holds the caller's value.
-    Unchanged = 0,
-    /// Saved at CFA + `fp_offset`.
-    AtCfaOffset = 1,
-    /// Not recoverable: frames above cannot use the frame pointer.
-    Lost = 2,
-}
-
-/// One row of an object's unwind table: from `pc` up to the next row's, how to find the CFA and
-/// the caller's RBP. The return address is at CFA - 8 (x86-64; a row whose CFI says otherwise is
-/// a [`CfaRule::Stop`] row). `pc` is an address in the object's own address space (its ELF
-/// virtual addresses, before the load bias).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UnwindRow {
-    pub pc: u64,
-    /// A [`CfaRule`] as u8.
-    pub cfa_rule: u8,
-    /// An [`FpRule`] as u8.
-    pub fp_rule: u8,
-    pub _pad: u16,
-    /// See [`CfaRule`].
-    pub cfa_offset: i32,
-    /// See [`FpRule::AtCfaOffset`].
-    pub fp_offset: i32,
-    pub _pad2: u32,
-}
-
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -424,6 +378,8 @@ mod pod {
     unsafe impl aya::Pod for CachedStack {}
     unsafe impl aya::Pod for RecordSlot {}
     unsafe impl aya::Pod for UnwindRow {}
+    unsafe impl aya::Pod for UnwindMapping {}
+    unsafe impl aya::Pod for UnwindProcess {}
 }
 
 #[cfg(test)]

@@ -154,9 +154,13 @@ pub mod maps {
     pub const RECORDED_ADDRESSES: &str = "RECORDED_ADDRESSES";
     pub const UNMAP_EVENTS: &str = "UNMAP_EVENTS";
     pub const EXECS: &str = "EXECS";
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
+    pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
+    pub const UNWIND_ENDS: &str = "UNWIND_ENDS";
 
     /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 21] = [
         STOPPED,
         RECORD_TABLE,
         OVERFLOWED,
@@ -174,6 +178,10 @@ pub mod maps {
         RECORDED_ADDRESSES,
         UNMAP_EVENTS,
         EXECS,
+        UNWIND_ROWS,
+        UNWIND_MAPPINGS,
+        UNWIND_PROCESSES,
+        UNWIND_ENDS,
     ];
 }
 
@@ -184,14 +192,16 @@ pub mod globals {
     pub const RECORD_TABLE_MASK: &str = "RECORD_TABLE_MASK";
     pub const SAMPLE_BYTES: &str = "SAMPLE_BYTES";
     pub const EMPTY_PROGRAMS: &str = "EMPTY_PROGRAMS";
+    pub const MAX_DEPTH: &str = "MAX_DEPTH";
 
     /// Every global the tracer declares (aya-log adds its own, `AYA_LOG_LEVEL`).
-    pub const ALL: [&str; 5] = [
+    pub const ALL: [&str; 6] = [
         FILTER_CGROUP_ID,
         FILTER_CGROUP_LEVEL,
         RECORD_TABLE_MASK,
         SAMPLE_BYTES,
         EMPTY_PROGRAMS,
+        MAX_DEPTH,
     ];
 }
 

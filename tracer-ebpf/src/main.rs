@@ -29,6 +29,7 @@ mod probes;
 mod records;
 mod sampling;
 mod stack;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -11,7 +11,8 @@ use aya_ebpf::{
 use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, MMAP_STATE_SLOTS, PENDING_SLOTS,
     PendingCall, RECORD_TABLE_SLOTS, RecordSlot, SAMPLE_TABLE_SLOTS, STACK_CACHE_SLOTS, StackKey,
-    StackStats, UserStack,
+    StackStats, UnwindMapping, UnwindProcess, UnwindRow, UserStack,
+    unwind::{DEFAULT_MAX_DEPTH, DEFAULT_UNWIND_ROWS, UNWIND_END_SLOTS, UNWIND_MAPPING_SLOTS},
 };
 
 /// Processes that exec'd while tracing: tgid -> `bpf_ktime_get_ns()` of the exec. LRU: the
@@ -136,6 +137,31 @@ pub(crate) static RECORD_TABLE_MASK: Global<u32> = Global::new(RECORD_TABLE_SLOT
 /// `--sample-bytes`: sample on average one allocation per this many bytes (0: record all).
 #[unsafe(no_mangle)]
 pub(crate) static SAMPLE_BYTES: Global<u64> = Global::new(0);
+
+/// Unwind rows of every object a traced process maps, each object's run sorted by address
+/// (see `tracer_common::unwind`). Mmapable: userspace writes tables in place, not row by row.
+#[map]
+pub(crate) static UNWIND_ROWS: Array<UnwindRow> =
+    Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
+
+/// Executable mappings of every traced process, each process's run sorted by start.
+#[map]
+pub(crate) static UNWIND_MAPPINGS: Array<UnwindMapping> =
+    Array::with_max_entries(UNWIND_MAPPING_SLOTS, BPF_F_MMAPABLE);
+
+/// tgid -> where its mappings are in `UNWIND_MAPPINGS`. A process without an entry is walked
+/// by frame pointers; an exec removes the entry (its layout is gone).
+#[map]
+pub(crate) static UNWIND_PROCESSES: HashMap<u32, UnwindProcess> =
+    HashMap::with_max_entries(4096, 0);
+
+/// Per CPU: stacks by how they ended (`tracer_common::UnwindEnd`), and frames walked.
+#[map]
+pub(crate) static UNWIND_ENDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(UNWIND_END_SLOTS, 0);
+
+/// `--max-depth`: frames kept per stack (at most `MAX_STACK_DEPTH`).
+#[unsafe(no_mangle)]
+pub(crate) static MAX_DEPTH: Global<u32> = Global::new(DEFAULT_MAX_DEPTH);
 
 /// For benchmarks (`--empty-programs`): every program returns at once, so a run measures the
 /// bare cost of the probes at their places.

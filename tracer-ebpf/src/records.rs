@@ -269,7 +269,7 @@ pub(crate) fn record(
     size: u64,
     weight: u32,
 ) -> bool {
-    let mut stack_id = capture_stack(ctx.regs).unwrap_or(UNKNOWN_STACK);
+    let mut stack_id = capture_stack(ctx.regs, tgid).unwrap_or(UNKNOWN_STACK);
     let Some((slot, mut hit)) = stack_cache_slot(tgid, stack_id) else {
         return false;
     };

@@ -1,4 +1,4 @@
-//! Stack capture (a frame-pointer walk), the `STACKS` map of captured stacks, and the per-CPU
+//! Stack capture (CFI unwinding, see `unwind`, or a frame-pointer walk), the `STACKS` map of captured stacks, and the per-CPU
 //! stack cache whose totals are written back to `STACK_STATS`.
 
 use aya_ebpf::{
@@ -6,12 +6,14 @@ use aya_ebpf::{
 };
 use tracer_common::{
     CachedStack, Counter, MAX_STACK_DEPTH, STACK_CACHE_SLOTS, StackKey, StackStats, UNKNOWN_STACK,
+    UnwindEnd, UserStack,
 };
 
 use crate::{
     atomic::atomic_add,
     counters::count_loss,
-    maps::{EEXIST, STACK_CACHE, STACK_SCRATCH, STACK_STATS, STACKS},
+    maps::{EEXIST, MAX_DEPTH, STACK_CACHE, STACK_SCRATCH, STACK_STATS, STACKS},
+    unwind,
 };
 
 /// Mixes one frame into a stack hash (64-bit multiply-xorshift: every bit of `ip` reaches every
@@ -22,8 +24,28 @@ pub(crate) fn mix(hash: u64, ip: u64) -> u64 {
     h ^ (h >> 29)
 }
 
-/// Captures the user call stack at an allocator's return by walking the frame-pointer chain
-/// into the per-CPU scratch space, and returns its hash (see [`keep_stack`]).
+/// Captures the user call stack at an allocator's return into the per-CPU scratch space, and
+/// returns its hash (see [`keep_stack`]): by the process's unwind tables when userspace has
+/// written them (code without frame pointers included), else by frame pointers.
+#[inline(always)]
+pub(crate) fn capture_stack(regs: *mut pt_regs, tgid: u32) -> Option<u64> {
+    // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, used by nothing else
+    // while this program runs).
+    let stack = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
+    // At a return probe the instruction pointer is already back in the caller, and RSP and
+    // RBP are the caller's.
+    // SAFETY: `regs` is the probe context's register set, valid for the run.
+    let (fp, sp, ip) = unsafe { ((*regs).rbp, (*regs).rsp, (*regs).rip) };
+    stack.ips[0] = ip;
+    let hash = match unwind::process_tables(tgid) {
+        Some(tables) => unwind::walk_stack(tables, ip, sp, fp, mix(0, ip)),
+        None => walk_frame_pointers(stack, fp, mix(0, ip)),
+    };
+    Some(if hash == UNKNOWN_STACK { 0 } else { hash })
+}
+
+/// The frame-pointer walk, for processes without unwind tables (not written yet, or
+/// `--unwind fp`).
 ///
 /// Done here rather than with `bpf_get_stackid`: the kernel's walker reads on until a read
 /// faults, and every chain ends at a null frame pointer, so each capture paid a page fault
@@ -31,17 +53,10 @@ pub(crate) fn mix(hash: u64, ip: u64) -> u64 {
 /// pointer that does not move up the stack (code built without frame pointers), and its
 /// 64-bit ids do not collide the way the stack-trace map's buckets do.
 #[inline(always)]
-pub(crate) fn capture_stack(regs: *mut pt_regs) -> Option<u64> {
-    // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, used by nothing else
-    // while this program runs).
-    let stack = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
-    // At a return probe the instruction pointer is already back in the caller.
-    // SAFETY: `regs` is the probe context's register set, valid for the run.
-    let (mut fp, ip) = unsafe { ((*regs).rbp, (*regs).rip) };
-    stack.ips[0] = ip;
-    let mut hash = mix(0, ip);
+fn walk_frame_pointers(stack: &mut UserStack, mut fp: u64, mut hash: u64) -> u64 {
+    let max_depth = (MAX_DEPTH.load() as usize).clamp(1, MAX_STACK_DEPTH);
     let mut depth = 1;
-    while depth < MAX_STACK_DEPTH {
+    while depth < max_depth {
         if fp == 0 || fp & 7 != 0 {
             break;
         }
@@ -66,10 +81,8 @@ pub(crate) fn capture_stack(regs: *mut pt_regs) -> Option<u64> {
         fp = next;
     }
     stack.depth = depth as u64;
-    if hash == UNKNOWN_STACK {
-        hash = 0;
-    }
-    Some(hash)
+    unwind::count_end(UnwindEnd::FramePointers as u32, 0);
+    hash
 }
 
 /// Keeps the stack just captured (in the scratch space) under `stack_id` in `STACKS`, when it is

@@ -1,5 +1,6 @@
 //! `process_exec`: when a process execs, its old image's memory goes away without a single
-//! free. The time of the exec lets userspace retire exactly the records made before it.
+//! free. The time of the exec lets userspace retire exactly the records made before it; the
+//! process's unwind tables go with the old image.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
@@ -8,7 +9,7 @@ use tracer_common::programs;
 
 use crate::{
     current::{now_ns, tracing_stopped},
-    maps::EXECS,
+    maps::{EXECS, UNWIND_PROCESSES},
     probes::programs_are_empty,
 };
 
@@ -29,5 +30,8 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // A full map evicts its oldest entry (LRU); the insert cannot fail otherwise.
     let _ = EXECS.insert(tgid, now_ns(), 0);
+    // The old image's unwind tables describe a layout that is gone: until userspace writes the
+    // new image's, its stacks are walked by frame pointers. (Fails when it had none.)
+    let _ = UNWIND_PROCESSES.remove(&tgid);
     0
 }

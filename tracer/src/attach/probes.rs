@@ -40,6 +40,10 @@ pub struct MapSizes {
     pub max_allocations: u32,
     /// Distinct allocation stacks.
     pub max_stacks: u32,
+    /// `--max-depth`: frames kept per stack.
+    pub max_depth: u32,
+    /// `--max-unwind-rows`: room for the unwind rows of every traced object together.
+    pub unwind_rows: u32,
 }
 
 /// One attached probe, for `--verbose` and the report.
@@ -66,6 +70,8 @@ pub struct Probes {
     pub attached: Vec<AttachedProbe>,
     /// Slots of the heap record table, as sized at load.
     pub record_table_slots: u32,
+    /// Slots of the unwind rows array, as sized at load.
+    unwind_rows: u32,
 }
 
 /// Fails with a clear message when this process cannot trace. CAP_SYS_ADMIN is what it takes:
@@ -186,6 +192,8 @@ impl Probes {
             .map_max_entries(maps::ALLOCS, overflow_entries)
             .map_max_entries(maps::STACKS, sizes.max_stacks)
             .map_max_entries(maps::STACK_STATS, sizes.max_stacks.saturating_mul(4))
+            .override_global(globals::MAX_DEPTH, &sizes.max_depth, true)
+            .map_max_entries(maps::UNWIND_ROWS, sizes.unwind_rows)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e, &sizes, table_slots, overflow_entries))?;
         for program in programs::ALL {
@@ -218,6 +226,7 @@ impl Probes {
             ebpf,
             maps,
             record_table_slots: table_slots,
+            unwind_rows: sizes.unwind_rows,
             links: Vec::new(),
             attached: Vec::new(),
         })
@@ -367,6 +376,27 @@ impl Probes {
     /// The collector of what these programs record: their record table mapped, their log taken.
     pub fn collector(&mut self) -> anyhow::Result<crate::collect::Collector> {
         crate::collect::Collector::new(&mut self.ebpf, &self.maps, self.record_table_slots)
+    }
+
+    /// The unwinder's maps, taken out of the object (once: a second call fails).
+    pub fn unwind_maps(&mut self) -> anyhow::Result<crate::unwind::kernel::UnwindMaps> {
+        fn take<M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &str,
+        ) -> anyhow::Result<M> {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow::anyhow!("map {name} missing from the eBPF object"))?;
+            M::try_from(map).map_err(|e| anyhow::anyhow!("map {name}: {e}"))
+        }
+        Ok(crate::unwind::kernel::UnwindMaps {
+            rows: take(&mut self.ebpf, maps::UNWIND_ROWS)?,
+            row_slots: self.unwind_rows,
+            mappings: take(&mut self.ebpf, maps::UNWIND_MAPPINGS)?,
+            mapping_slots: tracer_common::unwind::UNWIND_MAPPING_SLOTS,
+            processes: take(&mut self.ebpf, maps::UNWIND_PROCESSES)?,
+            ends: take(&mut self.ebpf, maps::UNWIND_ENDS)?,
+        })
     }
 
     /// The maps userspace reads and writes.

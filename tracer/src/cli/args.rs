@@ -137,6 +137,24 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 16384)]
     pub max_stacks: u32,
 
+    /// How stacks are walked: `cfi` follows each object's call-frame information (`.eh_frame`,
+    /// which every binary ships for exceptions), so code built without frame pointers (Debian
+    /// packages, Rust release builds, C at -O2) gets its whole stack; `fp` only follows frame
+    /// pointers (cheaper; exact only for code built with -fno-omit-frame-pointer).
+    #[arg(long, value_name = "HOW", value_parser = ["cfi", "fp"], default_value = "cfi")]
+    pub unwind: String,
+
+    /// Frames kept per stack, frame 0 included (1 to 127); a deeper stack is cut there and
+    /// counted (depth_limit).
+    #[arg(long, value_name = "N", default_value_t = tracer_common::unwind::DEFAULT_MAX_DEPTH)]
+    pub max_depth: u32,
+
+    /// Room for unwind rows (16 bytes of kernel memory each), for every traced object
+    /// together: libc needs about 27000, a large Rust binary 500000. An object that finds no
+    /// room ends its stacks where they enter it (with a warning).
+    #[arg(long, value_name = "N", default_value_t = tracer_common::unwind::DEFAULT_UNWIND_ROWS)]
+    pub max_unwind_rows: u32,
+
     /// For benchmarks: attach every probe as usual, but make the programs return at once (the
     /// bare cost of the probes). Reports nothing.
     #[arg(long, hide = true)]
@@ -211,3 +229,4 @@ pub struct DiffArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
 }
+

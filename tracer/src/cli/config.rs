@@ -7,7 +7,7 @@ use super::args::{DiffArgs, OutputArgs, TraceArgs};
 use crate::{
     growth::Thresholds,
     report::{Outputs, diff::DiffOptions},
-    trace::{TargetSpec, TraceConfig},
+    trace::{TargetSpec, TraceConfig, UnwindMode},
 };
 
 /// A combination of flags that cannot be honoured.
@@ -29,6 +29,10 @@ pub enum ConfigError {
     SampleBytesTooSmall(f64),
     #[error("--max-stacks 0: the kernel must keep at least one stack")]
     NoStacks,
+    #[error("--max-depth {0}: must be from 1 to {max} frames", max = tracer_common::MAX_STACK_DEPTH)]
+    MaxDepth(u32),
+    #[error("--max-unwind-rows 0: leave the unwinder room, or trace with --unwind fp")]
+    NoUnwindRows,
 }
 
 /// Checks a share given on the command line: finite and within 0..=1.
@@ -92,6 +96,16 @@ impl TryFrom<TraceArgs> for TraceConfig {
         if args.max_stacks == 0 {
             return Err(ConfigError::NoStacks);
         }
+        if !(1..=tracer_common::MAX_STACK_DEPTH as u32).contains(&args.max_depth) {
+            return Err(ConfigError::MaxDepth(args.max_depth));
+        }
+        let unwind = match args.unwind.as_str() {
+            "fp" => UnwindMode::FramePointers,
+            _ => UnwindMode::Cfi,
+        };
+        if args.max_unwind_rows == 0 && unwind == UnwindMode::Cfi {
+            return Err(ConfigError::NoUnwindRows);
+        }
         Ok(TraceConfig {
             target,
             follow_children: args.follow_children,
@@ -119,6 +133,9 @@ impl TryFrom<TraceArgs> for TraceConfig {
             sample_bytes,
             max_allocations: args.max_allocations,
             max_stacks: args.max_stacks,
+            unwind,
+            max_depth: args.max_depth,
+            max_unwind_rows: args.max_unwind_rows.max(1),
             empty_programs: args.empty_programs,
             probes_at_symbol_entry: args.probes_at_symbol_entry,
             program_stats: args.program_stats,

@@ -41,6 +41,8 @@ pub struct TraceFacts {
     pub target_exit: Option<super::TargetExit>,
     /// Execs of traced processes.
     pub execs: Vec<super::ExecEvent>,
+    /// `--unwind cfi`: what the unwinder had and did.
+    pub unwind: Option<super::UnwindStats>,
 }
 
 /// One stack's entry: the kernel's figures, its frames and its history.
@@ -136,6 +138,7 @@ pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report
         mappings: facts.mappings,
         target_exit: facts.target_exit,
         execs: facts.execs,
+        unwind: facts.unwind,
     }
 }
 

@@ -52,6 +52,32 @@ pub struct Report {
     /// the exec was retired with their old image (never a leak of the new one).
     #[serde(default)]
     pub execs: Vec<ExecEvent>,
+    /// How the stacks were walked (`--unwind cfi`): the tables the kernel had, and how the
+    /// recorded allocations' stacks ended. Null with `--unwind fp`.
+    #[serde(default)]
+    pub unwind: Option<UnwindStats>,
+}
+
+/// What the CFI unwinder had and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnwindStats {
+    /// Objects whose tables the kernel has, and their rows.
+    pub objects: u64,
+    pub rows: u64,
+    /// Room for rows (`--max-unwind-rows`).
+    pub row_capacity: u64,
+    /// Objects left without a table: unreadable, or no usable call-frame information.
+    pub objects_without_table: u64,
+    /// Objects left without a table for want of room (raise `--max-unwind-rows`).
+    pub objects_without_room: u64,
+    /// Recorded allocations by how their stack's walk ended: `complete` (the outermost frame),
+    /// `depth_limit` (`--max-depth`), `no_mapping` (code mapped after the tables were read, or
+    /// JIT code), `no_table`, `no_rule` (a gap or a signal frame), `uprobe_trampoline`,
+    /// `bad_frame` (unreadable stack), `frame_pointers` (walked by frame pointers: the
+    /// process had no tables yet).
+    pub stack_ends: BTreeMap<String, u64>,
+    /// Frames the CFI walks added beyond each stack's first.
+    pub frames_walked: u64,
 }
 
 /// How a launched command ended.

@@ -5,6 +5,15 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{attach::allocator::AllocatorOverride, growth::Thresholds, report::Outputs};
 
+/// How stacks are walked (`--unwind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnwindMode {
+    /// By each object's call-frame information: code with or without frame pointers.
+    Cfi,
+    /// By frame pointers only.
+    FramePointers,
+}
+
 /// The processes to trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetSpec {
@@ -46,6 +55,12 @@ pub struct TraceConfig {
     pub max_allocations: u32,
     /// Distinct allocation stacks the kernel keeps.
     pub max_stacks: u32,
+    /// `--unwind`: call-frame information or frame pointers only.
+    pub unwind: UnwindMode,
+    /// `--max-depth`: frames per stack.
+    pub max_depth: u32,
+    /// `--max-unwind-rows`: room for every traced object's unwind rows.
+    pub max_unwind_rows: u32,
     /// Benchmarks: attach every probe, but the programs return at once.
     pub empty_programs: bool,
     /// Benchmarks: probe each function at its symbol's entry.
@@ -78,6 +93,9 @@ impl TraceConfig {
             sample_bytes: None,
             max_allocations: 1 << 20,
             max_stacks: 16384,
+            unwind: UnwindMode::Cfi,
+            max_depth: tracer_common::unwind::DEFAULT_MAX_DEPTH,
+            max_unwind_rows: tracer_common::unwind::DEFAULT_UNWIND_ROWS,
             empty_programs: false,
             probes_at_symbol_entry: false,
             program_stats: false,

@@ -86,6 +86,7 @@ impl Session<'_> {
                         }
                         self.settle_execs()?;
                         self.discover();
+                        self.refresh_tables();
                         self.refresh_spaces();
                         self.settle_unmaps()?;
                     }

@@ -21,7 +21,7 @@ use std::{
 use anyhow::Context;
 use aya::sys::{Stats, enable_stats};
 
-pub use config::{TargetSpec, TraceConfig};
+pub use config::{TargetSpec, TraceConfig, UnwindMode};
 use event_loop::Signals;
 use processes::{Tracked, plan_for_pid};
 use scope::Scope;
@@ -38,6 +38,7 @@ use crate::{
     report::{self, ExecEvent, Report, TargetExit, build::TraceFacts},
     serve::{LiveProcess, Published, Server},
     symbolize::{AddressSpaces, Symbolizer},
+    unwind::KernelTables,
     target::{
         cgroup::{Cgroup, find_container},
         launch::{LaunchedChild, predict_loaded_objects, signal_name},
@@ -130,8 +131,17 @@ fn trace(
         max_stacks: config.max_stacks,
         empty_programs: config.empty_programs,
         sample_bytes: config.sample_bytes.unwrap_or(0),
+        max_depth: config.max_depth,
+        unwind_rows: config.max_unwind_rows,
     })?;
     let collector = probes.collector()?;
+    let tables = match config.unwind {
+        UnwindMode::Cfi => Some(
+            KernelTables::new(probes.unwind_maps()?)
+                .context("cannot map the unwinder's tables")?,
+        ),
+        UnwindMode::FramePointers => None,
+    };
     // Held for the whole trace: the kernel measures programs only while it is open.
     let run_time_stats = if config.program_stats {
         Some(enable_stats(Stats::RunTime).map_err(|e| {
@@ -156,6 +166,8 @@ fn trace(
         scope,
         probes,
         collector,
+        tables,
+        tables_checked: std::time::Instant::now(),
         spaces: AddressSpaces::default(),
         history: SampleHistory::start(),
         symbolizer: Symbolizer::new(),
@@ -259,6 +271,10 @@ struct Session<'a> {
     scope: Scope,
     probes: Probes,
     collector: Collector,
+    /// `--unwind cfi`: the processes' unwind tables in the kernel.
+    tables: Option<KernelTables>,
+    /// When every process's tables were last checked against its mappings.
+    tables_checked: std::time::Instant,
     spaces: AddressSpaces,
     history: SampleHistory,
     symbolizer: Symbolizer,
@@ -328,6 +344,7 @@ impl Session<'_> {
             mappings,
             target_exit: self.target_exit.clone(),
             execs: self.execs.clone(),
+            unwind: self.tables.as_ref().map(KernelTables::stats),
         };
         report::build::report(stacks, &snapshot.counters, facts)
     }

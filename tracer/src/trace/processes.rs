@@ -19,6 +19,9 @@ use crate::{
 /// it is given up with a warning: a second.
 const ATTACH_ATTEMPTS: u32 = 10;
 
+/// How often traced processes' unwind tables are checked against their mappings.
+const TABLES_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A process leaktracer attached to.
 pub struct Tracked {
     pub info: ProcessInfo,
@@ -138,6 +141,44 @@ impl Session<'_> {
                 launched,
             },
         );
+        self.update_tables(pid);
+    }
+
+    /// Writes `pid`'s unwind tables for its current mappings (with `--unwind cfi`). A process
+    /// that exited meanwhile has none.
+    pub(super) fn update_tables(&mut self, pid: u32) {
+        let Some(tables) = self.tables.as_mut() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        match tables.update(pid) {
+            Ok(true) if self.config.verbose || started.elapsed().as_secs_f64() > 1.0 => {
+                eprintln!(
+                    "leaktracer: pid {pid}: unwind tables written in {:.2} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => tables.remove(pid),
+            Err(e) => eprintln!("leaktracer: warning: pid {pid}: {e}; its stacks are walked by frame pointers"),
+        }
+    }
+
+    /// Once a second: brings every traced process's unwind tables up to date with what it
+    /// mapped since (dlopen), and drops those of processes that are gone.
+    pub(super) fn refresh_tables(&mut self) {
+        if self.tables.is_none() || self.tables_checked.elapsed() < TABLES_CHECK {
+            return;
+        }
+        self.tables_checked = std::time::Instant::now();
+        let pids: Vec<u32> = self.tracked.keys().copied().collect();
+        for pid in pids {
+            if is_alive(pid) {
+                self.update_tables(pid);
+            } else if let Some(tables) = self.tables.as_mut() {
+                tables.remove(pid);
+            }
+        }
     }
 
     /// Retires what each traced process held before an exec it made since the last poll: the
@@ -162,6 +203,11 @@ impl Session<'_> {
             let (allocations, bytes) =
                 self.collector
                     .retire(self.probes.maps_mut(), pid, exec_ns)?;
+            // The kernel dropped the old image's tables at the exec.
+            if let Some(tables) = self.tables.as_mut() {
+                tables.remove(pid);
+            }
+            self.update_tables(pid);
             if first_of_launch && allocations == 0 {
                 continue; // the launched command's own exec
             }

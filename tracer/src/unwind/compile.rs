@@ -1,12 +1,10 @@
-//! Unwind tables compiled from an object's call-frame information (`.eh_frame`), for code
-//! built without frame pointers: for each address range, how to find the canonical frame
-//! address and the caller's saved RBP, as compact [`UnwindRow`]s sorted by address.
-//!
-//! This is the userspace half of DWARF CFI unwinding (issue 11); the kernel side that walks
-//! these rows at an allocation's return is not written yet. What the row format cannot express
-//! becomes a [`CfaRule::Stop`] row and is counted in [`TableStats`], never dropped silently.
+//! Unwind tables compiled from an object's call-frame information (`.eh_frame`): for each
+//! address range, how to find the canonical frame address and the caller's saved RBP, as
+//! compact [`UnwindRow`]s sorted by address; and [`step`], the rule the kernel's walker follows
+//! (here for tests against real stacks). What the row format cannot express becomes a
+//! [`CfaRule::Stop`] row and is counted in [`TableStats`], never dropped silently.
 
-use std::{fs, io, path::Path};
+use std::{collections::HashMap, fs, path::Path, sync::Arc};
 
 use gimli::{
     BaseAddresses, CfaRule as GimliCfa, CieOrFde, EhFrame, LittleEndian, Register, RegisterRule,
@@ -14,6 +12,8 @@ use gimli::{
 };
 use object::{Object, ObjectSection};
 use tracer_common::{CfaRule, FpRule, UnwindRow};
+
+use crate::target::maps::Mapping;
 
 /// What compiling a table met, besides the rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,7 +38,10 @@ pub struct UnwindTable {
 #[derive(Debug, thiserror::Error)]
 pub enum UnwindError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not an ELF object: {reason}")]
     NotElf { path: String, reason: String },
     #[error("{path}: malformed .eh_frame: {reason}")]
@@ -75,7 +78,7 @@ fn plt_threshold(bytes: &[u8]) -> Option<i32> {
     (same_elsewhere && (0x30..=0x4f).contains(&literal)).then(|| i32::from(literal - 0x30))
 }
 
-fn stop_row(pc: u64) -> UnwindRow {
+fn stop_row(pc: u32) -> UnwindRow {
     UnwindRow {
         pc,
         cfa_rule: CfaRule::Stop as u8,
@@ -147,7 +150,7 @@ fn compile(data: &[u8]) -> Result<UnwindTable, CompileError> {
                 stats.unrepresentable += 1;
             }
             rows.push(UnwindRow {
-                pc: row.start_address(),
+                pc: object_address(row.start_address())?,
                 ..compiled
             });
         }
@@ -159,14 +162,14 @@ fn compile(data: &[u8]) -> Result<UnwindTable, CompileError> {
     let mut covered_to = 0u64;
     for (start, end, function_rows) in functions {
         if start > covered_to && !rows.is_empty() {
-            rows.push(stop_row(covered_to));
+            rows.push(stop_row(object_address(covered_to)?));
             stats.gaps += 1;
         }
         rows.extend(function_rows);
         covered_to = covered_to.max(end);
     }
     if !rows.is_empty() {
-        rows.push(stop_row(covered_to));
+        rows.push(stop_row(object_address(covered_to)?));
     }
     // One row per change: a row like the one before it adds nothing.
     rows.dedup_by(|next, kept| {
@@ -180,6 +183,12 @@ fn compile(data: &[u8]) -> Result<UnwindTable, CompileError> {
     Ok(UnwindTable { rows, stats })
 }
 
+/// An object address as a row's `pc`: tables cover code below 4 GiB (see [`UnwindRow`]).
+fn object_address(address: u64) -> Result<u32, CompileError> {
+    u32::try_from(address)
+        .map_err(|_| CompileError::Elf(format!("code at {address:#x}, above the 4 GiB tables cover")))
+}
+
 /// One gimli row as an [`UnwindRow`] (its `pc` left for the caller).
 fn compile_row<R: gimli::Reader>(
     row: &gimli::UnwindTableRow<R::Offset>,
@@ -189,6 +198,13 @@ fn compile_row<R: gimli::Reader>(
     // x86-64: the return address is at CFA - 8; anything else this format cannot follow.
     match row.register(X86_64::RA) {
         Some(RegisterRule::Offset(-8)) | None => {}
+        // The outermost frame (`_start`, `clone`'s child): the stack is complete.
+        Some(RegisterRule::Undefined) => {
+            return UnwindRow {
+                cfa_rule: CfaRule::End as u8,
+                ..unrepresentable
+            };
+        }
         Some(_) => return unrepresentable,
     }
     let (cfa_rule, cfa_offset) = match row.cfa() {
@@ -234,7 +250,7 @@ fn compile_row<R: gimli::Reader>(
 impl UnwindTable {
     /// The row that covers `pc` (the last one starting at or before it), if any.
     pub fn row_for(&self, pc: u64) -> Option<&UnwindRow> {
-        let index = self.rows.partition_point(|row| row.pc <= pc);
+        let index = self.rows.partition_point(|row| u64::from(row.pc) <= pc);
         index.checked_sub(1).map(|i| &self.rows[i])
     }
 }
@@ -259,37 +275,69 @@ pub struct MappedTable {
     /// Runtime address - the object's virtual address.
     pub bias: u64,
     pub path: String,
-    pub table: std::sync::Arc<UnwindTable>,
+    /// The object's device and inode (its key in the cache).
+    pub object: (u64, u64),
+    /// None when the object could not be read or has no usable CFI.
+    pub table: Option<Arc<UnwindTable>>,
+}
+
+/// What `/proc/PID/maps` says of a process's code: its executable mappings (start, end, file
+/// offset, inode) and where the uretprobe trampoline page is. Equal layouts have equal tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CodeLayout {
+    pub mappings: Vec<(u64, u64, u64, u64)>,
+    /// The kernel's `[uprobes]` page, once a uretprobe fired in the process.
+    pub trampoline: Option<(u64, u64)>,
+}
+
+impl CodeLayout {
+    /// The layout of `maps`.
+    pub fn of(maps: &[Mapping]) -> Self {
+        let mut layout = Self::default();
+        for mapping in maps {
+            if mapping.is_file() && mapping.is_executable() {
+                layout
+                    .mappings
+                    .push((mapping.start, mapping.end, mapping.offset, mapping.inode));
+            } else if mapping.path.as_deref() == Some("[uprobes]") {
+                layout.trampoline = Some((mapping.start, mapping.end));
+            }
+        }
+        layout
+    }
 }
 
 /// Tables of the objects processes map, each compiled once however many processes map it
 /// (keyed by device and inode: 20 processes sharing libc compile it once).
 #[derive(Default)]
 pub struct TableCache {
-    tables: std::collections::HashMap<(u64, u64), std::sync::Arc<UnwindTable>>,
+    tables: HashMap<(u64, u64), Option<Arc<UnwindTable>>>,
     /// Objects compiled so far.
     pub compiled: u64,
+    /// Objects whose table could not be compiled (unreadable, not ELF, malformed CFI).
+    pub failed: u64,
 }
 
 impl TableCache {
-    /// The tables of every executable file mapping of `pid`, the objects opened as the process
-    /// maps them (through `/proc/PID/map_files`, or its root, checked by device and inode).
-    /// Objects that cannot be read or parsed are left out (their frames stop the unwinder).
-    pub fn process_tables(&mut self, pid: u32) -> io::Result<Vec<MappedTable>> {
+    /// The tables of every executable file mapping in `maps` (of `pid`), the objects opened as
+    /// the process maps them (through `/proc/PID/map_files`, or its root, checked by device
+    /// and inode). An object that cannot be read or parsed has no table: frames in it stop
+    /// the unwinder, counted.
+    pub fn process_tables(&mut self, pid: u32, maps: &[Mapping]) -> Vec<MappedTable> {
         use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
-        for mapping in crate::target::maps::read_maps(pid)? {
+        for mapping in maps {
             if !(mapping.is_file() && mapping.is_executable()) {
                 continue;
             }
-            let Some(path) = mapping.clean_path() else {
+            let (Some(path), Some(dev)) = (mapping.clean_path(), mapping.dev_number()) else {
                 continue;
             };
+            let key = (dev, mapping.inode);
             let map_file = format!(
                 "/proc/{pid}/map_files/{:x}-{:x}",
                 mapping.start, mapping.end
             );
-            let expected = mapping.dev_number().map(|dev| (dev, mapping.inode));
             let opened = [
                 std::path::PathBuf::from(map_file),
                 crate::target::process::path_in_root(pid, path),
@@ -297,41 +345,42 @@ impl TableCache {
             .into_iter()
             .find_map(|candidate| {
                 let meta = fs::metadata(&candidate).ok()?;
-                (Some((meta.dev(), meta.ino())) == expected).then_some(candidate)
+                ((meta.dev(), meta.ino()) == key).then_some(candidate)
             });
-            let (Some(file), Some(key)) = (opened, expected) else {
-                continue;
-            };
-            let Ok(data) = fs::read(&file) else {
-                continue;
-            };
-            let Ok(elf) = object::File::parse(&*data) else {
-                continue;
-            };
-            let Some(bias) = load_bias(&elf, mapping.start, mapping.offset) else {
-                continue;
-            };
-            let table = match self.tables.get(&key) {
-                Some(table) => table.clone(),
-                None => {
-                    let Ok(table) = compile(&data) else {
-                        continue;
-                    };
-                    self.compiled += 1;
-                    let table = std::sync::Arc::new(table);
+            let data = opened.and_then(|file| fs::read(file).ok());
+            let elf = data.as_deref().and_then(|d| object::File::parse(d).ok());
+            let bias = elf
+                .as_ref()
+                .and_then(|elf| load_bias(elf, mapping.start, mapping.offset));
+            let table = match (self.tables.get(&key), data.as_deref()) {
+                (Some(table), _) => table.clone(),
+                (None, Some(data)) => {
+                    let table = compile(data).ok().map(Arc::new);
+                    match table {
+                        Some(_) => self.compiled += 1,
+                        None => self.failed += 1,
+                    }
                     self.tables.insert(key, table.clone());
                     table
                 }
+                (None, None) => None,
             };
             out.push(MappedTable {
                 start: mapping.start,
                 end: mapping.end,
-                bias,
+                bias: bias.unwrap_or(0),
                 path: path.to_string(),
-                table,
+                object: key,
+                table: table.filter(|_| bias.is_some()),
             });
         }
-        Ok(out)
+        out
+    }
+
+    /// Forgets objects no process maps any more (`in_use` lists those still mapped).
+    pub fn retain(&mut self, in_use: &std::collections::HashSet<(u64, u64)>) {
+        self.tables
+            .retain(|key, table| table.is_none() || in_use.contains(key));
     }
 }
 
@@ -729,14 +778,15 @@ mod tests {
     #[test]
     fn process_tables_are_biased_right_and_compiled_once() {
         let mut cache = TableCache::default();
-        let tables = cache.process_tables(std::process::id()).unwrap();
+        let maps = crate::target::maps::read_maps(std::process::id()).unwrap();
+        let tables = cache.process_tables(std::process::id(), &maps);
         let here = innermost as *const () as u64;
         let own = tables
             .iter()
             .find(|t| (t.start..t.end).contains(&here))
             .expect("this executable's code is mapped");
         assert_eq!(own.bias, own_bias());
-        assert!(own.table.row_for(here - own.bias).is_some());
+        assert!(own.table.as_ref().unwrap().row_for(here - own.bias).is_some());
         assert!(
             tables.iter().any(|t| t.path.contains("libc.so")),
             "libc is mapped: {:?}",
@@ -744,7 +794,7 @@ mod tests {
         );
         let compiled = cache.compiled;
         assert!(compiled >= 2, "{compiled}");
-        cache.process_tables(std::process::id()).unwrap();
+        cache.process_tables(std::process::id(), &maps);
         assert_eq!(cache.compiled, compiled, "the second look compiled again");
     }
 }
