@@ -16,6 +16,9 @@ pub enum Role {
     /// A raw tracepoint on `sched_process_exec`: stamps when a process exec'd, so userspace
     /// retires what its old image held (an exec frees it all, with no call to free).
     Exec,
+    /// Stops a launched command at its entry point, once, so its unwind tables are written
+    /// before its first allocation.
+    Launch,
 }
 
 /// One program of the eBPF object.
@@ -112,7 +115,14 @@ pub const PROCESS_EXEC: Program = Program {
 pub const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
 /// Every program of the object.
-pub const ALL: [Program; 13] = [
+/// The launched command's stop at its entry point (see [`Role::Launch`]).
+pub const LAUNCH_ENTRY: Program = Program {
+    name: "launch_entry",
+    role: Role::Launch,
+    arguments: &[],
+};
+
+pub const ALL: [Program; 14] = [
     MALLOC_ENTER,
     CALLOC_ENTER,
     MEMALIGN_ENTER,
@@ -126,6 +136,7 @@ pub const ALL: [Program; 13] = [
     MUNMAP_ENTER,
     CALL_RETURN,
     PROCESS_EXEC,
+    LAUNCH_ENTRY,
 ];
 
 /// The program called `name`.

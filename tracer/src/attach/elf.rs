@@ -42,6 +42,27 @@ pub fn function_offsets(path: &Path, wanted: &[&str]) -> io::Result<HashMap<Stri
     Ok(found)
 }
 
+/// The file offset of an executable's entry point (`e_entry`), where a uprobe on it goes.
+pub fn entry_offset(path: &Path) -> io::Result<u64> {
+    let data = fs::read(path)?;
+    let file = object::File::parse(&*data).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    let entry = file.entry();
+    file.segments()
+        .find(|s| entry >= s.address() && entry < s.address() + s.size())
+        .map(|s| entry - s.address() + s.file_range().0)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: no segment holds the entry point {entry:#x}", path.display()),
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

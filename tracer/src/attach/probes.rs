@@ -67,6 +67,8 @@ pub struct Probes {
     /// The maps userspace uses, taken out of `ebpf` at load.
     maps: KernelMaps,
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// The launched command's stop at its entry point, while attached.
+    launch_stop: Option<UProbeLinkId>,
     pub attached: Vec<AttachedProbe>,
     /// Slots of the heap record table, as sized at load.
     pub record_table_slots: u32,
@@ -228,6 +230,7 @@ impl Probes {
             record_table_slots: table_slots,
             unwind_rows: sizes.unwind_rows,
             links: Vec::new(),
+            launch_stop: None,
             attached: Vec::new(),
         })
     }
@@ -332,9 +335,51 @@ impl Probes {
         Ok(())
     }
 
+    /// Makes `pid` stop (SIGSTOP) when it reaches the entry point of `executable`, the program
+    /// it is about to exec: its libraries are mapped then and none of its code has run.
+    pub fn attach_launch_stop(&mut self, executable: &Path, pid: u32) -> Result<(), TraceError> {
+        let offset = super::elf::entry_offset(executable).map_err(|e| TraceError::Attach {
+            program: programs::LAUNCH_ENTRY.name.to_string(),
+            path: executable.to_path_buf(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
+        let pid = NonZeroU32::new(pid).expect("a child's pid is not 0");
+        let uprobe: &mut UProbe = self
+            .ebpf
+            .program_mut(programs::LAUNCH_ENTRY.name)
+            .expect("program loaded")
+            .try_into()
+            .expect("program is a uprobe");
+        let link = uprobe
+            .attach(offset, executable, UProbeScope::OneProcess(pid))
+            .map_err(|e| TraceError::Attach {
+                program: programs::LAUNCH_ENTRY.name.to_string(),
+                path: executable.to_path_buf(),
+                offset,
+                reason: with_causes(&e),
+            })?;
+        self.launch_stop = Some(link);
+        Ok(())
+    }
+
+    /// Removes the launch stop (before the stopped command resumes: a later exec of the same
+    /// program must not stop again).
+    pub fn detach_launch_stop(&mut self) {
+        if let Some(link) = self.launch_stop.take()
+            && let Some(Ok(uprobe)) = self
+                .ebpf
+                .program_mut(programs::LAUNCH_ENTRY.name)
+                .map(<&mut UProbe>::try_from)
+        {
+            let _ = uprobe.detach(link);
+        }
+    }
+
     /// Detaches every probe, allocation side first; the maps stay readable. (The kernel waits
     /// for an RCU grace period per uprobe link, about 0.1 s each, serialized.)
     pub fn detach(&mut self) {
+        self.detach_launch_stop();
         self.detach_from(0);
     }
 
@@ -509,7 +554,7 @@ mod tests {
                 let section = match p.role {
                     Role::Return => "uretprobe".to_string(),
                     Role::Exec => format!("raw_tp/{}", programs::EXEC_TRACEPOINT),
-                    Role::Allocate | Role::Release => "uprobe".to_string(),
+                    Role::Allocate | Role::Release | Role::Launch => "uprobe".to_string(),
                 };
                 (p.name.to_string(), section)
             })

@@ -224,6 +224,33 @@ impl LaunchedChild {
         self.exit_status.map(ChildExit::from_wait_status)
     }
 
+    /// Waits up to `timeout` for the running child to stop (SIGSTOP); false when it did not,
+    /// or exited instead.
+    pub fn wait_stopped(&mut self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.exit_status.is_none() && std::time::Instant::now() < deadline {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child, with a valid status pointer.
+            let waited = unsafe {
+                libc::waitpid(self.pid as i32, &mut status, libc::WUNTRACED | libc::WNOHANG)
+            };
+            if waited == self.pid as i32 {
+                if libc::WIFSTOPPED(status) {
+                    return true;
+                }
+                self.exit_status = Some(status);
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        false
+    }
+
+    /// Lets a stopped child go on.
+    pub fn continue_stopped(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
     /// Waits for the child to exit.
     pub fn reap_blocking(&mut self) -> Option<i32> {
         if self.exit_status.is_none() {

@@ -50,6 +50,10 @@ use crate::{
 /// A launched command still running when the trace ends gets this long to exit after SIGTERM.
 const TERMINATE_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a launched command may take from its exec to its entry point (the dynamic loader
+/// mapping and relocating its libraries) before it is let go without waiting.
+const LAUNCH_STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// Why the trace stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -198,12 +202,31 @@ fn trace(
             plan.place_at_symbol_entries();
         }
         session.attach_plan(child.pid, &plan)?;
+        // With CFI unwinding the command stops at its entry point, where its unwind tables
+        // are written before its own code allocates anything.
+        let stops = session.tables.is_some()
+            && match session.probes.attach_launch_stop(&objects[0], child.pid) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!(
+                        "leaktracer: warning: {e}; allocations before the first unwind-table refresh are walked by frame pointers"
+                    );
+                    false
+                }
+            };
         child.resume(config.command().unwrap_or_default())?;
+        let stopped = stops && child.wait_stopped(LAUNCH_STOP_WAIT);
+        session.probes.detach_launch_stop();
         session.track(child.pid, plan);
+        if stopped {
+            child.continue_stopped();
+        }
     }
     // Everything else in scope now; a --pid that cannot be traced is an error, not a warning.
     if let Some(pid) = config.pid() {
         let plan = plan_for_pid(pid, config)?;
+        // Tables first, so the first allocation recorded already gets its whole stack.
+        session.update_tables(pid);
         session.attach_plan(pid, &plan)?;
         session.track(pid, plan);
     }

@@ -276,6 +276,8 @@ impl Session<'_> {
         new_part
             .objects
             .retain(|o| !known.contains(&(o.dev, o.inode)));
+        // Tables first, so the first allocation recorded already gets its whole stack.
+        self.update_tables(pid);
         self.attach_plan(pid, &new_part)?;
         if let Some(tracked) = self.tracked.get_mut(&pid) {
             // An exec: same pid, new program.
