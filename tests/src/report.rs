@@ -99,3 +99,43 @@ pub fn assert_sites(report: &Value, sites: &[(&str, u64, u64)]) {
         held.join("\n")
     );
 }
+
+/// The function names of a stack's frames, innermost first, inlined frames left out (what a
+/// frame-by-frame walk such as gdb's `bt` without debug info lists).
+pub fn real_frames(stack: &Value) -> Vec<&str> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["inlined"] != true)
+        .map(|f| f["function"].as_str().unwrap())
+        .collect()
+}
+
+/// The stacks with `function` among their frames.
+pub fn stacks_through<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["function"] == function)
+        })
+        .collect()
+}
+
+/// Outstanding bytes and allocations summed over the stacks with `function` among their frames.
+pub fn outstanding_through(report: &Value, function: &str) -> (u64, u64) {
+    stacks_through(report, function)
+        .iter()
+        .fold((0, 0), |(b, n), s| {
+            (
+                b + s["outstanding_bytes"].as_u64().unwrap(),
+                n + s["outstanding_allocations"].as_u64().unwrap(),
+            )
+        })
+}

@@ -72,6 +72,62 @@ pub fn workload(name: &str) -> PathBuf {
     binary
 }
 
+/// Compiles `tests/workloads/NAME.c` with `flags` (plus -g) into a binary named `NAME-SUFFIX`:
+/// the same source built the ways operators' programs are (-O2, with or without frame
+/// pointers). Safe to call from parallel tests.
+pub fn workload_built(name: &str, suffix: &str, flags: &[&str]) -> PathBuf {
+    let source = workspace_root().join(format!("tests/workloads/{name}.c"));
+    let out_dir = workspace_root().join("target/e2e/bin");
+    fs::create_dir_all(&out_dir).unwrap();
+    let binary = out_dir.join(format!("{name}-{suffix}"));
+    let temp = out_dir.join(format!(
+        ".{name}-{suffix}.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let status = Command::new("gcc")
+        .args(flags)
+        .args(["-g", "-o"])
+        .arg(&temp)
+        .arg(&source)
+        .status()
+        .expect("gcc runs");
+    assert!(status.success(), "compiling {} {flags:?}", source.display());
+    fs::rename(&temp, &binary).unwrap();
+    binary
+}
+
+/// Compiles `tests/workloads/NAME.rs` as a release build would (`-C opt-level=3`, Rust's
+/// default of no frame pointers) with line tables for symbolization.
+pub fn rust_release_workload(name: &str) -> PathBuf {
+    let source = workspace_root().join(format!("tests/workloads/{name}.rs"));
+    let out_dir = workspace_root().join("target/e2e/bin");
+    fs::create_dir_all(&out_dir).unwrap();
+    let binary = out_dir.join(format!("{name}-release"));
+    let temp = out_dir.join(format!(
+        ".{name}-release.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let status = Command::new("rustc")
+        .args([
+            "--edition",
+            "2021",
+            "-C",
+            "opt-level=3",
+            "-C",
+            "debuginfo=1",
+            "-o",
+        ])
+        .arg(&temp)
+        .arg(&source)
+        .status()
+        .expect("rustc runs");
+    assert!(status.success(), "compiling {}", source.display());
+    fs::rename(&temp, &binary).unwrap();
+    binary
+}
+
 /// A workload process killed when the test ends, pass or fail.
 pub struct Workload(pub Child);
 

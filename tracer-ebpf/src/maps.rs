@@ -157,7 +157,8 @@ pub(crate) static UNWIND_PROCESSES: HashMap<u32, UnwindProcess> =
 
 /// Per CPU: stacks by how they ended (`tracer_common::UnwindEnd`), and frames walked.
 #[map]
-pub(crate) static UNWIND_ENDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(UNWIND_END_SLOTS, 0);
+pub(crate) static UNWIND_ENDS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(UNWIND_END_SLOTS, 0);
 
 /// `--max-depth`: frames kept per stack (at most `MAX_STACK_DEPTH`).
 #[unsafe(no_mangle)]

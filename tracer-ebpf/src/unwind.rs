@@ -130,7 +130,11 @@ fn step(walk: &mut Walk, frame: u64) -> Result<(), UnwindEnd> {
             walk.fp.wrapping_add_signed(offset)
         }
         r if r == CfaRule::Plt as u8 => {
-            let pushed = if (walk.pc & 15) as i64 >= offset { 8 } else { 0 };
+            let pushed = if (walk.pc & 15) as i64 >= offset {
+                8
+            } else {
+                0
+            };
             walk.sp + 8 + pushed
         }
         r if r == CfaRule::End as u8 => return Err(UnwindEnd::Complete),
@@ -154,8 +158,7 @@ fn step(walk: &mut Walk, frame: u64) -> Result<(), UnwindEnd> {
             r if r == FpRule::AtCfaOffset as u8 => {
                 let at = cfa.wrapping_add_signed(row.fp_offset as i64);
                 // SAFETY: as above.
-                unsafe { bpf_probe_read_user(at as *const u64) }
-                    .map_err(|_| UnwindEnd::BadFrame)?
+                unsafe { bpf_probe_read_user(at as *const u64) }.map_err(|_| UnwindEnd::BadFrame)?
             }
             _ => 0,
         };

@@ -17,8 +17,8 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// What the end-to-end tests use besides the build: a C++ compiler for the C++ workload,
-/// Chromium to render the HTML report, setpriv and unshare, musl for a static binary, and the
-/// allocators the tests preload.
+/// Chromium to render the HTML report, setpriv and unshare, musl for a static binary, gdb and
+/// redis for the unwinder, and the allocators the tests preload.
 pub fn ensure_test_tools() -> anyhow::Result<()> {
     ensure_debian_tools(&[
         ("g++", "g++"),
@@ -26,6 +26,10 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
         ("setpriv", "util-linux"),
         ("unshare", "util-linux"),
         ("musl-gcc", "musl-tools"),
+        // The unwinder's oracle (gdb's `bt`) and a real program without frame pointers.
+        ("gdb", "gdb"),
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
         ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "libjemalloc2"),
         (
             "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",

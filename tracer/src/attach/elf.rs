@@ -58,7 +58,10 @@ pub fn entry_offset(path: &Path) -> io::Result<u64> {
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: no segment holds the entry point {entry:#x}", path.display()),
+                format!(
+                    "{}: no segment holds the entry point {entry:#x}",
+                    path.display()
+                ),
             )
         })
 }

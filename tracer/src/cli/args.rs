@@ -229,4 +229,3 @@ pub struct DiffArgs {
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
 }
-

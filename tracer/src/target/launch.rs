@@ -232,7 +232,11 @@ impl LaunchedChild {
             let mut status = 0;
             // SAFETY: waitpid on our own child, with a valid status pointer.
             let waited = unsafe {
-                libc::waitpid(self.pid as i32, &mut status, libc::WUNTRACED | libc::WNOHANG)
+                libc::waitpid(
+                    self.pid as i32,
+                    &mut status,
+                    libc::WUNTRACED | libc::WNOHANG,
+                )
             };
             if waited == self.pid as i32 {
                 if libc::WIFSTOPPED(status) {

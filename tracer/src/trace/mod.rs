@@ -38,13 +38,13 @@ use crate::{
     report::{self, ExecEvent, Report, TargetExit, build::TraceFacts},
     serve::{LiveProcess, Published, Server},
     symbolize::{AddressSpaces, Symbolizer},
-    unwind::KernelTables,
     target::{
         cgroup::{Cgroup, find_container},
         launch::{LaunchedChild, predict_loaded_objects, signal_name},
         memory::MemoryLimit,
         process::{ProcessUsage, is_alive},
     },
+    unwind::KernelTables,
 };
 
 /// A launched command still running when the trace ends gets this long to exit after SIGTERM.
@@ -141,8 +141,7 @@ fn trace(
     let collector = probes.collector()?;
     let tables = match config.unwind {
         UnwindMode::Cfi => Some(
-            KernelTables::new(probes.unwind_maps()?)
-                .context("cannot map the unwinder's tables")?,
+            KernelTables::new(probes.unwind_maps()?).context("cannot map the unwinder's tables")?,
         ),
         UnwindMode::FramePointers => None,
     };

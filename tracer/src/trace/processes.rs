@@ -160,7 +160,9 @@ impl Session<'_> {
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => tables.remove(pid),
-            Err(e) => eprintln!("leaktracer: warning: pid {pid}: {e}; its stacks are walked by frame pointers"),
+            Err(e) => eprintln!(
+                "leaktracer: warning: pid {pid}: {e}; its stacks are walked by frame pointers"
+            ),
         }
     }
 

@@ -185,8 +185,11 @@ fn compile(data: &[u8]) -> Result<UnwindTable, CompileError> {
 
 /// An object address as a row's `pc`: tables cover code below 4 GiB (see [`UnwindRow`]).
 fn object_address(address: u64) -> Result<u32, CompileError> {
-    u32::try_from(address)
-        .map_err(|_| CompileError::Elf(format!("code at {address:#x}, above the 4 GiB tables cover")))
+    u32::try_from(address).map_err(|_| {
+        CompileError::Elf(format!(
+            "code at {address:#x}, above the 4 GiB tables cover"
+        ))
+    })
 }
 
 /// One gimli row as an [`UnwindRow`] (its `pc` left for the caller).
@@ -786,7 +789,13 @@ mod tests {
             .find(|t| (t.start..t.end).contains(&here))
             .expect("this executable's code is mapped");
         assert_eq!(own.bias, own_bias());
-        assert!(own.table.as_ref().unwrap().row_for(here - own.bias).is_some());
+        assert!(
+            own.table
+                .as_ref()
+                .unwrap()
+                .row_for(here - own.bias)
+                .is_some()
+        );
         assert!(
             tables.iter().any(|t| t.path.contains("libc.so")),
             "libc is mapped: {:?}",

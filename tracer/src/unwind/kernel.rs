@@ -237,12 +237,19 @@ impl KernelTables {
 
     /// The rows of `object` in the kernel, written now if they are not there yet; None when
     /// there is no room.
-    fn object_rows(&mut self, object: (u64, u64), rows: &[UnwindRow], path: &str) -> Option<(u32, u32)> {
+    fn object_rows(
+        &mut self,
+        object: (u64, u64),
+        rows: &[UnwindRow],
+        path: &str,
+    ) -> Option<(u32, u32)> {
         if let Some(loaded) = self.objects.get_mut(&object) {
             loaded.users += 1;
             return Some((loaded.first, loaded.count));
         }
-        let count = u32::try_from(rows.len()).ok().filter(|&c| c <= MAX_OBJECT_ROWS);
+        let count = u32::try_from(rows.len())
+            .ok()
+            .filter(|&c| c <= MAX_OBJECT_ROWS);
         let Some(first) = count.and_then(|count| self.row_space.take(count)) else {
             if self.no_room.insert(object) {
                 eprintln!(

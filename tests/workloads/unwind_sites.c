@@ -1,0 +1,69 @@
+/*
+ * Leaks known to the byte at known call depths, for the unwinder's tests. Built twice by the
+ * tests, -O2 with and without frame pointers: both builds must give the same stacks.
+ *
+ *   unwind_sites          leak (below), then exit 0
+ *   unwind_sites wait     leak, print "done", wait for a signal
+ *
+ * leak_shallow: 30 x 200 B     main -> run_sites -> leak_shallow
+ * leak_deep:    20 x 300 B     main -> run_sites -> descend x 30 -> leak_deep
+ * churn:        1000 x 64 B    allocated and freed (never a leak)
+ *
+ * Every call is followed by work on a volatile, so -O2 makes none of them a tail call (a tail
+ * call leaves no frame, for gdb as for us).
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define NOINLINE __attribute__((noinline))
+
+static void *volatile sink;
+static volatile int after;
+
+NOINLINE void leak_shallow(void) {
+    for (int i = 0; i < 30; i++) sink = malloc(200);
+    after++;
+}
+
+NOINLINE void leak_deep(void) {
+    for (int i = 0; i < 20; i++) sink = malloc(300);
+    after++;
+}
+
+NOINLINE void descend(int depth) {
+    if (depth > 1)
+        descend(depth - 1);
+    else
+        leak_deep();
+    after++;
+}
+
+NOINLINE void churn(void) {
+    for (int i = 0; i < 1000; i++) {
+        void *p = malloc(64);
+        sink = p;
+        free(p);
+    }
+    after++;
+}
+
+NOINLINE void run_sites(void) {
+    leak_shallow();
+    descend(30);
+    churn();
+    after++;
+}
+
+int main(int argc, char **argv) {
+    run_sites();
+    if (argc > 1 && strcmp(argv[1], "wait") == 0) {
+        puts("done");
+        fflush(stdout);
+        pause();
+    }
+    after++;
+    return 0;
+}
