@@ -165,6 +165,7 @@ impl Symbolizer {
                     line: None,
                     address: ip,
                     inlined: false,
+                    plumbing: false,
                 });
                 continue;
             };
@@ -216,6 +217,7 @@ impl Symbolizer {
                 line: line.flatten(),
                 address: ip,
                 inlined: true,
+                plumbing: false,
             });
         }
         let (file, line) = location(sym.code_info.as_deref()).unzip();
@@ -226,6 +228,7 @@ impl Symbolizer {
             line: line.flatten(),
             address: ip,
             inlined: false,
+            plumbing: false,
         });
         frames
     }

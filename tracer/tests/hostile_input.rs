@@ -29,6 +29,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--metrics-stacks",
     "--top",
     "--allocator",
+    "--plumbing",
 ];
 
 /// Values a careless or hostile user types: numbers of every size and sign, units, NaN and

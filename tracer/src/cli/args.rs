@@ -5,7 +5,29 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::units::{parse_bytes, parse_duration};
+use crate::{
+    report::plumbing::Pattern,
+    units::{parse_bytes, parse_duration},
+};
+
+/// Which leading frames of a stack are folded as allocator plumbing.
+#[derive(Debug, Args)]
+pub struct PlumbingArgs {
+    /// Fold this function too, as allocator plumbing, when it leads a stack: a name as the
+    /// report shows it (a C++ name with or without its parameters), or a prefix when it ends in
+    /// `*`. Repeatable. Built in: malloc wrappers (zmalloc, g_malloc, xmalloc, CRYPTO_malloc,
+    /// strdup...), C++ operator new and std::, Rust's alloc/core/std. Folded frames are left out
+    /// of the text report (which says how many), the flamegraph, the folded stacks and the
+    /// summaries, so the first frame shown is your own code; the JSON keeps them, marked
+    /// `"plumbing": true`. E.g. --plumbing 'my_alloc*' --plumbing pool_get
+    #[arg(long = "plumbing", value_name = "NAME")]
+    pub plumbing: Vec<Pattern>,
+
+    /// Fold no frame: show every stack from frame 0, the allocator's own caller (wrappers and
+    /// library frames included), and mark none in the JSON. E.g. to see which wrapper allocated.
+    #[arg(long, conflicts_with = "plumbing")]
+    pub keep_plumbing: bool,
+}
 
 /// Where a report goes, besides the text on stdout.
 #[derive(Debug, Args)]
@@ -32,6 +54,9 @@ pub struct OutputArgs {
     /// types inuse_objects/count and inuse_space/bytes), for `go tool pprof`, Pyroscope, Parca.
     #[arg(long, value_name = "FILE.pb.gz")]
     pub pprof: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub plumbing: PlumbingArgs,
 }
 
 #[derive(Debug, Args)]
@@ -228,4 +253,7 @@ pub struct DiffArgs {
     /// blue where they shrank.
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub plumbing: PlumbingArgs,
 }

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use super::args::{DiffArgs, OutputArgs, TraceArgs};
+use super::args::{DiffArgs, OutputArgs, PlumbingArgs, TraceArgs};
 use crate::{
     growth::Thresholds,
-    report::{Outputs, diff::DiffOptions},
+    report::{Outputs, diff::DiffOptions, plumbing::Plumbing},
     trace::{TargetSpec, TraceConfig, UnwindMode},
 };
 
@@ -48,6 +48,17 @@ fn ratio(flag: &'static str, value: f64, meaning: &'static str) -> Result<f64, C
     }
 }
 
+impl PlumbingArgs {
+    /// What is folded (clap refuses `--keep-plumbing` with `--plumbing`).
+    pub fn plumbing(&self) -> Plumbing {
+        if self.keep_plumbing {
+            Plumbing::keep_all()
+        } else {
+            Plumbing::new(self.plumbing.clone())
+        }
+    }
+}
+
 impl OutputArgs {
     /// The outputs, with `json` added (a trace writes the recording itself).
     pub fn outputs(&self, json: Option<PathBuf>) -> Outputs {
@@ -58,6 +69,7 @@ impl OutputArgs {
             html: self.html.clone(),
             pprof: self.pprof.clone(),
             top: self.top,
+            plumbing: self.plumbing.plumbing(),
         }
     }
 }
@@ -68,6 +80,7 @@ impl DiffArgs {
         DiffOptions {
             top: self.top,
             flamegraph: self.flamegraph.clone(),
+            plumbing: self.plumbing.plumbing(),
         }
     }
 }
@@ -183,6 +196,58 @@ mod tests {
             cgroup.target,
             TargetSpec::Cgroup("/sys/fs/cgroup/app".into())
         );
+    }
+
+    #[test]
+    fn plumbing_flags_are_carried_over() {
+        use crate::report::plumbing::Pattern;
+        let extra = config(&[
+            "--pid",
+            "1",
+            "--plumbing",
+            "my_alloc*",
+            "--plumbing",
+            "pool_get",
+        ])
+        .unwrap();
+        assert_eq!(
+            extra.outputs.plumbing,
+            Plumbing::new(vec![
+                Pattern::Prefix("my_alloc".into()),
+                Pattern::Exact("pool_get".into())
+            ])
+        );
+        let keep = config(&["--pid", "1", "--keep-plumbing"]).unwrap();
+        assert_eq!(keep.outputs.plumbing, Plumbing::keep_all());
+        let both = [
+            "leaktracer",
+            "trace",
+            "--pid",
+            "1",
+            "--keep-plumbing",
+            "--plumbing",
+            "f",
+        ];
+        assert!(Cli::try_parse_from(both).is_err());
+        assert!(
+            Cli::try_parse_from(["leaktracer", "trace", "--pid", "1", "--plumbing", "*"]).is_err()
+        );
+        let report = Cli::try_parse_from(["leaktracer", "report", "r.json", "--keep-plumbing"]);
+        match report.unwrap().command {
+            Command::Report(args) => {
+                assert_eq!(args.output.outputs(None).plumbing, Plumbing::keep_all())
+            }
+            _ => unreachable!(),
+        }
+        let diff =
+            Cli::try_parse_from(["leaktracer", "diff", "a.json", "b.json", "--plumbing", "f"]);
+        match diff.unwrap().command {
+            Command::Diff(args) => assert_eq!(
+                args.options().plumbing,
+                Plumbing::new(vec![Pattern::Exact("f".into())])
+            ),
+            _ => unreachable!(),
+        }
     }
 
     #[test]

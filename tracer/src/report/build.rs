@@ -8,6 +8,7 @@ use tracer_common::{Counter, CounterKind};
 
 use super::{
     ModuleMapping, ProcessEntry, Report, Stack, StackPoint, Target, TimelinePoint, Totals, Verdict,
+    plumbing::Plumbing,
 };
 use crate::{
     collect::StackFigures,
@@ -45,15 +46,18 @@ pub struct TraceFacts {
     pub unwind: Option<super::UnwindStats>,
 }
 
-/// One stack's entry: the kernel's figures, its frames and its history.
+/// One stack's entry: the kernel's figures, its symbolized frames (their leading allocator
+/// plumbing marked by `plumbing`) and its history.
 pub fn stack(
     pid: u32,
     comm: String,
     figures: &StackFigures,
-    frames: Vec<super::Frame>,
+    mut frames: Vec<super::Frame>,
+    plumbing: &Plumbing,
     timeline: Vec<StackPoint>,
     growth: Option<Growth>,
 ) -> Stack {
+    plumbing.mark(&mut frames);
     Stack {
         id: Stack::id_of(&frames),
         outstanding_bytes: figures.outstanding_bytes,
@@ -217,11 +221,18 @@ mod tests {
     use crate::report::Frame;
 
     fn leaf(name: &str) -> Vec<Frame> {
-        vec![Frame {
-            function: name.into(),
-            module: "/bin/app".into(),
-            ..Default::default()
-        }]
+        vec![
+            Frame {
+                function: "zmalloc_usable".into(),
+                module: "/bin/app".into(),
+                ..Default::default()
+            },
+            Frame {
+                function: name.into(),
+                module: "/bin/app".into(),
+                ..Default::default()
+            },
+        ]
     }
 
     #[test]
@@ -238,6 +249,7 @@ mod tests {
                 "app".into(),
                 &figures(128, 1),
                 leaf("small"),
+                &Plumbing::default(),
                 vec![],
                 None,
             ),
@@ -246,6 +258,7 @@ mod tests {
                 "app".into(),
                 &figures(4096, 4),
                 leaf("large"),
+                &Plumbing::default(),
                 vec![],
                 None,
             ),
@@ -272,9 +285,13 @@ mod tests {
         let order: Vec<&str> = report
             .stacks
             .iter()
-            .map(|s| s.frames[0].function.as_str())
+            .map(|s| s.first_own_frame().unwrap().function.as_str())
             .collect();
         assert_eq!(order, ["large", "small"]);
+        // The wrapper is marked (and kept), the id is that of every frame.
+        let large = &report.stacks[0];
+        assert!(large.frames[0].plumbing && !large.frames[1].plumbing);
+        assert_eq!(large.id, Stack::id_of(&leaf("large")));
         assert_eq!(report.totals.outstanding_bytes, 4096 + 128);
         assert_eq!(report.totals.outstanding_allocations, 5);
         assert_eq!((report.totals.allocations, report.totals.frees), (9, 4));

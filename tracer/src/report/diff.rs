@@ -1,7 +1,8 @@
 //! `leaktracer diff`: what grew between two recordings of the same program.
 //!
-//! Stacks are matched by their symbolized frames (function names, innermost first), not by
-//! addresses, which differ from run to run.
+//! Stacks are matched by their symbolized frames (function names, innermost first, allocator
+//! plumbing included), not by addresses, which differ from run to run; they are shown, as in
+//! every report, from their first own frame.
 
 use std::{collections::HashMap, fmt::Write as _, io::Write};
 
@@ -14,6 +15,8 @@ use super::{
     flamegraph::write_empty_svg,
     load,
     output::{check_destinations, write_file},
+    own_frames,
+    plumbing::Plumbing,
 };
 use crate::units::human_bytes;
 
@@ -97,16 +100,12 @@ pub fn render(old: &Report, new: &Report, rows: &[DiffRow], top: usize) -> Strin
     );
     let _ = writeln!(
         out,
-        "\n{:>13} {:>12} {:>12}  stack (frame 0 first)",
+        "\n{:>13} {:>12} {:>12}  stack (innermost first)",
         "change", "old", "new"
     );
     for row in rows.iter().take(top) {
-        let chain: Vec<&str> = row
-            .frames
-            .iter()
-            .take(4)
-            .map(|f| f.function.as_str())
-            .collect();
+        let own = own_frames(&row.frames);
+        let chain: Vec<&str> = own.iter().take(4).map(|f| f.function.as_str()).collect();
         let _ = writeln!(
             out,
             "{:>13} {:>12} {:>12}  {}{}",
@@ -118,7 +117,7 @@ pub fn render(old: &Report, new: &Report, rows: &[DiffRow], top: usize) -> Strin
             } else {
                 chain.join(" <- ")
             },
-            if row.frames.len() > 4 { " <- ..." } else { "" }
+            if own.len() > 4 { " <- ..." } else { "" }
         );
     }
     out
@@ -158,6 +157,8 @@ pub struct DiffOptions {
     pub top: usize,
     /// Where to write the differential flamegraph.
     pub flamegraph: Option<PathBuf>,
+    /// Which leading frames are allocator plumbing, folded in the table and the flamegraph.
+    pub plumbing: Plumbing,
 }
 
 /// `leaktracer diff OLD NEW`.
@@ -165,8 +166,11 @@ pub fn run(old: &Path, new: &Path, options: &DiffOptions) -> anyhow::Result<()> 
     if let Some(path) = &options.flamegraph {
         check_destinations(&[("--flamegraph", path)], &[old, new])?;
     }
-    let old = load(old)?;
-    let new = load(new)?;
+    let mut old = load(old)?;
+    let mut new = load(new)?;
+    // As `report` does: the recordings' marks kept, the built-in list and --plumbing added.
+    options.plumbing.mark_report(&mut old);
+    options.plumbing.mark_report(&mut new);
     let rows = compare(&old, &new);
     if let Some(path) = &options.flamegraph {
         write_file("--flamegraph", path, |w| write_svg(&old, &new, w))?;
@@ -216,7 +220,7 @@ mod tests {
         let rows = compare(&old, &new);
         let order: Vec<(&str, i64)> = rows
             .iter()
-            .map(|r| (r.frames[0].function.as_str(), r.delta()))
+            .map(|r| (own_frames(&r.frames)[0].function.as_str(), r.delta()))
             .collect();
         assert_eq!(
             order,
@@ -225,5 +229,25 @@ mod tests {
         let mut svg = Vec::new();
         write_svg(&old, &new, &mut svg).unwrap();
         assert!(String::from_utf8(svg).unwrap().contains("leak"));
+    }
+
+    #[test]
+    fn rows_show_their_first_own_frame() {
+        let mut old = report(&[("leak", 1000)]);
+        let mut new = report(&[("leak", 3000)]);
+        for recording in [&mut old, &mut new] {
+            recording.stacks[0].frames.insert(
+                0,
+                Frame {
+                    function: "g_malloc".into(),
+                    ..Default::default()
+                },
+            );
+            Plumbing::default().mark_report(recording);
+        }
+        let rows = compare(&old, &new);
+        let table = render(&old, &new, &rows, 10);
+        assert!(table.contains("  leak <- main\n"), "{table}");
+        assert!(!table.contains("g_malloc"), "{table}");
     }
 }

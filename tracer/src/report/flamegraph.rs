@@ -1,4 +1,5 @@
-//! The leak flamegraph: width is outstanding bytes, rendered by inferno with the memory palette.
+//! The leak flamegraph: width is outstanding bytes, rendered by inferno with the memory palette,
+//! from the folded stacks (so each stack's leading allocator plumbing is folded).
 
 use std::io::{self, Write};
 

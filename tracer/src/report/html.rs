@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{
     Report, Stack, flamegraph,
-    text::{class_name, describe_frame, severity_name},
+    text::{class_name, describe_frame, folded_note, severity_name},
 };
 use crate::units::{human_bytes, human_duration, human_rate};
 
@@ -218,8 +218,7 @@ fn chart_series(report: &Report) -> Vec<Series> {
     });
     for stack in growers.into_iter().take(CHART_GROWERS) {
         let name = stack
-            .frames
-            .first()
+            .first_own_frame()
             .map_or("[unknown stack]", |f| f.function.as_str());
         series.push(Series {
             name: format!(
@@ -253,10 +252,12 @@ fn table(stacks: &[Stack]) -> String {
             None => ("-".into(), "-", "-"),
         };
         let frame0 = stack
-            .frames
-            .first()
+            .first_own_frame()
             .map_or("[stack not captured]".to_string(), describe_frame);
-        let full: Vec<String> = stack.frames.iter().map(describe_frame).collect();
+        let full: Vec<String> = folded_note(stack.folded_frames())
+            .into_iter()
+            .chain(stack.own_frames().iter().map(describe_frame))
+            .collect();
         html.push_str(&format!(
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"{}\">{}</td><td>{}</td><td><details><summary>{}</summary><pre>{}</pre></details></td></tr>\n",
             rank + 1,
@@ -288,4 +289,34 @@ fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Frame;
+
+    #[test]
+    fn the_table_names_a_stack_by_its_first_own_frame() {
+        let frame = |name: &str, plumbing| Frame {
+            function: name.into(),
+            module: "/bin/app".into(),
+            plumbing,
+            ..Default::default()
+        };
+        let stacks = [Stack {
+            outstanding_bytes: 64,
+            frames: vec![frame("g_malloc", true), frame("load_config", false)],
+            ..Default::default()
+        }];
+        let html = table(&stacks);
+        assert!(
+            html.contains("<summary>load_config [app]</summary>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<pre>(1 allocator frame folded: g_malloc)\nload_config [app]</pre>"),
+            "{html}"
+        );
+    }
 }

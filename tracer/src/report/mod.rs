@@ -2,13 +2,15 @@
 //! HTML and pprof.
 //!
 //! [`schema`] is the report itself (the JSON contract); [`build`] assembles it from what a trace
-//! collected; the other modules render it.
+//! collected; [`plumbing`] says which leading frames are the allocator's, for the renderings to
+//! fold; the other modules render it.
 
 pub mod build;
 pub mod diff;
 pub mod flamegraph;
 pub mod html;
 pub mod output;
+pub mod plumbing;
 pub mod pprof;
 pub mod schema;
 pub mod text;
@@ -70,9 +72,13 @@ pub fn deliver(report: &Report, outputs: &Outputs) -> anyhow::Result<()> {
     written
 }
 
-/// `leaktracer report`: renders a saved recording exactly as the trace that wrote it did.
+/// `leaktracer report`: renders a saved recording as the trace that wrote it did. Allocator
+/// plumbing is marked again with `outputs.plumbing` (the recording's own marks kept, so what
+/// its trace folded stays folded; `--keep-plumbing` clears them): a recording from before the
+/// marks existed folds too.
 pub fn rerender(recording: &Path, outputs: &Outputs) -> anyhow::Result<()> {
     outputs.check(&[recording])?;
-    let report = load(recording)?;
+    let mut report = load(recording)?;
+    outputs.plumbing.mark_report(&mut report);
     deliver(&report, outputs)
 }

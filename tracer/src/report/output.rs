@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context;
 
-use super::{Report, flamegraph, html, pprof};
+use super::{Report, flamegraph, html, plumbing::Plumbing, pprof};
 
 /// The files a report is rendered to, with the text report on stdout.
 #[derive(Clone, Debug, Default)]
@@ -24,6 +24,9 @@ pub struct Outputs {
     pub pprof: Option<PathBuf>,
     /// Stacks shown in the text report.
     pub top: usize,
+    /// Which leading frames are allocator plumbing (`--plumbing`, `--keep-plumbing`): marked in
+    /// the JSON, folded in the text, folded stacks, flamegraph and HTML (pprof keeps them).
+    pub plumbing: Plumbing,
 }
 
 impl Outputs {

@@ -2,6 +2,10 @@
 //! pprof`, Pyroscope and Parca read. One sample per stack with two values, `inuse_objects`
 //! (count) and `inuse_space` (bytes); locations carry their functions and lines (inlined calls
 //! first, as pprof wants), and mappings their build ids, so no tool needs to symbolize again.
+//!
+//! Every frame is kept, allocator plumbing included: pprof viewers fold frames themselves
+//! (`-focus`, `-ignore`, `-hide`, `-show_from`, Pyroscope's and Parca's own filters), so hiding
+//! them here would take that choice away, and the profile's leaves stay the JSON's frame 0.
 
 use std::{
     collections::HashMap,

@@ -249,7 +249,8 @@ pub struct Stack {
     /// Command name of that process.
     #[serde(default)]
     pub comm: String,
-    /// Innermost first: frame 0 is the allocator's caller.
+    /// Innermost first: frame 0 is the allocator's caller. Every frame, allocator plumbing
+    /// included (marked): see [`Stack::own_frames`] for what renderings show.
     pub frames: Vec<Frame>,
     /// How this stack's outstanding bytes changed over the trace.
     #[serde(default)]
@@ -271,6 +272,12 @@ pub struct Frame {
     /// True for a function inlined into the next frame.
     #[serde(default)]
     pub inlined: bool,
+    /// True for a leading frame of allocator plumbing (the allocator's front end, or library
+    /// code on its way there: see [`super::plumbing`]), which the text report, the folded
+    /// stacks, the flamegraph and the summaries fold. Marked frames are always a run from
+    /// frame 0, never the whole stack.
+    #[serde(default)]
+    pub plumbing: bool,
 }
 
 impl Stack {
@@ -299,6 +306,39 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// The leading frames folded as allocator plumbing (marked `plumbing`).
+    pub fn folded_frames(&self) -> &[Frame] {
+        &self.frames[..folded_len(&self.frames)]
+    }
+
+    /// The frames a reader sees: all but the leading plumbing ones, the user's code first.
+    pub fn own_frames(&self) -> &[Frame] {
+        own_frames(&self.frames)
+    }
+
+    /// The first frame a reader sees, where summaries name a stack by; `None` for a stack
+    /// without frames.
+    pub fn first_own_frame(&self) -> Option<&Frame> {
+        self.own_frames().first()
+    }
+}
+
+/// How many leading frames of `frames` are marked plumbing; never all of them, whatever a
+/// recording says, so a stack with frames always shows one.
+pub fn folded_len(frames: &[Frame]) -> usize {
+    frames
+        .iter()
+        .take_while(|f| f.plumbing)
+        .count()
+        .min(frames.len().saturating_sub(1))
+}
+
+/// `frames` without their leading plumbing frames (see [`Stack::own_frames`]).
+pub fn own_frames(frames: &[Frame]) -> &[Frame] {
+    &frames[folded_len(frames)..]
+}
+
 impl Frame {
     /// A frame nothing is known about but its module and offset.
     pub fn unknown(address: u64, module: String, offset: u64) -> Self {
@@ -310,14 +350,17 @@ impl Frame {
             line: None,
             address,
             inlined: false,
+            plumbing: false,
         }
     }
 }
 
 impl Report {
-    /// Folded stacks (`root;...;leaf bytes`), one line per stack, for flamegraph tools.
-    /// When the trace covers several processes, each stack's root frame names its process, so
-    /// stacks of different processes never merge.
+    /// Folded stacks (`root;...;leaf bytes`), one line per stack, for flamegraph tools: each
+    /// stack's own frames, its leading allocator plumbing folded (so a leaf is the user's code,
+    /// and stacks that differ only inside the allocator share it). When the trace covers
+    /// several processes, each stack's root frame names its process, so stacks of different
+    /// processes never merge.
     pub fn folded_lines(&self) -> Vec<String> {
         let several = self.target.pids.len() > 1;
         self.stacks
@@ -329,7 +372,7 @@ impl Report {
                 if several {
                     names.push(&process);
                 }
-                names.extend(stack.frames.iter().rev().map(|f| f.function.as_str()));
+                names.extend(stack.own_frames().iter().rev().map(|f| f.function.as_str()));
                 if stack.frames.is_empty() {
                     names.push("[unknown stack]");
                 }
@@ -379,5 +422,72 @@ mod tests {
             report.folded_lines(),
             vec!["main;worker;leak 4096".to_string()]
         );
+    }
+
+    fn plumbing(name: &str) -> Frame {
+        Frame {
+            plumbing: true,
+            ..frame(name)
+        }
+    }
+
+    #[test]
+    fn folded_lines_drop_the_plumbing() {
+        let report = Report {
+            stacks: vec![
+                Stack {
+                    outstanding_bytes: 100,
+                    frames: vec![
+                        plumbing("zmalloc_usable"),
+                        frame("_sdsnewlen"),
+                        frame("main"),
+                    ],
+                    ..Default::default()
+                },
+                // A recording that marks every frame still shows its outermost one.
+                Stack {
+                    outstanding_bytes: 50,
+                    frames: vec![plumbing("g_malloc"), plumbing("g_strdup")],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            report.folded_lines(),
+            vec!["main;_sdsnewlen 100".to_string(), "g_strdup 50".to_string()]
+        );
+        let stack = &report.stacks[0];
+        assert_eq!(stack.folded_frames().len(), 1);
+        assert_eq!(stack.first_own_frame().unwrap().function, "_sdsnewlen");
+        assert_eq!(
+            report.stacks[1].first_own_frame().unwrap().function,
+            "g_strdup"
+        );
+        assert!(Stack::default().first_own_frame().is_none());
+    }
+
+    #[test]
+    fn json_keeps_every_frame_and_its_mark() {
+        let stack = Stack {
+            frames: vec![plumbing("operator new(unsigned long)"), frame("add_node")],
+            ..Default::default()
+        };
+        let id = Stack::id_of(&stack.frames);
+        let text = serde_json::to_string(&stack).unwrap();
+        assert!(text.contains("\"plumbing\":true") && text.contains("\"plumbing\":false"));
+        let back: Stack = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.frames, stack.frames);
+        // Marks do not change a stack's id, which hashes every frame.
+        let unmarked: Vec<Frame> = ["operator new(unsigned long)", "add_node"]
+            .map(frame)
+            .to_vec();
+        assert_eq!(Stack::id_of(&unmarked), id);
+        // Recordings from before the mark read as unmarked.
+        let old: Frame = serde_json::from_str(
+            r#"{"function":"f","module":"m","file":null,"line":null,"address":1}"#,
+        )
+        .unwrap();
+        assert!(!old.plumbing);
     }
 }

@@ -131,10 +131,20 @@ pub fn render(report: &Report, top: usize) -> String {
         return out;
     }
     let shown = report.stacks.len().min(top);
+    let folds = report
+        .stacks
+        .iter()
+        .take(top)
+        .any(|s| !s.folded_frames().is_empty());
     let _ = writeln!(
         out,
-        "\ntop {shown} of {} stacks by outstanding bytes:",
-        report.stacks.len()
+        "\ntop {shown} of {} stacks by outstanding bytes{}:",
+        report.stacks.len(),
+        if folds {
+            " (leading allocator frames folded; --keep-plumbing shows them)"
+        } else {
+            ""
+        }
     );
     for (rank, stack) in report.stacks.iter().take(top).enumerate() {
         let _ = writeln!(
@@ -162,7 +172,10 @@ pub fn render(report: &Report, top: usize) -> String {
         if stack.frames.is_empty() {
             let _ = writeln!(out, "    [stack not captured]");
         }
-        for frame in &stack.frames {
+        if let Some(note) = folded_note(stack.folded_frames()) {
+            let _ = writeln!(out, "    {note}");
+        }
+        for frame in stack.own_frames() {
             let _ = writeln!(out, "    {}", describe_frame(frame));
         }
     }
@@ -183,6 +196,24 @@ fn describe_target(report: &Report) -> String {
     pids.join(", ")
 }
 
+/// Says which frames were folded as allocator plumbing, so none is hidden silently: `(2
+/// allocator frames folded: ztrymalloc_usable_internal, zmalloc_usable)`, the innermost and the
+/// outermost (the library call the user made) when there are more than three. `None` when
+/// nothing was folded.
+pub fn folded_note(folded: &[Frame]) -> Option<String> {
+    let names: Vec<&str> = match folded {
+        [] => return None,
+        [first, _, _, .., last] => vec![&first.function, "…", &last.function],
+        _ => folded.iter().map(|f| f.function.as_str()).collect(),
+    };
+    Some(format!(
+        "({} allocator frame{} folded: {})",
+        folded.len(),
+        if folded.len() == 1 { "" } else { "s" },
+        names.join(", ")
+    ))
+}
+
 /// A frame as one line: function, location, module.
 pub fn describe_frame(frame: &Frame) -> String {
     let module = frame.module.rsplit('/').next().unwrap_or(&frame.module);
@@ -193,4 +224,87 @@ pub fn describe_frame(frame: &Frame) -> String {
     };
     let inlined = if frame.inlined { " (inlined)" } else { "" };
     format!("{}{location}{inlined} [{module}]", frame.function)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Stack;
+
+    fn frame(name: &str, plumbing: bool) -> Frame {
+        Frame {
+            function: name.into(),
+            module: "/usr/bin/redis-server".into(),
+            plumbing,
+            ..Default::default()
+        }
+    }
+
+    fn report(frames: Vec<Frame>) -> Report {
+        Report {
+            stacks: vec![Stack {
+                outstanding_bytes: 4096,
+                outstanding_allocations: 2,
+                frames,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_first_frame_shown_is_past_the_plumbing_and_the_fold_is_said() {
+        let text = render(
+            &report(vec![
+                frame("ztrymalloc_usable_internal", true),
+                frame("zmalloc_usable", true),
+                frame("_sdsnewlen", false),
+                frame("dbAdd", false),
+            ]),
+            10,
+        );
+        let stack: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("#1 "))
+            .skip(1)
+            .collect();
+        assert_eq!(
+            stack,
+            [
+                "    (2 allocator frames folded: ztrymalloc_usable_internal, zmalloc_usable)",
+                "    _sdsnewlen [redis-server]",
+                "    dbAdd [redis-server]",
+            ]
+        );
+        assert!(text.contains(
+            "stacks by outstanding bytes (leading allocator frames folded; --keep-plumbing shows them):"
+        ));
+    }
+
+    #[test]
+    fn nothing_folded_says_nothing() {
+        let text = render(&report(vec![frame("leak_malloc", false)]), 10);
+        assert!(
+            text.contains("\ntop 1 of 1 stacks by outstanding bytes:\n"),
+            "{text}"
+        );
+        assert!(!text.contains("folded"), "{text}");
+    }
+
+    #[test]
+    fn a_long_fold_names_its_ends() {
+        let folded: Vec<Frame> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|n| frame(n, true))
+            .collect();
+        assert_eq!(
+            folded_note(&folded).unwrap(),
+            "(5 allocator frames folded: a, …, e)"
+        );
+        assert_eq!(
+            folded_note(&folded[..1]).unwrap(),
+            "(1 allocator frame folded: a)"
+        );
+        assert_eq!(folded_note(&[]), None);
+    }
 }

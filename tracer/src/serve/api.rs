@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::LiveProcess;
 use crate::{
     growth::{Class, Severity},
-    report::{Frame, Report, TimelinePoint},
+    report::{Frame, Report, Stack, TimelinePoint},
 };
 
 /// Stacks whose own timelines `/api/history` carries: the largest by outstanding bytes.
@@ -39,7 +39,7 @@ pub fn history(report: &Report, interval_secs: f64) -> History<'_> {
             .map(|stack| StackHistory {
                 id: &stack.id,
                 pid: stack.pid,
-                function: frame_zero(&stack.frames),
+                function: top_function(stack),
                 points: stack
                     .timeline
                     .iter()
@@ -56,13 +56,14 @@ pub struct Leak<'a> {
     pub id: &'a str,
     pub pid: u32,
     pub comm: &'a str,
-    /// The allocator's caller.
+    /// The stack's first own frame: the allocator's caller, past any allocator plumbing.
     pub function: &'a str,
     pub outstanding_bytes: u64,
     pub outstanding_allocations: u64,
     pub bytes_per_sec: f64,
     pub recent_bytes_per_sec: f64,
     pub severity: Severity,
+    /// Every frame, allocator plumbing included (marked).
     pub frames: &'a [Frame],
 }
 
@@ -77,7 +78,7 @@ pub fn leaks(report: &Report) -> Vec<Leak<'_>> {
                 id: &stack.id,
                 pid: stack.pid,
                 comm: &stack.comm,
-                function: frame_zero(&stack.frames),
+                function: top_function(stack),
                 outstanding_bytes: stack.outstanding_bytes,
                 outstanding_allocations: stack.outstanding_allocations,
                 bytes_per_sec: growth.bytes_per_sec,
@@ -133,9 +134,10 @@ pub fn processes<'a>(report: &'a Report, live: &[LiveProcess]) -> Vec<Process<'a
         .collect()
 }
 
-/// The allocator's caller, or a placeholder for a stack without frames.
-pub fn frame_zero(frames: &[Frame]) -> &str {
-    frames
-        .first()
+/// The function a stack is named by: its first own frame (the allocator's caller, past any
+/// allocator plumbing), or a placeholder for a stack without frames.
+pub fn top_function(stack: &Stack) -> &str {
+    stack
+        .first_own_frame()
         .map_or("[unknown stack]", |f| f.function.as_str())
 }

@@ -1,12 +1,13 @@
 //! `/metrics`: the Prometheus text exposition format (version 0.0.4).
 //!
 //! Per-stack series are limited to the top `--metrics-stacks` stacks by outstanding bytes and
-//! labelled with the stack's stable short id and its frame-0 function, so label cardinality
+//! labelled with the stack's stable short id and its first own function (the allocator's
+//! caller, past any allocator plumbing, as the text report names it), so label cardinality
 //! stays bounded however many stacks the target has.
 
 use std::fmt::Write;
 
-use super::{LiveProcess, api::frame_zero};
+use super::{LiveProcess, api::top_function};
 use crate::report::{Report, Stack};
 
 /// One metric family being written: HELP and TYPE once, then its samples.
@@ -209,7 +210,7 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
     let labels = |stack: &Stack| {
         [
             ("stack_id", stack.id.clone()),
-            ("function", frame_zero(&stack.frames).to_string()),
+            ("function", top_function(stack).to_string()),
             ("pid", stack.pid.to_string()),
         ]
     };
@@ -224,7 +225,7 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
     per_stack(
         &mut out,
         "leaktracer_stack_outstanding_bytes",
-        "Outstanding bytes of the top stacks (--metrics-stacks), by stable stack id and the allocator's caller.",
+        "Outstanding bytes of the top stacks (--metrics-stacks), by stable stack id and the allocator's caller (past allocator plumbing).",
         &|s| s.outstanding_bytes.to_string(),
     );
     per_stack(
@@ -284,5 +285,29 @@ mod tests {
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             assert_eq!(text.matches(&format!("{line}\n")).count(), 1, "{line}");
         }
+    }
+
+    #[test]
+    fn the_function_label_is_past_the_allocator_plumbing() {
+        let frame = |name: &str, plumbing| Frame {
+            function: name.into(),
+            plumbing,
+            ..Default::default()
+        };
+        let report = Report {
+            stacks: vec![Stack {
+                id: "00000000000a".into(),
+                outstanding_bytes: 10,
+                pid: 7,
+                frames: vec![frame("g_malloc", true), frame("load_config", false)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(&report, &[], 1);
+        assert!(
+            text.contains("stack_id=\"00000000000a\",function=\"load_config\",pid=\"7\""),
+            "{text}"
+        );
     }
 }

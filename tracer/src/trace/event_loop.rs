@@ -137,8 +137,10 @@ impl Session<'_> {
             let frames = self
                 .symbolizer
                 .symbolize_stack(&self.spaces, key.tgid, &ips);
+            // Named by its first own frame, past the allocator's plumbing, as reports are.
+            let own = self.config.outputs.plumbing.leading(&frames);
             let name = frames
-                .first()
+                .get(own)
                 .map_or("[unknown stack]".to_string(), |f| f.function.clone());
             (name, rate)
         });

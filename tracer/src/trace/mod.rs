@@ -340,7 +340,15 @@ impl Session<'_> {
                     .get(&key.tgid)
                     .map(|t| t.info.comm.clone())
                     .unwrap_or_default();
-                report::build::stack(key.tgid, comm, figures, frames, timeline, growth)
+                report::build::stack(
+                    key.tgid,
+                    comm,
+                    figures,
+                    frames,
+                    &self.config.outputs.plumbing,
+                    timeline,
+                    growth,
+                )
             })
             .collect();
         report::build::sort_stacks(&mut stacks);
