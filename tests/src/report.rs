@@ -10,17 +10,29 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The stacks whose frame 0 is `function`.
+/// The stack's first frame that is not allocator plumbing (what the text report shows first):
+/// frame 0 unless the report marked leading frames `plumbing` (operator new, zmalloc, Rust's
+/// alloc::).
+pub fn first_own_frame(stack: &Value) -> &Value {
+    let frames = stack["frames"].as_array().unwrap();
+    frames
+        .iter()
+        .find(|f| f["plumbing"] != true)
+        .or(frames.first())
+        .unwrap_or(&Value::Null)
+}
+
+/// The stacks whose first own frame (see [`first_own_frame`]) is `function`.
 pub fn stacks_at<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
     report["stacks"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["frames"][0]["function"] == function)
+        .filter(|s| first_own_frame(s)["function"] == function)
         .collect()
 }
 
-/// Outstanding bytes and allocations summed over the stacks whose frame 0 is `function`.
+/// Outstanding bytes and allocations summed over the stacks whose first own frame is `function`.
 pub fn outstanding_at(report: &Value, function: &str) -> (u64, u64) {
     stacks_at(report, function)
         .iter()
@@ -55,7 +67,7 @@ pub fn process_stacks(report: &Value, pid: u32) -> Value {
     serde_json::json!({ "pid": pid, "stacks": stacks })
 }
 
-/// Asserts that the stacks at each function (frame 0) hold exactly the given outstanding bytes
+/// Asserts that the stacks at each function (first own frame) hold exactly the given outstanding bytes
 /// and allocations: `sites` is `(function, bytes, allocations)`, `(f, 0, 0)` for a function
 /// that must hold nothing. The failure lists every site that differs and what the report holds.
 pub fn assert_sites(report: &Value, sites: &[(&str, u64, u64)]) {

@@ -28,6 +28,11 @@ use crate::{
 
 const REPETITIONS: usize = 5;
 
+/// The two workloads built without frame pointers: their difference in frames per stack and in
+/// the return program's run time gives the cost of one unwound frame.
+const NO_FP_CHURN: &str = "churn without frame pointers (-O2 -fomit-frame-pointer), 1 thread";
+const DEEP: &str = "deep stacks: malloc+free 30 calls deep, no frame pointers";
+
 struct Workload {
     name: &'static str,
     program: PathBuf,
@@ -40,6 +45,7 @@ enum Config {
     Floor,
     UsualFloor,
     Leaktracer,
+    FramePointers,
     Sampled,
     Memleak,
 }
@@ -50,7 +56,8 @@ impl Config {
             Config::Native => "native",
             Config::Floor => "floor (leaktracer probes, empty programs)",
             Config::UsualFloor => "usual-placement floor (probes at symbol entry, empty programs)",
-            Config::Leaktracer => "leaktracer default",
+            Config::Leaktracer => "leaktracer default (CFI unwinding)",
+            Config::FramePointers => "leaktracer --unwind fp",
             Config::Sampled => "leaktracer --sample-bytes (512K)",
             Config::Memleak => "bcc memleak-bpfcc -p PID",
         }
@@ -81,6 +88,7 @@ pub fn run() -> anyhow::Result<()> {
         Config::Floor,
         Config::UsualFloor,
         Config::Leaktracer,
+        Config::FramePointers,
         Config::Sampled,
     ];
     if memleak.is_ok() {
@@ -159,6 +167,21 @@ fn build_workloads(out_dir: &Path) -> anyhow::Result<Vec<Workload>> {
             .arg(&churn)
             .arg(source.join("churn.c")),
     )?;
+    // The same churn as the code operators run is built: -O2 without frame pointers.
+    let churn_nofp = out_dir.join("churn-nofp");
+    util::run(
+        Command::new("gcc")
+            .args(["-O2", "-g", "-fomit-frame-pointer", "-pthread", "-o"])
+            .arg(&churn_nofp)
+            .arg(source.join("churn.c")),
+    )?;
+    let deep = out_dir.join("deep");
+    util::run(
+        Command::new("gcc")
+            .args(["-O2", "-g", "-fomit-frame-pointer", "-o"])
+            .arg(&deep)
+            .arg(source.join("deep.c")),
+    )?;
     let containers = out_dir.join("containers");
     util::run(
         Command::new("g++")
@@ -176,6 +199,16 @@ fn build_workloads(out_dir: &Path) -> anyhow::Result<Vec<Workload>> {
             name: "churn, 2 threads",
             program: churn,
             args: vec!["2".into(), "100000".into()],
+        },
+        Workload {
+            name: NO_FP_CHURN,
+            program: churn_nofp,
+            args: vec!["1".into(), "200000".into()],
+        },
+        Workload {
+            name: DEEP,
+            program: deep,
+            args: vec!["30".into(), "100000".into()],
         },
         Workload {
             name: "C++ map<string, vector<int>> build and drop (per insert)",
@@ -338,9 +371,14 @@ fn measure(
     let json = out_dir.join("run.json");
     let mut tracer: Option<(Child, Arc<Mutex<Vec<String>>>)> = match config {
         Config::Native => None,
-        Config::Floor | Config::UsualFloor | Config::Leaktracer | Config::Sampled => {
+        Config::Floor
+        | Config::UsualFloor
+        | Config::Leaktracer
+        | Config::FramePointers
+        | Config::Sampled => {
             let extra: &[&str] = match config {
                 Config::Floor => &["--empty-programs"],
+                Config::FramePointers => &["--unwind", "fp"],
                 Config::UsualFloor => &["--empty-programs", "--probes-at-symbol-entry"],
                 Config::Sampled => &["--sample-bytes"],
                 _ => &[],
@@ -422,7 +460,7 @@ fn profile_programs(
     workload: &Workload,
     leaktracer: &Path,
     out_dir: &Path,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Profile> {
     let (mut target, out) = start_workload(workload)?;
     let json = out_dir.join("profile.json");
     let (mut child, err) = start_leaktracer(
@@ -436,25 +474,75 @@ fn profile_programs(
     interrupt(child.id());
     child.wait()?;
     let _ = target.wait();
+    let frames = fs::read_to_string(&json)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|report| {
+            let walked = report["unwind"]["frames_walked"].as_f64()?;
+            let stacks: f64 = report["unwind"]["stack_ends"]
+                .as_object()?
+                .values()
+                .filter_map(serde_json::Value::as_f64)
+                .sum();
+            // Frame 0 comes from the registers; the walk adds the rest.
+            (stacks > 0.0).then(|| 1.0 + walked / stacks)
+        });
     let _ = fs::remove_file(&json);
     let lines = err.lock().unwrap();
-    Ok(lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("leaktracer: program "))
-        .map(str::to_string)
-        .collect())
+    let call_return_ns = lines.iter().find_map(|l| {
+        let rest = l.strip_prefix("leaktracer: program call_return: ")?;
+        let (_, after_runs) = rest.split_once(" runs, ")?;
+        after_runs.split(' ').next()?.parse::<f64>().ok()
+    });
+    Ok(Profile {
+        lines: lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("leaktracer: program "))
+            .map(str::to_string)
+            .collect(),
+        frames_per_stack: frames,
+        call_return_ns,
+    })
 }
 
-fn render_profiles(profiles: &[(&str, Vec<String>)]) -> String {
+/// One workload's `--program-stats` run.
+struct Profile {
+    lines: Vec<String>,
+    /// Frames per recorded stack, frame 0 included.
+    frames_per_stack: Option<f64>,
+    /// The return program's (which walks the stack) ns per run.
+    call_return_ns: Option<f64>,
+}
+
+fn render_profiles(profiles: &[(&str, Profile)]) -> String {
     let mut out = String::from(
         "\n### eBPF programs' own run time (one run each, `leaktracer trace --program-stats`)\n\n\
          Measured by the kernel (BPF run-time statistics, which add their own ~20-40 ns per run).\n",
     );
-    for (workload, lines) in profiles {
+    for (workload, profile) in profiles {
         out.push_str(&format!("\n{workload}:\n\n"));
-        for line in lines {
+        for line in &profile.lines {
             out.push_str(&format!("- {line}\n"));
         }
+        if let Some(frames) = profile.frames_per_stack {
+            out.push_str(&format!("- frames per recorded stack: {frames:.1}\n"));
+        }
+    }
+    let find = |name: &str| profiles.iter().find(|(w, _)| *w == name).map(|(_, p)| p);
+    if let (Some(shallow), Some(deep)) = (find(NO_FP_CHURN), find(DEEP))
+        && let (Some(f0), Some(f1), Some(t0), Some(t1)) = (
+            shallow.frames_per_stack,
+            deep.frames_per_stack,
+            shallow.call_return_ns,
+            deep.call_return_ns,
+        )
+        && f1 > f0
+    {
+        out.push_str(&format!(
+            "\nCost per unwound frame (call_return's run time, deep stacks against no-frame-pointer churn): \
+             ({t1:.0} - {t0:.0}) ns / ({f1:.1} - {f0:.1}) frames = {:.1} ns per frame\n",
+            (t1 - t0) / (f1 - f0)
+        ));
     }
     out
 }
@@ -493,7 +581,7 @@ fn render_markdown(results: &[(&Workload, Config, Vec<Run>)]) -> String {
             Config::Native => native = med,
             Config::Floor => floor = med,
             Config::Leaktracer => ours = med,
-            Config::UsualFloor | Config::Sampled | Config::Memleak => {}
+            Config::UsualFloor | Config::FramePointers | Config::Sampled | Config::Memleak => {}
         }
         let mut cpu: Vec<f64> = runs.iter().map(|r| r.tracer_cpu_percent).collect();
         let mut rss: Vec<f64> = runs.iter().map(|r| r.tracer_peak_rss_kib as f64).collect();
@@ -543,7 +631,14 @@ fn ratios(
         .iter()
         .find(|(w, c, _)| w.name == workload && *c == Config::UsualFloor)
         .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
+    let frame_pointers = results
+        .iter()
+        .find(|(w, c, _)| w.name == workload && *c == Config::FramePointers)
+        .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
     let mut line = format!("\nleaktracer / its floor: {:.2}×", ours / floor);
+    if let Some(fp) = frame_pointers {
+        line.push_str(&format!("; --unwind fp / floor: {:.2}×", fp / floor));
+    }
     if let Some(sampled) = sampled {
         line.push_str(&format!("; sampled / floor: {:.2}×", sampled / floor));
     }

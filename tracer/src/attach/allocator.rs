@@ -71,9 +71,11 @@ pub fn map_entry_points() -> Vec<EntryPoint> {
 }
 
 /// C++ `operator new` (plain, array, nothrow, aligned), probed in the object that defines it
-/// (libstdc++ or libc++). Probing the wrapper makes frame 0 the code that said `new`: libstdc++
-/// has no frame pointers, so a stack taken at `malloc` would lose that caller. The `malloc`
-/// inside is then a nested call. `operator delete` needs no probe: it ends in `free`.
+/// when that object has its own allocator (tcmalloc, a static binary). libstdc++'s and libc++'s
+/// `operator new` import `malloc`, which the heap family already probes: there the unwinder
+/// walks through `operator new` (folded as allocator plumbing in reports) and probing it too
+/// would only cost two more traps per allocation. `operator delete` needs no probe: it ends in
+/// `free`.
 pub fn cxx_entry_points() -> Vec<EntryPoint> {
     [
         "_Znwm",
@@ -127,6 +129,9 @@ struct Family {
     essential: bool,
     /// Only an object with this path (or file name) qualifies.
     only: Option<String>,
+    /// Left unprobed in an object that imports this symbol (its calls reach a probed
+    /// function already).
+    unless_importing: Option<&'static str>,
 }
 
 fn families(allocator: Option<&AllocatorOverride>) -> Vec<Family> {
@@ -135,6 +140,7 @@ fn families(allocator: Option<&AllocatorOverride>) -> Vec<Family> {
         required: vec![format!("{prefix}malloc"), format!("{prefix}free")],
         essential,
         only,
+        unless_importing: None,
     };
     let mut families = vec![match allocator {
         Some(a) => heap(&a.prefix, true, Some(a.path.clone())),
@@ -150,12 +156,15 @@ fn families(allocator: Option<&AllocatorOverride>) -> Vec<Family> {
         required: vec!["mmap".into(), "munmap".into()],
         essential: false,
         only: None,
+        unless_importing: None,
     });
     families.push(Family {
         points: cxx_entry_points(),
         required: vec!["_Znwm".into()],
         essential: false,
         only: None,
+        // Without an --allocator override, the malloc it imports is the one probed.
+        unless_importing: allocator.is_none().then_some("malloc"),
     });
     families
 }
@@ -375,6 +384,11 @@ pub fn plan(
             }
             continue;
         };
+        if let Some(symbol) = family.unless_importing
+            && super::elf::imports(&candidate.open_path, symbol).unwrap_or(false)
+        {
+            continue;
+        }
         let Some(object) = probe_object(&mut objects, candidate) else {
             if family.essential {
                 // Found a moment ago, gone now: the process exited (or exec'd) meanwhile.

@@ -42,6 +42,21 @@ pub fn function_offsets(path: &Path, wanted: &[&str]) -> io::Result<HashMap<Stri
     Ok(found)
 }
 
+/// True when `path` imports `symbol` (an undefined dynamic symbol): its calls to it go through
+/// the dynamic linker to whichever object defines it first.
+pub fn imports(path: &Path, symbol: &str) -> io::Result<bool> {
+    let data = fs::read(path)?;
+    let file = object::File::parse(&*data).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    Ok(file
+        .dynamic_symbols()
+        .any(|s| s.is_undefined() && s.name().is_ok_and(|n| n.split('@').next() == Some(symbol))))
+}
+
 /// The file offset of an executable's entry point (`e_entry`), where a uprobe on it goes.
 pub fn entry_offset(path: &Path) -> io::Result<u64> {
     let data = fs::read(path)?;

@@ -38,6 +38,8 @@ impl KernelTracer {
             sample_bytes: 0,
             max_allocations: 4096,
             max_stacks: 1024,
+            max_depth: tracer_common::unwind::DEFAULT_MAX_DEPTH,
+            unwind_rows: 1 << 16,
         })
         .expect("the eBPF object loads");
         probes
