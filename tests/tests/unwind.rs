@@ -107,6 +107,40 @@ fn c_at_o2_without_frame_pointers_gets_the_stacks_of_its_frame_pointer_build() {
 }
 
 #[test]
+fn a_program_exec_d_by_a_wrapper_has_its_tables_before_it_runs() {
+    require_root();
+    let dir = scratch_dir("unwind-exec");
+    let without = workload_built("unwind_sites", "o2-nofp", &["-O2", "-fomit-frame-pointer"]);
+    // `sh -c 'exec PROGRAM'`: the launched command is the shell; the program replaces it.
+    let json = dir.join("exec.json");
+    let script = format!("exec {}", without.display());
+    let done = run_tracer([
+        "trace",
+        "-q",
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let report = read_json(&json);
+    assert_sites(&report, &SITES);
+    assert_eq!(chain_to_main(&report, "leak_deep"), deep_chain());
+    // The new image stopped at its entry point until its tables were in: no allocation of
+    // either image was walked by frame pointers.
+    let ends = stack_ends(&report);
+    assert_eq!(ends["frame_pointers"], 0, "{ends:?}");
+    assert_eq!(
+        report["execs"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        report["execs"]
+    );
+}
+
+#[test]
 fn max_depth_cuts_stacks_and_counts_each_cut() {
     require_root();
     let dir = scratch_dir("unwind-max-depth");

@@ -169,9 +169,10 @@ pub mod maps {
     pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
     pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
     pub const UNWIND_ENDS: &str = "UNWIND_ENDS";
+    pub const STOP_AT_EXEC: &str = "STOP_AT_EXEC";
 
     /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         STOPPED,
         RECORD_TABLE,
         OVERFLOWED,
@@ -193,6 +194,7 @@ pub mod maps {
         UNWIND_MAPPINGS,
         UNWIND_PROCESSES,
         UNWIND_ENDS,
+        STOP_AT_EXEC,
     ];
 }
 

@@ -160,6 +160,11 @@ pub(crate) static UNWIND_PROCESSES: HashMap<u32, UnwindProcess> =
 pub(crate) static UNWIND_ENDS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(UNWIND_END_SLOTS, 0);
 
+/// Processes that stop (SIGSTOP) when they exec: the launched command, whose parent (the tracer)
+/// then writes the new image's unwind tables before that image runs its own code. tgid -> 1.
+#[map]
+pub(crate) static STOP_AT_EXEC: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+
 /// `--max-depth`: frames kept per stack (at most `MAX_STACK_DEPTH`).
 #[unsafe(no_mangle)]
 pub(crate) static MAX_DEPTH: Global<u32> = Global::new(DEFAULT_MAX_DEPTH);

@@ -3,15 +3,19 @@
 //! process's unwind tables go with the old image.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_send_signal},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use tracer_common::programs;
 
 use crate::{
     current::{now_ns, tracing_stopped},
-    maps::{EXECS, UNWIND_PROCESSES},
+    maps::{EXECS, STOP_AT_EXEC, UNWIND_PROCESSES},
     probes::programs_are_empty,
 };
+
+const SIGSTOP: u32 = 19;
 
 /// `sched_process_exec`, on every exec: stamps the exec'ing process with the time.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
@@ -33,5 +37,11 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     // The old image's unwind tables describe a layout that is gone: until userspace writes the
     // new image's, its stacks are walked by frame pointers. (Fails when it had none.)
     let _ = UNWIND_PROCESSES.remove(&tgid);
+    // SAFETY: the value is only tested for presence.
+    if unsafe { STOP_AT_EXEC.get(&tgid) }.is_some() {
+        // SAFETY: a helper taking a plain integer; it signals the exec'ing process, which stops
+        // before the new image's first instruction.
+        unsafe { bpf_send_signal(SIGSTOP) };
+    }
     0
 }

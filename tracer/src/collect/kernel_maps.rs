@@ -47,6 +47,8 @@ pub struct KernelMaps {
     pub mmap_state: Array<MapData, u64>,
     /// When processes exec'd: tgid -> CLOCK_MONOTONIC ns.
     pub execs: HashMap<MapData, u32, u64>,
+    /// Processes that stop at their next exec (the launched command).
+    pub stop_at_exec: HashMap<MapData, u32, u32>,
 }
 
 impl KernelMaps {
@@ -65,6 +67,7 @@ impl KernelMaps {
             unmap_events: take(ebpf, maps::UNMAP_EVENTS)?,
             mmap_state: take(ebpf, maps::MMAP_STATE)?,
             execs: take(ebpf, maps::EXECS)?,
+            stop_at_exec: take(ebpf, maps::STOP_AT_EXEC)?,
         })
     }
 }

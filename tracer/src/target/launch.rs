@@ -250,6 +250,31 @@ impl LaunchedChild {
         false
     }
 
+    /// True when the child has stopped since the last look (without waiting); an exit seen
+    /// meanwhile is kept for [`Self::try_reap`].
+    pub fn has_stopped(&mut self) -> bool {
+        if self.exit_status.is_some() {
+            return false;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, with a valid status pointer.
+        let waited = unsafe {
+            libc::waitpid(
+                self.pid as i32,
+                &mut status,
+                libc::WUNTRACED | libc::WNOHANG,
+            )
+        };
+        if waited != self.pid as i32 {
+            return false;
+        }
+        if libc::WIFSTOPPED(status) {
+            return true;
+        }
+        self.exit_status = Some(status);
+        false
+    }
+
     /// Lets a stopped child go on.
     pub fn continue_stopped(&self) {
         self.signal(libc::SIGCONT);

@@ -84,6 +84,11 @@ impl Session<'_> {
                         if self.target_gone(child) {
                             return Ok(EndReason::TargetExited);
                         }
+                        if let Some(child) = child.as_deref_mut()
+                            && child.has_stopped()
+                        {
+                            self.follow_launched_exec(child)?;
+                        }
                         self.settle_execs()?;
                         self.discover();
                         self.refresh_tables();

@@ -217,6 +217,11 @@ fn trace(
         let stopped = stops && child.wait_stopped(LAUNCH_STOP_WAIT);
         session.probes.detach_launch_stop();
         session.track(child.pid, plan);
+        if session.tables.is_some() {
+            // Its later execs stop too (a wrapper such as rustup's proxy or `sh -c` exec'ing
+            // the real program), for the same reason: see `follow_launched_exec`.
+            session.probes.stop_at_exec(child.pid);
+        }
         if stopped {
             child.continue_stopped();
         }

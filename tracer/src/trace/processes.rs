@@ -166,6 +166,35 @@ impl Session<'_> {
         }
     }
 
+    /// The launched command stopped: at an exec (the kernel stops it there, see
+    /// `Probes::stop_at_exec`), before the new image ran. It is let go to the new image's entry
+    /// point, where its libraries are mapped, and stopped there again while the new image is
+    /// attached and its unwind tables are written. A stop that follows no exec (someone else's
+    /// SIGSTOP) is left alone.
+    pub(super) fn follow_launched_exec(
+        &mut self,
+        child: &mut crate::target::launch::LaunchedChild,
+    ) -> anyhow::Result<()> {
+        let pid = child.pid;
+        let settled = self.tracked.get(&pid).map_or(0, |t| t.exec_settled_ns);
+        let exec_ns = self.collector.exec_time(self.probes.maps(), pid);
+        if exec_ns.is_none_or(|ns| ns <= settled) {
+            return Ok(());
+        }
+        let executable = PathBuf::from(format!("/proc/{pid}/exe"));
+        let stops = self.probes.attach_launch_stop(&executable, pid).is_ok();
+        child.continue_stopped();
+        let stopped = stops && child.wait_stopped(super::LAUNCH_STOP_WAIT);
+        self.probes.detach_launch_stop();
+        if stopped {
+            self.settle_execs()?;
+            self.discover();
+            self.update_tables(pid);
+            child.continue_stopped();
+        }
+        Ok(())
+    }
+
     /// Once a second: brings every traced process's unwind tables up to date with what it
     /// mapped since (dlopen), and drops those of processes that are gone.
     pub(super) fn refresh_tables(&mut self) {
