@@ -39,7 +39,7 @@ struct Walk {
 #[inline(always)]
 pub(crate) fn process_tables(tgid: u32) -> Option<UnwindProcess> {
     // SAFETY: the value is copied out at once.
-    unsafe { UNWIND_PROCESSES.get(&tgid) }.copied()
+    unsafe { UNWIND_PROCESSES.get(tgid) }.copied()
 }
 
 /// Walks the stack above the frame `(pc, sp, fp)` (already recorded as frame 0 of this CPU's

@@ -36,9 +36,9 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     let _ = EXECS.insert(tgid, now_ns(), 0);
     // The old image's unwind tables describe a layout that is gone: until userspace writes the
     // new image's, its stacks are walked by frame pointers. (Fails when it had none.)
-    let _ = UNWIND_PROCESSES.remove(&tgid);
+    let _ = UNWIND_PROCESSES.remove(tgid);
     // SAFETY: the value is only tested for presence.
-    if unsafe { STOP_AT_EXEC.get(&tgid) }.is_some() {
+    if unsafe { STOP_AT_EXEC.get(tgid) }.is_some() {
         // SAFETY: a helper taking a plain integer; it signals the exec'ing process, which stops
         // before the new image's first instruction.
         unsafe { bpf_send_signal(SIGSTOP) };
