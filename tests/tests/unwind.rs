@@ -14,10 +14,11 @@ use leaktracer_e2e::*;
 use serde_json::Value;
 
 /// `unwind_sites`'s leaks: (frame-0 function, bytes, allocations).
-const SITES: [(&str, u64, u64); 3] = [
+const SITES: [(&str, u64, u64); 4] = [
     ("leak_shallow", 30 * 200, 30),
     ("leak_deep", 20 * 300, 20),
     ("churn", 0, 0),
+    ("leak_in_handler", 10 * 128, 10),
 ];
 
 /// The real frames of the stack at `function` (frame 0), up to and including `main`.
@@ -76,11 +77,16 @@ fn c_at_o2_without_frame_pointers_gets_the_stacks_of_its_frame_pointer_build() {
         let frames = real_frames(stacks_at(&report, site)[0]);
         assert_eq!(frames.last(), Some(&"_start"), "{site}: {frames:?}");
     }
-    // Every recorded allocation's walk reached the outermost frame.
+    // A signal handler's stack: the handler, then the kernel's signal trampoline, where the walk
+    // stops (its CFI is an expression the rows do not follow), counted.
+    let handler = real_frames(stacks_at(&report, "leak_in_handler")[0]);
+    assert_eq!(handler.len(), 2, "{handler:?}");
+    // Every other recorded allocation's walk reached the outermost frame.
     let ends = stack_ends(&report);
     let allocations = report["totals"]["allocations"].as_u64().unwrap();
-    assert!(allocations >= 30 + 20 + 1000, "{allocations}");
-    assert_eq!(ends["complete"], allocations, "{ends:?}");
+    assert!(allocations >= 30 + 20 + 1000 + 10, "{allocations}");
+    assert_eq!(ends["no_rule"], 10, "{ends:?}");
+    assert_eq!(ends["complete"], allocations - 10, "{ends:?}");
 
     // The frame-pointer build: the same stacks, whole, by the same walk...
     let fp_report = trace_to_exit(&dir, "fp", &with, &[]);
@@ -141,6 +147,36 @@ fn a_program_exec_d_by_a_wrapper_has_its_tables_before_it_runs() {
 }
 
 #[test]
+fn a_library_loaded_with_dlopen_gets_its_tables() {
+    require_root();
+    let dir = scratch_dir("unwind-dlopen");
+    let flags = ["-O2", "-fomit-frame-pointer"];
+    let plugin = workload_built("unwind_plugin", "so", &[&flags[..], &["-shared", "-fPIC"]].concat());
+    let host = workload_built("unwind_dlopen", "o2-nofp", &flags);
+    let json = dir.join("dlopen.json");
+    let done = run_tracer([
+        "trace",
+        "-q",
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        host.to_str().unwrap(),
+        plugin.to_str().unwrap(),
+    ]);
+    assert!(done.status.success(), "{}", done.stderr);
+    let report = read_json(&json);
+    assert_sites(&report, &[("plugin_store", 25 * 400, 25)]);
+    let frames = real_frames(stacks_at(&report, "plugin_store")[0]);
+    assert_eq!(
+        frames[..4],
+        ["plugin_store", "plugin_leak", "call_plugin", "main"],
+        "{frames:?}"
+    );
+    assert_eq!(frames.last(), Some(&"_start"), "{frames:?}");
+    assert_eq!(stack_ends(&report)["no_mapping"], 0);
+}
+
+#[test]
 fn max_depth_cuts_stacks_and_counts_each_cut() {
     require_root();
     let dir = scratch_dir("unwind-max-depth");
@@ -150,11 +186,12 @@ fn max_depth_cuts_stacks_and_counts_each_cut() {
     let mut cut = vec!["leak_deep"];
     cut.extend(std::iter::repeat_n("descend", 9));
     assert_eq!(real_frames(stacks_at(&report, "leak_deep")[0]), cut);
-    // Only leak_deep's 20 allocations are deeper than 10 frames.
+    // Only leak_deep's 20 allocations are deeper than 10 frames (and the handler's 10 end at
+    // the signal trampoline).
     let ends = stack_ends(&report);
     assert_eq!(ends["depth_limit"], 20, "{ends:?}");
     let allocations = report["totals"]["allocations"].as_u64().unwrap();
-    assert_eq!(ends["complete"], allocations - 20, "{ends:?}");
+    assert_eq!(ends["complete"], allocations - 20 - 10, "{ends:?}");
 
     for bad in ["0", "128"] {
         let done = run_unprivileged(["trace", "--max-depth", bad, "--", "true"]);

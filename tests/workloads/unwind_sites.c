@@ -8,6 +8,8 @@
  * leak_shallow: 30 x 200 B     main -> run_sites -> leak_shallow
  * leak_deep:    20 x 300 B     main -> run_sites -> descend x 30 -> leak_deep
  * churn:        1000 x 64 B    allocated and freed (never a leak)
+ * leak_in_handler: 10 x 128 B  in a SIGUSR1 handler, raised by main: the stack is the handler
+ *                              and the signal trampoline (__restore_rt), where the walk stops
  *
  * Every call is followed by work on a volatile, so -O2 makes none of them a tail call (a tail
  * call leaves no frame, for gdb as for us).
@@ -50,6 +52,12 @@ NOINLINE void churn(void) {
     after++;
 }
 
+NOINLINE void leak_in_handler(int signal) {
+    (void)signal;
+    for (int i = 0; i < 10; i++) sink = malloc(128);
+    after++;
+}
+
 NOINLINE void run_sites(void) {
     leak_shallow();
     descend(30);
@@ -59,6 +67,8 @@ NOINLINE void run_sites(void) {
 
 int main(int argc, char **argv) {
     run_sites();
+    signal(SIGUSR1, leak_in_handler);
+    raise(SIGUSR1);
     if (argc > 1 && strcmp(argv[1], "wait") == 0) {
         puts("done");
         fflush(stdout);
