@@ -151,7 +151,11 @@ fn a_library_loaded_with_dlopen_gets_its_tables() {
     require_root();
     let dir = scratch_dir("unwind-dlopen");
     let flags = ["-O2", "-fomit-frame-pointer"];
-    let plugin = workload_built("unwind_plugin", "so", &[&flags[..], &["-shared", "-fPIC"]].concat());
+    let plugin = workload_built(
+        "unwind_plugin",
+        "so",
+        &[&flags[..], &["-shared", "-fPIC"]].concat(),
+    );
     let host = workload_built("unwind_dlopen", "o2-nofp", &flags);
     let json = dir.join("dlopen.json");
     let done = run_tracer([

@@ -6,7 +6,7 @@
 pub mod programs;
 pub mod unwind;
 
-pub use unwind::{CfaRule, FpRule, UnwindEnd, UnwindMapping, UnwindProcess, UnwindRow};
+pub use unwind::{CachedRow, CfaRule, FpRule, UnwindEnd, UnwindMapping, UnwindProcess, UnwindRow};
 
 /// Stack id recorded when the stack could not be kept (stack map full): the bytes are still
 /// counted, under a stack userspace reports as "unknown". No captured stack hashes to it.
@@ -380,6 +380,7 @@ mod pod {
     unsafe impl aya::Pod for UnwindRow {}
     unsafe impl aya::Pod for UnwindMapping {}
     unsafe impl aya::Pod for UnwindProcess {}
+    unsafe impl aya::Pod for CachedRow {}
 }
 
 #[cfg(test)]

@@ -170,9 +170,10 @@ pub mod maps {
     pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
     pub const UNWIND_ENDS: &str = "UNWIND_ENDS";
     pub const STOP_AT_EXEC: &str = "STOP_AT_EXEC";
+    pub const UNWIND_CACHE: &str = "UNWIND_CACHE";
 
     /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         STOPPED,
         RECORD_TABLE,
         OVERFLOWED,
@@ -195,6 +196,7 @@ pub mod maps {
         UNWIND_PROCESSES,
         UNWIND_ENDS,
         STOP_AT_EXEC,
+        UNWIND_CACHE,
     ];
 }
 

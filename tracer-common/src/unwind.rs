@@ -84,7 +84,28 @@ pub const TRAMPOLINE_ROWS: u32 = u32::MAX;
 pub struct UnwindProcess {
     pub mappings_first: u32,
     pub mappings_count: u32,
+    /// Distinct for every table userspace publishes (never 0): rows cached under an older
+    /// generation are never used for this one.
+    pub generation: u32,
+    pub _pad: u32,
 }
+
+/// One slot of the per-CPU cache of rows found (`UNWIND_CACHE`, slot by a hash of the
+/// address): a hit skips both binary searches, and most allocations come from a few call
+/// sites.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedRow {
+    /// The address looked up (a return address - 1).
+    pub pc: u64,
+    /// The process table's [`UnwindProcess::generation`] it was found in.
+    pub generation: u32,
+    pub _pad: u32,
+    pub row: UnwindRow,
+}
+
+/// Slots of the per-CPU row cache (a power of two).
+pub const UNWIND_CACHE_SLOTS: u32 = 4096;
 
 /// How a captured stack ended: slot `end as u32` of `UNWIND_ENDS` counts the stacks (one per
 /// recorded allocation) that ended so. Frames walked are counted in slot [`UNWIND_FRAMES_SLOT`].
@@ -163,4 +184,6 @@ pub const MAX_OBJECT_ROWS: u32 = (1 << ROW_SEARCH_STEPS) - 1;
 const _: () = {
     assert!(size_of::<UnwindRow>() == 16);
     assert!(size_of::<UnwindMapping>() == 32);
+    assert!(size_of::<CachedRow>() == 32);
+    assert!(UNWIND_CACHE_SLOTS.is_power_of_two());
 };

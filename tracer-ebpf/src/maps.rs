@@ -9,10 +9,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, CachedStack, MMAP_STATE_SLOTS, PENDING_SLOTS,
+    AllocKey, AllocRecord, COUNTER_SLOTS, CachedRow, CachedStack, MMAP_STATE_SLOTS, PENDING_SLOTS,
     PendingCall, RECORD_TABLE_SLOTS, RecordSlot, SAMPLE_TABLE_SLOTS, STACK_CACHE_SLOTS, StackKey,
     StackStats, UnwindMapping, UnwindProcess, UnwindRow, UserStack,
-    unwind::{DEFAULT_MAX_DEPTH, DEFAULT_UNWIND_ROWS, UNWIND_END_SLOTS, UNWIND_MAPPING_SLOTS},
+    unwind::{
+        DEFAULT_MAX_DEPTH, DEFAULT_UNWIND_ROWS, UNWIND_CACHE_SLOTS, UNWIND_END_SLOTS,
+        UNWIND_MAPPING_SLOTS,
+    },
 };
 
 /// Processes that exec'd while tracing: tgid -> `bpf_ktime_get_ns()` of the exec. LRU: the
@@ -154,6 +157,11 @@ pub(crate) static UNWIND_MAPPINGS: Array<UnwindMapping> =
 #[map]
 pub(crate) static UNWIND_PROCESSES: HashMap<u32, UnwindProcess> =
     HashMap::with_max_entries(4096, 0);
+
+/// Per CPU: rows found lately, by a hash of the address (see `tracer_common::CachedRow`).
+#[map]
+pub(crate) static UNWIND_CACHE: PerCpuArray<CachedRow> =
+    PerCpuArray::with_max_entries(UNWIND_CACHE_SLOTS, 0);
 
 /// Per CPU: stacks by how they ended (`tracer_common::UnwindEnd`), and frames walked.
 #[map]

@@ -2,18 +2,26 @@
 //! each object's `.eh_frame` (see `tracer_common::unwind`), so code built without frame
 //! pointers gets its whole stack. One frame per `bpf_loop` iteration: find the mapping of the
 //! pc, the object's row for it (both bounded binary searches over flat arrays), compute the
-//! CFA, read the return address and the saved RBP, go on.
+//! CFA, read the return address and the saved RBP, go on. Rows found are cached per CPU by
+//! address, so a hot call site's frame costs one lookup instead of two searches.
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
 use tracer_common::{
-    CfaRule, FpRule, MAX_STACK_DEPTH, UnwindEnd, UnwindMapping, UnwindProcess, UnwindRow,
-    unwind::{MAPPING_SEARCH_STEPS, ROW_SEARCH_STEPS, TRAMPOLINE_ROWS, UNWIND_FRAMES_SLOT},
+    CachedRow, CfaRule, FpRule, MAX_STACK_DEPTH, UnwindEnd, UnwindMapping, UnwindProcess,
+    UnwindRow,
+    unwind::{
+        MAPPING_SEARCH_STEPS, ROW_SEARCH_STEPS, TRAMPOLINE_ROWS, UNWIND_CACHE_SLOTS,
+        UNWIND_FRAMES_SLOT,
+    },
 };
 
 use crate::{
-    maps::{MAX_DEPTH, STACK_SCRATCH, UNWIND_ENDS, UNWIND_MAPPINGS, UNWIND_PROCESSES, UNWIND_ROWS},
+    maps::{
+        MAX_DEPTH, STACK_SCRATCH, UNWIND_CACHE, UNWIND_ENDS, UNWIND_MAPPINGS, UNWIND_PROCESSES,
+        UNWIND_ROWS,
+    },
     stack::mix,
 };
 
@@ -30,9 +38,10 @@ struct Walk {
     depth: u64,
     mappings_first: u32,
     mappings_count: u32,
+    /// The process table's generation (the row cache's tag).
+    generation: u32,
     /// An [`UnwindEnd`], once the walk stopped.
     end: u32,
-    _pad: u32,
 }
 
 /// The process's tables, if userspace has written them.
@@ -56,8 +65,8 @@ pub(crate) fn walk_stack(tables: UnwindProcess, pc: u64, sp: u64, fp: u64, hash:
         depth: 1,
         mappings_first: tables.mappings_first,
         mappings_count: tables.mappings_count,
+        generation: tables.generation,
         end: UnwindEnd::DepthLimit as u32,
-        _pad: 0,
     };
     // SAFETY: the helper calls `unwind_frame` at most `max_depth - 1` times with a pointer to
     // `walk`, which outlives the call; flags must be 0.
@@ -111,15 +120,14 @@ fn step(walk: &mut Walk, frame: u64) -> Result<(), UnwindEnd> {
     // A return address is just past its call, which may be a function's last instruction:
     // the call's own row is the one before it.
     let lookup = walk.pc.wrapping_sub(1);
-    let mapping = find_mapping(walk.mappings_first, walk.mappings_count, lookup)
-        .ok_or(UnwindEnd::NoMapping)?;
-    if mapping.rows_first == TRAMPOLINE_ROWS {
-        return Err(UnwindEnd::Trampoline);
-    }
-    if mapping.rows_count == 0 {
-        return Err(UnwindEnd::NoTable);
-    }
-    let row = find_row(&mapping, lookup.wrapping_sub(mapping.bias)).ok_or(UnwindEnd::NoRule)?;
+    let row = match cached_row(lookup, walk.generation) {
+        Some(row) => row,
+        None => {
+            let row = search_row(walk, lookup)?;
+            cache_row(lookup, walk.generation, row);
+            row
+        }
+    };
     let offset = row.cfa_offset as i64;
     let cfa = match row.cfa_rule {
         r if r == CfaRule::SpOffset as u8 => walk.sp.wrapping_add_signed(offset),
@@ -177,6 +185,50 @@ fn step(walk: &mut Walk, frame: u64) -> Result<(), UnwindEnd> {
     walk.sp = cfa;
     walk.fp = fp;
     Ok(())
+}
+
+/// The row for `lookup` through the process's tables: its mapping, then the object's row.
+#[inline(always)]
+fn search_row(walk: &Walk, lookup: u64) -> Result<UnwindRow, UnwindEnd> {
+    let mapping = find_mapping(walk.mappings_first, walk.mappings_count, lookup)
+        .ok_or(UnwindEnd::NoMapping)?;
+    if mapping.rows_first == TRAMPOLINE_ROWS {
+        return Err(UnwindEnd::Trampoline);
+    }
+    if mapping.rows_count == 0 {
+        return Err(UnwindEnd::NoTable);
+    }
+    find_row(&mapping, lookup.wrapping_sub(mapping.bias)).ok_or(UnwindEnd::NoRule)
+}
+
+/// This CPU's cache slot for `pc`.
+#[inline(always)]
+fn cache_slot(pc: u64) -> Option<*mut CachedRow> {
+    let hash = mix(0, pc);
+    UNWIND_CACHE.get_ptr_mut((hash as u32) & (UNWIND_CACHE_SLOTS - 1))
+}
+
+/// The row cached for `pc` under `generation`, if any.
+#[inline(always)]
+fn cached_row(pc: u64, generation: u32) -> Option<UnwindRow> {
+    // SAFETY: this CPU's slot (per-CPU map, valid for the run, no other writer meanwhile).
+    let slot = unsafe { &*cache_slot(pc)? };
+    (slot.pc == pc && slot.generation == generation).then_some(slot.row)
+}
+
+#[inline(always)]
+fn cache_row(pc: u64, generation: u32, row: UnwindRow) {
+    if let Some(slot) = cache_slot(pc) {
+        // SAFETY: as in `cached_row`.
+        unsafe {
+            *slot = CachedRow {
+                pc,
+                generation,
+                _pad: 0,
+                row,
+            }
+        };
+    }
 }
 
 /// A binary search's state, on the caller's stack: how many entries of the run

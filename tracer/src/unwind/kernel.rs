@@ -120,6 +120,8 @@ pub struct KernelTables {
     cache: TableCache,
     /// Objects that found no room, warned about once.
     no_room: HashSet<(u64, u64)>,
+    /// The last generation published (see `UnwindProcess::generation`).
+    generation: u32,
 }
 
 impl KernelTables {
@@ -136,6 +138,7 @@ impl KernelTables {
             loaded: StdHashMap::new(),
             cache: TableCache::default(),
             no_room: HashSet::new(),
+            generation: 0,
         })
     }
 
@@ -195,11 +198,15 @@ impl KernelTables {
             }
         };
         self.mappings.write(first, &entries);
+        // Never 0 (an empty cache slot's), and new for every table.
+        self.generation = self.generation.wrapping_add(1).max(1);
         let published = self.processes.insert(
             pid,
             UnwindProcess {
                 mappings_first: first,
                 mappings_count: count,
+                generation: self.generation,
+                _pad: 0,
             },
             0,
         );
