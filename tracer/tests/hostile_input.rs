@@ -26,6 +26,9 @@ const VALUE_FLAGS: &[&str] = &[
     "--sample-bytes",
     "--max-allocations",
     "--max-stacks",
+    "--max-depth",
+    "--max-unwind-rows",
+    "--unwind",
     "--metrics-stacks",
     "--top",
     "--allocator",
@@ -145,6 +148,10 @@ fn known_bad_values_are_refused_with_their_flag_named() {
         ("--steady-ratio", "inf"),
         ("--sample-bytes", "0"),
         ("--max-stacks", "0"),
+        ("--max-depth", "0"),
+        ("--max-depth", "128"),
+        ("--max-unwind-rows", "0"),
+        ("--unwind", "dwarf"),
         ("--severity-rates", "3M,2M,1M"),
     ] {
         assert!(!try_trace(flag, value), "{flag} {value} was taken");
