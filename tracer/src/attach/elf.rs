@@ -5,16 +5,21 @@ use std::{collections::HashMap, fs, io, path::Path};
 
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
-/// File offsets of the `wanted` function symbols that `path` defines. Names absent from the file
-/// are absent from the result.
-pub fn function_offsets(path: &Path, wanted: &[&str]) -> io::Result<HashMap<String, u64>> {
-    let data = fs::read(path)?;
-    let file = object::File::parse(&*data).map_err(|e| {
+/// `data` (read from `path`) as an ELF object; a parse error names the file.
+fn parse<'d>(path: &Path, data: &'d [u8]) -> io::Result<object::File<'d>> {
+    object::File::parse(data).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}: {e}", path.display()),
         )
-    })?;
+    })
+}
+
+/// File offsets of the `wanted` function symbols that `path` defines. Names absent from the file
+/// are absent from the result.
+pub fn function_offsets(path: &Path, wanted: &[&str]) -> io::Result<HashMap<String, u64>> {
+    let data = fs::read(path)?;
+    let file = parse(path, &data)?;
     let segments: Vec<(u64, u64, u64)> = file
         .segments()
         .map(|s| (s.address(), s.size(), s.file_range().0))
@@ -46,12 +51,7 @@ pub fn function_offsets(path: &Path, wanted: &[&str]) -> io::Result<HashMap<Stri
 /// the dynamic linker to whichever object defines it first.
 pub fn imports(path: &Path, symbol: &str) -> io::Result<bool> {
     let data = fs::read(path)?;
-    let file = object::File::parse(&*data).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {e}", path.display()),
-        )
-    })?;
+    let file = parse(path, &data)?;
     Ok(file
         .dynamic_symbols()
         .any(|s| s.is_undefined() && s.name().is_ok_and(|n| n.split('@').next() == Some(symbol))))
@@ -60,12 +60,7 @@ pub fn imports(path: &Path, symbol: &str) -> io::Result<bool> {
 /// The file offset of an executable's entry point (`e_entry`), where a uprobe on it goes.
 pub fn entry_offset(path: &Path) -> io::Result<u64> {
     let data = fs::read(path)?;
-    let file = object::File::parse(&*data).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {e}", path.display()),
-        )
-    })?;
+    let file = parse(path, &data)?;
     let entry = file.entry();
     file.segments()
         .find(|s| entry >= s.address() && entry < s.address() + s.size())

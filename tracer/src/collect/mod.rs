@@ -4,7 +4,7 @@
 
 mod batch;
 mod kernel_maps;
-mod table;
+pub mod table;
 
 use std::{collections::HashMap, time::Duration};
 

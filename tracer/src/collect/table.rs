@@ -10,6 +10,32 @@ use std::{
 use aya::maps::MapData;
 use tracer_common::{AllocKey, AllocRecord, FIRST_RECORD_KEY, RecordSlot};
 
+/// Maps the memory of an array map created with BPF_F_MMAPABLE (`bytes` of it, rounded up to
+/// pages) with protection `prot`: its base and the mapped length, for munmap. The kernel keeps
+/// the mapping valid while it exists.
+pub fn map_memory(map: &MapData, bytes: usize, prot: i32) -> io::Result<(NonNull<u8>, usize)> {
+    let page = 4096;
+    let len = bytes.div_ceil(page) * page;
+    // SAFETY: a shared mapping of the map's memory, which the caller unmaps once.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((
+        NonNull::new(address.cast()).expect("mmap returned a non-null address"),
+        len,
+    ))
+}
+
 /// A read-only mapping of the record table.
 pub struct RecordTable {
     base: NonNull<RecordSlot>,
@@ -20,25 +46,9 @@ pub struct RecordTable {
 impl RecordTable {
     /// Maps the table (an array map created with BPF_F_MMAPABLE) of `slots` slots.
     pub fn map(map: &MapData, slots: usize) -> io::Result<Self> {
-        let page = 4096;
-        let len = (slots * size_of::<RecordSlot>()).div_ceil(page) * page;
-        // SAFETY: a shared read-only mapping of the map's memory; the kernel keeps it valid
-        // while mapped, and it is unmapped on drop.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let (base, len) = map_memory(map, slots * size_of::<RecordSlot>(), libc::PROT_READ)?;
         Ok(Self {
-            base: NonNull::new(address.cast()).expect("mmap returned a non-null address"),
+            base: base.cast(),
             slots,
             len,
         })

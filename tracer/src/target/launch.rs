@@ -229,21 +229,8 @@ impl LaunchedChild {
     pub fn wait_stopped(&mut self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         while self.exit_status.is_none() && std::time::Instant::now() < deadline {
-            let mut status = 0;
-            // SAFETY: waitpid on our own child, with a valid status pointer.
-            let waited = unsafe {
-                libc::waitpid(
-                    self.pid as i32,
-                    &mut status,
-                    libc::WUNTRACED | libc::WNOHANG,
-                )
-            };
-            if waited == self.pid as i32 {
-                if libc::WIFSTOPPED(status) {
-                    return true;
-                }
-                self.exit_status = Some(status);
-                return false;
+            if self.has_stopped() {
+                return true;
             }
             std::thread::sleep(std::time::Duration::from_micros(200));
         }

@@ -171,6 +171,7 @@ fn trace(
         collector,
         tables,
         tables_checked: std::time::Instant::now(),
+        exec_followed_ns: 0,
         spaces: AddressSpaces::default(),
         history: SampleHistory::start(),
         symbolizer: Symbolizer::new(),
@@ -302,6 +303,8 @@ struct Session<'a> {
     tables: Option<KernelTables>,
     /// When every process's tables were last checked against its mappings.
     tables_checked: std::time::Instant,
+    /// The launched command's last exec stop followed (CLOCK_MONOTONIC ns of the exec).
+    exec_followed_ns: u64,
     spaces: AddressSpaces,
     history: SampleHistory,
     symbolizer: Symbolizer,

@@ -176,11 +176,15 @@ impl Session<'_> {
         child: &mut crate::target::launch::LaunchedChild,
     ) -> anyhow::Result<()> {
         let pid = child.pid;
-        let settled = self.tracked.get(&pid).map_or(0, |t| t.exec_settled_ns);
-        let exec_ns = self.collector.exec_time(self.probes.maps(), pid);
-        if exec_ns.is_none_or(|ns| ns <= settled) {
+        // Compared with the last exec followed, not the last settled: a poll may have settled
+        // this exec (and failed to attach the half-loaded image) before seeing the stop.
+        let Some(exec_ns) = self.collector.exec_time(self.probes.maps(), pid) else {
+            return Ok(());
+        };
+        if exec_ns <= self.exec_followed_ns {
             return Ok(());
         }
+        self.exec_followed_ns = exec_ns;
         let executable = PathBuf::from(format!("/proc/{pid}/exe"));
         let stops = self.probes.attach_launch_stop(&executable, pid).is_ok();
         child.continue_stopped();

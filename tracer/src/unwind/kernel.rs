@@ -7,7 +7,6 @@
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
     io,
-    os::fd::{AsFd, AsRawFd},
     ptr::NonNull,
 };
 
@@ -33,25 +32,13 @@ struct WritableArray<T> {
 impl<T: Copy> WritableArray<T> {
     /// Maps `map` (created with BPF_F_MMAPABLE, `slots` entries of `T`).
     fn map(map: &MapData, slots: u32) -> io::Result<Self> {
-        let page = 4096;
-        let len = (slots as usize * size_of::<T>()).div_ceil(page) * page;
-        // SAFETY: a shared mapping of the map's memory; the kernel keeps it valid while
-        // mapped, and it is unmapped on drop.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let (base, len) = crate::collect::table::map_memory(
+            map,
+            slots as usize * size_of::<T>(),
+            libc::PROT_READ | libc::PROT_WRITE,
+        )?;
         Ok(Self {
-            base: NonNull::new(address.cast()).expect("mmap returned a non-null address"),
+            base: base.cast(),
             slots,
             len,
         })
