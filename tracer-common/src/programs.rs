@@ -19,6 +19,9 @@ pub enum Role {
     /// Stops a launched command at its entry point, once, so its unwind tables are written
     /// before its first allocation.
     Launch,
+    /// The entry of an interpreter's teardown (CPython's `Py_FinalizeEx`): the process's
+    /// picture freezes there, so what a script leaked is reported although teardown frees it.
+    Freeze,
 }
 
 /// One program of the eBPF object.
@@ -122,7 +125,14 @@ pub const LAUNCH_ENTRY: Program = Program {
     arguments: &[],
 };
 
-pub const ALL: [Program; 14] = [
+/// CPython's `Py_FinalizeEx` (see [`Role::Freeze`]).
+pub const INTERPRETER_EXIT: Program = Program {
+    name: "interpreter_exit",
+    role: Role::Freeze,
+    arguments: &[],
+};
+
+pub const ALL: [Program; 15] = [
     MALLOC_ENTER,
     CALLOC_ENTER,
     MEMALIGN_ENTER,
@@ -137,6 +147,7 @@ pub const ALL: [Program; 14] = [
     CALL_RETURN,
     PROCESS_EXEC,
     LAUNCH_ENTRY,
+    INTERPRETER_EXIT,
 ];
 
 /// The program called `name`.
@@ -171,9 +182,11 @@ pub mod maps {
     pub const UNWIND_ENDS: &str = "UNWIND_ENDS";
     pub const STOP_AT_EXEC: &str = "STOP_AT_EXEC";
     pub const UNWIND_CACHE: &str = "UNWIND_CACHE";
+    pub const FROZEN: &str = "FROZEN";
+    pub const FROZEN_COUNT: &str = "FROZEN_COUNT";
 
     /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 25] = [
         STOPPED,
         RECORD_TABLE,
         OVERFLOWED,
@@ -197,6 +210,8 @@ pub mod maps {
         UNWIND_ENDS,
         STOP_AT_EXEC,
         UNWIND_CACHE,
+        FROZEN,
+        FROZEN_COUNT,
     ];
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_ancestor_cgroup_id},
 };
 
-use crate::maps::{FILTER_CGROUP_ID, FILTER_CGROUP_LEVEL, STOPPED};
+use crate::maps::{FILTER_CGROUP_ID, FILTER_CGROUP_LEVEL, FROZEN, FROZEN_COUNT, STOPPED};
 
 /// The calling process's tgid while tracing goes on and, with a cgroup filter, the process is
 /// inside that cgroup. (Probes are attached per process, so the caller is always a target.)
@@ -16,6 +16,9 @@ pub(crate) fn traced_tgid() -> Option<u32> {
         return None;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_frozen(tgid) {
+        return None;
+    }
     let cgroup = FILTER_CGROUP_ID.load();
     if cgroup != 0 {
         // SAFETY: a helper taking a plain integer (the ancestor level); it reads no memory of
@@ -27,6 +30,16 @@ pub(crate) fn traced_tgid() -> Option<u32> {
         }
     }
     Some(tgid)
+}
+
+/// True once `tgid`'s interpreter began its teardown (see `probes::interpreter`).
+#[inline(always)]
+pub(crate) fn is_frozen(tgid: u32) -> bool {
+    if FROZEN_COUNT.get(0).is_none_or(|count| *count == 0) {
+        return false;
+    }
+    // SAFETY: only presence is checked.
+    unsafe { FROZEN.get(tgid) }.is_some()
 }
 
 /// True once userspace froze the picture (the end of the trace).

@@ -173,6 +173,16 @@ pub(crate) static UNWIND_ENDS: PerCpuArray<u64> =
 #[map]
 pub(crate) static STOP_AT_EXEC: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
 
+/// Processes whose picture froze when their interpreter began tearing down (tgid -> the time):
+/// their programs record and release nothing from then on.
+#[map]
+pub(crate) static FROZEN: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Slot 0: how many processes froze. While 0, no program looks into `FROZEN` (one array read
+/// instead of a hash lookup per event).
+#[map]
+pub(crate) static FROZEN_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
 /// `--max-depth`: frames kept per stack (at most `MAX_STACK_DEPTH`).
 #[unsafe(no_mangle)]
 pub(crate) static MAX_DEPTH: Global<u32> = Global::new(DEFAULT_MAX_DEPTH);

@@ -6,6 +6,7 @@ mod call_return;
 mod exec;
 mod free;
 mod heap;
+mod interpreter;
 mod launch;
 mod mapping;
 mod realloc;

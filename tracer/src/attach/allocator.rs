@@ -166,6 +166,14 @@ fn families(allocator: Option<&AllocatorOverride>) -> Vec<Family> {
         // Without an --allocator override, the malloc it imports is the one probed.
         unless_importing: allocator.is_none().then_some("malloc"),
     });
+    // CPython's teardown (in the executable, or libpython): the picture freezes there.
+    families.push(Family {
+        points: vec![entry("Py_FinalizeEx", &programs::INTERPRETER_EXIT)],
+        required: vec!["Py_FinalizeEx".into()],
+        essential: false,
+        only: None,
+        unless_importing: None,
+    });
     families
 }
 

@@ -271,6 +271,9 @@ impl Probes {
             sites.sort_by_key(|(_, s)| s.symbols.iter().any(|name| name == "malloc"));
             sites
         };
+        for (object, site) in sites(Role::Freeze) {
+            self.attach_one(object, site.program, site, pid, false)?;
+        }
         for (object, site) in sites(Role::Release) {
             self.attach_one(object, site.program, site, pid, false)?;
         }
@@ -561,7 +564,9 @@ mod tests {
                 let section = match p.role {
                     Role::Return => "uretprobe".to_string(),
                     Role::Exec => format!("raw_tp/{}", programs::EXEC_TRACEPOINT),
-                    Role::Allocate | Role::Release | Role::Launch => "uprobe".to_string(),
+                    Role::Allocate | Role::Release | Role::Launch | Role::Freeze => {
+                        "uprobe".to_string()
+                    }
                 };
                 (p.name.to_string(), section)
             })

@@ -49,6 +49,8 @@ pub struct KernelMaps {
     pub execs: HashMap<MapData, u32, u64>,
     /// Processes that stop at their next exec (the launched command).
     pub stop_at_exec: HashMap<MapData, u32, u32>,
+    /// Processes whose interpreter began its teardown: tgid -> CLOCK_MONOTONIC ns.
+    pub frozen: HashMap<MapData, u32, u64>,
 }
 
 impl KernelMaps {
@@ -68,6 +70,7 @@ impl KernelMaps {
             mmap_state: take(ebpf, maps::MMAP_STATE)?,
             execs: take(ebpf, maps::EXECS)?,
             stop_at_exec: take(ebpf, maps::STOP_AT_EXEC)?,
+            frozen: take(ebpf, maps::FROZEN)?,
         })
     }
 }

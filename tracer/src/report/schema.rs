@@ -205,6 +205,10 @@ pub struct ProcessEntry {
     pub allocator_inode: u64,
     /// Every object probed for it.
     pub probed_objects: Vec<String>,
+    /// When its interpreter began tearing down (CPython's `Py_FinalizeEx`), seconds into the
+    /// trace: its figures are the picture from just before, what the script still held.
+    #[serde(default)]
+    pub frozen_at_secs: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -87,9 +87,15 @@ pub fn render(report: &Report, top: usize) -> String {
             .filter(|inner| process.nspid.len() > 1 && **inner != process.pid)
             .map(|inner| format!(", pid {inner} in its namespace"))
             .unwrap_or_default();
+        let frozen = process
+            .frozen_at_secs
+            .map(|t| {
+                format!("; figures as of its interpreter's teardown (Py_FinalizeEx at {t:.1} s)")
+            })
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "process: pid {}{inner}: {} [{}] cgroup {}; allocator {}",
+            "process: pid {}{inner}: {} [{}] cgroup {}; allocator {}{frozen}",
             process.pid,
             process.comm,
             process.command.join(" "),

@@ -90,6 +90,7 @@ impl Session<'_> {
                             self.follow_launched_exec(child)?;
                         }
                         self.settle_execs()?;
+                        self.settle_freezes();
                         self.discover();
                         self.refresh_tables();
                         self.refresh_spaces();

@@ -274,6 +274,7 @@ fn trace(
     session.probes.stop_recording()?;
     let elapsed = session.history.elapsed_secs();
     session.settle_execs()?;
+    session.settle_freezes();
     session.refresh_spaces();
     session.settle_unmaps()?;
     let snapshot = session

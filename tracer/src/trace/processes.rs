@@ -34,6 +34,8 @@ pub struct Tracked {
     exec_settled_ns: u64,
     /// The launched command: its first exec is the launch itself, not news.
     launched: bool,
+    /// When its interpreter began tearing down, seconds into the trace (its picture froze).
+    frozen_at_secs: Option<f64>,
 }
 
 impl Tracked {
@@ -54,6 +56,7 @@ impl Tracked {
                 .iter()
                 .map(|o| o.display_path.clone())
                 .collect(),
+            frozen_at_secs: self.frozen_at_secs,
         }
     }
 }
@@ -139,6 +142,7 @@ impl Session<'_> {
                 exe: executable(pid),
                 exec_settled_ns: crate::collect::monotonic_ns(),
                 launched,
+                frozen_at_secs: None,
             },
         );
         self.update_tables(pid);
@@ -163,6 +167,21 @@ impl Session<'_> {
             Err(e) => eprintln!(
                 "leaktracer: warning: pid {pid}: {e}; its stacks are walked by frame pointers"
             ),
+        }
+    }
+
+    /// Notes the traced processes whose interpreter began tearing down since the last poll
+    /// (the kernel froze their picture at `Py_FinalizeEx`).
+    pub(super) fn settle_freezes(&mut self) {
+        let elapsed = self.history.elapsed_secs();
+        for (pid, tracked) in self.tracked.iter_mut() {
+            if tracked.frozen_at_secs.is_some() || self.probes.maps().frozen.get(pid, 0).is_err() {
+                continue;
+            }
+            tracked.frozen_at_secs = Some(elapsed);
+            eprintln!(
+                "leaktracer: pid {pid} began its interpreter's teardown (Py_FinalizeEx): its figures are kept from just before"
+            );
         }
     }
 

@@ -1,0 +1,102 @@
+//! End-to-end: CPython targets. What a script leaked is reported although the interpreter's
+//! teardown frees it (the picture freezes at `Py_FinalizeEx`).
+
+use std::path::{Path, PathBuf};
+
+use leaktracer_e2e::*;
+use serde_json::Value;
+
+/// The interpreters this machine kind has: Debian's stripped python3.11 and pyenv's builds
+/// (interpreter in libpython). Each missing one is named and skipped.
+fn interpreters() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let pyenv = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let candidates = [
+        PathBuf::from("/usr/bin/python3.11"),
+        pyenv.join("versions/3.11.7/bin/python3.11"),
+        pyenv.join("versions/3.12.1/bin/python3.12"),
+        pyenv.join("versions/3.13.0/bin/python3.13"),
+    ];
+    for candidate in candidates {
+        if candidate.exists() {
+            found.push(candidate);
+        } else {
+            eprintln!("SKIP for {}: not installed", candidate.display());
+        }
+    }
+    found
+}
+
+/// Sums the stacks whose bytes are all blocks of `size`: (allocations, bytes).
+fn blocks_of(report: &Value, size: u64) -> (u64, u64) {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["outstanding_allocations"].as_u64().unwrap(),
+                s["outstanding_bytes"].as_u64().unwrap(),
+            )
+        })
+        .filter(|&(n, bytes)| n > 0 && bytes == n * size)
+        .fold((0, 0), |(n, b), (sn, sb)| (n + sn, b + sb))
+}
+
+fn trace_script(dir: &Path, python: &Path) -> (Finished, Value) {
+    let json = dir.join(format!(
+        "{}.json",
+        python.to_string_lossy().replace('/', "_")
+    ));
+    let script = workspace_root().join("tests/workloads/py_cache_exit.py");
+    let done = run_tracer([
+        "trace",
+        "-q",
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        python.to_str().unwrap(),
+        script.to_str().unwrap(),
+    ]);
+    assert!(
+        done.status.success(),
+        "{}: {}",
+        python.display(),
+        done.stderr
+    );
+    let report = read_json(&json);
+    (done, report)
+}
+
+#[test]
+fn a_script_that_exits_still_reports_what_it_held() {
+    require_root();
+    let dir = scratch_dir("python-exit");
+    for python in interpreters() {
+        let (done, report) = trace_script(&dir, &python);
+        assert_eq!(report["end_reason"], "target exited");
+        // Exactly the 2000 buffers the dict held when the script ended.
+        assert_eq!(
+            blocks_of(&report, 3001),
+            (2000, 2000 * 3001),
+            "{}: {}",
+            python.display(),
+            done.stderr
+        );
+        let process = &report["processes"][0];
+        assert!(
+            process["frozen_at_secs"].as_f64().is_some(),
+            "{}: {process}",
+            python.display()
+        );
+        assert!(done.stderr.contains("Py_FinalizeEx"), "{}", done.stderr);
+        assert!(
+            done.stdout
+                .contains("figures as of its interpreter's teardown"),
+            "{}",
+            done.stdout
+        );
+    }
+}

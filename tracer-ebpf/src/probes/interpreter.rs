@@ -1,0 +1,33 @@
+//! `interpreter_exit`: CPython's `Py_FinalizeEx` tears down every module and object, freeing
+//! what a script leaked a moment before it exits. At its entry the process's picture freezes
+//! (see `current::is_frozen`): nothing more is recorded or released for it, so the report shows
+//! what the script held when it finished.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::uprobe, programs::ProbeContext};
+use tracer_common::programs;
+
+use crate::{
+    atomic::atomic_add_u32,
+    current::{now_ns, traced_tgid},
+    maps::{FROZEN, FROZEN_COUNT},
+    probes::programs_are_empty,
+};
+
+/// Py_FinalizeEx(): freezes this process's picture (once).
+#[uprobe]
+pub fn interpreter_exit(_ctx: ProbeContext) -> u32 {
+    const PROGRAM: programs::Program = programs::INTERPRETER_EXIT;
+    const { assert!(crate::probes::same_name(PROGRAM.name, "interpreter_exit")) };
+    if programs_are_empty() {
+        return 0;
+    }
+    let Some(tgid) = traced_tgid() else {
+        return 0;
+    };
+    if FROZEN.insert(tgid, now_ns(), BPF_NOEXIST as u64).is_ok()
+        && let Some(count) = FROZEN_COUNT.get_ptr_mut(0)
+    {
+        atomic_add_u32(count, 1);
+    }
+    0
+}
