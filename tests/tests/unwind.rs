@@ -54,6 +54,16 @@ fn trace_to_exit(dir: &Path, name: &str, binary: &Path, extra: &[&str]) -> Value
     read_json(&json)
 }
 
+/// The text report of a recording, rendered by `leaktracer report`.
+fn run_text(report: &Value) -> String {
+    let path = std::env::temp_dir().join(format!("leaktracer-unwind-{}.json", std::process::id()));
+    std::fs::write(&path, report.to_string()).unwrap();
+    let done = run_unprivileged(["report", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(done.status.success(), "{}", done.stderr);
+    done.stdout
+}
+
 /// How the report says its stacks ended.
 fn stack_ends(report: &Value) -> BTreeMap<String, u64> {
     serde_json::from_value(report["unwind"]["stack_ends"].clone()).expect("unwind.stack_ends")
@@ -77,6 +87,26 @@ fn c_at_o2_without_frame_pointers_gets_the_stacks_of_its_frame_pointer_build() {
         let frames = real_frames(stacks_at(&report, site)[0]);
         assert_eq!(frames.last(), Some(&"_start"), "{site}: {frames:?}");
     }
+    // By function, inclusive: each stack counted once however deep its recursion.
+    let by_function = |name: &str| {
+        report["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["function"] == name)
+            .map(|f| {
+                (
+                    f["outstanding_bytes"].as_u64().unwrap(),
+                    f["outstanding_allocations"].as_u64().unwrap(),
+                )
+            })
+    };
+    assert_eq!(by_function("descend"), Some((20 * 300, 20)));
+    assert_eq!(by_function("run_sites"), Some((30 * 200 + 20 * 300, 50)));
+    assert!(
+        run_text(&report).contains("functions by outstanding bytes"),
+        "the text report has the by-function view"
+    );
     // A signal handler's stack: the handler, then the kernel's signal trampoline, where the walk
     // stops (its CFI is an expression the rows do not follow), counted.
     let handler = real_frames(stacks_at(&report, "leak_in_handler")[0]);

@@ -109,6 +109,7 @@ pub fn totals(stacks: &[Stack], counters: &[u64]) -> Totals {
 pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report {
     let totals = totals(&stacks, counters);
     let verdict = verdict(&stacks, &facts.timeline, facts.limit.clone());
+    let functions = functions(&stacks);
     let root_command = facts
         .processes
         .first()
@@ -143,7 +144,55 @@ pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report
         target_exit: facts.target_exit,
         execs: facts.execs,
         unwind: facts.unwind,
+        functions,
     }
+}
+
+/// Outstanding memory by function, inclusive (see [`super::FunctionTotal`]), most first.
+/// Frames folded as allocator plumbing do not count: the first function is the program's own.
+pub fn functions(stacks: &[Stack]) -> Vec<super::FunctionTotal> {
+    use std::collections::{BTreeSet, HashMap};
+    let mut by_function: HashMap<(&str, &str), super::FunctionTotal> = HashMap::new();
+    let holding: Vec<&Stack> = stacks.iter().filter(|s| s.outstanding_bytes > 0).collect();
+    for stack in &holding {
+        let on_stack: BTreeSet<(&str, &str)> = stack
+            .frames
+            .iter()
+            .filter(|f| !f.plumbing)
+            .map(|f| {
+                let module = f.module.rsplit('/').next().unwrap_or(&f.module);
+                (f.function.as_str(), module)
+            })
+            .collect();
+        for (function, module) in on_stack {
+            let total =
+                by_function
+                    .entry((function, module))
+                    .or_insert_with(|| super::FunctionTotal {
+                        function: function.to_string(),
+                        module: module.to_string(),
+                        ..Default::default()
+                    });
+            total.outstanding_bytes += stack.outstanding_bytes;
+            total.outstanding_allocations += stack.outstanding_allocations;
+            total.bytes_per_sec += stack.growth.as_ref().map_or(0.0, |g| g.bytes_per_sec);
+            total.stacks += 1;
+        }
+    }
+    let mut functions: Vec<super::FunctionTotal> = by_function
+        .into_values()
+        .map(|mut total| {
+            total.on_every_stack = holding.len() > 1 && total.stacks == holding.len();
+            total
+        })
+        .collect();
+    functions.sort_by(|a, b| {
+        b.outstanding_bytes
+            .cmp(&a.outstanding_bytes)
+            .then_with(|| a.function.cmp(&b.function))
+            .then_with(|| a.module.cmp(&b.module))
+    });
+    functions
 }
 
 /// The verdict: is anything leaking, how fast does the process's outstanding memory grow, and
@@ -233,6 +282,66 @@ mod tests {
                 ..Default::default()
             },
         ]
+    }
+
+    /// A stack of `names` (innermost first) holding `bytes` in `allocations`.
+    fn stack_of(names: &[&str], bytes: u64, allocations: u64) -> Stack {
+        Stack {
+            outstanding_bytes: bytes,
+            outstanding_allocations: allocations,
+            frames: names
+                .iter()
+                .map(|name| Frame {
+                    function: name.to_string(),
+                    module: "/srv/app".into(),
+                    plumbing: *name == "zmalloc",
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn functions_add_up_inclusively_each_stack_once() {
+        let stacks = vec![
+            stack_of(&["zmalloc", "cache_put", "handle_search", "main"], 3000, 3),
+            stack_of(&["cache_put", "handle_lookup", "main"], 500, 1),
+            // Recursion: walk is on this stack three times, counted once.
+            stack_of(&["walk", "walk", "walk", "handle_search", "main"], 200, 2),
+            stack_of(&["handle_ping", "main"], 0, 0),
+        ];
+        let functions = functions(&stacks);
+        let row = |name: &str| {
+            functions.iter().find(|f| f.function == name).map(|f| {
+                (
+                    f.outstanding_bytes,
+                    f.outstanding_allocations,
+                    f.stacks,
+                    f.on_every_stack,
+                )
+            })
+        };
+        assert_eq!(row("main"), Some((3700, 6, 3, true)));
+        assert_eq!(row("handle_search"), Some((3200, 5, 2, false)));
+        assert_eq!(row("cache_put"), Some((3500, 4, 2, false)));
+        assert_eq!(row("walk"), Some((200, 2, 1, false)));
+        assert_eq!(row("handle_lookup"), Some((500, 1, 1, false)));
+        // Plumbing does not count; a stack holding nothing adds nothing.
+        assert_eq!(row("zmalloc"), None);
+        assert_eq!(row("handle_ping"), None);
+        let order: Vec<&str> = functions.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "main",
+                "cache_put",
+                "handle_search",
+                "handle_lookup",
+                "walk"
+            ]
+        );
+        assert_eq!(functions[0].module, "app");
     }
 
     #[test]

@@ -80,5 +80,7 @@ pub fn rerender(recording: &Path, outputs: &Outputs) -> anyhow::Result<()> {
     outputs.check(&[recording])?;
     let mut report = load(recording)?;
     outputs.plumbing.mark_report(&mut report);
+    // By function again: the marks may have changed, and older recordings have none.
+    report.functions = build::functions(&report.stacks);
     deliver(&report, outputs)
 }

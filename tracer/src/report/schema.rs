@@ -56,6 +56,28 @@ pub struct Report {
     /// recorded allocations' stacks ended. Null with `--unwind fp`.
     #[serde(default)]
     pub unwind: Option<UnwindStats>,
+    /// Outstanding memory by function, inclusive: every function (past allocator plumbing)
+    /// with the stacks it is on, most bytes first. Answers "which handler keeps it".
+    #[serde(default)]
+    pub functions: Vec<FunctionTotal>,
+}
+
+/// One function's inclusive share of the outstanding memory: the stacks it is on, each once
+/// (however often it recurses there).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionTotal {
+    pub function: String,
+    /// File name of its module.
+    pub module: String,
+    pub outstanding_bytes: u64,
+    pub outstanding_allocations: u64,
+    /// The summed growth of its stacks (bytes per second; 0 without a growth figure).
+    pub bytes_per_sec: f64,
+    /// Stacks it is on, holding memory.
+    pub stacks: usize,
+    /// On every stack that holds memory (`main`, `_start`, an event loop): it says nothing
+    /// about which code keeps the memory, and the text report leaves it out.
+    pub on_every_stack: bool,
 }
 
 /// What the CFI unwinder had and did.

@@ -185,7 +185,51 @@ pub fn render(report: &Report, top: usize) -> String {
             let _ = writeln!(out, "    {}", describe_frame(frame));
         }
     }
+    render_functions(report, top, &mut out);
     out
+}
+
+/// The `top` functions by inclusive outstanding bytes, leaving out those on every stack (they
+/// say nothing about which code keeps the memory).
+fn render_functions(report: &Report, top: usize, out: &mut String) {
+    let telling: Vec<&crate::report::FunctionTotal> = report
+        .functions
+        .iter()
+        .filter(|f| !f.on_every_stack)
+        .collect();
+    if telling.is_empty() {
+        return;
+    }
+    let common = report.functions.len() - telling.len();
+    let _ = writeln!(
+        out,
+        "
+top {} of {} functions by outstanding bytes, inclusive{}:",
+        telling.len().min(top),
+        telling.len(),
+        if common > 0 {
+            format!(" ({common} on every stack left out)")
+        } else {
+            String::new()
+        }
+    );
+    for function in telling.iter().take(top) {
+        let growth = if function.bytes_per_sec != 0.0 {
+            format!(", {}", human_rate(function.bytes_per_sec))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  {:>10}  {} [{}]  ({} allocations on {} stack{}{growth})",
+            human_bytes(function.outstanding_bytes),
+            function.function,
+            function.module,
+            function.outstanding_allocations,
+            function.stacks,
+            if function.stacks == 1 { "" } else { "s" }
+        );
+    }
 }
 
 fn describe_target(report: &Report) -> String {

@@ -38,6 +38,8 @@ pub struct Published {
     pub leaks: Bytes,
     pub process: Bytes,
     pub flamegraph: Bytes,
+    /// `/api/leaks?by=function`: the report's `functions`.
+    pub functions: Bytes,
 }
 
 /// A traced process as `/api/process` and the metrics show it.
@@ -63,6 +65,7 @@ impl Published {
             snapshot: serde_json::to_vec(report)?.into(),
             history: serde_json::to_vec(&api::history(report, interval_secs))?.into(),
             leaks: serde_json::to_vec(&api::leaks(report))?.into(),
+            functions: serde_json::to_vec(&report.functions)?.into(),
             process: serde_json::to_vec(&api::processes(report, processes))?.into(),
             flamegraph: flamegraph.into(),
         })
@@ -236,7 +239,11 @@ async fn snapshot_body(State(p): State<Shared>) -> Response {
 async fn history_body(State(p): State<Shared>) -> Response {
     current(&p, |p| &p.history, JSON)
 }
-async fn leaks_body(State(p): State<Shared>) -> Response {
+async fn leaks_body(State(p): State<Shared>, uri: axum::http::Uri) -> Response {
+    // `?by=function`: outstanding memory by function, inclusive (the report's `functions`).
+    if uri.query() == Some("by=function") {
+        return current(&p, |p| &p.functions, JSON);
+    }
     current(&p, |p| &p.leaks, JSON)
 }
 async fn process_body(State(p): State<Shared>) -> Response {
