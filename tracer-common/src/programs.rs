@@ -125,6 +125,31 @@ pub const LAUNCH_ENTRY: Program = Program {
     arguments: &[],
 };
 
+/// CPython's pymalloc, which serves objects up to 512 bytes from its own arenas (never from
+/// `malloc`): `_PyObject_Malloc(ctx, size)`, `_PyObject_Calloc(ctx, n, size)`,
+/// `_PyObject_Realloc(ctx, ptr, size)`, `_PyObject_Free(ctx, ptr)`. The first argument is the
+/// allocator's context, so each reads the arguments after it.
+pub const PYMALLOC_MALLOC_ENTER: Program = Program {
+    name: "pymalloc_malloc_enter",
+    role: Role::Allocate,
+    arguments: &[1],
+};
+pub const PYMALLOC_CALLOC_ENTER: Program = Program {
+    name: "pymalloc_calloc_enter",
+    role: Role::Allocate,
+    arguments: &[1, 2],
+};
+pub const PYMALLOC_REALLOC_ENTER: Program = Program {
+    name: "pymalloc_realloc_enter",
+    role: Role::Allocate,
+    arguments: &[1, 2],
+};
+pub const PYMALLOC_FREE_ENTER: Program = Program {
+    name: "pymalloc_free_enter",
+    role: Role::Release,
+    arguments: &[1],
+};
+
 /// CPython's `Py_FinalizeEx` (see [`Role::Freeze`]).
 pub const INTERPRETER_EXIT: Program = Program {
     name: "interpreter_exit",
@@ -132,7 +157,7 @@ pub const INTERPRETER_EXIT: Program = Program {
     arguments: &[],
 };
 
-pub const ALL: [Program; 15] = [
+pub const ALL: [Program; 19] = [
     MALLOC_ENTER,
     CALLOC_ENTER,
     MEMALIGN_ENTER,
@@ -148,6 +173,10 @@ pub const ALL: [Program; 15] = [
     PROCESS_EXEC,
     LAUNCH_ENTRY,
     INTERPRETER_EXIT,
+    PYMALLOC_MALLOC_ENTER,
+    PYMALLOC_CALLOC_ENTER,
+    PYMALLOC_REALLOC_ENTER,
+    PYMALLOC_FREE_ENTER,
 ];
 
 /// The program called `name`.

@@ -9,6 +9,7 @@ mod heap;
 mod interpreter;
 mod launch;
 mod mapping;
+mod pymalloc;
 mod realloc;
 
 use crate::maps::EMPTY_PROGRAMS;
