@@ -185,3 +185,20 @@ where
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// Runs `leaktracer trace -q --json JSON FLAGS -- COMMAND` until the command exits, asserts the
+/// trace succeeded, and returns the run with its JSON report.
+pub fn trace_launched(
+    json: &std::path::Path,
+    flags: &[&str],
+    command: &[&str],
+) -> (Finished, serde_json::Value) {
+    let mut args = vec!["trace", "-q", "--json", json.to_str().unwrap()];
+    args.extend(flags);
+    args.push("--");
+    args.extend(command);
+    let done = run_tracer(&args);
+    assert!(done.status.success(), "{command:?}: {}", done.stderr);
+    let report = crate::report::read_json(json);
+    (done, report)
+}

@@ -4,128 +4,106 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use crate::paths::workspace_root;
 
-/// Compiles `tests/workloads/NAME.c` statically against musl (Debian's musl-tools).
-pub fn musl_static_workload(name: &str) -> PathBuf {
-    let source = workspace_root().join(format!("tests/workloads/{name}.c"));
+/// Compiles `source` with `compiler FLAGS -o OUT SOURCE` into `target/e2e/bin/BINARY`, through a
+/// temporary file renamed into place, so parallel tests never run a half-written binary.
+fn compile(compiler: &str, flags: &[&str], source: &Path, binary: &str) -> PathBuf {
     let out_dir = workspace_root().join("target/e2e/bin");
     fs::create_dir_all(&out_dir).unwrap();
-    let binary = out_dir.join(format!("{name}-musl-static"));
+    let out = out_dir.join(binary);
     let temp = out_dir.join(format!(
-        ".{name}-musl.{}.{:?}",
+        ".{binary}.{}.{:?}",
         std::process::id(),
         std::thread::current().id()
     ));
-    let status = Command::new("musl-gcc")
-        .args(["-static", "-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+    let status = Command::new(compiler)
+        .args(flags)
+        .arg("-o")
         .arg(&temp)
-        .arg(&source)
+        .arg(source)
         .status()
-        .expect("musl-gcc runs (cargo xtask setup installs musl-tools)");
+        .unwrap_or_else(|e| panic!("{compiler} runs: {e}"));
     assert!(
         status.success(),
-        "compiling {} with musl-gcc",
+        "compiling {} with {compiler} {flags:?}",
         source.display()
     );
-    fs::rename(&temp, &binary).unwrap();
-    binary
+    fs::rename(&temp, &out).unwrap();
+    out
+}
+
+/// The source `tests/workloads/NAME`.
+fn source(name: &str) -> PathBuf {
+    workspace_root().join("tests/workloads").join(name)
+}
+
+/// Compiles `tests/workloads/NAME.c` statically against musl (Debian's musl-tools; `cargo
+/// xtask setup` installs it).
+pub fn musl_static_workload(name: &str) -> PathBuf {
+    compile(
+        "musl-gcc",
+        &["-static", "-O0", "-g", "-fno-omit-frame-pointer"],
+        &source(&format!("{name}.c")),
+        &format!("{name}-musl-static"),
+    )
 }
 
 /// Compiles `tests/workloads/NAME.c` (or `NAME.cpp`) with frame pointers, debug info and no
 /// builtin malloc folding, and returns the binary. Safe to call from parallel tests.
 pub fn workload(name: &str) -> PathBuf {
-    let dir = workspace_root().join("tests/workloads");
-    let (source, compiler) = if dir.join(format!("{name}.cpp")).exists() {
-        (dir.join(format!("{name}.cpp")), "g++")
+    let (file, compiler) = if source(&format!("{name}.cpp")).exists() {
+        (format!("{name}.cpp"), "g++")
     } else {
-        (dir.join(format!("{name}.c")), "gcc")
+        (format!("{name}.c"), "gcc")
     };
-    let out_dir = workspace_root().join("target/e2e/bin");
-    fs::create_dir_all(&out_dir).unwrap();
-    let binary = out_dir.join(name);
-    let temp = out_dir.join(format!(
-        ".{name}.{}.{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let status = Command::new(compiler)
-        .args([
+    compile(
+        compiler,
+        &[
             "-O0",
             "-g",
             "-fno-omit-frame-pointer",
             "-fno-builtin",
             "-pthread",
-            "-o",
-        ])
-        .arg(&temp)
-        .arg(&source)
-        .status()
-        .unwrap_or_else(|e| panic!("{compiler} runs: {e}"));
-    assert!(status.success(), "compiling {}", source.display());
-    fs::rename(&temp, &binary).unwrap();
-    binary
+        ],
+        &source(&file),
+        name,
+    )
 }
 
 /// Compiles `tests/workloads/NAME.c` with `flags` (plus -g) into a binary named `NAME-SUFFIX`:
 /// the same source built the ways operators' programs are (-O2, with or without frame
 /// pointers). Safe to call from parallel tests.
 pub fn workload_built(name: &str, suffix: &str, flags: &[&str]) -> PathBuf {
-    let source = workspace_root().join(format!("tests/workloads/{name}.c"));
-    let out_dir = workspace_root().join("target/e2e/bin");
-    fs::create_dir_all(&out_dir).unwrap();
-    let binary = out_dir.join(format!("{name}-{suffix}"));
-    let temp = out_dir.join(format!(
-        ".{name}-{suffix}.{}.{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let status = Command::new("gcc")
-        .args(flags)
-        .args(["-g", "-o"])
-        .arg(&temp)
-        .arg(&source)
-        .status()
-        .expect("gcc runs");
-    assert!(status.success(), "compiling {} {flags:?}", source.display());
-    fs::rename(&temp, &binary).unwrap();
-    binary
+    compile(
+        "gcc",
+        &[flags, &["-g"]].concat(),
+        &source(&format!("{name}.c")),
+        &format!("{name}-{suffix}"),
+    )
 }
 
 /// Compiles `tests/workloads/NAME.rs` as a release build would (`-C opt-level=3`, Rust's
 /// default of no frame pointers) with line tables for symbolization.
 pub fn rust_release_workload(name: &str) -> PathBuf {
-    let source = workspace_root().join(format!("tests/workloads/{name}.rs"));
-    let out_dir = workspace_root().join("target/e2e/bin");
-    fs::create_dir_all(&out_dir).unwrap();
-    let binary = out_dir.join(format!("{name}-release"));
-    let temp = out_dir.join(format!(
-        ".{name}-release.{}.{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let status = Command::new("rustc")
-        .args([
+    compile(
+        "rustc",
+        &[
             "--edition",
             "2021",
             "-C",
             "opt-level=3",
             "-C",
             "debuginfo=1",
-            "-o",
-        ])
-        .arg(&temp)
-        .arg(&source)
-        .status()
-        .expect("rustc runs");
-    assert!(status.success(), "compiling {}", source.display());
-    fs::rename(&temp, &binary).unwrap();
-    binary
+        ],
+        &source(&format!("{name}.rs")),
+        &format!("{name}-release"),
+    )
 }
 
 /// A workload process killed when the test ends, pass or fail.

@@ -52,23 +52,11 @@ fn trace_script(dir: &Path, python: &Path) -> (Finished, Value) {
         python.to_string_lossy().replace('/', "_")
     ));
     let script = workspace_root().join("tests/workloads/py_cache_exit.py");
-    let done = run_tracer([
-        "trace",
-        "-q",
-        "--json",
-        json.to_str().unwrap(),
-        "--",
-        python.to_str().unwrap(),
-        script.to_str().unwrap(),
-    ]);
-    assert!(
-        done.status.success(),
-        "{}: {}",
-        python.display(),
-        done.stderr
-    );
-    let report = read_json(&json);
-    (done, report)
+    trace_launched(
+        &json,
+        &[],
+        &[python.to_str().unwrap(), script.to_str().unwrap()],
+    )
 }
 
 #[test]

@@ -44,14 +44,7 @@ fn deep_chain() -> Vec<&'static str> {
 /// Traces `binary` (launched) to its exit with `extra` flags; returns the JSON report.
 fn trace_to_exit(dir: &Path, name: &str, binary: &Path, extra: &[&str]) -> Value {
     let json = dir.join(format!("{name}.json"));
-    let mut args: Vec<String> = vec!["trace".into(), "-q".into(), "--json".into()];
-    args.push(json.display().to_string());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push("--".into());
-    args.push(binary.display().to_string());
-    let done = run_tracer(&args);
-    assert!(done.status.success(), "{name}: {}", done.stderr);
-    read_json(&json)
+    trace_launched(&json, extra, &[binary.to_str().unwrap()]).1
 }
 
 /// The text report of a recording, rendered by `leaktracer report`.
@@ -148,20 +141,8 @@ fn a_program_exec_d_by_a_wrapper_has_its_tables_before_it_runs() {
     let dir = scratch_dir("unwind-exec");
     let without = workload_built("unwind_sites", "o2-nofp", &["-O2", "-fomit-frame-pointer"]);
     // `sh -c 'exec PROGRAM'`: the launched command is the shell; the program replaces it.
-    let json = dir.join("exec.json");
     let script = format!("exec {}", without.display());
-    let done = run_tracer([
-        "trace",
-        "-q",
-        "--json",
-        json.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    assert!(done.status.success(), "{}", done.stderr);
-    let report = read_json(&json);
+    let (_, report) = trace_launched(&dir.join("exec.json"), &[], &["sh", "-c", &script]);
     assert_sites(&report, &SITES);
     assert_eq!(chain_to_main(&report, "leak_deep"), deep_chain());
     // The new image stopped at its entry point until its tables were in: no allocation of
@@ -187,18 +168,11 @@ fn a_library_loaded_with_dlopen_gets_its_tables() {
         &[&flags[..], &["-shared", "-fPIC"]].concat(),
     );
     let host = workload_built("unwind_dlopen", "o2-nofp", &flags);
-    let json = dir.join("dlopen.json");
-    let done = run_tracer([
-        "trace",
-        "-q",
-        "--json",
-        json.to_str().unwrap(),
-        "--",
-        host.to_str().unwrap(),
-        plugin.to_str().unwrap(),
-    ]);
-    assert!(done.status.success(), "{}", done.stderr);
-    let report = read_json(&json);
+    let (_, report) = trace_launched(
+        &dir.join("dlopen.json"),
+        &[],
+        &[host.to_str().unwrap(), plugin.to_str().unwrap()],
+    );
     assert_sites(&report, &[("plugin_store", 25 * 400, 25)]);
     let frames = real_frames(stacks_at(&report, "plugin_store")[0]);
     assert_eq!(

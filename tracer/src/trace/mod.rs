@@ -217,6 +217,10 @@ fn trace(
         child.resume(config.command().unwrap_or_default())?;
         let stopped = stops && child.wait_stopped(LAUNCH_STOP_WAIT);
         session.probes.detach_launch_stop();
+        // Stopped at its entry point (or already running, when it could not be stopped): its
+        // libraries are mapped, its tables are written now. (Other processes get theirs before
+        // their probes are attached.)
+        session.update_tables(child.pid);
         session.track(child.pid, plan);
         if session.tables.is_some() {
             // Its later execs stop too (a wrapper such as rustup's proxy or `sh -c` exec'ing

@@ -145,7 +145,6 @@ impl Session<'_> {
                 frozen_at_secs: None,
             },
         );
-        self.update_tables(pid);
     }
 
     /// Writes `pid`'s unwind tables for its current mappings (with `--unwind cfi`). A process
