@@ -254,7 +254,7 @@ fn min_age_hides_in_flight_memory() {
     assert!(run.status.success(), "{}", run.stderr);
     let report = read_json(&json);
     assert_eq!(report["min_age_secs"].as_f64(), Some(3.0));
-    // Churn blocks live ~32 ms.
+    // Churn blocks live ~1 ms.
     assert_sites(&report, &[("churn_step", 0, 0)]);
     let duration = report["duration_secs"].as_f64().unwrap();
     let (bytes, count) = outstanding_at(&report, "steady_leak");

@@ -3,7 +3,8 @@
  *   steady_leak   keeps LEAK bytes every 20 ms (default 4096: 204800 B/s), from the start;
  *   cache_insert  fills a cache of 512 x 8 KiB blocks at 32 blocks/s (full after 16 s), then
  *                 replaces the oldest block for each insert: flat;
- *   churn_step    allocates and frees, at most 64 blocks in flight: no net growth;
+ *   churn_step    allocates and frees, at most 2 blocks (2 KiB) in flight: no net growth,
+ *                 and no level a sample could catch rising;
  *   late_leak     idle for LATE seconds (default 30), then keeps 2048 bytes every 20 ms.
  * Usage: growth [--leak BYTES] [--late SECONDS] [--no-late]. Prints "ready" once running.
  * Rates are exact: every thread sleeps to absolute deadlines.
@@ -64,12 +65,14 @@ static void *cache_thread(void *arg) {
     return NULL;
 }
 
-#define IN_FLIGHT 64
+/* Two blocks in flight at most: a 64-block ring once made a 64 KiB working set that rose in
+ * the first interval and sat there, which the growth test saw as a (true) plateau. */
+#define IN_FLIGHT 2
 static void *ring[IN_FLIGHT];
 
 NOINLINE void churn_step(unsigned i, unsigned *seed) {
     free(ring[i % IN_FLIGHT]);
-    ring[i % IN_FLIGHT] = malloc(16 + rand_r(seed) % 2000);
+    ring[i % IN_FLIGHT] = malloc(16 + rand_r(seed) % 1000);
 }
 
 static void *churn_thread(void *arg) {
