@@ -4,6 +4,7 @@
 #![no_std]
 
 pub mod programs;
+pub mod python;
 pub mod unwind;
 
 pub use unwind::{CachedRow, CfaRule, FpRule, UnwindEnd, UnwindMapping, UnwindProcess, UnwindRow};
@@ -381,6 +382,8 @@ mod pod {
     unsafe impl aya::Pod for UnwindMapping {}
     unsafe impl aya::Pod for UnwindProcess {}
     unsafe impl aya::Pod for CachedRow {}
+    unsafe impl aya::Pod for python::PythonProcess {}
+    unsafe impl aya::Pod for python::NewPythonStack {}
 }
 
 #[cfg(test)]

@@ -213,9 +213,12 @@ pub mod maps {
     pub const UNWIND_CACHE: &str = "UNWIND_CACHE";
     pub const FROZEN: &str = "FROZEN";
     pub const FROZEN_COUNT: &str = "FROZEN_COUNT";
+    pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
+    pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
+    pub const PYTHON_STACKS: &str = "PYTHON_STACKS";
 
     /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 28] = [
         STOPPED,
         RECORD_TABLE,
         OVERFLOWED,
@@ -241,6 +244,9 @@ pub mod maps {
         UNWIND_CACHE,
         FROZEN,
         FROZEN_COUNT,
+        PYTHON_PROCESSES,
+        PYTHON_SCRATCH,
+        PYTHON_STACKS,
     ];
 }
 
@@ -252,15 +258,17 @@ pub mod globals {
     pub const SAMPLE_BYTES: &str = "SAMPLE_BYTES";
     pub const EMPTY_PROGRAMS: &str = "EMPTY_PROGRAMS";
     pub const MAX_DEPTH: &str = "MAX_DEPTH";
+    pub const FSBASE_OFFSET: &str = "FSBASE_OFFSET";
 
     /// Every global the tracer declares (aya-log adds its own, `AYA_LOG_LEVEL`).
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 7] = [
         FILTER_CGROUP_ID,
         FILTER_CGROUP_LEVEL,
         RECORD_TABLE_MASK,
         SAMPLE_BYTES,
         EMPTY_PROGRAMS,
         MAX_DEPTH,
+        FSBASE_OFFSET,
     ];
 }
 

@@ -26,6 +26,7 @@ mod current;
 mod maps;
 mod pending;
 mod probes;
+mod python;
 mod records;
 mod sampling;
 mod stack;

@@ -12,6 +12,7 @@ use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, CachedRow, CachedStack, MMAP_STATE_SLOTS, PENDING_SLOTS,
     PendingCall, RECORD_TABLE_SLOTS, RecordSlot, SAMPLE_TABLE_SLOTS, STACK_CACHE_SLOTS, StackKey,
     StackStats, UnwindMapping, UnwindProcess, UnwindRow, UserStack,
+    python::{FRAME_HEADER_BYTES, PythonProcess},
     unwind::{
         DEFAULT_MAX_DEPTH, DEFAULT_UNWIND_ROWS, UNWIND_CACHE_SLOTS, UNWIND_END_SLOTS,
         UNWIND_MAPPING_SLOTS,
@@ -191,3 +192,25 @@ pub(crate) static MAX_DEPTH: Global<u32> = Global::new(DEFAULT_MAX_DEPTH);
 /// bare cost of the probes at their places.
 #[unsafe(no_mangle)]
 pub(crate) static EMPTY_PROGRAMS: Global<u8> = Global::new(0);
+
+/// Traced processes that run CPython: tgid -> where the interpreter keeps its thread states and
+/// the layout of its frames (see `python`). Written by userspace when it finds the interpreter;
+/// removed at exec.
+#[map]
+pub(crate) static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
+    HashMap::with_max_entries(4096, 0);
+
+/// Per CPU, the frame header being read (a map value, so the layout's offsets index it).
+#[map]
+pub(crate) static PYTHON_SCRATCH: PerCpuArray<[u8; FRAME_HEADER_BYTES]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Stacks with Python frames kept for the first time, so userspace reads their code objects
+/// while the process lives.
+#[map]
+pub(crate) static PYTHON_STACKS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Offset of `thread.fsbase` in the kernel's `task_struct` (from its BTF): the current thread's
+/// TLS base, where glibc keeps thread-specific data. 0: unknown (no Python frames).
+#[unsafe(no_mangle)]
+pub(crate) static FSBASE_OFFSET: Global<u32> = Global::new(0);

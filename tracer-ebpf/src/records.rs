@@ -273,7 +273,7 @@ pub(crate) fn record(
     let Some((slot, mut hit)) = stack_cache_slot(tgid, stack_id) else {
         return false;
     };
-    if !hit && stack_id != UNKNOWN_STACK && !keep_stack(stack_id) {
+    if !hit && stack_id != UNKNOWN_STACK && !keep_stack(tgid, stack_id) {
         count_loss!(
             ctx,
             Counter::StackFailed,

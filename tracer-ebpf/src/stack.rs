@@ -7,13 +7,14 @@ use aya_ebpf::{
 use tracer_common::{
     CachedStack, Counter, MAX_STACK_DEPTH, STACK_CACHE_SLOTS, StackKey, StackStats, UNKNOWN_STACK,
     UnwindEnd, UserStack,
+    python::{NewPythonStack, PYTHON_FRAME},
 };
 
 use crate::{
     atomic::atomic_add,
     counters::count_loss,
-    maps::{EEXIST, MAX_DEPTH, STACK_CACHE, STACK_SCRATCH, STACK_STATS, STACKS},
-    unwind,
+    maps::{EEXIST, MAX_DEPTH, PYTHON_STACKS, STACK_CACHE, STACK_SCRATCH, STACK_STATS, STACKS},
+    python, unwind,
 };
 
 /// Mixes one frame into a stack hash (64-bit multiply-xorshift: every bit of `ip` reaches every
@@ -41,6 +42,7 @@ pub(crate) fn capture_stack(regs: *mut pt_regs, tgid: u32) -> Option<u64> {
         Some(tables) => unwind::walk_stack(tables, ip, sp, fp, mix(0, ip)),
         None => walk_frame_pointers(stack, fp, mix(0, ip)),
     };
+    let hash = python::append_frames(tgid, hash);
     Some(if hash == UNKNOWN_STACK { 0 } else { hash })
 }
 
@@ -86,9 +88,10 @@ fn walk_frame_pointers(stack: &mut UserStack, mut fp: u64, mut hash: u64) -> u64
 }
 
 /// Keeps the stack just captured (in the scratch space) under `stack_id` in `STACKS`, when it is
-/// not there yet. False when the map is full.
+/// not there yet (a new stack with Python frames is announced on `PYTHON_STACKS`). False when
+/// the map is full.
 #[inline(always)]
-pub(crate) fn keep_stack(stack_id: u64) -> bool {
+pub(crate) fn keep_stack(tgid: u32, stack_id: u64) -> bool {
     // SAFETY: only presence is checked; the value is not read.
     if unsafe { STACKS.get(stack_id) }.is_some() {
         return true;
@@ -101,8 +104,33 @@ pub(crate) fn keep_stack(stack_id: u64) -> bool {
     #[allow(clippy::needless_borrows_for_generic_args)]
     let inserted = STACKS.insert(stack_id, unsafe { &*stack }, BPF_NOEXIST as u64);
     match inserted {
-        Ok(()) => true,
+        Ok(()) => {
+            announce_python_stack(tgid, stack_id);
+            true
+        }
         Err(err) => err == -EEXIST,
+    }
+}
+
+/// Tells userspace about a new stack whose last entry is a Python frame (they follow the
+/// native ones), so it reads the code objects while they exist. A full ring loses the notice
+/// only: the stack is read again at the report.
+#[inline(always)]
+fn announce_python_stack(tgid: u32, stack_id: u64) {
+    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot, valid for the run; the index is checked.
+    let last = unsafe { (*stack).depth.checked_sub(1).and_then(|i| (*stack).ips.get(i as usize).copied()) };
+    if last.is_some_and(|ip| ip & PYTHON_FRAME != 0) {
+        let _ = PYTHON_STACKS.output::<NewPythonStack>(
+            &NewPythonStack {
+                tgid,
+                _pad: 0,
+                stack_id,
+            },
+            0,
+        );
     }
 }
 

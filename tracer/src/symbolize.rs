@@ -18,7 +18,7 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    report::{Frame, ModuleMapping},
+    report::{Frame, FrameKind, ModuleMapping},
     target::maps::{Mapping, read_maps},
 };
 
@@ -166,6 +166,7 @@ impl Symbolizer {
                     address: ip,
                     inlined: false,
                     plumbing: false,
+                    kind: FrameKind::Native,
                 });
                 continue;
             };
@@ -218,6 +219,7 @@ impl Symbolizer {
                 address: ip,
                 inlined: true,
                 plumbing: false,
+                kind: FrameKind::Native,
             });
         }
         let (file, line) = location(sym.code_info.as_deref()).unzip();
@@ -229,6 +231,7 @@ impl Symbolizer {
             address: ip,
             inlined: false,
             plumbing: false,
+            kind: FrameKind::Native,
         });
         frames
     }

@@ -11,11 +11,11 @@ use tracer_common::programs;
 
 use crate::{
     current::{now_ns, tracing_stopped},
-    maps::{EXECS, STOP_AT_EXEC, UNWIND_PROCESSES},
+    maps::{EXECS, PYTHON_PROCESSES, STOP_AT_EXEC, UNWIND_PROCESSES},
     probes::programs_are_empty,
 };
 
-const SIGSTOP: u32 = 19;
+pub(crate) const SIGSTOP: u32 = 19;
 
 /// `sched_process_exec`, on every exec: stamps the exec'ing process with the time.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
@@ -37,6 +37,8 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     // The old image's unwind tables describe a layout that is gone: until userspace writes the
     // new image's, its stacks are walked by frame pointers. (Fails when it had none.)
     let _ = UNWIND_PROCESSES.remove(tgid);
+    // Nor does the new image run the old one's interpreter.
+    let _ = PYTHON_PROCESSES.remove(tgid);
     // SAFETY: the value is only tested for presence.
     if unsafe { STOP_AT_EXEC.get(tgid) }.is_some() {
         // SAFETY: a helper taking a plain integer; it signals the exec'ing process, which stops

@@ -3,14 +3,17 @@
 //! (see `current::is_frozen`): nothing more is recorded or released for it, so the report shows
 //! what the script held when it finished.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::generated::bpf_send_signal, macros::uprobe,
+    programs::ProbeContext,
+};
 use tracer_common::programs;
 
 use crate::{
     atomic::atomic_add_u32,
     current::{now_ns, traced_tgid},
-    maps::{FROZEN, FROZEN_COUNT},
-    probes::programs_are_empty,
+    maps::{FROZEN, FROZEN_COUNT, PYTHON_PROCESSES},
+    probes::{exec::SIGSTOP, programs_are_empty},
 };
 
 /// Py_FinalizeEx(): freezes this process's picture (once).
@@ -28,6 +31,11 @@ pub fn interpreter_exit(_ctx: ProbeContext) -> u32 {
         && let Some(count) = FROZEN_COUNT.get_ptr_mut(0)
     {
         atomic_add_u32(count, 1);
+        // SAFETY: the value is only tested for presence.
+        if unsafe { PYTHON_PROCESSES.get(tgid) }.is_some() {
+            // SAFETY: a helper taking a plain integer; it stops this process.
+            unsafe { bpf_send_signal(SIGSTOP) };
+        }
     }
     0
 }

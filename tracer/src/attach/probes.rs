@@ -178,6 +178,8 @@ impl Probes {
             ));
         }
         let (cgroup_id, cgroup_level) = sizes.cgroup.unwrap_or((0, 0));
+        // Without it (no BTF), CPython targets keep native stacks.
+        let fsbase_offset = crate::python::btf::fsbase_offset().unwrap_or(0);
         let (table_slots, overflow_entries) =
             tracer_common::split_record_capacity(sizes.max_allocations);
         let mut ebpf = EbpfLoader::new()
@@ -195,6 +197,7 @@ impl Probes {
             .map_max_entries(maps::STACKS, sizes.max_stacks)
             .map_max_entries(maps::STACK_STATS, sizes.max_stacks.saturating_mul(4))
             .override_global(globals::MAX_DEPTH, &sizes.max_depth, true)
+            .override_global(globals::FSBASE_OFFSET, &fsbase_offset, true)
             .map_max_entries(maps::UNWIND_ROWS, sizes.unwind_rows)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e, &sizes, table_slots, overflow_entries))?;

@@ -7,7 +7,7 @@ use aya::{
 };
 use tracer_common::{
     AllocKey, AllocRecord, CachedStack, RecordSlot, STACK_CACHE_SLOTS, StackKey, StackStats,
-    UserStack, programs::maps,
+    UserStack, programs::maps, python::PythonProcess,
 };
 
 /// Why the maps could not be resolved.
@@ -51,6 +51,10 @@ pub struct KernelMaps {
     pub stop_at_exec: HashMap<MapData, u32, u32>,
     /// Processes whose interpreter began its teardown: tgid -> CLOCK_MONOTONIC ns.
     pub frozen: HashMap<MapData, u32, u64>,
+    /// CPython targets: tgid -> their interpreter's layout.
+    pub python_processes: HashMap<MapData, u32, PythonProcess>,
+    /// New stacks with Python frames ([`tracer_common::python::NewPythonStack`]).
+    pub python_stacks: RingBuf<MapData>,
 }
 
 impl KernelMaps {
@@ -71,6 +75,8 @@ impl KernelMaps {
             execs: take(ebpf, maps::EXECS)?,
             stop_at_exec: take(ebpf, maps::STOP_AT_EXEC)?,
             frozen: take(ebpf, maps::FROZEN)?,
+            python_processes: take(ebpf, maps::PYTHON_PROCESSES)?,
+            python_stacks: take(ebpf, maps::PYTHON_STACKS)?,
         })
     }
 }

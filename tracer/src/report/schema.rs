@@ -304,6 +304,19 @@ pub struct Frame {
     /// frame 0, never the whole stack.
     #[serde(default)]
     pub plumbing: bool,
+    /// Native code, or a Python function (then `function` is its qualified name, `file` and
+    /// `line` its source, `module` the interpreter, `address` its code object).
+    #[serde(default)]
+    pub kind: FrameKind,
+}
+
+/// What kind of code a frame runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    #[default]
+    Native,
+    Python,
 }
 
 impl Stack {
@@ -343,10 +356,14 @@ impl Stack {
         own_frames(&self.frames)
     }
 
-    /// The first frame a reader sees, where summaries name a stack by; `None` for a stack
-    /// without frames.
+    /// The frame summaries name a stack by: its innermost Python frame when it has one (the
+    /// interpreter's C code below it is the interpreter at work), else the first frame a
+    /// reader sees; `None` for a stack without frames.
     pub fn first_own_frame(&self) -> Option<&Frame> {
-        self.own_frames().first()
+        let own = self.own_frames();
+        own.iter()
+            .find(|f| f.kind == FrameKind::Python)
+            .or_else(|| own.first())
     }
 }
 
@@ -377,6 +394,23 @@ impl Frame {
             address,
             inlined: false,
             plumbing: false,
+            kind: FrameKind::Native,
+        }
+    }
+
+    /// The frame's name in flamegraphs and folded stacks: the function, and for a Python
+    /// function its source place (`search (service.py:19)`), which tells apart the
+    /// same-named functions of different modules.
+    pub fn label(&self) -> String {
+        match (self.kind, &self.file) {
+            (FrameKind::Python, Some(file)) => {
+                let file = file.rsplit('/').next().unwrap_or(file);
+                match self.line {
+                    Some(line) => format!("{} ({file}:{line})", self.function),
+                    None => format!("{} ({file})", self.function),
+                }
+            }
+            _ => self.function.clone(),
         }
     }
 }
@@ -394,13 +428,13 @@ impl Report {
             .filter(|s| s.outstanding_bytes > 0)
             .map(|stack| {
                 let process = format!("{} (pid {})", stack.comm.replace(';', ":"), stack.pid);
-                let mut names: Vec<&str> = Vec::new();
+                let mut names: Vec<String> = Vec::new();
                 if several {
-                    names.push(&process);
+                    names.push(process);
                 }
-                names.extend(stack.own_frames().iter().rev().map(|f| f.function.as_str()));
+                names.extend(stack.own_frames().iter().rev().map(|f| f.label().replace(';', ":")));
                 if stack.frames.is_empty() {
-                    names.push("[unknown stack]");
+                    names.push("[unknown stack]".to_string());
                 }
                 format!("{} {}", names.join(";"), stack.outstanding_bytes)
             })

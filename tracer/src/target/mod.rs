@@ -6,3 +6,4 @@ pub mod launch;
 pub mod maps;
 pub mod memory;
 pub mod process;
+pub mod remote;

@@ -1,7 +1,7 @@
 //! The trace's event loop: until Ctrl-C, SIGTERM, the duration or the end of the targets, it
 //! polls for new processes and unmaps, and samples every interval.
 
-use std::time::Duration;
+use std::{os::fd::AsRawFd, time::Duration};
 
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -69,6 +69,13 @@ impl Session<'_> {
             let deadline = self.config.duration.map(|d| tokio::time::Instant::now() + d);
             let mut poll = tokio::time::interval(POLL);
             let mut sample = tokio::time::interval(self.config.interval);
+            // New stacks with Python frames are read as soon as the kernel announces them: a
+            // code object may live only milliseconds (a module's body runs once at import).
+            let python_stacks = tokio::io::unix::AsyncFd::with_interest(
+                self.probes.maps().python_stacks.as_raw_fd(),
+                tokio::io::Interest::READABLE,
+            )
+            .ok();
             loop {
                 tokio::select! {
                     _ = signals.interrupt.recv() => return Ok(EndReason::Interrupted),
@@ -90,6 +97,7 @@ impl Session<'_> {
                             self.follow_launched_exec(child)?;
                         }
                         self.settle_execs()?;
+                        self.read_python_stacks();
                         self.settle_freezes();
                         self.discover();
                         self.refresh_tables();
@@ -97,6 +105,12 @@ impl Session<'_> {
                         self.settle_unmaps()?;
                     }
                     _ = sample.tick() => self.sample()?,
+                    ready = async { python_stacks.as_ref().expect("guarded").readable().await }, if python_stacks.is_some() => {
+                        if let Ok(mut guard) = ready {
+                            guard.clear_ready();
+                        }
+                        self.read_python_stacks();
+                    }
                 }
             }
         })
@@ -139,10 +153,7 @@ impl Session<'_> {
             return Ok(());
         }
         let grower = self.history.top_grower().map(|(key, rate)| {
-            let ips = self.collector.stack(self.probes.maps(), key.stack_id);
-            let frames = self
-                .symbolizer
-                .symbolize_stack(&self.spaces, key.tgid, &ips);
+            let frames = self.stack_frames(&key);
             // Named by its first own frame, past the allocator's plumbing, as reports are.
             let own = self.config.outputs.plumbing.leading(&frames);
             let name = frames

@@ -20,6 +20,7 @@ use std::{
 
 use anyhow::Context;
 use aya::sys::{Stats, enable_stats};
+use tracer_common::{StackKey, python::PythonFrame};
 
 pub use config::{TargetSpec, TraceConfig, UnwindMode};
 use event_loop::Signals;
@@ -35,6 +36,7 @@ use crate::{
     collect::{Collector, KernelSnapshot},
     error::TraceError,
     history::SampleHistory,
+    python::code::CodeObjects,
     report::{self, ExecEvent, Report, TargetExit, build::TraceFacts},
     serve::{LiveProcess, Published, Server},
     symbolize::{AddressSpaces, Symbolizer},
@@ -175,6 +177,8 @@ fn trace(
         spaces: AddressSpaces::default(),
         history: SampleHistory::start(),
         symbolizer: Symbolizer::new(),
+        python: CodeObjects::default(),
+        python_checked: BTreeSet::new(),
         limit: None,
         status: StatusLine::new(config.quiet),
         server,
@@ -313,6 +317,10 @@ struct Session<'a> {
     spaces: AddressSpaces,
     history: SampleHistory,
     symbolizer: Symbolizer,
+    /// The Python frames of CPython targets, named.
+    python: CodeObjects,
+    /// Processes (images) already looked at for an interpreter.
+    python_checked: BTreeSet<u32>,
     /// The memory limit of the (first) target, last read while it was alive.
     limit: Option<MemoryLimit>,
     status: StatusLine,
@@ -330,6 +338,25 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// The frames of a stack, innermost first: native frames symbolized, and a CPython
+    /// target's Python frames in place of the eval-loop frames that ran them.
+    fn stack_frames(&mut self, key: &StackKey) -> Vec<report::Frame> {
+        let ips = self.collector.stack(self.probes.maps(), key.stack_id);
+        let native: Vec<u64> = ips
+            .iter()
+            .copied()
+            .filter(|ip| PythonFrame::from_entry(*ip).is_none())
+            .collect();
+        let frames = self
+            .symbolizer
+            .symbolize_stack(&self.spaces, key.tgid, &native);
+        if native.len() == ips.len() {
+            return frames;
+        }
+        let python = self.python.frames(key.tgid, key.stack_id, &ips);
+        crate::python::merge::merge(frames, python)
+    }
+
     /// The report of what the kernel holds in `snapshot`: every stack symbolized, with its
     /// history; `end_reason` is `None` for a live report.
     fn build_report(
@@ -343,11 +370,8 @@ impl Session<'_> {
             .stacks
             .iter()
             .map(|(key, figures)| {
-                let ips = self.collector.stack(self.probes.maps(), key.stack_id);
                 let (timeline, growth) = self.history.stack_history(key, &thresholds);
-                let frames = self
-                    .symbolizer
-                    .symbolize_stack(&self.spaces, key.tgid, &ips);
+                let frames = self.stack_frames(key);
                 let comm = self
                     .tracked
                     .get(&key.tgid)

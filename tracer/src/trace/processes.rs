@@ -6,6 +6,7 @@ use std::{collections::BTreeSet, path::PathBuf};
 use super::{Session, TraceConfig};
 use crate::{
     attach::allocator::{self, AttachPlan},
+    python::interpreter::Found,
     error::TraceError,
     report::{ExecEvent, ProcessEntry},
     target::{
@@ -150,6 +151,9 @@ impl Session<'_> {
     /// Writes `pid`'s unwind tables for its current mappings (with `--unwind cfi`). A process
     /// that exited meanwhile has none.
     pub(super) fn update_tables(&mut self, pid: u32) {
+        // The interpreter too, before any probe: the first allocation already gets its
+        // Python frames.
+        self.update_python(pid);
         let Some(tables) = self.tables.as_mut() else {
             return;
         };
@@ -169,10 +173,53 @@ impl Session<'_> {
         }
     }
 
+    /// Looks for CPython in `pid` (once per image): when found, the kernel walks its Python
+    /// frames from now on; an interpreter it does not know is said once and traced natively.
+    fn update_python(&mut self, pid: u32) {
+        if !self.python_checked.insert(pid) {
+            return;
+        }
+        match crate::python::interpreter::find(pid) {
+            Found::Nothing => {}
+            Found::Unsupported(note) => eprintln!("leaktracer: note: pid {pid}: {note}"),
+            Found::Python(interpreter) => {
+                let entry = interpreter
+                    .layout
+                    .kernel_entry(interpreter.runtime, interpreter.none);
+                if let Err(e) = self.probes.maps_mut().python_processes.insert(pid, entry, 0) {
+                    eprintln!(
+                        "leaktracer: warning: pid {pid}: cannot walk its Python frames: {e}"
+                    );
+                    return;
+                }
+                if self.config.verbose {
+                    eprintln!(
+                        "leaktracer: pid {pid} runs CPython {} ({}): its stacks get Python frames",
+                        interpreter.version_text(),
+                        interpreter.module
+                    );
+                }
+                self.python.track(pid, interpreter);
+            }
+        }
+    }
+
+    /// Names the Python frames of the stacks the kernel kept since the last poll, while their
+    /// code objects exist.
+    pub(super) fn read_python_stacks(&mut self) {
+        for (pid, stack_id) in self.collector.new_python_stacks(self.probes.maps_mut()) {
+            let ips = self.collector.stack(self.probes.maps(), stack_id);
+            self.python.read_stack(pid, stack_id, &ips);
+        }
+    }
+
     /// Notes the traced processes whose interpreter began tearing down since the last poll
-    /// (the kernel froze their picture at `Py_FinalizeEx`).
+    /// (the kernel froze their picture at `Py_FinalizeEx`). One whose Python frames are walked
+    /// was stopped there by the kernel: its stacks' code objects are read before the teardown
+    /// frees them, then it goes on.
     pub(super) fn settle_freezes(&mut self) {
         let elapsed = self.history.elapsed_secs();
+        let mut resume = Vec::new();
         for (pid, tracked) in self.tracked.iter_mut() {
             if tracked.frozen_at_secs.is_some() || self.probes.maps().frozen.get(pid, 0).is_err() {
                 continue;
@@ -181,6 +228,17 @@ impl Session<'_> {
             eprintln!(
                 "leaktracer: pid {pid} began its interpreter's teardown (Py_FinalizeEx): its figures are kept from just before"
             );
+            if self.python.interpreter(*pid).is_some() {
+                resume.push(*pid);
+            }
+        }
+        if resume.is_empty() {
+            return;
+        }
+        self.read_python_stacks();
+        for pid in resume {
+            // SAFETY: kill(2) with a plain pid and signal number.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
         }
     }
 
@@ -256,10 +314,12 @@ impl Session<'_> {
             let (allocations, bytes) =
                 self.collector
                     .retire(self.probes.maps_mut(), pid, exec_ns)?;
-            // The kernel dropped the old image's tables at the exec.
+            // The kernel dropped the old image's tables (and interpreter) at the exec.
             if let Some(tables) = self.tables.as_mut() {
                 tables.remove(pid);
             }
+            self.python.forget(pid);
+            self.python_checked.remove(&pid);
             self.update_tables(pid);
             if first_of_launch && allocations == 0 {
                 continue; // the launched command's own exec

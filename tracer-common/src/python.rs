@@ -1,0 +1,147 @@
+//! CPython frames in stacks: what userspace tells the kernel about a traced interpreter
+//! ([`PythonProcess`]), and how a Python frame sits in a [`crate::UserStack`].
+//!
+//! At each allocation of a process that runs CPython, the kernel finds the current thread's
+//! `PyThreadState` (glibc's thread-specific data slot of the interpreter's pthread key, set
+//! while the thread runs Python, GIL held or not) and walks its chain of
+//! `_PyInterpreterFrame`s, newest first. Each frame becomes one stack entry after the native
+//! frames: the code object's address and the instruction offset, tagged with
+//! [`PYTHON_FRAME`]. Userspace reads the code object (name, file, line table) from the target.
+
+/// Tag of a stack entry that is a Python frame, not a return address (user addresses never
+/// have the top bit set).
+pub const PYTHON_FRAME: u64 = 1 << 63;
+/// Tag of the oldest Python frame of one activation of the eval loop: the frames from the
+/// previous entry (exclusive) to this one run in one C call of `_PyEval_EvalFrameDefault`.
+pub const PYTHON_ENTRY: u64 = 1 << 62;
+/// Bits of the code object's address (x86-64 user space with 4-level page tables).
+pub const PYTHON_CODE_MASK: u64 = (1 << 47) - 1;
+/// Where the instruction index sits in an entry.
+pub const PYTHON_INDEX_SHIFT: u32 = 47;
+/// The instruction index field: code units from the start of the bytecode, plus one (0 is the
+/// "before the first instruction" of a frame just pushed), saturated at the maximum.
+pub const PYTHON_INDEX_MASK: u64 = (1 << 15) - 1;
+
+/// Python frames kept per stack at most (after the native frames, within `MAX_STACK_DEPTH`).
+pub const MAX_PYTHON_FRAMES: u32 = 96;
+
+/// The stack entry of a Python frame: `code` is the code object's address, `offset` the
+/// instruction's byte offset in its bytecode (negative: before the first instruction).
+pub const fn python_entry(code: u64, offset: i64, entry: bool) -> u64 {
+    let units = offset / 2 + 1;
+    let index = if units < 0 {
+        0
+    } else if units as u64 > PYTHON_INDEX_MASK {
+        PYTHON_INDEX_MASK
+    } else {
+        units as u64
+    };
+    PYTHON_FRAME
+        | if entry { PYTHON_ENTRY } else { 0 }
+        | (index << PYTHON_INDEX_SHIFT)
+        | (code & PYTHON_CODE_MASK)
+}
+
+/// A Python frame read back from a stack entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PythonFrame {
+    /// The code object's address in the target.
+    pub code: u64,
+    /// The instruction's byte offset (`-2`: before the first instruction; saturated for very
+    /// long code objects).
+    pub offset: i32,
+    /// The oldest frame of its eval-loop activation.
+    pub entry: bool,
+}
+
+impl PythonFrame {
+    /// The frame of a stack entry, if it is one.
+    pub const fn from_entry(ip: u64) -> Option<Self> {
+        if ip & PYTHON_FRAME == 0 {
+            return None;
+        }
+        let index = (ip >> PYTHON_INDEX_SHIFT) & PYTHON_INDEX_MASK;
+        Some(Self {
+            code: ip & PYTHON_CODE_MASK,
+            offset: (index as i32 - 1) * 2,
+            entry: ip & PYTHON_ENTRY != 0,
+        })
+    }
+}
+
+/// How the frames of one eval-loop activation are told apart.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationMarker {
+    /// 3.11: the frame's `is_entry` byte is 1 on an activation's oldest frame.
+    IsEntry = 1,
+    /// 3.12+: the frame's `owner` byte is `FRAME_OWNED_BY_CSTACK` on the shim frame the eval
+    /// loop pushes below an activation; the shim itself is not a Python frame.
+    CStackOwner = 2,
+}
+
+/// `_PyInterpreterFrame.owner` of a shim frame (3.12+).
+pub const FRAME_OWNED_BY_CSTACK: u8 = 3;
+
+/// Bytes of a frame the kernel reads (covers every field it needs, in every supported layout).
+pub const FRAME_HEADER_BYTES: usize = 72;
+
+/// A traced process's interpreter, as the kernel needs it: where its thread states are found
+/// and the byte offsets of the fields it reads. One per process in `PYTHON_PROCESSES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonProcess {
+    /// Address of the interpreter's `Py_tss_t` (`{int _is_initialized; unsigned _key}`), the
+    /// pthread key whose per-thread value is the thread's `PyThreadState`.
+    pub tss: u64,
+    /// `&_Py_NoneStruct`: the code of 3.13's shim frames.
+    pub none: u64,
+    /// Offset in `PyThreadState` of `cframe` (3.11, 3.12) or `current_frame` (3.13).
+    pub thread_frame: u16,
+    /// Offset of `current_frame` in `_PyCFrame`, or [`NO_CFRAME`] when `thread_frame` points
+    /// at the frame directly.
+    pub cframe_frame: u16,
+    /// Offsets in `_PyInterpreterFrame` (all below [`FRAME_HEADER_BYTES`]).
+    pub frame_code: u16,
+    pub frame_previous: u16,
+    pub frame_instr: u16,
+    /// Offset of the activation marker byte (`is_entry` or `owner`).
+    pub frame_marker: u16,
+    /// Offset of the bytecode in a code object (`co_code_adaptive`).
+    pub code_bytecode: u16,
+    /// An [`ActivationMarker`].
+    pub marker: u8,
+    pub _pad: u8,
+}
+
+/// [`PythonProcess::cframe_frame`] of an interpreter without `_PyCFrame` (3.13+).
+pub const NO_CFRAME: u16 = u16::MAX;
+
+/// A stack with Python frames the kernel kept for the first time: userspace reads its code
+/// objects while the process is alive (they may be gone by the time of the report).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewPythonStack {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub stack_id: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip() {
+        let code = 0x7f12_3456_7890;
+        for (offset, entry) in [(-2, false), (0, true), (12, false), (65_532, true)] {
+            let frame = PythonFrame::from_entry(python_entry(code, offset, entry)).unwrap();
+            assert_eq!(frame, PythonFrame { code, offset: offset as i32, entry });
+        }
+        // Saturated, never wrapped into another field.
+        let far = PythonFrame::from_entry(python_entry(code, 1 << 20, false)).unwrap();
+        assert_eq!((far.code, far.entry), (code, false));
+        assert_eq!(far.offset, (PYTHON_INDEX_MASK as i32 - 1) * 2);
+        assert_eq!(PythonFrame::from_entry(0x40_1000), None);
+    }
+}

@@ -1,0 +1,200 @@
+//! CPython frames (see `tracer_common::python`): after the native walk, a process that runs
+//! CPython gets the current thread's Python frames appended to its stack, newest first.
+//!
+//! The thread state comes from glibc's thread-specific data, not from the interpreter's
+//! "current thread state": the pthread key's slot stays set while the thread has released the
+//! GIL (C extensions, ctypes, I/O), so those allocations get their Python frames too. One
+//! frame per `bpf_loop` iteration: one read of the frame's header, the fields taken from it at
+//! the interpreter's offsets.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
+    generated::{bpf_get_current_task, bpf_loop},
+};
+use tracer_common::{
+    MAX_STACK_DEPTH,
+    python::{
+        ActivationMarker, FRAME_HEADER_BYTES, FRAME_OWNED_BY_CSTACK, MAX_PYTHON_FRAMES,
+        NO_CFRAME, PYTHON_FRAME, PythonProcess, python_entry,
+    },
+};
+
+use crate::{
+    maps::{FSBASE_OFFSET, PYTHON_PROCESSES, PYTHON_SCRATCH, STACK_SCRATCH},
+    stack::mix,
+};
+
+/// glibc (2.34+, x86-64): `struct pthread`'s `specific_1stblock` (the first 32 keys' slots,
+/// 16 bytes each: sequence number, value) and `specific` (pointers to the further blocks of
+/// 32), from the thread pointer. Checked against the disassembly of `pthread_getspecific`.
+const TSD_FIRST_BLOCK: u64 = 0x310;
+const TSD_BLOCKS: u64 = 0x510;
+const TSD_KEYS_PER_BLOCK: u32 = 32;
+const TSD_MAX_KEYS: u32 = 1024;
+
+/// Mixed into the stack hash for each shim frame, so stacks that differ only in where the
+/// eval loop was re-entered hash differently.
+const SHIM_HASH: u64 = 0x5059_5f53_4849_4d00;
+
+/// The walk's state, on the caller's stack (bpf_loop hands the callback a pointer to it).
+#[repr(C)]
+struct Walk {
+    process: PythonProcess,
+    /// The next frame to read; 0 at the end of the chain.
+    frame: u64,
+    hash: u64,
+    /// Entries in the scratch stack.
+    depth: u64,
+}
+
+/// Appends the current thread's Python frames to this CPU's scratch stack (holding `depth`
+/// native frames hashing to `hash`), when `tgid` runs CPython; returns the stack's hash.
+#[inline(always)]
+pub(crate) fn append_frames(tgid: u32, hash: u64) -> u64 {
+    // SAFETY: the value is copied out at once.
+    let Some(process) = (unsafe { PYTHON_PROCESSES.get(tgid) }).copied() else {
+        return hash;
+    };
+    let Some(frame) = newest_frame(&process) else {
+        return hash;
+    };
+    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return hash;
+    };
+    // SAFETY: this CPU's scratch slot, valid for the run.
+    let depth = unsafe { (*stack).depth };
+    let room = (MAX_STACK_DEPTH as u64).saturating_sub(depth);
+    let frames = room.min(u64::from(MAX_PYTHON_FRAMES));
+    if frames == 0 {
+        return hash;
+    }
+    let mut walk = Walk {
+        process,
+        frame,
+        hash,
+        depth,
+    };
+    // SAFETY: the helper calls `python_frame` at most `frames` times with a pointer to
+    // `walk`, which outlives the call; flags must be 0.
+    unsafe {
+        bpf_loop(
+            frames as u32,
+            python_frame as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+    }
+    // SAFETY: as above.
+    unsafe { (*stack).depth = walk.depth };
+    walk.hash
+}
+
+/// The newest frame of the current thread, if it runs Python.
+#[inline(always)]
+fn newest_frame(process: &PythonProcess) -> Option<u64> {
+    let fsbase_offset = FSBASE_OFFSET.load();
+    if fsbase_offset == 0 {
+        return None;
+    }
+    // SAFETY: a helper without arguments; the task is only read through the kernel-read
+    // helper, which fails (no fault) on a bad address.
+    let task = unsafe { bpf_get_current_task() };
+    let tls = unsafe { bpf_probe_read_kernel((task + u64::from(fsbase_offset)) as *const u64) }
+        .ok()?;
+    // SAFETY (this and the reads below): the helper copies from user memory and fails (no
+    // fault) on a bad address.
+    let [initialized, key] = unsafe { bpf_probe_read_user(process.tss as *const [u32; 2]) }.ok()?;
+    if initialized != 1 || key >= TSD_MAX_KEYS {
+        return None;
+    }
+    let block = if key < TSD_KEYS_PER_BLOCK {
+        tls + TSD_FIRST_BLOCK
+    } else {
+        let at = tls + TSD_BLOCKS + u64::from(key / TSD_KEYS_PER_BLOCK) * 8;
+        unsafe { bpf_probe_read_user(at as *const u64) }.ok()?
+    };
+    if block == 0 {
+        return None;
+    }
+    let slot = block + u64::from(key % TSD_KEYS_PER_BLOCK) * 16 + 8;
+    let thread = unsafe { bpf_probe_read_user(slot as *const u64) }.ok()?;
+    if thread == 0 {
+        return None;
+    }
+    let at = thread + u64::from(process.thread_frame);
+    let mut frame = unsafe { bpf_probe_read_user(at as *const u64) }.ok()?;
+    if process.cframe_frame != NO_CFRAME {
+        if frame == 0 {
+            return None;
+        }
+        let at = frame + u64::from(process.cframe_frame);
+        frame = unsafe { bpf_probe_read_user(at as *const u64) }.ok()?;
+    }
+    (frame != 0).then_some(frame)
+}
+
+/// bpf_loop's callback: reads one frame and appends it (shim frames mark the activation
+/// instead). 0 goes on, 1 stops.
+#[inline(never)]
+extern "C" fn python_frame(_index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the `Walk` given to it, on the caller's stack.
+    let walk = unsafe { &mut *walk.cast::<Walk>() };
+    match step(walk) {
+        Some(()) => 0,
+        None => 1,
+    }
+}
+
+/// The u64 at `offset` of a frame header.
+#[inline(always)]
+fn field(header: &[u8; FRAME_HEADER_BYTES], offset: u16) -> Option<u64> {
+    let offset = offset as usize;
+    if offset > FRAME_HEADER_BYTES - 8 {
+        return None;
+    }
+    // SAFETY: `offset + 8 <= FRAME_HEADER_BYTES`, checked above.
+    Some(unsafe { core::ptr::read_unaligned(header.as_ptr().add(offset).cast::<u64>()) })
+}
+
+#[inline(always)]
+fn step(walk: &mut Walk) -> Option<()> {
+    if walk.frame == 0 {
+        return None;
+    }
+    // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, no other user meanwhile).
+    let header = unsafe { &mut *PYTHON_SCRATCH.get_ptr_mut(0)? };
+    // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
+    unsafe { bpf_probe_read_user_buf(walk.frame as *const u8, header) }.ok()?;
+    let process = &walk.process;
+    let code = field(header, process.frame_code)?;
+    let instr = field(header, process.frame_instr)?;
+    walk.frame = field(header, process.frame_previous)?;
+    let marker = *header.get(process.frame_marker as usize)?;
+    if process.marker == ActivationMarker::CStackOwner as u8 && marker == FRAME_OWNED_BY_CSTACK {
+        // A shim: the frame before it (newer, already appended) began an activation.
+        walk.hash = mix(walk.hash, SHIM_HASH);
+        let stack = STACK_SCRATCH.get_ptr_mut(0)?;
+        let last = walk.depth.checked_sub(1)?;
+        // SAFETY: this CPU's scratch slot, valid for the run; the index is checked.
+        let slot = unsafe { (*stack).ips.get_mut(last as usize)? };
+        if *slot & PYTHON_FRAME != 0 {
+            *slot |= tracer_common::python::PYTHON_ENTRY;
+        }
+        return Some(());
+    }
+    if code == 0 || code == process.none {
+        return None;
+    }
+    let offset = instr.wrapping_sub(code + u64::from(process.code_bytecode)) as i64;
+    let entry = process.marker == ActivationMarker::IsEntry as u8 && marker == 1;
+    let value = python_entry(code, offset, entry);
+    let stack = STACK_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, valid for the run; the index is checked.
+    let slot = unsafe { (*stack).ips.get_mut(walk.depth as usize)? };
+    *slot = value;
+    walk.hash = mix(walk.hash, value);
+    walk.depth += 1;
+    Some(())
+}

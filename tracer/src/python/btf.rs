@@ -1,0 +1,109 @@
+//! The one kernel struct offset the Python walk needs: where `task_struct` keeps the thread's
+//! FS base (x86-64 `thread.fsbase`), read from the kernel's BTF (`/sys/kernel/btf/vmlinux`), so
+//! it is right for the running kernel whatever its configuration.
+
+use std::{collections::HashMap, fs};
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+
+/// One struct or union: its name and its members' (name, byte offset).
+struct Composite {
+    name: String,
+    members: Vec<(String, u32)>,
+}
+
+/// The byte offset of `task_struct.thread.fsbase` in the running kernel, if its BTF says.
+pub fn fsbase_offset() -> Option<u32> {
+    let data = fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    let types = composites(&data)?;
+    let member = |strukt: &str, member: &str| {
+        types
+            .iter()
+            .filter(|t| t.name == strukt)
+            .find_map(|t| t.members.iter().find(|(n, _)| n == member).map(|m| m.1))
+    };
+    Some(member("task_struct", "thread")? + member("thread_struct", "fsbase")?)
+}
+
+fn u16_at(data: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(data.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Every named struct and union of a BTF blob (little-endian, as on x86-64).
+fn composites(data: &[u8]) -> Option<Vec<Composite>> {
+    if u16_at(data, 0)? != BTF_MAGIC {
+        return None;
+    }
+    let header = u32_at(data, 4)? as usize;
+    let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+    let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+    let types = data.get(header + type_off..header + type_off + type_len)?;
+    let strings = data.get(header + str_off..header + str_off + str_len)?;
+    let mut names: HashMap<u32, String> = HashMap::new();
+    let mut name = |offset: u32| -> String {
+        names
+            .entry(offset)
+            .or_insert_with(|| {
+                let rest = strings.get(offset as usize..).unwrap_or_default();
+                let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+                String::from_utf8_lossy(&rest[..end]).into_owned()
+            })
+            .clone()
+    };
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at + 12 <= types.len() {
+        let name_off = u32_at(types, at)?;
+        let info = u32_at(types, at + 4)?;
+        at += 12;
+        let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31);
+        // The bytes that follow each kind's common header.
+        let extra = match kind {
+            KIND_STRUCT | KIND_UNION => 12 * vlen,
+            1 | 14 | 17 => 4,  // int, var, decl tag
+            3 => 12,           // array
+            6 => 8 * vlen,     // enum
+            13 => 8 * vlen,    // func proto
+            15 | 19 => 12 * vlen, // datasec, enum64
+            _ => 0,
+        };
+        if (kind == KIND_STRUCT || kind == KIND_UNION) && name_off != 0 {
+            let mut members = Vec::with_capacity(vlen);
+            for i in 0..vlen {
+                let member = at + 12 * i;
+                let offset = u32_at(types, member + 8)?;
+                // With kind_flag, the top 8 bits are a bitfield's size.
+                let bits = if kind_flag == 1 { offset & 0x00ff_ffff } else { offset };
+                members.push((name(u32_at(types, member)?), bits / 8));
+            }
+            found.push(Composite {
+                name: name(name_off),
+                members,
+            });
+        }
+        at += extra;
+    }
+    Some(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kernel_has_a_fsbase_offset() {
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            eprintln!("SKIP: no /sys/kernel/btf/vmlinux");
+            return;
+        }
+        let offset = fsbase_offset().expect("task_struct.thread.fsbase in BTF");
+        // Far into task_struct (its thread_struct comes last), and 8-aligned.
+        assert!(offset > 1024 && offset % 8 == 0, "{offset}");
+    }
+}

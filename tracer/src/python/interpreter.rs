@@ -1,0 +1,168 @@
+//! Finding CPython in a traced process: the object that holds the interpreter (the executable,
+//! or a `libpython` it loads), its version (`Py_Version`) and where its runtime state lives,
+//! from the object's own symbols (the dynamic ones, so stripped builds such as Debian's work).
+
+use std::{collections::HashMap, fs, path::Path};
+
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+use super::layout::Layout;
+use crate::target::{
+    maps::{Mapping, read_maps},
+    remote::RemoteMemory,
+};
+
+/// A process's interpreter, ready to be walked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interpreter {
+    /// `PY_VERSION_HEX`.
+    pub version: u32,
+    pub layout: Layout,
+    /// Addresses in the process: `_PyRuntime`, `PyCode_Type`, `_Py_NoneStruct`.
+    pub runtime: u64,
+    pub code_type: u64,
+    pub none: u64,
+    /// The object holding it, as the process sees its path.
+    pub module: String,
+}
+
+impl Interpreter {
+    /// `3.12.1` and the like.
+    pub fn version_text(&self) -> String {
+        version_text(self.version)
+    }
+}
+
+/// `3.12.1` from `PY_VERSION_HEX`.
+pub fn version_text(hex: u32) -> String {
+    format!("{}.{}.{}", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff)
+}
+
+/// What a process holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// No CPython.
+    Nothing,
+    Python(Interpreter),
+    /// A CPython whose frames are not walked, and why (one line for the operator).
+    Unsupported(String),
+}
+
+/// The symbols looked for, in the object holding the interpreter.
+const SYMBOLS: [&str; 4] = ["Py_Version", "_PyRuntime", "PyCode_Type", "_Py_NoneStruct"];
+
+/// Looks for CPython in `pid`: in its executable and in any mapped object named like
+/// `libpython*`.
+pub fn find(pid: u32) -> Found {
+    let Ok(maps) = read_maps(pid) else {
+        return Found::Nothing;
+    };
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.display().to_string());
+    let mut seen: Vec<&str> = Vec::new();
+    for mapping in maps.iter().filter(|m| m.is_file()) {
+        let Some(path) = mapping.clean_path() else {
+            continue;
+        };
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if seen.contains(&path) || !(exe.as_deref() == Some(path) || name.starts_with("libpython"))
+        {
+            continue;
+        }
+        seen.push(path);
+        let Some(first) = maps
+            .iter()
+            .find(|m| m.clean_path() == Some(path) && m.offset == 0)
+        else {
+            continue;
+        };
+        match in_object(pid, first, path) {
+            Found::Nothing => continue,
+            found => return found,
+        }
+    }
+    Found::Nothing
+}
+
+/// The interpreter in the object mapped first at `first`, if it holds one.
+fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
+    let by_range = format!("/proc/{pid}/map_files/{:x}-{:x}", first.start, first.end);
+    let Ok(data) = fs::read(&by_range)
+        .or_else(|_| fs::read(crate::target::process::path_in_root(pid, path)))
+    else {
+        return Found::Nothing;
+    };
+    let Ok(file) = object::File::parse(&*data) else {
+        return Found::Nothing;
+    };
+    let mut symbols: HashMap<&str, u64> = HashMap::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if let Ok(name) = symbol.name()
+            && SYMBOLS.contains(&name)
+            && symbol.is_definition()
+        {
+            symbols.entry(name).or_insert(symbol.address());
+        }
+    }
+    let (Some(&version_at), Some(&runtime)) = (symbols.get("Py_Version"), symbols.get("_PyRuntime"))
+    else {
+        return Found::Nothing;
+    };
+    // The object's load bias: where its first segment (file offset 0) went.
+    let Some(base) = file
+        .segments()
+        .find(|s| s.file_range().0 == 0)
+        .map(|s| s.address() & !0xfff)
+    else {
+        return Found::Nothing;
+    };
+    let bias = first.start.wrapping_sub(base);
+    let Ok(memory) = RemoteMemory::open(pid) else {
+        return Found::Nothing;
+    };
+    let Ok(version) = memory.read_u32(bias + version_at) else {
+        return Found::Nothing;
+    };
+    let text = version_text(version);
+    let Some(mut layout) = Layout::for_version(version) else {
+        return Found::Unsupported(format!(
+            "CPython {text} ({path}) is not a version leaktracer knows the frames of (3.11 to 3.13): its stacks stay native"
+        ));
+    };
+    if layout.version >= (3, 13) {
+        let Ok(offsets) = memory.read_vec(bias + runtime, 600) else {
+            return Found::Nothing;
+        };
+        match layout.with_debug_offsets(version, &offsets) {
+            Some(published) => layout = published,
+            None => {
+                return Found::Unsupported(format!(
+                    "CPython {text} ({path}) does not publish the debug offsets of a default (GIL) build: its stacks stay native"
+                ));
+            }
+        }
+    }
+    let (Some(&code_type), Some(&none)) = (symbols.get("PyCode_Type"), symbols.get("_Py_NoneStruct"))
+    else {
+        return Found::Unsupported(format!(
+            "CPython {text} ({path}) does not export PyCode_Type and _Py_NoneStruct: its stacks stay native"
+        ));
+    };
+    Found::Python(Interpreter {
+        version,
+        layout,
+        runtime: bias + runtime,
+        code_type: bias + code_type,
+        none: bias + none,
+        module: path.to_string(),
+    })
+}
+
+/// Whether `path` names an object that may hold an interpreter (for quick checks without
+/// reading it).
+pub fn may_hold_python(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libpython") || n.starts_with("python"))
+}

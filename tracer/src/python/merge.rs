@@ -1,0 +1,110 @@
+//! Python frames into native stacks: since 3.11 one C call of `_PyEval_EvalFrameDefault`
+//! runs a run of Python frames (Python-to-Python calls do not recurse in C). Walking from the
+//! leaf, each eval-loop frame gives way to the next run of Python frames, up to the one that
+//! began its activation, as py-spy's and memray's native modes do. Python frames left over
+//! (the native walk stopped short) go at the root end.
+
+use crate::report::Frame;
+
+/// Whether a native frame is the interpreter's eval loop (or a part the compiler split off,
+/// such as `_PyEval_EvalFrameDefault.cold`).
+fn is_eval_loop(frame: &Frame) -> bool {
+    !frame.inlined && frame.function.starts_with("_PyEval_EvalFrameDefault")
+}
+
+/// The stack with `python` (innermost first, each with its activation flag) in place of the
+/// eval-loop frames of `native` (innermost first).
+pub fn merge(native: Vec<Frame>, python: Vec<(Frame, bool)>) -> Vec<Frame> {
+    if python.is_empty() {
+        return native;
+    }
+    let mut python = python.into_iter().peekable();
+    let mut merged = Vec::with_capacity(native.len() + python.len());
+    for frame in native {
+        if is_eval_loop(&frame) && python.peek().is_some() {
+            for (python_frame, entry) in python.by_ref() {
+                merged.push(python_frame);
+                if entry {
+                    break;
+                }
+            }
+        } else {
+            merged.push(frame);
+        }
+    }
+    merged.extend(python.map(|(frame, _)| frame));
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::FrameKind;
+
+    fn native(name: &str) -> Frame {
+        Frame {
+            function: name.into(),
+            ..Frame::default()
+        }
+    }
+
+    fn python(name: &str, entry: bool) -> (Frame, bool) {
+        let frame = Frame {
+            function: name.into(),
+            kind: FrameKind::Python,
+            ..Frame::default()
+        };
+        (frame, entry)
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames.iter().map(|f| f.function.as_str()).collect()
+    }
+
+    #[test]
+    fn each_eval_loop_frame_gives_way_to_its_activation() {
+        let stack = vec![
+            native("PyBytes_FromStringAndSize"),
+            native("_PyEval_EvalFrameDefault"),
+            native("method_vectorcall"),
+            native("_PyEval_EvalFrameDefault.cold"),
+            native("PyEval_EvalCode"),
+            native("main"),
+        ];
+        let frames = vec![
+            python("expensive_search", false),
+            python("search", true),
+            python("Handler.do_GET", false),
+            python("<module>", true),
+        ];
+        assert_eq!(
+            names(&merge(stack, frames)),
+            [
+                "PyBytes_FromStringAndSize",
+                "expensive_search",
+                "search",
+                "method_vectorcall",
+                "Handler.do_GET",
+                "<module>",
+                "PyEval_EvalCode",
+                "main"
+            ]
+        );
+    }
+
+    #[test]
+    fn leftovers_go_at_the_root_and_spare_eval_frames_stay() {
+        let frames = vec![python("f", true), python("g", true)];
+        assert_eq!(
+            names(&merge(vec![native("malloc_site"), native("_PyEval_EvalFrameDefault")], frames.clone())),
+            ["malloc_site", "f", "g"]
+        );
+        assert_eq!(
+            names(&merge(
+                vec![native("_PyEval_EvalFrameDefault"), native("_PyEval_EvalFrameDefault"), native("_PyEval_EvalFrameDefault")],
+                frames
+            )),
+            ["f", "g", "_PyEval_EvalFrameDefault"]
+        );
+    }
+}
