@@ -2,7 +2,7 @@
 //! or a `libpython` it loads), its version (`Py_Version`) and where its runtime state lives,
 //! from the object's own symbols (the dynamic ones, so stripped builds such as Debian's work).
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{collections::HashMap, fs};
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 
@@ -24,6 +24,10 @@ pub struct Interpreter {
     pub none: u64,
     /// The object holding it, as the process sees its path.
     pub module: String,
+    /// Whether objects of pymalloc's size classes (512 bytes or less) are seen: its entry
+    /// points have symbols to probe (an LTO build such as Debian's inlines them into their
+    /// callers, and has none), or the process runs with `PYTHONMALLOC=malloc`.
+    pub small_objects_seen: bool,
 }
 
 impl Interpreter {
@@ -49,7 +53,13 @@ pub enum Found {
 }
 
 /// The symbols looked for, in the object holding the interpreter.
-const SYMBOLS: [&str; 4] = ["Py_Version", "_PyRuntime", "PyCode_Type", "_Py_NoneStruct"];
+const SYMBOLS: [&str; 5] = [
+    "Py_Version",
+    "_PyRuntime",
+    "PyCode_Type",
+    "_Py_NoneStruct",
+    "_PyObject_Malloc",
+];
 
 /// Looks for CPython in `pid`: in its executable and in any mapped object named like
 /// `libpython*`.
@@ -149,6 +159,7 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
             "CPython {text} ({path}) does not export PyCode_Type and _Py_NoneStruct: its stacks stay native"
         ));
     };
+    let small_objects_seen = symbols.contains_key("_PyObject_Malloc") || malloc_forced(pid);
     Found::Python(Interpreter {
         version,
         layout,
@@ -156,13 +167,16 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
         code_type: bias + code_type,
         none: bias + none,
         module: path.to_string(),
+        small_objects_seen,
     })
 }
 
-/// Whether `path` names an object that may hold an interpreter (for quick checks without
-/// reading it).
-pub fn may_hold_python(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("libpython") || n.starts_with("python"))
+/// Whether `pid` runs with `PYTHONMALLOC=malloc` (or `malloc_debug`): every object then comes
+/// from the C library's malloc.
+fn malloc_forced(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+        environ
+            .split(|&b| b == 0)
+            .any(|var| var == b"PYTHONMALLOC=malloc" || var == b"PYTHONMALLOC=malloc_debug")
+    })
 }

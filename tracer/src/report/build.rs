@@ -160,8 +160,12 @@ pub fn functions(stacks: &[Stack]) -> Vec<super::FunctionTotal> {
             .iter()
             .filter(|f| !f.plumbing)
             .map(|f| {
-                let module = f.module.rsplit('/').next().unwrap_or(&f.module);
-                (f.function.as_str(), module)
+                // A Python function is told apart by its source file, not the interpreter.
+                let module = match (&f.kind, &f.file) {
+                    (super::FrameKind::Python, Some(file)) => file.as_str(),
+                    _ => &f.module,
+                };
+                (f.function.as_str(), module.rsplit('/').next().unwrap_or(module))
             })
             .collect();
         for (function, module) in on_stack {

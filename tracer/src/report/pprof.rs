@@ -16,7 +16,7 @@ use std::{
 use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 
-use super::{Frame, Report};
+use super::{Frame, FrameKind, Report};
 
 /// The messages of profile.proto this writer fills (field numbers as in the proto).
 mod proto {
@@ -150,7 +150,9 @@ struct Tables {
     functions: Vec<proto::Function>,
     function_ids: HashMap<(String, String), u64>,
     locations: Vec<proto::Location>,
-    location_ids: HashMap<(u32, u64), u64>,
+    /// By (pid, address, line): a Python frame's address is its code object's, the same for
+    /// each of its lines.
+    location_ids: HashMap<(u32, u64, u32), u64>,
     mappings: Vec<proto::Mapping>,
 }
 
@@ -187,7 +189,12 @@ impl Tables {
     /// The location of one stack address: its frames, innermost (inlined) first.
     fn location(&mut self, report: &Report, pid: u32, frames: &[Frame]) -> u64 {
         let address = frames.last().map_or(0, |f| f.address);
-        if let Some(id) = self.location_ids.get(&(pid, address)) {
+        let python_line = frames
+            .last()
+            .filter(|f| f.kind == FrameKind::Python)
+            .map_or(0, |f| f.line.map_or(u32::MAX, |l| l));
+        let key = (pid, address, python_line);
+        if let Some(id) = self.location_ids.get(&key) {
             return *id;
         }
         let id = self.locations.len() as u64 + 1;
@@ -209,7 +216,7 @@ impl Tables {
             address,
             line,
         });
-        self.location_ids.insert((pid, address), id);
+        self.location_ids.insert(key, id);
         id
     }
 }

@@ -71,10 +71,14 @@ impl Session<'_> {
             let mut sample = tokio::time::interval(self.config.interval);
             // New stacks with Python frames are read as soon as the kernel announces them: a
             // code object may live only milliseconds (a module's body runs once at import).
-            let python_stacks = tokio::io::unix::AsyncFd::with_interest(
-                self.probes.maps().python_stacks.as_raw_fd(),
-                tokio::io::Interest::READABLE,
-            )
+            // SAFETY: the ring's descriptor stays open (the maps live as long as the session)
+            // until `python_stacks` is dropped at the end of this block.
+            let python_stacks = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    self.probes.maps().python_stacks.as_raw_fd(),
+                    tokio::io::Interest::READABLE,
+                )
+            }
             .ok();
             loop {
                 tokio::select! {

@@ -298,6 +298,9 @@ fn trace(
     let report = session.build_report(&snapshot, elapsed, Some(end_reason));
     session.publish(&report);
     let delivered = report::deliver(&report, &config.outputs);
+    // A CPython target the kernel stopped at Py_FinalizeEx between the last poll and the
+    // end goes on (the report took long enough for any such stop to have happened).
+    session.resume_frozen_interpreters();
     drop(session); // detaches every probe
     delivered
 }

@@ -23,6 +23,12 @@ const ATTACH_ATTEMPTS: u32 = 10;
 /// How often traced processes' unwind tables are checked against their mappings.
 const TABLES_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Sends SIGCONT to `pid`.
+fn continue_process(pid: u32) {
+    // SAFETY: kill(2) with a plain pid and signal number.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+}
+
 /// A process leaktracer attached to.
 pub struct Tracked {
     pub info: ProcessInfo,
@@ -199,6 +205,13 @@ impl Session<'_> {
                         interpreter.module
                     );
                 }
+                if !interpreter.small_objects_seen {
+                    eprintln!(
+                        "leaktracer: note: pid {pid}: CPython {} in {} has its small-object allocator inlined (no symbols to probe): objects of 512 bytes or less are not seen; run it with PYTHONMALLOC=malloc to see them",
+                        interpreter.version_text(),
+                        interpreter.module
+                    );
+                }
                 self.python.track(pid, interpreter);
             }
         }
@@ -237,8 +250,18 @@ impl Session<'_> {
         }
         self.read_python_stacks();
         for pid in resume {
-            // SAFETY: kill(2) with a plain pid and signal number.
-            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+            continue_process(pid);
+        }
+    }
+
+    /// Continues every CPython target whose teardown the kernel saw (and stopped).
+    pub(super) fn resume_frozen_interpreters(&self) {
+        for pid in self.tracked.keys() {
+            if self.python.interpreter(*pid).is_some()
+                && self.probes.maps().frozen.get(pid, 0).is_ok()
+            {
+                continue_process(*pid);
+            }
         }
     }
 
