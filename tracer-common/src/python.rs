@@ -136,7 +136,14 @@ mod tests {
         let code = 0x7f12_3456_7890;
         for (offset, entry) in [(-2, false), (0, true), (12, false), (65_532, true)] {
             let frame = PythonFrame::from_entry(python_entry(code, offset, entry)).unwrap();
-            assert_eq!(frame, PythonFrame { code, offset: offset as i32, entry });
+            assert_eq!(
+                frame,
+                PythonFrame {
+                    code,
+                    offset: offset as i32,
+                    entry
+                }
+            );
         }
         // Saturated, never wrapped into another field.
         let far = PythonFrame::from_entry(python_entry(code, 1 << 20, false)).unwrap();

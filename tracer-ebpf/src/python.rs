@@ -16,8 +16,8 @@ use aya_ebpf::helpers::{
 use tracer_common::{
     MAX_STACK_DEPTH,
     python::{
-        ActivationMarker, FRAME_HEADER_BYTES, FRAME_OWNED_BY_CSTACK, MAX_PYTHON_FRAMES,
-        NO_CFRAME, PYTHON_FRAME, PythonProcess, python_entry,
+        ActivationMarker, FRAME_HEADER_BYTES, FRAME_OWNED_BY_CSTACK, MAX_PYTHON_FRAMES, NO_CFRAME,
+        PYTHON_FRAME, PythonProcess, python_entry,
     },
 };
 
@@ -101,8 +101,8 @@ fn newest_frame(process: &PythonProcess) -> Option<u64> {
     // SAFETY: a helper without arguments; the task is only read through the kernel-read
     // helper, which fails (no fault) on a bad address.
     let task = unsafe { bpf_get_current_task() };
-    let tls = unsafe { bpf_probe_read_kernel((task + u64::from(fsbase_offset)) as *const u64) }
-        .ok()?;
+    let tls =
+        unsafe { bpf_probe_read_kernel((task + u64::from(fsbase_offset)) as *const u64) }.ok()?;
     // SAFETY (this and the reads below): the helper copies from user memory and fails (no
     // fault) on a bad address.
     let [initialized, key] = unsafe { bpf_probe_read_user(process.tss as *const [u32; 2]) }.ok()?;

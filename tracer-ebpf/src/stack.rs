@@ -121,7 +121,12 @@ fn announce_python_stack(tgid: u32, stack_id: u64) {
         return;
     };
     // SAFETY: this CPU's scratch slot, valid for the run; the index is checked.
-    let last = unsafe { (*stack).depth.checked_sub(1).and_then(|i| (*stack).ips.get(i as usize).copied()) };
+    let last = unsafe {
+        (*stack)
+            .depth
+            .checked_sub(1)
+            .and_then(|i| (*stack).ips.get(i as usize).copied())
+    };
     if last.is_some_and(|ip| ip & PYTHON_FRAME != 0) {
         let _ = PYTHON_STACKS.output::<NewPythonStack>(
             &NewPythonStack {

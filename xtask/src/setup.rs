@@ -1,5 +1,5 @@
 //! Installing what a fresh machine lacks: rust-src (for `-Z build-std=core`), bpf-linker, and a C
-//! compiler for the demo and test workloads. Each check is quick when the thing is present.
+//! compiler and Python for the demo and test workloads. Each check is quick when the thing is present.
 
 use std::{path::PathBuf, process::Command};
 
@@ -12,7 +12,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run() -> anyhow::Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
-    ensure_debian_tools(&[("gcc", "gcc")])?;
+    ensure_debian_tools(&[("gcc", "gcc"), ("python3", "python3")])?;
     Ok(())
 }
 

@@ -69,3 +69,9 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 pub fn step(what: &str) {
     eprintln!("xtask: {what}");
 }
+
+/// Whether `program` is found on PATH.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}

@@ -109,7 +109,8 @@ impl Collector {
             if item.len() >= size_of::<NewPythonStack>() {
                 // SAFETY: the kernel wrote a whole NewPythonStack; read_unaligned copes with
                 // any alignment of the ring's data.
-                let new = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NewPythonStack>()) };
+                let new =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NewPythonStack>()) };
                 stacks.push((new.tgid, new.stack_id));
             }
         }

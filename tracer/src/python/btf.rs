@@ -66,10 +66,10 @@ fn composites(data: &[u8]) -> Option<Vec<Composite>> {
         // The bytes that follow each kind's common header.
         let extra = match kind {
             KIND_STRUCT | KIND_UNION => 12 * vlen,
-            1 | 14 | 17 => 4,  // int, var, decl tag
-            3 => 12,           // array
-            6 => 8 * vlen,     // enum
-            13 => 8 * vlen,    // func proto
+            1 | 14 | 17 => 4,     // int, var, decl tag
+            3 => 12,              // array
+            6 => 8 * vlen,        // enum
+            13 => 8 * vlen,       // func proto
             15 | 19 => 12 * vlen, // datasec, enum64
             _ => 0,
         };
@@ -79,7 +79,11 @@ fn composites(data: &[u8]) -> Option<Vec<Composite>> {
                 let member = at + 12 * i;
                 let offset = u32_at(types, member + 8)?;
                 // With kind_flag, the top 8 bits are a bitfield's size.
-                let bits = if kind_flag == 1 { offset & 0x00ff_ffff } else { offset };
+                let bits = if kind_flag == 1 {
+                    offset & 0x00ff_ffff
+                } else {
+                    offset
+                };
                 members.push((name(u32_at(types, member)?), bits / 8));
             }
             found.push(Composite {

@@ -142,7 +142,11 @@ impl ProcessCodes {
                 return Some(known.clone());
             }
         }
-        let info = Arc::new(read_code(self.memory.as_ref()?, &self.interpreter, address)?);
+        let info = Arc::new(read_code(
+            self.memory.as_ref()?,
+            &self.interpreter,
+            address,
+        )?);
         self.codes.insert(address, info.clone());
         Some(info)
     }
@@ -188,17 +192,25 @@ fn read_code(memory: &RemoteMemory, interpreter: &Interpreter, code: u64) -> Opt
 fn read_str(memory: &RemoteMemory, interpreter: &Interpreter, object: u64) -> Option<String> {
     let layout = &interpreter.layout.code;
     let state = memory.read_u32(object + STR_STATE).ok()?;
-    let length = memory.read_u64(object + STR_LENGTH).ok()?.min(MAX_STR_CHARS);
+    let length = memory
+        .read_u64(object + STR_LENGTH)
+        .ok()?
+        .min(MAX_STR_CHARS);
     let (kind, compact, ascii) = ((state >> 2) & 7, state >> 5 & 1, state >> 6 & 1);
     if compact == 0 {
         return None;
     }
     if ascii == 1 {
-        let bytes = memory.read_vec(object + layout.ascii_data, length as usize).ok()?;
+        let bytes = memory
+            .read_vec(object + layout.ascii_data, length as usize)
+            .ok()?;
         return Some(String::from_utf8_lossy(&bytes).into_owned());
     }
     let bytes = memory
-        .read_vec(object + layout.compact_data, (length * u64::from(kind)) as usize)
+        .read_vec(
+            object + layout.compact_data,
+            (length * u64::from(kind)) as usize,
+        )
         .ok()?;
     let text = match kind {
         1 => bytes.iter().map(|&b| char::from(b)).collect(),

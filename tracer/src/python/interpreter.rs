@@ -98,8 +98,8 @@ pub fn find(pid: u32) -> Found {
 /// The interpreter in the object mapped first at `first`, if it holds one.
 fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
     let by_range = format!("/proc/{pid}/map_files/{:x}-{:x}", first.start, first.end);
-    let Ok(data) = fs::read(&by_range)
-        .or_else(|_| fs::read(crate::target::process::path_in_root(pid, path)))
+    let Ok(data) =
+        fs::read(&by_range).or_else(|_| fs::read(crate::target::process::path_in_root(pid, path)))
     else {
         return Found::Nothing;
     };
@@ -115,7 +115,8 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
             symbols.entry(name).or_insert(symbol.address());
         }
     }
-    let (Some(&version_at), Some(&runtime)) = (symbols.get("Py_Version"), symbols.get("_PyRuntime"))
+    let (Some(&version_at), Some(&runtime)) =
+        (symbols.get("Py_Version"), symbols.get("_PyRuntime"))
     else {
         return Found::Nothing;
     };
@@ -153,7 +154,8 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
             }
         }
     }
-    let (Some(&code_type), Some(&none)) = (symbols.get("PyCode_Type"), symbols.get("_Py_NoneStruct"))
+    let (Some(&code_type), Some(&none)) =
+        (symbols.get("PyCode_Type"), symbols.get("_Py_NoneStruct"))
     else {
         return Found::Unsupported(format!(
             "CPython {text} ({path}) does not export PyCode_Type and _Py_NoneStruct: its stacks stay native"

@@ -172,7 +172,14 @@ mod tests {
         for (at, value) in [(184, 72u64), (232, 8), (240, 0), (248, 56), (264, 70)] {
             bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
         }
-        for (at, value) in [(280, 112u64), (288, 120), (296, 128), (304, 136), (312, 68), (344, 200)] {
+        for (at, value) in [
+            (280, 112u64),
+            (288, 120),
+            (296, 128),
+            (304, 136),
+            (312, 68),
+            (344, 200),
+        ] {
             bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
         }
         assert_eq!(layout.with_debug_offsets(0x030d00f0, &bytes), Some(layout));

@@ -24,7 +24,11 @@ fn varint(table: &[u8], at: &mut usize) -> Option<u32> {
 fn svarint(table: &[u8], at: &mut usize) -> Option<i64> {
     let value = varint(table, at)?;
     let magnitude = i64::from(value >> 1);
-    Some(if value & 1 != 0 { -magnitude } else { magnitude })
+    Some(if value & 1 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    })
 }
 
 /// The source line of the instruction at byte offset `offset` (LASTI * 2; negative: before
@@ -118,6 +122,13 @@ mod tests {
         // Damaged or cut short: no line, no panic.
         assert_eq!(line_at(&table[..8], 10, 8), None);
         assert_eq!(line_at(&[0x7f, 0xff, 0xff], 10, 0), None);
-        assert_eq!(line_at(&[0x80 | (13 << 3), 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f], 1, 0), None);
+        assert_eq!(
+            line_at(
+                &[0x80 | (13 << 3), 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f],
+                1,
+                0
+            ),
+            None
+        );
     }
 }

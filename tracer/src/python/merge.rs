@@ -96,12 +96,19 @@ mod tests {
     fn leftovers_go_at_the_root_and_spare_eval_frames_stay() {
         let frames = vec![python("f", true), python("g", true)];
         assert_eq!(
-            names(&merge(vec![native("malloc_site"), native("_PyEval_EvalFrameDefault")], frames.clone())),
+            names(&merge(
+                vec![native("malloc_site"), native("_PyEval_EvalFrameDefault")],
+                frames.clone()
+            )),
             ["malloc_site", "f", "g"]
         );
         assert_eq!(
             names(&merge(
-                vec![native("_PyEval_EvalFrameDefault"), native("_PyEval_EvalFrameDefault"), native("_PyEval_EvalFrameDefault")],
+                vec![
+                    native("_PyEval_EvalFrameDefault"),
+                    native("_PyEval_EvalFrameDefault"),
+                    native("_PyEval_EvalFrameDefault")
+                ],
                 frames
             )),
             ["f", "g", "_PyEval_EvalFrameDefault"]

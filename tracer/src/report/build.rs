@@ -155,9 +155,8 @@ pub fn functions(stacks: &[Stack]) -> Vec<super::FunctionTotal> {
     let mut by_function: HashMap<(&str, &str), super::FunctionTotal> = HashMap::new();
     let holding: Vec<&Stack> = stacks.iter().filter(|s| s.outstanding_bytes > 0).collect();
     for stack in &holding {
-        let on_stack: BTreeSet<(&str, &str)> = stack
-            .frames
-            .iter()
+        let on_stack: BTreeSet<(&str, &str)> = super::shown_frames(&stack.frames)
+            .into_iter()
             .filter(|f| !f.plumbing)
             .map(|f| {
                 // A Python function is told apart by its source file, not the interpreter.
@@ -165,7 +164,10 @@ pub fn functions(stacks: &[Stack]) -> Vec<super::FunctionTotal> {
                     (super::FrameKind::Python, Some(file)) => file.as_str(),
                     _ => &f.module,
                 };
-                (f.function.as_str(), module.rsplit('/').next().unwrap_or(module))
+                (
+                    f.function.as_str(),
+                    module.rsplit('/').next().unwrap_or(module),
+                )
             })
             .collect();
         for (function, module) in on_stack {

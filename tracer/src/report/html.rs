@@ -256,7 +256,7 @@ fn table(stacks: &[Stack]) -> String {
             .map_or("[stack not captured]".to_string(), describe_frame);
         let full: Vec<String> = folded_note(stack.folded_frames())
             .into_iter()
-            .chain(stack.own_frames().iter().map(describe_frame))
+            .chain(stack.shown_frames().into_iter().map(describe_frame))
             .collect();
         html.push_str(&format!(
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"{}\">{}</td><td>{}</td><td><details><summary>{}</summary><pre>{}</pre></details></td></tr>\n",

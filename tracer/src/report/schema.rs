@@ -356,6 +356,15 @@ impl Stack {
         own_frames(&self.frames)
     }
 
+    /// The frames renderings show (text, HTML, flamegraph, the by-function view): its own
+    /// frames (see [`Stack::own_frames`]), and for a stack with Python frames, without the
+    /// interpreter's C frames above its innermost Python frame (the eval loop's calls between
+    /// Python functions). What the innermost Python line called, C extensions and the
+    /// thread's start stay. JSON keeps every frame.
+    pub fn shown_frames(&self) -> Vec<&Frame> {
+        shown_frames(self.own_frames())
+    }
+
     /// The frame summaries name a stack by: its innermost Python frame when it has one (the
     /// interpreter's C code below it is the interpreter at work), else the first frame a
     /// reader sees; `None` for a stack without frames.
@@ -365,6 +374,23 @@ impl Stack {
             .find(|f| f.kind == FrameKind::Python)
             .or_else(|| own.first())
     }
+}
+
+/// `frames` without the interpreter's own frames above the innermost Python frame (see
+/// [`Stack::shown_frames`]).
+pub fn shown_frames(frames: &[Frame]) -> Vec<&Frame> {
+    let Some(first) = frames.iter().position(|f| f.kind == FrameKind::Python) else {
+        return frames.iter().collect();
+    };
+    let interpreter = &frames[first].module;
+    frames[..first]
+        .iter()
+        .chain(
+            frames[first..]
+                .iter()
+                .filter(|f| f.kind == FrameKind::Python || &f.module != interpreter),
+        )
+        .collect()
 }
 
 /// How many leading frames of `frames` are marked plumbing; never all of them, whatever a
@@ -432,7 +458,13 @@ impl Report {
                 if several {
                     names.push(process);
                 }
-                names.extend(stack.own_frames().iter().rev().map(|f| f.label().replace(';', ":")));
+                names.extend(
+                    stack
+                        .shown_frames()
+                        .iter()
+                        .rev()
+                        .map(|f| f.label().replace(';', ":")),
+                );
                 if stack.frames.is_empty() {
                     names.push("[unknown stack]".to_string());
                 }
@@ -549,5 +581,51 @@ mod tests {
         )
         .unwrap();
         assert!(!old.plumbing);
+    }
+
+    #[test]
+    fn interpreter_frames_above_python_code_are_not_shown() {
+        let native = |name: &str, module: &str| Frame {
+            function: name.into(),
+            module: module.into(),
+            ..Frame::default()
+        };
+        let python = |name: &str| Frame {
+            function: name.into(),
+            module: "libpython3.12.so".into(),
+            kind: FrameKind::Python,
+            ..Frame::default()
+        };
+        let stack = Stack {
+            frames: vec![
+                native("PyUnicode_New", "libpython3.12.so"),
+                python("expensive_search"),
+                native("method_vectorcall", "libpython3.12.so"),
+                native("zlib_call", "zlib.so"),
+                python("search"),
+                native("start_thread", "libc.so.6"),
+                native("_start", "libpython3.12.so"),
+            ],
+            ..Stack::default()
+        };
+        let names: Vec<&str> = stack
+            .shown_frames()
+            .iter()
+            .map(|f| f.function.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "PyUnicode_New",
+                "expensive_search",
+                "zlib_call",
+                "search",
+                "start_thread"
+            ]
+        );
+        assert_eq!(
+            stack.first_own_frame().unwrap().function,
+            "expensive_search"
+        );
     }
 }

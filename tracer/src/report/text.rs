@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Frame, Report};
+use super::{Frame, FrameKind, Report};
 use crate::growth::{Class, Severity};
 use crate::units::{human_bytes, human_rate};
 
@@ -181,7 +181,7 @@ pub fn render(report: &Report, top: usize) -> String {
         if let Some(note) = folded_note(stack.folded_frames()) {
             let _ = writeln!(out, "    {note}");
         }
-        for frame in stack.own_frames() {
+        for frame in stack.shown_frames() {
             let _ = writeln!(out, "    {}", describe_frame(frame));
         }
     }
@@ -273,6 +273,10 @@ pub fn describe_frame(frame: &Frame) -> String {
         _ => String::new(),
     };
     let inlined = if frame.inlined { " (inlined)" } else { "" };
+    let module = match frame.kind {
+        FrameKind::Python => "python",
+        FrameKind::Native => module,
+    };
     format!("{}{location}{inlined} [{module}]", frame.function)
 }
 

@@ -6,8 +6,8 @@ use std::{collections::BTreeSet, path::PathBuf};
 use super::{Session, TraceConfig};
 use crate::{
     attach::allocator::{self, AttachPlan},
-    python::interpreter::Found,
     error::TraceError,
+    python::interpreter::Found,
     report::{ExecEvent, ProcessEntry},
     target::{
         maps::read_maps,
@@ -192,10 +192,13 @@ impl Session<'_> {
                 let entry = interpreter
                     .layout
                     .kernel_entry(interpreter.runtime, interpreter.none);
-                if let Err(e) = self.probes.maps_mut().python_processes.insert(pid, entry, 0) {
-                    eprintln!(
-                        "leaktracer: warning: pid {pid}: cannot walk its Python frames: {e}"
-                    );
+                if let Err(e) = self
+                    .probes
+                    .maps_mut()
+                    .python_processes
+                    .insert(pid, entry, 0)
+                {
+                    eprintln!("leaktracer: warning: pid {pid}: cannot walk its Python frames: {e}");
                     return;
                 }
                 if self.config.verbose {
