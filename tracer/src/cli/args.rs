@@ -158,8 +158,9 @@ pub struct TraceArgs {
     pub max_allocations: u32,
 
     /// Most distinct allocation stacks; beyond it, allocations are kept without a stack
-    /// (stack_failed).
-    #[arg(long, value_name = "N", default_value_t = 16384)]
+    /// (stack_failed). Python code makes many (one per line and caller), and a launched
+    /// interpreter's imports alone can make ten thousand.
+    #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_stacks: u32,
 
     /// How stacks are walked: `cfi` follows each object's call-frame information (`.eh_frame`,

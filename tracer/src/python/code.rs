@@ -39,7 +39,8 @@ struct ProcessCodes {
     interpreter: Interpreter,
     /// Open while the process is alive.
     memory: Option<RemoteMemory>,
-    codes: HashMap<u64, Arc<CodeInfo>>,
+    /// Code objects by address, with the batch of new stacks they were last checked in.
+    codes: HashMap<u64, (Arc<CodeInfo>, u64)>,
 }
 
 /// The code objects of every traced interpreter, and the Python frames of each stack, named.
@@ -49,6 +50,8 @@ pub struct CodeObjects {
     /// (tgid, stack id) -> its Python frames' code objects, innermost first, as read when the
     /// stack was new (`None`: unreadable).
     stacks: HashMap<(u32, u64), Vec<Option<Arc<CodeInfo>>>>,
+    /// The batch of new stacks being read: a code object is checked once per batch.
+    batch: u64,
 }
 
 impl CodeObjects {
@@ -75,9 +78,15 @@ impl CodeObjects {
         self.processes.remove(&pid);
     }
 
+    /// Starts a batch of new stacks (those announced since the last poll): a code object
+    /// known from an earlier batch is checked again, once, as its address may belong to
+    /// another one by now.
+    pub fn next_batch(&mut self) {
+        self.batch += 1;
+    }
+
     /// Names the Python frames of a stack just kept by the kernel (`ips`, its entries), while
-    /// its code objects exist. A code object already known is checked again: its address may
-    /// belong to another one by now.
+    /// its code objects exist.
     pub fn read_stack(&mut self, pid: u32, stack_id: u64, ips: &[u64]) {
         if self.stacks.contains_key(&(pid, stack_id)) {
             return;
@@ -88,7 +97,7 @@ impl CodeObjects {
         let codes: Vec<Option<Arc<CodeInfo>>> = ips
             .iter()
             .filter_map(|&ip| PythonFrame::from_entry(ip))
-            .map(|frame| process.code(frame.code, true))
+            .map(|frame| process.code(frame.code, Some(self.batch)))
             .collect();
         self.stacks.insert((pid, stack_id), codes);
     }
@@ -113,7 +122,7 @@ impl CodeObjects {
                 None => self
                     .processes
                     .get_mut(&pid)
-                    .and_then(|p| p.code(frame.code, false)),
+                    .and_then(|p| p.code(frame.code, None)),
             };
             frames.push((python_frame(info.as_deref(), frame, &module), frame.entry));
         }

@@ -2,7 +2,10 @@
 //! runs a run of Python frames (Python-to-Python calls do not recurse in C). Walking from the
 //! leaf, each eval-loop frame gives way to the next run of Python frames, up to the one that
 //! began its activation, as py-spy's and memray's native modes do. Python frames left over
-//! (the native walk stopped short) go at the root end.
+//! (the native walk stopped short) go at the root end. The interpreter's other C frames above
+//! the innermost Python frame (vectorcall glue, the eval loop's helpers) go too: a stack reads
+//! `PyUnicode_New` <- `expensive_search` <- `search` <- `Handler.do_GET` <- ... with the
+//! native frames of other objects (C extensions, the C library's thread start) in place.
 
 use crate::report::Frame;
 
@@ -33,7 +36,10 @@ pub fn merge(native: Vec<Frame>, python: Vec<(Frame, bool)>) -> Vec<Frame> {
         }
     }
     merged.extend(python.map(|(frame, _)| frame));
-    merged
+    crate::report::shown_frames(&merged)
+        .into_iter()
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -42,8 +48,14 @@ mod tests {
     use crate::report::FrameKind;
 
     fn native(name: &str) -> Frame {
+        let module = if name == "main" {
+            "python3"
+        } else {
+            "libpython3.12.so"
+        };
         Frame {
             function: name.into(),
+            module: module.into(),
             ..Frame::default()
         }
     }
@@ -51,6 +63,7 @@ mod tests {
     fn python(name: &str, entry: bool) -> (Frame, bool) {
         let frame = Frame {
             function: name.into(),
+            module: "libpython3.12.so".into(),
             kind: FrameKind::Python,
             ..Frame::default()
         };
@@ -83,10 +96,8 @@ mod tests {
                 "PyBytes_FromStringAndSize",
                 "expensive_search",
                 "search",
-                "method_vectorcall",
                 "Handler.do_GET",
                 "<module>",
-                "PyEval_EvalCode",
                 "main"
             ]
         );
@@ -111,7 +122,7 @@ mod tests {
                 ],
                 frames
             )),
-            ["f", "g", "_PyEval_EvalFrameDefault"]
+            ["f", "g"]
         );
     }
 }

@@ -92,7 +92,7 @@ impl TraceConfig {
             thresholds: Thresholds::default(),
             sample_bytes: None,
             max_allocations: 1 << 20,
-            max_stacks: 16384,
+            max_stacks: 65536,
             unwind: UnwindMode::Cfi,
             max_depth: tracer_common::unwind::DEFAULT_MAX_DEPTH,
             max_unwind_rows: tracer_common::unwind::DEFAULT_UNWIND_ROWS,

@@ -223,6 +223,7 @@ impl Session<'_> {
     /// Names the Python frames of the stacks the kernel kept since the last poll, while their
     /// code objects exist.
     pub(super) fn read_python_stacks(&mut self) {
+        self.python.next_batch();
         for (pid, stack_id) in self.collector.new_python_stacks(self.probes.maps_mut()) {
             let ips = self.collector.stack(self.probes.maps(), stack_id);
             self.python.read_stack(pid, stack_id, &ips);
