@@ -1,12 +1,14 @@
-//! Helpers for leaktracer's end-to-end tests: compile C workloads, run the real `leaktracer`
-//! binary against real processes (root needed: real eBPF), and read its JSON. One module per
-//! subject; everything is re-exported here, so a test file needs `use leaktracer_e2e::*` only.
+//! Helpers for leaktracer's end-to-end tests: compile C workloads, find the Python interpreters,
+//! run the real `leaktracer` binary against real processes (root needed: real eBPF), and read its
+//! JSON. One module per subject; everything is re-exported here, so a test file needs
+//! `use leaktracer_e2e::*` only.
 
 mod browser;
 mod cgroups;
 mod http;
 mod paths;
 mod procfs;
+mod python;
 mod report;
 mod tracer;
 mod workloads;
@@ -16,6 +18,7 @@ pub use cgroups::*;
 pub use http::*;
 pub use paths::*;
 pub use procfs::*;
+pub use python::*;
 pub use report::*;
 pub use tracer::*;
 pub use workloads::*;

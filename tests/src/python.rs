@@ -1,0 +1,152 @@
+//! CPython targets: the interpreters this machine kind has, and the Python frames of a report's
+//! stacks (issue 12: every frame says `"kind": "python"` or `"native"`; a Python frame's
+//! `function` is its code object's `co_qualname`, `file` its `co_filename`, `line` the line it
+//! is executing).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// The interpreters this machine kind has: Debian's stripped python3.11 and pyenv's builds
+/// 3.11.7, 3.12.1 and 3.13.0 (interpreter in libpython; `$PYENV_ROOT`, else /root/.pyenv). Each
+/// missing one is named and skipped.
+pub fn python_interpreters() -> Vec<PathBuf> {
+    let pyenv = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let candidates = [
+        PathBuf::from("/usr/bin/python3.11"),
+        pyenv.join("versions/3.11.7/bin/python3.11"),
+        pyenv.join("versions/3.12.1/bin/python3.12"),
+        pyenv.join("versions/3.13.0/bin/python3.13"),
+    ];
+    candidates
+        .into_iter()
+        .filter(|candidate| {
+            let found = candidate.exists();
+            if !found {
+                eprintln!("SKIP for {}: not installed", candidate.display());
+            }
+            found
+        })
+        .collect()
+}
+
+/// True for Debian's python3.11: built with LTO, it inlines pymalloc's fast path into its
+/// callers, so its small objects are seen only when it runs with `PYTHONMALLOC=malloc`.
+pub fn inlines_pymalloc(python: &Path) -> bool {
+    python.starts_with("/usr/bin")
+}
+
+/// True for a frame of Python code (`"kind": "python"`).
+pub fn is_python_frame(frame: &Value) -> bool {
+    frame["kind"] == "python"
+}
+
+/// A stack's Python frames, innermost first.
+pub fn python_frames(stack: &Value) -> Vec<&Value> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| is_python_frame(f))
+        .collect()
+}
+
+/// The Python frame nearest the allocation.
+pub fn innermost_python_frame(stack: &Value) -> Option<&Value> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| is_python_frame(f))
+}
+
+/// The stacks whose innermost Python frame is `function` executing `line`.
+pub fn stacks_at_python_line<'a>(report: &'a Value, function: &str, line: u64) -> Vec<&'a Value> {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            innermost_python_frame(s)
+                .is_some_and(|f| f["function"] == function && f["line"] == line)
+        })
+        .collect()
+}
+
+/// The stacks whose outstanding bytes are all blocks of `size` bytes.
+pub fn stacks_of_blocks(report: &Value, size: u64) -> Vec<&Value> {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            let n = s["outstanding_allocations"].as_u64().unwrap();
+            n > 0 && s["outstanding_bytes"].as_u64() == Some(n * size)
+        })
+        .collect()
+}
+
+/// Outstanding bytes and allocations summed over `stacks`.
+pub fn held_by(stacks: &[&Value]) -> (u64, u64) {
+    stacks.iter().fold((0, 0), |(b, n), s| {
+        (
+            b + s["outstanding_bytes"].as_u64().unwrap(),
+            n + s["outstanding_allocations"].as_u64().unwrap(),
+        )
+    })
+}
+
+/// One frame, compactly: `function file:line [kind]` (file without its directory; the module's
+/// name when the frame has no file).
+pub fn frame_text(frame: &Value) -> String {
+    let base = |path: &str| {
+        Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.to_string())
+    };
+    let place = match (frame["file"].as_str(), frame["line"].as_u64()) {
+        (Some(file), Some(line)) => format!("{}:{line}", base(file)),
+        (Some(file), None) => base(file),
+        _ => frame["module"].as_str().map(base).unwrap_or_default(),
+    };
+    format!(
+        "{} {place} [{}]",
+        frame["function"].as_str().unwrap_or("?"),
+        frame["kind"].as_str().unwrap_or("no kind")
+    )
+}
+
+/// Stacks, compactly, largest first: for each, what it holds and its frames innermost first,
+/// one stack per line. At most `limit` stacks, and says how many were left out.
+pub fn stacks_text(stacks: &[&Value], limit: usize) -> String {
+    let mut sorted = stacks.to_vec();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s["outstanding_bytes"].as_u64().unwrap_or(0)));
+    let mut lines: Vec<String> = sorted
+        .iter()
+        .take(limit)
+        .map(|s| {
+            let frames: Vec<String> = s["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(frame_text)
+                .collect();
+            format!(
+                "    {} B in {}: {}",
+                s["outstanding_bytes"],
+                s["outstanding_allocations"],
+                frames.join(" <- ")
+            )
+        })
+        .collect();
+    if sorted.len() > limit {
+        lines.push(format!("    ... and {} more stacks", sorted.len() - limit));
+    }
+    if lines.is_empty() {
+        lines.push("    (no stacks)".to_string());
+    }
+    lines.join("\n")
+}
