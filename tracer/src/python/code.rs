@@ -138,15 +138,20 @@ impl CodeObjects {
 }
 
 impl ProcessCodes {
-    /// The code object at `address`, read if new (or, with `recheck`, if its fields changed).
-    fn code(&mut self, address: u64, recheck: bool) -> Option<Arc<CodeInfo>> {
-        if let Some(known) = self.codes.get(&address) {
-            let same = !recheck
-                || self
-                    .memory
-                    .as_ref()
-                    .and_then(|m| fingerprint(m, &self.interpreter, address))
-                    .is_none_or(|f| f == known.fingerprint);
+    /// The code object at `address`, read if new, or when its fields changed since (checked
+    /// once per `batch`, when one is given).
+    fn code(&mut self, address: u64, batch: Option<u64>) -> Option<Arc<CodeInfo>> {
+        if let Some((known, checked)) = self.codes.get_mut(&address) {
+            let same = match batch {
+                Some(batch) if batch != *checked => {
+                    *checked = batch;
+                    self.memory
+                        .as_ref()
+                        .and_then(|m| fingerprint(m, &self.interpreter, address))
+                        .is_none_or(|f| f == known.fingerprint)
+                }
+                _ => true,
+            };
             if same {
                 return Some(known.clone());
             }
@@ -156,7 +161,8 @@ impl ProcessCodes {
             &self.interpreter,
             address,
         )?);
-        self.codes.insert(address, info.clone());
+        self.codes
+            .insert(address, (info.clone(), batch.unwrap_or_default()));
         Some(info)
     }
 }
