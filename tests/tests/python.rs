@@ -2,33 +2,10 @@
 //! teardown frees it (the picture freezes at `Py_FinalizeEx`), small objects included (pymalloc
 //! is probed).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use leaktracer_e2e::*;
 use serde_json::Value;
-
-/// The interpreters this machine kind has: Debian's stripped python3.11 and pyenv's builds
-/// (interpreter in libpython). Each missing one is named and skipped.
-fn interpreters() -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let pyenv = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
-    let candidates = [
-        PathBuf::from("/usr/bin/python3.11"),
-        pyenv.join("versions/3.11.7/bin/python3.11"),
-        pyenv.join("versions/3.12.1/bin/python3.12"),
-        pyenv.join("versions/3.13.0/bin/python3.13"),
-    ];
-    for candidate in candidates {
-        if candidate.exists() {
-            found.push(candidate);
-        } else {
-            eprintln!("SKIP for {}: not installed", candidate.display());
-        }
-    }
-    found
-}
 
 /// Sums the stacks whose bytes are all blocks of `size`: (allocations, bytes).
 fn blocks_of(report: &Value, size: u64) -> (u64, u64) {
@@ -63,7 +40,7 @@ fn trace_script(dir: &Path, python: &Path) -> (Finished, Value) {
 fn a_script_that_exits_still_reports_what_it_held() {
     require_root();
     let dir = scratch_dir("python-exit");
-    for python in interpreters() {
+    for python in python_interpreters() {
         let (done, report) = trace_script(&dir, &python);
         assert_eq!(report["end_reason"], "target exited");
         // Exactly the 2000 buffers the dict held when the script ended.

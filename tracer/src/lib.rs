@@ -21,6 +21,7 @@ pub mod collect;
 pub mod error;
 pub mod growth;
 pub mod history;
+pub mod python;
 pub mod report;
 pub mod serve;
 pub mod symbolize;

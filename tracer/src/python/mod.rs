@@ -1,0 +1,3 @@
+//! CPython targets.
+
+pub mod lines;
