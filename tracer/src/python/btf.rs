@@ -108,6 +108,6 @@ mod tests {
         }
         let offset = fsbase_offset().expect("task_struct.thread.fsbase in BTF");
         // Far into task_struct (its thread_struct comes last), and 8-aligned.
-        assert!(offset > 1024 && offset % 8 == 0, "{offset}");
+        assert!(offset > 1024 && offset.is_multiple_of(8), "{offset}");
     }
 }
