@@ -8,7 +8,11 @@
 //! Results: median and spread of ns per operation, slowdown vs native, the tracer's own CPU use
 //! while the workload runs and its peak RSS, events dropped; then one run per workload with
 //! `--program-stats` for the eBPF programs' own run time. Markdown and JSON under
-//! target/bench/, the tables in BENCHMARKS.md.
+//! target/bench/, the tables in BENCHMARKS.md (a run filtered with `--only` leaves that alone).
+//!
+//! The Python workload (issue 12) runs under one interpreter ([`setup::python`]) natively, under
+//! leaktracer default, under `-X tracemalloc=25` and under `memray run`; its rows say
+//! "skipped" when the interpreter or memray is missing.
 
 use std::{
     fs,
@@ -33,10 +37,50 @@ const REPETITIONS: usize = 5;
 const NO_FP_CHURN: &str = "churn without frame pointers (-O2 -fomit-frame-pointer), 1 thread";
 const DEEP: &str = "deep stacks: malloc+free 30 calls deep, no frame pointers";
 
+/// The Python workload's name (`--only python` picks it).
+const PYTHON: &str = "Python: build and drop lists, dicts, strings, tuples (per loop iteration)";
+
+/// What runs a workload.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A C or C++ program built here.
+    Compiled,
+    /// A script run by the interpreter `program`.
+    Python,
+}
+
 struct Workload {
     name: &'static str,
+    kind: Kind,
     program: PathBuf,
     args: Vec<String>,
+    /// A line printed under its table (the Python rows' interpreter).
+    note: Option<String>,
+    /// The configurations it runs under, in order, each with why it cannot run (its row then
+    /// says so instead of failing the bench).
+    configs: Vec<(Config, Option<String>)>,
+}
+
+impl Workload {
+    /// The command that starts it under `config`: the program itself, or for the in-process
+    /// Python tracers the interpreter with their options before the script.
+    fn command(&self, config: Config, out_dir: &Path) -> Command {
+        let mut command = Command::new(&self.program);
+        match config {
+            Config::Tracemalloc => {
+                // 25 frames kept per allocation (as the row's name says).
+                command.args(["-X", "tracemalloc=25"]);
+            }
+            Config::Memray => {
+                command
+                    .args(["-m", "memray", "run", "--quiet", "-o"])
+                    .arg(memray_output(out_dir));
+            }
+            _ => {}
+        }
+        command.args(&self.args);
+        command
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,6 +92,8 @@ enum Config {
     FramePointers,
     Sampled,
     Memleak,
+    Tracemalloc,
+    Memray,
 }
 
 impl Config {
@@ -60,7 +106,30 @@ impl Config {
             Config::FramePointers => "leaktracer --unwind fp",
             Config::Sampled => "leaktracer --sample-bytes (512K)",
             Config::Memleak => "bcc memleak-bpfcc -p PID",
+            Config::Tracemalloc => "python -X tracemalloc=25",
+            Config::Memray => "memray run --quiet -o FILE",
         }
+    }
+
+    /// Runs inside the target's process (no tracer process to measure).
+    fn in_process(self) -> bool {
+        matches!(self, Config::Tracemalloc | Config::Memray)
+    }
+}
+
+/// One configuration's runs of one workload.
+struct Row<'a> {
+    workload: &'a Workload,
+    config: Config,
+    runs: Vec<Run>,
+    /// Why it did not run.
+    skipped: Option<String>,
+}
+
+impl Row<'_> {
+    fn median_ns(&self) -> Option<f64> {
+        (self.skipped.is_none() && !self.runs.is_empty())
+            .then(|| median(&mut self.runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()))
     }
 }
 
@@ -74,14 +143,26 @@ struct Run {
     dropped: Option<u64>,
 }
 
-pub fn run() -> anyhow::Result<()> {
+/// Runs every workload, or with `only` those whose name contains it (case-insensitive).
+pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     let root = workspace_root();
     let out_dir = root.join("target/bench");
     fs::create_dir_all(&out_dir)?;
-    let workloads = build_workloads(&out_dir)?;
-    let memleak = prepare_memleak(&out_dir);
-    if let Err(why) = &memleak {
-        step(&format!("bcc memleak will not run: {why:#}"));
+    let mut workloads = build_workloads(&out_dir)?;
+    workloads.push(python_workload());
+    if let Some(only) = only {
+        let needle = only.to_lowercase();
+        workloads.retain(|w| w.name.to_lowercase().contains(&needle));
+        if workloads.is_empty() {
+            bail!("no workload's name contains {only:?}");
+        }
+    }
+    let mut headers = None;
+    if workloads.iter().any(|w| w.kind == Kind::Compiled) {
+        match prepare_memleak(&out_dir) {
+            Ok(dir) => headers = Some(dir),
+            Err(why) => step(&format!("bcc memleak will not run: {why:#}")),
+        }
     }
     let mut configs = vec![
         Config::Native,
@@ -91,17 +172,22 @@ pub fn run() -> anyhow::Result<()> {
         Config::FramePointers,
         Config::Sampled,
     ];
-    if memleak.is_ok() {
+    if headers.is_some() {
         configs.push(Config::Memleak);
     }
-    let headers = memleak.ok();
+    for workload in workloads.iter_mut().filter(|w| w.kind == Kind::Compiled) {
+        workload.configs = configs.iter().map(|c| (*c, None)).collect();
+    }
     let leaktracer = root.join("target/release/leaktracer");
 
-    let mut results: Vec<(&Workload, Config, Vec<Run>)> = Vec::new();
+    let mut results: Vec<Row> = Vec::new();
     for workload in &workloads {
-        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); configs.len()];
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); workload.configs.len()];
         for repetition in 0..REPETITIONS {
-            for (index, config) in configs.iter().enumerate() {
+            for (index, (config, skipped)) in workload.configs.iter().enumerate() {
+                if skipped.is_some() {
+                    continue;
+                }
                 step(&format!(
                     "{} / {} / repetition {}",
                     workload.name,
@@ -113,12 +199,31 @@ pub fn run() -> anyhow::Result<()> {
                 runs[index].push(run);
             }
         }
-        for (config, runs) in configs.iter().zip(runs) {
-            results.push((workload, *config, runs));
+        for ((config, skipped), runs) in workload.configs.iter().zip(runs) {
+            if let Some(why) = skipped {
+                step(&format!(
+                    "{} / {}: skipped: {why}",
+                    workload.name,
+                    config.name()
+                ));
+            }
+            results.push(Row {
+                workload,
+                config: *config,
+                runs,
+                skipped: skipped.clone(),
+            });
         }
     }
     let mut profiles = Vec::new();
     for workload in &workloads {
+        if !workload
+            .configs
+            .iter()
+            .any(|(c, skipped)| *c == Config::Leaktracer && skipped.is_none())
+        {
+            continue;
+        }
         step(&format!("{} / eBPF program run times", workload.name));
         profiles.push((
             workload.name,
@@ -130,6 +235,14 @@ pub fn run() -> anyhow::Result<()> {
     let json = render_json(&results);
     fs::write(out_dir.join("results.md"), &markdown)?;
     fs::write(out_dir.join("results.json"), json)?;
+    println!("{markdown}");
+    if only.is_some() {
+        // BENCHMARKS.md keeps the tables of a whole run.
+        step(
+            "wrote target/bench/results.md and target/bench/results.json (filtered run: BENCHMARKS.md left alone)",
+        );
+        return Ok(());
+    }
     let page = format!(
         "# Benchmarks\n\nMeasured by `cargo xtask bench` (as root) on {}; kernel {}.\n\
          Each workload waits until the configuration is attached, then times its own operations;\n\
@@ -140,7 +253,6 @@ pub fn run() -> anyhow::Result<()> {
             .trim()
     );
     fs::write(root.join("BENCHMARKS.md"), page)?;
-    println!("{markdown}");
     step("wrote target/bench/results.md, target/bench/results.json and BENCHMARKS.md");
     Ok(())
 }
@@ -190,32 +302,85 @@ fn build_workloads(out_dir: &Path) -> anyhow::Result<Vec<Workload>> {
             .arg(source.join("containers.cpp")),
     )?;
     Ok(vec![
-        Workload {
-            name: "churn, 1 thread (malloc+free pairs, 16..4096 B)",
-            program: churn.clone(),
-            args: vec!["1".into(), "200000".into()],
-        },
-        Workload {
-            name: "churn, 2 threads",
-            program: churn,
-            args: vec!["2".into(), "100000".into()],
-        },
-        Workload {
-            name: NO_FP_CHURN,
-            program: churn_nofp,
-            args: vec!["1".into(), "200000".into()],
-        },
-        Workload {
-            name: DEEP,
-            program: deep,
-            args: vec!["30".into(), "100000".into()],
-        },
-        Workload {
-            name: "C++ map<string, vector<int>> build and drop (per insert)",
-            program: containers,
-            args: vec!["100".into()],
-        },
+        compiled(
+            "churn, 1 thread (malloc+free pairs, 16..4096 B)",
+            churn.clone(),
+            &["1", "200000"],
+        ),
+        compiled("churn, 2 threads", churn, &["2", "100000"]),
+        compiled(NO_FP_CHURN, churn_nofp, &["1", "200000"]),
+        compiled(DEEP, deep, &["30", "100000"]),
+        compiled(
+            "C++ map<string, vector<int>> build and drop (per insert)",
+            containers,
+            &["100"],
+        ),
     ])
+}
+
+/// A C or C++ workload; its configurations are set once bcc memleak is known to run or not.
+fn compiled(name: &'static str, program: PathBuf, args: &[&str]) -> Workload {
+    Workload {
+        name,
+        kind: Kind::Compiled,
+        program,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        note: None,
+        configs: Vec::new(),
+    }
+}
+
+/// The Python workload under [`setup::python`]'s interpreter: native, leaktracer default,
+/// tracemalloc and memray, each skipped (saying what is missing) when it cannot run.
+fn python_workload() -> Workload {
+    let script = workspace_root().join("xtask/bench/alloc.py");
+    let python = setup::python();
+    let missing = python.is_none().then(|| {
+        format!(
+            "no Python interpreter (pyenv's CPython 3.12 or {})",
+            setup::FALLBACK_PYTHON
+        )
+    });
+    let memray_missing = missing.clone().or_else(|| {
+        let python = python.as_ref()?;
+        let importable = util::succeeds(Command::new(&python.path).args(["-c", "import memray"]));
+        (!importable).then(|| format!("memray (not importable by {})", python.path.display()))
+    });
+    match &python {
+        Some(python) => step(&format!(
+            "Python rows: {} (Python {})",
+            python.path.display(),
+            python.version
+        )),
+        None => step(&format!(
+            "Python rows: skipped: {}",
+            missing.as_deref().unwrap_or_default()
+        )),
+    }
+    Workload {
+        name: PYTHON,
+        kind: Kind::Python,
+        program: python.as_ref().map(|p| p.path.clone()).unwrap_or_default(),
+        args: vec![script.display().to_string(), "250000".into()],
+        note: python.map(|p| {
+            format!(
+                "Interpreter: `{}` (Python {}).",
+                p.path.display(),
+                p.version
+            )
+        }),
+        configs: vec![
+            (Config::Native, missing.clone()),
+            (Config::Leaktracer, missing.clone()),
+            (Config::Tracemalloc, missing),
+            (Config::Memray, memray_missing),
+        ],
+    }
+}
+
+/// Where `memray run` writes its capture (removed after each run).
+fn memray_output(out_dir: &Path) -> PathBuf {
+    out_dir.join("memray.bin")
 }
 
 /// bcc needs kernel headers; this kernel ships none, but Debian's 6.1 headers, unpacked and
@@ -346,11 +511,19 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts a workload, which waits for a line on stdin, and returns it with its output lines
-/// once it says "ready".
-fn start_workload(workload: &Workload) -> anyhow::Result<(Child, Arc<Mutex<Vec<String>>>)> {
-    let mut target = Command::new(&workload.program)
-        .args(&workload.args)
+/// Starts a workload under `config`, which waits for a line on stdin, and returns it with its
+/// output lines once it says "ready".
+fn start_workload(
+    workload: &Workload,
+    config: Config,
+    out_dir: &Path,
+) -> anyhow::Result<(Child, Arc<Mutex<Vec<String>>>)> {
+    if config == Config::Memray {
+        // memray will not overwrite an earlier capture.
+        let _ = fs::remove_file(memray_output(out_dir));
+    }
+    let mut target = workload
+        .command(config, out_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -366,11 +539,11 @@ fn measure(
     headers: Option<&Path>,
     out_dir: &Path,
 ) -> anyhow::Result<Run> {
-    let (mut target, out) = start_workload(workload)?;
+    let (mut target, out) = start_workload(workload, config, out_dir)?;
     let pid = target.id().to_string();
     let json = out_dir.join("run.json");
     let mut tracer: Option<(Child, Arc<Mutex<Vec<String>>>)> = match config {
-        Config::Native => None,
+        Config::Native | Config::Tracemalloc | Config::Memray => None,
         Config::Floor
         | Config::UsualFloor
         | Config::Leaktracer
@@ -432,6 +605,9 @@ fn measure(
         }
     }
     let _ = target.wait();
+    if config == Config::Memray {
+        let _ = fs::remove_file(memray_output(out_dir));
+    }
     Ok(run)
 }
 
@@ -461,7 +637,7 @@ fn profile_programs(
     leaktracer: &Path,
     out_dir: &Path,
 ) -> anyhow::Result<Profile> {
-    let (mut target, out) = start_workload(workload)?;
+    let (mut target, out) = start_workload(workload, Config::Leaktracer, out_dir)?;
     let json = out_dir.join("profile.json");
     let (mut child, err) = start_leaktracer(
         leaktracer,
@@ -559,33 +735,54 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-fn render_markdown(results: &[(&Workload, Config, Vec<Run>)]) -> String {
+fn render_markdown(results: &[Row]) -> String {
     let mut out = String::new();
     let mut current = "";
     let mut native = 0.0;
-    let mut floor = 0.0;
-    let mut ours = 0.0;
-    for (workload, config, runs) in results {
+    for row in results {
+        let workload = row.workload;
         if workload.name != current {
             if !current.is_empty() {
-                out.push_str(&ratios(floor, ours, results, current));
+                out.push_str(&ratios(results, current));
             }
             current = workload.name;
+            out.push_str(&format!("\n### {current}\n\n"));
+            if let Some(note) = &workload.note {
+                out.push_str(&format!("{note}\n\n"));
+            }
+            out.push_str(
+                "| configuration | ns/op (median) | range | slowdown vs native | tracer CPU while running | tracer peak RSS | dropped |\n|---|---|---|---|---|---|---|\n",
+            );
+        }
+        let config = row.config;
+        if let Some(why) = &row.skipped {
             out.push_str(&format!(
-                "\n### {current}\n\n| configuration | ns/op (median) | range | slowdown vs native | tracer CPU while running | tracer peak RSS | dropped |\n|---|---|---|---|---|---|---|\n"
+                "| {} | skipped: {why} | - | - | - | - | - |\n",
+                config.name()
             ));
+            continue;
         }
-        let mut ns: Vec<f64> = runs.iter().map(|r| r.ns_per_op).collect();
+        let mut ns: Vec<f64> = row.runs.iter().map(|r| r.ns_per_op).collect();
         let med = median(&mut ns);
-        match config {
-            Config::Native => native = med,
-            Config::Floor => floor = med,
-            Config::Leaktracer => ours = med,
-            Config::UsualFloor | Config::FramePointers | Config::Sampled | Config::Memleak => {}
+        if config == Config::Native {
+            native = med;
         }
-        let mut cpu: Vec<f64> = runs.iter().map(|r| r.tracer_cpu_percent).collect();
-        let mut rss: Vec<f64> = runs.iter().map(|r| r.tracer_peak_rss_kib as f64).collect();
-        let dropped = runs.iter().filter_map(|r| r.dropped).max();
+        let mut cpu: Vec<f64> = row.runs.iter().map(|r| r.tracer_cpu_percent).collect();
+        let mut rss: Vec<f64> = row
+            .runs
+            .iter()
+            .map(|r| r.tracer_peak_rss_kib as f64)
+            .collect();
+        let dropped = row.runs.iter().filter_map(|r| r.dropped).max();
+        let tracer_column = |value: String| {
+            if config == Config::Native {
+                "-".to_string()
+            } else if config.in_process() {
+                "in process".to_string()
+            } else {
+                value
+            }
+        };
         out.push_str(&format!(
             "| {} | {:.1} | {:.1}–{:.1} | {:.1}× | {} | {} | {} |\n",
             config.name(),
@@ -593,85 +790,87 @@ fn render_markdown(results: &[(&Workload, Config, Vec<Run>)]) -> String {
             ns.first().unwrap_or(&0.0),
             ns.last().unwrap_or(&0.0),
             if native > 0.0 { med / native } else { 1.0 },
-            if *config == Config::Native {
-                "-".to_string()
-            } else {
-                format!("{:.1}% of a core", median(&mut cpu))
-            },
-            if *config == Config::Native {
-                "-".to_string()
-            } else {
-                format!("{:.0} MiB", median(&mut rss) / 1024.0)
-            },
+            tracer_column(format!("{:.1}% of a core", median(&mut cpu))),
+            tracer_column(format!("{:.0} MiB", median(&mut rss) / 1024.0)),
             dropped.map_or("-".to_string(), |d| d.to_string()),
         ));
     }
     if !current.is_empty() {
-        out.push_str(&ratios(floor, ours, results, current));
+        out.push_str(&ratios(results, current));
     }
     out
 }
 
-/// leaktracer over its floor, and against memleak, for one workload.
-fn ratios(
-    floor: f64,
-    ours: f64,
-    results: &[(&Workload, Config, Vec<Run>)],
-    workload: &str,
-) -> String {
-    let memleak = results
-        .iter()
-        .find(|(w, c, _)| w.name == workload && *c == Config::Memleak)
-        .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
-    let sampled = results
-        .iter()
-        .find(|(w, c, _)| w.name == workload && *c == Config::Sampled)
-        .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
-    let usual_floor = results
-        .iter()
-        .find(|(w, c, _)| w.name == workload && *c == Config::UsualFloor)
-        .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
-    let frame_pointers = results
-        .iter()
-        .find(|(w, c, _)| w.name == workload && *c == Config::FramePointers)
-        .map(|(_, _, runs)| median(&mut runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()));
-    let mut line = format!("\nleaktracer / its floor: {:.2}×", ours / floor);
-    if let Some(fp) = frame_pointers {
-        line.push_str(&format!("; --unwind fp / floor: {:.2}×", fp / floor));
+/// leaktracer over its floor, and against memleak, tracemalloc and memray, for one workload
+/// (what it ran under).
+fn ratios(results: &[Row], workload: &str) -> String {
+    let median_of = |config: Config| {
+        results
+            .iter()
+            .find(|r| r.workload.name == workload && r.config == config)
+            .and_then(Row::median_ns)
+    };
+    let Some(ours) = median_of(Config::Leaktracer) else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    if let Some(floor) = median_of(Config::Floor) {
+        parts.push(format!("leaktracer / its floor: {:.2}×", ours / floor));
+        if let Some(fp) = median_of(Config::FramePointers) {
+            parts.push(format!("--unwind fp / floor: {:.2}×", fp / floor));
+        }
+        if let Some(sampled) = median_of(Config::Sampled) {
+            parts.push(format!("sampled / floor: {:.2}×", sampled / floor));
+        }
+        if let Some(usual) = median_of(Config::UsualFloor) {
+            parts.push(format!(
+                "usual-placement floor / our floor: {:.2}×",
+                usual / floor
+            ));
+        }
     }
-    if let Some(sampled) = sampled {
-        line.push_str(&format!("; sampled / floor: {:.2}×", sampled / floor));
+    if let Some(memleak) = median_of(Config::Memleak) {
+        parts.push(format!("leaktracer / bcc memleak: {:.2}×", ours / memleak));
     }
-    if let Some(usual) = usual_floor {
-        line.push_str(&format!(
-            "; usual-placement floor / our floor: {:.2}×",
-            usual / floor
+    if let Some(tracemalloc) = median_of(Config::Tracemalloc) {
+        // Both slowdowns are over the same native run, so their ratio is that of the times.
+        parts.push(format!(
+            "leaktracer's slowdown / tracemalloc's: {:.2}× (issue 12 aims for at most 2×)",
+            ours / tracemalloc
         ));
     }
-    if let Some(memleak) = memleak {
-        line.push_str(&format!(
-            "; leaktracer / bcc memleak: {:.2}×",
-            ours / memleak
-        ));
+    if let Some(memray) = median_of(Config::Memray) {
+        parts.push(format!("leaktracer / memray: {:.2}×", ours / memray));
     }
-    line.push('\n');
-    line
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!("\n{}\n", parts.join("; "))
 }
 
-fn render_json(results: &[(&Workload, Config, Vec<Run>)]) -> String {
+fn render_json(results: &[Row]) -> String {
     let entries: Vec<String> = results
         .iter()
-        .map(|(workload, config, runs)| {
-            let ns: Vec<String> = runs.iter().map(|r| format!("{:.2}", r.ns_per_op)).collect();
-            let cpu: Vec<String> = runs
+        .map(|row| {
+            if let Some(why) = &row.skipped {
+                return format!(
+                    "  {{\"workload\": {:?}, \"config\": {:?}, \"skipped\": {:?}}}",
+                    row.workload.name,
+                    row.config.name(),
+                    why
+                );
+            }
+            let ns: Vec<String> = row.runs.iter().map(|r| format!("{:.2}", r.ns_per_op)).collect();
+            let cpu: Vec<String> = row
+                .runs
                 .iter()
                 .map(|r| format!("{:.2}", r.tracer_cpu_percent))
                 .collect();
-            let rss: Vec<String> = runs.iter().map(|r| r.tracer_peak_rss_kib.to_string()).collect();
+            let rss: Vec<String> = row.runs.iter().map(|r| r.tracer_peak_rss_kib.to_string()).collect();
             format!(
                 "  {{\"workload\": {:?}, \"config\": {:?}, \"ns_per_op\": [{}], \"tracer_cpu_percent\": [{}], \"tracer_peak_rss_kib\": [{}]}}",
-                workload.name,
-                config.name(),
+                row.workload.name,
+                row.config.name(),
                 ns.join(", "),
                 cpu.join(", "),
                 rss.join(", ")

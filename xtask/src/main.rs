@@ -37,8 +37,14 @@ enum Command {
         duration: String,
     },
     /// Measure the slowdown of traced programs, side by side: native, the bare probes,
-    /// leaktracer, bcc memleak (needs root). Writes target/bench/ and BENCHMARKS.md.
-    Bench,
+    /// leaktracer, bcc memleak; for a Python workload, tracemalloc and memray (needs root).
+    /// Writes target/bench/ and BENCHMARKS.md.
+    Bench {
+        /// Run only the workloads whose name contains this (case-insensitive), e.g. `python`;
+        /// BENCHMARKS.md is then left as it is.
+        #[arg(long, value_name = "TEXT")]
+        only: Option<String>,
+    },
     /// Run every check: formatting, clippy, the unit tests (also as an unprivileged user, which
     /// they must pass as), the in-process kernel tests and the end-to-end tests (needs root:
     /// they load real eBPF programs against real processes).
@@ -57,10 +63,11 @@ fn main() -> ExitCode {
         Command::Demo { duration } => setup::run()
             .and_then(|()| build())
             .and_then(|()| demo::run(&duration)),
-        Command::Bench => setup::run()
+        Command::Bench { only } => setup::run()
             .and_then(|()| setup::ensure_test_tools())
+            .and_then(|()| setup::ensure_bench_tools())
             .and_then(|()| build())
-            .and_then(|()| bench::run()),
+            .and_then(|()| bench::run(only.as_deref())),
         Command::Test { args } => setup::run()
             .and_then(|()| setup::ensure_test_tools())
             .and_then(|()| build())

@@ -1,5 +1,6 @@
 //! Installing what a fresh machine lacks: rust-src (for `-Z build-std=core`), bpf-linker, and a C
-//! compiler and Python for the demo and test workloads. Each check is quick when the thing is present.
+//! compiler and Python for the demo and test workloads; for the tests and benchmarks, their
+//! tools (memray for the Python benchmark). Each check is quick when the thing is present.
 
 use std::{path::PathBuf, process::Command};
 
@@ -44,6 +45,74 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
     if let Err(why) = ensure_debian_tools(&[("prometheus", "prometheus")]) {
         step(&format!(
             "prometheus not installed ({why:#}); its test will skip"
+        ));
+    }
+    Ok(())
+}
+
+/// The interpreter the Python benchmark rows fall back to without pyenv's CPython 3.12.
+pub const FALLBACK_PYTHON: &str = "/usr/bin/python3.11";
+
+/// The interpreter the Python benchmark rows use, all of them.
+pub struct Python {
+    pub path: PathBuf,
+    /// As it reports itself (`3.12.1`).
+    pub version: String,
+}
+
+/// pyenv's newest CPython 3.12 when there is one, else [`FALLBACK_PYTHON`]; the first that runs.
+pub fn python() -> Option<Python> {
+    let pyenv_root = Command::new("pyenv")
+        .arg("root")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .or_else(|| std::env::var_os("PYENV_ROOT").map(PathBuf::from))
+        .unwrap_or_else(|| util::home().join(".pyenv"));
+    let mut pyenv_312: Vec<(u32, PathBuf)> = std::fs::read_dir(pyenv_root.join("versions"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let patch = name.strip_prefix("3.12.")?.parse().ok()?;
+            Some((patch, entry.path().join("bin/python3.12")))
+        })
+        .collect();
+    pyenv_312.sort();
+    pyenv_312
+        .into_iter()
+        .rev()
+        .map(|(_, path)| path)
+        .chain([PathBuf::from(FALLBACK_PYTHON)])
+        .find_map(|path| {
+            let out = Command::new(&path).arg("--version").output().ok()?;
+            // "Python 3.12.1"
+            let version = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .strip_prefix("Python ")?
+                .to_string();
+            out.status.success().then_some(Python { path, version })
+        })
+}
+
+/// What `cargo xtask bench` needs besides the test tools: memray, installed with pip into the
+/// environment of the interpreter the Python rows use. Not fatal: without it (no interpreter,
+/// no index, an externally managed environment) the memray row says it is skipped.
+pub fn ensure_bench_tools() -> anyhow::Result<()> {
+    let Some(python) = python() else {
+        step("no Python interpreter for the Python benchmark rows; they will skip");
+        return Ok(());
+    };
+    if succeeds(Command::new(&python.path).args(["-c", "import memray"])) {
+        return Ok(());
+    }
+    step(&format!("installing memray for {}", python.path.display()));
+    if let Err(why) = util::run(Command::new(&python.path).args(["-m", "pip", "install", "memray"]))
+    {
+        step(&format!(
+            "memray not installed ({why:#}); its benchmark row will skip"
         ));
     }
     Ok(())

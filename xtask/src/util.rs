@@ -22,7 +22,8 @@ pub fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| home().join(".cargo"))
 }
 
-fn home() -> PathBuf {
+/// `$HOME`.
+pub fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root"))
