@@ -54,6 +54,13 @@ pub struct PythonFrame {
     pub entry: bool,
 }
 
+/// Whether `pc` is in the eval loop's `ranges` (see [`PythonProcess::eval_loop`]).
+#[inline(always)]
+pub fn in_eval_loop(ranges: &[[u64; 2]; 2], pc: u64) -> bool {
+    let [[hot_start, hot_end], [cold_start, cold_end]] = *ranges;
+    (pc >= hot_start && pc < hot_end) || (pc >= cold_start && pc < cold_end)
+}
+
 impl PythonFrame {
     /// The frame of a stack entry, if it is one.
     pub const fn from_entry(ip: u64) -> Option<Self> {
@@ -96,6 +103,10 @@ pub struct PythonProcess {
     pub tss: u64,
     /// `&_Py_NoneStruct`: the code of 3.13's shim frames.
     pub none: u64,
+    /// Where `_PyEval_EvalFrameDefault` is (its hot part, and the part the compiler split off
+    /// as `.cold` when the symbols say; `[0, 0)` when not), as `[start, end)`: the native walk
+    /// stops at its first frame there, the Python frames that follow stand for the rest.
+    pub eval_loop: [[u64; 2]; 2],
     /// Offset in `PyThreadState` of `cframe` (3.11, 3.12) or `current_frame` (3.13).
     pub thread_frame: u16,
     /// Offset of `current_frame` in `_PyCFrame`, or [`NO_CFRAME`] when `thread_frame` points

@@ -130,11 +130,14 @@ pub enum UnwindEnd {
     BadFrame = 6,
     /// The process had no tables (yet): its stack was walked by frame pointers.
     FramePointers = 7,
+    /// CPython's eval loop: its Python frames follow (they replace it and every interpreter
+    /// frame outside it), so the native walk stops there.
+    EvalLoop = 8,
 }
 
 impl UnwindEnd {
     /// Every end, in slot order.
-    pub const ALL: [UnwindEnd; 8] = [
+    pub const ALL: [UnwindEnd; 9] = [
         UnwindEnd::Complete,
         UnwindEnd::DepthLimit,
         UnwindEnd::NoMapping,
@@ -143,6 +146,7 @@ impl UnwindEnd {
         UnwindEnd::Trampoline,
         UnwindEnd::BadFrame,
         UnwindEnd::FramePointers,
+        UnwindEnd::EvalLoop,
     ];
 
     /// The name reported in text and JSON.
@@ -156,6 +160,7 @@ impl UnwindEnd {
             UnwindEnd::Trampoline => "uprobe_trampoline",
             UnwindEnd::BadFrame => "bad_frame",
             UnwindEnd::FramePointers => "frame_pointers",
+            UnwindEnd::EvalLoop => "python_eval_loop",
         }
     }
 }

@@ -49,15 +49,19 @@ struct Walk {
     depth: u64,
 }
 
-/// Appends the current thread's Python frames to this CPU's scratch stack (holding `depth`
-/// native frames hashing to `hash`), when `tgid` runs CPython; returns the stack's hash.
+/// The interpreter of `tgid`, when it runs CPython (its map entry: userspace writes it once,
+/// before the process's probes are attached, and removes it at exec).
 #[inline(always)]
-pub(crate) fn append_frames(tgid: u32, hash: u64) -> u64 {
-    // SAFETY: the value is copied out at once.
-    let Some(process) = (unsafe { PYTHON_PROCESSES.get(tgid) }).copied() else {
-        return hash;
-    };
-    let Some(frame) = newest_frame(&process) else {
+pub(crate) fn process(tgid: u32) -> Option<&'static PythonProcess> {
+    // SAFETY: a map value, valid for the program's run.
+    unsafe { PYTHON_PROCESSES.get(tgid) }
+}
+
+/// Appends the current thread's Python frames to this CPU's scratch stack (holding its native
+/// frames, hashing to `hash`); returns the stack's hash.
+#[inline(always)]
+pub(crate) fn append_frames(process: &PythonProcess, hash: u64) -> u64 {
+    let Some(frame) = newest_frame(process) else {
         return hash;
     };
     let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
@@ -71,7 +75,7 @@ pub(crate) fn append_frames(tgid: u32, hash: u64) -> u64 {
         return hash;
     }
     let mut walk = Walk {
-        process,
+        process: *process,
         frame,
         hash,
         depth,

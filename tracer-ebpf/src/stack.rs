@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tracer_common::{
     CachedStack, Counter, MAX_STACK_DEPTH, STACK_CACHE_SLOTS, StackKey, StackStats, UNKNOWN_STACK,
     UnwindEnd, UserStack,
-    python::{NewPythonStack, PYTHON_FRAME},
+    python::{NewPythonStack, PYTHON_FRAME, in_eval_loop},
 };
 
 use crate::{
@@ -38,11 +38,25 @@ pub(crate) fn capture_stack(regs: *mut pt_regs, tgid: u32) -> Option<u64> {
     // SAFETY: `regs` is the probe context's register set, valid for the run.
     let (fp, sp, ip) = unsafe { ((*regs).rbp, (*regs).rsp, (*regs).rip) };
     stack.ips[0] = ip;
+    let python = python::process(tgid);
+    let eval_loop = match python {
+        Some(process) => process.eval_loop,
+        None => [[0; 2]; 2],
+    };
     let hash = match unwind::process_tables(tgid) {
-        Some(tables) => unwind::walk_stack(tables, ip, sp, fp, mix(0, ip)),
+        // Called from the eval loop itself: its Python frames are the rest of the stack.
+        Some(_) if in_eval_loop(&eval_loop, ip) => {
+            stack.depth = 1;
+            unwind::count_end(UnwindEnd::EvalLoop as u32, 0);
+            mix(0, ip)
+        }
+        Some(tables) => unwind::walk_stack(tables, ip, sp, fp, mix(0, ip), eval_loop),
         None => walk_frame_pointers(stack, fp, mix(0, ip)),
     };
-    let hash = python::append_frames(tgid, hash);
+    let hash = match python {
+        Some(process) => python::append_frames(process, hash),
+        None => hash,
+    };
     Some(if hash == UNKNOWN_STACK { 0 } else { hash })
 }
 

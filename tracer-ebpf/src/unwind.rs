@@ -11,6 +11,7 @@ use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
 use tracer_common::{
     CachedRow, CfaRule, FpRule, MAX_STACK_DEPTH, UnwindEnd, UnwindMapping, UnwindProcess,
     UnwindRow,
+    python::in_eval_loop,
     unwind::{
         MAPPING_SEARCH_STEPS, ROW_SEARCH_STEPS, TRAMPOLINE_ROWS, UNWIND_CACHE_SLOTS,
         UNWIND_FRAMES_SLOT,
@@ -42,6 +43,8 @@ struct Walk {
     generation: u32,
     /// An [`UnwindEnd`], once the walk stopped.
     end: u32,
+    /// A CPython target's eval loop (see `PythonProcess::eval_loop`), where the walk stops.
+    eval_loop: [[u64; 2]; 2],
 }
 
 /// The process's tables, if userspace has written them.
@@ -55,7 +58,14 @@ pub(crate) fn process_tables(tgid: u32) -> Option<UnwindProcess> {
 /// scratch stack, with `hash` its hash so far) and returns the stack's hash. The frames go to
 /// the scratch stack, its depth is set, and how the walk ended is counted.
 #[inline(always)]
-pub(crate) fn walk_stack(tables: UnwindProcess, pc: u64, sp: u64, fp: u64, hash: u64) -> u64 {
+pub(crate) fn walk_stack(
+    tables: UnwindProcess,
+    pc: u64,
+    sp: u64,
+    fp: u64,
+    hash: u64,
+    eval_loop: [[u64; 2]; 2],
+) -> u64 {
     let max_depth = (MAX_DEPTH.load() as u64).clamp(1, MAX_STACK_DEPTH as u64);
     let mut walk = Walk {
         pc,
@@ -67,6 +77,7 @@ pub(crate) fn walk_stack(tables: UnwindProcess, pc: u64, sp: u64, fp: u64, hash:
         mappings_count: tables.mappings_count,
         generation: tables.generation,
         end: UnwindEnd::DepthLimit as u32,
+        eval_loop,
     };
     // SAFETY: the helper calls `unwind_frame` at most `max_depth - 1` times with a pointer to
     // `walk`, which outlives the call; flags must be 0.
@@ -184,6 +195,9 @@ fn step(walk: &mut Walk, frame: u64) -> Result<(), UnwindEnd> {
     walk.pc = ret;
     walk.sp = cfa;
     walk.fp = fp;
+    if in_eval_loop(&walk.eval_loop, ret) {
+        return Err(UnwindEnd::EvalLoop);
+    }
     Ok(())
 }
 

@@ -22,6 +22,9 @@ pub struct Interpreter {
     pub runtime: u64,
     pub code_type: u64,
     pub none: u64,
+    /// Where `_PyEval_EvalFrameDefault` and its `.cold` part are in the process (`[start,
+    /// end)`, `[0, 0]` when unknown).
+    pub eval_loop: [[u64; 2]; 2],
     /// The object holding it, as the process sees its path.
     pub module: String,
     /// Whether objects of pymalloc's size classes (512 bytes or less) are seen: its entry
@@ -53,6 +56,10 @@ pub enum Found {
 }
 
 /// The symbols looked for, in the object holding the interpreter.
+/// The eval loop, and the part of it the compiler split off (cold paths), where the symbols
+/// name it.
+const EVAL_LOOP: [&str; 2] = ["_PyEval_EvalFrameDefault", "_PyEval_EvalFrameDefault.cold"];
+
 const SYMBOLS: [&str; 5] = [
     "Py_Version",
     "_PyRuntime",
@@ -107,12 +114,20 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
         return Found::Nothing;
     };
     let mut symbols: HashMap<&str, u64> = HashMap::new();
+    let mut eval_loop: HashMap<&str, [u64; 2]> = HashMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
-        if let Ok(name) = symbol.name()
-            && SYMBOLS.contains(&name)
-            && symbol.is_definition()
-        {
+        let Ok(name) = symbol.name() else { continue };
+        if !symbol.is_definition() {
+            continue;
+        }
+        if SYMBOLS.contains(&name) {
             symbols.entry(name).or_insert(symbol.address());
+        }
+        if EVAL_LOOP.contains(&name) && symbol.size() > 0 {
+            let start = symbol.address();
+            eval_loop
+                .entry(name)
+                .or_insert([start, start + symbol.size()]);
         }
     }
     let (Some(&version_at), Some(&runtime)) =
@@ -162,8 +177,14 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
         ));
     };
     let small_objects_seen = symbols.contains_key("_PyObject_Malloc") || malloc_forced(pid);
+    let eval_loop = EVAL_LOOP.map(|name| {
+        eval_loop
+            .get(name)
+            .map_or([0, 0], |[start, end]| [bias + start, bias + end])
+    });
     Found::Python(Interpreter {
         version,
+        eval_loop,
         layout,
         runtime: bias + runtime,
         code_type: bias + code_type,

@@ -96,7 +96,8 @@ pub struct UnwindStats {
     /// `depth_limit` (`--max-depth`), `no_mapping` (code mapped after the tables were read, or
     /// JIT code), `no_table`, `no_rule` (a gap or a signal frame), `uprobe_trampoline`,
     /// `bad_frame` (unreadable stack), `frame_pointers` (walked by frame pointers: the
-    /// process had no tables yet).
+    /// process had no tables yet), `python_eval_loop` (CPython's eval loop: the Python frames
+    /// that follow stand for the rest).
     pub stack_ends: BTreeMap<String, u64>,
     /// Frames the CFI walks added beyond each stack's first.
     pub frames_walked: u64,

@@ -189,9 +189,11 @@ impl Session<'_> {
             Found::Nothing => {}
             Found::Unsupported(note) => eprintln!("leaktracer: note: pid {pid}: {note}"),
             Found::Python(interpreter) => {
-                let entry = interpreter
-                    .layout
-                    .kernel_entry(interpreter.runtime, interpreter.none);
+                let entry = interpreter.layout.kernel_entry(
+                    interpreter.runtime,
+                    interpreter.none,
+                    interpreter.eval_loop,
+                );
                 if let Err(e) = self
                     .probes
                     .maps_mut()
