@@ -371,6 +371,7 @@ fn python_workload() -> Workload {
         }),
         configs: vec![
             (Config::Native, missing.clone()),
+            (Config::Floor, missing.clone()),
             (Config::Leaktracer, missing.clone()),
             (Config::Tracemalloc, missing),
             (Config::Memray, memray_missing),
@@ -838,6 +839,13 @@ fn ratios(results: &[Row], workload: &str) -> String {
             "leaktracer's slowdown / tracemalloc's: {:.2}× (issue 12 aims for at most 2×)",
             ours / tracemalloc
         ));
+        if let Some(floor) = median_of(Config::Floor) {
+            // What the probes' traps alone cost, against tracemalloc's whole work.
+            parts.push(format!(
+                "the floor's slowdown / tracemalloc's: {:.2}×",
+                floor / tracemalloc
+            ));
+        }
     }
     if let Some(memray) = median_of(Config::Memray) {
         parts.push(format!("leaktracer / memray: {:.2}×", ours / memray));
