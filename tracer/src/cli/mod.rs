@@ -16,7 +16,8 @@ use args::{DiffArgs, ReportArgs, TraceArgs};
 /// aligned variants, C++ operator new, mmap/munmap/mremap), keeps every allocation still
 /// outstanding in the kernel, keyed by its user call stack, samples the per-stack totals every
 /// interval, and reports which stacks hold memory, which keep growing and how fast, and when the
-/// process reaches its memory limit.
+/// process reaches its memory limit. A CPython 3.11-3.13 target's stacks name the Python
+/// function and line of each frame.
 #[derive(Debug, Parser)]
 #[command(name = "leaktracer", version, propagate_version = true)]
 pub struct Cli {
@@ -30,11 +31,14 @@ pub enum Command {
     ///
     /// The trace ends at --duration, on Ctrl-C, SIGTERM or SIGHUP (a closed terminal), or when the
     /// target exits; in every case the report and all requested files are written and every
-    /// probe is detached. Output files are checked before the trace starts.
+    /// probe is detached. Output files are checked before the trace starts. A CPython 3.11-3.13
+    /// target (Debian's python3 too) gets its Python frames, function, file and line, merged
+    /// into its stacks: nothing to set.
     ///
     /// Examples:
     ///   sudo leaktracer trace --pid 4242 --duration 30s --flamegraph leaks.svg --json leaks.json
     ///   sudo leaktracer trace --flamegraph leaks.svg -- ./server --port 8080
+    ///   sudo leaktracer trace --pid $(pgrep -f service.py) --duration 60s --flamegraph py.svg
     ///   sudo leaktracer trace --pid 4242 --interval 10s --duration 10m --html report.html --json run.json
     #[command(verbatim_doc_comment)]
     Trace(Box<TraceArgs>),

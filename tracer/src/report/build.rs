@@ -155,28 +155,29 @@ pub fn functions(stacks: &[Stack]) -> Vec<super::FunctionTotal> {
     let mut by_function: HashMap<(&str, &str), super::FunctionTotal> = HashMap::new();
     let holding: Vec<&Stack> = stacks.iter().filter(|s| s.outstanding_bytes > 0).collect();
     for stack in &holding {
-        let on_stack: BTreeSet<(&str, &str)> = super::shown_frames(&stack.frames)
+        let on_stack: BTreeSet<(&str, &str, bool)> = super::shown_frames(&stack.frames)
             .into_iter()
             .filter(|f| !f.plumbing)
             .map(|f| {
                 // A Python function is told apart by its source file, not the interpreter.
-                let module = match (&f.kind, &f.file) {
-                    (super::FrameKind::Python, Some(file)) => file.as_str(),
-                    _ => &f.module,
+                let (module, standard) = match (&f.kind, &f.file) {
+                    (super::FrameKind::Python, Some(file)) => {
+                        (file.as_str(), in_standard_library(file))
+                    }
+                    _ => (f.module.as_str(), false),
                 };
-                (
-                    f.function.as_str(),
-                    module.rsplit('/').next().unwrap_or(module),
-                )
+                let module = module.rsplit('/').next().unwrap_or(module);
+                (f.function.as_str(), module, standard)
             })
             .collect();
-        for (function, module) in on_stack {
+        for (function, module, standard_library) in on_stack {
             let total =
                 by_function
                     .entry((function, module))
                     .or_insert_with(|| super::FunctionTotal {
                         function: function.to_string(),
                         module: module.to_string(),
+                        standard_library,
                         ..Default::default()
                     });
             total.outstanding_bytes += stack.outstanding_bytes;
@@ -199,6 +200,12 @@ pub fn functions(stacks: &[Stack]) -> Vec<super::FunctionTotal> {
             .then_with(|| a.module.cmp(&b.module))
     });
     functions
+}
+
+/// Whether a Python source file is the interpreter's standard library (`.../lib/python3.X/`,
+/// not its `site-packages`), or frozen into the interpreter (`<frozen importlib._bootstrap>`).
+pub fn in_standard_library(file: &str) -> bool {
+    file.starts_with("<frozen ") || (file.contains("/lib/python3") && !file.contains("-packages/"))
 }
 
 /// The verdict: is anything leaking, how fast does the process's outstanding memory grow, and
@@ -422,5 +429,23 @@ mod tests {
         let verdict = report.verdict.unwrap();
         assert!(!verdict.leak);
         assert!(verdict.summary.starts_with("too short to judge growth"));
+    }
+
+    #[test]
+    fn python_standard_library_is_told_from_the_program() {
+        for file in [
+            "/usr/lib/python3.11/threading.py",
+            "/root/.pyenv/versions/3.12.1/lib/python3.12/socketserver.py",
+            "<frozen importlib._bootstrap>",
+        ] {
+            assert!(in_standard_library(file), "{file}");
+        }
+        for file in [
+            "/srv/app/service.py",
+            "/usr/lib/python3/dist-packages/flask/app.py",
+            "/venv/lib/python3.12/site-packages/werkzeug/serving.py",
+        ] {
+            assert!(!in_standard_library(file), "{file}");
+        }
     }
 }

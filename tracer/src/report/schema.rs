@@ -78,6 +78,11 @@ pub struct FunctionTotal {
     /// On every stack that holds memory (`main`, `_start`, an event loop): it says nothing
     /// about which code keeps the memory, and the text report leaves it out.
     pub on_every_stack: bool,
+    /// A Python function of the interpreter's standard library (threading, socketserver,
+    /// http.server, importlib...): the frame around the program's own code, which the text
+    /// report leaves out so the program's handlers lead.
+    #[serde(default)]
+    pub standard_library: bool,
 }
 
 /// What the CFI unwinder had and did.

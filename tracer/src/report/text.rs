@@ -189,28 +189,40 @@ pub fn render(report: &Report, top: usize) -> String {
     out
 }
 
-/// The `top` functions by inclusive outstanding bytes, leaving out those on every stack (they
-/// say nothing about which code keeps the memory).
+/// The `top` functions by inclusive outstanding bytes, leaving out those on every stack and
+/// Python's standard library (they say nothing about which of the program's code keeps the
+/// memory).
 fn render_functions(report: &Report, top: usize, out: &mut String) {
     let telling: Vec<&crate::report::FunctionTotal> = report
         .functions
         .iter()
-        .filter(|f| !f.on_every_stack)
+        .filter(|f| !f.on_every_stack && !f.standard_library)
         .collect();
     if telling.is_empty() {
         return;
     }
-    let common = report.functions.len() - telling.len();
+    let common = report.functions.iter().filter(|f| f.on_every_stack).count();
+    let library = report
+        .functions
+        .iter()
+        .filter(|f| f.standard_library && !f.on_every_stack)
+        .count();
+    let mut left_out = Vec::new();
+    if common > 0 {
+        left_out.push(format!("{common} on every stack"));
+    }
+    if library > 0 {
+        left_out.push(format!("{library} of Python's standard library"));
+    }
     let _ = writeln!(
         out,
-        "
-top {} of {} functions by outstanding bytes, inclusive{}:",
+        "\ntop {} of {} functions by outstanding bytes, inclusive{}:",
         telling.len().min(top),
         telling.len(),
-        if common > 0 {
-            format!(" ({common} on every stack left out)")
-        } else {
+        if left_out.is_empty() {
             String::new()
+        } else {
+            format!(" ({} left out)", left_out.join(", "))
         }
     );
     for function in telling.iter().take(top) {
