@@ -60,7 +60,8 @@ pub enum Found {
 /// name it.
 const EVAL_LOOP: [&str; 2] = ["_PyEval_EvalFrameDefault", "_PyEval_EvalFrameDefault.cold"];
 
-const SYMBOLS: [&str; 5] = [
+const SYMBOLS: [&str; 6] = [
+    "Py_Initialize",
     "Py_Version",
     "_PyRuntime",
     "PyCode_Type",
@@ -133,6 +134,12 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
     let (Some(&version_at), Some(&runtime)) =
         (symbols.get("Py_Version"), symbols.get("_PyRuntime"))
     else {
+        // Every CPython exports Py_Initialize; Py_Version came with 3.11.
+        if symbols.contains_key("Py_Initialize") {
+            return Found::Unsupported(format!(
+                "{path} is a CPython older than 3.11 (no Py_Version): leaktracer knows the frames of 3.11 to 3.13 only, its stacks stay native"
+            ));
+        }
         return Found::Nothing;
     };
     // The object's load bias: where its first segment (file offset 0) went.
