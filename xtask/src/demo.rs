@@ -2,7 +2,7 @@
 //! service, by pid, the way an operator would.
 
 use std::{
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
@@ -15,65 +15,9 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     trace_python_service(duration)
 }
 
-/// The Python service (`xtask/demo/leaky_service.py`): its leak named by Python function and
-/// line, under the interpreter's own C frames.
-fn trace_python_service(duration: &str) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let python = "python3";
-    anyhow::ensure!(
-        util::on_path(python),
-        "no python3 on PATH for the Python demo (cargo xtask setup installs Debian's)"
-    );
-    let mut child = Command::new(python)
-        .arg(root.join("xtask/demo/leaky_service.py"))
-        .stdout(Stdio::inherit())
-        .spawn()
-        .context("cannot start the demo service")?;
-    std::thread::sleep(Duration::from_millis(800));
-    step(&format!(
-        "tracing the demo Python service (pid {}) for {duration}: leaktracer trace --pid {} --duration {duration} --interval 1s --flamegraph py-leaks.svg --json py-leaks.json --html py-leaks.html",
-        child.id(),
-        child.id()
-    ));
-    let traced = util::run(
-        Command::new(root.join("target/release/leaktracer"))
-            .args([
-                "trace",
-                "--pid",
-                &child.id().to_string(),
-                "--duration",
-                duration,
-            ])
-            .args([
-                "--interval",
-                "1s",
-                "--flamegraph",
-                "py-leaks.svg",
-                "--json",
-                "py-leaks.json",
-                "--html",
-                "py-leaks.html",
-                "--top",
-                "3",
-            ]),
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-    traced?;
-    let here = std::env::current_dir()?;
-    step(&format!(
-        "done: the Python service's leak is in {} (and {}, {})",
-        here.join("py-leaks.html").display(),
-        here.join("py-leaks.svg").display(),
-        here.join("py-leaks.json").display()
-    ));
-    Ok(())
-}
-
-/// The C server (`xtask/demo/leaky_server.c`).
+/// The C server (`xtask/demo/leaky_server.c`), built with frame pointers and debug info.
 fn trace_c_server(duration: &str) -> anyhow::Result<()> {
     let root = workspace_root();
-    let source = root.join("xtask/demo/leaky_server.c");
     let out_dir = root.join("target/demo");
     std::fs::create_dir_all(&out_dir)?;
     let server = out_dir.join("leaky-server");
@@ -82,40 +26,72 @@ fn trace_c_server(duration: &str) -> anyhow::Result<()> {
         Command::new("gcc")
             .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
             .arg(&server)
-            .arg(&source),
+            .arg(root.join("xtask/demo/leaky_server.c")),
     )?;
-
-    let mut child = Command::new(&server)
+    let child = Command::new(&server)
         .stdout(Stdio::inherit())
         .spawn()
         .context("cannot start the demo server")?;
-    std::thread::sleep(Duration::from_millis(300));
+    trace_by_pid(
+        child,
+        Duration::from_millis(300),
+        "demo server",
+        "leaks",
+        5,
+        duration,
+    )
+}
+
+/// The Python service (`xtask/demo/leaky_service.py`): its leak named by Python function and
+/// line, under the C frames that allocated.
+fn trace_python_service(duration: &str) -> anyhow::Result<()> {
+    let python = "python3";
+    anyhow::ensure!(
+        util::on_path(python),
+        "no python3 on PATH for the Python demo (cargo xtask setup installs Debian's)"
+    );
+    let child = Command::new(python)
+        .arg(workspace_root().join("xtask/demo/leaky_service.py"))
+        .stdout(Stdio::inherit())
+        .spawn()
+        .context("cannot start the demo service")?;
+    let settle = Duration::from_millis(800);
+    trace_by_pid(
+        child,
+        settle,
+        "demo Python service",
+        "py-leaks",
+        3,
+        duration,
+    )
+}
+
+/// Lets `child` start for `settle`, traces it by pid for `duration` into `<prefix>.svg`,
+/// `.json` and `.html` in the current directory (the text report showing `top` stacks), then
+/// stops it.
+fn trace_by_pid(
+    mut child: Child,
+    settle: Duration,
+    what: &str,
+    prefix: &str,
+    top: usize,
+    duration: &str,
+) -> anyhow::Result<()> {
+    std::thread::sleep(settle);
+    let pid = child.id().to_string();
+    let (svg, json, html) = (
+        format!("{prefix}.svg"),
+        format!("{prefix}.json"),
+        format!("{prefix}.html"),
+    );
     step(&format!(
-        "tracing the demo server (pid {}) for {duration}: leaktracer trace --pid {} --duration {duration} --interval 1s --flamegraph leaks.svg --json leaks.json --html leaks.html",
-        child.id(),
-        child.id()
+        "tracing the {what} (pid {pid}) for {duration}: leaktracer trace --pid {pid} --duration {duration} --interval 1s --flamegraph {svg} --json {json} --html {html}"
     ));
     let traced = util::run(
-        Command::new(root.join("target/release/leaktracer"))
-            .args([
-                "trace",
-                "--pid",
-                &child.id().to_string(),
-                "--duration",
-                duration,
-            ])
-            .args([
-                "--interval",
-                "1s",
-                "--flamegraph",
-                "leaks.svg",
-                "--json",
-                "leaks.json",
-                "--html",
-                "leaks.html",
-                "--top",
-                "5",
-            ]),
+        Command::new(workspace_root().join("target/release/leaktracer"))
+            .args(["trace", "--pid", &pid, "--duration", duration])
+            .args(["--interval", "1s", "--flamegraph", &svg, "--json", &json])
+            .args(["--html", &html, "--top", &top.to_string()]),
     );
     let _ = child.kill();
     let _ = child.wait();
@@ -123,9 +99,9 @@ fn trace_c_server(duration: &str) -> anyhow::Result<()> {
     let here = std::env::current_dir()?;
     step(&format!(
         "done: open {} (or {}) in a browser; the JSON is {}",
-        here.join("leaks.html").display(),
-        here.join("leaks.svg").display(),
-        here.join("leaks.json").display()
+        here.join(&html).display(),
+        here.join(&svg).display(),
+        here.join(&json).display()
     ));
     Ok(())
 }
