@@ -93,6 +93,11 @@ pub const FRAME_OWNED_BY_CSTACK: u8 = 3;
 /// Bytes of a frame the kernel reads (covers every field it needs, in every supported layout).
 pub const FRAME_HEADER_BYTES: usize = 72;
 
+/// The kernel reads frames by aligned windows of this many bytes (a power of two, at most a
+/// page): a thread's frames sit next to each other in its data-stack chunk, callers below
+/// callees, so one read covers several frames.
+pub const FRAME_WINDOW_BYTES: usize = 2048;
+
 /// A traced process's interpreter, as the kernel needs it: where its thread states are found
 /// and the byte offsets of the fields it reads. One per process in `PYTHON_PROCESSES`.
 #[repr(C)]

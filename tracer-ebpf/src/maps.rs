@@ -12,7 +12,7 @@ use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, CachedRow, CachedStack, MMAP_STATE_SLOTS, PENDING_SLOTS,
     PendingCall, RECORD_TABLE_SLOTS, RecordSlot, SAMPLE_TABLE_SLOTS, STACK_CACHE_SLOTS, StackKey,
     StackStats, UnwindMapping, UnwindProcess, UnwindRow, UserStack,
-    python::{FRAME_HEADER_BYTES, PythonProcess},
+    python::{FRAME_WINDOW_BYTES, PythonProcess},
     unwind::{
         DEFAULT_MAX_DEPTH, DEFAULT_UNWIND_ROWS, UNWIND_CACHE_SLOTS, UNWIND_END_SLOTS,
         UNWIND_MAPPING_SLOTS,
@@ -200,9 +200,9 @@ pub(crate) static EMPTY_PROGRAMS: Global<u8> = Global::new(0);
 pub(crate) static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
     HashMap::with_max_entries(4096, 0);
 
-/// Per CPU, the frame header being read (a map value, so the layout's offsets index it).
+/// Per CPU, the window of frames being read (a map value, so computed offsets index it).
 #[map]
-pub(crate) static PYTHON_SCRATCH: PerCpuArray<[u8; FRAME_HEADER_BYTES]> =
+pub(crate) static PYTHON_SCRATCH: PerCpuArray<[u8; FRAME_WINDOW_BYTES]> =
     PerCpuArray::with_max_entries(1, 0);
 
 /// Stacks with Python frames kept for the first time, so userspace reads their code objects

@@ -16,8 +16,8 @@ use aya_ebpf::helpers::{
 use tracer_common::{
     MAX_STACK_DEPTH,
     python::{
-        ActivationMarker, FRAME_HEADER_BYTES, FRAME_OWNED_BY_CSTACK, MAX_PYTHON_FRAMES, NO_CFRAME,
-        PYTHON_FRAME, PythonProcess, python_entry,
+        ActivationMarker, FRAME_HEADER_BYTES, FRAME_OWNED_BY_CSTACK, FRAME_WINDOW_BYTES,
+        MAX_PYTHON_FRAMES, NO_CFRAME, PYTHON_FRAME, PythonProcess, python_entry,
     },
 };
 
@@ -47,6 +47,10 @@ struct Walk {
     hash: u64,
     /// Entries in the scratch stack.
     depth: u64,
+    /// The bytes of the target `PYTHON_SCRATCH` holds: `[window, window + window_len)`
+    /// (`window_len` 0: none yet).
+    window: u64,
+    window_len: u64,
 }
 
 /// The interpreter of `tgid`, when it runs CPython (its map entry: userspace writes it once,
@@ -79,6 +83,8 @@ pub(crate) fn append_frames(process: &PythonProcess, hash: u64) -> u64 {
         frame,
         hash,
         depth,
+        window: 0,
+        window_len: 0,
     };
     // SAFETY: the helper calls `python_frame` at most `frames` times with a pointer to
     // `walk`, which outlives the call; flags must be 0.
@@ -151,15 +157,47 @@ extern "C" fn python_frame(_index: u64, walk: *mut c_void) -> i64 {
     }
 }
 
-/// The u64 at `offset` of a frame header.
+/// Frames start at most here in a window, so that every field offset (below 128, masked)
+/// plus 8 stays inside it without a check per field (each check would be a verifier branch).
+const LAST_FRAME_START: usize = FRAME_WINDOW_BYTES - 136;
+const FIELD_MASK: usize = 127;
+
+/// The u64 at `at + offset` of the window (`at <= LAST_FRAME_START`).
 #[inline(always)]
-fn field(header: &[u8; FRAME_HEADER_BYTES], offset: u16) -> Option<u64> {
-    let offset = offset as usize;
-    if offset > FRAME_HEADER_BYTES - 8 {
-        return None;
+fn field(window: &[u8; FRAME_WINDOW_BYTES], at: usize, offset: u16) -> u64 {
+    let at = (at & (FRAME_WINDOW_BYTES - 1)).min(LAST_FRAME_START) + (offset as usize & FIELD_MASK);
+    // SAFETY: `at <= LAST_FRAME_START + FIELD_MASK`, and `LAST_FRAME_START + FIELD_MASK + 8`
+    // is the window's size.
+    unsafe { core::ptr::read_unaligned(window.as_ptr().add(at).cast::<u64>()) }
+}
+
+/// Where the frame at `frame` starts in this CPU's window, reading the window that holds it
+/// when the one held does not: the aligned window around it (in its page, so mapped whenever
+/// the frame is), or, for a frame near a window's end, its header alone.
+#[inline(always)]
+fn frame_in_window(walk: &mut Walk, window: &mut [u8; FRAME_WINDOW_BYTES]) -> Option<usize> {
+    let frame = walk.frame;
+    let held = walk.window_len != 0
+        && frame >= walk.window
+        && frame - walk.window <= (LAST_FRAME_START as u64).min(walk.window_len);
+    if !held {
+        let aligned = frame & !(FRAME_WINDOW_BYTES as u64 - 1);
+        if frame - aligned <= LAST_FRAME_START as u64 {
+            // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
+            unsafe { bpf_probe_read_user_buf(aligned as *const u8, window) }.ok()?;
+            walk.window = aligned;
+            walk.window_len = FRAME_WINDOW_BYTES as u64;
+        } else {
+            let header = window.get_mut(..FRAME_HEADER_BYTES)?;
+            // SAFETY: as above.
+            unsafe { bpf_probe_read_user_buf(frame as *const u8, header) }.ok()?;
+            walk.window = frame;
+            // Only this frame is held: a later frame never matches.
+            walk.window_len = 0;
+            return Some(0);
+        }
     }
-    // SAFETY: `offset + 8 <= FRAME_HEADER_BYTES`, checked above.
-    Some(unsafe { core::ptr::read_unaligned(header.as_ptr().add(offset).cast::<u64>()) })
+    Some((frame - walk.window) as usize)
 }
 
 #[inline(always)]
@@ -168,14 +206,13 @@ fn step(walk: &mut Walk) -> Option<()> {
         return None;
     }
     // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, no other user meanwhile).
-    let header = unsafe { &mut *PYTHON_SCRATCH.get_ptr_mut(0)? };
-    // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
-    unsafe { bpf_probe_read_user_buf(walk.frame as *const u8, header) }.ok()?;
+    let window = unsafe { &mut *PYTHON_SCRATCH.get_ptr_mut(0)? };
+    let at = frame_in_window(walk, window)?;
     let process = &walk.process;
-    let code = field(header, process.frame_code)?;
-    let instr = field(header, process.frame_instr)?;
-    walk.frame = field(header, process.frame_previous)?;
-    let marker = *header.get(process.frame_marker as usize)?;
+    let code = field(window, at, process.frame_code);
+    let instr = field(window, at, process.frame_instr);
+    walk.frame = field(window, at, process.frame_previous);
+    let marker = field(window, at, process.frame_marker) as u8;
     if process.marker == ActivationMarker::CStackOwner as u8 && marker == FRAME_OWNED_BY_CSTACK {
         // A shim: the frame before it (newer, already appended) began an activation.
         walk.hash = mix(walk.hash, SHIM_HASH);
