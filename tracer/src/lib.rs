@@ -22,6 +22,7 @@ pub mod error;
 pub mod growth;
 pub mod history;
 pub mod python;
+pub mod reach;
 pub mod report;
 pub mod serve;
 pub mod symbolize;

@@ -27,6 +27,12 @@ pub enum ConfigError {
         "--sample-bytes {0}: must be at least 1 byte (leave the flag out to record every allocation)"
     )]
     SampleBytesTooSmall(f64),
+    #[error(
+        "--reachability needs every allocation recorded: leave out --sample-bytes (a sampled block's neighbours would be unknown memory)"
+    )]
+    ReachabilityWithSampling,
+    #[error("--max-pause must be more than 0 (the target is stopped for the scan)")]
+    NoPause,
     #[error("--max-stacks 0: the kernel must keep at least one stack")]
     NoStacks,
     #[error("--max-depth {0}: must be from 1 to {max} frames", max = tracer_common::MAX_STACK_DEPTH)]
@@ -106,6 +112,12 @@ impl TryFrom<TraceArgs> for TraceConfig {
             Some(n) => Some(n as u64),
             None => None,
         };
+        if args.reachability && sample_bytes.is_some() {
+            return Err(ConfigError::ReachabilityWithSampling);
+        }
+        if args.reachability && args.max_pause.is_zero() {
+            return Err(ConfigError::NoPause);
+        }
         if args.max_stacks == 0 {
             return Err(ConfigError::NoStacks);
         }
@@ -152,6 +164,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
             empty_programs: args.empty_programs,
             probes_at_symbol_entry: args.probes_at_symbol_entry,
             program_stats: args.program_stats,
+            reachability: args.reachability.then_some(args.max_pause),
             quiet: args.quiet,
             verbose: args.verbose,
         })

@@ -44,6 +44,8 @@ pub struct TraceFacts {
     pub execs: Vec<super::ExecEvent>,
     /// `--unwind cfi`: what the unwinder had and did.
     pub unwind: Option<super::UnwindStats>,
+    /// `--reachability`: the scan's summary.
+    pub reachability: Option<super::Reachability>,
 }
 
 /// One stack's entry: the kernel's figures, its symbolized frames (their leading allocator
@@ -69,6 +71,7 @@ pub fn stack(
         frames,
         growth,
         timeline,
+        reachability: None,
     }
 }
 
@@ -145,6 +148,7 @@ pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report
         execs: facts.execs,
         unwind: facts.unwind,
         functions,
+        reachability: facts.reachability,
     }
 }
 

@@ -60,6 +60,101 @@ pub struct Report {
     /// with the stacks it is on, most bytes first. Answers "which handler keeps it".
     #[serde(default)]
     pub functions: Vec<FunctionTotal>,
+    /// `--reachability`: how the target's memory was scanned for pointers to its outstanding
+    /// blocks, and the four classes summed. Null without the flag.
+    #[serde(default)]
+    pub reachability: Option<Reachability>,
+}
+
+/// Bytes and blocks of one reachability class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassFigures {
+    pub bytes: u64,
+    pub allocations: u64,
+}
+
+/// A stack's outstanding blocks by reachability class, as valgrind's memcheck defines them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackReachability {
+    /// No pointer to the block is left anywhere.
+    pub definitely_lost: ClassFigures,
+    /// Pointed to only from lost blocks (the tail of a dropped list, a cycle's other members).
+    pub indirectly_lost: ClassFigures,
+    /// Pointed to only into its middle (an interior pointer), never at its start.
+    pub possibly_lost: ClassFigures,
+    /// A pointer to its start is reachable from the registers, stacks or globals.
+    pub still_reachable: ClassFigures,
+}
+
+impl StackReachability {
+    /// Bytes in the three lost classes.
+    pub fn lost_bytes(&self) -> u64 {
+        self.definitely_lost.bytes + self.indirectly_lost.bytes + self.possibly_lost.bytes
+    }
+
+    pub fn classified_bytes(&self) -> u64 {
+        self.lost_bytes() + self.still_reachable.bytes
+    }
+
+    pub fn add(&mut self, other: &StackReachability) {
+        for (mine, theirs) in [
+            (&mut self.definitely_lost, other.definitely_lost),
+            (&mut self.indirectly_lost, other.indirectly_lost),
+            (&mut self.possibly_lost, other.possibly_lost),
+            (&mut self.still_reachable, other.still_reachable),
+        ] {
+            mine.bytes += theirs.bytes;
+            mine.allocations += theirs.allocations;
+        }
+    }
+}
+
+/// What the reachability scan of the traced processes did and found.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reachability {
+    /// `exact` (every process stopped, glibc's heaps walked), `conservative` (free heap memory
+    /// of an allocator that cannot be walked was scanned as roots: a leak may read as
+    /// reachable, never the reverse), `unstopped` (another tracer held the target: scanned
+    /// while it ran), or `none` (nothing could be scanned). The weakest over the processes.
+    pub mode: String,
+    /// Longest time a process stayed stopped, in milliseconds.
+    pub pause_ms: f64,
+    pub scanned_bytes: u64,
+    /// Threads stopped and scanned, over every process.
+    pub threads: u64,
+    /// False when a pause cap or an error left some process unclassed.
+    pub complete: bool,
+    /// Seconds into the trace the scan was made.
+    #[serde(default)]
+    pub at_secs: f64,
+    pub definitely_lost: ClassFigures,
+    pub indirectly_lost: ClassFigures,
+    pub possibly_lost: ClassFigures,
+    pub still_reachable: ClassFigures,
+    /// Each process's scan.
+    #[serde(default)]
+    pub processes: Vec<ProcessReachability>,
+    /// Caveats, one sentence each.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// One process's reachability scan.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReachability {
+    pub pid: u32,
+    /// As [`Reachability::mode`], or `skipped` (a Python process, or one that exited first).
+    pub mode: String,
+    pub complete: bool,
+    pub pause_ms: f64,
+    pub scanned_bytes: u64,
+    pub threads: u64,
+    /// Blocks classed.
+    pub blocks: u64,
+    /// Milliseconds the mark took, after the process went on.
+    pub mark_ms: f64,
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// One function's inclusive share of the outstanding memory: the stacks it is on, each once
@@ -289,6 +384,10 @@ pub struct Stack {
     pub growth: Option<Growth>,
     #[serde(default)]
     pub timeline: Vec<StackPoint>,
+    /// `--reachability`: this stack's blocks by class, when its process was scanned. Blocks
+    /// allocated after the scan are in no class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachability: Option<StackReachability>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -67,6 +67,8 @@ pub struct TraceConfig {
     pub probes_at_symbol_entry: bool,
     /// Measure the eBPF programs (kernel BPF run-time statistics).
     pub program_stats: bool,
+    /// `--reachability`: scan the target at the end (and on demand), pausing it at most this long.
+    pub reachability: Option<Duration>,
     /// No status line.
     pub quiet: bool,
     /// Where each probe was placed, and progress.
@@ -99,6 +101,7 @@ impl TraceConfig {
             empty_programs: false,
             probes_at_symbol_entry: false,
             program_stats: false,
+            reachability: None,
             quiet: false,
             verbose: false,
         }

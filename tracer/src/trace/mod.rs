@@ -10,6 +10,7 @@
 pub mod config;
 mod event_loop;
 mod processes;
+mod reachability;
 pub mod scope;
 pub mod status;
 
@@ -187,6 +188,7 @@ fn trace(
         attempts: BTreeMap::new(),
         target_exit: None,
         execs: Vec::new(),
+        reachability: None,
     };
 
     // The launched command: attached before exec, to the objects its loader will map.
@@ -277,6 +279,13 @@ fn trace(
             );
         }
     }
+    // Each live target stopped in turn while the probes still record, so the blocks read
+    // during its stop are exactly those in its memory.
+    if let Some(max_pause) = config.reachability {
+        session.status.finish();
+        eprintln!("leaktracer: scanning for pointers to the outstanding blocks (--reachability)");
+        session.scan_reachability(max_pause);
+    }
     // Freeze the picture: the programs return at once from here on. (Detaching all probes
     // takes the kernel about 0.1 s per probe; that happens last, when `session` is dropped.)
     session.probes.stop_recording()?;
@@ -338,6 +347,8 @@ struct Session<'a> {
     target_exit: Option<TargetExit>,
     /// Execs of traced processes, and what was retired with their old images.
     execs: Vec<ExecEvent>,
+    /// `--reachability`: the last scan.
+    reachability: Option<reachability::ReachabilityScan>,
 }
 
 impl Session<'_> {
@@ -380,7 +391,7 @@ impl Session<'_> {
                     .get(&key.tgid)
                     .map(|t| t.info.comm.clone())
                     .unwrap_or_default();
-                report::build::stack(
+                let mut stack = report::build::stack(
                     key.tgid,
                     comm,
                     figures,
@@ -388,7 +399,18 @@ impl Session<'_> {
                     &self.config.outputs.plumbing,
                     timeline,
                     growth,
-                )
+                );
+                stack.reachability = self.reachability.as_ref().and_then(|scan| {
+                    scan.per_stack.get(key).copied().or_else(|| {
+                        // Scanned, but no block of this stack was outstanding then.
+                        scan.summary
+                            .processes
+                            .iter()
+                            .any(|p| p.pid == key.tgid && p.complete)
+                            .then(report::StackReachability::default)
+                    })
+                });
+                stack
             })
             .collect();
         report::build::sort_stacks(&mut stacks);
@@ -415,6 +437,7 @@ impl Session<'_> {
             target_exit: self.target_exit.clone(),
             execs: self.execs.clone(),
             unwind: self.tables.as_ref().map(KernelTables::stats),
+            reachability: self.reachability.as_ref().map(|r| r.summary.clone()),
         };
         report::build::report(stacks, &snapshot.counters, facts)
     }
