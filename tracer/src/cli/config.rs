@@ -115,7 +115,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
         if args.reachability && sample_bytes.is_some() {
             return Err(ConfigError::ReachabilityWithSampling);
         }
-        if args.reachability && args.max_pause.is_zero() {
+        if args.max_pause.is_zero() {
             return Err(ConfigError::NoPause);
         }
         if args.max_stacks == 0 {
@@ -164,7 +164,8 @@ impl TryFrom<TraceArgs> for TraceConfig {
             empty_programs: args.empty_programs,
             probes_at_symbol_entry: args.probes_at_symbol_entry,
             program_stats: args.program_stats,
-            reachability: args.reachability.then_some(args.max_pause),
+            reachability: args.reachability,
+            max_pause: args.max_pause,
             quiet: args.quiet,
             verbose: args.verbose,
         })

@@ -226,24 +226,77 @@ pub fn verdict(
         .collect();
     let (times, bytes) = settled(&times, &bytes);
     let rate = growth::slope(times, bytes);
+    let growing = |s: &&Stack| s.growth.is_some_and(|g| g.class == Class::Leak);
+    // With a reachability scan: bytes no pointer leads to are leaks whatever their growth,
+    // and a stack that grows with every byte still referenced is a store to bound, not a leak.
+    let lost = |s: &&Stack| {
+        s.reachability
+            .is_some_and(|r| r.definitely_lost.bytes + r.indirectly_lost.bytes > 0)
+    };
+    let referenced = |s: &&Stack| {
+        s.reachability
+            .is_some_and(|r| r.lost_bytes() == 0 && r.still_reachable.bytes > 0)
+    };
+    let lost_stacks = stacks.iter().filter(lost).count();
+    let lost_bytes: u64 = stacks
+        .iter()
+        .filter_map(|s| s.reachability)
+        .map(|r| r.definitely_lost.bytes + r.indirectly_lost.bytes)
+        .sum();
+    let growing_leaks = stacks
+        .iter()
+        .filter(|s| growing(s) && !referenced(s))
+        .count();
+    let referenced_growth_stacks = stacks
+        .iter()
+        .filter(|s| growing(s) && referenced(s))
+        .count();
     let leaking_stacks = stacks
         .iter()
-        .filter(|s| s.growth.is_some_and(|g| g.class == Class::Leak))
+        .filter(|s| lost(s) || (growing(s) && !referenced(s)))
         .count();
     let judged = times.len() >= MIN_SAMPLES;
     let seconds_to_limit = limit
         .as_ref()
         .filter(|_| rate > 0.0 && judged)
         .map(|l| l.headroom() as f64 / rate);
-    let mut summary = if !judged {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let mut summary = if lost_stacks > 0 {
+        let mut text = format!(
+            "LEAK: {} definitely lost on {lost_stacks} stack{} (no pointer to it is left)",
+            human_bytes(lost_bytes),
+            plural(lost_stacks)
+        );
+        if judged && growing_leaks > 0 {
+            text.push_str(&format!(
+                "; {growing_leaks} stack{} growing steadily",
+                plural(growing_leaks)
+            ));
+        }
+        if judged {
+            text.push_str(&format!("; outstanding memory {}", human_rate(rate)));
+        }
+        text
+    } else if !judged {
         format!(
             "too short to judge growth: {} samples (trace longer, or sample more often with --interval)",
             times.len()
         )
-    } else if leaking_stacks > 0 {
+    } else if growing_leaks > 0 {
         format!(
-            "LEAK: {leaking_stacks} stack{} growing steadily; outstanding memory {}",
-            if leaking_stacks == 1 { "" } else { "s" },
+            "LEAK: {growing_leaks} stack{} growing steadily; outstanding memory {}",
+            plural(growing_leaks),
+            human_rate(rate)
+        )
+    } else if referenced_growth_stacks > 0 {
+        format!(
+            "no leak found: {referenced_growth_stacks} stack{} grow{} steadily, but every byte is still referenced (a cache or store to bound, not a leak); outstanding memory {}",
+            plural(referenced_growth_stacks),
+            if referenced_growth_stacks == 1 {
+                "s"
+            } else {
+                ""
+            },
             human_rate(rate)
         )
     } else {
@@ -267,9 +320,12 @@ pub fn verdict(
             )),
         }
     }
+    let scanned = stacks.iter().any(|s| s.reachability.is_some());
     Verdict {
         leak: leaking_stacks > 0,
         leaking_stacks,
+        lost_bytes: scanned.then_some(lost_bytes),
+        referenced_growth_stacks,
         growth_bytes_per_sec: rate,
         memory_limit_bytes: limit.as_ref().map(|l| l.limit_bytes),
         memory_usage_bytes: limit.as_ref().map(|l| l.usage_bytes),
@@ -451,5 +507,91 @@ mod tests {
         ] {
             assert!(!in_standard_library(file), "{file}");
         }
+    }
+
+    /// Ten samples of a process growing 1000 B/s.
+    fn growing_timeline() -> Vec<TimelinePoint> {
+        (0..10)
+            .map(|i| TimelinePoint {
+                t_secs: i as f64,
+                outstanding_bytes: 1000 * i,
+                rss_bytes: None,
+            })
+            .collect()
+    }
+
+    fn with_classes(mut stack: Stack, lost: u64, reachable: u64, growing: bool) -> Stack {
+        let figures = |bytes| crate::report::ClassFigures {
+            bytes,
+            allocations: u64::from(bytes > 0),
+        };
+        stack.reachability = Some(crate::report::StackReachability {
+            definitely_lost: figures(lost),
+            still_reachable: figures(reachable),
+            ..Default::default()
+        });
+        if growing {
+            stack.growth = Some(Growth {
+                bytes_per_sec: 1000.0,
+                non_decreasing_ratio: 1.0,
+                class: Class::Leak,
+                severity: crate::growth::Severity::Low,
+                recent_bytes_per_sec: 1000.0,
+            });
+        }
+        stack
+    }
+
+    #[test]
+    fn growth_that_is_all_still_referenced_is_not_called_a_leak() {
+        let stacks = vec![with_classes(
+            stack_of(&["cache_put", "main"], 9000, 9),
+            0,
+            9000,
+            true,
+        )];
+        let verdict = verdict(&stacks, &growing_timeline(), None);
+        assert!(!verdict.leak, "{}", verdict.summary);
+        assert_eq!(verdict.referenced_growth_stacks, 1);
+        assert_eq!(verdict.lost_bytes, Some(0));
+        assert!(
+            verdict.summary.contains("still referenced"),
+            "{}",
+            verdict.summary
+        );
+        // Without a scan, the same growth is a leak.
+        let mut unscanned = stacks.clone();
+        unscanned[0].reachability = None;
+        assert!(verdict_of(&unscanned).leak);
+    }
+
+    #[test]
+    fn definitely_lost_bytes_are_a_leak_whatever_their_growth() {
+        let stacks = vec![
+            with_classes(stack_of(&["drop_it", "main"], 300, 3), 300, 0, false),
+            with_classes(stack_of(&["cache_put", "main"], 9000, 9), 0, 9000, true),
+        ];
+        let verdict = verdict(&stacks, &growing_timeline(), None);
+        assert!(verdict.leak);
+        assert_eq!(verdict.leaking_stacks, 1);
+        assert_eq!(verdict.lost_bytes, Some(300));
+        assert!(
+            verdict
+                .summary
+                .starts_with("LEAK: 300 B definitely lost on 1 stack"),
+            "{}",
+            verdict.summary
+        );
+        // Even in a trace too short to judge growth.
+        let short = verdict_of_short(&stacks);
+        assert!(short.leak, "{}", short.summary);
+    }
+
+    fn verdict_of(stacks: &[Stack]) -> Verdict {
+        verdict(stacks, &growing_timeline(), None)
+    }
+
+    fn verdict_of_short(stacks: &[Stack]) -> Verdict {
+        verdict(stacks, &growing_timeline()[..1], None)
     }
 }

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use super::{
     Report, Stack, flamegraph,
-    text::{class_name, describe_frame, folded_note, severity_name},
+    text::{
+        class_name, describe_classes, describe_frame, describe_scan, folded_note, severity_name,
+    },
 };
 use crate::units::{human_bytes, human_duration, human_rate};
 
@@ -89,6 +91,7 @@ details pre {{ margin: 4px 0; font-size: 12px; white-space: pre-wrap; }}
 <div class="meta">{target} &middot; traced {duration} &middot; ended: {end}</div>
 <div class="verdict {verdict_class}" id="verdict">{verdict_text}</div>
 <div class="totals"><span>outstanding <b>{outstanding}</b> in {allocations} allocations</span><span>seen: {seen_allocs} allocations, {seen_frees} frees</span><span>dropped: {dropped}</span></div>
+{reachability}
 <h2>Outstanding memory over time</h2>
 <div id="chart"></div>
 <div class="legend" id="legend"></div>
@@ -183,6 +186,13 @@ details pre {{ margin: 4px 0; font-size: 12px; white-space: pre-wrap; }}
         dropped = report.totals.dropped,
         svg_attr = escape(&frame_doc),
         table = table(&report.stacks),
+        reachability = report
+            .reachability
+            .as_ref()
+            .map_or(String::new(), |scan| format!(
+                "<div class=\"totals\" id=\"reachability\"><span>reachability: {}</span></div>",
+                escape(&describe_scan(scan))
+            )),
         data = data,
     )
 }
@@ -240,7 +250,7 @@ fn table(stacks: &[Stack]) -> String {
         return "<p>No outstanding allocations.</p>".to_string();
     }
     let mut html = String::from(
-        "<table id=\"stacks\"><thead><tr><th>#</th><th>outstanding</th><th>allocations</th><th>growth</th><th>class</th><th>severity</th><th>allocated at</th></tr></thead><tbody>\n",
+        "<table id=\"stacks\"><thead><tr><th>#</th><th>outstanding</th><th>allocations</th><th>growth</th><th>class</th><th>severity</th><th>reachability</th><th>allocated at</th></tr></thead><tbody>\n",
     );
     for (rank, stack) in stacks.iter().take(TABLE_STACKS).enumerate() {
         let (rate, class, severity) = match &stack.growth {
@@ -259,7 +269,7 @@ fn table(stacks: &[Stack]) -> String {
             .chain(stack.shown_frames().into_iter().map(describe_frame))
             .collect();
         html.push_str(&format!(
-            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"{}\">{}</td><td>{}</td><td><details><summary>{}</summary><pre>{}</pre></details></td></tr>\n",
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"{}\">{}</td><td>{}</td><td class=\"reach\">{}</td><td><details><summary>{}</summary><pre>{}</pre></details></td></tr>\n",
             rank + 1,
             human_bytes(stack.outstanding_bytes),
             stack.outstanding_allocations,
@@ -267,6 +277,11 @@ fn table(stacks: &[Stack]) -> String {
             if class == "leak" { "leak-class" } else { "" },
             class,
             severity,
+            escape(
+                &stack
+                    .reachability
+                    .map_or("-".to_string(), |r| describe_classes(&r))
+            ),
             escape(&frame0),
             escape(&full.join("\n"))
         ));

@@ -281,10 +281,18 @@ pub struct StackPoint {
 /// The verdict line of a report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
-    /// True when at least one stack is classed `leak`.
+    /// True when at least one stack is classed `leak` (and, after a reachability scan, is not
+    /// wholly still referenced), or holds definitely lost bytes.
     pub leak: bool,
-    /// Stacks classed `leak`.
+    /// Stacks classed `leak`, and with `--reachability` those holding lost bytes.
     pub leaking_stacks: usize,
+    /// `--reachability`: bytes definitely or indirectly lost (no pointer left to them).
+    #[serde(default)]
+    pub lost_bytes: Option<u64>,
+    /// `--reachability`: stacks that grow steadily with every byte still referenced (a cache
+    /// or store to bound): not counted as leaking.
+    #[serde(default)]
+    pub referenced_growth_stacks: usize,
     /// Least-squares slope of the process's outstanding bytes over the trace.
     pub growth_bytes_per_sec: f64,
     pub memory_limit_bytes: Option<u64>,

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Frame, FrameKind, Report};
+use super::{Frame, FrameKind, Reachability, Report, StackReachability};
 use crate::growth::{Class, Severity};
 use crate::units::{human_bytes, human_rate};
 
@@ -129,6 +129,12 @@ pub fn render(report: &Report, top: usize) -> String {
             causes.join(", ")
         );
     }
+    if let Some(scan) = &report.reachability {
+        let _ = writeln!(out, "reachability: {}", describe_scan(scan));
+        for note in &scan.notes {
+            let _ = writeln!(out, "    note: {note}");
+        }
+    }
     if report.stacks.is_empty() {
         let _ = writeln!(
             out,
@@ -175,6 +181,11 @@ pub fn render(report: &Report, top: usize) -> String {
                 growth.non_decreasing_ratio * 100.0
             );
         }
+        if let Some(classes) = &stack.reachability
+            && classes.classified_bytes() > 0
+        {
+            let _ = writeln!(out, "    reachability: {}", describe_classes(classes));
+        }
         if stack.frames.is_empty() {
             let _ = writeln!(out, "    [stack not captured]");
         }
@@ -187,6 +198,55 @@ pub fn render(report: &Report, top: usize) -> String {
     }
     render_functions(report, top, &mut out);
     out
+}
+
+/// A reachability scan in one line: how it was made, then the four classes.
+pub fn describe_scan(scan: &Reachability) -> String {
+    if scan.mode == "none" {
+        return "not scanned (see the notes)".to_string();
+    }
+    let how = format!(
+        "{} scan{}, paused {:.1} ms ({} thread{}, {} scanned)",
+        scan.mode,
+        if scan.complete { "" } else { " INCOMPLETE" },
+        scan.pause_ms,
+        scan.threads,
+        if scan.threads == 1 { "" } else { "s" },
+        human_bytes(scan.scanned_bytes)
+    );
+    let classes = StackReachability {
+        definitely_lost: scan.definitely_lost,
+        indirectly_lost: scan.indirectly_lost,
+        possibly_lost: scan.possibly_lost,
+        still_reachable: scan.still_reachable,
+    };
+    format!("{how}: {}", describe_classes(&classes))
+}
+
+/// A stack's classes in words, those holding nothing left out.
+pub fn describe_classes(classes: &StackReachability) -> String {
+    let parts: Vec<String> = [
+        ("definitely lost", classes.definitely_lost),
+        ("indirectly lost", classes.indirectly_lost),
+        ("possibly lost", classes.possibly_lost),
+        ("still reachable", classes.still_reachable),
+    ]
+    .iter()
+    .filter(|(_, f)| f.allocations > 0)
+    .map(|(name, f)| {
+        format!(
+            "{} {name} ({} block{})",
+            human_bytes(f.bytes),
+            f.allocations,
+            if f.allocations == 1 { "" } else { "s" }
+        )
+    })
+    .collect();
+    if parts.is_empty() {
+        "no block outstanding at the scan".to_string()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// The `top` functions by inclusive outstanding bytes, leaving out those on every stack and

@@ -24,6 +24,8 @@ use axum::{
     routing::get,
 };
 
+use tokio::sync::{mpsc, oneshot};
+
 use crate::{report::Report, target::process::ProcessUsage};
 
 /// The dashboard page: static, it fetches the JSON endpoints and the flamegraph itself.
@@ -78,8 +80,17 @@ type Shared = Arc<RwLock<Option<Arc<Published>>>>;
 pub struct Server {
     pub addr: SocketAddr,
     published: Shared,
+    /// Scans asked for at `/api/reachability`, each with where its answer goes: the trace's
+    /// loop takes this and runs them (a scan ptraces the target, from the trace's thread).
+    pub scan_requests: Option<mpsc::Receiver<ScanRequest>>,
     _thread: JoinHandle<()>,
 }
+
+/// A reachability scan asked for over HTTP: the JSON answer goes back through it.
+pub type ScanRequest = oneshot::Sender<Bytes>;
+
+/// Longest an HTTP client waits for a scan (the pause is capped far below; the mark is not).
+const SCAN_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// `ADDR` of `--serve`: `PORT` or `:PORT` bind loopback; `HOST:PORT` binds that address.
 pub fn parse_addr(spec: &str) -> Result<SocketAddr, String> {
@@ -130,7 +141,8 @@ impl Server {
             );
         }
         let published: Shared = Arc::new(RwLock::new(None));
-        let app = router(published.clone());
+        let (scans, scan_requests) = mpsc::channel(4);
+        let app = router(published.clone(), scans);
         let thread = std::thread::Builder::new()
             .name("leaktracer-serve".into())
             .spawn(move || {
@@ -160,6 +172,7 @@ impl Server {
         Ok(Self {
             addr,
             published,
+            scan_requests: Some(scan_requests),
             _thread: thread,
         })
     }
@@ -174,8 +187,12 @@ impl Server {
     }
 }
 
-fn router(published: Shared) -> Router {
+fn router(published: Shared, scans: mpsc::Sender<ScanRequest>) -> Router {
     Router::new()
+        .route(
+            "/api/reachability",
+            get(move || reachability_body(scans.clone())),
+        )
         .route("/", get(dashboard))
         .route("/metrics", get(metrics_body))
         .route("/api/snapshot", get(snapshot_body))
@@ -248,6 +265,32 @@ async fn leaks_body(State(p): State<Shared>, uri: axum::http::Uri) -> Response {
 }
 async fn process_body(State(p): State<Shared>) -> Response {
     current(&p, |p| &p.process, JSON)
+}
+/// `/api/reachability`: asks the trace for a scan now and answers with its result.
+async fn reachability_body(scans: mpsc::Sender<ScanRequest>) -> Response {
+    let (answer, answered) = oneshot::channel();
+    if scans.send(answer).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leaktracer: the trace is ending; no scan can be made now\n",
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(SCAN_ANSWER_WAIT, answered).await {
+        Ok(Ok(body)) => (
+            [
+                (header::CONTENT_TYPE, JSON),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leaktracer: the scan did not finish; see leaktracer's output\n",
+        )
+            .into_response(),
+    }
 }
 async fn flamegraph_body(State(p): State<Shared>) -> Response {
     current(&p, |p| &p.flamegraph, "image/svg+xml")

@@ -67,8 +67,11 @@ pub struct TraceConfig {
     pub probes_at_symbol_entry: bool,
     /// Measure the eBPF programs (kernel BPF run-time statistics).
     pub program_stats: bool,
-    /// `--reachability`: scan the target at the end (and on demand), pausing it at most this long.
-    pub reachability: Option<Duration>,
+    /// `--reachability`: scan the targets for pointers to their blocks at the end.
+    pub reachability: bool,
+    /// `--max-pause`: longest a target stays stopped for a scan (at the end, or asked for at
+    /// `/api/reachability`).
+    pub max_pause: Duration,
     /// No status line.
     pub quiet: bool,
     /// Where each probe was placed, and progress.
@@ -101,7 +104,8 @@ impl TraceConfig {
             empty_programs: false,
             probes_at_symbol_entry: false,
             program_stats: false,
-            reachability: None,
+            reachability: false,
+            max_pause: Duration::from_millis(200),
             quiet: false,
             verbose: false,
         }

@@ -80,6 +80,7 @@ impl Session<'_> {
                 )
             }
             .ok();
+            let mut scan_requests = self.server.as_mut().and_then(|s| s.scan_requests.take());
             loop {
                 tokio::select! {
                     _ = signals.interrupt.recv() => return Ok(EndReason::Interrupted),
@@ -109,6 +110,12 @@ impl Session<'_> {
                         self.settle_unmaps()?;
                     }
                     _ = sample.tick() => self.sample()?,
+                    request = async { scan_requests.as_mut().expect("guarded").recv().await }, if scan_requests.is_some() => {
+                        match request {
+                            Some(answer) => self.answer_scan(answer)?,
+                            None => scan_requests = None,
+                        }
+                    }
                     ready = async { python_stacks.as_ref().expect("guarded").readable().await }, if python_stacks.is_some() => {
                         if let Ok(mut guard) = ready {
                             guard.clear_ready();

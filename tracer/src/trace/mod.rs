@@ -160,7 +160,7 @@ fn trace(
         Some(addr) => {
             let server = Server::start(addr)?;
             eprintln!(
-                "leaktracer: serving http://{} (/metrics, /api/snapshot, /api/history, /api/leaks, /api/process, /flamegraph.svg)",
+                "leaktracer: serving http://{} (/metrics, /api/snapshot, /api/history, /api/leaks, /api/process, /api/reachability, /flamegraph.svg)",
                 server.addr
             );
             Some(server)
@@ -281,10 +281,10 @@ fn trace(
     }
     // Each live target stopped in turn while the probes still record, so the blocks read
     // during its stop are exactly those in its memory.
-    if let Some(max_pause) = config.reachability {
+    if config.reachability {
         session.status.finish();
         eprintln!("leaktracer: scanning for pointers to the outstanding blocks (--reachability)");
-        session.scan_reachability(max_pause);
+        session.scan_reachability();
     }
     // Freeze the picture: the programs return at once from here on. (Detaching all probes
     // takes the kernel about 0.1 s per probe; that happens last, when `session` is dropped.)

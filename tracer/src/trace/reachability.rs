@@ -2,7 +2,7 @@
 //! outstanding blocks the probes recorded (read while it is stopped, so both agree), resumed,
 //! and the classes kept per stack for the report.
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use tracer_common::StackKey;
 
@@ -10,6 +10,7 @@ use super::Session;
 use crate::{
     reach::{self, Classes, Mode, Options, ProcessScan, TrackedBlock, mark::Class},
     report::{ClassFigures, ProcessReachability, Reachability, StackReachability},
+    serve::ScanRequest,
     target::process::is_alive,
 };
 
@@ -21,8 +22,9 @@ pub struct ReachabilityScan {
 }
 
 impl Session<'_> {
-    /// Scans every traced process (pausing each at most `max_pause`) and keeps the result.
-    pub(super) fn scan_reachability(&mut self, max_pause: Duration) -> &ReachabilityScan {
+    /// Scans every traced process (pausing each at most `--max-pause`) and keeps the result.
+    pub(super) fn scan_reachability(&mut self) -> &ReachabilityScan {
+        let max_pause = self.config.max_pause;
         let at_secs = self.history.elapsed_secs();
         let mut scan = ReachabilityScan::default();
         let mut modes = Vec::new();
@@ -123,6 +125,64 @@ impl Session<'_> {
         self.reachability = Some(scan);
         self.reachability.as_ref().unwrap()
     }
+}
+
+impl Session<'_> {
+    /// A scan asked for at `/api/reachability`: made now, published with the next report
+    /// (which then carries each stack's classes), and answered with its summary and stacks.
+    pub(super) fn answer_scan(&mut self, answer: ScanRequest) -> anyhow::Result<()> {
+        self.status.finish();
+        eprintln!(
+            "leaktracer: scanning for pointers to the outstanding blocks (/api/reachability)"
+        );
+        self.scan_reachability();
+        let snapshot = self
+            .collector
+            .snapshot(self.probes.maps(), self.config.min_age)?;
+        let elapsed = self.history.elapsed_secs();
+        let report = self.build_report(&snapshot, elapsed, None);
+        self.publish(&report);
+        let body = ScanAnswer {
+            reachability: report.reachability.as_ref(),
+            verdict: report.verdict.as_ref().map(|v| v.summary.as_str()),
+            stacks: report
+                .stacks
+                .iter()
+                .filter_map(|stack| {
+                    Some(ScanStack {
+                        id: &stack.id,
+                        pid: stack.pid,
+                        function: stack.first_own_frame().map(|f| f.label()),
+                        outstanding_bytes: stack.outstanding_bytes,
+                        outstanding_allocations: stack.outstanding_allocations,
+                        reachability: stack.reachability?,
+                    })
+                })
+                .collect(),
+        };
+        let _ = answer.send(serde_json::to_vec(&body)?.into());
+        Ok(())
+    }
+}
+
+/// What `/api/reachability` answers.
+#[derive(serde::Serialize)]
+struct ScanAnswer<'a> {
+    reachability: Option<&'a Reachability>,
+    verdict: Option<&'a str>,
+    /// Every scanned stack, in the report's order (most outstanding bytes first).
+    stacks: Vec<ScanStack<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct ScanStack<'a> {
+    id: &'a str,
+    pid: u32,
+    /// Its first own frame, as the report names it.
+    function: Option<String>,
+    outstanding_bytes: u64,
+    outstanding_allocations: u64,
+    reachability: StackReachability,
 }
 
 /// Whether the object serving malloc is glibc's C library.
