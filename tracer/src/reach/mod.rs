@@ -122,6 +122,9 @@ pub struct ProcessScan {
     pub threads: usize,
     /// How long the mark took (the target running again).
     pub mark: Duration,
+    /// Of the pause: time the kernel spent copying memory, and sorting its words.
+    pub read_time: Duration,
+    pub sort_time: Duration,
     /// Blocks classed.
     pub blocks: usize,
     pub per_stack: HashMap<u64, Classes>,
@@ -243,6 +246,7 @@ pub fn scan_process(
         }
     }
     let scanned = scan_ranges(pid, &ranges, &blocks, &excluded, deadline, &mut found);
+
     drop(frozen); // the target runs again
     let pause = if mode == Mode::Unstopped {
         Duration::ZERO
@@ -280,6 +284,7 @@ pub fn scan_process(
             size: b.size,
         })
         .collect();
+    let (read_time, sort_time) = (found.read_time, found.sort_time);
     let classes = Graph::new(nodes, found.contents, found.roots).classify();
     let mut per_stack: HashMap<u64, Classes> = HashMap::new();
     let mut totals = Classes::default();
@@ -298,6 +303,8 @@ pub fn scan_process(
         scanned_bytes: found.scanned_bytes,
         threads,
         mark: marking.elapsed(),
+        read_time,
+        sort_time,
         blocks: tracked.len(),
         per_stack,
         totals,
@@ -321,6 +328,8 @@ fn incomplete(
         scanned_bytes,
         threads,
         mark: Duration::ZERO,
+        read_time: Duration::ZERO,
+        sort_time: Duration::ZERO,
         blocks: 0,
         per_stack: HashMap::new(),
         totals: Classes::default(),

@@ -30,6 +30,9 @@ pub struct Found {
     pub scanned_bytes: u64,
     /// Bytes that could not be read (pages the kernel refused).
     pub unreadable_bytes: u64,
+    /// Time spent in the kernel copying, and sorting words.
+    pub read_time: std::time::Duration,
+    pub sort_time: std::time::Duration,
 }
 
 /// The scan ran out of its time budget.
@@ -91,7 +94,10 @@ pub fn scan_ranges(
                 queue.pop();
             }
         }
+        let reading = Instant::now();
         let read = read_pieces(pid, &pieces, &mut buffer);
+        found.read_time += reading.elapsed();
+        let sorting = Instant::now();
         // Pieces are read in order up to the first unreadable page.
         let mut offset = 0usize;
         let mut failed = None;
@@ -107,6 +113,7 @@ pub fn scan_ranges(
                 break;
             }
         }
+        found.sort_time += sorting.elapsed();
         if let Some((index, at)) = failed {
             // Queue what was not read. A page that failed alone is unreadable and skipped;
             // otherwise the failing page is tried alone next, to tell a bad page from a piece

@@ -1,0 +1,283 @@
+//! End-to-end: stopping a live target for a reachability scan never harms it — a tracer
+//! SIGKILLed mid-scan leaves it running, threads created and exiting during the scan are all
+//! stopped and let go, a target another tracer (strace) holds is scanned without stopping, and
+//! a Python target is not scanned at all (said so).
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Lines, Write},
+    process::{ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use leaktracer_e2e::*;
+use serde_json::Value;
+
+/// `tests/workloads/reach_heap.c`: MIB of 4 KiB blocks, each held by a global array.
+struct Heap {
+    workload: Workload,
+    lines: Lines<BufReader<ChildStdout>>,
+    blocks: u64,
+}
+
+impl Heap {
+    /// Starts it (its heap not built yet).
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(workload("reach_heap"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "started");
+        Self {
+            workload: Workload(child),
+            lines,
+            blocks: 0,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.workload.pid()
+    }
+
+    fn say(&mut self, line: &str) {
+        let stdin = self.workload.0.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Builds the heap (traced, so every block is known) and waits until it is.
+    fn build(&mut self) {
+        self.say("go");
+        let ready = self.lines.next().unwrap().unwrap();
+        self.blocks = ready.strip_prefix("ready ").unwrap().parse().unwrap();
+    }
+
+    /// Asks it to check its blocks: it runs on, with every block intact.
+    fn assert_runs_intact(&mut self) {
+        self.say("ping");
+        assert_eq!(
+            self.lines.next().unwrap().unwrap(),
+            format!("pong {}", self.blocks),
+            "the target answers with all its blocks intact"
+        );
+    }
+}
+
+fn state_of(pid: u32) -> (char, u32) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    (
+        field("State:").chars().next().unwrap(),
+        field("TracerPid:").parse().unwrap(),
+    )
+}
+
+/// Attaches `leaktracer trace --reachability FLAGS --pid` to `heap`, builds its heap while
+/// traced, then ends the trace as Ctrl-C would (the scan comes next), and returns the tracer.
+fn trace_heap(heap: &mut Heap, json: &std::path::Path, flags: &[&str]) -> Tracer {
+    let pid = heap.pid().to_string();
+    let mut args = vec!["trace", "-q", "-v", "--reachability", "--pid", &pid];
+    args.extend(["--json", json.to_str().unwrap()]);
+    args.extend(flags);
+    let mut tracer = Tracer::start(&args);
+    tracer.wait_attached();
+    heap.build();
+    tracer.interrupt();
+    tracer
+}
+
+/// The heap's blocks and the array holding them (`build_heap`'s two stacks): every one
+/// still reachable, exactly.
+fn assert_all_held_blocks_reachable(report: &Value, blocks: u64) {
+    let stacks = stacks_at(report, "build_heap");
+    assert_eq!(stacks.len(), 2, "the blocks' stack and the array's");
+    let sum = |class: &str, figure: &str| -> u64 {
+        stacks
+            .iter()
+            .map(|s| s["reachability"][class][figure].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("still_reachable", "allocations"), blocks + 1);
+    assert_eq!(sum("still_reachable", "bytes"), blocks * 4096 + blocks * 8);
+    for lost in ["definitely_lost", "indirectly_lost", "possibly_lost"] {
+        assert_eq!(sum(lost, "allocations"), 0, "{lost}: {}", stacks[0]);
+    }
+}
+
+/// A tracer killed with SIGKILL while the target is stopped for its scan: the kernel detaches
+/// and resumes the target (leaktracer never asks for PTRACE_O_EXITKILL), which runs on.
+#[test]
+fn a_tracer_killed_mid_scan_leaves_the_target_running() {
+    require_root();
+    let dir = scratch_dir("reach-kill");
+    // 512 MiB takes about half a second to read: long enough to be caught stopped.
+    let mut heap = Heap::start(&["512"]);
+    let mut tracer = trace_heap(&mut heap, &dir.join("never.json"), &["--max-pause", "30s"]);
+    let pid = heap.pid();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state_of(pid).0 != 't' {
+        assert!(
+            Instant::now() < deadline,
+            "the target was never seen stopped for its scan"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // SAFETY: killing the tracer we started.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGKILL) };
+    let done = tracer.finish();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&done.status),
+        Some(libc::SIGKILL)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (state, tracer_pid) = state_of(pid);
+        if state != 't' && tracer_pid == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the target stayed stopped ({state}, TracerPid {tracer_pid})"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    heap.assert_runs_intact();
+    assert!(!dir.join("never.json").exists(), "no half report");
+}
+
+/// 64 threads being created and exiting all through the scan: every thread present is stopped
+/// (the list is read again until no new one appears), each is let go, and the verdict on the
+/// held blocks is exact.
+#[test]
+fn threads_coming_and_going_are_all_stopped_and_let_go() {
+    require_root();
+    let dir = scratch_dir("reach-threads");
+    let json = dir.join("threads.json");
+    let mut heap = Heap::start(&["16", "churn", "64"]);
+    let tracer = trace_heap(&mut heap, &json, &["--max-pause", "2s"]);
+    let done = tracer.finish();
+    assert!(done.status.success(), "{}", done.stderr);
+    let report = read_json(&json);
+    let scan = &report["reachability"];
+    assert_eq!(scan["complete"], true, "{scan}");
+    assert_eq!(scan["mode"], "exact", "{scan}");
+    // The main thread and the churner at least; short-lived ones caught mid-life besides.
+    assert!(scan["threads"].as_u64().unwrap() >= 2, "{scan}");
+    assert!(scan["pause_ms"].as_f64().unwrap() > 0.0);
+    assert_all_held_blocks_reachable(&report, heap.blocks);
+    assert_eq!(state_of(heap.pid()).1, 0, "no tracer left on the target");
+    heap.assert_runs_intact();
+}
+
+/// A target strace already holds cannot be stopped by a second tracer: it is scanned while it
+/// runs, the report says so (mode `unstopped`, naming strace), and strace keeps it.
+#[test]
+fn a_target_under_strace_is_scanned_without_stopping_and_said_so() {
+    require_root();
+    let Ok(strace) = which("strace") else {
+        eprintln!("SKIP: strace is not installed (apt-get install strace)");
+        return;
+    };
+    let dir = scratch_dir("reach-strace");
+    let json = dir.join("strace.json");
+    let mut heap = Heap::start(&["8"]);
+    let mut strace = Command::new(strace)
+        .args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-p",
+            &heap.pid().to_string(),
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state_of(heap.pid()).1 != strace.id() {
+        assert!(Instant::now() < deadline, "strace never attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tracer = trace_heap(&mut heap, &json, &[]);
+    let done = tracer.finish();
+    assert!(done.status.success(), "{}", done.stderr);
+    let report = read_json(&json);
+    let scan = &report["reachability"];
+    assert_eq!(scan["mode"], "unstopped", "{scan}");
+    assert!(
+        scan["notes"].to_string().contains("strace"),
+        "the note names the other tracer: {scan}"
+    );
+    // Idle while scanned, so the picture is still exact for the held blocks.
+    assert_all_held_blocks_reachable(&report, heap.blocks);
+    assert!(done.stdout.contains("unstopped scan"), "{}", done.stdout);
+    assert_eq!(state_of(heap.pid()).1, strace.id(), "strace still holds it");
+    heap.assert_runs_intact();
+    let _ = strace.kill();
+    let _ = strace.wait();
+}
+
+/// Python objects stay reachable by design: a Python target is not scanned, and the report
+/// says why.
+#[test]
+fn a_python_target_is_not_scanned_and_the_report_says_why() {
+    require_root();
+    let Some(python) = python_interpreters().into_iter().next() else {
+        eprintln!("SKIP: no Python interpreter found (python3.11 from Debian, or pyenv's)");
+        return;
+    };
+    let dir = scratch_dir("reach-python");
+    let json = dir.join("python.json");
+    let mut target = Command::new(&python)
+        .args([
+            "-c",
+            "import time\nkeep = [bytearray(3001) for _ in range(100)]\ntime.sleep(60)",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let done = run_tracer([
+        "trace",
+        "-q",
+        "--reachability",
+        "--duration",
+        "2s",
+        "--pid",
+        &target.id().to_string(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let _ = target.kill();
+    let _ = target.wait();
+    assert!(done.status.success(), "{}", done.stderr);
+    let scan = &read_json(&json)["reachability"];
+    assert_eq!(scan["mode"], "none", "{scan}");
+    assert_eq!(scan["processes"][0]["mode"], "skipped");
+    assert!(
+        scan["notes"].to_string().contains("Python interpreter"),
+        "{scan}"
+    );
+    assert!(
+        done.stdout.contains("Python interpreter"),
+        "{}",
+        done.stdout
+    );
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .ok_or(())
+}
