@@ -49,8 +49,93 @@ const BUFFER: usize = 16 << 20;
 const PAGE: u64 = 4096;
 
 /// Sorts words of `pid`'s memory in `ranges` (sorted, 8-byte aligned) into `found`, stopping at
-/// `deadline`. `blocks` sorted by start, `excluded` sorted and merged.
+/// `deadline`. `blocks` sorted by start, `excluded` sorted and merged. The target is stopped
+/// meanwhile, so its CPUs are free: the ranges are split over one reader per CPU (up to 4).
 pub fn scan_ranges(
+    pid: u32,
+    ranges: &[Range<u64>],
+    blocks: &[Block],
+    excluded: &[Range<u64>],
+    deadline: Instant,
+    found: &mut Found,
+) -> Result<(), Overrun> {
+    let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let readers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    if readers == 1 || total < 64 * PIECE {
+        return scan_share(pid, ranges, blocks, excluded, deadline, found);
+    }
+    let shares = split(ranges, total.div_ceil(readers as u64));
+    let results: Vec<(Found, Result<(), Overrun>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .iter()
+            .map(|share| {
+                scope.spawn(move || {
+                    let mut mine = Found::default();
+                    let result = scan_share(pid, share, blocks, excluded, deadline, &mut mine);
+                    (mine, result)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a scan reader panicked"))
+            .collect()
+    });
+    let mut overrun: Option<Overrun> = None;
+    for (mine, result) in results {
+        found.contents.extend(mine.contents);
+        found.roots.extend(mine.roots);
+        found.scanned_bytes += mine.scanned_bytes;
+        found.unreadable_bytes += mine.unreadable_bytes;
+        found.read_time = found.read_time.max(mine.read_time);
+        found.sort_time = found.sort_time.max(mine.sort_time);
+        if let Err(o) = result {
+            let all = overrun.get_or_insert(Overrun {
+                scanned_bytes: 0,
+                remaining_bytes: 0,
+            });
+            all.remaining_bytes += o.remaining_bytes;
+        }
+    }
+    match overrun {
+        Some(mut o) => {
+            o.scanned_bytes = found.scanned_bytes;
+            Err(o)
+        }
+        None => Ok(()),
+    }
+}
+
+/// `ranges` cut into consecutive shares of about `each` bytes (cuts on page boundaries).
+fn split(ranges: &[Range<u64>], each: u64) -> Vec<Vec<Range<u64>>> {
+    let mut shares = vec![Vec::new()];
+    let mut room = each;
+    for range in ranges {
+        let mut start = range.start;
+        while start < range.end {
+            let take = (range.end - start).min(room.max(PAGE));
+            let cut = if start + take < range.end {
+                ((start + take) & !(PAGE - 1)).max(start + 8)
+            } else {
+                range.end
+            };
+            shares.last_mut().unwrap().push(start..cut);
+            room = room.saturating_sub(cut - start);
+            start = cut;
+            if room == 0 {
+                shares.push(Vec::new());
+                room = each;
+            }
+        }
+    }
+    shares.retain(|s| !s.is_empty());
+    shares
+}
+
+/// One reader's part of [`scan_ranges`].
+fn scan_share(
     pid: u32,
     ranges: &[Range<u64>],
     blocks: &[Block],
@@ -320,6 +405,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn shares_cover_the_ranges_exactly() {
+        let ranges = vec![0..10 * PAGE, 20 * PAGE..23 * PAGE + 8];
+        let shares = split(&ranges, 4 * PAGE);
+        assert_eq!(shares.len(), 4);
+        let flat: Vec<Range<u64>> = merge(shares.into_iter().flatten().collect());
+        assert_eq!(flat, ranges);
+    }
 
     #[test]
     fn subtract_and_merge() {
