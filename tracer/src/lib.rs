@@ -12,6 +12,7 @@
 //! - [`trace`]: one trace session from attach to the written report, run from a validated
 //!   [`trace::TraceConfig`];
 //! - [`history`]: the samples a trace took, in memory; [`growth`]: what they show;
+//! - [`reach`]: live reachability analysis (the glibc heap walk so far);
 //! - [`cli`]: the command line (clap), turned into those configurations;
 //! - [`units`]: sizes and durations, parsed and shown.
 
@@ -22,6 +23,7 @@ pub mod error;
 pub mod growth;
 pub mod history;
 pub mod python;
+pub mod reach;
 pub mod report;
 pub mod serve;
 pub mod symbolize;

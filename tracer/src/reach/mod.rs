@@ -1,0 +1,3 @@
+//! Live reachability analysis (issue 13): what a stopped process's memory still points to.
+
+pub mod glibc;
