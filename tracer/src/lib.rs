@@ -12,6 +12,7 @@
 //! - [`trace`]: one trace session from attach to the written report, run from a validated
 //!   [`trace::TraceConfig`];
 //! - [`history`]: the samples a trace took, in memory; [`growth`]: what they show;
+//! - [`reach`]: which outstanding blocks a live target can still reach (`--reachability`);
 //! - [`cli`]: the command line (clap), turned into those configurations;
 //! - [`units`]: sizes and durations, parsed and shown.
 
