@@ -76,6 +76,9 @@ pub struct GlibcHeap {
     pub chunks_in_use: u64,
     /// Chunks in bins, fastbins and tcaches (top chunks not counted).
     pub chunks_free: u64,
+    /// Each heap's bytes as read for the walk, `(start, bytes)`: the scan reads them from here
+    /// rather than from the target a second time.
+    pub copies: Vec<(u64, Vec<u8>)>,
     /// The glibc version found (e.g. "2.36").
     pub version: String,
     /// `&main_arena` in the target.
@@ -168,7 +171,7 @@ pub fn walk(pid: u32, memory: &RemoteMemory, maps: &[Mapping]) -> Result<GlibcHe
         .iter()
         .find(|m| m.path.as_deref() == Some("[heap]"))
         .ok_or(GlibcError::NoHeap(pid))?;
-    let brk_buf = read(memory, "[heap]", brk.start, brk.end - brk.start)?;
+    let brk_buf = read_heap(pid, "[heap]", brk.start, brk.end - brk.start)?;
     // The candidate's own copy of the state, so what was checked is what is used.
     let (main_arena, main_state) = find_main_arena(memory, &libc, brk.start, &brk_buf)?;
     let system_mem = le64(&main_state, MS_SYSTEM_MEM).unwrap_or(0);
@@ -185,7 +188,7 @@ pub fn walk(pid: u32, memory: &RemoteMemory, maps: &[Mapping]) -> Result<GlibcHe
         addr: main_arena,
         state: main_state,
     }];
-    collect_arenas(memory, &mut arenas, &mut heaps)?;
+    collect_arenas(pid, memory, &mut arenas, &mut heaps)?;
     heaps.sort_by_key(|h| h.start);
     for pair in heaps.windows(2) {
         if pair[0].end() > pair[1].start {
@@ -257,6 +260,7 @@ pub fn walk(pid: u32, memory: &RemoteMemory, maps: &[Mapping]) -> Result<GlibcHe
         main_arena,
         arenas: arenas.len(),
         tcache_key,
+        copies: Vec::new(),
     };
     log::debug!(
         "glibc {} heap of {pid}: {} arenas, {} heaps, {} chunks in use, {} free",
@@ -266,6 +270,8 @@ pub fn walk(pid: u32, memory: &RemoteMemory, maps: &[Mapping]) -> Result<GlibcHe
         result.chunks_in_use,
         result.chunks_free
     );
+    let mut result = result;
+    result.copies = heaps.into_iter().map(|h| (h.start, h.buf)).collect();
     Ok(result)
 }
 
@@ -610,6 +616,7 @@ fn reveal(pos: u64, stored: u64) -> u64 {
 
 /// Follows `main_arena.next` and collects every other arena and its heaps.
 fn collect_arenas(
+    pid: u32,
     memory: &RemoteMemory,
     arenas: &mut Vec<Arena>,
     heaps: &mut Vec<Heap>,
@@ -669,7 +676,7 @@ fn collect_arenas(
                 top: (count == 0).then_some(top),
                 arena: index,
                 main: false,
-                buf: read(memory, "arena heap", heap_addr, size)?,
+                buf: read_heap(pid, "arena heap", heap_addr, size)?,
             });
             count += 1;
             if heap_addr == first_heap {
@@ -870,6 +877,16 @@ fn parse_version(version: &str) -> Option<(u32, u32)> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A whole heap, read by every CPU at once (the target waits stopped meanwhile).
+fn read_heap(pid: u32, what: &'static str, address: u64, len: u64) -> Result<Vec<u8>, GlibcError> {
+    let len = usize::try_from(len).map_err(|_| inconsistent(address, "length too large"))?;
+    super::scan::read_exact(pid, address, len).map_err(|source| GlibcError::Read {
+        what,
+        address,
+        source,
+    })
 }
 
 fn read(

@@ -125,6 +125,8 @@ pub struct ProcessScan {
     /// Of the pause: time the kernel spent copying memory, and sorting its words.
     pub read_time: Duration,
     pub sort_time: Duration,
+    /// Of the pause: reading and walking glibc's heaps.
+    pub walk_time: Duration,
     /// Blocks classed.
     pub blocks: usize,
     pub per_stack: HashMap<u64, Classes>,
@@ -191,7 +193,9 @@ pub fn scan_process(
         Mode::Unstopped
     };
     let mut free: Vec<Range<u64>> = Vec::new();
+    let mut copies: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut glibc_heap = false;
+    let walking = Instant::now();
     if options.glibc {
         match RemoteMemory::open(pid)
             .map_err(|e| e.to_string())
@@ -199,6 +203,8 @@ pub fn scan_process(
         {
             Ok(heap) => {
                 free = heap.free;
+                copies = heap.copies;
+                copies.sort_by_key(|(at, _)| *at);
                 glibc_heap = true;
             }
             Err(e) => {
@@ -219,6 +225,7 @@ pub fn scan_process(
         }
     }
 
+    let walk_time = walking.elapsed();
     let blocks = blocks_of(&mut tracked, &maps, glibc_heap);
     let threads = frozen.as_ref().map_or(0, |f| f.threads.len());
     let stack_pointers: Vec<u64> = frozen
@@ -245,7 +252,10 @@ pub fn scan_process(
             sort_register_words(&thread.vector, &blocks, &mut found);
         }
     }
-    let scanned = scan_ranges(pid, &ranges, &blocks, &excluded, deadline, &mut found);
+    let scanned = scan_ranges(
+        pid, &ranges, &copies, &blocks, &excluded, deadline, &mut found,
+    );
+    drop(copies);
 
     drop(frozen); // the target runs again
     let pause = if mode == Mode::Unstopped {
@@ -305,6 +315,7 @@ pub fn scan_process(
         mark: marking.elapsed(),
         read_time,
         sort_time,
+        walk_time,
         blocks: tracked.len(),
         per_stack,
         totals,
@@ -330,6 +341,7 @@ fn incomplete(
         mark: Duration::ZERO,
         read_time: Duration::ZERO,
         sort_time: Duration::ZERO,
+        walk_time: Duration::ZERO,
         blocks: 0,
         per_stack: HashMap::new(),
         totals: Classes::default(),

@@ -54,6 +54,7 @@ const PAGE: u64 = 4096;
 pub fn scan_ranges(
     pid: u32,
     ranges: &[Range<u64>],
+    local: &[(u64, Vec<u8>)],
     blocks: &[Block],
     excluded: &[Range<u64>],
     deadline: Instant,
@@ -64,7 +65,7 @@ pub fn scan_ranges(
         .map_or(1, |n| n.get())
         .clamp(1, 4);
     if readers == 1 || total < 64 * PIECE {
-        return scan_share(pid, ranges, blocks, excluded, deadline, found);
+        return scan_share(pid, ranges, local, blocks, excluded, deadline, found);
     }
     let shares = split(ranges, total.div_ceil(readers as u64));
     let results: Vec<(Found, Result<(), Overrun>)> = std::thread::scope(|scope| {
@@ -73,7 +74,8 @@ pub fn scan_ranges(
             .map(|share| {
                 scope.spawn(move || {
                     let mut mine = Found::default();
-                    let result = scan_share(pid, share, blocks, excluded, deadline, &mut mine);
+                    let result =
+                        scan_share(pid, share, local, blocks, excluded, deadline, &mut mine);
                     (mine, result)
                 })
             })
@@ -138,6 +140,7 @@ fn split(ranges: &[Range<u64>], each: u64) -> Vec<Vec<Range<u64>>> {
 fn scan_share(
     pid: u32,
     ranges: &[Range<u64>],
+    local: &[(u64, Vec<u8>)],
     blocks: &[Block],
     excluded: &[Range<u64>],
     deadline: Instant,
@@ -160,6 +163,31 @@ fn scan_share(
                 remaining_bytes: total.saturating_sub(done),
             });
         }
+        // Memory already copied (the heaps the glibc walk read) is sorted from the copy.
+        if let Some(range) = queue.last_mut()
+            && let Some((at, bytes)) = copy_at(local, range.start)
+        {
+            let len = (range.end - range.start)
+                .min(PIECE)
+                .min(bytes.len() as u64 - (range.start - at));
+            let from = (range.start - at) as usize;
+            let sorting = Instant::now();
+            sorter.sort(
+                range.start,
+                &bytes[from..from + len as usize],
+                lo,
+                hi,
+                found,
+            );
+            found.sort_time += sorting.elapsed();
+            found.scanned_bytes += len;
+            done += len;
+            range.start += len;
+            if range.start >= range.end {
+                queue.pop();
+            }
+            continue;
+        }
         // The next batch: whole pieces of the queued ranges, up to the buffer's size.
         pieces.clear();
         let mut room = BUFFER as u64;
@@ -171,7 +199,17 @@ fn scan_share(
                 queue.pop();
                 break;
             }
-            let len = (range.end - range.start).min(PIECE).min(room);
+            if copy_at(local, range.start).is_some() {
+                break;
+            }
+            let next_copy = local
+                .iter()
+                .map(|(at, _)| *at)
+                .find(|at| *at > range.start)
+                .unwrap_or(u64::MAX);
+            let len = (range.end.min(next_copy) - range.start)
+                .min(PIECE)
+                .min(room);
             pieces.push(range.start..range.start + len);
             range.start += len;
             room -= len;
@@ -223,6 +261,14 @@ fn scan_share(
     Ok(())
 }
 
+/// The copy holding `address`, if one does: its start and bytes.
+fn copy_at(local: &[(u64, Vec<u8>)], address: u64) -> Option<(u64, &[u8])> {
+    local
+        .iter()
+        .find(|(at, bytes)| (*at..*at + bytes.len() as u64).contains(&address))
+        .map(|(at, bytes)| (*at, bytes.as_slice()))
+}
+
 /// Words read from the registers: roots, when they point anywhere near a block.
 pub fn sort_register_words(words: &[u64], blocks: &[Block], found: &mut Found) {
     let Some((lo, hi)) = span(blocks) else { return };
@@ -235,6 +281,59 @@ fn span(blocks: &[Block]) -> Option<(u64, u64)> {
     let lo = blocks.first()?.start;
     let hi = blocks.iter().map(|b| b.start + b.size.max(1)).max()?;
     Some((lo, hi))
+}
+
+/// `len` bytes of `pid`'s memory from `address`, read by one thread per CPU (up to 4); an
+/// error if any of it cannot be read.
+pub fn read_exact(pid: u32, address: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buffer = vec![0u8; len];
+    let readers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let share = len
+        .div_ceil(readers)
+        .next_multiple_of(PAGE as usize)
+        .max(PAGE as usize);
+    let results: Vec<io::Result<()>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = buffer
+            .chunks_mut(share)
+            .enumerate()
+            .map(|(index, part)| {
+                let start = address + (index * share) as u64;
+                scope.spawn(move || read_into(pid, start, part))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a reader panicked"))
+            .collect()
+    });
+    results.into_iter().collect::<io::Result<Vec<()>>>()?;
+    Ok(buffer)
+}
+
+/// Fills `part` from `pid`'s memory at `address`, in batches of 1 MiB pieces.
+fn read_into(pid: u32, address: u64, part: &mut [u8]) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < part.len() {
+        let batch = (part.len() - done).min(PIECES_PER_CALL * PIECE as usize);
+        let start = address + done as u64;
+        let pieces: Vec<Range<u64>> = (0..batch.div_ceil(PIECE as usize))
+            .map(|i| {
+                let from = start + i as u64 * PIECE;
+                from..(from + PIECE).min(start + batch as u64)
+            })
+            .collect();
+        let read = read_pieces(pid, &pieces, &mut part[done..done + batch]);
+        if read < batch {
+            return Err(io::Error::other(format!(
+                "0x{:x} cannot be read",
+                start + read as u64
+            )));
+        }
+        done += batch;
+    }
+    Ok(())
 }
 
 /// `process_vm_readv` of `pieces` into the front of `buffer`: bytes read (0 on error).
@@ -450,6 +549,7 @@ mod tests {
         scan_ranges(
             std::process::id(),
             &[base..base + 8 * 64],
+            &[],
             &[block],
             &excluded,
             Instant::now() + Duration::from_secs(5),
@@ -494,6 +594,7 @@ mod tests {
         scan_ranges(
             std::process::id(),
             &[base..base + 3 * PAGE],
+            &[],
             &[block],
             &[],
             Instant::now() + Duration::from_secs(5),

@@ -76,11 +76,12 @@ impl Session<'_> {
                 Ok(process) => {
                     if self.config.verbose {
                         eprintln!(
-                            "leaktracer: reachability of pid {pid}: {} blocks, {} threads, {} scanned, paused {:.1} ms (copying {:.1} ms, sorting words {:.1} ms), mark {:.1} ms",
+                            "leaktracer: reachability of pid {pid}: {} blocks, {} threads, {} scanned, paused {:.1} ms (walking glibc's heaps {:.1} ms, copying {:.1} ms, sorting words {:.1} ms), mark {:.1} ms",
                             process.blocks,
                             process.threads,
                             crate::units::human_bytes(process.scanned_bytes),
                             process.pause.as_secs_f64() * 1e3,
+                            process.walk_time.as_secs_f64() * 1e3,
                             process.read_time.as_secs_f64() * 1e3,
                             process.sort_time.as_secs_f64() * 1e3,
                             process.mark.as_secs_f64() * 1e3
