@@ -11,6 +11,7 @@ mod procfs;
 mod python;
 mod report;
 mod tracer;
+pub mod valgrind;
 mod workloads;
 
 pub use browser::*;

@@ -4,6 +4,8 @@ use std::{fs, path::Path};
 
 use serde_json::Value;
 
+use crate::valgrind::SiteClasses;
+
 /// Reads a JSON file.
 pub fn read_json(path: &Path) -> Value {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -150,4 +152,29 @@ pub fn outstanding_through(report: &Value, function: &str) -> (u64, u64) {
                 n + s["outstanding_allocations"].as_u64().unwrap(),
             )
         })
+}
+
+/// The `--reachability` classes summed over the stacks whose first own frame is `function` (see
+/// [`stacks_at`]): each stack's `"reachability": {"definitely_lost": {"bytes", "allocations"},
+/// ...}`. Panics on a stack there without them.
+pub fn reachability_at(report: &Value, function: &str) -> SiteClasses {
+    let mut sum = SiteClasses::NONE;
+    for stack in stacks_at(report, function) {
+        add_reachability(&mut sum, &stack["reachability"], stack);
+    }
+    sum
+}
+
+/// Adds a `"reachability"` object's four classes to `sum`; `context` names it in a panic.
+pub fn add_reachability(sum: &mut SiteClasses, reachability: &Value, context: &Value) {
+    for class in SiteClasses::CLASSES {
+        let field = |name: &str| {
+            reachability[class][name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no reachability.{class}.{name} in {context}"))
+        };
+        let slot = sum.class_mut(class);
+        slot.0 += field("bytes");
+        slot.1 += field("allocations");
+    }
 }

@@ -4,12 +4,12 @@
 use std::{
     io::{BufRead, BufReader, Read},
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use crate::paths::workspace_root;
+use crate::{paths::workspace_root, workloads::Lines};
 
 /// The leaktracer binary under test: `$LEAKTRACER_BIN` (set by `cargo xtask test`), else the
 /// release build.
@@ -55,9 +55,41 @@ impl Tracer {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        let mut tracer = Self::spawn(args, Stdio::null());
+        let mut out = tracer.child.stdout.take().unwrap();
+        tracer.stdout_reader = Some(std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        }));
+        tracer
+    }
+
+    /// Starts `leaktracer ARGS` with a pipe as its stdin, and its stdout read line by line as it
+    /// comes: a launched command inherits both, so the test talks to the command through them
+    /// (its lines arrive mixed with leaktracer's own stdout, which [`Tracer::finish`] still
+    /// returns whole).
+    pub fn start_piped<I, S>(args: I) -> (Self, ChildStdin, Lines)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut tracer = Self::spawn(args, Stdio::piped());
+        let stdin = tracer.child.stdin.take().unwrap();
+        let (lines, reader) = Lines::tee(tracer.child.stdout.take().unwrap());
+        tracer.stdout_reader = Some(reader);
+        (tracer, stdin, lines)
+    }
+
+    /// Starts `leaktracer ARGS` with stdout piped and stderr collected; the caller takes stdout.
+    fn spawn<I, S>(args: I, stdin: Stdio) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         let mut child = Command::new(leaktracer())
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -72,16 +104,10 @@ impl Tracer {
                 text.push('\n');
             }
         });
-        let mut out = child.stdout.take().unwrap();
-        let stdout_reader = Some(std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = out.read_to_string(&mut text);
-            text
-        }));
         Self {
             child,
             stderr,
-            stdout_reader,
+            stdout_reader: None,
         }
     }
 

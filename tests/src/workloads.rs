@@ -3,10 +3,12 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use crate::paths::workspace_root;
@@ -158,4 +160,82 @@ pub fn release_growth(workload: &mut Workload) {
         .write_all(b"go\n")
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
+}
+
+/// The lines a process writes to a pipe, read on a thread as they come, so that a test can wait
+/// for one with a deadline instead of blocking for ever on a hung workload.
+pub struct Lines {
+    receiver: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    /// Reads `source` line by line.
+    pub fn read(source: impl Read + Send + 'static) -> Self {
+        Self::tee(source).0
+    }
+
+    /// Reads `source` line by line, and also keeps all of it: the handle returns the whole text
+    /// once `source` ends (for a tracer's stdout, which a launched command shares).
+    pub fn tee(source: impl Read + Send + 'static) -> (Self, JoinHandle<String>) {
+        let (sender, receiver) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(source).lines().map_while(Result::ok) {
+                all.push_str(&line);
+                all.push('\n');
+                let _ = sender.send(line);
+            }
+            all
+        });
+        (
+            Self {
+                receiver,
+                seen: Vec::new(),
+            },
+            reader,
+        )
+    }
+
+    /// The next line; panics (listing the lines seen so far) if none comes within `timeout` or
+    /// the pipe closes.
+    pub fn next_line(&mut self, timeout: Duration) -> String {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                line
+            }
+            Err(e) => panic!(
+                "no line within {timeout:?} ({e}); lines so far: {:?}",
+                self.seen
+            ),
+        }
+    }
+
+    /// The next line that starts with `prefix`, skipping others (e.g. a tracer's own output).
+    pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.next_line(left);
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+}
+
+/// Writes `line` and a newline to a workload's stdin.
+pub fn send_line(stdin: &mut ChildStdin, line: &str) {
+    stdin
+        .write_all(format!("{line}\n").as_bytes())
+        .and_then(|()| stdin.flush())
+        .unwrap_or_else(|e| panic!("writing {line:?} to the workload: {e}"));
+}
+
+/// The pid in `tests/workloads/reach.c`'s "ready PID" line.
+pub fn reach_ready_pid(line: &str) -> u32 {
+    line.strip_prefix("ready ")
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("not a \"ready PID\" line: {line:?}"))
 }
