@@ -208,6 +208,14 @@ pub struct TraceArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "200ms")]
     pub max_pause: Duration,
 
+    /// With --reachability: which pointers past a block's header count as pointing at its
+    /// start, when the header has the shape (memcheck's heuristics, same names): length64,
+    /// newarray, stdstring, and sds (Redis and other sds users point at a string's characters,
+    /// past its 1-17 byte header). `all`, `none` (memcheck's --leak-check-heuristics=none), or
+    /// a list: e.g. --reachability-heuristics sds,length64.
+    #[arg(long, value_name = "LIST", default_value = "all")]
+    pub reachability_heuristics: crate::reach::heuristics::HeuristicSet,
+
     /// Measure the eBPF programs themselves (the kernel's BPF run-time statistics, which cost
     /// some 20-40 ns per call while on) and print, per program, its runs, its mean run time
     /// and the instructions the verifier checked.

@@ -166,6 +166,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
             program_stats: args.program_stats,
             reachability: args.reachability,
             max_pause: args.max_pause,
+            reachability_heuristics: args.reachability_heuristics,
             quiet: args.quiet,
             verbose: args.verbose,
         })

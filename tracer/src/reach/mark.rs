@@ -101,6 +101,13 @@ impl Graph {
 
     /// Every block's class, in the order of [`Self::nodes`].
     pub fn classify(&self) -> Vec<Class> {
+        self.classify_with(&mut |_, _| false)
+    }
+
+    /// [`Self::classify`], where `heuristic(block, offset)` may accept an interior pointer at
+    /// `offset` into `block` from a root or a reachable block as a start pointer (memcheck's
+    /// "reachable via heuristic": a length-prefixed string points past its header).
+    pub fn classify_with(&self, heuristic: &mut dyn FnMut(usize, u64) -> bool) -> Vec<Class> {
         let n = self.nodes.len();
         let mut state = vec![State::Unreached; n];
         let mut work: Vec<usize> = Vec::new();
@@ -116,16 +123,25 @@ impl Graph {
                 work.push(index);
             }
         };
+        // A pointer counts as a start pointer at the start, or where a heuristic accepts it
+        // (asked only when it could change something).
+        let mut definite_at = |state: &[State], word: u64, target: usize, at_start: bool| {
+            at_start
+                || (state[target] != State::Reachable
+                    && heuristic(target, word - self.nodes[target].start))
+        };
         for word in &self.roots {
             if let Some((index, at_start)) = self.find(*word) {
-                raise(&mut state, &mut work, index, at_start);
+                let definite = definite_at(&state, *word, index, at_start);
+                raise(&mut state, &mut work, index, definite);
             }
         }
         while let Some(index) = work.pop() {
-            let definite = state[index] == State::Reachable;
+            let from_reachable = state[index] == State::Reachable;
             for word in self.words(index) {
                 if let Some((target, at_start)) = self.find(*word) {
-                    raise(&mut state, &mut work, target, at_start && definite);
+                    let definite = from_reachable && definite_at(&state, *word, target, at_start);
+                    raise(&mut state, &mut work, target, definite);
                 }
             }
         }
@@ -248,6 +264,27 @@ mod tests {
     fn pointers_past_the_end_and_into_gaps_match_nothing() {
         let got = classes(2, &[], &[(0, 64), (1, 0x800)]);
         assert_eq!(got, [DefinitelyLost, DefinitelyLost]);
+    }
+
+    #[test]
+    fn a_heuristic_makes_an_interior_pointer_from_reachable_memory_a_start() {
+        let nodes: Vec<Node> = (1..=2)
+            .map(|i| Node {
+                start: 0x1000 * i,
+                size: 64,
+            })
+            .collect();
+        // root -> 0+8 (accepted), 0 -> 1+8 (accepted), and a root -> 1+16 (not).
+        let graph = Graph::new(nodes, vec![(0, 0x2008)], vec![0x1008, 0x2010]);
+        let mut asked = Vec::new();
+        let classes = graph.classify_with(&mut |block, offset| {
+            asked.push((block, offset));
+            offset == 8
+        });
+        assert_eq!(classes, [StillReachable, StillReachable]);
+        assert!(asked.contains(&(0, 8)) && asked.contains(&(1, 8)));
+        // Without it: both only possibly lost.
+        assert_eq!(graph.classify(), [PossiblyLost, PossiblyLost]);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! - [`glibc`]: which memory inside glibc's heaps is free, so it is never a root;
 //! - [`scan`]: the target's writable memory read and every candidate pointer sorted into a
 //!   block, the roots, or away;
-//! - [`mark`]: valgrind's mark and clique phases on that graph.
+//! - [`mark`]: valgrind's mark and clique phases on that graph;
+//! - [`heuristics`]: interior pointers past a known header, counted as start pointers.
 //!
 //! The target is stopped only while its memory is read; the mark runs after it goes on.
 
 pub mod glibc;
+pub mod heuristics;
 pub mod mark;
 pub mod scan;
 pub mod stop;
@@ -53,6 +55,8 @@ pub struct Options {
     pub max_pause: Duration,
     /// Its allocator is glibc's malloc, whose heaps can be walked for free chunks.
     pub glibc: bool,
+    /// Interior pointers accepted as start pointers when the block's header has their shape.
+    pub heuristics: Vec<heuristics::Heuristic>,
 }
 
 /// How far the verdict can be trusted.
@@ -127,6 +131,9 @@ pub struct ProcessScan {
     pub sort_time: Duration,
     /// Of the pause: reading and walking glibc's heaps.
     pub walk_time: Duration,
+    /// Of the pause: stopping every thread, and reading the outstanding records.
+    pub stop_time: Duration,
+    pub records_time: Duration,
     /// Blocks classed.
     pub blocks: usize,
     pub per_stack: HashMap<u64, Classes>,
@@ -180,7 +187,9 @@ pub fn scan_process(
         }
         Err(e) => return Err(ScanError::Stop(e)),
     };
+    let stop_time = started.elapsed();
     let mut tracked = blocks_now();
+    let records_time = started.elapsed() - stop_time;
     let maps = read_maps(pid).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => ScanError::Exited(pid),
         _ => ScanError::Maps { pid, source },
@@ -295,7 +304,28 @@ pub fn scan_process(
         })
         .collect();
     let (read_time, sort_time) = (found.read_time, found.sort_time);
-    let classes = Graph::new(nodes, found.contents, found.roots).classify();
+    let graph = Graph::new(nodes, found.contents, found.roots);
+    let mut checker = heuristics::Checker::new(pid, &options.heuristics);
+    let classes = graph.classify_with(&mut |index, offset| {
+        let node = graph.nodes()[index];
+        checker.accepts(node.start, node.size, offset)
+    });
+    let mut accepted: Vec<(heuristics::Heuristic, usize)> = checker
+        .accepted
+        .iter()
+        .map(|(h, blocks)| (*h, blocks.len()))
+        .collect();
+    accepted.sort();
+    if !accepted.is_empty() {
+        let list: Vec<String> = accepted
+            .iter()
+            .map(|(h, n)| format!("{n} by {h}"))
+            .collect();
+        notes.push(format!(
+            "blocks pointed to only past a header were counted still reachable, as memcheck's heuristics do ({}; --reachability-heuristics none counts them possibly lost)",
+            list.join(", ")
+        ));
+    }
     let mut per_stack: HashMap<u64, Classes> = HashMap::new();
     let mut totals = Classes::default();
     for (block, class) in tracked.iter().zip(&classes) {
@@ -316,6 +346,8 @@ pub fn scan_process(
         read_time,
         sort_time,
         walk_time,
+        stop_time,
+        records_time,
         blocks: tracked.len(),
         per_stack,
         totals,
@@ -342,6 +374,8 @@ fn incomplete(
         read_time: Duration::ZERO,
         sort_time: Duration::ZERO,
         walk_time: Duration::ZERO,
+        stop_time: Duration::ZERO,
+        records_time: Duration::ZERO,
         blocks: 0,
         per_stack: HashMap::new(),
         totals: Classes::default(),

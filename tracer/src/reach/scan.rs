@@ -64,7 +64,7 @@ pub fn scan_ranges(
     let readers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
-    if readers == 1 || total < 64 * PIECE {
+    if readers == 1 || total < 8 * PIECE {
         return scan_share(pid, ranges, local, blocks, excluded, deadline, found);
     }
     let shares = split(ranges, total.div_ceil(readers as u64));

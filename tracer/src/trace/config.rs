@@ -72,6 +72,8 @@ pub struct TraceConfig {
     /// `--max-pause`: longest a target stays stopped for a scan (at the end, or asked for at
     /// `/api/reachability`).
     pub max_pause: Duration,
+    /// `--reachability-heuristics`: interior pointers accepted as start pointers.
+    pub reachability_heuristics: crate::reach::heuristics::HeuristicSet,
     /// No status line.
     pub quiet: bool,
     /// Where each probe was placed, and progress.
@@ -106,6 +108,7 @@ impl TraceConfig {
             program_stats: false,
             reachability: false,
             max_pause: Duration::from_millis(200),
+            reachability_heuristics: Default::default(),
             quiet: false,
             verbose: false,
         }

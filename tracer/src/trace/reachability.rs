@@ -54,6 +54,7 @@ impl Session<'_> {
                     .tracked
                     .get(&pid)
                     .is_some_and(|t| is_glibc(&t.plan.allocator)),
+                heuristics: self.config.reachability_heuristics.0.clone(),
             };
             let collector = &self.collector;
             let maps = self.probes.maps();
@@ -76,11 +77,13 @@ impl Session<'_> {
                 Ok(process) => {
                     if self.config.verbose {
                         eprintln!(
-                            "leaktracer: reachability of pid {pid}: {} blocks, {} threads, {} scanned, paused {:.1} ms (walking glibc's heaps {:.1} ms, copying {:.1} ms, sorting words {:.1} ms), mark {:.1} ms",
+                            "leaktracer: reachability of pid {pid}: {} blocks, {} threads, {} scanned, paused {:.1} ms (stopping {:.1} ms, reading records {:.1} ms, walking glibc's heaps {:.1} ms, copying {:.1} ms, sorting words {:.1} ms), mark {:.1} ms",
                             process.blocks,
                             process.threads,
                             crate::units::human_bytes(process.scanned_bytes),
                             process.pause.as_secs_f64() * 1e3,
+                            process.stop_time.as_secs_f64() * 1e3,
+                            process.records_time.as_secs_f64() * 1e3,
                             process.walk_time.as_secs_f64() * 1e3,
                             process.read_time.as_secs_f64() * 1e3,
                             process.sort_time.as_secs_f64() * 1e3,
