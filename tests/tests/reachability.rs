@@ -370,3 +370,91 @@ fn attached_reach_classes_match_the_ground_truth_and_the_target_runs_on() {
     );
     assert_reachability_report(&report, &truth_with("site_pre_holder", NONE));
 }
+
+/// The bar on a real program: Debian's redis-server storing keys grows steadily, but every
+/// stored key is still referenced (through its dict, sds strings by their characters), so the
+/// verdict calls it growth to bound, not a leak.
+#[test]
+fn redis_storing_keys_is_still_referenced_growth_not_a_leak() {
+    require_root();
+    let dir = scratch_dir("reach-redis");
+    let Some((server, port)) = start_redis(&dir) else {
+        return;
+    };
+    let json = dir.join("redis.json");
+    let pid = server.pid().to_string();
+    let mut tracer = Tracer::start([
+        "trace",
+        "-q",
+        "--reachability",
+        "--max-pause",
+        "5s",
+        "--pid",
+        &pid,
+        "--duration",
+        "10s",
+        "--interval",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    // SETs of new keys for the whole trace (it is killed after): steady growth.
+    let mut client = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "set",
+            "-n",
+            "50000000",
+            "-r",
+            "100000000",
+            "-q",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let done = tracer.finish();
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(done.status.success(), "{}", done.stderr);
+    let report = read_json(&json);
+    let scan = &report["reachability"];
+    assert_eq!(scan["complete"], true, "{scan}");
+    // jemalloc's free memory cannot be told from its used memory: conservative, and said.
+    assert_eq!(scan["mode"], "conservative", "{scan}");
+
+    let keys = stacks_through(&report, "dbAdd");
+    assert!(!keys.is_empty(), "no stack through dbAdd: {}", done.stdout);
+    let mut reachable = 0;
+    for stack in &keys {
+        let classes = &stack["reachability"];
+        for lost in ["definitely_lost", "indirectly_lost", "possibly_lost"] {
+            assert_eq!(
+                classes[lost]["bytes"], 0,
+                "{lost} in a key's stack: {stack}"
+            );
+        }
+        reachable += classes["still_reachable"]["bytes"].as_u64().unwrap();
+    }
+    assert!(
+        reachable > 1 << 20,
+        "the stored keys: {reachable} B still reachable"
+    );
+    let verdict = &report["verdict"];
+    assert_eq!(verdict["leak"], false, "{verdict}");
+    assert!(
+        verdict["referenced_growth_stacks"].as_u64().unwrap() >= 1,
+        "{verdict}"
+    );
+    assert!(
+        verdict["summary"]
+            .as_str()
+            .unwrap()
+            .contains("still referenced"),
+        "{verdict}"
+    );
+    assert!(done.stdout.contains("still referenced"), "{}", done.stdout);
+}

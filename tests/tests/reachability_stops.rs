@@ -122,7 +122,7 @@ fn a_tracer_killed_mid_scan_leaves_the_target_running() {
     let dir = scratch_dir("reach-kill");
     // 512 MiB takes about half a second to read: long enough to be caught stopped.
     let mut heap = Heap::start(&["512"]);
-    let mut tracer = trace_heap(&mut heap, &dir.join("never.json"), &["--max-pause", "30s"]);
+    let tracer = trace_heap(&mut heap, &dir.join("never.json"), &["--max-pause", "30s"]);
     let pid = heap.pid();
     let deadline = Instant::now() + Duration::from_secs(60);
     while state_of(pid).0 != 't' {

@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     path::Path,
     process::{Command, Stdio},
     time::Duration,
@@ -249,49 +248,6 @@ fn rust_release_program_stacks_reach_main_through_their_callers() {
     let ends = stack_ends(&report);
     let allocations = report["totals"]["allocations"].as_u64().unwrap();
     assert_eq!(ends["complete"], allocations, "{ends:?}");
-}
-
-/// A Debian redis-server on a free port, killed when dropped; None (the test skips, saying
-/// why) when it is not installed.
-fn start_redis(dir: &Path) -> Option<(Workload, u16)> {
-    for tool in ["redis-server", "redis-benchmark"] {
-        if !Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            eprintln!("SKIP: {tool} is not installed (Debian: redis-server, redis-tools)");
-            return None;
-        }
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server starts");
-    let server = Workload(child);
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((server, port));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("redis-server did not listen on {port}");
 }
 
 /// `redis-benchmark -t set`: 20000 SETs of up to 100000 distinct keys.
