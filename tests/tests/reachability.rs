@@ -309,6 +309,44 @@ fn launched_reach_classes_match_the_ground_truth() {
     assert_reachability_report(&report, &GROUND_TRUTH);
 }
 
+/// Launch mode, as valgrind is used: the program runs to its end. The kernel stops it at
+/// exit(), before any teardown, the scan runs there, it exits, and the report (the picture
+/// from that moment) has every site in its class, with the scan marked as made at exit.
+#[test]
+fn launched_reach_scanned_at_its_exit_matches_the_ground_truth() {
+    require_root();
+    let dir = scratch_dir("reach_exit");
+    let json = dir.join("reach.json");
+    let reach = workload("reach");
+    let (tracer, mut stdin, mut lines) = Tracer::start_piped([
+        "trace",
+        "-q",
+        "--reachability",
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        reach.to_str().unwrap(),
+    ]);
+    lines.wait_for("stage1", LINE_TIMEOUT);
+    send_line(&mut stdin, "go");
+    let pid = reach_ready_pid(&lines.wait_for("ready ", LINE_TIMEOUT));
+    send_line(&mut stdin, "exit");
+    let run = tracer.finish();
+    assert!(run.status.success(), "{}", run.stderr);
+    drop(stdin);
+
+    let report = read_json(&json);
+    assert_eq!(report["end_reason"], "target exited");
+    assert_eq!(
+        report["target_exit"]["code"], 0,
+        "it exited normally after its scan"
+    );
+    let process = &report["reachability"]["processes"][0];
+    assert_eq!(process["pid"], pid);
+    assert_eq!(process["at_exit"], true, "{process}");
+    assert_reachability_report(&report, &GROUND_TRUTH);
+}
+
 /// Attach mode: reach.c runs its stage 1 before leaktracer attaches, so `site_pre_holder` is a
 /// block leaktracer never saw allocated (an in-use chunk it must find in glibc's arena and
 /// scan as a root: `site_via_pre_holder` is reachable only through it). The trace ends at

@@ -150,7 +150,8 @@ pub const PYMALLOC_FREE_ENTER: Program = Program {
     arguments: &[1],
 };
 
-/// CPython's `Py_FinalizeEx` (see [`Role::Freeze`]).
+/// CPython's `Py_FinalizeEx`, and with `--reachability` the C library's `exit` (see
+/// [`Role::Freeze`]).
 pub const INTERPRETER_EXIT: Program = Program {
     name: "interpreter_exit",
     role: Role::Freeze,
@@ -259,9 +260,10 @@ pub mod globals {
     pub const EMPTY_PROGRAMS: &str = "EMPTY_PROGRAMS";
     pub const MAX_DEPTH: &str = "MAX_DEPTH";
     pub const FSBASE_OFFSET: &str = "FSBASE_OFFSET";
+    pub const STOP_AT_EXIT: &str = "STOP_AT_EXIT";
 
     /// Every global the tracer declares (aya-log adds its own, `AYA_LOG_LEVEL`).
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         FILTER_CGROUP_ID,
         FILTER_CGROUP_LEVEL,
         RECORD_TABLE_MASK,
@@ -269,6 +271,7 @@ pub mod globals {
         EMPTY_PROGRAMS,
         MAX_DEPTH,
         FSBASE_OFFSET,
+        STOP_AT_EXIT,
     ];
 }
 

@@ -193,6 +193,11 @@ pub(crate) static MAX_DEPTH: Global<u32> = Global::new(DEFAULT_MAX_DEPTH);
 #[unsafe(no_mangle)]
 pub(crate) static EMPTY_PROGRAMS: Global<u8> = Global::new(0);
 
+/// `--reachability`: a process frozen at `exit()` is stopped there too (SIGSTOP), so its
+/// memory is scanned before its teardown runs.
+#[unsafe(no_mangle)]
+pub(crate) static STOP_AT_EXIT: Global<u8> = Global::new(0);
+
 /// Traced processes that run CPython: tgid -> where the interpreter keeps its thread states and
 /// the layout of its frames (see `python`). Written by userspace when it finds the interpreter;
 /// removed at exec.

@@ -150,11 +150,13 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     fs::create_dir_all(&out_dir)?;
     let mut workloads = build_workloads(&out_dir)?;
     workloads.push(python_workload());
+    // The reachability scans (their own table): in a whole run, or `--only reachability`.
+    let reachability = only.is_none_or(|o| "reachability".contains(&o.to_lowercase()));
     if let Some(only) = only {
         let needle = only.to_lowercase();
         workloads.retain(|w| w.name.to_lowercase().contains(&needle));
-        if workloads.is_empty() {
-            bail!("no workload's name contains {only:?}");
+        if workloads.is_empty() && !reachability {
+            bail!("no workload's name contains {only:?} (nor does \"reachability\")");
         }
     }
     let mut headers = None;
@@ -232,6 +234,9 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     }
     let mut markdown = render_markdown(&results);
     markdown.push_str(&render_profiles(&profiles));
+    if reachability {
+        markdown.push_str(&crate::bench_reach::run(&leaktracer, &out_dir)?);
+    }
     let json = render_json(&results);
     fs::write(out_dir.join("results.md"), &markdown)?;
     fs::write(out_dir.join("results.json"), json)?;
@@ -452,7 +457,7 @@ fn prepare_memleak(out_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Lines a child prints, collected as they come.
-fn collect_lines(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+pub(crate) fn collect_lines(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     std::thread::spawn(move || {
@@ -463,7 +468,7 @@ fn collect_lines(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> 
     lines
 }
 
-fn wait_for(
+pub(crate) fn wait_for(
     lines: &Arc<Mutex<Vec<String>>>,
     needle: &str,
     timeout: Duration,
@@ -725,7 +730,7 @@ fn render_profiles(profiles: &[(&str, Profile)]) -> String {
 }
 
 /// SIGINT, as Ctrl-C would send.
-fn interrupt(pid: u32) {
+pub(crate) fn interrupt(pid: u32) {
     let _ = Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status();

@@ -3,6 +3,7 @@
 //! Every command but `setup` runs setup first, so a fresh machine needs nothing else.
 
 mod bench;
+mod bench_reach;
 mod demo;
 mod setup;
 mod unprivileged;

@@ -12,11 +12,12 @@ use tracer_common::programs;
 use crate::{
     atomic::atomic_add_u32,
     current::{now_ns, traced_tgid},
-    maps::{FROZEN, FROZEN_COUNT, PYTHON_PROCESSES},
+    maps::{FROZEN, FROZEN_COUNT, PYTHON_PROCESSES, STOP_AT_EXIT},
     probes::{exec::SIGSTOP, programs_are_empty},
 };
 
-/// Py_FinalizeEx(): freezes this process's picture (once).
+/// Py_FinalizeEx(), or exit() with --reachability: freezes this process's picture (once), and
+/// stops it when userspace has work to do before it goes on (read its code objects, scan it).
 #[uprobe]
 pub fn interpreter_exit(_ctx: ProbeContext) -> u32 {
     const PROGRAM: programs::Program = programs::INTERPRETER_EXIT;
@@ -32,7 +33,7 @@ pub fn interpreter_exit(_ctx: ProbeContext) -> u32 {
     {
         atomic_add_u32(count, 1);
         // SAFETY: the value is only tested for presence.
-        if unsafe { PYTHON_PROCESSES.get(tgid) }.is_some() {
+        if STOP_AT_EXIT.load() != 0 || unsafe { PYTHON_PROCESSES.get(tgid) }.is_some() {
             // SAFETY: a helper taking a plain integer; it stops this process.
             unsafe { bpf_send_signal(SIGSTOP) };
         }

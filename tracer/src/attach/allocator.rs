@@ -243,6 +243,35 @@ impl AttachPlan {
     }
 }
 
+/// `--reachability`: also probes the C library's `exit`, where the process's picture freezes
+/// and the kernel stops it so it is scanned before its teardown (atexit handlers, destructors)
+/// runs. Best effort: a C library without `exit` (or none probed) gets no stop.
+pub fn add_exit_stop(plan: &mut AttachPlan) {
+    for object in &mut plan.objects {
+        if !file_name(&object.display_path).starts_with("libc") {
+            continue;
+        }
+        let Ok(offsets) = super::elf::function_offsets(&object.open_path, &["exit"]) else {
+            continue;
+        };
+        let Some(&offset) = offsets.get("exit") else {
+            continue;
+        };
+        if object.sites.iter().any(|s| s.probe_offset == offset) {
+            return;
+        }
+        object.sites.push(ProbeSite {
+            program: programs::INTERPRETER_EXIT.name,
+            role: programs::INTERPRETER_EXIT.role,
+            offset,
+            probe_offset: offset,
+            skipped: Vec::new(),
+            symbols: vec!["exit".to_string()],
+        });
+        return;
+    }
+}
+
 /// A candidate object, in symbol-resolution order.
 #[derive(Clone, Debug)]
 pub struct Candidate {

@@ -44,6 +44,8 @@ pub struct MapSizes {
     pub max_depth: u32,
     /// `--max-unwind-rows`: room for the unwind rows of every traced object together.
     pub unwind_rows: u32,
+    /// `--reachability`: a process is stopped where its picture freezes (see `add_exit_stop`).
+    pub stop_at_exit: bool,
 }
 
 /// One attached probe, for `--verbose` and the report.
@@ -198,6 +200,7 @@ impl Probes {
             .map_max_entries(maps::STACK_STATS, sizes.max_stacks.saturating_mul(4))
             .override_global(globals::MAX_DEPTH, &sizes.max_depth, true)
             .override_global(globals::FSBASE_OFFSET, &fsbase_offset, true)
+            .override_global(globals::STOP_AT_EXIT, &u8::from(sizes.stop_at_exit), true)
             .map_max_entries(maps::UNWIND_ROWS, sizes.unwind_rows)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e, &sizes, table_slots, overflow_entries))?;

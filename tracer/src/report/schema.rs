@@ -153,6 +153,12 @@ pub struct ProcessReachability {
     pub blocks: u64,
     /// Milliseconds the mark took, after the process went on.
     pub mark_ms: f64,
+    /// Seconds into the trace it was scanned.
+    #[serde(default)]
+    pub at_secs: f64,
+    /// Scanned where it called exit(), before its teardown (stopped there by the kernel).
+    #[serde(default)]
+    pub at_exit: bool,
     #[serde(default)]
     pub notes: Vec<String>,
 }

@@ -96,8 +96,11 @@ impl Session<'_> {
                         if self.target_gone(child) {
                             return Ok(EndReason::TargetExited);
                         }
+                        // A stop where its picture froze (exit(), Py_FinalizeEx) is settled
+                        // below and continued there; any other is an exec's.
                         if let Some(child) = child.as_deref_mut()
                             && child.has_stopped()
+                            && self.probes.maps().frozen.get(&child.pid, 0).is_err()
                         {
                             self.follow_launched_exec(child)?;
                         }

@@ -140,6 +140,7 @@ fn trace(
         sample_bytes: config.sample_bytes.unwrap_or(0),
         max_depth: config.max_depth,
         unwind_rows: config.max_unwind_rows,
+        stop_at_exit: config.reachability,
     })?;
     let collector = probes.collector()?;
     let tables = match config.unwind {
@@ -206,6 +207,9 @@ fn trace(
         )?;
         if config.probes_at_symbol_entry {
             plan.place_at_symbol_entries();
+        }
+        if config.reachability {
+            allocator::add_exit_stop(&mut plan);
         }
         session.attach_plan(child.pid, &plan)?;
         // With CFI unwinding the command stops at its entry point, where its unwind tables
@@ -284,7 +288,7 @@ fn trace(
     if config.reachability {
         session.status.finish();
         eprintln!("leaktracer: scanning for pointers to the outstanding blocks (--reachability)");
-        session.scan_reachability();
+        session.scan_reachability(reachability::Which::Remaining);
     }
     // Freeze the picture: the programs return at once from here on. (Detaching all probes
     // takes the kernel about 0.1 s per probe; that happens last, when `session` is dropped.)

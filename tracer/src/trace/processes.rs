@@ -84,7 +84,29 @@ pub fn plan_for_pid(pid: u32, config: &TraceConfig) -> Result<AttachPlan, TraceE
     if config.probes_at_symbol_entry {
         plan.place_at_symbol_entries();
     }
+    if config.reachability {
+        allocator::add_exit_stop(&mut plan);
+    }
     Ok(plan)
+}
+
+/// How long a process the kernel stopped at exit() may take to reach that stop.
+const EXIT_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits (at most `wait`) until `pid` is in a group stop (`T` in /proc/PID/stat).
+fn wait_group_stopped(pid: u32, wait: std::time::Duration) {
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name's closing parenthesis.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if matches!(state, Some('T') | None) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 impl Session<'_> {
@@ -239,31 +261,43 @@ impl Session<'_> {
     pub(super) fn settle_freezes(&mut self) {
         let elapsed = self.history.elapsed_secs();
         let mut resume = Vec::new();
+        let mut exited = Vec::new();
         for (pid, tracked) in self.tracked.iter_mut() {
             if tracked.frozen_at_secs.is_some() || self.probes.maps().frozen.get(pid, 0).is_err() {
                 continue;
             }
             tracked.frozen_at_secs = Some(elapsed);
-            eprintln!(
-                "leaktracer: pid {pid} began its interpreter's teardown (Py_FinalizeEx): its figures are kept from just before"
-            );
             if self.python.interpreter(*pid).is_some() {
+                eprintln!(
+                    "leaktracer: pid {pid} began its interpreter's teardown (Py_FinalizeEx): its figures are kept from just before"
+                );
                 resume.push(*pid);
+            } else if self.config.reachability {
+                eprintln!(
+                    "leaktracer: pid {pid} called exit(): its figures are kept from just before, and it is scanned before its teardown"
+                );
+                exited.push(*pid);
             }
         }
-        if resume.is_empty() {
-            return;
+        if !resume.is_empty() {
+            self.read_python_stacks();
         }
-        self.read_python_stacks();
+        for pid in exited {
+            // The kernel sent it SIGSTOP at exit(): scanned once that stop holds.
+            wait_group_stopped(pid, EXIT_STOP_WAIT);
+            self.scan_reachability(super::reachability::Which::AtExit(pid));
+            resume.push(pid);
+        }
         for pid in resume {
             continue_process(pid);
         }
     }
 
-    /// Continues every CPython target whose teardown the kernel saw (and stopped).
+    /// Continues every target the kernel stopped where its picture froze: CPython's teardown,
+    /// or exit() with --reachability.
     pub(super) fn resume_frozen_interpreters(&self) {
         for pid in self.tracked.keys() {
-            if self.python.interpreter(*pid).is_some()
+            if (self.python.interpreter(*pid).is_some() || self.config.reachability)
                 && self.probes.maps().frozen.get(pid, 0).is_ok()
             {
                 continue_process(*pid);

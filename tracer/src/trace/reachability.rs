@@ -2,7 +2,7 @@
 //! outstanding blocks the probes recorded (read while it is stopped, so both agree), resumed,
 //! and the classes kept per stack for the report.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tracer_common::StackKey;
 
@@ -14,37 +14,109 @@ use crate::{
     target::process::is_alive,
 };
 
-/// The last scan of the traced processes.
+/// The last scan of each traced process, and the views the report takes from them.
 #[derive(Clone, Debug, Default)]
 pub struct ReachabilityScan {
     pub summary: Reachability,
     pub per_stack: HashMap<StackKey, StackReachability>,
+    processes: BTreeMap<u32, ProcessResult>,
+}
+
+#[derive(Clone, Debug)]
+struct ProcessResult {
+    entry: ProcessReachability,
+    mode: Option<Mode>,
+    per_stack: HashMap<u64, StackReachability>,
+}
+
+/// Which processes a scan covers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Which {
+    /// Every traced process (a scan asked for over HTTP).
+    All,
+    /// The end of the trace: every process not already scanned where it called exit().
+    Remaining,
+    /// One process, stopped by the kernel at its exit().
+    AtExit(u32),
+}
+
+impl ReachabilityScan {
+    /// Recomputes the report's views from the per-process results.
+    fn rebuild(&mut self, at_secs: f64) {
+        self.per_stack = self
+            .processes
+            .iter()
+            .flat_map(|(pid, result)| {
+                result
+                    .per_stack
+                    .iter()
+                    .map(move |(stack_id, classes)| (StackKey::new(*pid, *stack_id), *classes))
+            })
+            .collect();
+        let entries: Vec<ProcessReachability> =
+            self.processes.values().map(|r| r.entry.clone()).collect();
+        let modes: Vec<Mode> = self.processes.values().filter_map(|r| r.mode).collect();
+        let mut totals = StackReachability::default();
+        for classes in self.per_stack.values() {
+            totals.add(classes);
+        }
+        self.summary = Reachability {
+            mode: weakest(&modes).to_string(),
+            pause_ms: entries.iter().map(|p| p.pause_ms).fold(0.0, f64::max),
+            scanned_bytes: entries.iter().map(|p| p.scanned_bytes).sum(),
+            threads: entries.iter().map(|p| p.threads).sum(),
+            complete: !entries.is_empty()
+                && entries.iter().all(|p| p.complete || p.mode == "skipped"),
+            at_secs,
+            definitely_lost: totals.definitely_lost,
+            indirectly_lost: totals.indirectly_lost,
+            possibly_lost: totals.possibly_lost,
+            still_reachable: totals.still_reachable,
+            notes: entries
+                .iter()
+                .flat_map(|p| p.notes.iter().map(move |n| format!("pid {}: {n}", p.pid)))
+                .collect(),
+            processes: entries,
+        };
+    }
 }
 
 impl Session<'_> {
-    /// Scans every traced process (pausing each at most `--max-pause`) and keeps the result.
-    pub(super) fn scan_reachability(&mut self) -> &ReachabilityScan {
+    /// Scans the processes `which` names (pausing each at most `--max-pause`) and keeps the
+    /// results, each process's latest.
+    pub(super) fn scan_reachability(&mut self, which: Which) -> &ReachabilityScan {
         let max_pause = self.config.max_pause;
         let at_secs = self.history.elapsed_secs();
-        let mut scan = ReachabilityScan::default();
-        let mut modes = Vec::new();
-        let pids: Vec<u32> = self.tracked.keys().copied().collect();
+        let mut scan = self.reachability.take().unwrap_or_default();
+        let pids: Vec<u32> = match which {
+            Which::AtExit(pid) => vec![pid],
+            _ => self.tracked.keys().copied().collect(),
+        };
         for pid in pids {
-            let skipped = |note: String| ProcessReachability {
-                pid,
-                mode: "skipped".into(),
-                notes: vec![note],
-                ..Default::default()
+            if which == Which::Remaining
+                && scan.processes.get(&pid).is_some_and(|r| r.entry.at_exit)
+            {
+                continue;
+            }
+            let skipped = |note: String| ProcessResult {
+                entry: ProcessReachability {
+                    pid,
+                    mode: "skipped".into(),
+                    notes: vec![note],
+                    ..Default::default()
+                },
+                mode: None,
+                per_stack: HashMap::new(),
             };
             if self.python.interpreter(pid).is_some() {
-                scan.summary.processes.push(skipped(format!(
+                scan.processes.insert(pid, skipped(format!(
                     "pid {pid} is a Python interpreter: its objects stay reachable by design (the interpreter keeps them), so reachability says nothing there; look at growth instead"
                 )));
                 continue;
             }
             if !is_alive(pid) {
-                scan.summary.processes.push(skipped(format!(
-                    "pid {pid} exited before the scan (scan a live target: attach with --pid, or end the trace with --duration or Ctrl-C while it runs)"
+                scan.processes.entry(pid).or_insert_with(|| skipped(format!(
+                    "pid {pid} exited before the scan (it ended with _exit or a signal, not exit(); attach with --pid, or end the trace with --duration or Ctrl-C while it runs)"
                 )));
                 continue;
             }
@@ -73,7 +145,7 @@ impl Session<'_> {
                     Vec::new()
                 }
             });
-            match result {
+            let result = match result {
                 Ok(process) => {
                     if self.config.verbose {
                         eprintln!(
@@ -90,44 +162,24 @@ impl Session<'_> {
                             process.mark.as_secs_f64() * 1e3
                         );
                     }
-                    modes.push(process.mode);
-                    for (stack_id, classes) in &process.per_stack {
-                        scan.per_stack
-                            .insert(StackKey::new(pid, *stack_id), stack_classes(classes));
+                    let mut entry = process_entry(&process);
+                    entry.at_exit = matches!(which, Which::AtExit(_));
+                    entry.at_secs = at_secs;
+                    ProcessResult {
+                        entry,
+                        mode: Some(process.mode),
+                        per_stack: process
+                            .per_stack
+                            .iter()
+                            .map(|(stack_id, classes)| (*stack_id, stack_classes(classes)))
+                            .collect(),
                     }
-                    scan.summary.processes.push(process_entry(&process));
                 }
-                Err(e) => scan.summary.processes.push(skipped(e.to_string())),
-            }
+                Err(e) => skipped(e.to_string()),
+            };
+            scan.processes.insert(pid, result);
         }
-        let summary = &mut scan.summary;
-        summary.at_secs = at_secs;
-        summary.mode = weakest(&modes).to_string();
-        summary.complete = !summary.processes.is_empty()
-            && summary
-                .processes
-                .iter()
-                .all(|p| p.complete || p.mode == "skipped");
-        summary.pause_ms = summary
-            .processes
-            .iter()
-            .map(|p| p.pause_ms)
-            .fold(0.0, f64::max);
-        summary.scanned_bytes = summary.processes.iter().map(|p| p.scanned_bytes).sum();
-        summary.threads = summary.processes.iter().map(|p| p.threads).sum();
-        let mut totals = StackReachability::default();
-        for classes in scan.per_stack.values() {
-            totals.add(classes);
-        }
-        summary.definitely_lost = totals.definitely_lost;
-        summary.indirectly_lost = totals.indirectly_lost;
-        summary.possibly_lost = totals.possibly_lost;
-        summary.still_reachable = totals.still_reachable;
-        summary.notes = summary
-            .processes
-            .iter()
-            .flat_map(|p| p.notes.iter().map(move |n| format!("pid {}: {n}", p.pid)))
-            .collect();
+        scan.rebuild(at_secs);
         self.reachability = Some(scan);
         self.reachability.as_ref().unwrap()
     }
@@ -141,7 +193,7 @@ impl Session<'_> {
         eprintln!(
             "leaktracer: scanning for pointers to the outstanding blocks (/api/reachability)"
         );
-        self.scan_reachability();
+        self.scan_reachability(Which::All);
         let snapshot = self
             .collector
             .snapshot(self.probes.maps(), self.config.min_age)?;
@@ -238,6 +290,7 @@ fn process_entry(scan: &ProcessScan) -> ProcessReachability {
         blocks: scan.blocks as u64,
         mark_ms: scan.mark.as_secs_f64() * 1e3,
         notes: scan.notes.clone(),
+        ..Default::default()
     }
 }
 
