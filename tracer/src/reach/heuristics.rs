@@ -52,7 +52,9 @@ impl Heuristic {
         match self {
             Heuristic::Length64 => offset == 8 && size >= 8 && word(0) == Some(size - 8),
             Heuristic::NewArray => {
-                offset == 8 && size > 8 && word(0).is_some_and(|n| n > 0 && (size - 8) % n == 0)
+                offset == 8
+                    && size > 8
+                    && word(0).is_some_and(|n| n > 0 && (size - 8).is_multiple_of(n))
             }
             Heuristic::StdString => {
                 offset == 24

@@ -505,6 +505,11 @@ mod tests {
 
     use super::*;
 
+    /// One range, as a slice argument.
+    fn one(range: Range<u64>) -> [Range<u64>; 1] {
+        [range]
+    }
+
     #[test]
     fn shares_cover_the_ranges_exactly() {
         let ranges = vec![0..10 * PAGE, 20 * PAGE..23 * PAGE + 8];
@@ -524,8 +529,8 @@ mod tests {
             subtract(&[0..100, 200..300], &[10..20, 90..210, 250..260]),
             vec![0..10, 20..90, 210..250, 260..300]
         );
-        assert_eq!(subtract(&[0..10], &[]), vec![0..10]);
-        assert_eq!(subtract(&[5..10], &[0..20]), Vec::<Range<u64>>::new());
+        assert_eq!(subtract(&one(0..10), &[]), one(0..10).to_vec());
+        assert_eq!(subtract(&one(5..10), &one(0..20)), Vec::<Range<u64>>::new());
     }
 
     #[test]
@@ -544,11 +549,11 @@ mod tests {
         memory[12] = block.start; // slack
         memory[20] = block.start; // excluded (free)
         memory[30] = block.start + 1; // root
-        let excluded = vec![base + 8 * 18..base + 8 * 24];
+        let excluded = one(base + 8 * 18..base + 8 * 24);
         let mut found = Found::default();
         scan_ranges(
             std::process::id(),
-            &[base..base + 8 * 64],
+            &one(base..base + 8 * 64),
             &[],
             &[block],
             &excluded,
@@ -593,7 +598,7 @@ mod tests {
         let mut found = Found::default();
         scan_ranges(
             std::process::id(),
-            &[base..base + 3 * PAGE],
+            &one(base..base + 3 * PAGE),
             &[],
             &[block],
             &[],

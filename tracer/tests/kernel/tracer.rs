@@ -40,6 +40,7 @@ impl KernelTracer {
             max_stacks: 1024,
             max_depth: tracer_common::unwind::DEFAULT_MAX_DEPTH,
             unwind_rows: 1 << 16,
+            stop_at_exit: false,
         })
         .expect("the eBPF object loads");
         probes
