@@ -119,7 +119,7 @@ fn render(rows: &[(u64, Vec<Scan>)]) -> String {
          ptrace), walks glibc's heaps, reads its writable memory, and lets it go; the mark runs \
          after. Command: `leaktracer trace --pid PID --reachability --max-pause 30s --json F` \
          (the default cap is 200 ms). Medians of 3.\n\n\
-         | heap | blocks | mode | pause | scanned | read rate in the pause | mark (target running) | within the default 200 ms cap |\n\
+         | heap | blocks | mode | pause | scanned | scanned per second of pause | mark (target running) | within the default 200 ms cap |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
     for (mib, scans) in rows {

@@ -263,7 +263,7 @@ pub fn verdict(
     let plural = |n: usize| if n == 1 { "" } else { "s" };
     let mut summary = if lost_stacks > 0 {
         let mut text = format!(
-            "LEAK: {} definitely lost on {lost_stacks} stack{} (no pointer to it is left)",
+            "LEAK: {} lost on {lost_stacks} stack{} (definitely or indirectly: no pointer to it is left)",
             human_bytes(lost_bytes),
             plural(lost_stacks)
         );
@@ -578,7 +578,7 @@ mod tests {
         assert!(
             verdict
                 .summary
-                .starts_with("LEAK: 300 B definitely lost on 1 stack"),
+                .starts_with("LEAK: 300 B lost on 1 stack"),
             "{}",
             verdict.summary
         );
