@@ -226,6 +226,54 @@ fn a_target_under_strace_is_scanned_without_stopping_and_said_so() {
     let _ = strace.wait();
 }
 
+/// `GET /api/reachability` with --serve: a scan made there and then, answered with the classes
+/// of every stack (the heap's blocks all still reachable), while the trace goes on; the target
+/// runs on with its blocks intact.
+#[test]
+fn a_scan_asked_for_over_http_is_answered_while_the_trace_goes_on() {
+    require_root();
+    let dir = scratch_dir("reach-http");
+    let json = dir.join("http.json");
+    let addr = free_loopback_addr();
+    let mut heap = Heap::start(&["8"]);
+    let pid = heap.pid().to_string();
+    let mut tracer = Tracer::start([
+        "trace",
+        "-q",
+        "--pid",
+        &pid,
+        "--interval",
+        "1s",
+        "--serve",
+        &addr.to_string(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    heap.build();
+    let (status, body) = http_get(addr, "/api/reachability", Duration::from_secs(60));
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let scan = &answer["reachability"];
+    assert_eq!(scan["complete"], true, "{scan}");
+    assert_eq!(scan["mode"], "exact", "{scan}");
+    let held: u64 = answer["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["function"] == "build_heap")
+        .map(|s| s["reachability"]["still_reachable"]["allocations"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, heap.blocks + 1, "the blocks and their array: {body}");
+    heap.assert_runs_intact();
+    // The trace went on, and its report keeps the scan's classes.
+    tracer.interrupt();
+    let done = tracer.finish();
+    assert!(done.status.success(), "{}", done.stderr);
+    let report = read_json(&json);
+    assert_all_held_blocks_reachable(&report, heap.blocks);
+}
+
 /// Python objects stay reachable by design: a Python target is not scanned, and the report
 /// says why.
 #[test]

@@ -32,6 +32,7 @@ fn trace_c_server(duration: &str) -> anyhow::Result<()> {
         .stdout(Stdio::inherit())
         .spawn()
         .context("cannot start the demo server")?;
+    // Its leak is a dropped pointer: the reachability scan at the end says "definitely lost".
     trace_by_pid(
         child,
         Duration::from_millis(300),
@@ -39,6 +40,7 @@ fn trace_c_server(duration: &str) -> anyhow::Result<()> {
         "leaks",
         5,
         duration,
+        &["--reachability"],
     )
 }
 
@@ -63,12 +65,13 @@ fn trace_python_service(duration: &str) -> anyhow::Result<()> {
         "py-leaks",
         3,
         duration,
+        &[],
     )
 }
 
 /// Lets `child` start for `settle`, traces it by pid for `duration` into `<prefix>.svg`,
 /// `.json` and `.html` in the current directory (the text report showing `top` stacks), then
-/// stops it.
+/// stops it. `extra` flags go to leaktracer too.
 fn trace_by_pid(
     mut child: Child,
     settle: Duration,
@@ -76,6 +79,7 @@ fn trace_by_pid(
     prefix: &str,
     top: usize,
     duration: &str,
+    extra: &[&str],
 ) -> anyhow::Result<()> {
     std::thread::sleep(settle);
     let pid = child.id().to_string();
@@ -85,13 +89,15 @@ fn trace_by_pid(
         format!("{prefix}.html"),
     );
     step(&format!(
-        "tracing the {what} (pid {pid}) for {duration}: leaktracer trace --pid {pid} --duration {duration} --interval 1s --flamegraph {svg} --json {json} --html {html}"
+        "tracing the {what} (pid {pid}) for {duration}: leaktracer trace --pid {pid} --duration {duration} --interval 1s --flamegraph {svg} --json {json} --html {html}{}",
+        extra.iter().map(|f| format!(" {f}")).collect::<String>()
     ));
     let traced = util::run(
         Command::new(workspace_root().join("target/release/leaktracer"))
             .args(["trace", "--pid", &pid, "--duration", duration])
             .args(["--interval", "1s", "--flamegraph", &svg, "--json", &json])
-            .args(["--html", &html, "--top", &top.to_string()]),
+            .args(["--html", &html, "--top", &top.to_string()])
+            .args(extra),
     );
     let _ = child.kill();
     let _ = child.wait();
