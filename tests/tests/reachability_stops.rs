@@ -262,7 +262,11 @@ fn a_scan_asked_for_over_http_is_answered_while_the_trace_goes_on() {
         .unwrap()
         .iter()
         .filter(|s| s["function"] == "build_heap")
-        .map(|s| s["reachability"]["still_reachable"]["allocations"].as_u64().unwrap())
+        .map(|s| {
+            s["reachability"]["still_reachable"]["allocations"]
+                .as_u64()
+                .unwrap()
+        })
         .sum();
     assert_eq!(held, heap.blocks + 1, "the blocks and their array: {body}");
     heap.assert_runs_intact();

@@ -576,9 +576,7 @@ mod tests {
         assert_eq!(verdict.leaking_stacks, 1);
         assert_eq!(verdict.lost_bytes, Some(300));
         assert!(
-            verdict
-                .summary
-                .starts_with("LEAK: 300 B lost on 1 stack"),
+            verdict.summary.starts_with("LEAK: 300 B lost on 1 stack"),
             "{}",
             verdict.summary
         );
