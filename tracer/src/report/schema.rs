@@ -342,10 +342,15 @@ pub struct ProcessEntry {
     pub allocator_inode: u64,
     /// Every object probed for it.
     pub probed_objects: Vec<String>,
-    /// When its interpreter began tearing down (CPython's `Py_FinalizeEx`), seconds into the
-    /// trace: its figures are the picture from just before, what the script still held.
+    /// When its interpreter began tearing down (CPython's `Py_FinalizeEx`), or with
+    /// `--reachability` when it called `exit()`, seconds into the trace: its figures are the
+    /// picture from just before, what the program still held.
     #[serde(default)]
     pub frozen_at_secs: Option<f64>,
+    /// Where its picture froze: `Py_FinalizeEx`, or `exit` (a native process with
+    /// `--reachability`, scanned there). Null when it did not.
+    #[serde(default)]
+    pub frozen_at: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

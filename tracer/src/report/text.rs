@@ -89,8 +89,11 @@ pub fn render(report: &Report, top: usize) -> String {
             .unwrap_or_default();
         let frozen = process
             .frozen_at_secs
-            .map(|t| {
-                format!("; figures as of its interpreter's teardown (Py_FinalizeEx at {t:.1} s)")
+            .map(|t| match process.frozen_at.as_deref() {
+                Some("exit") => format!("; figures as of its exit() call (at {t:.1} s)"),
+                _ => format!(
+                    "; figures as of its interpreter's teardown (Py_FinalizeEx at {t:.1} s)"
+                ),
             })
             .unwrap_or_default();
         let _ = writeln!(

@@ -43,6 +43,8 @@ pub struct Tracked {
     launched: bool,
     /// When its interpreter began tearing down, seconds into the trace (its picture froze).
     frozen_at_secs: Option<f64>,
+    /// Where: `Py_FinalizeEx` or `exit`.
+    frozen_at: Option<&'static str>,
 }
 
 impl Tracked {
@@ -64,6 +66,7 @@ impl Tracked {
                 .map(|o| o.display_path.clone())
                 .collect(),
             frozen_at_secs: self.frozen_at_secs,
+            frozen_at: self.frozen_at.map(str::to_string),
         }
     }
 }
@@ -172,6 +175,7 @@ impl Session<'_> {
                 exec_settled_ns: crate::collect::monotonic_ns(),
                 launched,
                 frozen_at_secs: None,
+                frozen_at: None,
             },
         );
     }
@@ -268,11 +272,13 @@ impl Session<'_> {
             }
             tracked.frozen_at_secs = Some(elapsed);
             if self.python.interpreter(*pid).is_some() {
+                tracked.frozen_at = Some("Py_FinalizeEx");
                 eprintln!(
                     "leaktracer: pid {pid} began its interpreter's teardown (Py_FinalizeEx): its figures are kept from just before"
                 );
                 resume.push(*pid);
             } else if self.config.reachability {
+                tracked.frozen_at = Some("exit");
                 eprintln!(
                     "leaktracer: pid {pid} called exit(): its figures are kept from just before, and it is scanned before its teardown"
                 );
