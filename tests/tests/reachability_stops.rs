@@ -278,6 +278,30 @@ fn a_scan_asked_for_over_http_is_answered_while_the_trace_goes_on() {
     assert_all_held_blocks_reachable(&report, heap.blocks);
 }
 
+/// A heap that cannot be read within the pause cap: the target is let go at the cap (give or
+/// take one batch), the scan says it is incomplete and classes nothing, and the target runs on.
+#[test]
+fn a_heap_larger_than_the_pause_cap_is_let_go_at_the_cap() {
+    require_root();
+    let dir = scratch_dir("reach-cap");
+    let json = dir.join("cap.json");
+    let mut heap = Heap::start(&["512"]);
+    let done = trace_heap(&mut heap, &json, &["--max-pause", "50ms"]).finish();
+    assert!(done.status.success(), "{}", done.stderr);
+    let scan = &read_json(&json)["reachability"];
+    assert_eq!(scan["complete"], false, "{scan}");
+    assert!(scan["notes"].to_string().contains("--max-pause"), "{scan}");
+    assert_eq!(
+        scan["still_reachable"]["allocations"], 0,
+        "nothing classed: {scan}"
+    );
+    // 512 MiB takes about half a second to read here: the cap cut it well short of that.
+    let pause = scan["pause_ms"].as_f64().unwrap();
+    assert!(pause < 400.0, "paused {pause} ms with a 50 ms cap");
+    assert!(done.stdout.contains("INCOMPLETE"), "{}", done.stdout);
+    heap.assert_runs_intact();
+}
+
 /// Python objects stay reachable by design: a Python target is not scanned, and the report
 /// says why.
 #[test]

@@ -112,6 +112,9 @@ pub enum GlibcError {
     },
     #[error("glibc heap inconsistent at {address:#x}: {reason}")]
     Inconsistent { address: u64, reason: String },
+    /// The pause cap came before the heaps were read.
+    #[error("the heaps could not be read before the pause cap")]
+    OutOfTime,
 }
 
 /// glibc versions whose layouts were checked against the debug info on a live process.
@@ -160,6 +163,17 @@ const MAX_HEAPS_PER_ARENA: usize = 1 << 16;
 /// Walks the glibc heaps of `pid` (`memory` and `maps` are that process's) and returns their
 /// free memory. The target should be stopped: a heap that changes under the walk gives an error.
 pub fn walk(pid: u32, memory: &RemoteMemory, maps: &[Mapping]) -> Result<GlibcHeap, GlibcError> {
+    walk_before(pid, memory, maps, None)
+}
+
+/// [`walk`], giving up with [`GlibcError::OutOfTime`] at `deadline` (the heaps are read in
+/// batches, the deadline checked between them): the target is stopped meanwhile.
+pub fn walk_before(
+    pid: u32,
+    memory: &RemoteMemory,
+    maps: &[Mapping],
+    deadline: Option<std::time::Instant>,
+) -> Result<GlibcHeap, GlibcError> {
     let libc = find_libc(pid, maps)?;
     check_elf(memory, &libc)?;
     let version = read_version(memory, &libc)?;
@@ -171,7 +185,7 @@ pub fn walk(pid: u32, memory: &RemoteMemory, maps: &[Mapping]) -> Result<GlibcHe
         .iter()
         .find(|m| m.path.as_deref() == Some("[heap]"))
         .ok_or(GlibcError::NoHeap(pid))?;
-    let brk_buf = read_heap(pid, "[heap]", brk.start, brk.end - brk.start)?;
+    let brk_buf = read_heap(pid, "[heap]", brk.start, brk.end - brk.start, deadline)?;
     // The candidate's own copy of the state, so what was checked is what is used.
     let (main_arena, main_state) = find_main_arena(memory, &libc, brk.start, &brk_buf)?;
     let system_mem = le64(&main_state, MS_SYSTEM_MEM).unwrap_or(0);
@@ -188,7 +202,7 @@ pub fn walk(pid: u32, memory: &RemoteMemory, maps: &[Mapping]) -> Result<GlibcHe
         addr: main_arena,
         state: main_state,
     }];
-    collect_arenas(pid, memory, &mut arenas, &mut heaps)?;
+    collect_arenas(pid, memory, &mut arenas, &mut heaps, deadline)?;
     heaps.sort_by_key(|h| h.start);
     for pair in heaps.windows(2) {
         if pair[0].end() > pair[1].start {
@@ -620,6 +634,7 @@ fn collect_arenas(
     memory: &RemoteMemory,
     arenas: &mut Vec<Arena>,
     heaps: &mut Vec<Heap>,
+    deadline: Option<std::time::Instant>,
 ) -> Result<(), GlibcError> {
     let main = arenas[0].addr;
     let mut seen = HashSet::from([main]);
@@ -676,7 +691,7 @@ fn collect_arenas(
                 top: (count == 0).then_some(top),
                 arena: index,
                 main: false,
-                buf: read_heap(pid, "arena heap", heap_addr, size)?,
+                buf: read_heap(pid, "arena heap", heap_addr, size, deadline)?,
             });
             count += 1;
             if heap_addr == first_heap {
@@ -880,12 +895,24 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// A whole heap, read by every CPU at once (the target waits stopped meanwhile).
-fn read_heap(pid: u32, what: &'static str, address: u64, len: u64) -> Result<Vec<u8>, GlibcError> {
+fn read_heap(
+    pid: u32,
+    what: &'static str,
+    address: u64,
+    len: u64,
+    deadline: Option<std::time::Instant>,
+) -> Result<Vec<u8>, GlibcError> {
     let len = usize::try_from(len).map_err(|_| inconsistent(address, "length too large"))?;
-    super::scan::read_exact(pid, address, len).map_err(|source| GlibcError::Read {
-        what,
-        address,
-        source,
+    super::scan::read_exact(pid, address, len, deadline).map_err(|source| {
+        if source.kind() == io::ErrorKind::TimedOut {
+            GlibcError::OutOfTime
+        } else {
+            GlibcError::Read {
+                what,
+                address,
+                source,
+            }
+        }
     })
 }
 

@@ -188,6 +188,7 @@ pub fn scan_process(
         Err(e) => return Err(ScanError::Stop(e)),
     };
     let stop_time = started.elapsed();
+    let threads = frozen.as_ref().map_or(0, |f| f.threads.len());
     let mut tracked = blocks_now();
     let records_time = started.elapsed() - stop_time;
     let maps = read_maps(pid).map_err(|source| match source.kind() {
@@ -208,13 +209,26 @@ pub fn scan_process(
     if options.glibc {
         match RemoteMemory::open(pid)
             .map_err(|e| e.to_string())
-            .and_then(|memory| glibc::walk(pid, &memory, &maps).map_err(|e| e.to_string()))
-        {
+            .and_then(|memory| {
+                glibc::walk_before(pid, &memory, &maps, Some(deadline)).map_err(|e| match e {
+                    glibc::GlibcError::OutOfTime => String::new(),
+                    e => e.to_string(),
+                })
+            }) {
             Ok(heap) => {
                 free = heap.free;
                 copies = heap.copies;
                 copies.sort_by_key(|(at, _)| *at);
                 glibc_heap = true;
+            }
+            Err(e) if e.is_empty() => {
+                // Out of time: the heaps alone outlast the pause cap.
+                drop(frozen);
+                notes.push(format!(
+                    "the {} ms pause cap was reached while reading glibc's heaps (raise --max-pause; this kernel reads about 1 GiB/s)",
+                    options.max_pause.as_millis()
+                ));
+                return Ok(incomplete(pid, mode, started.elapsed(), 0, threads, notes));
             }
             Err(e) => {
                 notes.push(format!(
@@ -236,7 +250,6 @@ pub fn scan_process(
 
     let walk_time = walking.elapsed();
     let blocks = blocks_of(&mut tracked, &maps, glibc_heap);
-    let threads = frozen.as_ref().map_or(0, |f| f.threads.len());
     let stack_pointers: Vec<u64> = frozen
         .as_ref()
         .map(|f| f.threads.iter().map(|t| t.sp).collect())

@@ -284,8 +284,13 @@ fn span(blocks: &[Block]) -> Option<(u64, u64)> {
 }
 
 /// `len` bytes of `pid`'s memory from `address`, read by one thread per CPU (up to 4); an
-/// error if any of it cannot be read.
-pub fn read_exact(pid: u32, address: u64, len: usize) -> io::Result<Vec<u8>> {
+/// error if any of it cannot be read, or (`TimedOut`) if `deadline` passes first.
+pub fn read_exact(
+    pid: u32,
+    address: u64,
+    len: usize,
+    deadline: Option<Instant>,
+) -> io::Result<Vec<u8>> {
     let mut buffer = vec![0u8; len];
     let readers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -300,7 +305,7 @@ pub fn read_exact(pid: u32, address: u64, len: usize) -> io::Result<Vec<u8>> {
             .enumerate()
             .map(|(index, part)| {
                 let start = address + (index * share) as u64;
-                scope.spawn(move || read_into(pid, start, part))
+                scope.spawn(move || read_into(pid, start, part, deadline))
             })
             .collect();
         workers
@@ -312,11 +317,18 @@ pub fn read_exact(pid: u32, address: u64, len: usize) -> io::Result<Vec<u8>> {
     Ok(buffer)
 }
 
-/// Fills `part` from `pid`'s memory at `address`, in batches of 1 MiB pieces.
-fn read_into(pid: u32, address: u64, part: &mut [u8]) -> io::Result<()> {
+/// Fills `part` from `pid`'s memory at `address`, in batches of 1 MiB pieces (up to 16 at a
+/// time, so a deadline is seen within about 20 ms).
+fn read_into(pid: u32, address: u64, part: &mut [u8], deadline: Option<Instant>) -> io::Result<()> {
     let mut done = 0usize;
     while done < part.len() {
-        let batch = (part.len() - done).min(PIECES_PER_CALL * PIECE as usize);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the pause cap passed",
+            ));
+        }
+        let batch = (part.len() - done).min(16 * PIECE as usize);
         let start = address + done as u64;
         let pieces: Vec<Range<u64>> = (0..batch.div_ceil(PIECE as usize))
             .map(|i| {

@@ -223,6 +223,9 @@ pub fn describe_scan(scan: &Reachability) -> String {
         possibly_lost: scan.possibly_lost,
         still_reachable: scan.still_reachable,
     };
+    if !scan.complete {
+        return format!("{how}: no block classed (see the notes)");
+    }
     format!("{how}: {}", describe_classes(&classes))
 }
 
