@@ -951,7 +951,6 @@ fn inconsistent(address: u64, reason: impl Into<String>) -> GlibcError {
 
 #[cfg(test)]
 mod tests {
-    use std::{fs::File, io::Read, os::fd::FromRawFd};
 
     use super::*;
     use crate::target::maps::read_maps;
@@ -1043,26 +1042,22 @@ mod tests {
         }
     }
 
+    /// The child process running the plan; killed and reaped when dropped.
     struct Child {
+        process: std::process::Child,
         pid: libc::pid_t,
-        /// The write end of the pipe the child blocks on: closing it lets the child exit.
-        hold: libc::c_int,
     }
 
     impl Drop for Child {
         fn drop(&mut self) {
-            unsafe {
-                libc::close(self.hold);
-                libc::kill(self.pid, libc::SIGKILL);
-                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-            }
+            let _ = self.process.kill();
+            let _ = self.process.wait();
         }
     }
 
     struct ThreadArgs {
         plan: *mut Plan,
         ready: libc::c_int,
-        hold: libc::c_int,
     }
 
     extern "C" fn second_thread(arg: *mut libc::c_void) -> *mut libc::c_void {
@@ -1070,10 +1065,11 @@ mod tests {
             let args = &*(arg as *const ThreadArgs);
             (*args.plan).run();
             libc::write(args.ready, b"r".as_ptr().cast(), 1);
-            let mut byte = 0u8;
-            libc::read(args.hold, (&raw mut byte).cast(), 1);
+            // Parked: the process is walked, then killed.
+            loop {
+                libc::pause();
+            }
         }
-        std::ptr::null_mut()
     }
 
     fn pipe() -> [libc::c_int; 2] {
@@ -1082,57 +1078,91 @@ mod tests {
         fds
     }
 
-    /// Forks a child that runs the plan on its thread and on a second thread, and returns it
-    /// with both plans once it is blocked.
-    fn spawn_child() -> (Child, Plan, Plan) {
-        let result = pipe();
-        let hold = pipe();
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            // The child: only libc, no unwinding into the test harness.
-            unsafe {
-                libc::close(result[0]);
-                libc::close(hold[1]);
-                let ready = pipe();
-                let mut plans = [Plan::EMPTY, Plan::EMPTY];
-                // The thread first: pthread_create allocates too (the DTV) and could reuse a
-                // chunk the plan freed.
-                let args = ThreadArgs {
-                    plan: &raw mut plans[1],
-                    ready: ready[1],
-                    hold: hold[0],
-                };
-                let mut thread: libc::pthread_t = 0;
-                if libc::pthread_create(
-                    &mut thread,
-                    std::ptr::null(),
-                    second_thread,
-                    (&raw const args).cast_mut().cast(),
-                ) != 0
-                {
-                    libc::_exit(4);
-                }
-                let mut byte = 0u8;
-                libc::read(ready[0], (&raw mut byte).cast(), 1);
-                plans[0].run();
-                let bytes = std::mem::size_of_val(&plans);
-                if libc::write(result[1], (&raw const plans).cast(), bytes) != bytes as isize {
-                    libc::_exit(5);
-                }
-                libc::read(hold[0], (&raw mut byte).cast(), 1);
-                libc::_exit(0);
+    /// Where the child process writes its plans, when this test binary runs as one.
+    const PLAN_FILE: &str = "LEAKTRACER_GLIBC_PLAN_FILE";
+
+    /// Not a test of its own: the body of the child process `spawn_child` starts (this test
+    /// binary again, running only this). It runs the plan on its thread and on a second
+    /// thread, writes both plans to the file named by PLAN_FILE, and parks.
+    #[test]
+    #[ignore = "run by walks_a_child_with_two_threads as its child process"]
+    fn glibc_plan_child() {
+        let Some(path) = std::env::var_os(PLAN_FILE) else {
+            return;
+        };
+        unsafe {
+            let ready = pipe();
+            let mut plans = [Plan::EMPTY, Plan::EMPTY];
+            // The thread first: pthread_create allocates too (the DTV) and could reuse a
+            // chunk the plan freed.
+            let args = ThreadArgs {
+                plan: &raw mut plans[1],
+                ready: ready[1],
+            };
+            let mut thread: libc::pthread_t = 0;
+            if libc::pthread_create(
+                &mut thread,
+                std::ptr::null(),
+                second_thread,
+                (&raw const args).cast_mut().cast(),
+            ) != 0
+            {
+                libc::_exit(4);
+            }
+            let mut byte = 0u8;
+            libc::read(ready[0], (&raw mut byte).cast(), 1);
+            plans[0].run();
+            let bytes = std::slice::from_raw_parts(
+                (&raw const plans).cast::<u8>(),
+                std::mem::size_of_val(&plans),
+            );
+            // Written beside, then renamed: the parent never reads half a file.
+            let mut temp = std::ffi::OsString::from(&path);
+            temp.push(".part");
+            if std::fs::write(&temp, bytes).is_err() || std::fs::rename(&temp, &path).is_err() {
+                libc::_exit(5);
+            }
+            loop {
+                libc::pause();
             }
         }
-        unsafe {
-            libc::close(result[1]);
-            libc::close(hold[0]);
-        }
-        let child = Child { pid, hold: hold[1] };
-        let mut file = unsafe { File::from_raw_fd(result[0]) };
-        let mut bytes = vec![0u8; std::mem::size_of::<[Plan; 2]>()];
-        file.read_exact(&mut bytes)
-            .expect("the child died before reporting its plan");
+    }
+
+    /// Starts a fresh process (this test binary, running [`glibc_plan_child`]: a fork of the
+    /// multi-threaded test harness would inherit its other threads' arenas and tcaches, half
+    /// in use) that runs the plan on its thread and on a second thread, and returns it with
+    /// both plans once it has.
+    fn spawn_child() -> (Child, Plan, Plan) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plans");
+        let process = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "reach::glibc::tests::glibc_plan_child",
+                "--ignored",
+                "--quiet",
+            ])
+            .env(PLAN_FILE, &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the test binary runs again");
+        let child = Child {
+            pid: process.id() as libc::pid_t,
+            process,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let bytes = loop {
+            if let Ok(bytes) = std::fs::read(&path) {
+                break bytes;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not report its plan"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(bytes.len(), std::mem::size_of::<[Plan; 2]>());
         let plans: [Plan; 2] = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         (child, plans[0], plans[1])
     }
