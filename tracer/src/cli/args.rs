@@ -191,8 +191,9 @@ pub struct TraceArgs {
     #[arg(long, hide = true)]
     pub probes_at_symbol_entry: bool,
 
-    /// At the end of the trace (and on `GET /api/reachability` with --serve), tell a true leak
-    /// from memory still referenced: stop the target briefly with ptrace (no signal is sent, and
+    /// At the end of the trace (a launched command: where it calls exit(), before its teardown;
+    /// and on `GET /api/reachability` with --serve), tell a true leak from memory still
+    /// referenced: stop the target briefly with ptrace (no signal is sent, and
     /// it goes on if leaktracer dies), scan its registers, stacks and writable memory for
     /// pointers to every outstanding block, resume it, and class each stack's bytes as valgrind
     /// does: definitely lost (no pointer left), indirectly lost (only lost blocks point to it),
