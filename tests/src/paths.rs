@@ -34,3 +34,15 @@ pub fn wait_for_file(path: &Path, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// True when `tool` is an executable file on `PATH` (some tools, vgdb, have no `--version`
+/// to try).
+pub fn installed(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}

@@ -13,12 +13,7 @@ use crate::workloads::Workload;
 /// why) when it is not installed.
 pub fn start_redis(dir: &Path) -> Option<(Workload, u16)> {
     for tool in ["redis-server", "redis-benchmark"] {
-        if !Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
+        if !crate::paths::installed(tool) {
             eprintln!("SKIP: {tool} is not installed (Debian: redis-server, redis-tools)");
             return None;
         }

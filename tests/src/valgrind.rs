@@ -84,17 +84,6 @@ pub const VALGRIND_OPTIONS: [&str; 4] = [
     "--leak-check-heuristics=none",
 ];
 
-/// True when `tool` is an executable file on `PATH` (vgdb has no `--version` to try).
-fn installed(tool: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(tool))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-    })
-}
-
 /// Runs the reach workload `binary` under valgrind, drives it to "ready" (stage 1, "go", stage 2),
 /// has `vgdb` run a live leak search there, checks that the workload still answers "ping", sends
 /// "exit" and reaps it. Returns the loss records per site (see [`parse_loss_records`]), or
@@ -102,7 +91,7 @@ fn installed(tool: &str) -> bool {
 /// Panics when valgrind runs but the run fails.
 pub fn live_leak_check(binary: &Path) -> Option<BTreeMap<String, SiteClasses>> {
     for tool in ["valgrind", "vgdb"] {
-        if !installed(tool) {
+        if !crate::paths::installed(tool) {
             eprintln!(
                 "{tool} is not installed (Debian: apt-get install valgrind): no valgrind cross-check"
             );

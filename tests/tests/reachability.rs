@@ -280,8 +280,24 @@ fn assert_reachability_report(report: &Value, expected: &[(&str, SiteClasses)]) 
 /// stage-1 block is a tracked block like the others.
 #[test]
 fn launched_reach_classes_match_the_ground_truth() {
+    let (report, pid) = launch_reach("reach_launch", |tracer, stdin, lines| {
+        send_line(stdin, "ping");
+        assert_eq!(lines.wait_for("pong", LINE_TIMEOUT), "pong");
+        tracer.interrupt();
+    });
+    assert_eq!(report["end_reason"], "interrupted");
+    assert_eq!(report["target"]["pids"], serde_json::json!([pid]));
+    assert_reachability_report(&report, &GROUND_TRUTH);
+}
+
+/// Launches reach.c under `leaktracer trace --reachability`, drives it to "ready", lets `end`
+/// end the trace, and returns the report with reach's pid.
+fn launch_reach(
+    scratch: &str,
+    end: impl FnOnce(&Tracer, &mut std::process::ChildStdin, &mut Lines),
+) -> (Value, u32) {
     require_root();
-    let dir = scratch_dir("reach_launch");
+    let dir = scratch_dir(scratch);
     let json = dir.join("reach.json");
     let reach = workload("reach");
     let (tracer, mut stdin, mut lines) = Tracer::start_piped([
@@ -296,17 +312,11 @@ fn launched_reach_classes_match_the_ground_truth() {
     lines.wait_for("stage1", LINE_TIMEOUT);
     send_line(&mut stdin, "go");
     let pid = reach_ready_pid(&lines.wait_for("ready ", LINE_TIMEOUT));
-    send_line(&mut stdin, "ping");
-    assert_eq!(lines.wait_for("pong", LINE_TIMEOUT), "pong");
-    tracer.interrupt();
+    end(&tracer, &mut stdin, &mut lines);
     let run = tracer.finish();
     assert!(run.status.success(), "{}", run.stderr);
     drop(stdin);
-
-    let report = read_json(&json);
-    assert_eq!(report["end_reason"], "interrupted");
-    assert_eq!(report["target"]["pids"], serde_json::json!([pid]));
-    assert_reachability_report(&report, &GROUND_TRUTH);
+    (read_json(&json), pid)
 }
 
 /// Launch mode, as valgrind is used: the program runs to its end. The kernel stops it at
@@ -314,28 +324,7 @@ fn launched_reach_classes_match_the_ground_truth() {
 /// from that moment) has every site in its class, with the scan marked as made at exit.
 #[test]
 fn launched_reach_scanned_at_its_exit_matches_the_ground_truth() {
-    require_root();
-    let dir = scratch_dir("reach_exit");
-    let json = dir.join("reach.json");
-    let reach = workload("reach");
-    let (tracer, mut stdin, mut lines) = Tracer::start_piped([
-        "trace",
-        "-q",
-        "--reachability",
-        "--json",
-        json.to_str().unwrap(),
-        "--",
-        reach.to_str().unwrap(),
-    ]);
-    lines.wait_for("stage1", LINE_TIMEOUT);
-    send_line(&mut stdin, "go");
-    let pid = reach_ready_pid(&lines.wait_for("ready ", LINE_TIMEOUT));
-    send_line(&mut stdin, "exit");
-    let run = tracer.finish();
-    assert!(run.status.success(), "{}", run.stderr);
-    drop(stdin);
-
-    let report = read_json(&json);
+    let (report, pid) = launch_reach("reach_exit", |_, stdin, _| send_line(stdin, "exit"));
     assert_eq!(report["end_reason"], "target exited");
     assert_eq!(
         report["target_exit"]["code"], 0,

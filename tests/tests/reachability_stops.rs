@@ -184,14 +184,14 @@ fn threads_coming_and_going_are_all_stopped_and_let_go() {
 #[test]
 fn a_target_under_strace_is_scanned_without_stopping_and_said_so() {
     require_root();
-    let Ok(strace) = which("strace") else {
+    if !installed("strace") {
         eprintln!("SKIP: strace is not installed (apt-get install strace)");
         return;
-    };
+    }
     let dir = scratch_dir("reach-strace");
     let json = dir.join("strace.json");
     let mut heap = Heap::start(&["8"]);
-    let mut strace = Command::new(strace)
+    let mut strace = Command::new("strace")
         .args([
             "-f",
             "-qq",
@@ -347,13 +347,4 @@ fn a_python_target_is_not_scanned_and_the_report_says_why() {
         "{}",
         done.stdout
     );
-}
-
-fn which(program: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
-        .ok_or(())
 }

@@ -805,14 +805,16 @@ struct Libc {
     data: Vec<Range<u64>>,
 }
 
+/// Whether `path` names glibc's C library (`libc.so.6`, or an old `libc-2.X.so`).
+pub fn is_glibc_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name == "libc.so.6" || (name.starts_with("libc-2.") && name.ends_with(".so"))
+}
+
 fn find_libc(pid: u32, maps: &[Mapping]) -> Result<Libc, GlibcError> {
-    let is_glibc_name = |path: &str| {
-        let name = path.rsplit('/').next().unwrap_or(path);
-        name == "libc.so.6" || (name.starts_with("libc-2.") && name.ends_with(".so"))
-    };
     let first = maps
         .iter()
-        .position(|m| m.offset == 0 && m.clean_path().is_some_and(is_glibc_name))
+        .position(|m| m.offset == 0 && m.clean_path().is_some_and(is_glibc_path))
         .ok_or(GlibcError::NoGlibc(pid))?;
     let path = maps[first].clean_path().unwrap_or_default().to_string();
     let mut libc = Libc {
@@ -1330,6 +1332,14 @@ mod tests {
         let ptr = 0x5555_5555_a2c0;
         assert_eq!(reveal(pos, (pos >> 12) ^ ptr), ptr);
         assert_eq!(reveal(pos, pos >> 12), 0);
+    }
+
+    #[test]
+    fn glibc_is_told_by_its_file_name() {
+        assert!(is_glibc_path("/lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(is_glibc_path("/lib64/libc-2.17.so"));
+        assert!(!is_glibc_path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"));
+        assert!(!is_glibc_path("/srv/app/static-binary"));
     }
 
     #[test]

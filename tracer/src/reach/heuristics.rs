@@ -200,17 +200,9 @@ impl<'a> Checker<'a> {
 /// The first `len` bytes of the block at `start` (empty when they cannot be read).
 fn read_head(pid: u32, start: u64, len: u64) -> Vec<u8> {
     let mut head = vec![0u8; len as usize];
-    let local = libc::iovec {
-        iov_base: head.as_mut_ptr().cast(),
-        iov_len: head.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: start as *mut libc::c_void,
-        iov_len: head.len(),
-    };
-    // SAFETY: the kernel writes at most `head.len()` bytes into `head`.
-    let read = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
-    if read != head.len() as isize {
+    if super::scan::read_pieces(pid, std::slice::from_ref(&(start..start + len)), &mut head)
+        != head.len()
+    {
         head.clear();
     }
     head

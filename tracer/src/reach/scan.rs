@@ -349,7 +349,7 @@ fn read_into(pid: u32, address: u64, part: &mut [u8], deadline: Option<Instant>)
 }
 
 /// `process_vm_readv` of `pieces` into the front of `buffer`: bytes read (0 on error).
-fn read_pieces(pid: u32, pieces: &[Range<u64>], buffer: &mut [u8]) -> usize {
+pub(super) fn read_pieces(pid: u32, pieces: &[Range<u64>], buffer: &mut [u8]) -> usize {
     let total: u64 = pieces.iter().map(|p| p.end - p.start).sum();
     let local = libc::iovec {
         iov_base: buffer.as_mut_ptr().cast(),

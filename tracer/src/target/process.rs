@@ -116,14 +116,16 @@ pub fn descendants(root: u32) -> Vec<u32> {
 
 /// True when a process with this pid exists (a zombie counts as gone).
 pub fn is_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command in parentheses, which may itself contain ')'.
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|end| stat[end + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    state_of(pid).is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `T` stopped, `t` traced, `Z`...); `None`
+/// once the process is gone.
+pub fn state_of(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command in parentheses, which may itself contain ')'.
+    let end = stat.rfind(')')?;
+    stat[end + 1..].trim_start().chars().next()
 }
 
 /// Path of a file as the process sees it, reachable from here even when the process lives in

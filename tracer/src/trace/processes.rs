@@ -12,7 +12,7 @@ use crate::{
     target::{
         maps::read_maps,
         memory::{memory_limit, rss_bytes},
-        process::{ProcessInfo, is_alive},
+        process::{ProcessInfo, is_alive, state_of},
     },
 };
 
@@ -100,12 +100,7 @@ const EXIT_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 fn wait_group_stopped(pid: u32, wait: std::time::Duration) {
     let deadline = std::time::Instant::now() + wait;
     while std::time::Instant::now() < deadline {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // The state follows the command name's closing parenthesis.
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next());
-        if matches!(state, Some('T') | None) {
+        if matches!(state_of(pid), Some('T') | None) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));

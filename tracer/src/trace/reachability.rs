@@ -125,7 +125,7 @@ impl Session<'_> {
                 glibc: self
                     .tracked
                     .get(&pid)
-                    .is_some_and(|t| is_glibc(&t.plan.allocator)),
+                    .is_some_and(|t| reach::glibc::is_glibc_path(&t.plan.allocator)),
                 heuristics: self.config.reachability_heuristics.0.clone(),
             };
             let collector = &self.collector;
@@ -243,12 +243,6 @@ struct ScanStack<'a> {
     reachability: StackReachability,
 }
 
-/// Whether the object serving malloc is glibc's C library.
-fn is_glibc(allocator: &str) -> bool {
-    let name = allocator.rsplit('/').next().unwrap_or(allocator);
-    name.starts_with("libc.so") || (name.starts_with("libc-2.") && name.ends_with(".so"))
-}
-
 /// The least trustworthy mode of the processes scanned.
 fn weakest(modes: &[Mode]) -> &'static str {
     if modes.is_empty() {
@@ -291,18 +285,5 @@ fn process_entry(scan: &ProcessScan) -> ProcessReachability {
         mark_ms: scan.mark.as_secs_f64() * 1e3,
         notes: scan.notes.clone(),
         ..Default::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn glibc_is_told_by_its_file_name() {
-        assert!(is_glibc("/lib/x86_64-linux-gnu/libc.so.6"));
-        assert!(is_glibc("/lib64/libc-2.17.so"));
-        assert!(!is_glibc("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"));
-        assert!(!is_glibc("/srv/app/static-binary"));
     }
 }
