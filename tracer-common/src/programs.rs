@@ -13,9 +13,11 @@ pub enum Role {
     Release,
     /// The shared return probe of every allocating call.
     Return,
-    /// A raw tracepoint on `sched_process_exec`: stamps when a process exec'd, so userspace
-    /// retires what its old image held (an exec frees it all, with no call to free).
-    Exec,
+    /// A raw tracepoint, named here, attached machine-wide at load (it needs no tracefs); its
+    /// program returns at once for processes that are not traced. `sched_process_exec` stamps
+    /// when a process exec'd, so userspace retires what its old image held (an exec frees it
+    /// all, with no call to free).
+    Tracepoint(&'static str),
     /// Stops a launched command at its entry point, once, so its unwind tables are written
     /// before its first allocation.
     Launch,
@@ -110,14 +112,13 @@ pub const CALL_RETURN: Program = Program {
 /// Every exec on the machine: the time, by process (cheap, and execs are rare).
 pub const PROCESS_EXEC: Program = Program {
     name: "process_exec",
-    role: Role::Exec,
+    role: Role::Tracepoint(EXEC_TRACEPOINT),
     arguments: &[],
 };
 
 /// The raw tracepoint [`PROCESS_EXEC`] runs at.
 pub const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
-/// Every program of the object.
 /// The launched command's stop at its entry point (see [`Role::Launch`]).
 pub const LAUNCH_ENTRY: Program = Program {
     name: "launch_entry",
@@ -158,6 +159,7 @@ pub const INTERPRETER_EXIT: Program = Program {
     arguments: &[],
 };
 
+/// Every program of the object.
 pub const ALL: [Program; 19] = [
     MALLOC_ENTER,
     CALLOC_ENTER,

@@ -210,14 +210,13 @@ impl Probes {
                 TraceError::Load(format!("program {name} missing from the object"))
             })?;
             let verified = match program.role {
-                Role::Exec => {
-                    let exec: &mut RawTracePoint = loaded
+                Role::Tracepoint(tracepoint) => {
+                    let raw: &mut RawTracePoint = loaded
                         .try_into()
                         .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
-                    // Attached at once, machine-wide (the program only stamps the time of an
-                    // exec): no exec of a target is missed, however early.
-                    exec.load()
-                        .and_then(|()| exec.attach(programs::EXEC_TRACEPOINT).map(drop))
+                    // Attached at once, machine-wide (each program returns at once for a
+                    // process not traced): no event of a target is missed, however early.
+                    raw.load().and_then(|()| raw.attach(tracepoint).map(drop))
                 }
                 _ => {
                     let uprobe: &mut UProbe = loaded
@@ -575,7 +574,7 @@ mod tests {
             .map(|p| {
                 let section = match p.role {
                     Role::Return => "uretprobe".to_string(),
-                    Role::Exec => format!("raw_tp/{}", programs::EXEC_TRACEPOINT),
+                    Role::Tracepoint(tracepoint) => format!("raw_tp/{tracepoint}"),
                     Role::Allocate | Role::Release | Role::Launch | Role::Freeze => {
                         "uprobe".to_string()
                     }
