@@ -188,10 +188,6 @@ pub enum CallKind {
     Realloc = 2,
     /// posix_memalign: `arg` holds the out-parameter; the block is read through it on success.
     PosixMemalign = 3,
-    /// mmap: the return value is a mapping of `size` bytes.
-    Mmap = 4,
-    /// mremap: `arg` holds the old address.
-    Mremap = 5,
 }
 
 /// An allocator call between its entry and its return, keyed by thread id.
@@ -210,13 +206,28 @@ pub struct PendingCall {
     pub size: u64,
     /// Kind-specific argument (see [`CallKind`]).
     pub arg: u64,
-    /// `bpf_ktime_get_ns()` at entry, for the calls that release an earlier block (realloc,
-    /// mremap): a record made after it belongs to another thread's newer allocation. 0 for the
+    /// `bpf_ktime_get_ns()` at entry, for the calls that release an earlier block (realloc): a
+    /// record made after it belongs to another thread's newer allocation. 0 for the
     /// others (the clock read is not free).
     pub entry_ns: u64,
     /// `bpf_jiffies64()` at entry, to tell a stale entry (its return never seen) from a live one.
     pub entry_jiffies: u64,
 }
+
+/// A process's most recent PROT_NONE reservations (address space, no memory yet): an mprotect
+/// that opens part of one makes memory from then on (thread stacks, Go-style arenas). Kept per
+/// process as a ring of the last [`RESERVATION_SLOTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reservations {
+    pub starts: [u64; RESERVATION_SLOTS],
+    pub ends: [u64; RESERVATION_SLOTS],
+    /// Slot the next reservation takes.
+    pub next: u64,
+}
+
+/// Reservations remembered per process.
+pub const RESERVATION_SLOTS: usize = 8;
 
 /// A munmap range the kernel could not resolve by exact start address; userspace settles it
 /// against the recorded mappings.
@@ -260,7 +271,8 @@ pub enum Counter {
     StatsMapFull = 6,
     /// Allocator calls made from inside another allocator call: counted once, by the outer call.
     NestedCalls = 7,
-    /// mmap/munmap/mremap calls made by the allocator itself: their bytes belong to the malloc.
+    /// mmap/munmap/mremap/mprotect/brk calls made by the allocator itself: their bytes belong to
+    /// the malloc.
     AllocatorMmaps = 8,
     /// Unresolved munmap ranges that could not be sent to userspace (ring buffer full).
     UnmapEventsLost = 9,
@@ -268,9 +280,16 @@ pub enum Counter {
     StaleCalls = 10,
     /// Allocations not recorded by `--sample-bytes` sampling (the sampled ones stand for them).
     Unsampled = 11,
-    /// PROT_NONE mmaps: address space reserved, not memory (thread stacks and arena heaps are
-    /// made usable later with mprotect, and their memory is counted where it is allocated).
+    /// PROT_NONE mmaps: address space reserved, not memory. An mprotect that opens part of one
+    /// later (thread stacks, Go-style arenas) is recorded from then on.
     Reservations = 12,
+    /// File mappings left out: the mapping system calls see them too (libraries the loader
+    /// maps, data files), and they are page cache the kernel can reclaim, not memory the
+    /// process holds. Anonymous mappings (private or shared) are recorded.
+    FileMappings = 13,
+    /// Executable mappings announced to userspace (to re-read the process's maps) that did not
+    /// fit in the ring: the next periodic check catches them.
+    CodeEventsLost = 14,
 }
 
 /// What a [`Counter`] tells about the report's figures.
@@ -286,7 +305,7 @@ pub enum CounterKind {
 
 impl Counter {
     /// Every counter, in slot order (`Counter::ALL[i] as u32 == i`).
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 15] = [
         Counter::Allocations,
         Counter::Frees,
         Counter::UnknownFrees,
@@ -300,6 +319,8 @@ impl Counter {
         Counter::StaleCalls,
         Counter::Unsampled,
         Counter::Reservations,
+        Counter::FileMappings,
+        Counter::CodeEventsLost,
     ];
 
     /// The name reported in text and JSON.
@@ -318,6 +339,8 @@ impl Counter {
             Counter::StaleCalls => "stale_calls",
             Counter::Unsampled => "unsampled",
             Counter::Reservations => "reserved_mappings",
+            Counter::FileMappings => "file_mappings",
+            Counter::CodeEventsLost => "code_events_lost",
         }
     }
 
@@ -334,7 +357,9 @@ impl Counter {
             | Counter::AllocatorMmaps
             | Counter::StaleCalls
             | Counter::Unsampled
-            | Counter::Reservations => CounterKind::Ignored,
+            | Counter::Reservations
+            | Counter::FileMappings
+            | Counter::CodeEventsLost => CounterKind::Ignored,
         }
     }
 }

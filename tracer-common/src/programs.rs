@@ -78,29 +78,11 @@ pub const POSIX_MEMALIGN_ENTER: Program = Program {
     role: Role::Allocate,
     arguments: &[0, 2],
 };
-/// mmap(addr, length, prot, ...): reads length and prot.
-pub const MMAP_ENTER: Program = Program {
-    name: "mmap_enter",
-    role: Role::Allocate,
-    arguments: &[1, 2],
-};
-/// mremap(old_address, old_size, new_size, ...): reads the old address and the new size.
-pub const MREMAP_ENTER: Program = Program {
-    name: "mremap_enter",
-    role: Role::Allocate,
-    arguments: &[0, 2],
-};
 /// free(ptr).
 pub const FREE_ENTER: Program = Program {
     name: "free_enter",
     role: Role::Release,
     arguments: &[0],
-};
-/// munmap(addr, length).
-pub const MUNMAP_ENTER: Program = Program {
-    name: "munmap_enter",
-    role: Role::Release,
-    arguments: &[0, 1],
 };
 /// Return of every allocating call: reads the return value only.
 pub const CALL_RETURN: Program = Program {
@@ -118,6 +100,26 @@ pub const PROCESS_EXEC: Program = Program {
 
 /// The raw tracepoint [`PROCESS_EXEC`] runs at.
 pub const EXEC_TRACEPOINT: &str = "sched_process_exec";
+
+/// Every system call's entry on the machine, for the mapping calls of traced processes:
+/// munmap releases at its entry (before the range can be reused), mremap stamps its start.
+pub const SYSCALL_ENTER: Program = Program {
+    name: "syscall_enter",
+    role: Role::Tracepoint(SYSCALL_ENTER_TRACEPOINT),
+    arguments: &[],
+};
+
+/// Every system call's exit on the machine, for the mapping calls of traced processes: mmap,
+/// mremap, mprotect and brk record what they made once it is made.
+pub const SYSCALL_EXIT: Program = Program {
+    name: "syscall_exit",
+    role: Role::Tracepoint(SYSCALL_EXIT_TRACEPOINT),
+    arguments: &[],
+};
+
+/// The raw tracepoints of [`SYSCALL_ENTER`] and [`SYSCALL_EXIT`] (no tracefs needed).
+pub const SYSCALL_ENTER_TRACEPOINT: &str = "sys_enter";
+pub const SYSCALL_EXIT_TRACEPOINT: &str = "sys_exit";
 
 /// The launched command's stop at its entry point (see [`Role::Launch`]).
 pub const LAUNCH_ENTRY: Program = Program {
@@ -160,7 +162,7 @@ pub const INTERPRETER_EXIT: Program = Program {
 };
 
 /// Every program of the object.
-pub const ALL: [Program; 19] = [
+pub const ALL: [Program; 18] = [
     MALLOC_ENTER,
     CALLOC_ENTER,
     MEMALIGN_ENTER,
@@ -168,12 +170,11 @@ pub const ALL: [Program; 19] = [
     REALLOC_ENTER,
     REALLOCARRAY_ENTER,
     POSIX_MEMALIGN_ENTER,
-    MMAP_ENTER,
-    MREMAP_ENTER,
     FREE_ENTER,
-    MUNMAP_ENTER,
     CALL_RETURN,
     PROCESS_EXEC,
+    SYSCALL_ENTER,
+    SYSCALL_EXIT,
     LAUNCH_ENTRY,
     INTERPRETER_EXIT,
     PYMALLOC_MALLOC_ENTER,
@@ -219,9 +220,15 @@ pub mod maps {
     pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     pub const PYTHON_STACKS: &str = "PYTHON_STACKS";
+    pub const TRACED: &str = "TRACED";
+    pub const SYSCALL_REGS: &str = "SYSCALL_REGS";
+    pub const SYSCALL_STARTS: &str = "SYSCALL_STARTS";
+    pub const RESERVATIONS: &str = "RESERVATIONS";
+    pub const BREAKS: &str = "BREAKS";
+    pub const CODE_MAPPED: &str = "CODE_MAPPED";
 
     /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 34] = [
         STOPPED,
         RECORD_TABLE,
         OVERFLOWED,
@@ -250,6 +257,12 @@ pub mod maps {
         PYTHON_PROCESSES,
         PYTHON_SCRATCH,
         PYTHON_STACKS,
+        TRACED,
+        SYSCALL_REGS,
+        SYSCALL_STARTS,
+        RESERVATIONS,
+        BREAKS,
+        CODE_MAPPED,
     ];
 }
 

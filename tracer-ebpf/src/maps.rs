@@ -4,14 +4,14 @@
 
 use aya_ebpf::{
     Global,
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, pt_regs},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, CachedRow, CachedStack, MMAP_STATE_SLOTS, PENDING_SLOTS,
-    PendingCall, RECORD_TABLE_SLOTS, RecordSlot, SAMPLE_TABLE_SLOTS, STACK_CACHE_SLOTS, StackKey,
-    StackStats, UnwindMapping, UnwindProcess, UnwindRow, UserStack,
+    PendingCall, RECORD_TABLE_SLOTS, RecordSlot, Reservations, SAMPLE_TABLE_SLOTS,
+    STACK_CACHE_SLOTS, StackKey, StackStats, UnwindMapping, UnwindProcess, UnwindRow, UserStack,
     python::{FRAME_WINDOW_BYTES, PythonProcess},
     unwind::{
         DEFAULT_MAX_DEPTH, DEFAULT_UNWIND_ROWS, UNWIND_CACHE_SLOTS, UNWIND_END_SLOTS,
@@ -219,3 +219,33 @@ pub(crate) static PYTHON_STACKS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0
 /// TLS base, where glibc keeps thread-specific data. 0: unknown (no Python frames).
 #[unsafe(no_mangle)]
 pub(crate) static FSBASE_OFFSET: Global<u32> = Global::new(0);
+
+/// Traced processes (tgid -> 1), written by userspace as it attaches to each: the syscall
+/// tracepoints run for every process on the machine, and only these count.
+#[map]
+pub(crate) static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Per CPU, a copy of the calling thread's user registers at a system call (the tracepoint
+/// hands a kernel pointer; a copy is what the stack walk and the nesting test read).
+#[map]
+pub(crate) static SYSCALL_REGS: PerCpuArray<pt_regs> = PerCpuArray::with_max_entries(1, 0);
+
+/// Thread id -> `bpf_ktime_get_ns()` at the entry of its running mremap: a record of the old
+/// address made later belongs to another thread's newer mapping.
+#[map]
+pub(crate) static SYSCALL_STARTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// tgid -> its latest PROT_NONE reservations (see `tracer_common::Reservations`).
+#[map]
+pub(crate) static RESERVATIONS: LruHashMap<u32, Reservations> =
+    LruHashMap::with_max_entries(4096, 0);
+
+/// tgid -> its program break as last seen at a brk (growth outside the allocator is recorded
+/// as a mapping at the old break).
+#[map]
+pub(crate) static BREAKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// tgids that mapped new code (a library, a JIT's pages): userspace re-reads their maps and
+/// unwind tables then, instead of polling every process.
+#[map]
+pub(crate) static CODE_MAPPED: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);

@@ -61,13 +61,10 @@ pub(crate) fn begin_call(ctx: &ProbeContext, kind: CallKind, size: u64, arg: u64
     let sp = user_sp(ctx.regs);
     let now_jiffies = jiffies();
     if enclosing_call(tid, sp, now_jiffies).is_some() {
-        count(match kind {
-            CallKind::Mmap | CallKind::Mremap => Counter::AllocatorMmaps,
-            _ => Counter::NestedCalls,
-        });
+        count(Counter::NestedCalls);
         return;
     }
-    let releases_earlier = matches!(kind, CallKind::Realloc | CallKind::Mremap);
+    let releases_earlier = kind == CallKind::Realloc;
     let call = PendingCall {
         kind: kind as u32,
         tid,

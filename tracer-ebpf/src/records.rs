@@ -8,9 +8,9 @@
 //! slot, and slots never become empty again, so a lookup stops at the first empty slot.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    EbpfContext,
+    bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
     maps::HashMap,
-    programs::RetProbeContext,
 };
 use tracer_common::{
     AllocKey, AllocRecord, Counter, FIRST_RECORD_KEY, LIVE_MAPPINGS_SLOT, RECORD_PROBES,
@@ -259,17 +259,19 @@ pub(crate) fn release_older(
     Some(record)
 }
 
-/// Records a new allocation at `addr`, with the user stack of the current return.
+/// Records a new allocation at `addr`, with the user stack `regs` describe (the registers at
+/// the allocator's return, or at a mapping system call).
 #[inline(always)]
-pub(crate) fn record(
-    ctx: &RetProbeContext,
+pub(crate) fn record<C: EbpfContext>(
+    ctx: &C,
+    regs: *mut pt_regs,
     records: Records,
     tgid: u32,
     addr: u64,
     size: u64,
     weight: u32,
 ) -> bool {
-    let mut stack_id = capture_stack(ctx.regs, tgid).unwrap_or(UNKNOWN_STACK);
+    let mut stack_id = capture_stack(regs, tgid).unwrap_or(UNKNOWN_STACK);
     let Some((slot, mut hit)) = stack_cache_slot(tgid, stack_id) else {
         return false;
     };

@@ -5,15 +5,11 @@ use tracer_common::{CallKind, programs};
 
 use super::return_program;
 use crate::{
-    atomic::atomic_add,
     current::{thread_id, traced_tgid, user_sp},
     pending::pending_entry,
-    records::{Records, live_mappings, record, release_older},
+    records::{Records, release_older},
     sampling::record_heap,
 };
-
-/// What mmap and mremap return on failure.
-const MAP_FAILED: u64 = u64::MAX;
 
 return_program! {
     /// Return of every tracked call: records what the call produced.
@@ -61,24 +57,6 @@ return_program! {
                     && ptr != 0
                 {
                     record_heap(&ctx, tgid, ptr, call.size);
-                }
-            }
-            k if k == CallKind::Mmap as u32 => {
-                if ret != MAP_FAILED
-                    && record(&ctx, Records::Mappings, tgid, ret, call.size, 1)
-                    && let Some(live) = live_mappings()
-                {
-                    atomic_add(live, 1);
-                }
-            }
-            k if k == CallKind::Mremap as u32
-                // Only a mapping we recorded moves; others predate the trace.
-                && ret != MAP_FAILED
-                && release_older(Records::Mappings, tgid, call.arg, call.entry_ns).is_some() =>
-            {
-                let recorded = record(&ctx, Records::Mappings, tgid, ret, call.size, 1);
-                if !recorded && let Some(live) = live_mappings() {
-                    atomic_add(live, 1u64.wrapping_neg());
                 }
             }
             _ => {}

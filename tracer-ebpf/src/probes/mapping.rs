@@ -1,97 +1,130 @@
-//! Direct mappings: mmap and mremap entries (finished by the return program), munmap.
+//! Direct mappings, as the system calls make and remove them (see `syscalls`): releasing a
+//! range, and the PROT_NONE reservations an mprotect may open later.
 
-use aya_ebpf::bindings::BPF_ANY;
-use tracer_common::{AllocKey, AllocRecord, CallKind, Counter, UnmapEvent, programs};
+use aya_ebpf::{EbpfContext, bindings::BPF_ANY};
+use tracer_common::{AllocKey, AllocRecord, Counter, RESERVATION_SLOTS, Reservations, UnmapEvent};
 
-use super::{PAGE_SIZE, entry_program};
+use super::PAGE_SIZE;
 use crate::{
     atomic::atomic_add,
-    counters::{count, count_loss},
-    current::{jiffies, thread_id, traced_tgid, user_sp},
-    maps::{MMAPS, UNMAP_EVENTS},
-    pending::{begin_call, enclosing_call},
+    counters::count_loss,
+    maps::{MMAPS, RESERVATIONS, UNMAP_EVENTS},
     records::{Records, has_live_mappings, live_mappings, release},
 };
 
-/// Recorded mappings a single munmap may release in the kernel before handing the rest to
+/// Recorded mappings a single unmap may release in the kernel before handing the rest to
 /// userspace.
 const MAX_UNMAP_STEPS: u32 = 16;
 
-entry_program! {
-    /// mmap(addr, length, prot, flags, fd, offset).
-    mmap_enter = programs::MMAP_ENTER, |ctx, length, prot| {
-        if prot == 0 {
-            // PROT_NONE reserves address space; no memory until an mprotect we do not count.
-            if traced_tgid().is_some() {
-                count(Counter::Reservations);
-            }
-            return 0;
-        }
-        begin_call(&ctx, CallKind::Mmap, length, 0);
-    }
+/// The end of `length` bytes from `start`, in whole pages (what the kernel maps or unmaps).
+#[inline(always)]
+pub(crate) fn page_end(start: u64, length: u64) -> u64 {
+    start.wrapping_add(length.div_ceil(PAGE_SIZE) * PAGE_SIZE)
 }
 
-entry_program! {
-    /// mremap(old_address, old_size, new_size, flags, ...).
-    mremap_enter = programs::MREMAP_ENTER, |ctx, old, new_size| {
-        begin_call(&ctx, CallKind::Mremap, new_size, old);
+/// Releases the recorded mappings `[start, start + length)` covers, trimming one it only
+/// starts; what cannot be settled by start address goes to userspace (munmap, a MAP_FIXED
+/// mapping over older ones, an mprotect back to PROT_NONE, a shrinking brk). Reservations
+/// stay (see [`forget_reservations`]).
+#[inline(always)]
+pub(crate) fn release_range<C: EbpfContext>(ctx: &C, tgid: u32, start: u64, length: u64) {
+    let end = page_end(start, length);
+    if !has_live_mappings() {
+        return;
     }
-}
-
-entry_program! {
-    /// munmap(addr, length): releases the recorded mappings the range covers, trimming one it
-    /// only starts; what cannot be settled by start address goes to userspace.
-    munmap_enter = programs::MUNMAP_ENTER, traced tgid, |ctx, start, length| {
-        if enclosing_call(thread_id(), user_sp(ctx.regs), jiffies()).is_some() {
-            count(Counter::AllocatorMmaps);
-            return 0;
+    let Some(live) = live_mappings() else {
+        return;
+    };
+    let mut cursor = start;
+    for _ in 0..MAX_UNMAP_STEPS {
+        if cursor >= end {
+            break;
         }
-        if !has_live_mappings() {
-            return 0;
-        }
-        let Some(live) = live_mappings() else {
-            return 0;
+        let key = AllocKey::new(tgid, cursor);
+        // SAFETY: the value is copied out at once; a concurrent unmap of the same range
+        // makes the remove below fail.
+        let Some(mapping) = (unsafe { MMAPS.get(key) }).copied() else {
+            break;
         };
-        let end = start.wrapping_add(length.div_ceil(PAGE_SIZE) * PAGE_SIZE);
-        let mut cursor = start;
-        for _ in 0..MAX_UNMAP_STEPS {
-            if cursor >= end {
-                break;
+        let mapping_end = page_end(cursor, mapping.size);
+        if end >= mapping_end {
+            if release(Records::Mappings, tgid, cursor) {
+                atomic_add(live, 1u64.wrapping_neg());
             }
-            let key = AllocKey::new(tgid, cursor);
-            // SAFETY: the value is copied out at once; a concurrent unmap of the same range
-            // makes the remove below fail.
-            let Some(mapping) = (unsafe { MMAPS.get(key) }).copied() else {
-                break;
+            cursor = mapping_end;
+        } else {
+            // Head of the mapping released: keep the tail as the record.
+            let tail = AllocRecord {
+                size: mapping_end - end,
+                ..mapping
             };
-            let mapping_end = cursor + mapping.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-            if end >= mapping_end {
-                if release(Records::Mappings, tgid, cursor) {
-                    atomic_add(live, 1u64.wrapping_neg());
-                }
-                cursor = mapping_end;
-            } else {
-                // Head of the mapping unmapped: keep the tail as the record.
-                let tail = AllocRecord {
-                    size: mapping_end - end,
-                    ..mapping
-                };
-                let tail_key = AllocKey { addr: end, ..key };
-                if MMAPS.remove(key).is_ok() {
-                    let _ = MMAPS.insert(tail_key, tail, BPF_ANY as u64);
-                }
-                cursor = end;
+            let tail_key = AllocKey { addr: end, ..key };
+            if MMAPS.remove(key).is_ok() {
+                let _ = MMAPS.insert(tail_key, tail, BPF_ANY as u64);
             }
+            cursor = end;
         }
-        if cursor < end {
-            let event = UnmapEvent::new(tgid, cursor, end);
-            if UNMAP_EVENTS.output::<UnmapEvent>(&event, 0).is_err() {
-                count_loss!(
-                    &ctx,
-                    Counter::UnmapEventsLost,
-                    "munmap event ring full: some partial unmaps are not settled"
-                );
-            }
+    }
+    if cursor < end {
+        let event = UnmapEvent::new(tgid, cursor, end);
+        if UNMAP_EVENTS.output::<UnmapEvent>(&event, 0).is_err() {
+            count_loss!(
+                ctx,
+                Counter::UnmapEventsLost,
+                "munmap event ring full: some partial unmaps are not settled"
+            );
+        }
+    }
+}
+
+/// Remembers a PROT_NONE reservation of `tgid` (its latest few are kept).
+#[inline(always)]
+pub(crate) fn remember_reservation(tgid: u32, start: u64, end: u64) {
+    let Some(ring) = RESERVATIONS.get_ptr_mut(tgid) else {
+        let mut ring = Reservations::default();
+        ring.starts[0] = start;
+        ring.ends[0] = end;
+        ring.next = 1;
+        let _ = RESERVATIONS.insert(tgid, ring, BPF_ANY as u64);
+        return;
+    };
+    // SAFETY: a pointer from a map lookup, valid for the run. Two threads reserving at once
+    // may take the same slot; one reservation is then forgotten (its mprotects go unseen).
+    let ring = unsafe { &mut *ring };
+    let slot = (ring.next as usize) % RESERVATION_SLOTS;
+    ring.starts[slot] = start;
+    ring.ends[slot] = end;
+    ring.next = ring.next.wrapping_add(1);
+}
+
+/// True when `[start, end)` lies inside one of `tgid`'s remembered reservations.
+#[inline(always)]
+pub(crate) fn in_reservation(tgid: u32, start: u64, end: u64) -> bool {
+    // SAFETY: the value is only read.
+    let Some(ring) = (unsafe { RESERVATIONS.get(tgid) }) else {
+        return false;
+    };
+    for slot in 0..RESERVATION_SLOTS {
+        if ring.starts[slot] <= start && end <= ring.ends[slot] && start < end {
+            return true;
+        }
+    }
+    false
+}
+
+/// Forgets the reservations that start inside `[start, end)`: their range is unmapped, and a
+/// later mprotect there is of something else.
+#[inline(always)]
+pub(crate) fn forget_reservations(tgid: u32, start: u64, end: u64) {
+    let Some(ring) = RESERVATIONS.get_ptr_mut(tgid) else {
+        return;
+    };
+    // SAFETY: a pointer from a map lookup, valid for the run.
+    let ring = unsafe { &mut *ring };
+    for slot in 0..RESERVATION_SLOTS {
+        if start <= ring.starts[slot] && ring.starts[slot] < end {
+            ring.starts[slot] = 0;
+            ring.ends[slot] = 0;
         }
     }
 }

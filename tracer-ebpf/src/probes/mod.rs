@@ -11,6 +11,7 @@ mod launch;
 mod mapping;
 mod pymalloc;
 mod realloc;
+mod syscalls;
 
 use crate::maps::EMPTY_PROGRAMS;
 

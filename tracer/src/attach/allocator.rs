@@ -3,10 +3,10 @@
 //! The dynamic linker binds `malloc` to the first loaded object that defines it: the executable
 //! (static binaries, programs with their own allocator), then LD_PRELOADs, then libraries in load
 //! order. We probe that object's allocation functions; the prefixed APIs of jemalloc (`je_`),
-//! mimalloc (`mi_`) and tcmalloc (`tc_`) wherever an object defines them; `mmap`/`munmap`/
-//! `mremap` in the object that defines those (the C library); and C++ `operator new`. Entry
-//! points at one address (glibc's `aligned_alloc` and `memalign`, `mmap` and `mmap64`, an
-//! allocator's `malloc` aliased to its `mi_malloc`) are probed once.
+//! mimalloc (`mi_`) and tcmalloc (`tc_`) wherever an object defines them; and C++ `operator
+//! new`. Entry points at one address (glibc's `aligned_alloc` and `memalign`, an allocator's
+//! `malloc` aliased to its `mi_malloc`) are probed once. Mappings need no probe here: the
+//! system calls themselves are traced (`syscall_enter`/`syscall_exit`).
 //!
 //! Objects of a running process are opened through `/proc/PID/map_files/`, which is the very
 //! file the process maps even inside another mount namespace, and checked by device and inode
@@ -58,16 +58,6 @@ pub fn heap_entry_points(prefix: &str) -> Vec<EntryPoint> {
     .into_iter()
     .map(|(name, program)| entry(format!("{prefix}{name}"), program))
     .collect()
-}
-
-/// Mapping entry points, probed in the object that defines `mmap` (the C library).
-pub fn map_entry_points() -> Vec<EntryPoint> {
-    vec![
-        entry("munmap", &programs::MUNMAP_ENTER),
-        entry("mmap", &programs::MMAP_ENTER),
-        entry("mmap64", &programs::MMAP_ENTER),
-        entry("mremap", &programs::MREMAP_ENTER),
-    ]
 }
 
 /// C++ `operator new` (plain, array, nothrow, aligned), probed in the object that defines it
@@ -151,13 +141,6 @@ fn families(allocator: Option<&AllocatorOverride>) -> Vec<Family> {
             families.push(heap(prefix, false, None));
         }
     }
-    families.push(Family {
-        points: map_entry_points(),
-        required: vec!["mmap".into(), "munmap".into()],
-        essential: false,
-        only: None,
-        unless_importing: None,
-    });
     families.push(Family {
         points: cxx_entry_points(),
         required: vec!["_Znwm".into()],

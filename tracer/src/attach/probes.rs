@@ -371,6 +371,20 @@ impl Probes {
         Ok(())
     }
 
+    /// Counts `pid`'s mapping system calls from now on (the syscall tracepoints see every
+    /// process; only these count).
+    pub fn trace_process(&mut self, pid: u32) -> Result<(), TraceError> {
+        self.maps
+            .traced
+            .insert(pid, 1, 0)
+            .map_err(|e| TraceError::Load(format!("tracing the system calls of pid {pid}: {e}")))
+    }
+
+    /// Stops counting `pid`'s mapping system calls (it exited: its pid may be reused).
+    pub fn untrace_process(&mut self, pid: u32) {
+        let _ = self.maps.traced.remove(&pid);
+    }
+
     /// Makes `pid` stop (SIGSTOP) at each of its execs, before the new image runs (see
     /// [`Self::attach_launch_stop`] for what follows). Best effort: without it the new image's
     /// first allocations are walked by frame pointers.

@@ -13,7 +13,8 @@ use args::{DiffArgs, ReportArgs, TraceArgs};
 /// Find memory leaks in a live process with eBPF, without restarting it.
 ///
 /// leaktracer probes the allocator the target really uses (malloc, calloc, realloc, free, the
-/// aligned variants, C++ operator new, mmap/munmap/mremap), keeps every allocation still
+/// aligned variants, C++ operator new) and the mapping system calls (mmap, munmap, mremap,
+/// mprotect, brk, from syscall tracepoints), keeps every allocation still
 /// outstanding in the kernel, keyed by its user call stack, samples the per-stack totals every
 /// interval, and reports which stacks hold memory, which keep growing and how fast, and when the
 /// process reaches its memory limit. A CPython 3.11-3.13 target's stacks name the Python

@@ -55,6 +55,10 @@ pub struct KernelMaps {
     pub python_processes: HashMap<MapData, u32, PythonProcess>,
     /// New stacks with Python frames ([`tracer_common::python::NewPythonStack`]).
     pub python_stacks: RingBuf<MapData>,
+    /// The processes attached to (tgid -> 1): the only ones the syscall tracepoints count.
+    pub traced: HashMap<MapData, u32, u8>,
+    /// tgids (u32) that mapped new code since the last read.
+    pub code_mapped: RingBuf<MapData>,
 }
 
 impl KernelMaps {
@@ -77,6 +81,8 @@ impl KernelMaps {
             frozen: take(ebpf, maps::FROZEN)?,
             python_processes: take(ebpf, maps::PYTHON_PROCESSES)?,
             python_stacks: take(ebpf, maps::PYTHON_STACKS)?,
+            traced: take(ebpf, maps::TRACED)?,
+            code_mapped: take(ebpf, maps::CODE_MAPPED)?,
         })
     }
 }

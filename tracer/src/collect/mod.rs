@@ -117,6 +117,21 @@ impl Collector {
         stacks
     }
 
+    /// The processes that mapped new code (a library, JIT pages) since the last call, each
+    /// once.
+    pub fn new_code(&self, maps: &mut KernelMaps) -> Vec<u32> {
+        let mut tgids = Vec::new();
+        while let Some(item) = maps.code_mapped.next() {
+            if let Ok(bytes) = <[u8; 4]>::try_from(&item[..item.len().min(4)]) {
+                let tgid = u32::from_ne_bytes(bytes);
+                if !tgids.contains(&tgid) {
+                    tgids.push(tgid);
+                }
+            }
+        }
+        tgids
+    }
+
     pub fn drain_unmaps(&mut self, maps: &mut KernelMaps) -> anyhow::Result<()> {
         let mut events = Vec::new();
         while let Some(item) = maps.unmap_events.next() {

@@ -26,7 +26,8 @@
 //!   std::vector<..>::_M_realloc_insert<..>(..)`) is skipped; a name the demangler gave up on is
 //!   recognised by its mangled `std::` prefix (`_ZNSt`, `_ZSt`...).
 //! - C: well-known allocation wrappers by exact name (a compiler clone suffix such as
-//!   `.constprop.0` removed): libc's `strdup` family, redis's `zmalloc` family, glib's `g_malloc`
+//!   `.constprop.0` removed): libc's `strdup` family and its mapping system call wrappers
+//!   (`mmap`, `mremap`, `mprotect`, `sbrk`, `syscall`), redis's `zmalloc` family, glib's `g_malloc`
 //!   family and `g_slice_alloc`, the `xmalloc` family, OpenSSL's `CRYPTO_malloc` family.
 //!   Application code that merely builds on them (redis's `_sdsnewlen`, which creates an sds
 //!   string) is not plumbing: which kind of object leaks is worth reading. Names that merely
@@ -60,6 +61,21 @@ const WRAPPERS: &[&str] = &[
     "__strdup",
     "__strndup",
     "reallocarray",
+    // libc's system call wrappers: a mapping's stack starts at the `syscall` instruction
+    "mmap",
+    "mmap64",
+    "__mmap",
+    "__mmap64",
+    "mremap",
+    "__mremap",
+    "mprotect",
+    "__mprotect",
+    "brk",
+    "__brk",
+    "__brk_call",
+    "sbrk",
+    "__sbrk",
+    "syscall",
     // C++ runtime
     "__cxa_allocate_exception",
     "__cxa_allocate_dependent_exception",
@@ -290,7 +306,10 @@ pub fn is_builtin(function: &str) -> bool {
     if CPP_MANGLED.iter().any(|p| function.starts_with(p)) {
         return true;
     }
-    WRAPPERS.contains(&c_name(function)) || is_rust_library(function)
+    let name = c_name(function);
+    // glibc calls its own functions through hidden aliases (`__GI_mprotect`, `__GI___sbrk`).
+    let name = name.strip_prefix("__GI_").unwrap_or(name);
+    WRAPPERS.contains(&name) || is_rust_library(function)
 }
 
 /// The name patterns are compared with besides the full name: a C++ function without return

@@ -108,8 +108,8 @@ impl Session<'_> {
                         self.read_python_stacks();
                         self.settle_freezes();
                         self.discover();
-                        self.refresh_tables();
-                        self.refresh_spaces();
+                        self.refresh_mapped_code();
+                        self.forget_exited();
                         self.settle_unmaps()?;
                     }
                     _ = sample.tick() => self.sample()?,

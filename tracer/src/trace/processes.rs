@@ -20,7 +20,7 @@ use crate::{
 /// it is given up with a warning: a second.
 const ATTACH_ATTEMPTS: u32 = 10;
 
-/// How often traced processes' unwind tables are checked against their mappings.
+/// How often traced processes are checked for having exited.
 const TABLES_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Sends SIGCONT to `pid`.
@@ -143,8 +143,13 @@ impl Session<'_> {
         }
     }
 
-    /// Remembers an attached process.
+    /// Remembers an attached process, and counts its mapping system calls from now on (a
+    /// launched command's from its entry point: what its loader mapped before is the
+    /// loader's).
     pub(super) fn track(&mut self, pid: u32, plan: AttachPlan) {
+        if let Err(e) = self.probes.trace_process(pid) {
+            eprintln!("leaktracer: warning: {e}; its direct mappings are not counted");
+        }
         let launched = self.config.command().is_some() && self.tracked.is_empty();
         let mut info = ProcessInfo::read(pid).unwrap_or(ProcessInfo {
             pid,
@@ -339,18 +344,32 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Once a second: brings every traced process's unwind tables up to date with what it
-    /// mapped since (dlopen), and drops those of processes that are gone.
-    pub(super) fn refresh_tables(&mut self) {
-        if self.tables.is_none() || self.tables_checked.elapsed() < TABLES_CHECK {
+    /// Brings the memory maps and unwind tables of the processes that mapped new code since
+    /// the last poll (dlopen, a JIT: the mmap and mprotect tracepoints announce it) up to date;
+    /// nothing is re-read for the others.
+    pub(super) fn refresh_mapped_code(&mut self) {
+        for pid in self.collector.new_code(self.probes.maps_mut()) {
+            if self.tracked.contains_key(&pid) {
+                self.update_tables(pid);
+                self.spaces.refresh(pid);
+            }
+        }
+    }
+
+    /// Once a second: forgets the tables of processes that are gone, and stops counting their
+    /// system calls (a new process may get the pid).
+    pub(super) fn forget_exited(&mut self) {
+        if self.tables_checked.elapsed() < TABLES_CHECK {
             return;
         }
         self.tables_checked = std::time::Instant::now();
         let pids: Vec<u32> = self.tracked.keys().copied().collect();
         for pid in pids {
             if is_alive(pid) {
-                self.update_tables(pid);
-            } else if let Some(tables) = self.tables.as_mut() {
+                continue;
+            }
+            self.probes.untrace_process(pid);
+            if let Some(tables) = self.tables.as_mut() {
                 tables.remove(pid);
             }
         }

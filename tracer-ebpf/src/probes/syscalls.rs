@@ -1,0 +1,316 @@
+//! The mapping system calls (mmap, munmap, mremap, mprotect, brk) from the machine-wide
+//! `sys_enter`/`sys_exit` raw tracepoints: memory mapped by the call itself, whoever makes it
+//! (a C library's wrapper, `syscall(SYS_mmap, ...)`, Go's runtime, a static binary), with no
+//! trap. Each program first compares the call number, then looks the caller up in `TRACED`:
+//! every other system call on the machine costs that compare.
+//!
+//! A mapping made inside an allocator call (arena growth, a large malloc, jemalloc's extents)
+//! is the allocator's: the malloc that caused it accounts for it (the nesting test of
+//! `pending`, on the user stack pointer at the call).
+
+use aya_ebpf::{
+    helpers::generated::bpf_probe_read_kernel, macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use tracer_common::{AllocKey, Counter, programs};
+
+use super::mapping::{
+    forget_reservations, in_reservation, page_end, release_range, remember_reservation,
+};
+use crate::{
+    atomic::atomic_add,
+    counters::{count, count_loss},
+    current::{jiffies, now_ns, thread_id, traced_tgid},
+    maps::{BREAKS, CODE_MAPPED, MMAPS, SYSCALL_REGS, SYSCALL_STARTS, TRACED},
+    pending::enclosing_call,
+    probes::programs_are_empty,
+    records::{Records, live_mappings, record, release_older},
+};
+use aya_ebpf::bindings::pt_regs;
+
+// x86-64 system call numbers.
+const SYS_MMAP: u64 = 9;
+const SYS_MPROTECT: u64 = 10;
+const SYS_MUNMAP: u64 = 11;
+const SYS_BRK: u64 = 12;
+const SYS_MREMAP: u64 = 25;
+
+const PROT_EXEC: u64 = 4;
+const MAP_FIXED: u64 = 0x10;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+
+/// A failed call returns -errno, from -4095 up.
+#[inline(always)]
+fn failed(ret: u64) -> bool {
+    ret >= 4095u64.wrapping_neg()
+}
+
+/// The caller's tgid when it is traced (see `current::traced_tgid`) and one of the processes
+/// userspace attached to.
+#[inline(always)]
+fn traced_process() -> Option<u32> {
+    let tgid = traced_tgid()?;
+    // SAFETY: only presence is checked.
+    unsafe { TRACED.get(tgid) }.map(|_| tgid)
+}
+
+/// This CPU's copy of the calling thread's user registers, from the tracepoint's `regs`
+/// argument (`task_pt_regs(current)`: the user's registers at the `syscall` instruction).
+#[inline(always)]
+fn user_regs(ctx: &RawTracePointContext) -> Option<*mut pt_regs> {
+    let copy = SYSCALL_REGS.get_ptr_mut(0)?;
+    let regs: u64 = ctx.arg(0);
+    // SAFETY: the helper copies kernel memory into this CPU's map value, and fails (no fault)
+    // on a bad address.
+    let read = unsafe {
+        bpf_probe_read_kernel(
+            copy.cast(),
+            size_of::<pt_regs>() as u32,
+            regs as *const core::ffi::c_void,
+        )
+    };
+    (read == 0).then_some(copy)
+}
+
+/// True (and counted) when the call is made by an allocator call of this thread.
+#[inline(always)]
+fn inside_allocator(regs: *mut pt_regs) -> bool {
+    // SAFETY: this CPU's copy of the registers, valid for the run.
+    let sp = unsafe { (*regs).rsp };
+    if enclosing_call(thread_id(), sp, jiffies()).is_some() {
+        count(Counter::AllocatorMmaps);
+        return true;
+    }
+    false
+}
+
+/// Tells userspace that `tgid` mapped new code: it re-reads that process's maps and unwind
+/// tables.
+#[inline(always)]
+fn code_mapped(ctx: &RawTracePointContext, tgid: u32) {
+    if CODE_MAPPED.output::<u32>(&tgid, 0).is_err() {
+        count_loss!(
+            ctx,
+            Counter::CodeEventsLost,
+            "new-code ring full: a new library may be symbolized late"
+        );
+    }
+}
+
+/// Records a mapping of `size` bytes at `start`, made by the call `regs` describe.
+#[inline(always)]
+fn record_mapping(
+    ctx: &RawTracePointContext,
+    regs: *mut pt_regs,
+    tgid: u32,
+    start: u64,
+    size: u64,
+) {
+    if record(ctx, regs, Records::Mappings, tgid, start, size, 1)
+        && let Some(live) = live_mappings()
+    {
+        atomic_add(live, 1);
+    }
+}
+
+/// `sys_enter`: munmap releases its range here, before another thread can map it again;
+/// mremap stamps its start.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn syscall_enter(ctx: RawTracePointContext) -> i32 {
+    const PROGRAM: programs::Program = programs::SYSCALL_ENTER;
+    const {
+        assert!(super::same_name(PROGRAM.name, "syscall_enter"));
+        assert!(super::same_name(
+            programs::SYSCALL_ENTER_TRACEPOINT,
+            "sys_enter"
+        ));
+    }
+    let nr: u64 = ctx.arg(1);
+    if nr != SYS_MUNMAP && nr != SYS_MREMAP || programs_are_empty() {
+        return 0;
+    }
+    let Some(tgid) = traced_process() else {
+        return 0;
+    };
+    if nr == SYS_MREMAP {
+        let _ = SYSCALL_STARTS.insert(thread_id(), now_ns(), 0);
+        return 0;
+    }
+    let Some(regs) = user_regs(&ctx) else {
+        return 0;
+    };
+    if inside_allocator(regs) {
+        return 0;
+    }
+    // SAFETY: this CPU's copy of the registers, valid for the run.
+    let (start, length) = unsafe { ((*regs).rdi, (*regs).rsi) };
+    forget_reservations(tgid, start, page_end(start, length));
+    release_range(&ctx, tgid, start, length);
+    0
+}
+
+/// `sys_exit`: mmap, mremap, mprotect and brk record what they made, with the stack of the
+/// call (the argument registers are still the user's at the exit; only `rax` holds the
+/// result).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
+    const PROGRAM: programs::Program = programs::SYSCALL_EXIT;
+    const {
+        assert!(super::same_name(PROGRAM.name, "syscall_exit"));
+        assert!(super::same_name(
+            programs::SYSCALL_EXIT_TRACEPOINT,
+            "sys_exit"
+        ));
+    }
+    let kernel_regs: u64 = ctx.arg(0);
+    // SAFETY: only the field's address is computed; the helper reads it, failing on a bad
+    // address.
+    let nr = unsafe {
+        let mut nr = 0u64;
+        let field = core::ptr::addr_of!((*(kernel_regs as *const pt_regs)).orig_rax);
+        if bpf_probe_read_kernel((&raw mut nr).cast(), 8, field.cast()) != 0 {
+            return 0;
+        }
+        nr
+    };
+    if !matches!(nr, SYS_MMAP | SYS_MPROTECT | SYS_BRK | SYS_MREMAP) || programs_are_empty() {
+        return 0;
+    }
+    let Some(tgid) = traced_process() else {
+        return 0;
+    };
+    let ret: u64 = ctx.arg(1);
+    if failed(ret) {
+        if nr == SYS_MREMAP {
+            let _ = SYSCALL_STARTS.remove(thread_id());
+        }
+        return 0;
+    }
+    let Some(regs) = user_regs(&ctx) else {
+        return 0;
+    };
+    // SAFETY: this CPU's copy of the registers, valid for the run.
+    let (arg0, arg1, arg2, arg3) = unsafe { ((*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10) };
+    match nr {
+        SYS_MMAP => mmap_exit(&ctx, regs, tgid, ret, arg1, arg2, arg3),
+        SYS_MPROTECT => mprotect_exit(&ctx, regs, tgid, arg0, arg1, arg2),
+        SYS_BRK => brk_exit(&ctx, regs, tgid, ret),
+        _ => mremap_exit(&ctx, regs, tgid, ret, arg0, arg2),
+    }
+    0
+}
+
+/// mmap(addr, length, prot, flags, fd, offset) returned `start`.
+#[inline(always)]
+fn mmap_exit(
+    ctx: &RawTracePointContext,
+    regs: *mut pt_regs,
+    tgid: u32,
+    start: u64,
+    length: u64,
+    prot: u64,
+    flags: u64,
+) {
+    if prot & PROT_EXEC != 0 {
+        code_mapped(ctx, tgid);
+    }
+    if inside_allocator(regs) {
+        return;
+    }
+    if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
+        // Mapped over whatever was there: those mappings are gone.
+        release_range(ctx, tgid, start, length);
+    }
+    if prot == 0 {
+        // PROT_NONE reserves address space; memory only once an mprotect opens part of it.
+        remember_reservation(tgid, start, page_end(start, length));
+        count(Counter::Reservations);
+        return;
+    }
+    if flags & MAP_ANONYMOUS == 0 {
+        count(Counter::FileMappings);
+        return;
+    }
+    record_mapping(ctx, regs, tgid, start, length);
+}
+
+/// mprotect(addr, length, prot) succeeded: inside a reservation, opening makes memory from
+/// now on and closing (PROT_NONE) gives it back.
+#[inline(always)]
+fn mprotect_exit(
+    ctx: &RawTracePointContext,
+    regs: *mut pt_regs,
+    tgid: u32,
+    start: u64,
+    length: u64,
+    prot: u64,
+) {
+    if prot & PROT_EXEC != 0 {
+        code_mapped(ctx, tgid);
+    }
+    let end = page_end(start, length);
+    if inside_allocator(regs) || !in_reservation(tgid, start, end) {
+        return;
+    }
+    if prot == 0 {
+        release_range(ctx, tgid, start, length);
+        return;
+    }
+    // SAFETY: only presence is checked. Opened already (a second mprotect changing the
+    // protection): the first one holds the record.
+    if unsafe { MMAPS.get(AllocKey::new(tgid, start)) }.is_some() {
+        return;
+    }
+    record_mapping(ctx, regs, tgid, start, end - start);
+}
+
+/// brk returned the new break `now`: growth outside the allocator is recorded as a mapping at
+/// the old break, shrinking releases what lay above the new one. The first brk seen of a
+/// process only tells where its break is.
+#[inline(always)]
+fn brk_exit(ctx: &RawTracePointContext, regs: *mut pt_regs, tgid: u32, now: u64) {
+    // SAFETY: the value is copied out at once.
+    let before = unsafe { BREAKS.get(tgid) }.copied();
+    if before != Some(now) {
+        let _ = BREAKS.insert(tgid, now, 0);
+    }
+    let Some(before) = before else {
+        return;
+    };
+    if before == now || inside_allocator(regs) {
+        return;
+    }
+    if now > before {
+        record_mapping(ctx, regs, tgid, before, now - before);
+    } else {
+        release_range(ctx, tgid, now, before - now);
+    }
+}
+
+/// mremap(old, old_size, new_size, ...) returned `new`: a mapping we recorded moves or
+/// resizes (others predate the trace, or are the allocator's).
+#[inline(always)]
+fn mremap_exit(
+    ctx: &RawTracePointContext,
+    regs: *mut pt_regs,
+    tgid: u32,
+    new: u64,
+    old: u64,
+    new_size: u64,
+) {
+    let tid = thread_id();
+    // SAFETY: the value is copied out at once.
+    let started = unsafe { SYSCALL_STARTS.get(tid) }.copied().unwrap_or(0);
+    let _ = SYSCALL_STARTS.remove(tid);
+    if inside_allocator(regs) {
+        return;
+    }
+    if release_older(Records::Mappings, tgid, old, started).is_none() {
+        return;
+    }
+    let recorded = record(ctx, regs, Records::Mappings, tgid, new, new_size, 1);
+    if !recorded && let Some(live) = live_mappings() {
+        atomic_add(live, 1u64.wrapping_neg());
+    }
+}
