@@ -119,6 +119,22 @@ pub const PROCESS_EXEC: Program = Program {
 /// The raw tracepoint [`PROCESS_EXEC`] runs at.
 pub const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
+/// The OOM killer chose a process (`mark_victim`, in the killer's context): the time, under the
+/// victim's tgid.
+pub const OOM_MARK_VICTIM: Program = Program {
+    name: "oom_mark_victim",
+    role: Role::Tracepoint("mark_victim"),
+    arguments: &[],
+};
+
+/// A process's last thread exited (`sched_process_exit` with `group_dead`): its exit status,
+/// for targets leaktracer cannot wait for (`--pid`, `--cgroup`).
+pub const PROCESS_EXIT: Program = Program {
+    name: "process_exit",
+    role: Role::Tracepoint("sched_process_exit"),
+    arguments: &[],
+};
+
 /// The launched command's stop at its entry point (see [`Role::Launch`]).
 pub const LAUNCH_ENTRY: Program = Program {
     name: "launch_entry",
@@ -160,7 +176,7 @@ pub const INTERPRETER_EXIT: Program = Program {
 };
 
 /// Every program of the object.
-pub const ALL: [Program; 19] = [
+pub const ALL: [Program; 21] = [
     MALLOC_ENTER,
     CALLOC_ENTER,
     MEMALIGN_ENTER,
@@ -180,6 +196,8 @@ pub const ALL: [Program; 19] = [
     PYMALLOC_CALLOC_ENTER,
     PYMALLOC_REALLOC_ENTER,
     PYMALLOC_FREE_ENTER,
+    OOM_MARK_VICTIM,
+    PROCESS_EXIT,
 ];
 
 /// The program called `name`.
@@ -219,9 +237,10 @@ pub mod maps {
     pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     pub const PYTHON_STACKS: &str = "PYTHON_STACKS";
+    pub const ENDINGS: &str = "ENDINGS";
 
     /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 29] = [
         STOPPED,
         RECORD_TABLE,
         OVERFLOWED,
@@ -250,6 +269,7 @@ pub mod maps {
         PYTHON_PROCESSES,
         PYTHON_SCRATCH,
         PYTHON_STACKS,
+        ENDINGS,
     ];
 }
 
@@ -263,9 +283,11 @@ pub mod globals {
     pub const MAX_DEPTH: &str = "MAX_DEPTH";
     pub const FSBASE_OFFSET: &str = "FSBASE_OFFSET";
     pub const STOP_AT_EXIT: &str = "STOP_AT_EXIT";
+    pub const TGID_OFFSET: &str = "TGID_OFFSET";
+    pub const EXIT_CODE_OFFSET: &str = "EXIT_CODE_OFFSET";
 
     /// Every global the tracer declares (aya-log adds its own, `AYA_LOG_LEVEL`).
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 10] = [
         FILTER_CGROUP_ID,
         FILTER_CGROUP_LEVEL,
         RECORD_TABLE_MASK,
@@ -274,6 +296,8 @@ pub mod globals {
         MAX_DEPTH,
         FSBASE_OFFSET,
         STOP_AT_EXIT,
+        TGID_OFFSET,
+        EXIT_CODE_OFFSET,
     ];
 }
 

@@ -7,7 +7,7 @@ use aya::{
 };
 use tracer_common::{
     AllocKey, AllocRecord, CachedStack, RecordSlot, STACK_CACHE_SLOTS, StackKey, StackStats,
-    UserStack, programs::maps, python::PythonProcess,
+    UserStack, ending::ProcessEnding, programs::maps, python::PythonProcess,
 };
 
 /// Why the maps could not be resolved.
@@ -55,6 +55,8 @@ pub struct KernelMaps {
     pub python_processes: HashMap<MapData, u32, PythonProcess>,
     /// New stacks with Python frames ([`tracer_common::python::NewPythonStack`]).
     pub python_stacks: RingBuf<MapData>,
+    /// How processes ended: tgid -> OOM mark and exit status (an LRU map).
+    pub endings: HashMap<MapData, u32, ProcessEnding>,
 }
 
 impl KernelMaps {
@@ -77,6 +79,7 @@ impl KernelMaps {
             frozen: take(ebpf, maps::FROZEN)?,
             python_processes: take(ebpf, maps::PYTHON_PROCESSES)?,
             python_stacks: take(ebpf, maps::PYTHON_STACKS)?,
+            endings: take(ebpf, maps::ENDINGS)?,
         })
     }
 }
