@@ -856,10 +856,12 @@ fn the_launched_command_s_end_is_reported() {
         let report = read_json(&json);
         assert_eq!(report["end_reason"], "target exited");
         let pid = report["target"]["pids"][0].clone();
+        let exit = &report["target_exit"];
+        let keys = ["pid", "code", "signal", "core_dumped", "oom_killed"];
         assert_eq!(
-            report["target_exit"],
-            serde_json::json!({"pid": pid, "code": code, "signal": signal, "core_dumped": false}),
-            "{script}"
+            serde_json::json!(keys.map(|key| exit[key].clone())),
+            serde_json::json!([pid, code, signal, false, false]),
+            "{script}: {exit}"
         );
         let first = run.stdout.lines().next().unwrap_or_default();
         assert!(

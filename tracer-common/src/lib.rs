@@ -3,6 +3,7 @@
 //! userspace reads the same bytes back, so both sides must compile exactly these definitions.
 #![no_std]
 
+pub mod ending;
 pub mod programs;
 pub mod python;
 pub mod unwind;

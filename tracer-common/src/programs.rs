@@ -121,6 +121,22 @@ pub const SYSCALL_EXIT: Program = Program {
 pub const SYSCALL_ENTER_TRACEPOINT: &str = "sys_enter";
 pub const SYSCALL_EXIT_TRACEPOINT: &str = "sys_exit";
 
+/// The OOM killer chose a process (`mark_victim`, in the killer's context): the time, under the
+/// victim's tgid.
+pub const OOM_MARK_VICTIM: Program = Program {
+    name: "oom_mark_victim",
+    role: Role::Tracepoint("mark_victim"),
+    arguments: &[],
+};
+
+/// A process's last thread exited (`sched_process_exit` with `group_dead`): its exit status,
+/// for targets leaktracer cannot wait for (`--pid`, `--cgroup`).
+pub const PROCESS_EXIT: Program = Program {
+    name: "process_exit",
+    role: Role::Tracepoint("sched_process_exit"),
+    arguments: &[],
+};
+
 /// The launched command's stop at its entry point (see [`Role::Launch`]).
 pub const LAUNCH_ENTRY: Program = Program {
     name: "launch_entry",
@@ -162,7 +178,7 @@ pub const INTERPRETER_EXIT: Program = Program {
 };
 
 /// Every program of the object.
-pub const ALL: [Program; 18] = [
+pub const ALL: [Program; 20] = [
     MALLOC_ENTER,
     CALLOC_ENTER,
     MEMALIGN_ENTER,
@@ -181,6 +197,8 @@ pub const ALL: [Program; 18] = [
     PYMALLOC_CALLOC_ENTER,
     PYMALLOC_REALLOC_ENTER,
     PYMALLOC_FREE_ENTER,
+    OOM_MARK_VICTIM,
+    PROCESS_EXIT,
 ];
 
 /// The program called `name`.
@@ -226,9 +244,10 @@ pub mod maps {
     pub const RESERVATIONS: &str = "RESERVATIONS";
     pub const BREAKS: &str = "BREAKS";
     pub const CODE_MAPPED: &str = "CODE_MAPPED";
+    pub const ENDINGS: &str = "ENDINGS";
 
     /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
-    pub const ALL: [&str; 34] = [
+    pub const ALL: [&str; 35] = [
         STOPPED,
         RECORD_TABLE,
         OVERFLOWED,
@@ -263,6 +282,7 @@ pub mod maps {
         RESERVATIONS,
         BREAKS,
         CODE_MAPPED,
+        ENDINGS,
     ];
 }
 
@@ -276,9 +296,11 @@ pub mod globals {
     pub const MAX_DEPTH: &str = "MAX_DEPTH";
     pub const FSBASE_OFFSET: &str = "FSBASE_OFFSET";
     pub const STOP_AT_EXIT: &str = "STOP_AT_EXIT";
+    pub const TGID_OFFSET: &str = "TGID_OFFSET";
+    pub const EXIT_CODE_OFFSET: &str = "EXIT_CODE_OFFSET";
 
     /// Every global the tracer declares (aya-log adds its own, `AYA_LOG_LEVEL`).
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 10] = [
         FILTER_CGROUP_ID,
         FILTER_CGROUP_LEVEL,
         RECORD_TABLE_MASK,
@@ -287,6 +309,8 @@ pub mod globals {
         MAX_DEPTH,
         FSBASE_OFFSET,
         STOP_AT_EXIT,
+        TGID_OFFSET,
+        EXIT_CODE_OFFSET,
     ];
 }
 

@@ -3,6 +3,7 @@
 //! time that the symbol is the table's name and that the arguments read are the table's.
 
 mod call_return;
+mod ending;
 mod exec;
 mod free;
 mod heap;

@@ -76,6 +76,9 @@ pub struct Probes {
     pub record_table_slots: u32,
     /// Slots of the unwind rows array, as sized at load.
     unwind_rows: u32,
+    /// The kernel's BTF gave the `task_struct` offsets: OOM victims are marked and exit
+    /// statuses recorded (see `ENDINGS`).
+    pub marks_oom_victims: bool,
 }
 
 /// Fails with a clear message when this process cannot trace. CAP_SYS_ADMIN is what it takes:
@@ -182,6 +185,8 @@ impl Probes {
         let (cgroup_id, cgroup_level) = sizes.cgroup.unwrap_or((0, 0));
         // Without it (no BTF), CPython targets keep native stacks.
         let fsbase_offset = crate::python::btf::fsbase_offset().unwrap_or(0);
+        // Without them, endings carry no OOM mark (the cgroup's OOM counter still tells).
+        let (tgid_offset, exit_code_offset) = crate::python::btf::exit_offsets().unwrap_or((0, 0));
         let (table_slots, overflow_entries) =
             tracer_common::split_record_capacity(sizes.max_allocations);
         let mut ebpf = EbpfLoader::new()
@@ -201,6 +206,8 @@ impl Probes {
             .override_global(globals::MAX_DEPTH, &sizes.max_depth, true)
             .override_global(globals::FSBASE_OFFSET, &fsbase_offset, true)
             .override_global(globals::STOP_AT_EXIT, &u8::from(sizes.stop_at_exit), true)
+            .override_global(globals::TGID_OFFSET, &tgid_offset, true)
+            .override_global(globals::EXIT_CODE_OFFSET, &exit_code_offset, true)
             .map_max_entries(maps::UNWIND_ROWS, sizes.unwind_rows)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e, &sizes, table_slots, overflow_entries))?;
@@ -237,6 +244,7 @@ impl Probes {
             links: Vec::new(),
             launch_stop: None,
             attached: Vec::new(),
+            marks_oom_victims: tgid_offset != 0 && exit_code_offset != 0,
         })
     }
 

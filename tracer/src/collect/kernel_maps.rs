@@ -7,7 +7,7 @@ use aya::{
 };
 use tracer_common::{
     AllocKey, AllocRecord, CachedStack, RecordSlot, STACK_CACHE_SLOTS, StackKey, StackStats,
-    UserStack, programs::maps, python::PythonProcess,
+    UserStack, ending::ProcessEnding, programs::maps, python::PythonProcess,
 };
 
 /// Why the maps could not be resolved.
@@ -59,6 +59,8 @@ pub struct KernelMaps {
     pub traced: HashMap<MapData, u32, u8>,
     /// tgids (u32) that mapped new code since the last read.
     pub code_mapped: RingBuf<MapData>,
+    /// How processes ended: tgid -> OOM mark and exit status (an LRU map).
+    pub endings: HashMap<MapData, u32, ProcessEnding>,
 }
 
 impl KernelMaps {
@@ -83,6 +85,7 @@ impl KernelMaps {
             python_stacks: take(ebpf, maps::PYTHON_STACKS)?,
             traced: take(ebpf, maps::TRACED)?,
             code_mapped: take(ebpf, maps::CODE_MAPPED)?,
+            endings: take(ebpf, maps::ENDINGS)?,
         })
     }
 }

@@ -14,6 +14,21 @@ struct Composite {
     members: Vec<(String, u32)>,
 }
 
+/// The byte offsets of `task_struct.tgid` and `task_struct.exit_code` in the running kernel,
+/// if its BTF says: how the programs at `mark_victim` and `sched_process_exit` read the
+/// victim's process and the exit status.
+pub fn exit_offsets() -> Option<(u32, u32)> {
+    let data = fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    let types = composites(&data)?;
+    let member = |name: &str| {
+        types
+            .iter()
+            .filter(|t| t.name == "task_struct")
+            .find_map(|t| t.members.iter().find(|(n, _)| n == name).map(|m| m.1))
+    };
+    Some((member("tgid")?, member("exit_code")?))
+}
+
 /// The byte offset of `task_struct.thread.fsbase` in the running kernel, if its BTF says.
 pub fn fsbase_offset() -> Option<u32> {
     let data = fs::read("/sys/kernel/btf/vmlinux").ok()?;
@@ -109,5 +124,18 @@ mod tests {
         let offset = fsbase_offset().expect("task_struct.thread.fsbase in BTF");
         // Far into task_struct (its thread_struct comes last), and 8-aligned.
         assert!(offset > 1024 && offset.is_multiple_of(8), "{offset}");
+    }
+
+    #[test]
+    fn this_kernel_has_exit_offsets() {
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            eprintln!("SKIP: no /sys/kernel/btf/vmlinux");
+            return;
+        }
+        let (tgid, exit_code) = exit_offsets().expect("task_struct.tgid and exit_code in BTF");
+        assert!(
+            tgid > 0 && exit_code > 0 && tgid.is_multiple_of(4),
+            "{tgid} {exit_code}"
+        );
     }
 }

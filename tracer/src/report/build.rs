@@ -111,7 +111,8 @@ pub fn totals(stacks: &[Stack], counters: &[u64]) -> Totals {
 /// counter slots summed over CPUs.
 pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report {
     let totals = totals(&stacks, counters);
-    let verdict = verdict(&stacks, &facts.timeline, facts.limit.clone());
+    let oom_kills = oom_kills(&facts);
+    let verdict = verdict_with_endings(&stacks, &facts.timeline, facts.limit.clone(), &oom_kills);
     let functions = functions(&stacks);
     let root_command = facts
         .processes
@@ -212,12 +213,39 @@ pub fn in_standard_library(file: &str) -> bool {
     file.starts_with("<frozen ") || (file.contains("/lib/python3") && !file.contains("-packages/"))
 }
 
+/// The traced processes the OOM killer ended, each once: the launched command or `--pid`
+/// target, and any other process in scope.
+fn oom_kills(facts: &TraceFacts) -> Vec<super::TargetExit> {
+    let mut kills: Vec<super::TargetExit> = Vec::new();
+    let ends = facts
+        .target_exit
+        .iter()
+        .chain(facts.processes.iter().filter_map(|p| p.exit.as_ref()));
+    for exit in ends.filter(|e| e.oom_killed) {
+        if kills.iter().all(|k| k.pid != exit.pid) {
+            kills.push(exit.clone());
+        }
+    }
+    kills
+}
+
 /// The verdict: is anything leaking, how fast does the process's outstanding memory grow, and
 /// when does it reach its limit at that rate.
 pub fn verdict(
     stacks: &[Stack],
     timeline: &[TimelinePoint],
     limit: Option<MemoryLimit>,
+) -> Verdict {
+    verdict_with_endings(stacks, timeline, limit, &[])
+}
+
+/// [`verdict`], saying first which processes the OOM killer ended (`oom_kills`): their limit
+/// was reached, so no time to it is predicted.
+pub fn verdict_with_endings(
+    stacks: &[Stack],
+    timeline: &[TimelinePoint],
+    limit: Option<MemoryLimit>,
+    oom_kills: &[super::TargetExit],
 ) -> Verdict {
     let times: Vec<f64> = timeline.iter().map(|p| p.t_secs).collect();
     let bytes: Vec<f64> = timeline
@@ -258,7 +286,7 @@ pub fn verdict(
     let judged = times.len() >= MIN_SAMPLES;
     let seconds_to_limit = limit
         .as_ref()
-        .filter(|_| rate > 0.0 && judged)
+        .filter(|_| rate > 0.0 && judged && oom_kills.is_empty())
         .map(|l| l.headroom() as f64 / rate);
     let plural = |n: usize| if n == 1 { "" } else { "s" };
     let mut summary = if lost_stacks > 0 {
@@ -305,7 +333,7 @@ pub fn verdict(
             human_rate(rate)
         )
     };
-    if let Some(limit) = &limit {
+    if let Some(limit) = limit.as_ref().filter(|_| oom_kills.is_empty()) {
         match seconds_to_limit {
             Some(secs) => summary.push_str(&format!(
                 "; {} limit ({}) reached in about {} at this rate",
@@ -320,8 +348,16 @@ pub fn verdict(
             )),
         }
     }
+    if !oom_kills.is_empty() {
+        let kills: Vec<String> = oom_kills
+            .iter()
+            .map(|exit| format!("pid {} was {}", exit.pid, exit.describe()))
+            .collect();
+        summary = format!("OOM-KILLED: {}; {summary}", kills.join("; "));
+    }
     let scanned = stacks.iter().any(|s| s.reachability.is_some());
     Verdict {
+        oom_killed: !oom_kills.is_empty(),
         leak: leaking_stacks > 0,
         leaking_stacks,
         lost_bytes: scanned.then_some(lost_bytes),

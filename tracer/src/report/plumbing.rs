@@ -76,6 +76,9 @@ const WRAPPERS: &[&str] = &[
     "sbrk",
     "__sbrk",
     "syscall",
+    // glibc's thread creation, up to `pthread_create`: a thread's stack is a mapping it opens
+    "setup_stack_prot",
+    "allocate_stack",
     // C++ runtime
     "__cxa_allocate_exception",
     "__cxa_allocate_dependent_exception",

@@ -45,7 +45,8 @@ pub struct Report {
     /// The mapped objects the stacks' addresses fall in, with build ids (for pprof).
     #[serde(default)]
     pub mappings: Vec<ModuleMapping>,
-    /// How the launched command ended, when it ended during the trace; null otherwise.
+    /// How the launched command or the `--pid` target ended, when it ended during the trace;
+    /// null otherwise (each process's own is in `processes[].exit`).
     #[serde(default)]
     pub target_exit: Option<TargetExit>,
     /// Traced processes that exec'd another program during the trace: what they held before
@@ -209,8 +210,10 @@ pub struct UnwindStats {
     pub frames_walked: u64,
 }
 
-/// How a launched command ended.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How a traced process ended: the launched command (its wait status), or a `--pid` or
+/// `--cgroup` target (its status from the kernel's `sched_process_exit`); whether the OOM
+/// killer chose it, under which limit, and what it held then.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TargetExit {
     pub pid: u32,
     /// Its exit code, when it exited.
@@ -218,11 +221,65 @@ pub struct TargetExit {
     /// The signal that killed it (e.g. `SIGSEGV`), when one did.
     pub signal: Option<String>,
     pub core_dumped: bool,
+    /// The OOM killer chose it: the kernel's `mark_victim` named it, or (without that mark,
+    /// when the kernel's BTF is missing) it died of SIGKILL while its memory cgroup counted an
+    /// OOM kill.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// When the OOM killer chose it, seconds into the trace.
+    #[serde(default)]
+    pub oom_at_secs: Option<f64>,
+    /// When it exited, seconds into the trace (when the kernel's exit record says).
+    #[serde(default)]
+    pub exited_at_secs: Option<f64>,
+    /// The memory limit in force when it ended (last read while it ran), and where it comes
+    /// from, e.g. `cgroup v1 memory.limit_in_bytes of /sys/fs/cgroup/memory/app`.
+    #[serde(default)]
+    pub limit_bytes: Option<u64>,
+    #[serde(default)]
+    pub limit_source: Option<String>,
+    /// OOM kills the limiting cgroup counted while it was traced (v2 `memory.events`, v1
+    /// `memory.oom_control`, `oom_kill`); null without a cgroup limit.
+    #[serde(default)]
+    pub cgroup_oom_kills: Option<u64>,
+    /// What it held at its end: its outstanding bytes and allocations (heap and mappings). A
+    /// killed process frees nothing, so this is the picture at its death.
+    #[serde(default)]
+    pub outstanding_bytes: Option<u64>,
+    #[serde(default)]
+    pub outstanding_allocations: Option<u64>,
 }
 
 impl TargetExit {
-    /// `exit code 3`, `killed by SIGSEGV (core dumped)`.
+    /// `exit code 3`, `killed by SIGSEGV (core dumped)`, `killed by the OOM killer (SIGKILL,
+    /// at 2.5 s) at the 64.00 MiB limit (cgroup v1 ...), holding 63.00 MiB outstanding`.
     pub fn describe(&self) -> String {
+        if self.oom_killed {
+            let mut text = format!(
+                "killed by the OOM killer ({}{})",
+                self.signal.as_deref().unwrap_or("SIGKILL"),
+                self.oom_at_secs
+                    .map(|t| format!(", at {t:.1} s"))
+                    .unwrap_or_default()
+            );
+            if let Some(limit) = self.limit_bytes {
+                text.push_str(&format!(
+                    " at the {} limit{}",
+                    crate::units::human_bytes(limit),
+                    self.limit_source
+                        .as_ref()
+                        .map(|source| format!(" ({source})"))
+                        .unwrap_or_default()
+                ));
+            }
+            if let Some(bytes) = self.outstanding_bytes {
+                text.push_str(&format!(
+                    ", holding {} outstanding",
+                    crate::units::human_bytes(bytes)
+                ));
+            }
+            return text;
+        }
         match (&self.code, &self.signal) {
             (Some(code), _) => format!("exit code {code}"),
             (None, Some(signal)) => format!(
@@ -305,8 +362,13 @@ pub struct Verdict {
     /// Use under that limit when the trace ended.
     pub memory_usage_bytes: Option<u64>,
     pub memory_limit_source: Option<String>,
-    /// (limit - usage) / growth rate, when memory grows.
+    /// (limit - usage) / growth rate, when memory grows (null once the OOM killer ended a
+    /// target: the limit was reached).
     pub seconds_to_limit: Option<f64>,
+    /// A traced process was killed by the OOM killer (its `target_exit` says when, under which
+    /// limit, holding what); the summary says so first.
+    #[serde(default)]
+    pub oom_killed: bool,
     /// The verdict in one sentence.
     pub summary: String,
 }
@@ -351,6 +413,9 @@ pub struct ProcessEntry {
     /// `--reachability`, scanned there). Null when it did not.
     #[serde(default)]
     pub frozen_at: Option<String>,
+    /// How it ended, when it did during the trace; null while it runs.
+    #[serde(default)]
+    pub exit: Option<TargetExit>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

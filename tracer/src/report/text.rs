@@ -96,9 +96,21 @@ pub fn render(report: &Report, top: usize) -> String {
                 ),
             })
             .unwrap_or_default();
+        // Each process's ending; the target's own is on the first line already.
+        let ended = process
+            .exit
+            .as_ref()
+            .filter(|_| {
+                report
+                    .target_exit
+                    .as_ref()
+                    .is_none_or(|t| t.pid != process.pid)
+            })
+            .map(|exit| format!("; ended: {}", exit.describe()))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "process: pid {}{inner}: {} [{}] cgroup {}; allocator {}{frozen}",
+            "process: pid {}{inner}: {} [{}] cgroup {}; allocator {}{frozen}{ended}",
             process.pid,
             process.comm,
             process.command.join(" "),

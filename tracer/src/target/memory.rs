@@ -15,6 +15,9 @@ pub struct MemoryLimit {
     pub usage_bytes: u64,
     /// Where the limit comes from, e.g. `cgroup v2 memory.max of /sys/fs/cgroup/app`.
     pub source: String,
+    /// The limiting cgroup's file counting its OOM kills (v2 `memory.events`, v1
+    /// `memory.oom_control`, each with an `oom_kill N` line); none for MemTotal.
+    pub oom_events: Option<PathBuf>,
 }
 
 impl MemoryLimit {
@@ -56,6 +59,7 @@ fn machine_limit() -> Option<MemoryLimit> {
         limit_bytes: total,
         usage_bytes: total.saturating_sub(available),
         source: "MemTotal (no cgroup memory limit)".to_string(),
+        oom_events: None,
     })
 }
 
@@ -84,13 +88,20 @@ fn cgroup_limit(pid: u32) -> Option<MemoryLimit> {
     for line in membership.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let (mount, limit_file, usage_file, kind) = if controllers.is_empty() {
-            (v2_mount.clone(), "memory.max", "memory.current", "v2")
+        let (mount, limit_file, usage_file, events_file, kind) = if controllers.is_empty() {
+            (
+                v2_mount.clone(),
+                "memory.max",
+                "memory.current",
+                "memory.events",
+                "v2",
+            )
         } else if controllers.split(',').any(|c| c == "memory") {
             (
                 v1_mount.clone(),
                 "memory.limit_in_bytes",
                 "memory.usage_in_bytes",
+                "memory.oom_control",
                 "v1",
             )
         } else {
@@ -108,6 +119,7 @@ fn cgroup_limit(pid: u32) -> Option<MemoryLimit> {
                     limit_bytes: limit,
                     usage_bytes: read_number(&dir.join(usage_file)).unwrap_or(0),
                     source: format!("cgroup {kind} {limit_file} of {}", dir.display()),
+                    oom_events: Some(dir.join(events_file)),
                 });
             }
             if dir == mount || !dir.pop() {
@@ -119,6 +131,18 @@ fn cgroup_limit(pid: u32) -> Option<MemoryLimit> {
         }
     }
     None
+}
+
+/// The OOM kills a cgroup counted: the `oom_kill N` line of its `memory.events` (v2) or
+/// `memory.oom_control` (v1).
+pub fn oom_kills(events: &std::path::Path) -> Option<u64> {
+    fs::read_to_string(events)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A limit file's value; `None` for "max" (v2) or the v1 "unlimited" value.

@@ -105,6 +105,8 @@ impl Session<'_> {
                             self.follow_launched_exec(child)?;
                         }
                         self.settle_execs()?;
+                        self.notice_cgroup_moves();
+                        self.settle_exits();
                         self.read_python_stacks();
                         self.settle_freezes();
                         self.discover();

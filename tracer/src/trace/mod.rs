@@ -265,15 +265,26 @@ fn trace(
     );
 
     let end_reason = session.wait_for_end(&mut child, runtime, &mut signals)?;
-    session.target_exit = child.as_mut().and_then(|child| {
+    session.settle_exits();
+    // The launched command's wait status is the authority on how it ended; the kernel's
+    // ending adds the OOM killer, the limit and the time. A --pid target has only the latter.
+    let waited = child.as_mut().and_then(|child| {
         child.try_reap()?;
-        let exit = child.exit()?;
-        Some(TargetExit {
-            pid: child.pid,
-            code: exit.code,
-            signal: exit.signal.map(signal_name),
-            core_dumped: exit.core_dumped,
-        })
+        Some((child.pid, child.exit()?))
+    });
+    let root = child.as_ref().map(|c| c.pid).or(config.pid());
+    session.target_exit = root.and_then(|pid| {
+        let mut exit = session.tracked.get(&pid).and_then(|t| t.exit.clone());
+        if let Some((pid, waited)) = waited {
+            let exit = exit.get_or_insert_with(|| TargetExit {
+                pid,
+                ..TargetExit::default()
+            });
+            exit.code = waited.code;
+            exit.signal = waited.signal.map(signal_name);
+            exit.core_dumped = waited.core_dumped;
+        }
+        exit
     });
     if run_time_stats.is_some() {
         for stats in session.probes.program_stats() {
@@ -347,7 +358,7 @@ struct Session<'a> {
     failed: BTreeSet<u32>,
     /// Failed attach attempts of processes not given up on yet.
     attempts: BTreeMap<u32, u32>,
-    /// How the launched command ended, once it has.
+    /// How the launched command or the --pid target ended, once it has.
     target_exit: Option<TargetExit>,
     /// Execs of traced processes, and what was retired with their old images.
     execs: Vec<ExecEvent>,
@@ -426,8 +437,29 @@ impl Session<'_> {
                 .flat_map(|s| s.frames.iter().map(|f| f.address));
             mappings.extend(self.spaces.module_mappings(*pid, addresses));
         }
+        // What each process that ended holds: a killed process frees nothing, so its records
+        // are the picture at its death.
+        let held = |exit: &mut TargetExit| {
+            let (bytes, allocations) = snapshot
+                .stacks
+                .iter()
+                .filter(|(key, _)| key.tgid == exit.pid)
+                .fold((0, 0), |(b, a), (_, f)| {
+                    (b + f.outstanding_bytes, a + f.outstanding_allocations)
+                });
+            exit.outstanding_bytes = Some(bytes);
+            exit.outstanding_allocations = Some(allocations);
+        };
+        let mut processes: Vec<report::ProcessEntry> =
+            self.tracked.iter().map(|(pid, t)| t.entry(*pid)).collect();
+        processes
+            .iter_mut()
+            .filter_map(|p| p.exit.as_mut())
+            .for_each(held);
+        let mut target_exit = self.target_exit.clone();
+        target_exit.iter_mut().for_each(held);
         let facts = TraceFacts {
-            processes: self.tracked.iter().map(|(pid, t)| t.entry(*pid)).collect(),
+            processes,
             launched_command: self.config.command().map(<[String]>::to_vec),
             cgroup: self.scope.cgroup_dir(),
             duration_secs: elapsed,
@@ -438,7 +470,7 @@ impl Session<'_> {
             limit: self.limit.clone(),
             timeline: self.history.timeline(),
             mappings,
-            target_exit: self.target_exit.clone(),
+            target_exit,
             execs: self.execs.clone(),
             unwind: self.tables.as_ref().map(KernelTables::stats),
             reachability: self.reachability.as_ref().map(|r| r.summary.clone()),

@@ -8,10 +8,11 @@ use crate::{
     attach::allocator::{self, AttachPlan},
     error::TraceError,
     python::interpreter::Found,
-    report::{ExecEvent, ProcessEntry},
+    report::{ExecEvent, ProcessEntry, TargetExit},
     target::{
+        launch::signal_name,
         maps::read_maps,
-        memory::{memory_limit, rss_bytes},
+        memory::{MemoryLimit, memory_limit, oom_kills, rss_bytes},
         process::{ProcessInfo, is_alive, state_of},
     },
 };
@@ -45,6 +46,18 @@ pub struct Tracked {
     frozen_at_secs: Option<f64>,
     /// Where: `Py_FinalizeEx` or `exit`.
     frozen_at: Option<&'static str>,
+    /// When it was attached (CLOCK_MONOTONIC ns): kernel endings from before are another
+    /// process's under the same pid.
+    tracked_ns: u64,
+    /// Its memory limit, last read while it ran.
+    limit: Option<MemoryLimit>,
+    /// Its `/proc/PID/cgroup` when the limit was read: a move to another cgroup re-reads it.
+    membership: Option<String>,
+    /// Its limiting cgroup's OOM-kill counter file, and the count when it was attached (or
+    /// when it moved into that cgroup).
+    oom_baseline: Option<(PathBuf, u64)>,
+    /// How it ended, once it has.
+    pub exit: Option<TargetExit>,
 }
 
 impl Tracked {
@@ -67,8 +80,20 @@ impl Tracked {
                 .collect(),
             frozen_at_secs: self.frozen_at_secs,
             frozen_at: self.frozen_at.map(str::to_string),
+            exit: self.exit.clone(),
         }
     }
+}
+
+/// The OOM-kill counter of the cgroup whose limit `limit` is, and its count now.
+fn oom_baseline(limit: &MemoryLimit) -> Option<(PathBuf, u64)> {
+    let events = limit.oom_events.as_ref()?;
+    Some((events.clone(), oom_kills(events)?))
+}
+
+/// The cgroups `pid` is in (`/proc/PID/cgroup`).
+fn membership(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
 }
 
 /// The executable of `pid`, to tell an exec from the process we attached to.
@@ -162,9 +187,11 @@ impl Session<'_> {
         }
         let objects = plan.objects.iter().map(|o| (o.dev, o.inode)).collect();
         self.spaces.refresh(pid);
+        let limit = memory_limit(pid);
         if self.limit.is_none() {
-            self.limit = memory_limit(pid);
+            self.limit = limit.clone();
         }
+        let oom_baseline = limit.as_ref().and_then(oom_baseline);
         self.tracked.insert(
             pid,
             Tracked {
@@ -176,6 +203,11 @@ impl Session<'_> {
                 launched,
                 frozen_at_secs: None,
                 frozen_at: None,
+                tracked_ns: crate::collect::monotonic_ns(),
+                limit,
+                membership: membership(pid),
+                oom_baseline,
+                exit: None,
             },
         );
     }
@@ -502,11 +534,91 @@ impl Session<'_> {
         }
     }
 
-    /// Re-reads the memory limit while a traced process is alive to read it from.
+    /// Re-reads the memory limit of every traced process still alive (so each one's last
+    /// value is the limit in force when it ended); the report's is the first alive one's.
     pub(super) fn refresh_limit(&mut self) {
-        let alive = self.tracked.keys().copied().find(|pid| is_alive(*pid));
-        if let Some(limit) = alive.and_then(memory_limit) {
+        let mut first = None;
+        for (pid, tracked) in self.tracked.iter_mut() {
+            if tracked.exit.is_some() || !is_alive(*pid) {
+                continue;
+            }
+            if let Some(limit) = memory_limit(*pid) {
+                first.get_or_insert_with(|| limit.clone());
+                // It moved under another limit (a launched `sh -c` joining a cgroup): that
+                // cgroup's OOM kills count from now.
+                if tracked.oom_baseline.as_ref().map(|b| &b.0) != limit.oom_events.as_ref() {
+                    tracked.oom_baseline = oom_baseline(&limit);
+                }
+                tracked.limit = Some(limit);
+            }
+        }
+        if let Some(limit) = first {
             self.limit = Some(limit);
+        }
+    }
+
+    /// Re-reads the limit of every traced process that moved to another cgroup since the last
+    /// poll (a launched `sh -c` joining one before it execs the program), so a process killed
+    /// soon after is reported under the limit that killed it.
+    pub(super) fn notice_cgroup_moves(&mut self) {
+        let mut moved = false;
+        for (pid, tracked) in self.tracked.iter_mut() {
+            if tracked.exit.is_some() {
+                continue;
+            }
+            let now = membership(*pid);
+            if now.is_none() || now == tracked.membership {
+                continue;
+            }
+            tracked.membership = now;
+            moved = true;
+        }
+        if moved {
+            self.refresh_limit();
+        }
+    }
+
+    /// Notes how each traced process that ended since the last poll ended: its exit status
+    /// and OOM mark from the kernel (`ENDINGS`), its limit, and its cgroup's OOM kills.
+    pub(super) fn settle_exits(&mut self) {
+        let now_ns = crate::collect::monotonic_ns();
+        let elapsed = self.history.elapsed_secs();
+        let at_secs = |ns: u64| elapsed - now_ns.saturating_sub(ns) as f64 / 1e9;
+        let marks_victims = self.probes.marks_oom_victims;
+        for (pid, tracked) in self.tracked.iter_mut() {
+            if tracked.exit.is_some() || is_alive(*pid) {
+                continue;
+            }
+            let ending = self.probes.maps().endings.get(pid, 0).ok();
+            let exited = ending.filter(|e| e.exit_ns >= tracked.tracked_ns && e.exit_ns != 0);
+            let marked = ending.filter(|e| e.oom_ns >= tracked.tracked_ns && e.oom_ns != 0);
+            let status = exited.map(|e| tracer_common::ending::WaitStatus::decode(e.exit_code));
+            let limit = tracked.limit.as_ref();
+            let cgroup_oom_kills = tracked
+                .oom_baseline
+                .as_ref()
+                .and_then(|(events, start)| Some(oom_kills(events)?.saturating_sub(*start)));
+            let signal = status.and_then(|s| s.signal);
+            // Without the kernel's mark (no BTF), a SIGKILL while its cgroup counted an OOM
+            // kill is the OOM killer's.
+            let oom_killed = marked.is_some()
+                || (!marks_victims
+                    && signal == Some(libc::SIGKILL)
+                    && cgroup_oom_kills.is_some_and(|n| n > 0));
+            tracked.exit = Some(TargetExit {
+                pid: *pid,
+                code: status.and_then(|s| s.code),
+                signal: signal.map(signal_name),
+                core_dumped: status.is_some_and(|s| s.core_dumped),
+                oom_killed,
+                oom_at_secs: marked.map(|e| at_secs(e.oom_ns)),
+                exited_at_secs: exited.map(|e| at_secs(e.exit_ns)),
+                limit_bytes: limit.map(|l| l.limit_bytes),
+                limit_source: limit.map(|l| l.source.clone()),
+                cgroup_oom_kills,
+                outstanding_bytes: None,
+                outstanding_allocations: None,
+            });
         }
     }
 

@@ -1,0 +1,64 @@
+//! End-to-end: mappings made by the system calls themselves (the `sys_enter`/`sys_exit`
+//! tracepoints), whoever makes them: `syscall(SYS_mmap, ...)` rather than the C library's
+//! wrapper, in a glibc program and in a static musl one.
+
+use leaktracer_e2e::*;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// The sites of `tests/workloads/mappings.c`: (function, bytes, mappings) outstanding at exit.
+const SITES: &[(&str, u64, u64)] = &[
+    ("map_five", 5 * MIB, 5),
+    ("map_and_unmap_three", 0, 0),
+    ("open_reserved", 2 * MIB, 1),
+    ("move_mapping", 256 * KIB, 1),
+    ("map_to_replace", 0, 0),
+    ("replace_fixed", 128 * KIB, 1),
+    ("map_file", 0, 0),
+    ("grow_break", 64 * KIB, 1),
+];
+
+fn assert_mapping_sites(report: &serde_json::Value) {
+    assert_sites(report, SITES);
+    let ignored = &report["totals"]["ignored"];
+    assert!(
+        ignored["file_mappings"].as_u64().unwrap() >= 1,
+        "the file mapping is counted as left out: {ignored}"
+    );
+    assert!(
+        ignored["reserved_mappings"].as_u64().unwrap() >= 1,
+        "the PROT_NONE reservation is counted: {ignored}"
+    );
+    // The site's stack goes on past the `syscall` wrapper (folded) to main.
+    let stack = stacks_at(report, "map_five")[0];
+    let names: Vec<&str> = stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"main"), "map_five reaches main: {names:?}");
+}
+
+#[test]
+fn raw_syscall_mappings_are_exact_per_site() {
+    require_root();
+    let dir = scratch_dir("raw_syscall_mappings");
+    let binary = workload("mappings");
+    let (_, report) = trace_launched(&dir.join("m.json"), &[], &[binary.to_str().unwrap()]);
+    assert_mapping_sites(&report);
+}
+
+#[test]
+fn a_static_musl_program_s_mappings_are_seen() {
+    require_root();
+    if !installed("musl-gcc") {
+        eprintln!("skipped: musl-gcc (Debian's musl-tools) is not installed");
+        return;
+    }
+    let dir = scratch_dir("static_musl_mappings");
+    let binary = musl_static_workload("mappings");
+    let (_, report) = trace_launched(&dir.join("m.json"), &[], &[binary.to_str().unwrap()]);
+    assert_mapping_sites(&report);
+}
