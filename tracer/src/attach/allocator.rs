@@ -386,6 +386,7 @@ pub fn plan(
         }
     }
     let mut allocator_object = None;
+    let mut mappings_only = false;
     let mut objects: Vec<ProbeObject> = Vec::new();
     for (family, slot) in families.iter().zip(&chosen) {
         let Some((candidate, offsets)) = slot else {
@@ -401,6 +402,12 @@ pub fn plan(
                 });
                 if let Some(reason) = unopenable {
                     return Err(TraceError::ObjectsNotOpenable { pid, reason });
+                }
+                // No malloc anywhere (Go, a static program without libc's allocator): its
+                // mappings are still traced, by the system calls.
+                if family.only.is_none() {
+                    mappings_only = true;
+                    continue;
                 }
                 return Err(TraceError::NoAllocator {
                     pid,
@@ -462,6 +469,13 @@ pub fn plan(
         place_release_probes(object);
     }
     let Some((allocator, allocator_file)) = allocator_object else {
+        if mappings_only {
+            return Ok(AttachPlan {
+                objects,
+                allocator: NO_ALLOCATOR.to_string(),
+                allocator_file: (0, 0),
+            });
+        }
         return Err(TraceError::ExitedDuringAttach(pid));
     };
     Ok(AttachPlan {
@@ -470,6 +484,9 @@ pub fn plan(
         allocator_file,
     })
 }
+
+/// The plan's allocator when no object defines `malloc` and `free`.
+pub const NO_ALLOCATOR: &str = "none (no object defines malloc and free: mappings only)";
 
 /// Moves entry-only probes past leading instructions the kernel would single-step.
 fn place_release_probes(object: &mut ProbeObject) {

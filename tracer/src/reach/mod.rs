@@ -274,6 +274,16 @@ pub fn scan_process(
             sort_register_words(&thread.vector, &blocks, &mut found);
         }
     }
+    // A thread's stack is a recorded mapping (opened by mprotect in pthread_create) and also
+    // a root: the block a thread runs on is reached by that thread, whatever points to it.
+    for sp in &stack_pointers {
+        if let Some(block) = blocks
+            .iter()
+            .find(|b| (b.start..b.start + b.size).contains(sp))
+        {
+            found.roots.push(block.start);
+        }
+    }
     let scanned = scan_ranges(
         pid, &ranges, &copies, &blocks, &excluded, deadline, &mut found,
     );
