@@ -5,6 +5,7 @@
 //! programs and attaches them there, for the target's pid only.
 
 pub mod allocator;
+pub mod detach;
 pub mod elf;
 pub mod placement;
 pub mod probes;

@@ -1,6 +1,10 @@
 //! Loading the eBPF programs and attaching them to a target's allocator, for that process only.
 
-use std::{num::NonZeroU32, path::Path};
+use std::{
+    num::NonZeroU32,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -16,7 +20,10 @@ use tracer_common::{
 };
 
 use crate::{
-    attach::allocator::{AttachPlan, ProbeObject, ProbeSite},
+    attach::{
+        allocator::{AttachPlan, ProbeObject, ProbeSite},
+        detach::drop_in_parallel,
+    },
     collect::KernelMaps,
     error::TraceError,
 };
@@ -62,13 +69,40 @@ pub struct AttachedProbe {
     pub is_return: bool,
 }
 
+/// One kernel link: aya's perf-event uprobe at one offset.
+struct Link {
+    program: &'static str,
+    id: UProbeLinkId,
+    /// Release side (free, munmap) or a freeze: detached after the allocation side, so no
+    /// allocation is recorded whose free is no longer seen.
+    release_side: bool,
+}
+
+/// How long attaching and detaching took, for `--verbose` and the report.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttachStats {
+    /// Every attach of the trace, summed.
+    pub attach: Duration,
+    /// The final detach, once done.
+    pub detach: Option<Duration>,
+    /// Kernel links held (at the detach: the links it closed).
+    pub links: usize,
+    /// Probes (offsets) they cover.
+    pub probes: usize,
+    /// Whether `uprobe_multi` links were used (one link per program and object).
+    pub multi: bool,
+}
+
 /// Loaded programs and their links. Dropping it detaches every probe (links are file
 /// descriptors; the kernel also drops them if leaktracer dies).
 pub struct Probes {
     ebpf: Ebpf,
     /// The maps userspace uses, taken out of `ebpf` at load.
     maps: KernelMaps,
-    links: Vec<(&'static str, UProbeLinkId)>,
+    links: Vec<Link>,
+    stats: AttachStats,
+    /// Set by [`Self::stop_recording`]: the detach order no longer matters.
+    stopped: bool,
     /// The launched command's stop at its entry point, while attached.
     launch_stop: Option<UProbeLinkId>,
     pub attached: Vec<AttachedProbe>,
@@ -242,6 +276,8 @@ impl Probes {
             record_table_slots: table_slots,
             unwind_rows: sizes.unwind_rows,
             links: Vec::new(),
+            stats: AttachStats::default(),
+            stopped: false,
             launch_stop: None,
             attached: Vec::new(),
             marks_oom_victims: tgid_offset != 0 && exit_code_offset != 0,
@@ -254,7 +290,19 @@ impl Probes {
         self.maps
             .stopped
             .set(0, 1, 0)
-            .map_err(|e| TraceError::Load(format!("stopping the programs: {e}")))
+            .map_err(|e| TraceError::Load(format!("stopping the programs: {e}")))?;
+        self.stopped = true;
+        Ok(())
+    }
+
+    /// Attach and detach figures so far.
+    pub fn stats(&self) -> AttachStats {
+        let mut stats = self.stats;
+        if stats.detach.is_none() {
+            stats.links = self.links.len();
+            stats.probes = self.attached.len();
+        }
+        stats
     }
 
     /// Attaches the plan for `pid`: release side first (free, munmap), then the return probes,
@@ -264,11 +312,13 @@ impl Probes {
     /// All or nothing: when one probe cannot be attached (the process exec'd or exited
     /// meanwhile), the ones attached by this call are detached again.
     pub fn attach(&mut self, plan: &AttachPlan, pid: u32) -> Result<(), TraceError> {
-        let before = self.links.len();
+        let started = Instant::now();
+        let before = (self.links.len(), self.attached.len());
         let result = self.attach_all(plan, pid);
         if result.is_err() {
             self.detach_from(before);
         }
+        self.stats.attach += started.elapsed();
         result
     }
 
@@ -334,7 +384,11 @@ impl Probes {
                     }
                 }
             })?;
-        self.links.push((program, link));
+        self.links.push(Link {
+            program,
+            id: link,
+            release_side: matches!(site.role, Role::Release | Role::Freeze) && !is_return,
+        });
         self.attached.push(AttachedProbe {
             pid: pid.get(),
             object: object.display_path.clone(),
@@ -413,21 +467,45 @@ impl Probes {
         }
     }
 
-    /// Detaches every probe, allocation side first; the maps stay readable. (The kernel waits
-    /// for an RCU grace period per uprobe link, about 0.1 s each, serialized.)
+    /// Detaches every probe; the maps stay readable. Its time goes into [`Self::stats`]; a
+    /// second call does nothing.
     pub fn detach(&mut self) {
         self.detach_launch_stop();
-        self.detach_from(0);
+        if self.stats.detach.is_some() {
+            return;
+        }
+        let (links, probes) = (self.links.len(), self.attached.len());
+        let took = self.detach_from((0, 0));
+        self.stats.detach = Some(took);
+        self.stats.links = links;
+        self.stats.probes = probes;
     }
 
-    /// Detaches the links from index `first` on, newest first.
-    fn detach_from(&mut self, first: usize) {
-        self.attached.truncate(first);
-        for (program, link) in self.links.drain(first..).rev() {
-            if let Some(Ok(uprobe)) = self.ebpf.program_mut(program).map(<&mut UProbe>::try_from) {
-                let _ = uprobe.detach(link);
+    /// Detaches the links and forgets the probes from `first` (links, probes) on, in parallel
+    /// (the kernel waits for an RCU grace period per uprobe link). While the programs still
+    /// record, the allocation side goes first, then the release side.
+    fn detach_from(&mut self, first: (usize, usize)) -> Duration {
+        self.attached.truncate(first.1);
+        let mut allocation_side = Vec::new();
+        let mut release_side = Vec::new();
+        for link in self.links.drain(first.0..) {
+            let Some(Ok(uprobe)) = self
+                .ebpf
+                .program_mut(link.program)
+                .map(<&mut UProbe>::try_from)
+            else {
+                continue;
+            };
+            let Ok(owned) = uprobe.take_link(link.id) else {
+                continue;
+            };
+            if link.release_side && !self.stopped {
+                release_side.push(owned);
+            } else {
+                allocation_side.push(owned);
             }
         }
+        drop_in_parallel(allocation_side) + drop_in_parallel(release_side)
     }
 
     /// Run-time figures of every program, as the kernel measures them while its BPF statistics

@@ -46,6 +46,8 @@ pub struct TraceFacts {
     pub unwind: Option<super::UnwindStats>,
     /// `--reachability`: the scan's summary.
     pub reachability: Option<super::Reachability>,
+    /// Attach and detach figures.
+    pub attach: Option<super::AttachSummary>,
 }
 
 /// One stack's entry: the kernel's figures, its symbolized frames (their leading allocator
@@ -150,6 +152,7 @@ pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report
         unwind: facts.unwind,
         functions,
         reachability: facts.reachability,
+        attach: facts.attach,
     }
 }
 

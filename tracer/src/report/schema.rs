@@ -65,6 +65,27 @@ pub struct Report {
     /// blocks, and the four classes summed. Null without the flag.
     #[serde(default)]
     pub reachability: Option<Reachability>,
+    /// How the probes were attached and detached, and how long it took. Null in reports
+    /// written by older versions.
+    #[serde(default)]
+    pub attach: Option<AttachSummary>,
+}
+
+/// Attaching and detaching the probes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttachSummary {
+    /// Every attach of the trace, summed (processes that joined later included).
+    pub attach_secs: f64,
+    /// Detaching them all at the end; null in a live report (`--serve`), which is made
+    /// while they are attached.
+    pub detach_secs: Option<f64>,
+    /// Kernel links: one per probe without `multi`, one per program and object with it.
+    pub links: u64,
+    /// Probes (file offsets, one process each) the links cover.
+    pub probes: u64,
+    /// `uprobe_multi` links were used (kernel 6.6+; `LEAKTRACER_NO_UPROBE_MULTI=1` turns
+    /// them off).
+    pub multi: bool,
 }
 
 /// Bytes and blocks of one reachability class.

@@ -254,6 +254,20 @@ fn trace(
         eprintln!("leaktracer: the cgroup has no process yet; waiting for one to start");
     }
     session.history = SampleHistory::start();
+    if config.verbose {
+        let stats = session.probes.stats();
+        eprintln!(
+            "leaktracer: attached {} probes in {} links ({}) in {:.3} s",
+            stats.probes,
+            stats.links,
+            if stats.multi {
+                "uprobe_multi"
+            } else {
+                "one perf event each"
+            },
+            stats.attach.as_secs_f64()
+        );
+    }
     eprintln!(
         "leaktracer: tracing {}: {} probes attached; {}",
         session.describe_targets(),
@@ -301,8 +315,8 @@ fn trace(
         eprintln!("leaktracer: scanning for pointers to the outstanding blocks (--reachability)");
         session.scan_reachability(reachability::Which::Remaining);
     }
-    // Freeze the picture: the programs return at once from here on. (Detaching all probes
-    // takes the kernel about 0.1 s per probe; that happens last, when `session` is dropped.)
+    // Freeze the picture: the programs return at once from here on (at once, unlike the
+    // detach below, for which the kernel waits a grace period per link).
     session.probes.stop_recording()?;
     let elapsed = session.history.elapsed_secs();
     session.settle_execs()?;
@@ -319,14 +333,35 @@ fn trace(
         eprintln!("leaktracer: symbolizing {} stacks", snapshot.stacks.len());
     }
     session.refresh_limit();
+    // Detached before the report, which says how long that took: the picture is frozen
+    // already, and the maps stay readable.
+    session.probes.detach();
+    if config.verbose {
+        let stats = session.probes.stats();
+        eprintln!(
+            "leaktracer: detached {} links in {:.3} s",
+            stats.links,
+            stats.detach.unwrap_or_default().as_secs_f64()
+        );
+    }
     let report = session.build_report(&snapshot, elapsed, Some(end_reason));
     session.publish(&report);
     let delivered = report::deliver(&report, &config.outputs);
     // A CPython target the kernel stopped at Py_FinalizeEx between the last poll and the
     // end goes on (the report took long enough for any such stop to have happened).
     session.resume_frozen_interpreters();
-    drop(session); // detaches every probe
     delivered
+}
+
+/// The report's `attach` section.
+fn attach_summary(stats: probes::AttachStats) -> report::AttachSummary {
+    report::AttachSummary {
+        attach_secs: stats.attach.as_secs_f64(),
+        detach_secs: stats.detach.map(|d| d.as_secs_f64()),
+        links: stats.links as u64,
+        probes: stats.probes as u64,
+        multi: stats.multi,
+    }
 }
 
 /// A trace in progress: the probes, the processes, what has been sampled, how to name stacks.
@@ -474,6 +509,7 @@ impl Session<'_> {
             execs: self.execs.clone(),
             unwind: self.tables.as_ref().map(KernelTables::stats),
             reachability: self.reachability.as_ref().map(|r| r.summary.clone()),
+            attach: Some(attach_summary(self.probes.stats())),
         };
         report::build::report(stacks, &snapshot.counters, facts)
     }
