@@ -6,8 +6,7 @@ use std::{io::Write, path::PathBuf};
 
 use leaktracer::{
     attach::{
-        allocator::{self, AllocatorOverride, AttachPlan, ProbeSite},
-        elf,
+        allocator::{self, AllocatorOverride, AttachPlan},
         probes::{self, MapSizes, Probes},
     },
     collect::Collector,
@@ -46,6 +45,9 @@ impl KernelTracer {
         probes
             .attach(&trigger_plan(), std::process::id())
             .expect("the programs attach to the triggers");
+        probes
+            .trace_process(std::process::id())
+            .expect("this process's system calls are traced");
         let collector = probes.collector().expect("the collector starts");
         Some(Self { collector, probes })
     }
@@ -62,7 +64,7 @@ impl KernelTracer {
             .records(self.probes.maps())
             .expect("the records read")
             .into_iter()
-            .filter(|(key, _)| key.tgid == pid)
+            .filter(|(key, _)| key.tgid == pid && triggers::made_by_triggers(key.addr))
             .map(|(key, record)| (key.addr, record.size))
             .collect();
         records.sort_unstable();
@@ -90,9 +92,9 @@ impl KernelTracer {
     }
 }
 
-/// The triggers to probe: the heap family as `--allocator THIS_BINARY:trigger_` plans it, and
-/// the mapping family by hand (the planner probes `mmap` only in the object that defines the
-/// real one, the C library).
+/// The triggers to probe: the heap family as `--allocator THIS_BINARY:trigger_` plans it
+/// (mappings need no probe: their system calls are traced, for this process once it is
+/// traced).
 fn trigger_plan() -> AttachPlan {
     let exe: PathBuf = std::env::current_exe().expect("this test's executable");
     let pid = std::process::id();
@@ -100,48 +102,19 @@ fn trigger_plan() -> AttachPlan {
         path: exe.display().to_string(),
         prefix: triggers::PREFIX.to_string(),
     };
-    let mut plan = allocator::plan(
+    let plan = allocator::plan(
         pid,
         &allocator::candidates_from_paths(std::slice::from_ref(&exe)),
         Some(&heap),
     )
     .expect("the heap triggers are planned");
-    let mapping_points: Vec<(String, allocator::EntryPoint)> = allocator::map_entry_points()
-        .into_iter()
-        .map(|point| (format!("{}{}", triggers::PREFIX, point.symbol), point))
-        .collect();
-    let names: Vec<&str> = mapping_points
-        .iter()
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let offsets = elf::function_offsets(&exe, &names).expect("this executable's symbols");
-    let object = &mut plan.objects[0];
-    for (name, point) in &mapping_points {
-        let Some(&offset) = offsets.get(name) else {
-            continue;
-        };
-        object.sites.push(ProbeSite {
-            program: point.program,
-            role: point.role,
-            offset,
-            probe_offset: offset,
-            skipped: Vec::new(),
-            symbols: vec![name.clone()],
-        });
-    }
+    let object = &plan.objects[0];
     let probed: Vec<&str> = object
         .sites
         .iter()
         .flat_map(|site| site.symbols.iter().map(String::as_str))
         .collect();
-    for wanted in [
-        "malloc",
-        "free",
-        "realloc",
-        "posix_memalign",
-        "mmap",
-        "munmap",
-    ] {
+    for wanted in ["malloc", "free", "realloc", "posix_memalign"] {
         let name = format!("{}{wanted}", triggers::PREFIX);
         assert!(
             probed.contains(&name.as_str()),

@@ -2,7 +2,7 @@
 //!
 //! They behave like the C library's (same signatures, same results, same failure modes), but
 //! every address they return is known to the test: heap blocks come from a static arena, and
-//! mappings are real `mmap`s (through libc's, which nothing probes). Each has its own body, so
+//! mappings are real `mmap`s (through libc's; the system call is what is traced). Each has its own body, so
 //! no two share an address (aliases would share one probe), and callers go through
 //! [`black_box`]ed function pointers so every call really happens.
 
@@ -126,7 +126,23 @@ pub extern "C" fn trigger_posix_memalign(
     }
 }
 
-/// `mmap(...)`: a real mapping, made by libc's (unprobed) mmap.
+/// Every range `trigger_mmap` mapped: the mapping system calls are traced for the whole
+/// process, so the tests look only at the mappings they made (the harness and the collector
+/// map memory too, through the C library's malloc, which is not probed here).
+pub static MAPPED: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// True when `addr` is in the arena or in a range `trigger_mmap` mapped.
+pub fn made_by_triggers(addr: u64) -> bool {
+    let base = ARENA.0.get() as u64;
+    (base..base + ARENA_BYTES as u64).contains(&addr)
+        || MAPPED
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|&(start, end)| (start..end).contains(&addr))
+}
+
+/// `mmap(...)`: a real mapping, made by libc's mmap (the system call is what is traced).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn trigger_mmap(
@@ -138,7 +154,12 @@ pub extern "C" fn trigger_mmap(
     offset: libc::off_t,
 ) -> *mut c_void {
     // SAFETY: mmap's own contract; the tests map anonymous memory only.
-    unsafe { libc::mmap(addr, length, prot, flags, fd, offset) }
+    let mapped = unsafe { libc::mmap(addr, length, prot, flags, fd, offset) };
+    if mapped != libc::MAP_FAILED {
+        let start = mapped as u64;
+        MAPPED.lock().unwrap().push((start, start + length as u64));
+    }
+    mapped
 }
 
 /// `munmap(addr, length)`: really unmaps, through libc's (unprobed) munmap.
