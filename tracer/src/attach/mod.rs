@@ -2,10 +2,14 @@
 //!
 //! [`allocator`] finds the object that serves `malloc` for the target (and the one that provides
 //! `mmap`), and the file offset of every allocator entry point in it; [`probes`] loads the eBPF
-//! programs and attaches them there, for the target's pid only.
+//! programs and attaches them there, for the target's pid only: with one `uprobe_multi` link
+//! per program and object where the kernel has them ([`multi`], through [`bpf_sys`]), else one
+//! perf event per probe; [`detach`] closes links from several threads.
 
 pub mod allocator;
+pub mod bpf_sys;
 pub mod detach;
 pub mod elf;
+pub mod multi;
 pub mod placement;
 pub mod probes;

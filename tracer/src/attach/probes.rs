@@ -2,7 +2,9 @@
 
 use std::{
     num::NonZeroU32,
+    os::fd::OwnedFd,
     path::Path,
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -22,7 +24,9 @@ use tracer_common::{
 use crate::{
     attach::{
         allocator::{AttachPlan, ProbeObject, ProbeSite},
+        bpf_sys,
         detach::drop_in_parallel,
+        multi::{self, MultiError, MultiPrograms},
     },
     collect::KernelMaps,
     error::TraceError,
@@ -69,13 +73,91 @@ pub struct AttachedProbe {
     pub is_return: bool,
 }
 
-/// One kernel link: aya's perf-event uprobe at one offset.
+/// One kernel link.
 struct Link {
-    program: &'static str,
-    id: UProbeLinkId,
+    kind: LinkKind,
     /// Release side (free, munmap) or a freeze: detached after the allocation side, so no
     /// allocation is recorded whose free is no longer seen.
     release_side: bool,
+}
+
+enum LinkKind {
+    /// aya's perf-event uprobe, at one offset.
+    Probe {
+        program: &'static str,
+        id: UProbeLinkId,
+    },
+    /// A `uprobe_multi` link: one program at many offsets of one object (see attach::multi).
+    Multi(OwnedFd),
+}
+
+/// The `uprobe_multi` copies of the programs.
+enum MultiState {
+    /// Turned off (`LEAKTRACER_NO_UPROBE_MULTI`), or unavailable on this kernel.
+    Off,
+    Loading(JoinHandle<Result<MultiPrograms, MultiError>>),
+    Ready(MultiPrograms),
+}
+
+/// One attach step: a program at some sites of one object (one link with `uprobe_multi`).
+struct Step<'a> {
+    object: &'a ProbeObject,
+    program: &'static str,
+    is_return: bool,
+    sites: Vec<&'a ProbeSite>,
+}
+
+/// The plan in attach order (see [`Probes::attach`]): release side, returns, entries; in each
+/// phase one step per object and program, the step with `malloc` last and `malloc` last in it.
+fn steps(plan: &AttachPlan) -> Vec<Step<'_>> {
+    let is_malloc = |site: &ProbeSite| site.symbols.iter().any(|name| name == "malloc");
+    let phases = [
+        (Role::Freeze, false),
+        (Role::Release, false),
+        (Role::Allocate, true),
+        (Role::Allocate, false),
+    ];
+    let mut steps = Vec::new();
+    for (role, is_return) in phases {
+        let mut phase: Vec<Step<'_>> = Vec::new();
+        for object in &plan.objects {
+            for site in object.sites.iter().filter(|s| s.role == role) {
+                let program = if is_return {
+                    RETURN_PROGRAM
+                } else {
+                    site.program
+                };
+                match phase
+                    .iter_mut()
+                    .find(|step| std::ptr::eq(step.object, object) && step.program == program)
+                {
+                    Some(step) => step.sites.push(site),
+                    None => phase.push(Step {
+                        object,
+                        program,
+                        is_return,
+                        sites: vec![site],
+                    }),
+                }
+            }
+        }
+        for step in &mut phase {
+            step.sites.sort_by_key(|site| is_malloc(site));
+        }
+        phase.sort_by_key(|step| step.sites.iter().any(|site| is_malloc(site)));
+        steps.extend(phase);
+    }
+    steps
+}
+
+/// The file offset probed at `site`: only release probes move (see attach::placement); the
+/// others, and every return probe, sit at the function's entry.
+fn site_offset(site: &ProbeSite, is_return: bool) -> u64 {
+    if site.role == Role::Release && !is_return {
+        site.probe_offset
+    } else {
+        site.offset
+    }
 }
 
 /// How long attaching and detaching took, for `--verbose` and the report.
@@ -100,6 +182,7 @@ pub struct Probes {
     /// The maps userspace uses, taken out of `ebpf` at load.
     maps: KernelMaps,
     links: Vec<Link>,
+    multi: MultiState,
     stats: AttachStats,
     /// Set by [`Self::stop_recording`]: the detach order no longer matters.
     stopped: bool,
@@ -245,6 +328,7 @@ impl Probes {
             .map_max_entries(maps::UNWIND_ROWS, sizes.unwind_rows)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e, &sizes, table_slots, overflow_entries))?;
+        let multi = load_multi_copies(&ebpf);
         for program in programs::ALL {
             let name = program.name;
             let loaded = ebpf.program_mut(name).ok_or_else(|| {
@@ -276,6 +360,7 @@ impl Probes {
             record_table_slots: table_slots,
             unwind_rows: sizes.unwind_rows,
             links: Vec::new(),
+            multi,
             stats: AttachStats::default(),
             stopped: false,
             launch_stop: None,
@@ -311,41 +396,124 @@ impl Probes {
     ///
     /// All or nothing: when one probe cannot be attached (the process exec'd or exited
     /// meanwhile), the ones attached by this call are detached again.
+    ///
+    /// With `uprobe_multi` (kernel 6.6+) each step is one link for all its offsets; when the
+    /// kernel refuses the very first such link, every attach from then on is per probe.
     pub fn attach(&mut self, plan: &AttachPlan, pid: u32) -> Result<(), TraceError> {
         let started = Instant::now();
-        let before = (self.links.len(), self.attached.len());
-        let result = self.attach_all(plan, pid);
-        if result.is_err() {
-            self.detach_from(before);
+        let use_multi = self.multi_ready();
+        let mut result = self.attach_or_roll_back(plan, pid, use_multi);
+        if use_multi
+            && !self.stats.multi
+            && let Err(e @ TraceError::Attach { .. }) = &result
+        {
+            eprintln!(
+                "leaktracer: note: {e}; attaching one perf event per probe instead (detaching those takes the kernel about 0.1 s per probe)"
+            );
+            self.multi = MultiState::Off;
+            result = self.attach_or_roll_back(plan, pid, false);
         }
         self.stats.attach += started.elapsed();
         result
     }
 
-    fn attach_all(&mut self, plan: &AttachPlan, pid: u32) -> Result<(), TraceError> {
+    /// Whether the `uprobe_multi` copies are loaded (waiting for their load the first time).
+    fn multi_ready(&mut self) -> bool {
+        if let MultiState::Loading(_) = self.multi {
+            let MultiState::Loading(handle) = std::mem::replace(&mut self.multi, MultiState::Off)
+            else {
+                unreachable!("matched above")
+            };
+            match multi::join(handle) {
+                Ok(programs) => self.multi = MultiState::Ready(programs),
+                Err(e) => eprintln!(
+                    "leaktracer: note: no uprobe_multi links ({e}); attaching one perf event per probe (detaching those takes the kernel about 0.1 s per probe)"
+                ),
+            }
+        }
+        matches!(self.multi, MultiState::Ready(_))
+    }
+
+    fn attach_or_roll_back(
+        &mut self,
+        plan: &AttachPlan,
+        pid: u32,
+        use_multi: bool,
+    ) -> Result<(), TraceError> {
+        let before = (self.links.len(), self.attached.len());
         let pid = NonZeroU32::new(pid).expect("pid is never 0");
-        let sites = |role: Role| {
-            let mut sites: Vec<(&ProbeObject, &ProbeSite)> = plan
-                .objects
-                .iter()
-                .flat_map(|o| o.sites.iter().map(move |s| (o, s)))
-                .filter(|(_, s)| s.role == role)
-                .collect();
-            sites.sort_by_key(|(_, s)| s.symbols.iter().any(|name| name == "malloc"));
-            sites
+        let mut result = Ok(());
+        for step in steps(plan) {
+            result = if use_multi {
+                self.attach_step(&step, pid)
+            } else {
+                step.sites.iter().try_for_each(|site| {
+                    self.attach_one(step.object, step.program, site, pid, step.is_return)
+                })
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_err() {
+            self.detach_from(before);
+        }
+        result
+    }
+
+    /// One `uprobe_multi` link for the step.
+    fn attach_step(&mut self, step: &Step<'_>, pid: NonZeroU32) -> Result<(), TraceError> {
+        let MultiState::Ready(programs) = &self.multi else {
+            unreachable!("only called with the copies loaded")
         };
-        for (object, site) in sites(Role::Freeze) {
-            self.attach_one(object, site.program, site, pid, false)?;
-        }
-        for (object, site) in sites(Role::Release) {
-            self.attach_one(object, site.program, site, pid, false)?;
-        }
-        // Return probes, and the entry probes of the same functions, at the symbol's entry.
-        for (object, site) in sites(Role::Allocate) {
-            self.attach_one(object, RETURN_PROGRAM, site, pid, true)?;
-        }
-        for (object, site) in sites(Role::Allocate) {
-            self.attach_one(object, site.program, site, pid, false)?;
+        let offsets: Vec<u64> = step
+            .sites
+            .iter()
+            .map(|site| site_offset(site, step.is_return))
+            .collect();
+        let fd = programs
+            .attach(
+                step.program,
+                &step.object.open_path,
+                &offsets,
+                pid.get(),
+                step.is_return,
+            )
+            .map_err(|e| {
+                if !crate::target::process::is_alive(pid.get()) {
+                    TraceError::ExitedDuringAttach(pid.get())
+                } else {
+                    TraceError::Attach {
+                        program: step.program.to_string(),
+                        path: step.object.open_path.clone(),
+                        offset: offsets[0],
+                        reason: format!("uprobe_multi link at {} offsets: {e}", offsets.len()),
+                    }
+                }
+            })?;
+        self.stats.multi = true;
+        self.links.push(Link {
+            kind: LinkKind::Multi(fd),
+            release_side: !step.is_return
+                && step
+                    .sites
+                    .iter()
+                    .any(|site| matches!(site.role, Role::Release | Role::Freeze)),
+        });
+        for (site, offset) in step.sites.iter().zip(offsets) {
+            self.attached.push(AttachedProbe {
+                pid: pid.get(),
+                object: step.object.display_path.clone(),
+                symbols: site.symbols.clone(),
+                offset,
+                skipped: if step.is_return {
+                    Vec::new()
+                } else {
+                    site.skipped.clone()
+                },
+                program: step.program,
+                is_return: step.is_return,
+            });
         }
         Ok(())
     }
@@ -364,12 +532,7 @@ impl Probes {
             .expect("program loaded")
             .try_into()
             .expect("program is a uprobe");
-        // Only release probes move (see attach::placement); the others sit at the entry.
-        let offset = if site.role == Role::Release {
-            site.probe_offset
-        } else {
-            site.offset
-        };
+        let offset = site_offset(site, is_return);
         let link = uprobe
             .attach(offset, &object.open_path, UProbeScope::OneProcess(pid))
             .map_err(|e| {
@@ -385,8 +548,7 @@ impl Probes {
                 }
             })?;
         self.links.push(Link {
-            program,
-            id: link,
+            kind: LinkKind::Probe { program, id: link },
             release_side: matches!(site.role, Role::Release | Role::Freeze) && !is_return,
         });
         self.attached.push(AttachedProbe {
@@ -486,18 +648,22 @@ impl Probes {
     /// record, the allocation side goes first, then the release side.
     fn detach_from(&mut self, first: (usize, usize)) -> Duration {
         self.attached.truncate(first.1);
-        let mut allocation_side = Vec::new();
-        let mut release_side = Vec::new();
+        let mut allocation_side: Vec<Box<dyn Send>> = Vec::new();
+        let mut release_side: Vec<Box<dyn Send>> = Vec::new();
         for link in self.links.drain(first.0..) {
-            let Some(Ok(uprobe)) = self
-                .ebpf
-                .program_mut(link.program)
-                .map(<&mut UProbe>::try_from)
-            else {
-                continue;
-            };
-            let Ok(owned) = uprobe.take_link(link.id) else {
-                continue;
+            let owned: Box<dyn Send> = match link.kind {
+                LinkKind::Multi(fd) => Box::new(fd),
+                LinkKind::Probe { program, id } => {
+                    let Some(Ok(uprobe)) =
+                        self.ebpf.program_mut(program).map(<&mut UProbe>::try_from)
+                    else {
+                        continue;
+                    };
+                    let Ok(owned) = uprobe.take_link(id) else {
+                        continue;
+                    };
+                    Box::new(owned)
+                }
             };
             if link.release_side && !self.stopped {
                 release_side.push(owned);
@@ -519,15 +685,26 @@ impl Probes {
             let Ok(info) = program.info() else {
                 continue;
             };
-            let runs = info.run_count();
+            let mut runs = info.run_count();
+            let mut run_ns = info.run_time().as_nanos() as u64;
+            let mut verified = info.verified_instruction_count().unwrap_or(0);
+            // Its uprobe_multi copy runs instead where those links are used.
+            if let MultiState::Ready(copies) = &self.multi
+                && let Some(Ok((copy_runs, copy_ns, copy_verified))) =
+                    copies.program(name).map(bpf_sys::prog_run_figures)
+            {
+                runs += copy_runs;
+                run_ns += copy_ns;
+                verified = verified.max(copy_verified);
+            }
             if runs == 0 {
                 continue;
             }
             all.push(ProgramStats {
                 name,
                 runs,
-                ns_per_run: info.run_time().as_nanos() as f64 / runs as f64,
-                verified_instructions: info.verified_instruction_count().unwrap_or(0),
+                ns_per_run: run_ns as f64 / runs as f64,
+                verified_instructions: verified,
             });
         }
         all
@@ -566,6 +743,31 @@ impl Probes {
 
     pub fn maps_mut(&mut self) -> &mut KernelMaps {
         &mut self.maps
+    }
+}
+
+/// Starts loading the `uprobe_multi` copies of the probe programs (see attach::multi), unless
+/// turned off.
+fn load_multi_copies(ebpf: &Ebpf) -> MultiState {
+    if multi::disabled() {
+        return MultiState::Off;
+    }
+    let names: Vec<&'static str> = programs::ALL
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.role,
+                Role::Allocate | Role::Release | Role::Return | Role::Freeze
+            )
+        })
+        .map(|p| p.name)
+        .collect();
+    match multi::map_fds(ebpf) {
+        Ok(maps) => MultiState::Loading(multi::load_in_background(EBPF_OBJECT, maps, names)),
+        Err(e) => {
+            eprintln!("leaktracer: note: no uprobe_multi links (duplicating the map fds: {e})");
+            MultiState::Off
+        }
     }
 }
 
