@@ -4,8 +4,7 @@
 
 use std::{
     ffi::CString,
-    io,
-    mem,
+    io, mem,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::Path,
 };

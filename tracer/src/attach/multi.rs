@@ -142,7 +142,9 @@ pub fn load_in_background(
 }
 
 /// Waits for [`load_in_background`].
-pub fn join(handle: JoinHandle<Result<MultiPrograms, MultiError>>) -> Result<MultiPrograms, MultiError> {
+pub fn join(
+    handle: JoinHandle<Result<MultiPrograms, MultiError>>,
+) -> Result<MultiPrograms, MultiError> {
     handle.join().unwrap_or(Err(MultiError::Panicked))
 }
 
@@ -153,8 +155,7 @@ fn load(
     maps: &HashMap<String, OwnedFd>,
     names: &[&'static str],
 ) -> Result<MultiPrograms, MultiError> {
-    let mut obj =
-        aya_obj::Object::parse(object).map_err(|e| MultiError::Parse(e.to_string()))?;
+    let mut obj = aya_obj::Object::parse(object).map_err(|e| MultiError::Parse(e.to_string()))?;
     let features = aya::features();
     // The programs need their BTF for bpf_loop callbacks (function info).
     let btf_fd = match features.btf() {
@@ -170,7 +171,8 @@ fn load(
         None => None,
     };
     if obj.has_btf_relocations() {
-        let kernel = aya_obj::btf::Btf::from_sys_fs().map_err(|e| MultiError::Btf(e.to_string()))?;
+        let kernel =
+            aya_obj::btf::Btf::from_sys_fs().map_err(|e| MultiError::Btf(e.to_string()))?;
         obj.relocate_btf(&kernel)
             .map_err(|e| MultiError::Relocate(format!("{e:#}")))?;
     }
