@@ -55,7 +55,16 @@ impl Tracer {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut tracer = Self::spawn(args, Stdio::null());
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts `leaktracer ARGS` with `env` added to its environment.
+    pub fn start_with_env<I, S>(args: I, env: &[(&str, &str)]) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut tracer = Self::spawn(args, Stdio::null(), env);
         let mut out = tracer.child.stdout.take().unwrap();
         tracer.stdout_reader = Some(std::thread::spawn(move || {
             let mut text = String::new();
@@ -74,7 +83,7 @@ impl Tracer {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut tracer = Self::spawn(args, Stdio::piped());
+        let mut tracer = Self::spawn(args, Stdio::piped(), &[]);
         let stdin = tracer.child.stdin.take().unwrap();
         let (lines, reader) = Lines::tee(tracer.child.stdout.take().unwrap());
         tracer.stdout_reader = Some(reader);
@@ -82,13 +91,14 @@ impl Tracer {
     }
 
     /// Starts `leaktracer ARGS` with stdout piped and stderr collected; the caller takes stdout.
-    fn spawn<I, S>(args: I, stdin: Stdio) -> Self
+    fn spawn<I, S>(args: I, stdin: Stdio, env: &[(&str, &str)]) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
         let mut child = Command::new(leaktracer())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

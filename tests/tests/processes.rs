@@ -281,6 +281,106 @@ fn cgroup_process_started_during_the_trace() {
     );
 }
 
+/// Issue 14's scale bar: a cgroup of 20 glibc processes traced for `--duration 5s`, attached
+/// with one `uprobe_multi` link per (process, object, program); every process is in the report
+/// with its own sites exactly, and the probes are detached before it is written.
+#[test]
+fn cgroup_of_twenty_processes_attached_in_bulk() {
+    let (report, pids) = trace_cgroup_of("bulk", 20, &[]);
+    let attach = &report["attach"];
+    assert_eq!(attach["multi"], true, "{attach}");
+    let links = attach["links"].as_u64().unwrap();
+    let probes = attach["probes"].as_u64().unwrap();
+    // One link per program and object: the same number for each of the identical processes,
+    // and far fewer than their probes.
+    assert_eq!(links % pids.len() as u64, 0, "{attach}");
+    assert_eq!(probes % pids.len() as u64, 0, "{attach}");
+    assert!(links * 2 <= probes, "{attach}");
+    assert!(attach["detach_secs"].as_f64().is_some(), "{attach}");
+}
+
+/// Without `uprobe_multi` (`LEAKTRACER_NO_UPROBE_MULTI=1`, as on kernels before 6.6) each probe
+/// has its own link, and the report is the same.
+#[test]
+fn cgroup_traced_with_a_link_per_probe() {
+    let (report, _) = trace_cgroup_of("per_probe", 3, &[("LEAKTRACER_NO_UPROBE_MULTI", "1")]);
+    let attach = &report["attach"];
+    assert_eq!(attach["multi"], false, "{attach}");
+    assert_eq!(attach["links"], attach["probes"], "{attach}");
+    assert!(attach["detach_secs"].as_f64().is_some(), "{attach}");
+}
+
+/// Starts `count` `alloc_sites sites` processes in a new cgroup, traces the cgroup for 5 s
+/// (they leak once it is attached to all of them) and checks every one's sites; returns the
+/// report and the pids.
+fn trace_cgroup_of(name: &str, count: usize, env: &[(&str, &str)]) -> (Value, Vec<u32>) {
+    require_root();
+    let dir = scratch_dir(&format!("cgroup_{name}"));
+    let json = dir.join("leaks.json");
+    let flag = dir.join("go");
+    let cgroup = Cgroup2Dir::create(&format!("leaktracer-e2e-{name}-{}", std::process::id()));
+    let program = workload("alloc_sites");
+    let mut workloads: Vec<(Workload, Lines<BufReader<ChildStdout>>)> = (0..count)
+        .map(|_| {
+            spawn_with_lines(cgroup.enter_and_exec(&format!(
+                "{} sites {}",
+                program.display(),
+                flag.display()
+            )))
+        })
+        .collect();
+    let pids: Vec<u32> = workloads.iter().map(|(w, _)| w.pid()).collect();
+    // Every one has moved itself into the cgroup and exec'd before the trace starts.
+    for pid in &pids {
+        wait_until(|| {
+            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("alloc_sites"))
+        });
+    }
+    let mut tracer = Tracer::start_with_env(
+        [
+            "trace",
+            "--cgroup",
+            cgroup.0.to_str().unwrap(),
+            "--duration",
+            "5s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        env,
+    );
+    tracer.wait_attached();
+    for pid in &pids {
+        tracer.wait_stderr(&format!("attached to pid {pid} "));
+    }
+    fs::write(&flag, "").unwrap();
+    for (_, lines) in &mut workloads {
+        assert_eq!(lines.next().unwrap().unwrap(), "done");
+    }
+    // The trace ends at its --duration, with every process still running.
+    let run = tracer.finish();
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_eq!(report["end_reason"], "duration", "{}", run.stderr);
+    let listed = report["processes"].as_array().unwrap().len();
+    assert_eq!(listed, count, "{}", report["processes"]);
+    for pid in &pids {
+        assert_alloc_sites(&report, *pid);
+    }
+    drop(workloads);
+    (report, pids)
+}
+
+/// Waits up to 10 s for `condition`.
+fn wait_until(condition: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("not true after 10 s");
+}
+
 /// A "container": new mount and pid namespaces, a root directory with its own copy of the
 /// workload, libc and loader (other inodes than the host's), in its own cgroup v2 directory.
 struct Container {

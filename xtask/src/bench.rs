@@ -10,6 +10,9 @@
 //! `--program-stats` for the eBPF programs' own run time. Markdown and JSON under
 //! target/bench/, the tables in BENCHMARKS.md (a run filtered with `--only` leaves that alone).
 //!
+//! Two tables of their own: the reachability scan's pause ([`crate::bench_reach`]) and attach
+//! and detach times at 1, 10 and 50 processes ([`crate::bench_attach`]).
+//!
 //! The Python workload (issue 12) runs under one interpreter ([`setup::python`]) natively, under
 //! leaktracer default, under `-X tracemalloc=25` and under `memray run`; its rows say
 //! "skipped" when the interpreter or memray is missing.
@@ -155,11 +158,15 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     workloads.push(python_workload());
     // The reachability scans (their own table): in a whole run, or `--only reachability`.
     let reachability = only.is_none_or(|o| "reachability".contains(&o.to_lowercase()));
+    // Attach and detach times at 1, 10 and 50 processes: in a whole run, or `--only attach`.
+    let attach = only.is_none_or(|o| "attach".contains(&o.to_lowercase()));
     if let Some(only) = only {
         let needle = only.to_lowercase();
         workloads.retain(|w| w.name.to_lowercase().contains(&needle));
-        if workloads.is_empty() && !reachability {
-            bail!("no workload's name contains {only:?} (nor does \"reachability\")");
+        if workloads.is_empty() && !reachability && !attach {
+            bail!(
+                "no workload's name contains {only:?} (nor does \"reachability\" or \"attach\")"
+            );
         }
     }
     let mut headers = None;
@@ -239,6 +246,9 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     markdown.push_str(&render_profiles(&profiles));
     if reachability {
         markdown.push_str(&crate::bench_reach::run(&leaktracer, &out_dir)?);
+    }
+    if attach {
+        markdown.push_str(&crate::bench_attach::run(&leaktracer, &out_dir)?);
     }
     let json = render_json(&results);
     fs::write(out_dir.join("results.md"), &markdown)?;

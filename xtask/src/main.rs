@@ -3,6 +3,7 @@
 //! Every command but `setup` runs setup first, so a fresh machine needs nothing else.
 
 mod bench;
+mod bench_attach;
 mod bench_reach;
 mod demo;
 mod setup;
@@ -38,11 +39,12 @@ enum Command {
         duration: String,
     },
     /// Measure the slowdown of traced programs, side by side: native, the bare probes,
-    /// leaktracer, bcc memleak; for a Python workload, tracemalloc and memray (needs root).
+    /// leaktracer, bcc memleak; for a Python workload, tracemalloc and memray; the reachability
+    /// scan's pause; attach and detach times for 1, 10 and 50 processes (needs root).
     /// Writes target/bench/ and BENCHMARKS.md.
     Bench {
-        /// Run only the workloads whose name contains this (case-insensitive), e.g. `python`;
-        /// BENCHMARKS.md is then left as it is.
+        /// Run only the workloads whose name contains this (case-insensitive), e.g. `python`,
+        /// `mmap`, `reachability` or `attach`; BENCHMARKS.md is then left as it is.
         #[arg(long, value_name = "TEXT")]
         only: Option<String>,
     },

@@ -1,8 +1,9 @@
 //! How processes end: `mark_victim` (the OOM killer chose one) and `sched_process_exit` (its
-//! last thread exited, with the exit status). Both are machine-wide; what they record goes into
-//! an LRU map by tgid, which userspace only ever looks up for its own targets, so the map's
-//! bound is the only filter needed. `task_struct` is read at offsets from the kernel's BTF,
-//! set by userspace at load (0: unknown, and the programs do nothing).
+//! last thread exited, with the exit status). Both run machine-wide and record only processes
+//! in `TRACED` (the ones userspace attached to), into an LRU map by tgid: the rest of the
+//! machine's exits cost a lookup and can never evict a target's ending. `task_struct` is read
+//! at offsets from the kernel's BTF, set by userspace at load (0: unknown, and the programs do
+//! nothing).
 
 use aya_ebpf::{
     Global,
@@ -15,12 +16,13 @@ use tracer_common::{ending::ProcessEnding, programs};
 
 use crate::{
     current::{now_ns, tracing_stopped},
-    maps::{FILTER_CGROUP_ID, FILTER_CGROUP_LEVEL},
+    maps::TRACED,
     probes::{programs_are_empty, same_name},
 };
 
-/// tgid -> how the process ended (see `tracer_common::ending`). LRU: exits of every process
-/// on the machine come here; userspace reads its targets' entries once they are gone.
+/// tgid -> how the process ended (see `tracer_common::ending`), for traced processes only;
+/// userspace reads its targets' entries once they are gone. LRU, so a long trace of many
+/// short-lived processes (a cgroup running a build) stays bounded.
 #[map]
 pub(crate) static ENDINGS: LruHashMap<u32, ProcessEnding> = LruHashMap::with_max_entries(8192, 0);
 
@@ -31,6 +33,13 @@ pub(crate) static TGID_OFFSET: Global<u32> = Global::new(0);
 /// Offset of `task_struct.exit_code` (from the kernel's BTF). 0: unknown.
 #[unsafe(no_mangle)]
 pub(crate) static EXIT_CODE_OFFSET: Global<u32> = Global::new(0);
+
+/// `tgid` is one of the processes userspace attached to.
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    // SAFETY: only presence is checked.
+    unsafe { TRACED.get(tgid) }.is_some()
+}
 
 /// A field of the kernel task at `task`, read at `offset` (fails, no fault, on a bad address).
 #[inline(always)]
@@ -58,6 +67,9 @@ pub fn oom_mark_victim(ctx: RawTracePointContext) -> i32 {
     let Some(tgid) = task_field(task, offset) else {
         return 0;
     };
+    if !is_traced(tgid) {
+        return 0;
+    }
     let now = now_ns();
     match ENDINGS.get_ptr_mut(tgid) {
         // SAFETY: a pointer to the map's value, valid for the program's run.
@@ -93,24 +105,15 @@ pub fn process_exit(ctx: RawTracePointContext) -> i32 {
     if group_dead & 0xff == 0 {
         return 0;
     }
-    let cgroup = FILTER_CGROUP_ID.load();
-    if cgroup != 0 {
-        // SAFETY: a helper taking a plain integer (the ancestor level).
-        let ancestor = unsafe {
-            aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id(
-                FILTER_CGROUP_LEVEL.load() as i32,
-            )
-        };
-        if ancestor != cgroup {
-            return 0;
-        }
+    // The exiting task is the current one.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_traced(tgid) {
+        return 0;
     }
     let task: u64 = ctx.arg(0);
     let Some(exit_code) = task_field(task, offset) else {
         return 0;
     };
-    // The exiting task is the current one.
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let now = now_ns();
     match ENDINGS.get_ptr_mut(tgid) {
         // SAFETY: a pointer to the map's value, valid for the program's run.

@@ -11,7 +11,7 @@ use tracer_common::programs;
 
 use crate::{
     current::{now_ns, tracing_stopped},
-    maps::{EXECS, PYTHON_PROCESSES, STOP_AT_EXEC, UNWIND_PROCESSES},
+    maps::{BREAKS, EXECS, PYTHON_PROCESSES, RESERVATIONS, STOP_AT_EXEC, UNWIND_PROCESSES},
     probes::programs_are_empty,
 };
 
@@ -39,6 +39,10 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     let _ = UNWIND_PROCESSES.remove(tgid);
     // Nor does the new image run the old one's interpreter.
     let _ = PYTHON_PROCESSES.remove(tgid);
+    // Its program break and reservations are the new address space's, not the old one's (an
+    // old break against the new one read as gigabytes of brk growth after `sh -c 'exec ...'`).
+    let _ = BREAKS.remove(tgid);
+    let _ = RESERVATIONS.remove(tgid);
     // SAFETY: the value is only tested for presence.
     if unsafe { STOP_AT_EXEC.get(tgid) }.is_some() {
         // SAFETY: a helper taking a plain integer; it signals the exec'ing process, which stops
