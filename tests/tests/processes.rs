@@ -292,10 +292,10 @@ fn cgroup_of_twenty_processes_attached_in_bulk() {
     let links = attach["links"].as_u64().unwrap();
     let probes = attach["probes"].as_u64().unwrap();
     // One link per program and object: the same number for each of the identical processes,
-    // and far fewer than their probes.
+    // fewer than their probes (a program serves several entry points, the return probe all).
     assert_eq!(links % pids.len() as u64, 0, "{attach}");
     assert_eq!(probes % pids.len() as u64, 0, "{attach}");
-    assert!(links * 2 <= probes, "{attach}");
+    assert!(links < probes, "{attach}");
     assert!(attach["detach_secs"].as_f64().is_some(), "{attach}");
 }
 
