@@ -164,9 +164,7 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
         let needle = only.to_lowercase();
         workloads.retain(|w| w.name.to_lowercase().contains(&needle));
         if workloads.is_empty() && !reachability && !attach {
-            bail!(
-                "no workload's name contains {only:?} (nor does \"reachability\" or \"attach\")"
-            );
+            bail!("no workload's name contains {only:?} (nor does \"reachability\" or \"attach\")");
         }
     }
     let mut headers = None;

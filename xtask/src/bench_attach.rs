@@ -70,7 +70,11 @@ pub fn run(leaktracer: &Path, out_dir: &Path) -> anyhow::Result<String> {
             for repetition in 0..repetitions {
                 step(&format!(
                     "attach and detach, {count} processes, {} / repetition {}",
-                    if multi { "uprobe_multi" } else { "a link per probe" },
+                    if multi {
+                        "uprobe_multi"
+                    } else {
+                        "a link per probe"
+                    },
                     repetition + 1
                 ));
                 runs.push(
@@ -85,10 +89,13 @@ pub fn run(leaktracer: &Path, out_dir: &Path) -> anyhow::Result<String> {
 }
 
 fn cgroup2_mount() -> Option<PathBuf> {
-    fs::read_to_string("/proc/mounts").ok()?.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-    })
+    fs::read_to_string("/proc/mounts")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
 }
 
 fn start_workers(worker: &Path, mount: &Path, count: usize) -> anyhow::Result<Workers> {
