@@ -212,18 +212,19 @@ fn trace(
             allocator::add_exit_stop(&mut plan);
         }
         session.attach_plan(child.pid, &plan)?;
-        // With CFI unwinding the command stops at its entry point, where its unwind tables
-        // are written before its own code allocates anything.
-        let stops = session.tables.is_some()
-            && match session.probes.attach_launch_stop(&objects[0], child.pid) {
-                Ok(()) => true,
-                Err(e) => {
-                    eprintln!(
-                        "leaktracer: warning: {e}; allocations before the first unwind-table refresh are walked by frame pointers"
-                    );
-                    false
-                }
-            };
+        // The command stops at its entry point, where its memory maps are read (a short-lived
+        // program may be gone by the first poll, and its stacks would have no symbols) and,
+        // with CFI unwinding, its unwind tables written, before its own code allocates
+        // anything.
+        let stops = match session.probes.attach_launch_stop(&objects[0], child.pid) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!(
+                    "leaktracer: warning: {e}; a program that exits at once may have no symbols, and with CFI unwinding its first allocations are walked by frame pointers"
+                );
+                false
+            }
+        };
         child.resume(config.command().unwrap_or_default())?;
         let stopped = stops && child.wait_stopped(LAUNCH_STOP_WAIT);
         session.probes.detach_launch_stop();
@@ -232,11 +233,9 @@ fn trace(
         // their probes are attached.)
         session.update_tables(child.pid);
         session.track(child.pid, plan);
-        if session.tables.is_some() {
-            // Its later execs stop too (a wrapper such as rustup's proxy or `sh -c` exec'ing
-            // the real program), for the same reason: see `follow_launched_exec`.
-            session.probes.stop_at_exec(child.pid);
-        }
+        // Its later execs stop too (a wrapper such as rustup's proxy or `sh -c` exec'ing the
+        // real program), for the same reasons: see `follow_launched_exec`.
+        session.probes.stop_at_exec(child.pid);
         if stopped {
             child.continue_stopped();
         }

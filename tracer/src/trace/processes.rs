@@ -218,6 +218,11 @@ impl Session<'_> {
         // The interpreter too, before any probe: the first allocation already gets its
         // Python frames.
         self.update_python(pid);
+        self.update_unwind_tables(pid);
+    }
+
+    /// Writes `pid`'s unwind tables for what it maps now, when they changed.
+    fn update_unwind_tables(&mut self, pid: u32) {
         let Some(tables) = self.tables.as_mut() else {
             return;
         };
@@ -364,6 +369,10 @@ impl Session<'_> {
         self.exec_followed_ns = exec_ns;
         let executable = PathBuf::from(format!("/proc/{pid}/exe"));
         let stops = self.probes.attach_launch_stop(&executable, pid).is_ok();
+        // The loader runs first, and its mmaps and brks are counted: the tables of what is
+        // mapped already (the program and its loader) go in before it does. (Not its Python:
+        // libpython is not mapped yet.)
+        self.update_unwind_tables(pid);
         child.continue_stopped();
         let stopped = stops && child.wait_stopped(super::LAUNCH_STOP_WAIT);
         self.probes.detach_launch_stop();
