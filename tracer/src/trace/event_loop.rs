@@ -170,12 +170,8 @@ impl Session<'_> {
         }
         let grower = self.history.top_grower().map(|(key, rate)| {
             let frames = self.stack_frames(&key);
-            // Named by its first own frame, past the allocator's plumbing, as reports are.
             let own = self.config.outputs.plumbing.leading(&frames);
-            let name = frames
-                .get(own)
-                .map_or("[unknown stack]".to_string(), |f| f.function.clone());
-            (name, rate)
+            (super::status::grower_name(&frames, own), rate)
         });
         let line = Status {
             elapsed_secs: self.history.elapsed_secs(),

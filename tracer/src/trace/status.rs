@@ -2,7 +2,34 @@
 
 use std::io::{IsTerminal, Write};
 
-use crate::units::{human_bytes, human_rate};
+use crate::{
+    report::schema::{Frame, FrameKind},
+    units::{human_bytes, human_rate},
+};
+
+/// The name a stack goes by in the status line: its first own frame (`own`, past the
+/// allocator's plumbing), as reports name it; when that is native code and the stack has
+/// Python frames, the innermost Python function too, which is where a Python service's leak
+/// is (`_PyUnicode_JoinArray in handle (svc.py:4)`).
+pub fn grower_name(frames: &[Frame], own: usize) -> String {
+    let Some(first) = frames.get(own) else {
+        return "[unknown stack]".to_string();
+    };
+    let python = frames[own..].iter().find(|f| f.kind == FrameKind::Python);
+    match python {
+        Some(p) if first.kind == FrameKind::Native => {
+            let place = match (&p.file, p.line) {
+                (Some(file), Some(line)) => {
+                    let name = file.rsplit('/').next().unwrap_or(file);
+                    format!(" ({name}:{line})")
+                }
+                _ => String::new(),
+            };
+            format!("{} in {}{place}", first.function, p.function)
+        }
+        _ => first.function.clone(),
+    }
+}
 
 /// What the status line shows at one sample.
 pub struct Status<'a> {
@@ -12,7 +39,7 @@ pub struct Status<'a> {
     pub rss_bytes: Option<u64>,
     /// Processes traced (shown when more than one).
     pub processes: usize,
-    /// Frame 0 of the fastest-growing stack, with its rate.
+    /// The fastest-growing stack's name ([`grower_name`]), with its rate.
     pub top_grower: Option<(&'a str, f64)>,
 }
 
@@ -78,6 +105,39 @@ impl StatusLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(function: &str, kind: FrameKind, place: Option<(&str, u32)>) -> Frame {
+        Frame {
+            function: function.to_string(),
+            module: String::new(),
+            file: place.map(|(f, _)| f.to_string()),
+            line: place.map(|(_, l)| l),
+            address: 0,
+            inlined: false,
+            plumbing: false,
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_grower_is_named_by_its_first_own_frame_and_its_innermost_python_function() {
+        let native = frame("remember_session", FrameKind::Native, None);
+        let malloc = frame("malloc", FrameKind::Native, None);
+        assert_eq!(
+            grower_name(&[malloc.clone(), native.clone()], 1),
+            "remember_session"
+        );
+        let stripped = frame("python3.11+0x22d099", FrameKind::Native, None);
+        let handle = frame("handle", FrameKind::Python, Some(("/srv/svc.py", 4)));
+        let module = frame("<module>", FrameKind::Python, Some(("/srv/svc.py", 11)));
+        assert_eq!(
+            grower_name(&[stripped, native.clone(), handle.clone(), module], 0),
+            "python3.11+0x22d099 in handle (svc.py:4)"
+        );
+        // Python frame first (pymalloc folded as plumbing): it names itself.
+        assert_eq!(grower_name(&[malloc, handle.clone(), native], 1), "handle");
+        assert_eq!(grower_name(&[handle], 1), "[unknown stack]");
+    }
 
     #[test]
     fn status_names_the_top_grower_and_several_processes() {
