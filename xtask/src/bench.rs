@@ -757,7 +757,8 @@ pub(crate) fn interrupt(pid: u32) {
         .status();
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// The median of `values`, which it leaves sorted (the range is their first and last).
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }

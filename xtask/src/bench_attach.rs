@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::util::{self, step, workspace_root};
+use crate::{
+    bench::median,
+    util::{self, step, workspace_root},
+};
 
 const PROCESSES: [usize; 3] = [1, 10, 50];
 /// Runs with multi links (fast); the per-probe runs take minutes at 50 processes, so one each.
@@ -187,11 +190,6 @@ fn trace_once(
     })
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn render(rows: &[(usize, Vec<Attach>)]) -> String {
     let mut md = format!(
         "{HEADING}\n\
@@ -214,9 +212,9 @@ fn render(rows: &[(usize, Vec<Attach>)]) -> String {
             "| {count} | {links}: {} | {} | {:.3} s | {:.3} s | {:.1} s |\n",
             runs[0].links,
             runs[0].probes,
-            median(runs.iter().map(|r| r.attach_secs).collect()),
-            median(runs.iter().map(|r| r.detach_secs).collect()),
-            median(runs.iter().map(|r| r.wall_secs).collect()),
+            median(&mut runs.iter().map(|r| r.attach_secs).collect::<Vec<_>>()),
+            median(&mut runs.iter().map(|r| r.detach_secs).collect::<Vec<_>>()),
+            median(&mut runs.iter().map(|r| r.wall_secs).collect::<Vec<_>>()),
         ));
     }
     md

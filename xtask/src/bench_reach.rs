@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::util::{self, step, workspace_root};
+use crate::{
+    bench::median,
+    util::{self, step, workspace_root},
+};
 
 const SIZES_MIB: [u64; 3] = [64, 256, 1024];
 const REPETITIONS: usize = 3;
@@ -106,11 +109,6 @@ fn scan_once(leaktracer: &Path, heap: &Path, mib: u64, out_dir: &Path) -> anyhow
     })
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn render(rows: &[(u64, Vec<Scan>)]) -> String {
     let mut md = String::from(
         "\n## Reachability scan (`--reachability`): pause and scan speed\n\n\
@@ -123,9 +121,14 @@ fn render(rows: &[(u64, Vec<Scan>)]) -> String {
          |---|---|---|---|---|---|---|---|\n",
     );
     for (mib, scans) in rows {
-        let pause = median(scans.iter().map(|s| s.pause_ms).collect());
-        let mark = median(scans.iter().map(|s| s.mark_ms).collect());
-        let scanned = median(scans.iter().map(|s| s.scanned_bytes as f64).collect());
+        let pause = median(&mut scans.iter().map(|s| s.pause_ms).collect::<Vec<_>>());
+        let mark = median(&mut scans.iter().map(|s| s.mark_ms).collect::<Vec<_>>());
+        let scanned = median(
+            &mut scans
+                .iter()
+                .map(|s| s.scanned_bytes as f64)
+                .collect::<Vec<_>>(),
+        );
         let rate = scanned / (pause / 1e3) / f64::from(1u32 << 30);
         md.push_str(&format!(
             "| {mib} MiB | {} | {} | {pause:.0} ms | {:.0} MiB | {rate:.2} GiB/s | {mark:.0} ms | {} |\n",
