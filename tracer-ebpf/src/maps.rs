@@ -225,6 +225,13 @@ pub(crate) static FSBASE_OFFSET: Global<u32> = Global::new(0);
 #[map]
 pub(crate) static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
+/// `tgid` is one of the processes userspace attached to (in `TRACED`).
+#[inline(always)]
+pub(crate) fn is_traced(tgid: u32) -> bool {
+    // SAFETY: only presence is checked.
+    unsafe { TRACED.get(tgid) }.is_some()
+}
+
 /// Per CPU, a copy of the calling thread's user registers at a system call (the tracepoint
 /// hands a kernel pointer; a copy is what the stack walk and the nesting test read).
 #[map]

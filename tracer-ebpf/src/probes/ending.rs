@@ -16,7 +16,7 @@ use tracer_common::{ending::ProcessEnding, programs};
 
 use crate::{
     current::{now_ns, tracing_stopped},
-    maps::TRACED,
+    maps::is_traced,
     probes::{programs_are_empty, same_name},
 };
 
@@ -33,13 +33,6 @@ pub(crate) static TGID_OFFSET: Global<u32> = Global::new(0);
 /// Offset of `task_struct.exit_code` (from the kernel's BTF). 0: unknown.
 #[unsafe(no_mangle)]
 pub(crate) static EXIT_CODE_OFFSET: Global<u32> = Global::new(0);
-
-/// `tgid` is one of the processes userspace attached to.
-#[inline(always)]
-fn is_traced(tgid: u32) -> bool {
-    // SAFETY: only presence is checked.
-    unsafe { TRACED.get(tgid) }.is_some()
-}
 
 /// A field of the kernel task at `task`, read at `offset` (fails, no fault, on a bad address).
 #[inline(always)]

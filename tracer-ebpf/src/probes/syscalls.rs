@@ -21,7 +21,7 @@ use crate::{
     atomic::atomic_add,
     counters::{count, count_loss},
     current::{jiffies, now_ns, thread_id, traced_tgid},
-    maps::{BREAKS, CODE_MAPPED, MMAPS, SYSCALL_REGS, SYSCALL_STARTS, TRACED},
+    maps::{BREAKS, CODE_MAPPED, MMAPS, SYSCALL_REGS, SYSCALL_STARTS, is_traced},
     pending::enclosing_call,
     probes::programs_are_empty,
     records::{Records, live_mappings, record, release_older},
@@ -51,8 +51,7 @@ fn failed(ret: u64) -> bool {
 #[inline(always)]
 fn traced_process() -> Option<u32> {
     let tgid = traced_tgid()?;
-    // SAFETY: only presence is checked.
-    unsafe { TRACED.get(tgid) }.map(|_| tgid)
+    is_traced(tgid).then_some(tgid)
 }
 
 /// This CPU's copy of the calling thread's user registers, from the tracepoint's `regs`
