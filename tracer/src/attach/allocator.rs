@@ -183,8 +183,9 @@ pub struct ProbeSite {
     pub role: Role,
     /// File offset of the function.
     pub offset: u64,
-    /// File offset of the entry probe: the function's, or past instructions the kernel would
-    /// single-step (see [`crate::attach::placement`]); release probes only.
+    /// File offset of the entry probe (and of an allocating call's return probe): the
+    /// function's, or past instructions the kernel would single-step (see
+    /// [`crate::attach::placement`]); release and allocating calls only.
     pub probe_offset: u64,
     /// The instructions skipped to get there.
     pub skipped: Vec<String>,
@@ -466,7 +467,7 @@ pub fn plan(
         }
     }
     for object in &mut objects {
-        place_release_probes(object);
+        place_call_probes(object);
     }
     let Some((allocator, allocator_file)) = allocator_object else {
         if mappings_only {
@@ -488,15 +489,17 @@ pub fn plan(
 /// The plan's allocator when no object defines `malloc` and `free`.
 pub const NO_ALLOCATOR: &str = "none (no object defines malloc and free: mappings only)";
 
-/// Moves entry-only probes past leading instructions the kernel would single-step.
-fn place_release_probes(object: &mut ProbeObject) {
-    if !object.sites.iter().any(|s| s.role == Role::Release) {
+/// Moves the probes of release and allocating calls (an allocating call's return probe with
+/// its entry probe) past leading instructions the kernel would single-step.
+fn place_call_probes(object: &mut ProbeObject) {
+    let movable = |site: &ProbeSite| matches!(site.role, Role::Release | Role::Allocate);
+    if !object.sites.iter().any(movable) {
         return;
     }
     let Ok(data) = std::fs::read(&object.open_path) else {
         return;
     };
-    for site in object.sites.iter_mut().filter(|s| s.role == Role::Release) {
+    for site in object.sites.iter_mut().filter(|s| movable(s)) {
         let start = site.offset as usize;
         let Some(code) = data.get(start..(start + 64).min(data.len())) else {
             continue;

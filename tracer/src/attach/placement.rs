@@ -10,19 +10,23 @@
 //! - falls through to the next (no branch, call, return or syscall: every path from the entry
 //!   reaches the probe), and
 //! - writes none of the registers the program reads (its arguments and the stack pointer) and
-//!   no memory.
+//!   no memory,
 //!
-//! Otherwise, the probe stays at the symbol's entry. Only entry-only probes move: a return probe
-//! must sit at the entry (it takes the return address from the top of the stack there), and an
-//! entry probe sharing that address with it costs no extra trap.
+//! and the probed instruction, when a branch, does not jump back to it or before it.
+//!
+//! Otherwise, the probe stays at the symbol's entry. An allocating call's return probe moves
+//! with its entry probe (they share one address, one trap): the kernel takes the return address
+//! from the top of the stack where the return probe fires, and the skipped instructions leave
+//! the stack pointer and memory as they were at the entry. jemalloc's, tcmalloc's and mimalloc's
+//! `malloc` start with a single-stepped `cmp` or `mov`, which on a VM costs more than the trap.
 
 use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic,
     OpAccess, Register,
 };
 
-/// How many instructions may be skipped.
-const MAX_SKIPPED: usize = 4;
+/// How many instructions may be skipped (jemalloc's `free` reaches its first branch after 9).
+const MAX_SKIPPED: usize = 12;
 
 /// Where to probe, relative to the symbol, and what was skipped to get there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +78,13 @@ pub fn place(code: &[u8], reads: &[Register]) -> Placement {
             break;
         }
         if kernel_emulates(&instruction) {
+            // A branch back to the entry or the probe itself (a retry loop) would fire the
+            // probe again within one call.
+            if (instruction.is_jcc_short_or_near() || instruction.mnemonic() == Mnemonic::Jmp)
+                && instruction.near_branch_target() <= instruction.ip()
+            {
+                break;
+            }
             return Placement {
                 delta: instruction.ip(),
                 skipped,
@@ -155,6 +166,32 @@ mod tests {
         let placement = place(&code, &[Register::RDI]);
         assert_eq!(placement.delta, 3);
         assert_eq!(placement.skipped, vec!["test rdi,rdi".to_string()]);
+    }
+
+    #[test]
+    fn jemalloc_free_is_probed_at_its_first_branch() {
+        // Debian's libjemalloc.so.2 free: nine loads and arithmetic (no store, rdi only read),
+        // then `jne`.
+        let code = [
+            0x48, 0x89, 0xf8, 0x48, 0x8b, 0x15, 0x0e, 0x53, 0x0a, 0x00, 0x48, 0x89, 0xf9, 0x48,
+            0xc1, 0xe8, 0x1a, 0x48, 0x81, 0xe1, 0x00, 0x00, 0x00, 0xc0, 0x25, 0xf0, 0x00, 0x00,
+            0x00, 0x64, 0x48, 0x03, 0x04, 0x25, 0x00, 0x00, 0x00, 0x00, 0x48, 0x01, 0xd0, 0x48,
+            0x3b, 0x88, 0xb0, 0x01, 0x00, 0x00, 0x0f, 0x85, 0x8a, 0x00, 0x00, 0x00,
+        ];
+        let placement = place(&code, &[Register::RDI]);
+        assert_eq!(placement.delta, 0x30, "{placement:?}");
+        assert_eq!(placement.skipped.len(), 9);
+        assert_sound(&code, &placement, &[Register::RDI], "jemalloc free");
+    }
+
+    #[test]
+    fn a_branch_back_to_the_entry_keeps_the_entry() {
+        // retry: mov (%rip),%rax ; test %rax,%rax ; jne retry
+        let code = [0x48, 0x8b, 0x05, 0, 0, 0, 0, 0x48, 0x85, 0xc0, 0x75, 0xf4];
+        assert_eq!(place(&code, &[Register::RDI]).delta, 0);
+        // ...and a forward one moves.
+        let forward = [0x48, 0x8b, 0x05, 0, 0, 0, 0, 0x48, 0x85, 0xc0, 0x75, 0x10];
+        assert_eq!(place(&forward, &[Register::RDI]).delta, 10);
     }
 
     #[test]

@@ -150,10 +150,11 @@ fn steps(plan: &AttachPlan) -> Vec<Step<'_>> {
     steps
 }
 
-/// The file offset probed at `site`: only release probes move (see attach::placement); the
-/// others, and every return probe, sit at the function's entry.
-fn site_offset(site: &ProbeSite, is_return: bool) -> u64 {
-    if site.role == Role::Release && !is_return {
+/// The file offset probed at `site`: a release or allocating call's entry probe, and the
+/// return probe sharing that address, may sit past leading instructions (see
+/// attach::placement); the others at the function's entry.
+fn site_offset(site: &ProbeSite) -> u64 {
+    if matches!(site.role, Role::Release | Role::Allocate) {
         site.probe_offset
     } else {
         site.offset
@@ -466,11 +467,7 @@ impl Probes {
         let MultiState::Ready(programs) = &self.multi else {
             unreachable!("only called with the copies loaded")
         };
-        let offsets: Vec<u64> = step
-            .sites
-            .iter()
-            .map(|site| site_offset(site, step.is_return))
-            .collect();
+        let offsets: Vec<u64> = step.sites.iter().map(|site| site_offset(site)).collect();
         let fd = programs
             .attach(
                 step.program,
@@ -506,11 +503,7 @@ impl Probes {
                 object: step.object.display_path.clone(),
                 symbols: site.symbols.clone(),
                 offset,
-                skipped: if step.is_return {
-                    Vec::new()
-                } else {
-                    site.skipped.clone()
-                },
+                skipped: site.skipped.clone(),
                 program: step.program,
                 is_return: step.is_return,
             });
@@ -532,7 +525,7 @@ impl Probes {
             .expect("program loaded")
             .try_into()
             .expect("program is a uprobe");
-        let offset = site_offset(site, is_return);
+        let offset = site_offset(site);
         let link = uprobe
             .attach(offset, &object.open_path, UProbeScope::OneProcess(pid))
             .map_err(|e| {
@@ -556,11 +549,7 @@ impl Probes {
             object: object.display_path.clone(),
             symbols: site.symbols.clone(),
             offset,
-            skipped: if is_return {
-                Vec::new()
-            } else {
-                site.skipped.clone()
-            },
+            skipped: site.skipped.clone(),
             program,
             is_return,
         });
