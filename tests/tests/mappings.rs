@@ -17,6 +17,8 @@ const SITES: &[(&str, u64, u64)] = &[
     ("replace_fixed", 128 * KIB, 1),
     ("map_file", 0, 0),
     ("grow_break", 64 * KIB, 1),
+    ("map_where_a_file_was", 8 * KIB, 1),
+    ("fixed_over_file", 8 * KIB, 1),
 ];
 
 fn assert_mapping_sites(report: &serde_json::Value) {

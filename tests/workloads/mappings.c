@@ -10,6 +10,10 @@
  *   replace_fixed        128 KiB MAP_FIXED over it         -> 128 KiB in 1
  *   map_file             a file mapping (page cache)       -> nothing
  *   grow_break           brk raised by 64 KiB              -> 64 KiB in 1
+ *   map_where_a_file_was 8 KiB where a file mapping was just unmapped (the unmap reaches the
+ *                        tracer after this mapping does)   -> 8 KiB in 1
+ *   fixed_over_file      8 KiB MAP_FIXED over a file mapping, as the loader maps a library's
+ *                        .bss                              -> 8 KiB in 1
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -77,6 +81,26 @@ NOINLINE void grow_break(void) {
     sink[9] = (void *)syscall(SYS_brk, now + 64 * KIB);
 }
 
+static char *map_exe_pages(long length) {
+    int fd = open("/proc/self/exe", O_RDONLY);
+    char *p = (char *)syscall(SYS_mmap, NULL, length, (long)PROT_READ, (long)MAP_PRIVATE, (long)fd, 0L);
+    close(fd);
+    return p;
+}
+
+NOINLINE void map_where_a_file_was(void) {
+    char *file = map_exe_pages(8 * KIB);
+    syscall(SYS_munmap, file, 8 * KIB);
+    char *p = raw_mmap(file, 8 * KIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+    if (p != file) fprintf(stderr, "map_where_a_file_was: the hint was not taken\n");
+    sink[10] = p;
+}
+
+NOINLINE void fixed_over_file(void) {
+    char *file = map_exe_pages(8 * KIB);
+    sink[11] = raw_mmap(file, 8 * KIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED);
+}
+
 int main(void) {
     map_five();
     map_and_unmap_three();
@@ -85,6 +109,8 @@ int main(void) {
     replace_fixed(map_to_replace());
     map_file();
     grow_break();
+    map_where_a_file_was();
+    fixed_over_file();
     puts("mapped");
     fflush(stdout);
     return 0;

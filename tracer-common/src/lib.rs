@@ -239,15 +239,19 @@ pub struct UnmapEvent {
     pub _pad: u32,
     pub start: u64,
     pub end: u64,
+    /// When the range was unmapped (CLOCK_MONOTONIC ns). Userspace reads the ring later: a
+    /// mapping recorded after this time reuses the addresses and is not the one unmapped.
+    pub at_ns: u64,
 }
 
 impl UnmapEvent {
-    pub const fn new(tgid: u32, start: u64, end: u64) -> Self {
+    pub const fn new(tgid: u32, start: u64, end: u64, at_ns: u64) -> Self {
         Self {
             tgid,
             _pad: 0,
             start,
             end,
+            at_ns,
         }
     }
 }

@@ -8,6 +8,7 @@ use super::PAGE_SIZE;
 use crate::{
     atomic::atomic_add,
     counters::count_loss,
+    current::now_ns,
     maps::{MMAPS, RESERVATIONS, UNMAP_EVENTS},
     records::{Records, has_live_mappings, live_mappings, release},
 };
@@ -66,7 +67,7 @@ pub(crate) fn release_range<C: EbpfContext>(ctx: &C, tgid: u32, start: u64, leng
         }
     }
     if cursor < end {
-        let event = UnmapEvent::new(tgid, cursor, end);
+        let event = UnmapEvent::new(tgid, cursor, end, now_ns());
         if UNMAP_EVENTS.output::<UnmapEvent>(&event, 0).is_err() {
             count_loss!(
                 ctx,

@@ -158,7 +158,8 @@ impl Collector {
             for (key, record) in &hit {
                 let start = key.addr;
                 let end = start + record.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-                if end <= event.start || start >= event.end {
+                // A mapping made after the unmap (read here later) took the freed addresses.
+                if end <= event.start || start >= event.end || record.timestamp_ns > event.at_ns {
                     continue;
                 }
                 // Pieces of the mapping left outside the unmapped range.
