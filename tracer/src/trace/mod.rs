@@ -187,6 +187,7 @@ fn trace(
         tracked: BTreeMap::new(),
         failed: BTreeSet::new(),
         attempts: BTreeMap::new(),
+        announce_attaches: config.verbose,
         target_exit: None,
         execs: Vec::new(),
         reachability: None,
@@ -249,6 +250,7 @@ fn trace(
         session.track(pid, plan);
     }
     session.discover();
+    session.announce_attaches = true;
     if session.tracked.is_empty() && matches!(session.scope, Scope::Cgroup(_)) {
         eprintln!("leaktracer: the cgroup has no process yet; waiting for one to start");
     }
@@ -392,6 +394,9 @@ struct Session<'a> {
     failed: BTreeSet<u32>,
     /// Failed attach attempts of processes not given up on yet.
     attempts: BTreeMap<u32, u32>,
+    /// Each process attached is said on its own line: once the trace runs (those at the start
+    /// are in its first line), or always with --verbose.
+    announce_attaches: bool,
     /// How the launched command or the --pid target ended, once it has.
     target_exit: Option<TargetExit>,
     /// Execs of traced processes, and what was retired with their old images.

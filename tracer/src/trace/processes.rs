@@ -526,11 +526,13 @@ impl Session<'_> {
             std::mem::swap(&mut tracked.plan, &mut plan);
             self.spaces.refresh(pid);
         } else {
-            eprintln!(
-                "leaktracer: attached to pid {pid} ({}), allocator {}",
-                ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default(),
-                plan.allocator
-            );
+            if self.announce_attaches {
+                eprintln!(
+                    "leaktracer: attached to pid {pid} ({}), allocator {}",
+                    ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default(),
+                    plan.allocator
+                );
+            }
             self.track(pid, plan);
         }
         Ok(())
