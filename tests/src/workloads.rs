@@ -108,6 +108,33 @@ pub fn rust_release_workload(name: &str) -> PathBuf {
     )
 }
 
+/// Builds `tests/workloads/NAME.go` with Go's own toolchain (Debian's golang-go): a program
+/// with no C library, whose CFI is only in `.debug_frame`.
+pub fn go_workload(name: &str) -> PathBuf {
+    let out_dir = workspace_root().join("target/e2e/bin");
+    fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(format!("{name}-go"));
+    let temp = out_dir.join(format!(
+        ".{name}-go.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&temp)
+        .arg(source(&format!("{name}.go")))
+        // Outside any module, and with a cache of its own (CI's HOME may be unset).
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", workspace_root().join("target/e2e/go/cache"))
+        .env("GOPATH", workspace_root().join("target/e2e/go/path"))
+        .env("GOFLAGS", "")
+        .status()
+        .unwrap_or_else(|e| panic!("go runs: {e}"));
+    assert!(status.success(), "go build {name}.go");
+    fs::rename(&temp, &out).unwrap();
+    out
+}
+
 /// A workload process killed when the test ends, pass or fail.
 pub struct Workload(pub Child);
 

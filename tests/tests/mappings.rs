@@ -1,6 +1,6 @@
 //! End-to-end: mappings made by the system calls themselves (the `sys_enter`/`sys_exit`
 //! tracepoints), whoever makes them: `syscall(SYS_mmap, ...)` rather than the C library's
-//! wrapper, in a glibc program and in a static musl one.
+//! wrapper, in a glibc program, a static musl one and a Go one.
 
 use leaktracer_e2e::*;
 
@@ -72,6 +72,54 @@ fn a_static_musl_program_s_mappings_are_seen() {
         "{}",
         done.stderr
     );
+    assert!(
+        report["processes"][0]["allocator"]
+            .as_str()
+            .unwrap()
+            .starts_with("none"),
+        "no allocator: {}",
+        report["processes"][0]
+    );
+}
+
+/// A Go program has no C library at all: its mappings are seen from the system calls, and its
+/// stacks are walked through the `.debug_frame` Go's linker writes (it has no `.eh_frame`).
+#[test]
+fn a_go_program_s_mappings_are_exact_per_site() {
+    require_root();
+    if !installed("go") {
+        eprintln!("skipped: go (Debian's golang-go) is not installed");
+        return;
+    }
+    let dir = scratch_dir("go_mappings");
+    let binary = go_workload("go_mappings");
+    let (done, report) = trace_launched(&dir.join("m.json"), &[], &[binary.to_str().unwrap()]);
+    assert!(done.stdout.contains("mapped 45"), "{}", done.stdout);
+    assert_sites(
+        &report,
+        &[
+            ("main.mapFive", 5 * MIB, 5),
+            ("main.mapAndUnmapThree", 0, 0),
+        ],
+    );
+    let names = real_frames(stacks_at(&report, "main.mapFive")[0]);
+    assert!(
+        names.contains(&"syscall.mmap") && names.contains(&"main.main"),
+        "walked from the system call to main: {names:?}"
+    );
+    // The heap the runtime maps for growHeap's 40 MiB is outstanding too, and every stack ends
+    // in code (a walk past the outermost frame reads no bogus last address).
+    let totals = &report["totals"];
+    assert!(
+        totals["outstanding_bytes"].as_u64().unwrap() >= 45 * MIB,
+        "{totals}"
+    );
+    for stack in report["stacks"].as_array().unwrap() {
+        let frames = stack["frames"].as_array().unwrap();
+        let last = frames.last().unwrap();
+        assert_ne!(last["module"], "[unknown]", "{stack}");
+        assert!(frames.len() > 1, "walked past the system call: {stack}");
+    }
     assert!(
         report["processes"][0]["allocator"]
             .as_str()

@@ -39,6 +39,8 @@ struct KnownMapping {
 pub struct AddressSpaces {
     mappings: HashMap<u32, Vec<KnownMapping>>,
     files: HashMap<(u64, u64), File>,
+    /// Executable memory with no file behind it (JIT code, trampolines), as last read.
+    anonymous_code: HashMap<u32, Vec<(u64, u64)>>,
 }
 
 impl AddressSpaces {
@@ -48,6 +50,13 @@ impl AddressSpaces {
         let Ok(maps) = read_maps(pid) else {
             return;
         };
+        self.anonymous_code.insert(
+            pid,
+            maps.iter()
+                .filter(|m| !m.is_file() && m.is_executable())
+                .map(|m| (m.start, m.end))
+                .collect(),
+        );
         let known = self.mappings.entry(pid).or_default();
         for mapping in maps.iter().filter(|m| m.is_file() && m.is_executable()) {
             if known.iter().any(|k| {
@@ -99,6 +108,15 @@ impl AddressSpaces {
                 build_id: self.files.get(&m.file).and_then(build_id),
             })
             .collect()
+    }
+
+    /// True when `addr` is in executable memory of `pid` (an object's code or JIT code).
+    fn is_code(&self, pid: u32, addr: u64) -> bool {
+        self.find(pid, addr).is_some()
+            || self
+                .anonymous_code
+                .get(&pid)
+                .is_some_and(|ranges| ranges.iter().any(|&(s, e)| addr >= s && addr < e))
     }
 
     fn find(&self, pid: u32, addr: u64) -> Option<&KnownMapping> {
@@ -154,6 +172,15 @@ impl Symbolizer {
     /// gives several frames, the innermost inlined function first.
     pub fn symbolize_stack(&mut self, spaces: &AddressSpaces, pid: u32, ips: &[u64]) -> Vec<Frame> {
         let mut frames = Vec::new();
+        // A walk that went past the outermost frame (Go's rt0_go and systemstack describe no
+        // caller) reads one last "return address" that is no code at all: it is no frame.
+        let mut ips = ips;
+        while let [rest @ .., last] = ips
+            && !rest.is_empty()
+            && !spaces.is_code(pid, *last)
+        {
+            ips = rest;
+        }
         for &ip in ips {
             let Some(mapping) = spaces.find(pid, ip) else {
                 // Not in any executable mapping: usually a stale frame pointer in code built

@@ -18,7 +18,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// What the end-to-end tests use besides the build: a C++ compiler for the C++ workload,
-/// Chromium to render the HTML report, setpriv and unshare, musl for a static binary, gdb and
+/// Chromium to render the HTML report, setpriv and unshare, musl for a static binary, Go, gdb and
 /// redis for the unwinder, and the allocators the tests preload.
 pub fn ensure_test_tools() -> anyhow::Result<()> {
     ensure_debian_tools(&[
@@ -27,6 +27,8 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
         ("setpriv", "util-linux"),
         ("unshare", "util-linux"),
         ("musl-gcc", "musl-tools"),
+        // A program with no C library, its CFI in .debug_frame only.
+        ("go", "golang-go"),
         // The unwinder's oracle (gdb's `bt`) and a real program without frame pointers.
         ("gdb", "gdb"),
         ("redis-server", "redis-server"),

@@ -32,6 +32,10 @@
 //!   Application code that merely builds on them (redis's `_sdsnewlen`, which creates an sds
 //!   string) is not plumbing: which kind of object leaks is worth reading. Names that merely
 //!   contain "alloc" (`myapp::allocate_buffers`, `reallocate_pool`) are never plumbing.
+//! - Go: the system call packages (`syscall.`, `runtime/internal/syscall.`,
+//!   `internal/syscall/unix.`, `golang.org/x/sys/unix.`: `syscall.Mmap` down to the `SYSCALL`
+//!   instruction) and the runtime's own mmap wrappers `runtime.sysMmap` and `runtime.mmap`, the
+//!   counterparts of libc's wrappers.
 //! - The user's own names (`--plumbing NAME`, a prefix when it ends in `*`).
 //!
 //! Frames without a symbol (`module+0xoffset`, `[unknown ...]`) are never plumbing: the run
@@ -140,6 +144,17 @@ const WRAPPERS: &[&str] = &[
     "CRYPTO_strndup",
     "CRYPTO_memdup",
 ];
+
+/// Go's system call packages (a function name starts with the package path and a dot).
+const GO_SYSCALL_PACKAGES: &[&str] = &[
+    "syscall.",
+    "runtime/internal/syscall.",
+    "internal/syscall/unix.",
+    "golang.org/x/sys/unix.",
+];
+
+/// The Go runtime's wrappers of the mmap system call.
+const GO_RUNTIME_WRAPPERS: &[&str] = &["runtime.sysMmap", "runtime.mmap"];
 
 /// The crates of Rust's standard library, its hash table and its allocator shims.
 const RUST_CRATES: &[&str] = &["alloc", "core", "std", "hashbrown", "__rustc"];
@@ -312,7 +327,13 @@ pub fn is_builtin(function: &str) -> bool {
     let name = c_name(function);
     // glibc calls its own functions through hidden aliases (`__GI_mprotect`, `__GI___sbrk`).
     let name = name.strip_prefix("__GI_").unwrap_or(name);
-    WRAPPERS.contains(&name) || is_rust_library(function)
+    WRAPPERS.contains(&name) || is_rust_library(function) || is_go_syscall(function)
+}
+
+/// Go's system call wrappers (see [`GO_SYSCALL_PACKAGES`], [`GO_RUNTIME_WRAPPERS`]).
+fn is_go_syscall(function: &str) -> bool {
+    GO_RUNTIME_WRAPPERS.contains(&function)
+        || GO_SYSCALL_PACKAGES.iter().any(|p| function.starts_with(p))
 }
 
 /// The name patterns are compared with besides the full name: a C++ function without return
@@ -737,6 +758,33 @@ mod tests {
                 1,
                 "{wrapper}"
             );
+        }
+    }
+
+    /// A Go stack from `syscall.Mmap` (as the e2e Go workload records it): the system call
+    /// packages fold to the user's function; a runtime function that maps is not a wrapper.
+    #[test]
+    fn go_system_call_wrappers_fold() {
+        let stack = [
+            "runtime/internal/syscall.Syscall6",
+            "syscall.RawSyscall6",
+            "syscall.Syscall6",
+            "syscall.mmap",
+            "syscall.(*mmapper).Mmap",
+            "syscall.Mmap",
+            "main.mapFive",
+            "main.main",
+        ];
+        assert_eq!(folded(&Plumbing::default(), &stack), 6);
+        let heap = [
+            "runtime.sysMmap",
+            "runtime.mmap",
+            "runtime.sysMapOS",
+            "runtime.sysMap",
+        ];
+        assert_eq!(folded(&Plumbing::default(), &heap), 2);
+        for name in ["mysyscall.Mmap", "main.syscall", "runtime.mmapper"] {
+            assert!(!is_builtin(name), "{name}");
         }
     }
 

@@ -1,4 +1,5 @@
-//! Unwind tables compiled from an object's call-frame information (`.eh_frame`): for each
+//! Unwind tables compiled from an object's call-frame information (`.eh_frame`, or
+//! `.debug_frame` without it): for each
 //! address range, how to find the canonical frame address and the caller's saved RBP, as
 //! compact [`UnwindRow`]s sorted by address; and [`step`], the rule the kernel's walker follows
 //! (here for tests against real stacks). What the row format cannot express becomes a
@@ -7,8 +8,8 @@
 use std::{collections::HashMap, fs, path::Path, sync::Arc};
 
 use gimli::{
-    BaseAddresses, CfaRule as GimliCfa, CieOrFde, EhFrame, LittleEndian, Register, RegisterRule,
-    UnwindContext, UnwindSection, X86_64,
+    BaseAddresses, CfaRule as GimliCfa, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian,
+    Register, RegisterRule, UnwindContext, UnwindSection, X86_64,
 };
 use object::{Object, ObjectSection};
 use tracer_common::{CfaRule, FpRule, UnwindRow};
@@ -111,30 +112,47 @@ enum CompileError {
     Cfi(String),
 }
 
-/// Compiles the table of an ELF object's bytes. An object without `.eh_frame` has an empty
-/// table (every address is then a gap for the unwinder).
+/// Compiles the table of an ELF object's bytes, from `.eh_frame`, or else from `.debug_frame`
+/// (Go's linker writes only that one, compressed). An object with neither has an empty table
+/// (every address is then a gap for the unwinder).
 fn compile(data: &[u8]) -> Result<UnwindTable, CompileError> {
     let file = object::File::parse(data).map_err(|e| CompileError::Elf(e.to_string()))?;
-    let Some(section) = file.section_by_name(".eh_frame") else {
-        return Ok(UnwindTable::default());
-    };
-    let bytes = section
-        .data()
-        .map_err(|e| CompileError::Elf(e.to_string()))?;
-    let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+    let elf = |e: object::Error| CompileError::Elf(e.to_string());
+    let mut bases = BaseAddresses::default();
     if let Some(text) = file.section_by_name(".text") {
         bases = bases.set_text(text.address());
     }
-    if let Some(hdr) = file.section_by_name(".eh_frame_hdr") {
-        bases = bases.set_eh_frame_hdr(hdr.address());
+    if let Some(section) = file.section_by_name(".eh_frame") {
+        bases = bases.set_eh_frame(section.address());
+        if let Some(hdr) = file.section_by_name(".eh_frame_hdr") {
+            bases = bases.set_eh_frame_hdr(hdr.address());
+        }
+        let bytes = section.data().map_err(elf)?;
+        return compile_section(&EhFrame::new(bytes, LittleEndian), &bases);
     }
-    let eh_frame = EhFrame::new(bytes, LittleEndian);
+    if let Some(section) = file.section_by_name(".debug_frame") {
+        let bytes = section.uncompressed_data().map_err(elf)?;
+        let mut debug_frame = DebugFrame::new(&bytes, LittleEndian);
+        debug_frame.set_address_size(8);
+        return compile_section(&debug_frame, &bases);
+    }
+    Ok(UnwindTable::default())
+}
+
+/// Compiles the rows of one call-frame section (`.eh_frame` or `.debug_frame`).
+fn compile_section<'data, S>(
+    section: &S,
+    bases: &BaseAddresses,
+) -> Result<UnwindTable, CompileError>
+where
+    S: UnwindSection<EndianSlice<'data, LittleEndian>>,
+{
     let cfi = |e: gimli::Error| CompileError::Cfi(e.to_string());
     let mut ctx = Box::new(UnwindContext::new());
     // Per function: its range and its rows.
     let mut functions: Vec<(u64, u64, Vec<UnwindRow>)> = Vec::new();
     let mut stats = TableStats::default();
-    let mut entries = eh_frame.entries(&bases);
+    let mut entries = section.entries(bases);
     while let Some(entry) = entries.next().map_err(cfi)? {
         let CieOrFde::Fde(partial) = entry else {
             continue;
@@ -142,10 +160,10 @@ fn compile(data: &[u8]) -> Result<UnwindTable, CompileError> {
         let fde = partial
             .parse(|section, bases, offset| section.cie_from_offset(bases, offset))
             .map_err(cfi)?;
-        let mut table = fde.rows(&eh_frame, &bases, &mut ctx).map_err(cfi)?;
+        let mut table = fde.rows(section, bases, &mut ctx).map_err(cfi)?;
         let mut rows = Vec::new();
         while let Some(row) = table.next_row().map_err(cfi)? {
-            let compiled = compile_row(row, &eh_frame);
+            let compiled = compile_row(row, section);
             if compiled.cfa_rule == CfaRule::Stop as u8 {
                 stats.unrepresentable += 1;
             }
@@ -193,9 +211,9 @@ fn object_address(address: u64) -> Result<u32, CompileError> {
 }
 
 /// One gimli row as an [`UnwindRow`] (its `pc` left for the caller).
-fn compile_row<R: gimli::Reader>(
+fn compile_row<R: gimli::Reader, S: UnwindSection<R>>(
     row: &gimli::UnwindTableRow<R::Offset>,
-    eh_frame: &EhFrame<R>,
+    section: &S,
 ) -> UnwindRow {
     let unrepresentable = stop_row(0);
     // x86-64: the return address is at CFA - 8; anything else this format cannot follow.
@@ -223,7 +241,7 @@ fn compile_row<R: gimli::Reader>(
         }
         GimliCfa::Expression(expression) => {
             let threshold = expression
-                .get(eh_frame)
+                .get(section)
                 .ok()
                 .and_then(|e| e.0.to_slice().ok().and_then(|b| plt_threshold(&b)));
             match threshold {
@@ -546,6 +564,57 @@ mod tests {
         (cfa, rbp)
     }
 
+    /// `path`'s table, compiled and checked row by row against readelf's interpretation of the
+    /// same CFI: at least `min_functions` FDEs and `min_rows` rows compared. None when readelf
+    /// (binutils) or the object is missing.
+    fn assert_agrees_with_readelf(path: &str, min_functions: u64, min_rows: usize) -> Option<()> {
+        let expected = readelf_rows(path).filter(|rows| !rows.is_empty())?;
+        let table = compile_file(Path::new(path)).unwrap();
+        assert!(
+            table.stats.functions >= min_functions,
+            "{path}: {:?}",
+            table.stats
+        );
+        let (mut compared, mut mismatches) = (0, Vec::new());
+        for row in &expected {
+            // readelf's own spellings for rules outside the format (other registers,
+            // expressions other than the PLT's) are not compared.
+            let representable =
+                (row.cfa.starts_with("rsp+") || row.cfa.starts_with("rbp+") || row.cfa == "exp")
+                    && (row.rbp == "u" || row.rbp.starts_with("c-"))
+                    && (row.ra == "c-8" || row.ra == "u");
+            if !representable {
+                continue;
+            }
+            let ours = table.row_for(row.pc).map(describe);
+            compared += 1;
+            // An undefined return address marks the outermost frame (thread entry, _start):
+            // the unwinder must stop there.
+            let expected = if row.ra == "u" {
+                ("stop".to_string(), "lost".to_string())
+            } else {
+                (row.cfa.clone(), row.rbp.clone())
+            };
+            if ours.as_ref() != Some(&expected) {
+                mismatches.push(format!(
+                    "{:#x}: readelf {} {}, ours {ours:?}",
+                    row.pc, row.cfa, row.rbp
+                ));
+            }
+        }
+        assert!(
+            compared >= min_rows,
+            "{path}: only {compared} rows compared"
+        );
+        assert!(
+            mismatches.is_empty(),
+            "{path}: {} of {compared} rows differ, e.g. {:?}",
+            mismatches.len(),
+            &mismatches[..mismatches.len().min(5)]
+        );
+        Some(())
+    }
+
     /// This machine's C library and a C++ library, compiled and checked row by row against
     /// readelf's interpretation of the same CFI.
     #[test]
@@ -556,48 +625,78 @@ mod tests {
             // A Debian program built without frame pointers (installed for trials, may be absent).
             "/usr/bin/redis-check-rdb",
         ] {
-            let Some(expected) = readelf_rows(path).filter(|rows| !rows.is_empty()) else {
+            if assert_agrees_with_readelf(path, 1000, 10_000).is_none() {
                 eprintln!("skipped {path}: readelf (binutils) or the library is missing");
-                continue;
-            };
-            let table = compile_file(Path::new(path)).unwrap();
-            assert!(table.stats.functions > 1000, "{path}: {:?}", table.stats);
-            let (mut compared, mut mismatches) = (0, Vec::new());
-            for row in &expected {
-                // readelf's own spellings for rules outside the format (other registers,
-                // expressions other than the PLT's) are not compared.
-                let representable = (row.cfa.starts_with("rsp+")
-                    || row.cfa.starts_with("rbp+")
-                    || row.cfa == "exp")
-                    && (row.rbp == "u" || row.rbp.starts_with("c-"))
-                    && (row.ra == "c-8" || row.ra == "u");
-                if !representable {
-                    continue;
-                }
-                let ours = table.row_for(row.pc).map(describe);
-                compared += 1;
-                // An undefined return address marks the outermost frame (thread entry, _start):
-                // the unwinder must stop there.
-                let expected = if row.ra == "u" {
-                    ("stop".to_string(), "lost".to_string())
-                } else {
-                    (row.cfa.clone(), row.rbp.clone())
-                };
-                if ours.as_ref() != Some(&expected) {
-                    mismatches.push(format!(
-                        "{:#x}: readelf {} {}, ours {ours:?}",
-                        row.pc, row.cfa, row.rbp
-                    ));
-                }
             }
-            assert!(compared > 10_000, "{path}: only {compared} rows compared");
-            assert!(
-                mismatches.is_empty(),
-                "{path}: {} of {compared} rows differ, e.g. {:?}",
-                mismatches.len(),
-                &mismatches[..mismatches.len().min(5)]
-            );
         }
+    }
+
+    /// An object whose only CFI is a compressed `.debug_frame` (as Go's linker writes; here gcc
+    /// without unwind tables and with `-gz`) gets its table from it, row for row as readelf
+    /// reads it.
+    #[test]
+    fn a_compressed_debug_frame_is_read_when_there_is_no_eh_frame() {
+        let dir =
+            std::env::temp_dir().join(format!("leaktracer-debug-frame-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let source = dir.join("frames.c");
+        fs::write(
+            &source,
+            "int leaf(int x) { return x * 3; }\n\
+             __attribute__((noinline)) int middle(int *v, int n) {\n\
+                 int buf[64]; int s = 0;\n\
+                 for (int i = 0; i < n && i < 64; i++) { buf[i] = v[i] + leaf(i); s += buf[i]; }\n\
+                 return s + leaf(buf[n % 64]);\n\
+             }\n\
+             int main(int argc, char **argv) { int v[64] = {argc}; (void)argv; return middle(v, argc); }\n",
+        )
+        .unwrap();
+        let binary = dir.join("frames");
+        let built = Command::new("gcc")
+            .args([
+                "-O1",
+                "-g",
+                "-gz",
+                "-fno-asynchronous-unwind-tables",
+                "-fno-unwind-tables",
+                "-o",
+            ])
+            .arg(&binary)
+            .arg(&source)
+            .status();
+        if !built.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: gcc cannot build the test object");
+            return;
+        }
+        // The C runtime's start files bring a little .eh_frame of their own: strip it, so the
+        // object has only the one it is about.
+        let stripped = dir.join("frames-debug-frame-only");
+        let status = Command::new("objcopy")
+            .args([
+                "--remove-section=.eh_frame",
+                "--remove-section=.eh_frame_hdr",
+            ])
+            .arg(&binary)
+            .arg(&stripped)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: objcopy (binutils) is missing");
+            return;
+        }
+        let data = fs::read(&stripped).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        assert!(file.section_by_name(".eh_frame").is_none());
+        let debug_frame = file.section_by_name(".debug_frame").expect(".debug_frame");
+        assert!(
+            matches!(
+                debug_frame.compressed_file_range().unwrap().format,
+                object::CompressionFormat::Zlib
+            ),
+            "-gz compresses it"
+        );
+        let path = stripped.to_str().unwrap();
+        assert_agrees_with_readelf(path, 3, 6).expect("readelf reads it");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
