@@ -187,6 +187,10 @@ impl Session<'_> {
         }
         let objects = plan.objects.iter().map(|o| (o.dev, o.inode)).collect();
         self.spaces.refresh(pid);
+        // Membership before the limit: a process that moves between the two reads (a launched
+        // `sh -c` joining a cgroup) then reads as moved at the next poll, which re-reads the
+        // limit. The other order kept the old limit for good.
+        let membership = membership(pid);
         let limit = memory_limit(pid);
         if self.limit.is_none() {
             self.limit = limit.clone();
@@ -205,7 +209,7 @@ impl Session<'_> {
                 frozen_at: None,
                 tracked_ns: crate::collect::monotonic_ns(),
                 limit,
-                membership: membership(pid),
+                membership,
                 oom_baseline,
                 exit: None,
             },
@@ -367,6 +371,10 @@ impl Session<'_> {
             return Ok(());
         }
         self.exec_followed_ns = exec_ns;
+        // A wrapper that joined a cgroup before exec'ing (`sh -c 'echo $$ > cgroup.procs;
+        // exec prog'`) is read under its new limit now, while it is stopped, before the
+        // program runs: the wait for its entry point below may outlast a quick OOM kill.
+        self.notice_cgroup_moves();
         let executable = PathBuf::from(format!("/proc/{pid}/exe"));
         let stops = self.probes.attach_launch_stop(&executable, pid).is_ok();
         // The loader runs first, and its mmaps and brks are counted: the tables of what is
