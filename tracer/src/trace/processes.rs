@@ -561,15 +561,26 @@ impl Session<'_> {
             if tracked.exit.is_some() || !is_alive(*pid) {
                 continue;
             }
-            if let Some(limit) = memory_limit(*pid) {
-                first.get_or_insert_with(|| limit.clone());
-                // It moved under another limit (a launched `sh -c` joining a cgroup): that
-                // cgroup's OOM kills count from now.
-                if tracked.oom_baseline.as_ref().map(|b| &b.0) != limit.oom_events.as_ref() {
-                    tracked.oom_baseline = oom_baseline(&limit);
-                }
-                tracked.limit = Some(limit);
+            let Some(limit) = memory_limit(*pid) else {
+                continue;
+            };
+            // A process on its way out has left its cgroups (the kernel's cgroup_exit, after
+            // the OOM mark and the exit the ending probes record, before it turns zombie):
+            // read now, it is under no limit, and the one that killed it would be lost.
+            let ending = self.probes.maps().endings.get(pid, 0).ok();
+            let since_tracked = |ns: u64| ns != 0 && ns >= tracked.tracked_ns;
+            if ending.is_some_and(|e| since_tracked(e.exit_ns) || since_tracked(e.oom_ns))
+                || !is_alive(*pid)
+            {
+                continue;
             }
+            first.get_or_insert_with(|| limit.clone());
+            // It moved under another limit (a launched `sh -c` joining a cgroup): that
+            // cgroup's OOM kills count from now.
+            if tracked.oom_baseline.as_ref().map(|b| &b.0) != limit.oom_events.as_ref() {
+                tracked.oom_baseline = oom_baseline(&limit);
+            }
+            tracked.limit = Some(limit);
         }
         if let Some(limit) = first {
             self.limit = Some(limit);
