@@ -46,19 +46,41 @@ fn raw_syscall_mappings_are_exact_per_site() {
     assert_mapping_sites(&report);
 }
 
+/// Builds and traces a program that has no allocator to probe, checking the report says so;
+/// None (said) when `tool` (from Debian's `package`) is missing.
+fn trace_without_allocator(
+    scratch: &str,
+    (tool, package): (&str, &str),
+    build: impl FnOnce() -> std::path::PathBuf,
+) -> Option<(Finished, serde_json::Value)> {
+    require_root();
+    if !installed(tool) {
+        eprintln!("skipped: {tool} (Debian's {package}) is not installed");
+        return None;
+    }
+    let dir = scratch_dir(scratch);
+    let binary = build();
+    let (done, report) = trace_launched(&dir.join("m.json"), &[], &[binary.to_str().unwrap()]);
+    let process = &report["processes"][0];
+    assert!(
+        process["allocator"].as_str().unwrap().starts_with("none"),
+        "no allocator: {process}"
+    );
+    Some((done, report))
+}
+
 /// A static musl program has no allocator to probe (this one never calls malloc) and its libc
 /// has no unwind tables (musl is built without them), so its stacks stop in `syscall`: what is
 /// checked is that every mapping is seen, exactly, with no allocator probe at all.
 #[test]
 fn a_static_musl_program_s_mappings_are_seen() {
-    require_root();
-    if !installed("musl-gcc") {
-        eprintln!("skipped: musl-gcc (Debian's musl-tools) is not installed");
+    let Some((done, report)) =
+        trace_without_allocator("static_musl_mappings", ("musl-gcc", "musl-tools"), || {
+            musl_static_workload("mappings")
+        })
+    else {
         return;
-    }
-    let dir = scratch_dir("static_musl_mappings");
-    let binary = musl_static_workload("mappings");
-    let (done, report) = trace_launched(&dir.join("m.json"), &[], &[binary.to_str().unwrap()]);
+    };
     let (bytes, mappings) = SITES
         .iter()
         .fold((0, 0), |(b, n), (_, bytes, count)| (b + bytes, n + count));
@@ -72,28 +94,17 @@ fn a_static_musl_program_s_mappings_are_seen() {
         "{}",
         done.stderr
     );
-    assert!(
-        report["processes"][0]["allocator"]
-            .as_str()
-            .unwrap()
-            .starts_with("none"),
-        "no allocator: {}",
-        report["processes"][0]
-    );
 }
 
 /// A Go program has no C library at all: its mappings are seen from the system calls, and its
 /// stacks are walked through the `.debug_frame` Go's linker writes (it has no `.eh_frame`).
 #[test]
 fn a_go_program_s_mappings_are_exact_per_site() {
-    require_root();
-    if !installed("go") {
-        eprintln!("skipped: go (Debian's golang-go) is not installed");
+    let Some((done, report)) = trace_without_allocator("go_mappings", ("go", "golang-go"), || {
+        go_workload("go_mappings")
+    }) else {
         return;
-    }
-    let dir = scratch_dir("go_mappings");
-    let binary = go_workload("go_mappings");
-    let (done, report) = trace_launched(&dir.join("m.json"), &[], &[binary.to_str().unwrap()]);
+    };
     assert!(done.stdout.contains("mapped 45"), "{}", done.stdout);
     assert_sites(
         &report,
@@ -120,12 +131,4 @@ fn a_go_program_s_mappings_are_exact_per_site() {
         assert_ne!(last["module"], "[unknown]", "{stack}");
         assert!(frames.len() > 1, "walked past the system call: {stack}");
     }
-    assert!(
-        report["processes"][0]["allocator"]
-            .as_str()
-            .unwrap()
-            .starts_with("none"),
-        "no allocator: {}",
-        report["processes"][0]
-    );
 }
