@@ -130,11 +130,29 @@ impl Tracer {
         self.wait_stderr("leaktracer: tracing ");
     }
 
+    /// Waits until leaktracer says it traces `pid`: in the first line ("tracing ... pid N
+    /// (comm)") when it was there at the start, else in its own "attached to pid N" line.
+    pub fn wait_traced(&mut self, pid: u32) {
+        let attached = format!("attached to pid {pid} ");
+        let at_start = format!("pid {pid} (");
+        self.wait_stderr_for(&attached, |stderr| {
+            stderr.contains(&attached)
+                || stderr
+                    .lines()
+                    .any(|l| l.starts_with("leaktracer: tracing ") && l.contains(&at_start))
+        });
+    }
+
     /// Waits until leaktracer's stderr contains `needle`.
     pub fn wait_stderr(&mut self, needle: &str) {
+        self.wait_stderr_for(needle, |stderr| stderr.contains(needle));
+    }
+
+    /// Waits until leaktracer's stderr satisfies `said` (`needle` names it in a failure).
+    fn wait_stderr_for(&mut self, needle: &str, said: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if self.stderr.lock().unwrap().contains(needle) {
+            if said(&self.stderr.lock().unwrap()) {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {

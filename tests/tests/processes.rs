@@ -193,7 +193,8 @@ fn prefork_workers_are_followed() {
         match fields[..] {
             ["worker", index, "pid", pid, "forked"] => {
                 let (index, pid): (u64, u32) = (index.parse().unwrap(), pid.parse().unwrap());
-                tracer.wait_stderr(&format!("attached to pid {pid} "));
+                // Forked before the trace began, it is named in its first line instead.
+                tracer.wait_traced(pid);
                 fs::write(dir.join(format!("traced-{pid}")), "").unwrap();
                 workers.push((index, pid));
             }
