@@ -13,9 +13,9 @@ use std::{
 
 use crate::paths::workspace_root;
 
-/// Compiles `source` with `compiler FLAGS -o OUT SOURCE` into `target/e2e/bin/BINARY`, through a
+/// Builds `target/e2e/bin/BINARY` with the command `build` makes for an output path: into a
 /// temporary file renamed into place, so parallel tests never run a half-written binary.
-fn compile(compiler: &str, flags: &[&str], source: &Path, binary: &str) -> PathBuf {
+fn build_atomically(binary: &str, build: impl FnOnce(&Path) -> Command) -> PathBuf {
     let out_dir = workspace_root().join("target/e2e/bin");
     fs::create_dir_all(&out_dir).unwrap();
     let out = out_dir.join(binary);
@@ -24,20 +24,22 @@ fn compile(compiler: &str, flags: &[&str], source: &Path, binary: &str) -> PathB
         std::process::id(),
         std::thread::current().id()
     ));
-    let status = Command::new(compiler)
-        .args(flags)
-        .arg("-o")
-        .arg(&temp)
-        .arg(source)
+    let mut command = build(&temp);
+    let status = command
         .status()
-        .unwrap_or_else(|e| panic!("{compiler} runs: {e}"));
-    assert!(
-        status.success(),
-        "compiling {} with {compiler} {flags:?}",
-        source.display()
-    );
+        .unwrap_or_else(|e| panic!("{command:?} runs: {e}"));
+    assert!(status.success(), "building {binary}: {command:?}");
     fs::rename(&temp, &out).unwrap();
     out
+}
+
+/// Compiles `source` with `compiler FLAGS -o OUT SOURCE` into `target/e2e/bin/BINARY`.
+fn compile(compiler: &str, flags: &[&str], source: &Path, binary: &str) -> PathBuf {
+    build_atomically(binary, |out| {
+        let mut command = Command::new(compiler);
+        command.args(flags).arg("-o").arg(out).arg(source);
+        command
+    })
 }
 
 /// The source `tests/workloads/NAME`.
@@ -111,28 +113,19 @@ pub fn rust_release_workload(name: &str) -> PathBuf {
 /// Builds `tests/workloads/NAME.go` with Go's own toolchain (Debian's golang-go): a program
 /// with no C library, whose CFI is only in `.debug_frame`.
 pub fn go_workload(name: &str) -> PathBuf {
-    let out_dir = workspace_root().join("target/e2e/bin");
-    fs::create_dir_all(&out_dir).unwrap();
-    let out = out_dir.join(format!("{name}-go"));
-    let temp = out_dir.join(format!(
-        ".{name}-go.{}.{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&temp)
-        .arg(source(&format!("{name}.go")))
-        // Outside any module, and with a cache of its own (CI's HOME may be unset).
-        .env("GO111MODULE", "off")
-        .env("GOCACHE", workspace_root().join("target/e2e/go/cache"))
-        .env("GOPATH", workspace_root().join("target/e2e/go/path"))
-        .env("GOFLAGS", "")
-        .status()
-        .unwrap_or_else(|e| panic!("go runs: {e}"));
-    assert!(status.success(), "go build {name}.go");
-    fs::rename(&temp, &out).unwrap();
-    out
+    build_atomically(&format!("{name}-go"), |out| {
+        let mut command = Command::new("go");
+        command
+            .args(["build", "-o"])
+            .arg(out)
+            .arg(source(&format!("{name}.go")))
+            // Outside any module, and with a cache of its own (CI's HOME may be unset).
+            .env("GO111MODULE", "off")
+            .env("GOCACHE", workspace_root().join("target/e2e/go/cache"))
+            .env("GOPATH", workspace_root().join("target/e2e/go/path"))
+            .env("GOFLAGS", "");
+        command
+    })
 }
 
 /// A workload process killed when the test ends, pass or fail.
