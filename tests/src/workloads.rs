@@ -2,35 +2,46 @@
 //! drive over their standard streams.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, OnceLock, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use crate::paths::workspace_root;
 
-/// Builds `target/e2e/bin/BINARY` with the command `build` makes for an output path: into a
-/// temporary file renamed into place, so parallel tests never run a half-written binary.
+/// Builds `target/e2e/bin/BINARY` with the command `build` makes for an output path, once per
+/// test process: into a temporary file renamed into place, so parallel tests never run a
+/// half-written binary. Once, because a rebuild renamed over the path while another test has
+/// planned a launch of it (its entry probe on the old file) makes that test exec a file its
+/// probe is not on.
 fn build_atomically(binary: &str, build: impl FnOnce(&Path) -> Command) -> PathBuf {
-    let out_dir = workspace_root().join("target/e2e/bin");
-    fs::create_dir_all(&out_dir).unwrap();
-    let out = out_dir.join(binary);
-    let temp = out_dir.join(format!(
-        ".{binary}.{}.{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let mut command = build(&temp);
-    let status = command
-        .status()
-        .unwrap_or_else(|e| panic!("{command:?} runs: {e}"));
-    assert!(status.success(), "building {binary}: {command:?}");
-    fs::rename(&temp, &out).unwrap();
-    out
+    static BUILT: Mutex<BTreeMap<String, Arc<OnceLock<PathBuf>>>> = Mutex::new(BTreeMap::new());
+    let once = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .entry(binary.to_string())
+        .or_default()
+        .clone();
+    // Callers wanting the same binary wait for the first one's build.
+    once.get_or_init(|| {
+        let out_dir = workspace_root().join("target/e2e/bin");
+        fs::create_dir_all(&out_dir).unwrap();
+        let out = out_dir.join(binary);
+        let temp = out_dir.join(format!(".{binary}.{}", std::process::id()));
+        let mut command = build(&temp);
+        let status = command
+            .status()
+            .unwrap_or_else(|e| panic!("{command:?} runs: {e}"));
+        assert!(status.success(), "building {binary}: {command:?}");
+        fs::rename(&temp, &out).unwrap();
+        out
+    })
+    .clone()
 }
 
 /// Compiles `source` with `compiler FLAGS -o OUT SOURCE` into `target/e2e/bin/BINARY`.

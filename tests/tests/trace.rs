@@ -192,6 +192,48 @@ fn launched_command_leak_sites_are_exact() {
 }
 
 #[test]
+fn a_launched_program_replaced_on_disk_as_it_starts_is_still_traced_whole() {
+    require_root();
+    let dir = scratch_dir("launch_replaced");
+    // A deploy or a rebuild renames a new copy over the program while leaktracer launches it:
+    // the path resolved before the fork names another file by the exec. Its entry stop (maps
+    // read, symbols opened) must be on the file the kernel runs, or a quick program exits
+    // unsymbolized, each stack one `[unknown]` frame.
+    let program = dir.join("leaky");
+    fs::copy(workload("leaky"), &program).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let replacer = {
+        let (dir, program, done) = (dir.clone(), program.clone(), done.clone());
+        std::thread::spawn(move || {
+            let temp = dir.join(".leaky.new");
+            let mut replaced = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                fs::copy(&program, &temp).unwrap();
+                fs::rename(&temp, &program).unwrap();
+                replaced += 1;
+            }
+            replaced
+        })
+    };
+    let json = dir.join("leaks.json");
+    let run = run_tracer([
+        "trace".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--".as_ref(),
+        program.as_os_str(),
+        "sites".as_ref(),
+        "--count".as_ref(),
+        "7".as_ref(),
+    ]);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let replaced = replacer.join().unwrap();
+    assert!(replaced > 0, "the program was replaced while it started");
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_leaky_sites(&read_json(&json), 7);
+}
+
+#[test]
 fn top_limits_the_text_report() {
     require_root();
     let leaky = workload("leaky");

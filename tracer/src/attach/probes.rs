@@ -600,9 +600,9 @@ impl Probes {
 
     /// Makes `pid` stop (SIGSTOP) at each of its execs, before the new image runs (see
     /// [`Self::attach_launch_stop`] for what follows). Best effort: without it the new image's
-    /// first allocations are walked by frame pointers.
-    pub fn stop_at_exec(&mut self, pid: u32) {
-        let _ = self.maps.stop_at_exec.insert(pid, 1, 0);
+    /// first allocations are walked by frame pointers. True when armed.
+    pub fn stop_at_exec(&mut self, pid: u32) -> bool {
+        self.maps.stop_at_exec.insert(pid, 1, 0).is_ok()
     }
 
     /// Removes the launch stop (before the stopped command resumes: a later exec of the same

@@ -16,6 +16,7 @@ pub mod status;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    os::unix::fs::MetadataExt,
     time::Duration,
 };
 
@@ -216,27 +217,25 @@ fn trace(
         // The command stops at its entry point, where its memory maps are read (a short-lived
         // program may be gone by the first poll, and its stacks would have no symbols) and,
         // with CFI unwinding, its unwind tables written, before its own code allocates
-        // anything.
-        let stops = match session.probes.attach_launch_stop(&objects[0], child.pid) {
-            Ok(()) => true,
-            Err(e) => {
-                eprintln!(
-                    "leaktracer: warning: {e}; a program that exits at once may have no symbols, and with CFI unwinding its first allocations are walked by frame pointers"
-                );
-                false
-            }
-        };
-        child.resume(config.command().unwrap_or_default())?;
-        let stopped = stops && child.wait_stopped(LAUNCH_STOP_WAIT);
-        session.probes.detach_launch_stop();
+        // anything. Its later execs stop too (a wrapper such as rustup's proxy or `sh -c`
+        // exec'ing the real program), for the same reasons: see `follow_launched_exec`.
+        let stopped = session.launch_to_entry(child, &objects[0])?;
+        // Probes in the program itself (a statically linked allocator) went on the file its
+        // path named before the fork; a file renamed over it since is not probed.
+        let program = objects[0].display().to_string();
+        if let Some(planned) = plan.objects.iter().find(|o| o.display_path == program)
+            && let Ok(running) = std::fs::metadata(format!("/proc/{}/exe", child.pid))
+            && (running.dev(), running.ino()) != (planned.dev, planned.inode)
+        {
+            eprintln!(
+                "leaktracer: warning: {program} was replaced on disk as it started: the probes in it are on the old file, so its own allocator's calls are not seen"
+            );
+        }
         // Stopped at its entry point (or already running, when it could not be stopped): its
         // libraries are mapped, its tables are written now. (Other processes get theirs before
         // their probes are attached.)
         session.update_tables(child.pid);
         session.track(child.pid, plan);
-        // Its later execs stop too (a wrapper such as rustup's proxy or `sh -c` exec'ing the
-        // real program), for the same reasons: see `follow_launched_exec`.
-        session.probes.stop_at_exec(child.pid);
         if stopped {
             child.continue_stopped();
         }

@@ -352,6 +352,67 @@ impl Session<'_> {
         }
     }
 
+    /// Lets the launched command exec, and runs it to its new image's entry point, where it
+    /// stops (true) with its libraries mapped and none of its own code run. The kernel stops
+    /// it at the exec itself first, so the entry probe goes on the file the kernel runs: the
+    /// path resolved before the fork may name another file by now (a deploy or a rebuild
+    /// renamed over it), whose probe would never fire. Without that stop (`--empty-programs`
+    /// returns before it) the probe goes on `program` before the exec.
+    pub(super) fn launch_to_entry(
+        &mut self,
+        child: &mut crate::target::launch::LaunchedChild,
+        program: &std::path::Path,
+    ) -> anyhow::Result<bool> {
+        let pid = child.pid;
+        let command = self.config.command().unwrap_or_default();
+        let at_exec = !self.config.empty_programs && self.probes.stop_at_exec(pid);
+        if at_exec {
+            child.resume(command)?;
+            if !child.wait_stopped(super::LAUNCH_STOP_WAIT) {
+                eprintln!(
+                    "leaktracer: warning: {} did not stop at its exec; a program that exits at once may have no symbols",
+                    program.display()
+                );
+                return Ok(false);
+            }
+            // This exec is the launch, not news for `follow_launched_exec`.
+            self.exec_followed_ns = self
+                .collector
+                .exec_time(self.probes.maps(), pid)
+                .unwrap_or_default();
+            return Ok(self.run_to_entry(child));
+        }
+        let stops = self.attach_entry_stop(program, pid);
+        child.resume(command)?;
+        let stopped = stops && child.wait_stopped(super::LAUNCH_STOP_WAIT);
+        self.probes.detach_launch_stop();
+        Ok(stopped)
+    }
+
+    /// The launched command, stopped at an exec: let go to the new image's entry point and
+    /// stopped there again (true), or let go without a stop when its probe cannot go in.
+    fn run_to_entry(&mut self, child: &mut crate::target::launch::LaunchedChild) -> bool {
+        let executable = PathBuf::from(format!("/proc/{}/exe", child.pid));
+        let stops = self.attach_entry_stop(&executable, child.pid);
+        child.continue_stopped();
+        let stopped = stops && child.wait_stopped(super::LAUNCH_STOP_WAIT);
+        self.probes.detach_launch_stop();
+        stopped
+    }
+
+    /// Puts the stop at `executable`'s entry point for `pid`; warns when it cannot.
+    fn attach_entry_stop(&mut self, executable: &std::path::Path, pid: u32) -> bool {
+        match self.probes.attach_launch_stop(executable, pid) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!(
+                    "leaktracer: warning: {e}; a program that exits at once may have no symbols, and with CFI unwinding its first allocations are walked by frame pointers"
+                );
+                false
+            }
+        }
+    }
+
     /// The launched command stopped: at an exec (the kernel stops it there, see
     /// `Probes::stop_at_exec`), before the new image ran. It is let go to the new image's entry
     /// point, where its libraries are mapped, and stopped there again while the new image is
@@ -375,16 +436,11 @@ impl Session<'_> {
         // exec prog'`) is read under its new limit now, while it is stopped, before the
         // program runs: the wait for its entry point below may outlast a quick OOM kill.
         self.notice_cgroup_moves();
-        let executable = PathBuf::from(format!("/proc/{pid}/exe"));
-        let stops = self.probes.attach_launch_stop(&executable, pid).is_ok();
         // The loader runs first, and its mmaps and brks are counted: the tables of what is
         // mapped already (the program and its loader) go in before it does. (Not its Python:
         // libpython is not mapped yet.)
         self.update_unwind_tables(pid);
-        child.continue_stopped();
-        let stopped = stops && child.wait_stopped(super::LAUNCH_STOP_WAIT);
-        self.probes.detach_launch_stop();
-        if stopped {
+        if self.run_to_entry(child) {
             self.settle_execs()?;
             self.discover();
             self.update_tables(pid);
