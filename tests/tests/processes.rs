@@ -282,6 +282,73 @@ fn cgroup_process_started_during_the_trace() {
     );
 }
 
+/// Waits for the ptrace'd `pid`'s next stop (at an exec, before its first instruction).
+fn wait_ptrace_stop(pid: u32) {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child, with a valid status pointer.
+    let waited = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    assert!(
+        waited == pid as i32 && libc::WIFSTOPPED(status),
+        "pid {pid} stopped at its exec: {status:#x}"
+    );
+}
+
+/// A process of the cgroup caught between its exec and its dynamic loader (only the program and
+/// the loader mapped, no libc yet) is not taken for a program without an allocator: it is
+/// attached once its loader has mapped libc, and its sites are exact.
+#[test]
+fn cgroup_process_caught_before_its_loader_ran_gets_its_allocator() {
+    use std::os::unix::process::CommandExt;
+    require_root();
+    let dir = scratch_dir("cgroup_mid_exec");
+    let json = dir.join("leaks.json");
+    let cgroup = Cgroup2Dir::create(&format!("leaktracer-e2e-mid-exec-{}", std::process::id()));
+    let program = workload("alloc_sites");
+    let flag = dir.join("go");
+    let mut command =
+        cgroup.enter_and_exec(&format!("{} sites {}", program.display(), flag.display()));
+    // The kernel stops a ptrace'd process at each exec, before the new image runs anything.
+    // SAFETY: ptrace(PTRACE_TRACEME) is async-signal-safe and takes no pointers.
+    unsafe {
+        command.pre_exec(|| match libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let (workload, mut lines) = spawn_with_lines(command);
+    let pid = workload.pid();
+    // The shell's exec, then (once it joined the cgroup) the program's.
+    wait_ptrace_stop(pid);
+    // SAFETY: ptrace on our own stopped tracee, no pointers.
+    unsafe { libc::ptrace(libc::PTRACE_CONT, pid as libc::pid_t, 0, 0) };
+    wait_ptrace_stop(pid);
+    assert!(
+        mapped_file(pid, "libc.so.6").is_none(),
+        "stopped before its loader ran"
+    );
+    let mut tracer = Tracer::start([
+        "trace",
+        "--cgroup",
+        cgroup.0.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    tracer.wait_attached();
+    // SAFETY: ptrace on our own stopped tracee, no pointers: it runs on, untraced.
+    unsafe { libc::ptrace(libc::PTRACE_DETACH, pid as libc::pid_t, 0, 0) };
+    tracer.wait_stderr(&format!("attached to pid {pid} "));
+    fs::write(&flag, "").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    let mapped = mapped_file(pid, "libc.so.6").unwrap();
+    tracer.interrupt();
+    let run = tracer.finish();
+    drop(workload);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report = read_json(&json);
+    assert_alloc_sites(&report, pid);
+    assert_probed_what_is_mapped(&report, pid, mapped);
+}
+
 /// Issue 14's scale bar: a cgroup of 20 glibc processes traced for `--duration 5s`, attached
 /// with one `uprobe_multi` link per (process, object, program); every process is in the report
 /// with its own sites exactly, and the probes are detached before it is written.

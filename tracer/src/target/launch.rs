@@ -321,6 +321,30 @@ pub fn predict_loaded_objects(program: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(objects)
 }
 
+/// True when the ELF at `path` names a dynamic linker (PT_INTERP): its libraries are mapped
+/// by that loader after the exec, not by the kernel. Reads only the headers.
+pub fn is_dynamically_linked(path: &Path) -> bool {
+    use object::read::{
+        ReadCache,
+        elf::{FileHeader, ProgramHeader},
+    };
+    let Ok(file) = fs::File::open(path) else {
+        return false;
+    };
+    let cache = ReadCache::new(file);
+    let Ok(header) = object::elf::FileHeader64::<object::Endianness>::parse(&cache) else {
+        return false;
+    };
+    let Ok(endian) = header.endian() else {
+        return false;
+    };
+    header.program_headers(endian, &cache).is_ok_and(|headers| {
+        headers
+            .iter()
+            .any(|h| h.p_type(endian) == object::elf::PT_INTERP)
+    })
+}
+
 /// The dynamic linker named by an ELF's PT_INTERP, if it has one.
 fn elf_interpreter(data: &[u8]) -> Option<PathBuf> {
     use object::read::elf::{ElfFile64, ProgramHeader};

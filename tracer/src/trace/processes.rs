@@ -10,7 +10,7 @@ use crate::{
     python::interpreter::Found,
     report::{ExecEvent, ProcessEntry, TargetExit},
     target::{
-        launch::signal_name,
+        launch::{is_dynamically_linked, signal_name},
         maps::read_maps,
         memory::{MemoryLimit, memory_limit, oom_kills, rss_bytes},
         process::{ProcessInfo, is_alive, state_of},
@@ -539,8 +539,17 @@ impl Session<'_> {
                 continue;
             }
             let exe = executable(pid);
-            if self.tracked.get(&pid).is_some_and(|t| t.exe == exe) {
-                continue;
+            if let Some(tracked) = self.tracked.get(&pid) {
+                // An exec not settled yet (it happened since this poll's `settle_execs`) is
+                // settled first, on the next poll: its old image's records are retired under
+                // the old executable's name.
+                let unsettled = self
+                    .collector
+                    .exec_time(self.probes.maps(), pid)
+                    .is_some_and(|ns| ns > tracked.exec_settled_ns);
+                if tracked.exe == exe || unsettled {
+                    continue;
+                }
             }
             match self.attach_process(pid, exe) {
                 Ok(()) => {
@@ -568,6 +577,17 @@ impl Session<'_> {
     /// Attaches to a new process, or to what an exec'd process maps that it did not before.
     fn attach_process(&mut self, pid: u32, exe: Option<PathBuf>) -> anyhow::Result<()> {
         let mut plan = plan_for_pid(pid, self.config)?;
+        // Caught between its exec and its loader mapping the libraries, a dynamically linked
+        // program maps no malloc yet: tried again on the next polls (it is not a program
+        // without an allocator, whose libc would then never be probed), and only the last
+        // attempt takes it as one.
+        let last_attempt = self.attempts.get(&pid).copied().unwrap_or(0) + 1 >= ATTACH_ATTEMPTS;
+        if plan.allocator == allocator::NO_ALLOCATOR
+            && !last_attempt
+            && is_dynamically_linked(&PathBuf::from(format!("/proc/{pid}/exe")))
+        {
+            anyhow::bail!("its dynamic loader has not mapped its libraries yet");
+        }
         let known = self
             .tracked
             .get(&pid)
