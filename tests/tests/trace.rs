@@ -573,6 +573,25 @@ fn full_maps_are_counted_and_reported_not_silent() {
     );
     assert!(run.stdout.contains("dropped: "), "{}", run.stdout);
     assert!(run.stdout.contains("alloc_map_full"), "{}", run.stdout);
+    // No leak found among what was recorded is no all-clear: the verdict says it is incomplete.
+    let verdict = &report["verdict"];
+    assert_eq!(verdict["leak"], false, "{verdict}");
+    assert_eq!(verdict["unrecorded_allocations"], full, "{verdict}");
+    let incomplete = format!(
+        "INCOMPLETE: {full} allocations were not recorded (the record table was full: raise --max-allocations)"
+    );
+    assert!(
+        verdict["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with(&incomplete),
+        "{verdict}"
+    );
+    assert!(
+        run.stdout.contains(&format!("verdict: {incomplete}")),
+        "{}",
+        run.stdout
+    );
 }
 
 /// Heap records beyond the record table's windows go to the overflow map and are exact there

@@ -114,7 +114,9 @@ pub fn totals(stacks: &[Stack], counters: &[u64]) -> Totals {
 pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report {
     let totals = totals(&stacks, counters);
     let oom_kills = oom_kills(&facts);
-    let verdict = verdict_with_endings(&stacks, &facts.timeline, facts.limit.clone(), &oom_kills);
+    let mut verdict =
+        verdict_with_endings(&stacks, &facts.timeline, facts.limit.clone(), &oom_kills);
+    verdict.note_unrecorded(counters[Counter::AllocMapFull as usize]);
     let functions = functions(&stacks);
     let root_command = facts
         .processes
@@ -230,6 +232,23 @@ fn oom_kills(facts: &TraceFacts) -> Vec<super::TargetExit> {
         }
     }
     kills
+}
+
+impl Verdict {
+    /// Notes `unrecorded` allocations the kernel dropped. Without a leak found, the verdict
+    /// cannot vouch for them: a table full since early on reads as no growth at all.
+    pub fn note_unrecorded(&mut self, unrecorded: u64) {
+        self.unrecorded_allocations = unrecorded;
+        if unrecorded == 0 || self.leak {
+            return;
+        }
+        let rest =
+            self.summary
+                .replacen("no leak found:", "no leak found among those recorded:", 1);
+        self.summary = format!(
+            "INCOMPLETE: {unrecorded} allocations were not recorded (the record table was full: raise --max-allocations), so a leak among them is not seen; {rest}"
+        );
+    }
 }
 
 /// The verdict: is anything leaking, how fast does the process's outstanding memory grow, and
@@ -370,6 +389,7 @@ pub fn verdict_with_endings(
         memory_usage_bytes: limit.as_ref().map(|l| l.usage_bytes),
         memory_limit_source: limit.map(|l| l.source),
         seconds_to_limit,
+        unrecorded_allocations: 0,
         summary,
     }
 }
@@ -622,6 +642,44 @@ mod tests {
         // Even in a trace too short to judge growth.
         let short = verdict_of_short(&stacks);
         assert!(short.leak, "{}", short.summary);
+    }
+
+    #[test]
+    fn allocations_left_unrecorded_make_a_no_leak_verdict_incomplete() {
+        // A full record table stops growth from showing at all: "no leak" cannot be vouched for.
+        let stacks = vec![with_classes(
+            stack_of(&["cache_put", "main"], 9000, 9),
+            0,
+            9000,
+            true,
+        )];
+        let mut verdict = verdict(&stacks, &growing_timeline(), None);
+        verdict.note_unrecorded(4321);
+        assert!(!verdict.leak);
+        assert_eq!(verdict.unrecorded_allocations, 4321);
+        assert!(
+            verdict.summary.starts_with(
+                "INCOMPLETE: 4321 allocations were not recorded (the record table was full: raise --max-allocations), so a leak among them is not seen; no leak found among those recorded: 1 stack grows steadily"
+            ),
+            "{}",
+            verdict.summary
+        );
+        // A leak found is a leak whatever was missed; nothing missed changes nothing.
+        let leaking = vec![with_classes(
+            stack_of(&["drop_it", "main"], 300, 3),
+            300,
+            0,
+            false,
+        )];
+        let mut leak = verdict_of(&leaking);
+        assert!(leak.leak, "{}", leak.summary);
+        let summary = leak.summary.clone();
+        leak.note_unrecorded(10);
+        assert_eq!((leak.summary, leak.unrecorded_allocations), (summary, 10));
+        let mut clean = verdict_of(&stacks);
+        let summary = clean.summary.clone();
+        clean.note_unrecorded(0);
+        assert_eq!(clean.summary, summary);
     }
 
     fn verdict_of(stacks: &[Stack]) -> Verdict {

@@ -390,6 +390,10 @@ pub struct Verdict {
     /// limit, holding what); the summary says so first.
     #[serde(default)]
     pub oom_killed: bool,
+    /// Allocations the kernel could not record, its record table full (`alloc_map_full`): a leak
+    /// among them is not seen, so without a leak found the summary begins `INCOMPLETE`.
+    #[serde(default)]
+    pub unrecorded_allocations: u64,
     /// The verdict in one sentence.
     pub summary: String,
 }
