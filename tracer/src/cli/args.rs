@@ -105,9 +105,10 @@ pub struct TraceArgs {
 
     /// Every interval, sample per-stack outstanding bytes and the RSS, and print a status line
     /// (elapsed, outstanding, growth rate, top grower). The growth analysis works on these
-    /// samples.
-    #[arg(short, long, value_name = "DUR", value_parser = parse_duration, default_value = "5s")]
-    pub interval: Duration,
+    /// samples. Default: 5s, or with --duration a tenth of it between 1s and 5s, so a short
+    /// trace still takes enough samples for a verdict.
+    #[arg(short, long, value_name = "DUR", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
 
     /// While tracing, serve HTTP on ADDR: Prometheus metrics (/metrics), the report as JSON
     /// (/api/snapshot), the timeline (/api/history), the leaking stacks (/api/leaks), the

@@ -1,7 +1,7 @@
 //! From what clap parsed to the validated configurations the subcommands run on: contradictory
 //! flags are rejected here, with a message that says what to do instead.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use super::args::{DiffArgs, OutputArgs, PlumbingArgs, TraceArgs};
 use crate::{
@@ -136,7 +136,9 @@ impl TryFrom<TraceArgs> for TraceConfig {
             follow_children: args.follow_children,
             allocator: args.allocator,
             duration: args.duration,
-            interval: args.interval,
+            interval: args
+                .interval
+                .unwrap_or_else(|| default_interval(args.duration)),
             outputs: args.output.outputs(args.json),
             serve: args.serve,
             metrics_stacks: args.metrics_stacks,
@@ -170,6 +172,16 @@ impl TryFrom<TraceArgs> for TraceConfig {
             quiet: args.quiet,
             verbose: args.verbose,
         })
+    }
+}
+
+/// The sampling interval when `--interval` is not given: 5 s, or for a trace of `duration` a
+/// tenth of it within 1-5 s (a 10 s trace at 5 s would take 3 samples, too few to judge growth).
+fn default_interval(duration: Option<Duration>) -> Duration {
+    const LONGEST: Duration = Duration::from_secs(5);
+    match duration {
+        Some(duration) => (duration / 10).clamp(Duration::from_secs(1), LONGEST),
+        None => LONGEST,
     }
 }
 
@@ -282,6 +294,22 @@ mod tests {
             config(&["--pid", "7", "--follow-children"])
                 .unwrap()
                 .follow_children
+        );
+    }
+
+    #[test]
+    fn the_default_interval_gives_a_short_trace_enough_samples() {
+        let interval = |argv: &[&str]| config(argv).unwrap().interval;
+        let secs = Duration::from_secs;
+        assert_eq!(interval(&["--pid", "7"]), secs(5));
+        assert_eq!(interval(&["--pid", "7", "--duration", "10s"]), secs(1));
+        assert_eq!(interval(&["--pid", "7", "--duration", "30s"]), secs(3));
+        assert_eq!(interval(&["--pid", "7", "--duration", "10m"]), secs(5));
+        assert_eq!(interval(&["--pid", "7", "--duration", "3s"]), secs(1));
+        // Given, it is taken as it is.
+        assert_eq!(
+            interval(&["--pid", "7", "--duration", "10s", "--interval", "5s"]),
+            secs(5)
         );
     }
 }
