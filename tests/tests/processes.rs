@@ -239,13 +239,8 @@ fn prefork_workers_are_followed() {
     assert!(pids.iter().all(|p| *p != 0));
 }
 
-/// --cgroup traces a process that starts in the cgroup after the trace began.
-#[test]
-fn cgroup_process_started_during_the_trace() {
-    require_root();
-    let dir = scratch_dir("cgroup_late");
-    let json = dir.join("leaks.json");
-    let cgroup = Cgroup2Dir::create(&format!("leaktracer-e2e-late-{}", std::process::id()));
+/// `leaktracer trace --cgroup CGROUP --json JSON`, attached to what is in the cgroup now.
+fn trace_cgroup(cgroup: &Cgroup2Dir, json: &Path) -> Tracer {
     let mut tracer = Tracer::start([
         "trace",
         "--cgroup",
@@ -254,26 +249,51 @@ fn cgroup_process_started_during_the_trace() {
         json.to_str().unwrap(),
     ]);
     tracer.wait_attached();
-    let program = workload("alloc_sites");
-    let flag = dir.join("go");
-    let (workload, mut lines) = spawn_with_lines(cgroup.enter_and_exec(&format!(
-        "{} sites {}",
-        program.display(),
-        flag.display()
-    )));
+    tracer
+}
+
+/// Once `tracer` says it attached to the `alloc_sites sites FLAG` process `workload`, lets it
+/// leak (FLAG) and ends the trace; checks its sites exactly, and that the allocator probed is
+/// the libc it maps. Returns the run and the report.
+fn let_member_leak(
+    mut tracer: Tracer,
+    workload: Workload,
+    mut lines: Lines<BufReader<ChildStdout>>,
+    flag: &Path,
+    json: &Path,
+) -> (Finished, Value) {
     let pid = workload.pid();
     tracer.wait_stderr(&format!("attached to pid {pid} "));
-    fs::write(&flag, "").unwrap();
+    fs::write(flag, "").unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "done");
     let mapped = mapped_file(pid, "libc.so.6").unwrap();
     tracer.interrupt();
     let run = tracer.finish();
     drop(workload);
     assert!(run.status.success(), "{}", run.stderr);
-    eprintln!("{}", run.stderr);
-    let report = read_json(&json);
+    let report = read_json(json);
     assert_alloc_sites(&report, pid);
     assert_probed_what_is_mapped(&report, pid, mapped);
+    (run, report)
+}
+
+/// --cgroup traces a process that starts in the cgroup after the trace began.
+#[test]
+fn cgroup_process_started_during_the_trace() {
+    require_root();
+    let dir = scratch_dir("cgroup_late");
+    let json = dir.join("leaks.json");
+    let cgroup = Cgroup2Dir::create(&format!("leaktracer-e2e-late-{}", std::process::id()));
+    let tracer = trace_cgroup(&cgroup, &json);
+    let program = workload("alloc_sites");
+    let flag = dir.join("go");
+    let (workload, lines) = spawn_with_lines(cgroup.enter_and_exec(&format!(
+        "{} sites {}",
+        program.display(),
+        flag.display()
+    )));
+    let pid = workload.pid();
+    let (run, report) = let_member_leak(tracer, workload, lines, &flag, &json);
     assert_eq!(report["target"]["cgroup"], cgroup.0.to_str().unwrap());
     assert!(
         run.stderr.contains(&format!("attached to pid {pid} ")),
@@ -315,7 +335,7 @@ fn cgroup_process_caught_before_its_loader_ran_gets_its_allocator() {
             _ => Err(std::io::Error::last_os_error()),
         });
     }
-    let (workload, mut lines) = spawn_with_lines(command);
+    let (workload, lines) = spawn_with_lines(command);
     let pid = workload.pid();
     // The shell's exec, then (once it joined the cgroup) the program's.
     wait_ptrace_stop(pid);
@@ -326,27 +346,10 @@ fn cgroup_process_caught_before_its_loader_ran_gets_its_allocator() {
         mapped_file(pid, "libc.so.6").is_none(),
         "stopped before its loader ran"
     );
-    let mut tracer = Tracer::start([
-        "trace",
-        "--cgroup",
-        cgroup.0.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    tracer.wait_attached();
+    let tracer = trace_cgroup(&cgroup, &json);
     // SAFETY: ptrace on our own stopped tracee, no pointers: it runs on, untraced.
     unsafe { libc::ptrace(libc::PTRACE_DETACH, pid as libc::pid_t, 0, 0) };
-    tracer.wait_stderr(&format!("attached to pid {pid} "));
-    fs::write(&flag, "").unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "done");
-    let mapped = mapped_file(pid, "libc.so.6").unwrap();
-    tracer.interrupt();
-    let run = tracer.finish();
-    drop(workload);
-    assert!(run.status.success(), "{}", run.stderr);
-    let report = read_json(&json);
-    assert_alloc_sites(&report, pid);
-    assert_probed_what_is_mapped(&report, pid, mapped);
+    let_member_leak(tracer, workload, lines, &flag, &json);
 }
 
 /// Issue 14's scale bar: a cgroup of 20 glibc processes traced for `--duration 5s`, attached
