@@ -239,6 +239,13 @@ fn prefork_workers_are_followed() {
     assert!(pids.iter().all(|p| *p != 0));
 }
 
+/// `alloc_sites sites FLAG`, started by a shell that first moves itself into `cgroup`: it
+/// leaks its sites once FLAG exists.
+fn alloc_sites_in(cgroup: &Cgroup2Dir, flag: &Path) -> Command {
+    let program = workload("alloc_sites");
+    cgroup.enter_and_exec(&format!("{} sites {}", program.display(), flag.display()))
+}
+
 /// `leaktracer trace --cgroup CGROUP --json JSON`, attached to what is in the cgroup now.
 fn trace_cgroup(cgroup: &Cgroup2Dir, json: &Path) -> Tracer {
     let mut tracer = Tracer::start([
@@ -285,13 +292,8 @@ fn cgroup_process_started_during_the_trace() {
     let json = dir.join("leaks.json");
     let cgroup = Cgroup2Dir::create(&format!("leaktracer-e2e-late-{}", std::process::id()));
     let tracer = trace_cgroup(&cgroup, &json);
-    let program = workload("alloc_sites");
     let flag = dir.join("go");
-    let (workload, lines) = spawn_with_lines(cgroup.enter_and_exec(&format!(
-        "{} sites {}",
-        program.display(),
-        flag.display()
-    )));
+    let (workload, lines) = spawn_with_lines(alloc_sites_in(&cgroup, &flag));
     let pid = workload.pid();
     let (run, report) = let_member_leak(tracer, workload, lines, &flag, &json);
     assert_eq!(report["target"]["cgroup"], cgroup.0.to_str().unwrap());
@@ -323,10 +325,8 @@ fn cgroup_process_caught_before_its_loader_ran_gets_its_allocator() {
     let dir = scratch_dir("cgroup_mid_exec");
     let json = dir.join("leaks.json");
     let cgroup = Cgroup2Dir::create(&format!("leaktracer-e2e-mid-exec-{}", std::process::id()));
-    let program = workload("alloc_sites");
     let flag = dir.join("go");
-    let mut command =
-        cgroup.enter_and_exec(&format!("{} sites {}", program.display(), flag.display()));
+    let mut command = alloc_sites_in(&cgroup, &flag);
     // The kernel stops a ptrace'd process at each exec, before the new image runs anything.
     // SAFETY: ptrace(PTRACE_TRACEME) is async-signal-safe and takes no pointers.
     unsafe {
@@ -390,15 +390,8 @@ fn trace_cgroup_of(name: &str, count: usize, env: &[(&str, &str)]) -> (Value, Ve
     let json = dir.join("leaks.json");
     let flag = dir.join("go");
     let cgroup = Cgroup2Dir::create(&format!("leaktracer-e2e-{name}-{}", std::process::id()));
-    let program = workload("alloc_sites");
     let mut workloads: Vec<(Workload, Lines<BufReader<ChildStdout>>)> = (0..count)
-        .map(|_| {
-            spawn_with_lines(cgroup.enter_and_exec(&format!(
-                "{} sites {}",
-                program.display(),
-                flag.display()
-            )))
-        })
+        .map(|_| spawn_with_lines(alloc_sites_in(&cgroup, &flag)))
         .collect();
     let pids: Vec<u32> = workloads.iter().map(|(w, _)| w.pid()).collect();
     // Every one has moved itself into the cgroup and exec'd before the trace starts.
