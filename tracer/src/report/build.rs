@@ -114,9 +114,13 @@ pub fn totals(stacks: &[Stack], counters: &[u64]) -> Totals {
 pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report {
     let totals = totals(&stacks, counters);
     let oom_kills = oom_kills(&facts);
-    let mut verdict =
-        verdict_with_endings(&stacks, &facts.timeline, facts.limit.clone(), &oom_kills);
-    verdict.note_unrecorded(counters[Counter::AllocMapFull as usize]);
+    let verdict = verdict_with_endings(
+        &stacks,
+        &facts.timeline,
+        facts.limit.clone(),
+        &oom_kills,
+        counters[Counter::AllocMapFull as usize],
+    );
     let functions = functions(&stacks);
     let root_command = facts
         .processes
@@ -234,23 +238,6 @@ fn oom_kills(facts: &TraceFacts) -> Vec<super::TargetExit> {
     kills
 }
 
-impl Verdict {
-    /// Notes `unrecorded` allocations the kernel dropped. Without a leak found, the verdict
-    /// cannot vouch for them: a table full since early on reads as no growth at all.
-    pub fn note_unrecorded(&mut self, unrecorded: u64) {
-        self.unrecorded_allocations = unrecorded;
-        if unrecorded == 0 || self.leak {
-            return;
-        }
-        let rest =
-            self.summary
-                .replacen("no leak found:", "no leak found among those recorded:", 1);
-        self.summary = format!(
-            "INCOMPLETE: {unrecorded} allocations were not recorded (the record table was full: raise --max-allocations), so a leak among them is not seen; {rest}"
-        );
-    }
-}
-
 /// The verdict: is anything leaking, how fast does the process's outstanding memory grow, and
 /// when does it reach its limit at that rate.
 pub fn verdict(
@@ -258,16 +245,19 @@ pub fn verdict(
     timeline: &[TimelinePoint],
     limit: Option<MemoryLimit>,
 ) -> Verdict {
-    verdict_with_endings(stacks, timeline, limit, &[])
+    verdict_with_endings(stacks, timeline, limit, &[], 0)
 }
 
 /// [`verdict`], saying first which processes the OOM killer ended (`oom_kills`): their limit
-/// was reached, so no time to it is predicted.
+/// was reached, so no time to it is predicted. With `unrecorded` allocations (the record table
+/// full), a verdict that finds no leak says first that it is incomplete: a table full since
+/// early on reads as no growth at all.
 pub fn verdict_with_endings(
     stacks: &[Stack],
     timeline: &[TimelinePoint],
     limit: Option<MemoryLimit>,
     oom_kills: &[super::TargetExit],
+    unrecorded: u64,
 ) -> Verdict {
     let times: Vec<f64> = timeline.iter().map(|p| p.t_secs).collect();
     let bytes: Vec<f64> = timeline
@@ -311,6 +301,11 @@ pub fn verdict_with_endings(
         .filter(|_| rate > 0.0 && judged && oom_kills.is_empty())
         .map(|l| l.headroom() as f64 / rate);
     let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let no_leak_found = if unrecorded > 0 {
+        "no leak found among those recorded"
+    } else {
+        "no leak found"
+    };
     let mut summary = if lost_stacks > 0 {
         let mut text = format!(
             "LEAK: {} lost on {lost_stacks} stack{} (definitely or indirectly: no pointer to it is left)",
@@ -340,7 +335,7 @@ pub fn verdict_with_endings(
         )
     } else if referenced_growth_stacks > 0 {
         format!(
-            "no leak found: {referenced_growth_stacks} stack{} grow{} steadily, but every byte is still referenced (a cache or store to bound, not a leak); outstanding memory {}",
+            "{no_leak_found}: {referenced_growth_stacks} stack{} grow{} steadily, but every byte is still referenced (a cache or store to bound, not a leak); outstanding memory {}",
             plural(referenced_growth_stacks),
             if referenced_growth_stacks == 1 {
                 "s"
@@ -351,7 +346,7 @@ pub fn verdict_with_endings(
         )
     } else {
         format!(
-            "no leak found: no stack grows steadily (outstanding memory {})",
+            "{no_leak_found}: no stack grows steadily (outstanding memory {})",
             human_rate(rate)
         )
     };
@@ -369,6 +364,11 @@ pub fn verdict_with_endings(
                 limit.source
             )),
         }
+    }
+    if unrecorded > 0 && leaking_stacks == 0 {
+        summary = format!(
+            "INCOMPLETE: {unrecorded} allocations were not recorded (the record table was full: raise --max-allocations), so a leak among them is not seen; {summary}"
+        );
     }
     if !oom_kills.is_empty() {
         let kills: Vec<String> = oom_kills
@@ -389,7 +389,7 @@ pub fn verdict_with_endings(
         memory_usage_bytes: limit.as_ref().map(|l| l.usage_bytes),
         memory_limit_source: limit.map(|l| l.source),
         seconds_to_limit,
-        unrecorded_allocations: 0,
+        unrecorded_allocations: unrecorded,
         summary,
     }
 }
@@ -653,8 +653,7 @@ mod tests {
             9000,
             true,
         )];
-        let mut verdict = verdict(&stacks, &growing_timeline(), None);
-        verdict.note_unrecorded(4321);
+        let verdict = verdict_with_endings(&stacks, &growing_timeline(), None, &[], 4321);
         assert!(!verdict.leak);
         assert_eq!(verdict.unrecorded_allocations, 4321);
         assert!(
@@ -671,15 +670,14 @@ mod tests {
             0,
             false,
         )];
-        let mut leak = verdict_of(&leaking);
+        let leak = verdict_with_endings(&leaking, &growing_timeline(), None, &[], 10);
         assert!(leak.leak, "{}", leak.summary);
-        let summary = leak.summary.clone();
-        leak.note_unrecorded(10);
-        assert_eq!((leak.summary, leak.unrecorded_allocations), (summary, 10));
-        let mut clean = verdict_of(&stacks);
-        let summary = clean.summary.clone();
-        clean.note_unrecorded(0);
-        assert_eq!(clean.summary, summary);
+        assert_eq!(
+            (leak.summary, leak.unrecorded_allocations),
+            (verdict_of(&leaking).summary, 10)
+        );
+        let clean = verdict_with_endings(&stacks, &growing_timeline(), None, &[], 0);
+        assert_eq!(clean.summary, verdict_of(&stacks).summary);
     }
 
     fn verdict_of(stacks: &[Stack]) -> Verdict {
