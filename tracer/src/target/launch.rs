@@ -291,7 +291,7 @@ pub fn predict_loaded_objects(program: &Path) -> io::Result<Vec<PathBuf>> {
             return predict_loaded_objects(Path::new(interpreter));
         }
     }
-    let Some(interp) = elf_interpreter(&data) else {
+    let Some(interp) = elf_interpreter(data.as_slice()) else {
         return Ok(vec![program.to_path_buf()]);
     };
     let output = Command::new(&interp).arg("--list").arg(program).output()?;
@@ -324,35 +324,19 @@ pub fn predict_loaded_objects(program: &Path) -> io::Result<Vec<PathBuf>> {
 /// True when the ELF at `path` names a dynamic linker (PT_INTERP): its libraries are mapped
 /// by that loader after the exec, not by the kernel. Reads only the headers.
 pub fn is_dynamically_linked(path: &Path) -> bool {
-    use object::read::{
-        ReadCache,
-        elf::{FileHeader, ProgramHeader},
-    };
-    let Ok(file) = fs::File::open(path) else {
-        return false;
-    };
-    let cache = ReadCache::new(file);
-    let Ok(header) = object::elf::FileHeader64::<object::Endianness>::parse(&cache) else {
-        return false;
-    };
-    let Ok(endian) = header.endian() else {
-        return false;
-    };
-    header.program_headers(endian, &cache).is_ok_and(|headers| {
-        headers
-            .iter()
-            .any(|h| h.p_type(endian) == object::elf::PT_INTERP)
-    })
+    fs::File::open(path)
+        .is_ok_and(|file| elf_interpreter(&object::read::ReadCache::new(file)).is_some())
 }
 
-/// The dynamic linker named by an ELF's PT_INTERP, if it has one.
-fn elf_interpreter(data: &[u8]) -> Option<PathBuf> {
-    use object::read::elf::{ElfFile64, ProgramHeader};
-    let elf = ElfFile64::<object::Endianness>::parse(data).ok()?;
-    let endian = elf.endian();
-    for header in elf.elf_program_headers() {
-        if header.p_type(endian) == object::elf::PT_INTERP {
-            let bytes = header.data(endian, data).ok()?;
+/// The dynamic linker named by an ELF's PT_INTERP, if it has one (read from the ELF and program
+/// headers only, as the kernel does).
+fn elf_interpreter<'data>(data: impl object::ReadRef<'data>) -> Option<PathBuf> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    for program_header in header.program_headers(endian, data).ok()? {
+        if program_header.p_type(endian) == object::elf::PT_INTERP {
+            let bytes = program_header.data(endian, data).ok()?;
             let path = bytes.split(|b| *b == 0).next()?;
             return Some(PathBuf::from(std::ffi::OsStr::from_bytes(path)));
         }
