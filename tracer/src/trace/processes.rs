@@ -1,7 +1,10 @@
 //! The processes a trace is attached to: attaching new ones as they enter the scope (with
 //! retries for processes caught mid-exec), noticing an exec, and what the report says of them.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use super::{Session, TraceConfig};
 use crate::{
@@ -10,7 +13,7 @@ use crate::{
     python::interpreter::Found,
     report::{ExecEvent, ProcessEntry, TargetExit},
     target::{
-        launch::{is_dynamically_linked, signal_name},
+        launch::{LaunchedChild, is_dynamically_linked, signal_name},
         maps::read_maps,
         memory::{MemoryLimit, memory_limit, oom_kills, rss_bytes},
         process::{ProcessInfo, is_alive, state_of},
@@ -360,48 +363,61 @@ impl Session<'_> {
     /// returns before it) the probe goes on `program` before the exec.
     pub(super) fn launch_to_entry(
         &mut self,
-        child: &mut crate::target::launch::LaunchedChild,
-        program: &std::path::Path,
+        child: &mut LaunchedChild,
+        program: &Path,
     ) -> anyhow::Result<bool> {
         let pid = child.pid;
-        let command = self.config.command().unwrap_or_default();
-        let at_exec = !self.config.empty_programs && self.probes.stop_at_exec(pid);
-        if at_exec {
-            child.resume(command)?;
-            if !child.wait_stopped(super::LAUNCH_STOP_WAIT) {
-                eprintln!(
-                    "leaktracer: warning: {} did not stop at its exec; a program that exits at once may have no symbols",
-                    program.display()
-                );
-                return Ok(false);
-            }
-            // This exec is the launch, not news for `follow_launched_exec`.
-            self.exec_followed_ns = self
-                .collector
-                .exec_time(self.probes.maps(), pid)
-                .unwrap_or_default();
-            return Ok(self.run_to_entry(child));
+        // The configuration outlives the session: its command is not borrowed from `self`.
+        let config = self.config;
+        let command = config.command().unwrap_or_default();
+        if config.empty_programs || !self.probes.stop_at_exec(pid) {
+            return Ok(self.run_to_entry(child, program, |child| child.resume(command))?);
         }
-        let stops = self.attach_entry_stop(program, pid);
         child.resume(command)?;
-        let stopped = stops && child.wait_stopped(super::LAUNCH_STOP_WAIT);
-        self.probes.detach_launch_stop();
-        Ok(stopped)
+        if !child.wait_stopped(super::LAUNCH_STOP_WAIT) {
+            eprintln!(
+                "leaktracer: warning: {} did not stop at its exec; a program that exits at once may have no symbols",
+                program.display()
+            );
+            return Ok(false);
+        }
+        // This exec is the launch, not news for `follow_launched_exec`.
+        self.exec_followed_ns = self
+            .collector
+            .exec_time(self.probes.maps(), pid)
+            .unwrap_or_default();
+        Ok(self.run_from_exec_to_entry(child))
     }
 
-    /// The launched command, stopped at an exec: let go to the new image's entry point and
-    /// stopped there again (true), or let go without a stop when its probe cannot go in.
-    fn run_to_entry(&mut self, child: &mut crate::target::launch::LaunchedChild) -> bool {
+    /// The launched command, stopped at an exec: let go to the new image's entry point (the
+    /// file the kernel runs) and stopped there again (true), or let go without a stop when its
+    /// probe cannot go in.
+    fn run_from_exec_to_entry(&mut self, child: &mut LaunchedChild) -> bool {
         let executable = PathBuf::from(format!("/proc/{}/exe", child.pid));
-        let stops = self.attach_entry_stop(&executable, child.pid);
-        child.continue_stopped();
-        let stopped = stops && child.wait_stopped(super::LAUNCH_STOP_WAIT);
+        let continued = self.run_to_entry(child, &executable, |child| {
+            child.continue_stopped();
+            Ok(())
+        });
+        continued.unwrap_or(false)
+    }
+
+    /// Puts the stop at `executable`'s entry point, lets the launched command go (`let_go`),
+    /// waits for that stop (true), and takes the probe out again.
+    fn run_to_entry(
+        &mut self,
+        child: &mut LaunchedChild,
+        executable: &Path,
+        let_go: impl FnOnce(&mut LaunchedChild) -> Result<(), TraceError>,
+    ) -> Result<bool, TraceError> {
+        let stops = self.attach_entry_stop(executable, child.pid);
+        let gone = let_go(child);
+        let stopped = gone.is_ok() && stops && child.wait_stopped(super::LAUNCH_STOP_WAIT);
         self.probes.detach_launch_stop();
-        stopped
+        gone.map(|()| stopped)
     }
 
     /// Puts the stop at `executable`'s entry point for `pid`; warns when it cannot.
-    fn attach_entry_stop(&mut self, executable: &std::path::Path, pid: u32) -> bool {
+    fn attach_entry_stop(&mut self, executable: &Path, pid: u32) -> bool {
         match self.probes.attach_launch_stop(executable, pid) {
             Ok(()) => true,
             Err(e) => {
@@ -418,10 +434,7 @@ impl Session<'_> {
     /// point, where its libraries are mapped, and stopped there again while the new image is
     /// attached and its unwind tables are written. A stop that follows no exec (someone else's
     /// SIGSTOP) is left alone.
-    pub(super) fn follow_launched_exec(
-        &mut self,
-        child: &mut crate::target::launch::LaunchedChild,
-    ) -> anyhow::Result<()> {
+    pub(super) fn follow_launched_exec(&mut self, child: &mut LaunchedChild) -> anyhow::Result<()> {
         let pid = child.pid;
         // Compared with the last exec followed, not the last settled: a poll may have settled
         // this exec (and failed to attach the half-loaded image) before seeing the stop.
@@ -440,7 +453,7 @@ impl Session<'_> {
         // mapped already (the program and its loader) go in before it does. (Not its Python:
         // libpython is not mapped yet.)
         self.update_unwind_tables(pid);
-        if self.run_to_entry(child) {
+        if self.run_from_exec_to_entry(child) {
             self.settle_execs()?;
             self.discover();
             self.update_tables(pid);
@@ -543,11 +556,12 @@ impl Session<'_> {
                 // An exec not settled yet (it happened since this poll's `settle_execs`) is
                 // settled first, on the next poll: its old image's records are retired under
                 // the old executable's name.
-                let unsettled = self
-                    .collector
-                    .exec_time(self.probes.maps(), pid)
-                    .is_some_and(|ns| ns > tracked.exec_settled_ns);
-                if tracked.exe == exe || unsettled {
+                if tracked.exe == exe
+                    || self
+                        .collector
+                        .exec_time(self.probes.maps(), pid)
+                        .is_some_and(|ns| ns > tracked.exec_settled_ns)
+                {
                     continue;
                 }
             }
