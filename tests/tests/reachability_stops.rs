@@ -348,3 +348,155 @@ fn a_python_target_is_not_scanned_and_the_report_says_why() {
         done.stdout
     );
 }
+
+/// Sends `signal` to `pid`.
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill with a pid and a signal number.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
+/// Waits up to `within` for `pid` to reach `state` (a letter of /proc/PID/status).
+fn wait_state(pid: u32, state: char, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while state_of(pid).0 != state {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: state {:?}",
+            state_of(pid)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits up to `within` for the workload to exit, and returns its status.
+fn wait_exit(workload: &mut Workload, within: Duration) -> std::process::ExitStatus {
+    let pid = workload.pid();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = workload.0.try_wait().unwrap() {
+            return status;
+        }
+        let state = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} did not exit within {within:?} of the tracer's death: {}",
+            state.lines().take(3).collect::<Vec<_>>().join("; ")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Issue 24: the kernel stops a target at exit() with --reachability, and only leaktracer's
+/// next poll lets it go. A leaktracer SIGKILLed before that poll (here: stopped itself, so it
+/// cannot poll) must not leave the target stopped: its resume guard continues it, and the
+/// target finishes its exit normally.
+#[test]
+fn a_target_frozen_at_exit_runs_on_when_the_tracer_is_killed() {
+    require_root();
+    let mut heap = Heap::start(&["4"]);
+    heap.build();
+    let pid = heap.pid();
+    let mut tracer = Tracer::start([
+        "trace",
+        "-q",
+        "--reachability",
+        "--max-pause",
+        "5s",
+        "--pid",
+        &pid.to_string(),
+    ]);
+    tracer.wait_attached();
+    signal(tracer.pid(), libc::SIGSTOP);
+    heap.say("exit");
+    wait_state(
+        pid,
+        'T',
+        Duration::from_secs(10),
+        "the kernel stops it at exit()",
+    );
+    signal(tracer.pid(), libc::SIGKILL);
+    let status = wait_exit(&mut heap.workload, Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "it finished its exit: {status}");
+    let done = tracer.finish();
+    assert!(
+        done.stderr
+            .contains(&format!("ended without resuming pid {pid}")),
+        "the guard says what it did: {}",
+        done.stderr
+    );
+}
+
+/// The same, killed while it scans the target stopped at exit() (the reproducer of issue 24: a
+/// large heap, a long pause cap): the kernel lets the ptrace go, the SIGSTOP's stop stays, and
+/// the guard continues it.
+#[test]
+fn a_target_scanned_at_exit_runs_on_when_the_tracer_is_killed_mid_scan() {
+    require_root();
+    // 512 MiB takes about half a second to read: long enough to be caught in the scan.
+    let mut heap = Heap::start(&["512"]);
+    heap.build();
+    let pid = heap.pid();
+    let mut tracer = Tracer::start([
+        "trace",
+        "-q",
+        "--reachability",
+        "--max-pause",
+        "30s",
+        "--pid",
+        &pid.to_string(),
+    ]);
+    tracer.wait_attached();
+    heap.say("exit");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_of(pid).1 != tracer.pid() {
+        assert!(
+            Instant::now() < deadline,
+            "the target was never seen scanned at exit: {:?}",
+            state_of(pid)
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    signal(tracer.pid(), libc::SIGKILL);
+    let status = wait_exit(&mut heap.workload, Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "it finished its exit: {status}");
+}
+
+/// A CPython target attached by pid is stopped by the kernel at Py_FinalizeEx (its code objects
+/// are read before the teardown frees them). A leaktracer killed before it lets it go must not
+/// leave it stopped: the script finishes and exits 0.
+#[test]
+fn a_python_target_frozen_at_finalize_runs_on_when_the_tracer_is_killed() {
+    require_root();
+    let Some(python) = python_interpreters().into_iter().next() else {
+        eprintln!("SKIP: no Python interpreter found (python3.11 from Debian, or pyenv's)");
+        return;
+    };
+    let mut child = Command::new(&python)
+        .args([
+            "-c",
+            "import sys\nkeep = [bytearray(3001) for _ in range(100)]\nprint('ready', flush=True)\nsys.stdin.readline()\nprint('bye', flush=True)",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let mut target = Workload(child);
+    let pid = target.pid();
+    let mut tracer = Tracer::start(["trace", "-q", "--pid", &pid.to_string()]);
+    tracer.wait_attached();
+    signal(tracer.pid(), libc::SIGSTOP);
+    target.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    target.0.stdin.as_mut().unwrap().flush().unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "bye");
+    wait_state(
+        pid,
+        'T',
+        Duration::from_secs(10),
+        "the kernel stops it at Py_FinalizeEx",
+    );
+    signal(tracer.pid(), libc::SIGKILL);
+    let status = wait_exit(&mut target, Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "it finished its teardown: {status}");
+}

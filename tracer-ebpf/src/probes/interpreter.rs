@@ -11,7 +11,7 @@ use tracer_common::programs;
 
 use crate::{
     atomic::atomic_add_u32,
-    current::{now_ns, traced_tgid},
+    current::{now_ns, traced_tgid, tracing_stopped},
     maps::{FROZEN, FROZEN_COUNT, PYTHON_PROCESSES, STOP_AT_EXIT},
     probes::{exec::SIGSTOP, programs_are_empty},
 };
@@ -22,7 +22,9 @@ use crate::{
 pub fn interpreter_exit(_ctx: ProbeContext) -> u32 {
     const PROGRAM: programs::Program = programs::INTERPRETER_EXIT;
     const { assert!(crate::probes::same_name(PROGRAM.name, "interpreter_exit")) };
-    if programs_are_empty() {
+    // Stopped: the end of the trace, or leaktracer died (its resume guard turned every program
+    // off), when a stop would have nobody to let it go.
+    if programs_are_empty() || tracing_stopped() {
         return 0;
     }
     let Some(tgid) = traced_tgid() else {

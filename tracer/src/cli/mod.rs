@@ -60,6 +60,11 @@ pub enum Command {
     ///   leaktracer diff before.json after.json --flamegraph growth.svg
     #[command(verbatim_doc_comment)]
     Diff(DiffArgs),
+
+    /// Not for people: started by `trace` so a target the probes stopped is resumed even if
+    /// leaktracer is killed (see `target::resume_guard`).
+    #[command(name = "resume-guard", hide = true)]
+    ResumeGuard,
 }
 
 /// Parses the command line and runs it.
@@ -71,6 +76,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             crate::report::rerender(&args.recording, &args.output.outputs(None))?
         }
         Command::Diff(args) => crate::report::diff::run(&args.old, &args.new, &args.options())?,
+        Command::ResumeGuard => return Ok(crate::target::resume_guard::run()),
     }
     Ok(ExitCode::SUCCESS)
 }

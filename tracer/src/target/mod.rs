@@ -7,3 +7,4 @@ pub mod maps;
 pub mod memory;
 pub mod process;
 pub mod remote;
+pub mod resume_guard;

@@ -16,12 +16,15 @@ pub mod status;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::unix::fs::MetadataExt,
+    os::{fd::AsFd, unix::fs::MetadataExt},
     time::Duration,
 };
 
 use anyhow::Context;
-use aya::sys::{Stats, enable_stats};
+use aya::{
+    maps::IterableMap,
+    sys::{Stats, enable_stats},
+};
 use tracer_common::{StackKey, python::PythonFrame};
 
 pub use config::{TargetSpec, TraceConfig, UnwindMode};
@@ -47,6 +50,7 @@ use crate::{
         launch::{LaunchedChild, predict_loaded_objects, signal_name},
         memory::MemoryLimit,
         process::{ProcessUsage, is_alive},
+        resume_guard::ResumeGuard,
     },
     unwind::KernelTables,
 };
@@ -143,6 +147,16 @@ fn trace(
         unwind_rows: config.max_unwind_rows,
         stop_at_exit: config.reachability,
     })?;
+    // Before any target is attached (and so before any can be stopped): from here on a target
+    // the probes stop is resumed even if leaktracer is killed. Dropped after the session.
+    let _resume_guard = {
+        let maps = probes.maps();
+        ResumeGuard::spawn(
+            maps.stopped.map().fd().as_fd(),
+            maps.frozen.map().fd().as_fd(),
+        )
+        .context("cannot start the guard that resumes stopped targets if leaktracer dies")?
+    };
     let collector = probes.collector()?;
     let tables = match config.unwind {
         UnwindMode::Cfi => Some(
