@@ -34,11 +34,22 @@ struct BatchAttr {
 /// Every (key, value) of a hash map or array, read in batches. Entries added or removed meanwhile may or
 /// may not be seen, as with any iteration of a live map.
 pub fn read_map<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
-    read_map_fd(map.fd().as_fd())
+    Ok(read_map_fd(map.fd().as_fd(), &|| true)?.unwrap_or_default())
 }
 
-/// [`read_map`] by file descriptor.
-fn read_map_fd<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>> {
+/// [`read_map`], given up (`None`) when `keep_going` says no before a batch.
+pub fn read_map_while<K: Pod, V: Pod>(
+    map: &MapData,
+    keep_going: &dyn Fn() -> bool,
+) -> io::Result<Option<Vec<(K, V)>>> {
+    read_map_fd(map.fd().as_fd(), keep_going)
+}
+
+/// [`read_map_while`] by file descriptor.
+fn read_map_fd<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keep_going: &dyn Fn() -> bool,
+) -> io::Result<Option<Vec<(K, V)>>> {
     let fd = map.as_raw_fd();
     let mut entries = Vec::new();
     let mut chunk = FIRST_CHUNK;
@@ -50,6 +61,9 @@ fn read_map_fd<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>> {
     let mut next = vec![0u8; token_size];
     let mut first = true;
     loop {
+        if !keep_going() {
+            return Ok(None);
+        }
         let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(chunk);
         let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(chunk);
         let mut attr = BatchAttr {
@@ -91,7 +105,7 @@ fn read_map_fd<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>> {
         match error {
             None => {}
             // The end of the map.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Some(entries)),
             Some(e) => return Err(e),
         }
         token.copy_from_slice(&next);
@@ -179,7 +193,8 @@ mod tests {
         let Some(map) = hash_map(entries) else {
             return;
         };
-        let mut read: Vec<(AllocKey, AllocRecord)> = read_map_fd(map.as_fd()).unwrap();
+        let mut read: Vec<(AllocKey, AllocRecord)> =
+            read_map_fd(map.as_fd(), &|| true).unwrap().unwrap();
         read.sort_by_key(|(key, _)| key.addr);
         assert_eq!(read.len(), entries as usize);
         for (i, (key, record)) in read.iter().enumerate() {

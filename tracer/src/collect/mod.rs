@@ -247,13 +247,33 @@ impl Collector {
         Ok((count, bytes))
     }
 
-    /// Every outstanding record, one per heap block or direct mapping: the record table, its
-    /// overflow map, then the mappings.
-    pub fn records(&self, maps: &KernelMaps) -> anyhow::Result<Vec<(AllocKey, AllocRecord)>> {
-        Ok(self.outstanding(maps)?.collect())
+    /// Every outstanding record, one per heap block or direct mapping (the record table, its
+    /// overflow map, then the mappings), or `None` as soon as `keep_going` says no: read while
+    /// a target waits stopped for a scan, which must not outlast its pause cap.
+    pub fn records_while(
+        &self,
+        maps: &KernelMaps,
+        keep_going: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Option<Vec<(AllocKey, AllocRecord)>>> {
+        /// Records read between two questions.
+        const ASK_EVERY: usize = 16 * 1024;
+        let mut records = Vec::new();
+        for (index, record) in self.table.records().enumerate() {
+            if index % ASK_EVERY == 0 && !keep_going() {
+                return Ok(None);
+            }
+            records.push(record);
+        }
+        for map in [&maps.allocs, &maps.mmaps] {
+            match batch::read_map_while::<AllocKey, AllocRecord>(map.map(), keep_going)? {
+                Some(more) => records.extend(more),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(records))
     }
 
-    /// [`Self::records`] without copying the record table: it is scanned in place.
+    /// The outstanding records without copying the record table: it is scanned in place.
     fn outstanding<'a>(
         &'a self,
         maps: &KernelMaps,

@@ -172,7 +172,7 @@ pub fn walk_before(
     pid: u32,
     memory: &RemoteMemory,
     maps: &[Mapping],
-    deadline: Option<std::time::Instant>,
+    deadline: Option<&super::deadline::Deadline>,
 ) -> Result<GlibcHeap, GlibcError> {
     let libc = find_libc(pid, maps)?;
     check_elf(memory, &libc)?;
@@ -202,7 +202,11 @@ pub fn walk_before(
         addr: main_arena,
         state: main_state,
     }];
-    collect_arenas(pid, memory, &mut arenas, &mut heaps, deadline)?;
+    if let Err(e) = collect_arenas(pid, memory, &mut arenas, &mut heaps, deadline) {
+        // The copies read so far are freed after the target goes on.
+        super::scan::free_later(heaps);
+        return Err(e);
+    }
     heaps.sort_by_key(|h| h.start);
     for pair in heaps.windows(2) {
         if pair[0].end() > pair[1].start {
@@ -634,7 +638,7 @@ fn collect_arenas(
     memory: &RemoteMemory,
     arenas: &mut Vec<Arena>,
     heaps: &mut Vec<Heap>,
-    deadline: Option<std::time::Instant>,
+    deadline: Option<&super::deadline::Deadline>,
 ) -> Result<(), GlibcError> {
     let main = arenas[0].addr;
     let mut seen = HashSet::from([main]);
@@ -902,7 +906,7 @@ fn read_heap(
     what: &'static str,
     address: u64,
     len: u64,
-    deadline: Option<std::time::Instant>,
+    deadline: Option<&super::deadline::Deadline>,
 ) -> Result<Vec<u8>, GlibcError> {
     let len = usize::try_from(len).map_err(|_| inconsistent(address, "length too large"))?;
     super::scan::read_exact(pid, address, len, deadline).map_err(|source| {

@@ -2,6 +2,7 @@
 //! memcheck's four classes (definitely, indirectly and possibly lost, still reachable).
 //!
 //! - [`stop`]: every thread stopped with ptrace (no signal sent), its registers read;
+//! - [`deadline`]: the pause cap, kept by beginning only the steps that still end in time;
 //! - [`glibc`]: which memory inside glibc's heaps is free, so it is never a root;
 //! - [`scan`]: the target's writable memory read and every candidate pointer sorted into a
 //!   block, the roots, or away;
@@ -10,6 +11,7 @@
 //!
 //! The target is stopped only while its memory is read; the mark runs after it goes on.
 
+pub mod deadline;
 pub mod glibc;
 pub mod heuristics;
 pub mod mark;
@@ -22,6 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use deadline::Deadline;
 use mark::{Class, Graph, Node};
 use scan::{Block, Found, merge, scan_ranges, sort_register_words, subtract};
 use stop::{Frozen, StopError};
@@ -158,17 +161,21 @@ pub enum ScanError {
 pub fn scan_process(
     pid: u32,
     options: &Options,
-    blocks_now: impl FnOnce() -> Vec<TrackedBlock>,
+    blocks_now: impl FnOnce(&Deadline) -> Option<Vec<TrackedBlock>>,
 ) -> Result<ProcessScan, ScanError> {
     let started = Instant::now();
+    let cap_ends = started + options.max_pause;
     let mut notes = Vec::new();
-    let (frozen, deadline) = match Frozen::stop(pid, started + options.max_pause) {
-        Ok(frozen) => (Some(frozen), started + options.max_pause),
+    let (frozen, deadline) = match Frozen::stop(pid, cap_ends) {
+        Ok(frozen) => {
+            let deadline = Deadline::releasing(cap_ends, frozen.threads.len());
+            (Some(frozen), deadline)
+        }
         Err(StopError::AlreadyTraced { tracer, comm, .. }) => {
             notes.push(format!(
                 "pid {pid} is already traced by pid {tracer} ({comm}), so it was scanned without being stopped: registers unread and memory read while it ran, so blocks in flight may be misclassed"
             ));
-            (None, Instant::now() + UNSTOPPED_BUDGET)
+            (None, Deadline::new(Instant::now() + UNSTOPPED_BUDGET))
         }
         Err(StopError::Exited(_)) => return Err(ScanError::Exited(pid)),
         Err(StopError::Slow { waited, .. }) => {
@@ -189,7 +196,19 @@ pub fn scan_process(
     };
     let stop_time = started.elapsed();
     let threads = frozen.as_ref().map_or(0, |f| f.threads.len());
-    let mut tracked = blocks_now();
+    let mut mode = if frozen.is_some() {
+        Mode::Exact
+    } else {
+        Mode::Unstopped
+    };
+    let Some(mut tracked) = blocks_now(&deadline) else {
+        drop(frozen); // the target runs again
+        notes.push(format!(
+            "the {} ms pause cap was reached while reading the outstanding records (raise --max-pause)",
+            options.max_pause.as_millis()
+        ));
+        return Ok(incomplete(pid, mode, started.elapsed(), 0, threads, notes));
+    };
     let records_time = started.elapsed() - stop_time;
     let maps = read_maps(pid).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => ScanError::Exited(pid),
@@ -197,11 +216,6 @@ pub fn scan_process(
     })?;
 
     // Free heap memory: never a root.
-    let mut mode = if frozen.is_some() {
-        Mode::Exact
-    } else {
-        Mode::Unstopped
-    };
     let mut free: Vec<Range<u64>> = Vec::new();
     let mut copies: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut glibc_heap = false;
@@ -210,7 +224,7 @@ pub fn scan_process(
         match RemoteMemory::open(pid)
             .map_err(|e| e.to_string())
             .and_then(|memory| {
-                glibc::walk_before(pid, &memory, &maps, Some(deadline)).map_err(|e| match e {
+                glibc::walk_before(pid, &memory, &maps, Some(&deadline)).map_err(|e| match e {
                     glibc::GlibcError::OutOfTime => String::new(),
                     e => e.to_string(),
                 })
@@ -285,11 +299,10 @@ pub fn scan_process(
         }
     }
     let scanned = scan_ranges(
-        pid, &ranges, &copies, &blocks, &excluded, deadline, &mut found,
+        pid, &ranges, &copies, &blocks, &excluded, &deadline, &mut found,
     );
-    drop(copies);
-
     drop(frozen); // the target runs again
+    scan::free_later(copies);
     let pause = if mode == Mode::Unstopped {
         Duration::ZERO
     } else {

@@ -2,13 +2,16 @@
 //! block: into the block it sits in (an edge of the graph), into the roots, or away (free heap
 //! memory, stack below the stack pointer, allocator slack past a block's requested size).
 //!
-//! Memory is read with `process_vm_readv`, up to 1024 remote pieces of up to 1 MiB per call,
-//! and filtered as it comes: only words inside `[lowest block, highest block end)` are kept,
+//! Memory is read with `process_vm_readv`, up to 1024 remote pieces of up to 1 MiB per call
+//! (4 MiB a call, one step of the pause cap's [`Deadline`]), and filtered as it comes: only words inside `[lowest block, highest block end)` are kept,
 //! so the copy held is the candidate pointers, not the memory.
 
 use std::{io, ops::Range, time::Instant};
 
-use super::mark::{Node, find};
+use super::{
+    deadline::Deadline,
+    mark::{Node, find},
+};
 
 /// One tracked block, with the slack the allocator gives it: words in
 /// `[start + size, owned_end)` are neither the block's contents nor roots.
@@ -45,7 +48,7 @@ pub struct Overrun {
 /// Largest piece asked of the kernel at once, and most pieces per call (IOV_MAX).
 const PIECE: u64 = 1 << 20;
 const PIECES_PER_CALL: usize = 1024;
-const BUFFER: usize = 16 << 20;
+const BUFFER: usize = 4 << 20;
 const PAGE: u64 = 4096;
 
 /// Sorts words of `pid`'s memory in `ranges` (sorted, 8-byte aligned) into `found`, stopping at
@@ -57,7 +60,7 @@ pub fn scan_ranges(
     local: &[(u64, Vec<u8>)],
     blocks: &[Block],
     excluded: &[Range<u64>],
-    deadline: Instant,
+    deadline: &Deadline,
     found: &mut Found,
 ) -> Result<(), Overrun> {
     let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
@@ -143,7 +146,7 @@ fn scan_share(
     local: &[(u64, Vec<u8>)],
     blocks: &[Block],
     excluded: &[Range<u64>],
-    deadline: Instant,
+    deadline: &Deadline,
     found: &mut Found,
 ) -> Result<(), Overrun> {
     let Some((lo, hi)) = span(blocks) else {
@@ -156,8 +159,9 @@ fn scan_share(
     let mut queue = ranges.iter().cloned().rev().collect::<Vec<_>>();
     let mut done = 0u64;
     let mut alone = false;
+    let room_for_more = deadline.steps();
     while !queue.is_empty() {
-        if Instant::now() >= deadline {
+        if !room_for_more() {
             return Err(Overrun {
                 scanned_bytes: found.scanned_bytes,
                 remaining_bytes: total.saturating_sub(done),
@@ -284,12 +288,12 @@ fn span(blocks: &[Block]) -> Option<(u64, u64)> {
 }
 
 /// `len` bytes of `pid`'s memory from `address`, read by one thread per CPU (up to 4); an
-/// error if any of it cannot be read, or (`TimedOut`) if `deadline` passes first.
+/// error if any of it cannot be read, or (`TimedOut`) if `deadline` leaves no room first.
 pub fn read_exact(
     pid: u32,
     address: u64,
     len: usize,
-    deadline: Option<Instant>,
+    deadline: Option<&Deadline>,
 ) -> io::Result<Vec<u8>> {
     let mut buffer = vec![0u8; len];
     let readers = std::thread::available_parallelism()
@@ -313,22 +317,38 @@ pub fn read_exact(
             .map(|w| w.join().expect("a reader panicked"))
             .collect()
     });
-    results.into_iter().collect::<io::Result<Vec<()>>>()?;
+    if let Err(e) = results.into_iter().collect::<io::Result<Vec<()>>>() {
+        free_later(buffer);
+        return Err(e);
+    }
     Ok(buffer)
 }
 
-/// Fills `part` from `pid`'s memory at `address`, in batches of 1 MiB pieces (up to 16 at a
-/// time, so a deadline is seen within about 20 ms).
-fn read_into(pid: u32, address: u64, part: &mut [u8], deadline: Option<Instant>) -> io::Result<()> {
+/// Drops `value` on a thread of its own. Freeing a large copy of a target's memory (returning
+/// its pages to the kernel) takes tens of milliseconds a GiB: not while the target waits.
+pub(super) fn free_later<T: Send + 'static>(value: T) {
+    std::thread::spawn(move || drop(value));
+}
+
+/// Fills `part` from `pid`'s memory at `address`, in batches of 1 MiB pieces: with a deadline
+/// one at a time (a batch is a step the deadline must have room for), else up to 16.
+fn read_into(
+    pid: u32,
+    address: u64,
+    part: &mut [u8],
+    deadline: Option<&Deadline>,
+) -> io::Result<()> {
+    let pieces_per_batch = if deadline.is_some() { 1 } else { 16 };
+    let room_for_more = deadline.map(Deadline::steps);
     let mut done = 0usize;
     while done < part.len() {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if room_for_more.as_ref().is_some_and(|more| !more()) {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the pause cap passed",
             ));
         }
-        let batch = (part.len() - done).min(16 * PIECE as usize);
+        let batch = (part.len() - done).min(pieces_per_batch * PIECE as usize);
         let start = address + done as u64;
         let pieces: Vec<Range<u64>> = (0..batch.div_ceil(PIECE as usize))
             .map(|i| {
@@ -569,7 +589,7 @@ mod tests {
             &[],
             &[block],
             &excluded,
-            Instant::now() + Duration::from_secs(5),
+            &Deadline::new(Instant::now() + Duration::from_secs(5)),
             &mut found,
         )
         .unwrap();
@@ -614,7 +634,7 @@ mod tests {
             &[],
             &[block],
             &[],
-            Instant::now() + Duration::from_secs(5),
+            &Deadline::new(Instant::now() + Duration::from_secs(5)),
             &mut found,
         )
         .unwrap();

@@ -112,9 +112,13 @@ impl Frozen {
                     }
                     Waited::Gone => {}
                     Waited::Late => {
+                        // The threads already stopped go first: the cap is over for them.
+                        for thread in frozen.threads.drain(..) {
+                            release(thread.tid, thread.pending_signal);
+                        }
                         // The rest of this batch is seized but maybe not stopped yet, and a
                         // running tracee cannot be detached: give each a last grace to reach
-                        // its stop, then release it (dropping `frozen` releases the others).
+                        // its stop, then release it.
                         let grace = Instant::now() + STRAGGLER_GRACE;
                         for tid in &stopping[index..] {
                             if let Waited::Stopped(signal) = wait_stopped(*tid, grace) {

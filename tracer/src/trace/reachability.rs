@@ -130,19 +130,23 @@ impl Session<'_> {
             };
             let collector = &self.collector;
             let maps = self.probes.maps();
-            let result = reach::scan_process(pid, &options, || match collector.records(maps) {
-                Ok(records) => records
-                    .into_iter()
-                    .filter(|(key, _)| key.tgid == pid)
-                    .map(|(key, record)| TrackedBlock {
-                        start: key.addr,
-                        size: record.size,
-                        stack_id: record.stack_id,
-                    })
-                    .collect(),
-                Err(e) => {
-                    eprintln!("leaktracer: warning: cannot read the outstanding blocks: {e:#}");
-                    Vec::new()
+            let result = reach::scan_process(pid, &options, |deadline| {
+                match collector.records_while(maps, &deadline.steps()) {
+                    Ok(records) => Some(
+                        records?
+                            .into_iter()
+                            .filter(|(key, _)| key.tgid == pid)
+                            .map(|(key, record)| TrackedBlock {
+                                start: key.addr,
+                                size: record.size,
+                                stack_id: record.stack_id,
+                            })
+                            .collect(),
+                    ),
+                    Err(e) => {
+                        eprintln!("leaktracer: warning: cannot read the outstanding blocks: {e:#}");
+                        Some(Vec::new())
+                    }
                 }
             });
             let result = match result {

@@ -61,8 +61,9 @@ impl KernelTracer {
         let pid = std::process::id();
         let mut records: Vec<(u64, u64)> = self
             .collector
-            .records(self.probes.maps())
+            .records_while(self.probes.maps(), &|| true)
             .expect("the records read")
+            .expect("read whole: nothing asks to stop")
             .into_iter()
             .filter(|(key, _)| key.tgid == pid && triggers::made_by_triggers(key.addr))
             .map(|(key, record)| (key.addr, record.size))
