@@ -18,7 +18,15 @@ use anyhow::{Context, bail};
 /// The eBPF crate's binary target (its `[[bin]]` name).
 const OBJECT: &str = "tracer";
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = build() {
+        // One line after the child's own output, without a backtrace of this script.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn build() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let workspace = manifest_dir.parent().expect("tracer/ has a parent");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
