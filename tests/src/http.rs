@@ -15,36 +15,79 @@ pub fn free_loopback_addr() -> SocketAddr {
 
 /// `GET path` over HTTP/1.1: the status code and the body. Panics after `timeout`.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> (u16, String) {
+    let reply = http_request(addr, "GET", path, &[], timeout);
+    (reply.status, reply.body)
+}
+
+/// What a server answered.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// The head's lines after the status line, as sent.
+    pub headers: Vec<String>,
+    pub body: String,
+}
+
+impl Reply {
+    /// The value of header `name` (any case), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// `METHOD path` over HTTP/1.1 with `headers` (`Host: ADDR` unless one of them is a Host).
+/// Panics after `timeout`.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Reply {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     stream.set_read_timeout(Some(timeout)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (key, value) in headers {
+        head.push_str(&format!("{key}: {value}\r\n"));
+    }
+    if method == "POST" {
+        head.push_str("Content-Length: 0\r\n");
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+        .unwrap_or_else(|e| panic!("{method} {path} from {addr}: {e}"));
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP status from {addr}{path}: {head}"));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    (
+    let headers: Vec<String> = lines.map(str::to_owned).collect();
+    let chunked = headers.iter().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    Reply {
         status,
-        if chunked {
+        headers,
+        body: if chunked {
             dechunk(body)
         } else {
             body.to_string()
         },
-    )
+    }
 }
 
 /// The payload of a chunked HTTP body.

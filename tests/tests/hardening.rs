@@ -686,6 +686,189 @@ fn temporary_files_are_never_written_through_a_planted_link() {
     assert_eq!(names, expected);
 }
 
+/// Replacing an output keeps its permissions and owner: a user's 0600 file stays theirs and
+/// private, not root's and readable by all.
+#[test]
+fn a_replaced_output_keeps_its_mode_and_owner() {
+    require_root();
+    let dir = scratch_dir("hardening_keep_mode");
+    let rec = recording(&dir, "base.json");
+    let html = dir.join("private.html");
+    fs::write(&html, "old").unwrap();
+    fs::set_permissions(&html, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let nobody = 65534;
+    std::os::unix::fs::chown(&html, Some(nobody), Some(nobody)).unwrap();
+    let run = lt(
+        &[
+            "report",
+            rec.to_str().unwrap(),
+            "--html",
+            html.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let meta = fs::metadata(&html).unwrap();
+    assert!(fs::read_to_string(&html).unwrap().contains("leak_malloc"));
+    assert_eq!(meta.mode() & 0o7777, 0o600);
+    assert_eq!((meta.uid(), meta.gid()), (nobody, nobody));
+}
+
+/// Legal file names of up to 255 bytes are written (the temporary file beside one keeps
+/// within NAME_MAX); a file of the kernel's (`/proc/sys/...`, which stat calls regular) is
+/// refused as not a regular file, not as missing.
+#[test]
+fn long_names_are_written_and_kernel_files_refused_as_such() {
+    require_root();
+    let dir = scratch_dir("hardening_long_names");
+    let rec = recording(&dir, "base.json");
+    for length in [245, 250, 255] {
+        let name = "n".repeat(length - ".html".len()) + ".html";
+        let run = run_bounded(
+            Some(&dir),
+            &[],
+            &["report", "base.json", "--html", &name],
+            Duration::from_secs(20),
+        );
+        assert!(run.status.success(), "{length}: {}", run.stderr);
+        assert!(
+            fs::read_to_string(dir.join(&name))
+                .unwrap()
+                .contains("leak_malloc")
+        );
+    }
+    for knob in ["/proc/sys/vm/drop_caches", "/proc/sys/vm/leaktracer.folded"] {
+        let run = lt(
+            &["report", rec.to_str().unwrap(), "--folded", knob],
+            Duration::from_secs(20),
+        );
+        assert_refused(
+            &run,
+            &[&format!(
+                "--folded {knob}: a procfs file (a kernel interface), not a regular file"
+            )],
+        );
+        assert!(!run.stderr.contains("No such file"), "{}", run.stderr);
+    }
+}
+
+/// A command without its execute bit is named as not executable, not as missing.
+#[test]
+fn a_command_without_its_execute_bit_is_said_to_be_not_executable() {
+    require_root();
+    let dir = scratch_dir("hardening_no_exec_bit");
+    fs::write(dir.join("file"), "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(
+        dir.join("file"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let run = run_bounded(
+        Some(&dir),
+        &[],
+        &["trace", "-d", "1s", "--", "./file"],
+        Duration::from_secs(20),
+    );
+    assert_refused(
+        &run,
+        &[
+            "cannot run `./file`: ./file is not executable (it has no execute permission): make it executable (chmod +x)",
+        ],
+    );
+    assert!(!run.stderr.contains("not found"), "{}", run.stderr);
+}
+
+/// A recording over 2 GiB is refused from its size, before it is read (a sparse 3 GB file):
+/// leaktracer's peak memory stays small (reading it first took 2.1 GB).
+#[test]
+#[expect(
+    clippy::zombie_processes,
+    reason = "reaped by wait4, which also gives its peak RSS"
+)]
+fn an_oversized_recording_is_refused_from_its_size() {
+    require_root();
+    let dir = scratch_dir("hardening_huge_recording");
+    let huge = dir.join("huge.json");
+    fs::File::create(&huge)
+        .unwrap()
+        .set_len(3_000_000_000)
+        .unwrap();
+    let mut child = Command::new(leaktracer())
+        .args(["report", huge.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; wait4 fills it for the child we spawned.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, with valid pointers.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    assert_eq!(libc::WEXITSTATUS(status), 1, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "leaktracer: {} is larger than 2 GiB: not a recording leaktracer writes",
+            huge.display()
+        )
+    );
+    let peak_mib = usage.ru_maxrss / 1024;
+    assert!(peak_mib < 100, "peak RSS {peak_mib} MiB");
+}
+
+/// `diff` of a stack that held u64::MAX bytes and now holds a few: a shrink of that much, never
+/// a wrapped growth; and the differential flamegraph is written.
+#[test]
+fn diff_of_byte_counts_near_u64_max_never_wraps() {
+    require_root();
+    let dir = scratch_dir("hardening_diff_wrap");
+    let old = recording(&dir, "old.json");
+    let new = recording(&dir, "new.json");
+    let mut crafted: serde_json::Value = serde_json::from_slice(&fs::read(&old).unwrap()).unwrap();
+    let stacks = crafted["stacks"].as_array_mut().unwrap();
+    let (index, _) = stacks
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.to_string().contains("leak_malloc"))
+        .expect("a leak_malloc stack");
+    stacks[index]["outstanding_bytes"] = u64::MAX.into();
+    fs::write(&old, serde_json::to_vec(&crafted).unwrap()).unwrap();
+    let svg = dir.join("diff.svg");
+    let run = lt(
+        &[
+            "diff",
+            old.to_str().unwrap(),
+            new.to_str().unwrap(),
+            "--top",
+            "100",
+            "--flamegraph",
+            svg.to_str().unwrap(),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let row = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("leak_malloc"))
+        .unwrap_or_else(|| panic!("a leak_malloc row: {}", run.stdout));
+    assert!(
+        row.trim_start().starts_with("-16777216.00 TiB"),
+        "{row}\n{}",
+        run.stdout
+    );
+    assert!(fs::read_to_string(&svg).unwrap().contains("<svg"));
+}
+
 #[test]
 fn durations_beyond_reason_are_refused_by_the_parser() {
     require_root();

@@ -226,9 +226,9 @@ fn a_target_under_strace_is_scanned_without_stopping_and_said_so() {
     let _ = strace.wait();
 }
 
-/// `GET /api/reachability` with --serve: a scan made there and then, answered with the classes
-/// of every stack (the heap's blocks all still reachable), while the trace goes on; the target
-/// runs on with its blocks intact.
+/// `POST /api/reachability` with --serve and --reachability: a scan made there and then,
+/// answered with the classes of every stack (the heap's blocks all still reachable), while the
+/// trace goes on; the target runs on with its blocks intact.
 #[test]
 fn a_scan_asked_for_over_http_is_answered_while_the_trace_goes_on() {
     require_root();
@@ -236,23 +236,14 @@ fn a_scan_asked_for_over_http_is_answered_while_the_trace_goes_on() {
     let json = dir.join("http.json");
     let addr = free_loopback_addr();
     let mut heap = Heap::start(&["8"]);
-    let pid = heap.pid().to_string();
-    let mut tracer = Tracer::start([
-        "trace",
-        "-q",
-        "--pid",
-        &pid,
-        "--interval",
-        "1s",
-        "--serve",
-        &addr.to_string(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    tracer.wait_attached();
-    heap.build();
-    let (status, body) = http_get(addr, "/api/reachability", Duration::from_secs(60));
-    assert_eq!(status, 200, "{body}");
+    let tracer = serve_heap(
+        &mut heap,
+        addr,
+        &["--reachability", "--json", json.to_str().unwrap()],
+    );
+    let reply = post_scan(addr, &[]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body = reply.body;
     let answer: Value = serde_json::from_str(&body).unwrap();
     let scan = &answer["reachability"];
     assert_eq!(scan["complete"], true, "{scan}");
@@ -276,6 +267,196 @@ fn a_scan_asked_for_over_http_is_answered_while_the_trace_goes_on() {
     assert!(done.status.success(), "{}", done.stderr);
     let report = read_json(&json);
     assert_all_held_blocks_reachable(&report, heap.blocks);
+}
+
+/// Starts `leaktracer trace -q --pid HEAP --interval 1s --serve ADDR FLAGS...`, and builds the
+/// heap once it traces.
+fn serve_heap(heap: &mut Heap, addr: std::net::SocketAddr, flags: &[&str]) -> Tracer {
+    let pid = heap.pid().to_string();
+    let addr = addr.to_string();
+    let mut args = vec![
+        "trace",
+        "-q",
+        "--pid",
+        &pid,
+        "--interval",
+        "1s",
+        "--serve",
+        &addr,
+    ];
+    args.extend(flags);
+    let mut tracer = Tracer::start(&args);
+    tracer.wait_attached();
+    heap.build();
+    tracer
+}
+
+/// `POST /api/reachability` with `headers`.
+fn post_scan(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> Reply {
+    http_request(
+        addr,
+        "POST",
+        "/api/reachability",
+        headers,
+        Duration::from_secs(60),
+    )
+}
+
+/// Counts the times a process is seen held by a tracer (its TracerPid turning nonzero), by
+/// reading its status every 200 us: a scan of the 64 MiB heap holds it for tens of ms.
+struct StopCounter {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counter: std::thread::JoinHandle<u32>,
+}
+
+impl StopCounter {
+    fn watch(pid: u32) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let counter = std::thread::spawn(move || {
+            let (mut stops, mut held) = (0, false);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = state_of(pid).1 != 0;
+                stops += u32::from(now && !held);
+                held = now;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            stops
+        });
+        Self { done, counter }
+    }
+
+    /// The stops seen so far; the watch ends.
+    fn stops(self) -> u32 {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.counter.join().unwrap()
+    }
+}
+
+/// How many scans leaktracer said it made over HTTP.
+fn http_scans_said(stderr: &str) -> usize {
+    stderr
+        .matches("scanning for pointers to the outstanding blocks (/api/reachability)")
+        .count()
+}
+
+/// Without --reachability, `/api/reachability` stops nothing, whatever the method: GET and
+/// HEAD are not for scans (405, naming POST), and POST says scans need --reachability (403).
+#[test]
+fn without_reachability_the_endpoint_stops_nothing() {
+    require_root();
+    let addr = free_loopback_addr();
+    let mut heap = Heap::start(&["64"]);
+    let tracer = serve_heap(&mut heap, addr, &[]);
+    let watch = StopCounter::watch(heap.pid());
+    let timeout = Duration::from_secs(60);
+    for method in ["GET", "HEAD"] {
+        let reply = http_request(addr, method, "/api/reachability", &[], timeout);
+        assert_eq!(reply.status, 405, "{method}: {}", reply.body);
+        assert_eq!(reply.header("allow"), Some("POST"), "{method}");
+    }
+    let reply = post_scan(addr, &[]);
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(
+        reply.body.starts_with("leaktracer: scans are off: ")
+            && reply.body.contains("start it with --reachability"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(watch.stops(), 0, "the target was stopped");
+    heap.assert_runs_intact();
+    tracer.interrupt();
+    let done = tracer.finish();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(http_scans_said(&done.stderr), 0, "{}", done.stderr);
+}
+
+/// With --reachability, GET and HEAD still stop nothing, and 20 clients POSTing at once stop
+/// the target once: requests that come during a scan, or within --max-pause x 10 after it
+/// (2 s by default), are answered with that scan (HTTP `Age` on the ones it did not start).
+#[test]
+fn twenty_concurrent_scan_requests_stop_the_target_at_most_twice() {
+    require_root();
+    let addr = free_loopback_addr();
+    let mut heap = Heap::start(&["64"]);
+    let tracer = serve_heap(&mut heap, addr, &["--reachability"]);
+    let watch = StopCounter::watch(heap.pid());
+    let timeout = Duration::from_secs(60);
+    for method in ["GET", "HEAD"] {
+        let reply = http_request(addr, method, "/api/reachability", &[], timeout);
+        assert_eq!(reply.status, 405, "{method}: {}", reply.body);
+    }
+    let clients: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || post_scan(addr, &[])))
+        .collect();
+    let replies: Vec<Reply> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let stops = watch.stops();
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let answer: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(answer["reachability"]["complete"], true, "{}", reply.body);
+    }
+    assert!((1..=2).contains(&stops), "{stops} stops for 20 requests");
+    let mut bodies: Vec<&str> = replies.iter().map(|r| r.body.as_str()).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert!(bodies.len() <= 2, "{} different scans", bodies.len());
+    heap.assert_runs_intact();
+    tracer.interrupt();
+    let done = tracer.finish();
+    assert!(done.status.success(), "{}", done.stderr);
+    let said = http_scans_said(&done.stderr);
+    assert!(
+        (1..=2).contains(&said),
+        "{said} scans said: {}",
+        done.stderr
+    );
+}
+
+/// A request that names another host (DNS rebinding: a page of evil.example.com whose name now
+/// points here) is refused with 403 on every endpoint, and so is a scan POSTed from another
+/// site's page (its Origin); neither stops the target. An IP address or `localhost`, on any
+/// port (a tunnel's), is served.
+#[test]
+fn a_forged_host_or_another_site_s_post_is_refused() {
+    require_root();
+    let addr = free_loopback_addr();
+    let mut heap = Heap::start(&["64"]);
+    let tracer = serve_heap(&mut heap, addr, &["--reachability"]);
+    let watch = StopCounter::watch(heap.pid());
+    let timeout = Duration::from_secs(60);
+    let forged = [("Host", "evil.example.com")];
+    for path in ["/", "/metrics", "/api/snapshot", "/flamegraph.svg"] {
+        let reply = http_request(addr, "GET", path, &forged, timeout);
+        assert_eq!(reply.status, 403, "{path}: {}", reply.body);
+        assert_eq!(
+            reply.body,
+            format!(
+                "leaktracer: refused: Host `evil.example.com` is not an IP address or localhost; ask for http://{addr}/ (requests addressed to a DNS name are refused, against DNS rebinding)\n"
+            )
+        );
+    }
+    let with_port = format!("evil.example.com:{}", addr.port());
+    for host in [with_port.as_str(), "evil.example.com"] {
+        assert_eq!(post_scan(addr, &[("Host", host)]).status, 403, "{host}");
+    }
+    let reply = post_scan(addr, &[("Origin", "http://evil.example.com")]);
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(reply.body.contains("another site"), "{}", reply.body);
+    assert_eq!(watch.stops(), 0, "the target was stopped");
+    // As a browser names it, and through a tunnel whose port differs (ssh -L 8080:...).
+    let localhost = format!("localhost:{}", addr.port());
+    for host in [localhost.as_str(), "127.0.0.1:8080", "localhost:8080"] {
+        let reply = http_request(addr, "GET", "/", &[("Host", host)], timeout);
+        assert_eq!(reply.status, 200, "{host}: {}", reply.body);
+    }
+    // The dashboard's own POST (its Origin is the server) is a scan.
+    let origin = format!("http://{addr}");
+    let reply = post_scan(addr, &[("Origin", &origin)]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    heap.assert_runs_intact();
+    tracer.interrupt();
+    assert!(tracer.finish().status.success());
 }
 
 /// A heap that cannot be read within the pause cap: the target is let go at the cap (give or

@@ -285,11 +285,11 @@ fn endpoints_answer_under_load_and_stuck_clients_stall_nothing() {
 
     // Half a request, never finished; a whole one whose answer is never read.
     let mut half = TcpStream::connect(addr).unwrap();
-    half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    half.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
         .unwrap();
     let mut deaf = TcpStream::connect(addr).unwrap();
     for _ in 0..50 {
-        deaf.write_all(b"GET /api/snapshot HTTP/1.1\r\nHost: x\r\n\r\n")
+        deaf.write_all(format!("GET /api/snapshot HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
             .unwrap();
     }
 
@@ -521,7 +521,8 @@ fn pprof_inuse_space_equals_the_json() {
 }
 
 /// Bad `--serve` input is a one-line error before anything is attached: a taken port, an
-/// address that is not one; and a non-loopback address warns that it exposes stacks.
+/// address that is not one; and a non-loopback address warns that it exposes stacks, and
+/// whether a remote client can stop the target (with --reachability) and how often.
 #[test]
 fn serve_errors_and_the_exposure_warning() {
     require_root();
@@ -550,6 +551,31 @@ fn serve_errors_and_the_exposure_warning() {
     assert!(
         run.stderr
             .contains("not loopback: anyone who can reach it sees the target's call stacks"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("but cannot stop it (no scans without --reachability)"),
+        "{}",
+        run.stderr
+    );
+    // With --reachability it says that anyone can stop the target, and how often at most.
+    let run = run_tracer([
+        "trace",
+        "--serve",
+        "0.0.0.0:0",
+        "--reachability",
+        "--max-pause",
+        "300ms",
+        "--",
+        "/bin/true",
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "and, with --reachability, stop the target (POST /api/reachability: for up to --max-pause each time, at most once every 3.0 s); serve on 127.0.0.1 and tunnel (ssh -L) to keep them to yourself"
+        ),
         "{}",
         run.stderr
     );

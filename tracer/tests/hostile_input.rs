@@ -168,3 +168,105 @@ fn devices_and_fifos_are_not_read_as_recordings() {
     );
     assert!(err.starts_with("cannot read /nonexistent.json"), "{err}");
 }
+
+/// Bytes this process has read so far (`rchar` of /proc/self/io: every read(2), cache or not).
+fn bytes_read() -> u64 {
+    fs::read_to_string("/proc/self/io")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_recording_over_the_size_limit_is_refused_before_it_is_read() {
+    // Sparse: 3 GB of holes, made at once, taking no disk.
+    let path = scratch().join("huge.json");
+    let file = fs::File::create(&path).unwrap();
+    file.set_len(3_000_000_000).unwrap();
+    drop(file);
+    let before = bytes_read();
+    let err = format!("{:#}", report::load(&path).unwrap_err());
+    let read = bytes_read() - before;
+    let _ = fs::remove_file(&path);
+    assert_eq!(
+        err,
+        format!(
+            "{} is larger than 2 GiB: not a recording leaktracer writes",
+            path.display()
+        )
+    );
+    // Other tests of this binary read small files meanwhile; the 3 GB file was not read.
+    assert!(read < 64 << 20, "{read} bytes read");
+}
+
+/// A recording with one stack of `addresses` frames, each after `inlined` inlined calls.
+fn recording_with_a_stack(name: &str, addresses: usize, inlined: usize) -> PathBuf {
+    let frame = |inlined: bool| report::Frame {
+        function: "f".into(),
+        module: "/m".into(),
+        inlined,
+        ..Default::default()
+    };
+    let mut frames = Vec::new();
+    for _ in 0..addresses {
+        frames.extend(std::iter::repeat_with(|| frame(true)).take(inlined));
+        frames.push(frame(false));
+    }
+    let recording = report::Report {
+        stacks: vec![report::Stack {
+            id: "0123456789ab".into(),
+            outstanding_bytes: 1,
+            outstanding_allocations: 1,
+            frames,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let path = scratch().join(name);
+    fs::write(&path, serde_json::to_vec(&recording).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_stack_deeper_than_a_trace_records_is_refused() {
+    // The deepest a trace records: the kernel's 127 addresses, each with inlined calls.
+    let deepest = recording_with_a_stack("deepest.json", 127, 64);
+    assert_eq!(
+        report::load(&deepest).unwrap().stacks[0].frames.len(),
+        127 * 65
+    );
+    for (name, addresses, inlined, why) in [
+        (
+            "deeper.json",
+            128,
+            0,
+            "has 128 frames, more than the 127 a stack can have",
+        ),
+        (
+            "million.json",
+            1_000_000,
+            0,
+            "has 1000000 frames, more than the 127 a stack can have",
+        ),
+        (
+            "inlined.json",
+            1,
+            65,
+            "has more than 64 inlined calls at one address",
+        ),
+    ] {
+        let path = recording_with_a_stack(name, addresses, inlined);
+        let err = format!("{:#}", report::load(&path).unwrap_err());
+        assert_eq!(
+            err,
+            format!(
+                "{}: stack 0123456789ab {why}: not a recording leaktracer writes",
+                path.display()
+            )
+        );
+        let _ = fs::remove_file(&path);
+    }
+}

@@ -114,7 +114,9 @@ pub struct TraceArgs {
     /// (/api/snapshot), the timeline (/api/history), the leaking stacks (/api/leaks), the
     /// processes (/api/process), the current flamegraph (/flamegraph.svg) and a live dashboard
     /// (/). A bare PORT (or :PORT) binds 127.0.0.1; HOST:PORT binds that address, with a
-    /// warning unless it is loopback. Refreshed every --interval.
+    /// warning unless it is loopback. Refreshed every --interval. Requests whose Host is a DNS
+    /// name are refused (DNS rebinding). With --reachability, POST /api/reachability scans
+    /// now, at most once per --max-pause x 10.
     #[arg(long, value_name = "ADDR", value_parser = crate::serve::parse_addr)]
     pub serve: Option<std::net::SocketAddr>,
 
@@ -193,7 +195,7 @@ pub struct TraceArgs {
     pub probes_at_symbol_entry: bool,
 
     /// At the end of the trace (a launched command: where it calls exit(), before its teardown;
-    /// and on `GET /api/reachability` with --serve), tell a true leak from memory still
+    /// and on `POST /api/reachability` with --serve), tell a true leak from memory still
     /// referenced: stop the target briefly with ptrace (no signal is sent, and
     /// it goes on if leaktracer dies), scan its registers, stacks and writable memory for
     /// pointers to every outstanding block, resume it, and class each stack's bytes as valgrind

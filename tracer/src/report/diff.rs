@@ -31,8 +31,10 @@ pub struct DiffRow {
 }
 
 impl DiffRow {
-    pub fn delta(&self) -> i64 {
-        self.new_bytes as i64 - self.old_bytes as i64
+    /// NEW less OLD, exact for any two byte counts (a recording may say anything up to
+    /// u64::MAX, which wraps in i64).
+    pub fn delta(&self) -> i128 {
+        i128::from(self.new_bytes) - i128::from(self.old_bytes)
     }
 }
 
@@ -50,14 +52,19 @@ pub fn compare(old: &Report, new: &Report) -> Vec<DiffRow> {
     let mut rows: HashMap<String, DiffRow> = HashMap::new();
     for stack in &old.stacks {
         let row = rows.entry(signature(&stack.frames)).or_default();
-        row.old_bytes += stack.outstanding_bytes;
-        row.old_allocations += stack.outstanding_allocations;
+        // Saturating: a crafted recording's counts may sum past u64::MAX.
+        row.old_bytes = row.old_bytes.saturating_add(stack.outstanding_bytes);
+        row.old_allocations = row
+            .old_allocations
+            .saturating_add(stack.outstanding_allocations);
         row.frames = stack.frames.clone();
     }
     for stack in &new.stacks {
         let row = rows.entry(signature(&stack.frames)).or_default();
-        row.new_bytes += stack.outstanding_bytes;
-        row.new_allocations += stack.outstanding_allocations;
+        row.new_bytes = row.new_bytes.saturating_add(stack.outstanding_bytes);
+        row.new_allocations = row
+            .new_allocations
+            .saturating_add(stack.outstanding_allocations);
         row.frames = stack.frames.clone();
     }
     let mut rows: Vec<DiffRow> = rows.into_values().collect();
@@ -70,9 +77,14 @@ pub fn compare(old: &Report, new: &Report) -> Vec<DiffRow> {
     rows
 }
 
-fn signed_bytes(delta: i64) -> String {
-    let sign = if delta < 0 { "-" } else { "+" };
-    format!("{sign}{}", human_bytes(delta.unsigned_abs()))
+/// `+1.50 KiB` or `-300 B`: NEW less OLD, never wrapped.
+fn signed_bytes(old: u64, new: u64) -> String {
+    let (sign, magnitude) = if new < old {
+        ("-", old - new)
+    } else {
+        ("+", new - old)
+    };
+    format!("{sign}{}", human_bytes(magnitude))
 }
 
 /// The diff table.
@@ -96,7 +108,7 @@ pub fn render(old: &Report, new: &Report, rows: &[DiffRow], top: usize) -> Strin
         "outstanding: {} -> {} ({})",
         human_bytes(old.totals.outstanding_bytes),
         human_bytes(new.totals.outstanding_bytes),
-        signed_bytes(new.totals.outstanding_bytes as i64 - old.totals.outstanding_bytes as i64)
+        signed_bytes(old.totals.outstanding_bytes, new.totals.outstanding_bytes)
     );
     let _ = writeln!(
         out,
@@ -109,7 +121,7 @@ pub fn render(old: &Report, new: &Report, rows: &[DiffRow], top: usize) -> Strin
         let _ = writeln!(
             out,
             "{:>13} {:>12} {:>12}  {}{}",
-            signed_bytes(row.delta()),
+            signed_bytes(row.old_bytes, row.new_bytes),
             human_bytes(row.old_bytes),
             human_bytes(row.new_bytes),
             if chain.is_empty() {
@@ -218,7 +230,7 @@ mod tests {
         let old = report(&[("leak", 1000), ("cache", 500), ("gone", 300)]);
         let new = report(&[("leak", 2000), ("cache", 500), ("fresh", 100)]);
         let rows = compare(&old, &new);
-        let order: Vec<(&str, i64)> = rows
+        let order: Vec<(&str, i128)> = rows
             .iter()
             .map(|r| (own_frames(&r.frames)[0].function.as_str(), r.delta()))
             .collect();
@@ -249,5 +261,38 @@ mod tests {
         let table = render(&old, &new, &rows, 10);
         assert!(table.contains("  leak <- main\n"), "{table}");
         assert!(!table.contains("g_malloc"), "{table}");
+    }
+
+    #[test]
+    fn byte_counts_up_to_u64_max_never_wrap() {
+        let old = report(&[("huge", u64::MAX), ("twice", u64::MAX), ("twice", 1)]);
+        let new = report(&[("huge", 30427), ("twice", 5)]);
+        let rows = compare(&old, &new);
+        let huge = rows
+            .iter()
+            .find(|r| r.frames[0].function == "huge")
+            .unwrap();
+        assert_eq!(huge.delta(), 30427 - i128::from(u64::MAX));
+        let twice = rows
+            .iter()
+            .find(|r| r.frames[0].function == "twice")
+            .unwrap();
+        assert_eq!(twice.old_bytes, u64::MAX, "summed, saturating");
+        assert_eq!(rows[0].frames[0].function, "huge", "the smaller loss first");
+        let table = render(&old, &new, &rows, 10);
+        let shrank = format!("-{}", human_bytes(u64::MAX - 30427));
+        assert!(
+            table
+                .lines()
+                .any(|l| l.trim_start().starts_with(&shrank) && l.ends_with("huge <- main")),
+            "{table}"
+        );
+        let twice_line = format!("-{}", human_bytes(u64::MAX - 5));
+        assert!(
+            table
+                .lines()
+                .any(|l| l.trim_start().starts_with(&twice_line) && l.ends_with("twice <- main")),
+            "{table}"
+        );
     }
 }

@@ -26,8 +26,13 @@ pub use schema::*;
 /// stacks with hours of samples), far below what would exhaust memory.
 pub const MAX_RECORDING_BYTES: u64 = 2 << 30;
 
+/// Inlined calls a recorded address may carry: far above what compilers inline, far below
+/// what would make one stack costly to render.
+pub const MAX_INLINED_PER_ADDRESS: usize = 64;
+
 /// Reads a recording written by `trace --json`: a regular file of at most
-/// [`MAX_RECORDING_BYTES`] (never a device or FIFO, which could be read forever).
+/// [`MAX_RECORDING_BYTES`] (never a device or FIFO, which could be read forever), whose stacks
+/// are no deeper than a trace records (see [`check_depth`]).
 pub fn load(path: &Path) -> anyhow::Result<Report> {
     use std::io::Read;
     let meta =
@@ -36,6 +41,14 @@ pub fn load(path: &Path) -> anyhow::Result<Report> {
         anyhow::bail!(
             "{} is not a regular file: give the path of a recording written by `leaktracer trace --json`",
             path.display()
+        );
+    }
+    // Refused before a byte is read (the read below still stops there, should it grow).
+    if meta.len() > MAX_RECORDING_BYTES {
+        anyhow::bail!(
+            "{} is larger than {} GiB: not a recording leaktracer writes",
+            path.display(),
+            MAX_RECORDING_BYTES >> 30
         );
     }
     let mut text = Vec::new();
@@ -49,12 +62,46 @@ pub fn load(path: &Path) -> anyhow::Result<Report> {
             MAX_RECORDING_BYTES >> 30
         );
     }
-    serde_json::from_slice(&text).with_context(|| {
+    let report: Report = serde_json::from_slice(&text).with_context(|| {
         format!(
             "{} is not a leaktracer recording (write one with `leaktracer trace --json`)",
             path.display()
         )
-    })
+    })?;
+    drop(text);
+    for stack in &report.stacks {
+        check_depth(stack).map_err(|why| {
+            anyhow::anyhow!(
+                "{}: stack {} {why}: not a recording leaktracer writes",
+                path.display(),
+                if stack.id.is_empty() { "?" } else { &stack.id }
+            )
+        })?;
+    }
+    Ok(report)
+}
+
+/// A stack is no deeper than a trace records: at most the kernel's maximum depth of addresses
+/// (`MAX_STACK_DEPTH`: frames not inlined, Python frames included), each with at most
+/// [`MAX_INLINED_PER_ADDRESS`] inlined calls.
+fn check_depth(stack: &Stack) -> Result<(), String> {
+    let max = tracer_common::MAX_STACK_DEPTH;
+    let addresses = stack.frames.iter().filter(|f| !f.inlined).count();
+    if addresses > max {
+        return Err(format!(
+            "has {addresses} frames, more than the {max} a stack can have"
+        ));
+    }
+    let mut inlined = 0;
+    for frame in &stack.frames {
+        inlined = if frame.inlined { inlined + 1 } else { 0 };
+        if inlined > MAX_INLINED_PER_ADDRESS {
+            return Err(format!(
+                "has more than {MAX_INLINED_PER_ADDRESS} inlined calls at one address"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes a report's files and its text: the text goes to stdout (to stderr when a file does),

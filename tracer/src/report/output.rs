@@ -2,7 +2,8 @@
 //! any work (a regular file or nothing, never a device, FIFO, directory or link; a directory
 //! that takes a new file; no two outputs on one file, none over an input), and each is written
 //! through a randomly named temporary file created exclusively beside it, then renamed: a reader
-//! (or a crash) never sees half a file and a failed run leaves the previous file as it was.
+//! (or a crash) never sees half a file and a failed run leaves the previous file as it was. A
+//! file replaced keeps its permissions (and, written by root, its owner).
 
 use std::{
     fs,
@@ -160,6 +161,38 @@ fn not_regular(file_type: fs::FileType) -> Option<&'static str> {
     }
 }
 
+/// The kernel's own file systems, where a "file" is an interface (a sysctl, a device
+/// attribute, a cgroup knob) and never a regular file, by `statfs` magic.
+const KERNEL_FILE_SYSTEMS: [(i64, &str); 10] = [
+    (0x9fa0, "a procfs file (a kernel interface)"),
+    (0x6265_6572, "a sysfs file (a kernel interface)"),
+    (0x0027_e0eb, "a cgroup file (a kernel interface)"),
+    (0x6367_7270, "a cgroup2 file (a kernel interface)"),
+    (0x6462_6720, "a debugfs file (a kernel interface)"),
+    (0x7472_6163, "a tracefs file (a kernel interface)"),
+    (0x7363_6673, "a securityfs file (a kernel interface)"),
+    (0xcafe_4a11, "a bpf file system entry (a kernel interface)"),
+    (0x6265_6570, "a configfs file (a kernel interface)"),
+    (0xde5e_81e4, "an efivarfs file (a kernel interface)"),
+];
+
+/// What `dir` holds when it is on one of the kernel's own file systems (`None` otherwise, or
+/// when it cannot be told).
+fn kernel_interface(dir: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs only writes the zeroed struct it is given.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a pointer to a statfs struct.
+    if unsafe { libc::statfs(c_dir.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    KERNEL_FILE_SYSTEMS
+        .iter()
+        .find(|(magic, _)| *magic == stat.f_type as i64)
+        .map(|(_, what)| *what)
+}
+
 /// The directory a destination is created in.
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -195,13 +228,21 @@ impl FileIdentity {
 }
 
 /// The destination is a name for a file, and absent or a regular file (never a link, a
-/// directory, a device or a FIFO).
+/// directory, a device, a FIFO or a file of the kernel's, such as `/proc/sys/...`, which
+/// `stat` calls regular).
 fn check_kind(flag: &'static str, path: &Path) -> Result<(), OutputError> {
     let path_buf = || path.to_path_buf();
     if path.file_name().is_none() {
         return Err(OutputError::NotAFileName {
             flag,
             path: path_buf(),
+        });
+    }
+    if let Some(what) = kernel_interface(parent_dir(path)) {
+        return Err(OutputError::NotARegularFile {
+            flag,
+            path: path_buf(),
+            what,
         });
     }
     match fs::symlink_metadata(path) {
@@ -286,14 +327,33 @@ pub fn check_destinations(
     Ok(())
 }
 
+/// Longest file name Linux file systems take (NAME_MAX).
+const NAME_MAX: usize = 255;
+/// Random characters in a temporary file's name (tempfile's default).
+const TEMP_RANDOM: usize = 6;
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// The prefix of `path`'s temporary file: `.NAME.`, with NAME cut so the whole temporary name
+/// (prefix, random part, suffix) stays within NAME_MAX however long a legal NAME is.
+fn temp_prefix(path: &Path) -> std::ffi::OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let name = path.file_name().unwrap_or_default().as_bytes();
+    let room = NAME_MAX - ".".len() - ".".len() - TEMP_RANDOM - TEMP_SUFFIX.len();
+    let mut prefix = Vec::with_capacity(NAME_MAX);
+    prefix.push(b'.');
+    prefix.extend_from_slice(&name[..name.len().min(room)]);
+    prefix.push(b'.');
+    std::ffi::OsString::from_vec(prefix)
+}
+
 /// A new temporary file beside `path`: a random name, created exclusively (never through a
 /// link planted at that name), mode 0644 less the umask; removed unless persisted.
 fn temp_file_in(dir: &Path, path: &Path) -> io::Result<tempfile::NamedTempFile> {
     use std::os::unix::fs::PermissionsExt;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
     tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
+        .prefix(&temp_prefix(path))
+        .rand_bytes(TEMP_RANDOM)
+        .suffix(TEMP_SUFFIX)
         .permissions(fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(|err| {
@@ -353,10 +413,31 @@ fn write_checked(
     let temp = result.with_context(|| format!("cannot write {}", path.display()))?;
     // Checked again just before the rename: the destination may have changed during the trace.
     check_kind(flag, path)?;
+    keep_permissions(path, temp.as_file())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     temp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Gives `replacement` the permission bits of the file at `path`, if there is one, and its
+/// owner and group when running as root (who would otherwise leave a user's 0600 report as a
+/// 0644 file of root's: readable by all, no longer the user's). Set-id bits are not kept.
+fn keep_permissions(path: &Path, replacement: &fs::File) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let old = match fs::symlink_metadata(path) {
+        Ok(old) if old.file_type().is_file() => old,
+        Ok(_) => return Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Before the mode: changing the owner clears set-id bits.
+        std::os::unix::fs::fchown(replacement, Some(old.uid()), Some(old.gid()))?;
+    }
+    replacement.set_permissions(fs::Permissions::from_mode(old.mode() & 0o777))
 }
 
 #[cfg(test)]
@@ -518,5 +599,76 @@ mod tests {
         );
         assert!(dir.join("r.json").exists() && dir.join("r.html").exists());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_mode_and_owner() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = scratch("keep");
+        let path = dir.join("private.html");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let nobody = 65534;
+        if root {
+            std::os::unix::fs::chown(&path, Some(nobody), Some(nobody)).unwrap();
+        }
+        write_atomic(&path, |w| w.write_all(b"new")).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        if root {
+            assert_eq!((meta.uid(), meta.gid()), (nobody, nobody));
+        }
+        // Set-id bits are not carried over.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o4755)).unwrap();
+        write_atomic(&path, |w| w.write_all(b"newer")).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn names_up_to_name_max_are_written() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = scratch("long");
+        for length in [243, 245, 250, 255] {
+            let name = "r".repeat(length - ".html".len()) + ".html";
+            let path = dir.join(&name);
+            assert_eq!(path.file_name().unwrap().as_bytes().len(), length);
+            check_destinations(&[("--html", &path)], &[]).unwrap();
+            write_atomic(&path, |w| w.write_all(b"x")).unwrap();
+            write_atomic(&path, |w| w.write_all(b"y")).unwrap();
+            assert_eq!(fs::read_to_string(&path).unwrap(), "y");
+        }
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 4, "no temp file left");
+        // Not UTF-8: cut by bytes, never mangled.
+        let odd = std::ffi::OsStr::from_bytes(&[0xff; 255]);
+        write_atomic(&dir.join(odd), |w| w.write_all(b"z")).unwrap();
+        assert!(temp_prefix(&dir.join(odd)).as_bytes().len() <= 255 - 10);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_of_the_kernel_are_not_regular_files() {
+        for path in ["/proc/sys/vm/drop_caches", "/proc/sys/vm/no-such-knob"] {
+            let err = message(check_destinations(&[("--json", Path::new(path))], &[]));
+            assert_eq!(
+                err,
+                format!(
+                    "--json {path}: a procfs file (a kernel interface), not a regular file; leaktracer writes only regular files (use `-` for stdout)"
+                )
+            );
+            assert!(write_atomic(Path::new(path), |w| w.write_all(b"3")).is_err());
+        }
+        let err = message(check_destinations(
+            &[("--html", Path::new("/sys/kernel/mm/x.html"))],
+            &[],
+        ));
+        assert!(
+            err.contains("a sysfs file (a kernel interface), not a regular file"),
+            "{err}"
+        );
     }
 }

@@ -5,14 +5,20 @@
 //! Every body is rendered on the trace's side once per interval and published as one immutable
 //! [`Published`] set; the server (its own thread and async runtime) only hands out clones of
 //! it. So a slow or stuck client holds nothing the trace needs: publishing swaps a pointer.
+//!
+//! Every request must be addressed to the server ([`host`]), and a scan, which stops the
+//! target, is made only on `POST /api/reachability` with `--reachability` ([`scans`]).
 
 mod api;
+mod host;
 mod metrics;
+mod scans;
 
 use std::{
     net::{SocketAddr, TcpListener, ToSocketAddrs},
     sync::{Arc, RwLock},
     thread::JoinHandle,
+    time::Duration,
 };
 
 use axum::{
@@ -80,17 +86,15 @@ type Shared = Arc<RwLock<Option<Arc<Published>>>>;
 pub struct Server {
     pub addr: SocketAddr,
     published: Shared,
-    /// Scans asked for at `/api/reachability`, each with where its answer goes: the trace's
-    /// loop takes this and runs them (a scan ptraces the target, from the trace's thread).
+    /// Scans asked for at `POST /api/reachability` (with `--reachability` only), each with
+    /// where its answer goes: the trace's loop takes this and runs them (a scan ptraces the
+    /// target, from the trace's thread).
     pub scan_requests: Option<mpsc::Receiver<ScanRequest>>,
     _thread: JoinHandle<()>,
 }
 
 /// A reachability scan asked for over HTTP: the JSON answer goes back through it.
 pub type ScanRequest = oneshot::Sender<Bytes>;
-
-/// Longest an HTTP client waits for a scan (the pause is capped far below; the mark is not).
-const SCAN_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// `ADDR` of `--serve`: `PORT` or `:PORT` bind loopback; `HOST:PORT` binds that address.
 pub fn parse_addr(spec: &str) -> Result<SocketAddr, String> {
@@ -122,10 +126,20 @@ fn bind_advice(err: &std::io::Error, addr: SocketAddr) -> String {
     }
 }
 
+/// Whether clients may ask for reachability scans, which stop the target.
+#[derive(Clone, Copy, Debug)]
+pub enum Scans {
+    /// Without `--reachability`: `/api/reachability` stops nothing.
+    Off,
+    /// With `--reachability`: on POST, each stopping the target for at most this
+    /// (`--max-pause`), at most one per ten times it.
+    On { max_pause: Duration },
+}
+
 impl Server {
     /// Binds `addr` now (so a taken port is an error before tracing starts) and serves on a
     /// thread of its own.
-    pub fn start(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub fn start(addr: SocketAddr, scans: Scans) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).map_err(|e| {
             anyhow::anyhow!(
                 "cannot listen on {addr} (--serve): {}",
@@ -134,15 +148,21 @@ impl Server {
         })?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let (requests, scan_requests) = mpsc::channel(4);
+        let gate = match scans {
+            Scans::Off => None,
+            Scans::On { max_pause } => Some(Arc::new(scans::Gate::new(requests, max_pause))),
+        };
         if !addr.ip().is_loopback() {
             eprintln!(
-                "leaktracer: warning: serving on {addr}, not loopback: anyone who can reach it \
-                 sees the target's call stacks, command line and memory figures"
+                "leaktracer: warning: {}",
+                exposure_warning(addr, gate.as_deref())
             );
         }
         let published: Shared = Arc::new(RwLock::new(None));
-        let (scans, scan_requests) = mpsc::channel(4);
-        let app = router(published.clone(), scans);
+        let scans_on = gate.is_some();
+        let app =
+            router(published.clone(), gate).into_make_service_with_connect_info::<host::Reached>();
         let thread = std::thread::Builder::new()
             .name("leaktracer-serve".into())
             .spawn(move || {
@@ -172,7 +192,7 @@ impl Server {
         Ok(Self {
             addr,
             published,
-            scan_requests: Some(scan_requests),
+            scan_requests: scans_on.then_some(scan_requests),
             _thread: thread,
         })
     }
@@ -187,11 +207,25 @@ impl Server {
     }
 }
 
-fn router(published: Shared, scans: mpsc::Sender<ScanRequest>) -> Router {
+/// What a client anywhere on the network can do to a server not bound to loopback.
+fn exposure_warning(addr: SocketAddr, gate: Option<&scans::Gate>) -> String {
+    let stops = match gate {
+        Some(gate) => format!(
+            "and, with --reachability, stop the target (POST /api/reachability: for up to --max-pause each time, at most once every {:.1} s)",
+            gate.min_gap.as_secs_f64()
+        ),
+        None => "but cannot stop it (no scans without --reachability)".to_string(),
+    };
+    format!(
+        "serving on {addr}, not loopback: anyone who can reach it sees the target's call stacks, command line and memory figures, {stops}; serve on 127.0.0.1 and tunnel (ssh -L) to keep them to yourself"
+    )
+}
+
+fn router(published: Shared, gate: Option<Arc<scans::Gate>>) -> Router {
     Router::new()
         .route(
             "/api/reachability",
-            get(move || reachability_body(scans.clone())),
+            get(scans::get).post(move || scans::post(gate.clone())),
         )
         .route("/", get(dashboard))
         .route("/metrics", get(metrics_body))
@@ -201,6 +235,7 @@ fn router(published: Shared, scans: mpsc::Sender<ScanRequest>) -> Router {
         .route("/api/process", get(process_body))
         .route("/flamegraph.svg", get(flamegraph_body))
         .with_state(published)
+        .layer(axum::middleware::from_fn(host::check))
 }
 
 async fn dashboard() -> Response {
@@ -265,32 +300,6 @@ async fn leaks_body(State(p): State<Shared>, uri: axum::http::Uri) -> Response {
 }
 async fn process_body(State(p): State<Shared>) -> Response {
     current(&p, |p| &p.process, JSON)
-}
-/// `/api/reachability`: asks the trace for a scan now and answers with its result.
-async fn reachability_body(scans: mpsc::Sender<ScanRequest>) -> Response {
-    let (answer, answered) = oneshot::channel();
-    if scans.send(answer).await.is_err() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leaktracer: the trace is ending; no scan can be made now\n",
-        )
-            .into_response();
-    }
-    match tokio::time::timeout(SCAN_ANSWER_WAIT, answered).await {
-        Ok(Ok(body)) => (
-            [
-                (header::CONTENT_TYPE, JSON),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            body,
-        )
-            .into_response(),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leaktracer: the scan did not finish; see leaktracer's output\n",
-        )
-            .into_response(),
-    }
 }
 async fn flamegraph_body(State(p): State<Shared>) -> Response {
     current(&p, |p| &p.flamegraph, "image/svg+xml")

@@ -32,21 +32,74 @@ fn launch_error(argv: &[String], reason: impl ToString) -> TraceError {
     }
 }
 
-/// Finds the program the way `execvp` would: a name with a slash as is, otherwise along `PATH`.
-pub fn resolve_program(name: &str) -> Option<PathBuf> {
-    let is_executable = |path: &Path| {
-        fs::metadata(path).is_ok_and(|m| m.is_file())
-            && CString::new(path.as_os_str().as_bytes())
-                .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0)
-    };
+/// Why a command's program cannot be run, found before anything is started.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProgramError {
+    #[error("{0}: no such file")]
+    Missing(PathBuf),
+    #[error("{0} is not found on PATH; give its path (./{0} for one in this directory)")]
+    NotOnPath(String),
+    #[error("{0} is {1}, not a program")]
+    NotAFile(PathBuf, &'static str),
+    #[error(
+        "{0} is not executable (it has no execute permission): make it executable (chmod +x), or run it through its interpreter"
+    )]
+    NoExecuteBit(PathBuf),
+    #[error(
+        "{0} cannot be executed here (execute permission denied: a file system mounted noexec, or permissions that exclude this user)"
+    )]
+    ExecuteDenied(PathBuf),
+}
+
+/// Whether `path` is a program this process may execute, and why not.
+fn check_executable(path: &Path) -> Result<(), ProgramError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = fs::metadata(path).map_err(|_| ProgramError::Missing(path.to_path_buf()))?;
+    let file_type = meta.file_type();
+    if !file_type.is_file() {
+        let what = if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_char_device() || file_type.is_block_device() {
+            "a device"
+        } else if file_type.is_fifo() {
+            "a FIFO"
+        } else {
+            "not a regular file"
+        };
+        return Err(ProgramError::NotAFile(path.to_path_buf(), what));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(ProgramError::NoExecuteBit(path.to_path_buf()));
+    }
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| ProgramError::Missing(path.to_path_buf()))?;
+    // SAFETY: a valid NUL-terminated path; access only reads it.
+    if unsafe { libc::access(c_path.as_ptr(), libc::X_OK) } != 0 {
+        return Err(ProgramError::ExecuteDenied(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Finds the program the way `execvp` would: a name with a slash as is, otherwise the first
+/// executable along `PATH`. When none is, says why: a file found but not executable is named
+/// as such, not as missing.
+pub fn resolve_program(name: &str) -> Result<PathBuf, ProgramError> {
     if name.contains('/') {
         let path = PathBuf::from(name);
-        return is_executable(&path).then_some(path);
+        return check_executable(&path).map(|()| path);
     }
     let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&search)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
+    let mut first_refusal = None;
+    for candidate in std::env::split_paths(&search).map(|dir| dir.join(name)) {
+        match check_executable(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(ProgramError::Missing(_)) => {}
+            Err(refusal) => {
+                first_refusal.get_or_insert(refusal);
+            }
+        }
+    }
+    Err(first_refusal.unwrap_or_else(|| ProgramError::NotOnPath(name.to_string())))
 }
 
 /// How a launched command ended: its exit code, or the signal that killed it.
@@ -103,12 +156,7 @@ impl LaunchedChild {
         let name = argv
             .first()
             .ok_or_else(|| launch_error(argv, "empty command"))?;
-        let program = resolve_program(name).ok_or_else(|| {
-            launch_error(
-                argv,
-                "no such executable (not found, not executable, or not on PATH)",
-            )
-        })?;
+        let program = resolve_program(name).map_err(|why| launch_error(argv, why))?;
         let c_program = CString::new(program.as_os_str().as_bytes())
             .map_err(|_| launch_error(argv, "NUL byte in program path"))?;
         let c_args = argv
@@ -342,4 +390,47 @@ fn elf_interpreter<'data>(data: impl object::ReadRef<'data>) -> Option<PathBuf> 
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_program_that_cannot_run_is_named_by_why() {
+        let dir = std::env::temp_dir().join(format!("lt-launch-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("script");
+        fs::write(&script, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+        let name = script.to_str().unwrap();
+        assert_eq!(
+            resolve_program(name),
+            Err(ProgramError::NoExecuteBit(script.clone()))
+        );
+        assert_eq!(
+            resolve_program(name).unwrap_err().to_string(),
+            format!(
+                "{name} is not executable (it has no execute permission): make it executable (chmod +x), or run it through its interpreter"
+            )
+        );
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(resolve_program(name), Ok(script.clone()));
+        assert_eq!(
+            resolve_program(dir.to_str().unwrap()),
+            Err(ProgramError::NotAFile(dir.clone(), "a directory"))
+        );
+        let missing = dir.join("missing");
+        assert_eq!(
+            resolve_program(missing.to_str().unwrap()),
+            Err(ProgramError::Missing(missing.clone()))
+        );
+        assert_eq!(
+            resolve_program("leaktracer-no-such-program"),
+            Err(ProgramError::NotOnPath("leaktracer-no-such-program".into()))
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

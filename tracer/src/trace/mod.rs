@@ -43,7 +43,7 @@ use crate::{
     history::SampleHistory,
     python::code::CodeObjects,
     report::{self, ExecEvent, Report, TargetExit, build::TraceFacts},
-    serve::{LiveProcess, Published, Server},
+    serve::{LiveProcess, Published, Scans, Server},
     symbolize::{AddressSpaces, Symbolizer},
     target::{
         cgroup::{Cgroup, find_container},
@@ -174,10 +174,22 @@ fn trace(
     };
     let server = match config.serve {
         Some(addr) => {
-            let server = Server::start(addr)?;
+            let scans = if config.reachability {
+                Scans::On {
+                    max_pause: config.max_pause,
+                }
+            } else {
+                Scans::Off
+            };
+            let server = Server::start(addr, scans)?;
             eprintln!(
-                "leaktracer: serving http://{} (/metrics, /api/snapshot, /api/history, /api/leaks, /api/process, /api/reachability, /flamegraph.svg)",
-                server.addr
+                "leaktracer: serving http://{} (/metrics, /api/snapshot, /api/history, /api/leaks, /api/process, /flamegraph.svg{})",
+                server.addr,
+                if config.reachability {
+                    "; POST /api/reachability scans"
+                } else {
+                    ""
+                }
             );
             Some(server)
         }
