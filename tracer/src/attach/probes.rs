@@ -30,6 +30,7 @@ use crate::{
     },
     collect::KernelMaps,
     error::TraceError,
+    terminal::eprintln_escaped,
 };
 
 /// The compiled eBPF object, built by `build.rs` from `tracer-ebpf`.
@@ -408,7 +409,7 @@ impl Probes {
             && !self.stats.multi
             && let Err(e @ TraceError::Attach { .. }) = &result
         {
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: note: {e}; attaching one perf event per probe instead (detaching those takes the kernel about 0.1 s per probe)"
             );
             self.multi = MultiState::Off;
@@ -427,7 +428,7 @@ impl Probes {
             };
             match multi::join(handle) {
                 Ok(programs) => self.multi = MultiState::Ready(programs),
-                Err(e) => eprintln!(
+                Err(e) => eprintln_escaped!(
                     "leaktracer: note: no uprobe_multi links ({e}); attaching one perf event per probe (detaching those takes the kernel about 0.1 s per probe)"
                 ),
             }
@@ -754,7 +755,9 @@ fn load_multi_copies(ebpf: &Ebpf) -> MultiState {
     match multi::map_fds(ebpf) {
         Ok(maps) => MultiState::Loading(multi::load_in_background(EBPF_OBJECT, maps, names)),
         Err(e) => {
-            eprintln!("leaktracer: note: no uprobe_multi links (duplicating the map fds: {e})");
+            eprintln_escaped!(
+                "leaktracer: note: no uprobe_multi links (duplicating the map fds: {e})"
+            );
             MultiState::Off
         }
     }

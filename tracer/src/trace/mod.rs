@@ -48,6 +48,7 @@ use crate::{
         memory::MemoryLimit,
         process::{ProcessUsage, is_alive},
     },
+    terminal::eprintln_escaped,
     unwind::KernelTables,
 };
 
@@ -161,7 +162,7 @@ fn trace(
     let server = match config.serve {
         Some(addr) => {
             let server = Server::start(addr)?;
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: serving http://{} (/metrics, /api/snapshot, /api/history, /api/leaks, /api/process, /api/reachability, /flamegraph.svg)",
                 server.addr
             );
@@ -227,7 +228,7 @@ fn trace(
             && let Ok(running) = std::fs::metadata(format!("/proc/{}/exe", child.pid))
             && (running.dev(), running.ino()) != (planned.dev, planned.inode)
         {
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: warning: {program} was replaced on disk as it started: the probes in it are on the old file, so its own allocator's calls are not seen"
             );
         }
@@ -251,12 +252,12 @@ fn trace(
     session.discover();
     session.announce_attaches = true;
     if session.tracked.is_empty() && matches!(session.scope, Scope::Cgroup(_)) {
-        eprintln!("leaktracer: the cgroup has no process yet; waiting for one to start");
+        eprintln_escaped!("leaktracer: the cgroup has no process yet; waiting for one to start");
     }
     session.history = SampleHistory::start();
     if config.verbose {
         let stats = session.probes.stats();
-        eprintln!(
+        eprintln_escaped!(
             "leaktracer: attached {} probes in {} links ({}) in {:.3} s",
             stats.probes,
             stats.links,
@@ -268,7 +269,7 @@ fn trace(
             stats.attach.as_secs_f64()
         );
     }
-    eprintln!(
+    eprintln_escaped!(
         "leaktracer: tracing {}: {} probes attached; {}",
         session.describe_targets(),
         session.probes.attached.len(),
@@ -302,9 +303,12 @@ fn trace(
     });
     if run_time_stats.is_some() {
         for stats in session.probes.program_stats() {
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: program {}: {} runs, {:.0} ns per run, {} instructions verified",
-                stats.name, stats.runs, stats.ns_per_run, stats.verified_instructions
+                stats.name,
+                stats.runs,
+                stats.ns_per_run,
+                stats.verified_instructions
             );
         }
     }
@@ -312,7 +316,9 @@ fn trace(
     // during its stop are exactly those in its memory.
     if config.reachability {
         session.status.finish();
-        eprintln!("leaktracer: scanning for pointers to the outstanding blocks (--reachability)");
+        eprintln_escaped!(
+            "leaktracer: scanning for pointers to the outstanding blocks (--reachability)"
+        );
         session.scan_reachability(reachability::Which::Remaining);
     }
     // Freeze the picture: the programs return at once from here on (at once, unlike the
@@ -330,7 +336,7 @@ fn trace(
     session.history.sample_at(elapsed, &snapshot, rss);
     session.status.finish();
     if config.verbose || snapshot.stacks.len() > 100 {
-        eprintln!("leaktracer: symbolizing {} stacks", snapshot.stacks.len());
+        eprintln_escaped!("leaktracer: symbolizing {} stacks", snapshot.stacks.len());
     }
     session.refresh_limit();
     // Detached before the report, which says how long that took: the picture is frozen
@@ -338,7 +344,7 @@ fn trace(
     session.probes.detach();
     if config.verbose {
         let stats = session.probes.stats();
-        eprintln!(
+        eprintln_escaped!(
             "leaktracer: detached {} links in {:.3} s",
             stats.links,
             stats.detach.unwrap_or_default().as_secs_f64()
@@ -537,7 +543,9 @@ impl Session<'_> {
             self.config.metrics_stacks,
         ) {
             Ok(bodies) => server.publish(bodies),
-            Err(e) => eprintln!("leaktracer: warning: cannot render the served pages: {e:#}"),
+            Err(e) => {
+                eprintln_escaped!("leaktracer: warning: cannot render the served pages: {e:#}")
+            }
         }
     }
 }

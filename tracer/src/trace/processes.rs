@@ -18,6 +18,7 @@ use crate::{
         memory::{MemoryLimit, memory_limit, oom_kills, rss_bytes},
         process::{ProcessInfo, is_alive, state_of},
     },
+    terminal::eprintln_escaped,
 };
 
 /// Polls in a row a new process may fail to attach (mid-exec, libraries not mapped yet) before
@@ -156,7 +157,7 @@ impl Session<'_> {
                     probe.skipped.join("; ")
                 )
             };
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: pid {pid}: {} {} at {}+{:#x} ({}){placement}",
                 if probe.is_return {
                     "uretprobe"
@@ -176,7 +177,7 @@ impl Session<'_> {
     /// loader's).
     pub(super) fn track(&mut self, pid: u32, plan: AttachPlan) {
         if let Err(e) = self.probes.trace_process(pid) {
-            eprintln!("leaktracer: warning: {e}; its direct mappings are not counted");
+            eprintln_escaped!("leaktracer: warning: {e}; its direct mappings are not counted");
         }
         let launched = self.config.command().is_some() && self.tracked.is_empty();
         let mut info = ProcessInfo::read(pid).unwrap_or(ProcessInfo {
@@ -236,14 +237,14 @@ impl Session<'_> {
         let started = std::time::Instant::now();
         match tables.update(pid) {
             Ok(true) if self.config.verbose || started.elapsed().as_secs_f64() > 1.0 => {
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: pid {pid}: unwind tables written in {:.2} s",
                     started.elapsed().as_secs_f64()
                 );
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => tables.remove(pid),
-            Err(e) => eprintln!(
+            Err(e) => eprintln_escaped!(
                 "leaktracer: warning: pid {pid}: {e}; its stacks are walked by frame pointers"
             ),
         }
@@ -257,7 +258,7 @@ impl Session<'_> {
         }
         match crate::python::interpreter::find(pid) {
             Found::Nothing => {}
-            Found::Unsupported(note) => eprintln!("leaktracer: note: pid {pid}: {note}"),
+            Found::Unsupported(note) => eprintln_escaped!("leaktracer: note: pid {pid}: {note}"),
             Found::Python(interpreter) => {
                 let entry = interpreter.layout.kernel_entry(
                     interpreter.runtime,
@@ -270,18 +271,20 @@ impl Session<'_> {
                     .python_processes
                     .insert(pid, entry, 0)
                 {
-                    eprintln!("leaktracer: warning: pid {pid}: cannot walk its Python frames: {e}");
+                    eprintln_escaped!(
+                        "leaktracer: warning: pid {pid}: cannot walk its Python frames: {e}"
+                    );
                     return;
                 }
                 if self.config.verbose {
-                    eprintln!(
+                    eprintln_escaped!(
                         "leaktracer: pid {pid} runs CPython {} ({}): its stacks get Python frames",
                         interpreter.version_text(),
                         interpreter.module
                     );
                 }
                 if !interpreter.small_objects_seen {
-                    eprintln!(
+                    eprintln_escaped!(
                         "leaktracer: note: pid {pid}: CPython {} in {} has its small-object allocator inlined (no symbols to probe): objects of 512 bytes or less are not seen; run it with PYTHONMALLOC=malloc to see them",
                         interpreter.version_text(),
                         interpreter.module
@@ -317,13 +320,13 @@ impl Session<'_> {
             tracked.frozen_at_secs = Some(elapsed);
             if self.python.interpreter(*pid).is_some() {
                 tracked.frozen_at = Some("Py_FinalizeEx");
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: pid {pid} began its interpreter's teardown (Py_FinalizeEx): its figures are kept from just before"
                 );
                 resume.push(*pid);
             } else if self.config.reachability {
                 tracked.frozen_at = Some("exit");
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: pid {pid} called exit(): its figures are kept from just before, and it is scanned before its teardown"
                 );
                 exited.push(*pid);
@@ -375,7 +378,7 @@ impl Session<'_> {
         }
         child.resume(command)?;
         if !child.wait_stopped(super::LAUNCH_STOP_WAIT) {
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: warning: {} did not stop at its exec; a program that exits at once may have no symbols",
                 program.display()
             );
@@ -421,7 +424,7 @@ impl Session<'_> {
         match self.probes.attach_launch_stop(executable, pid) {
             Ok(()) => true,
             Err(e) => {
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: warning: {e}; a program that exits at once may have no symbols, and with CFI unwinding its first allocations are walked by frame pointers"
                 );
                 false
@@ -528,7 +531,7 @@ impl Session<'_> {
             let to = executable(pid)
                 .map(|exe| exe.display().to_string())
                 .unwrap_or_default();
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: pid {pid} exec'd {to}: retired the {allocations} outstanding allocations ({}) of its old image",
                 crate::units::human_bytes(bytes)
             );
@@ -578,7 +581,7 @@ impl Session<'_> {
                         self.failed.insert(pid);
                         if is_alive(pid) {
                             let comm = ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default();
-                            eprintln!(
+                            eprintln_escaped!(
                                 "leaktracer: warning: not tracing pid {pid} ({comm}): {err:#}"
                             );
                         }
@@ -625,7 +628,7 @@ impl Session<'_> {
             self.spaces.refresh(pid);
         } else {
             if self.announce_attaches {
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: attached to pid {pid} ({}), allocator {}",
                     ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default(),
                     plan.allocator
