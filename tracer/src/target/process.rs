@@ -114,6 +114,21 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
+/// `PF_KTHREAD` in the flags of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// True for a kernel thread: it has no user memory, no allocator, nothing to trace.
+pub fn is_kernel_thread(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The fields after the command in parentheses (which may itself contain ')'): state,
+    // ppid, pgrp, session, tty_nr, tpgid, flags.
+    stat.rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
 /// True when a process with this pid exists (a zombie counts as gone).
 pub fn is_alive(pid: u32) -> bool {
     state_of(pid).is_some_and(|state| state != 'Z' && state != 'X')
@@ -150,5 +165,17 @@ mod tests {
         assert!(found.contains(&child.id()));
         let me = ProcessInfo::read(std::process::id()).unwrap();
         assert_eq!(me.nspid.first(), Some(&std::process::id()));
+    }
+
+    #[test]
+    fn kernel_threads_are_told_from_processes() {
+        assert_eq!(
+            fs::read_to_string("/proc/2/comm").unwrap().trim(),
+            "kthreadd",
+            "pid 2 is the kernel's thread creator (on a host, not in a pid namespace)"
+        );
+        assert!(is_kernel_thread(2));
+        assert!(!is_kernel_thread(std::process::id()));
+        assert!(!is_kernel_thread(u32::MAX), "no such pid");
     }
 }
