@@ -213,6 +213,19 @@ pub fn check_privileges() -> Result<(), TraceError> {
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// Why the kernel refused leaktracer another process's memory (its maps, its `map_files`), from
+/// the capabilities leaktracer really has: a missing CAP_SYS_PTRACE is named only when it is
+/// missing. With it, the refusal is a security policy's (as for a sandbox's init), and no
+/// capability would help.
+pub fn access_refusal() -> String {
+    if has_capability(CAP_SYS_PTRACE) {
+        "leaktracer has CAP_SYS_PTRACE, so no capability is missing: a security policy keeps this process from it (a Landlock sandbox leaktracer runs in, Yama's ptrace_scope, SELinux, AppArmor or a BPF LSM); trace it from outside that policy".to_string()
+    } else {
+        "leaktracer lacks CAP_SYS_PTRACE, which reading another user's process takes: run it as root with sudo".to_string()
+    }
+}
 
 /// True when this process has capability `cap` in its effective set.
 fn has_capability(cap: u32) -> bool {

@@ -108,7 +108,10 @@ fn executable(pid: u32) -> Option<PathBuf> {
 /// Plan for a running process: the objects it maps, opened as it maps them.
 pub fn plan_for_pid(pid: u32, config: &TraceConfig) -> Result<AttachPlan, TraceError> {
     let maps = read_maps(pid).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => TraceError::ProcessNotReadable(pid),
+        std::io::ErrorKind::PermissionDenied => TraceError::ProcessNotReadable {
+            pid,
+            why: crate::attach::probes::access_refusal(),
+        },
         _ => TraceError::NoSuchProcess(pid),
     })?;
     let candidates = allocator::candidates_from_maps(pid, &maps);
