@@ -142,16 +142,19 @@ fn wait_group_stopped(pid: u32, wait: std::time::Duration) {
 impl Session<'_> {
     /// Attaches `plan` for `pid`: its allocations count from now on.
     pub(super) fn attach_plan(&mut self, pid: u32, plan: &AttachPlan) -> Result<(), TraceError> {
+        let known = self.probes.attached.len();
         self.probes.attach(plan, pid)?;
         if self.config.verbose {
-            self.print_placements(pid);
+            self.print_placements(pid, known);
         }
         Ok(())
     }
 
-    /// `--verbose`: where each probe of `pid` was placed.
-    fn print_placements(&self, pid: u32) {
-        for probe in self.probes.attached.iter().filter(|p| p.pid == pid) {
+    /// `--verbose`: where each probe of `pid` attached from the `first` on was placed (those
+    /// attached before were said then).
+    fn print_placements(&self, pid: u32, first: usize) {
+        let new = self.probes.attached.get(first..).unwrap_or_default();
+        for probe in new.iter().filter(|p| p.pid == pid) {
             let placement = if probe.skipped.is_empty() {
                 String::new()
             } else {
@@ -557,7 +560,13 @@ impl Session<'_> {
             if self.failed.contains(&pid) || pid == std::process::id() {
                 continue;
             }
-            let exe = executable(pid);
+            // No executable: gone, a zombie, on its way out (its memory already released), or
+            // a kernel thread. There is nothing to attach to, and a traced process made no
+            // exec: it keeps the command, comm and allocator it had.
+            let exe = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                exe => exe.ok(),
+            };
             if let Some(tracked) = self.tracked.get(&pid) {
                 // An exec not settled yet (it happened since this poll's `settle_execs`) is
                 // settled first, on the next poll: its old image's records are retired under
