@@ -125,7 +125,13 @@ pub fn is_kernel_thread(pid: u32) -> bool {
     // The fields after the command in parentheses (which may itself contain ')'): state,
     // ppid, pgrp, session, tty_nr, tpgid, flags.
     stat.rfind(')')
-        .and_then(|end| stat[end + 1..].split_whitespace().nth(6)?.parse::<u64>().ok())
+        .and_then(|end| {
+            stat[end + 1..]
+                .split_whitespace()
+                .nth(6)?
+                .parse::<u64>()
+                .ok()
+        })
         .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
