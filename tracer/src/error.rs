@@ -34,6 +34,17 @@ pub enum TraceError {
     },
 
     #[error(
+        "the kernel maps would take up to {at_most} once full ({at_load} as soon as they are created), more than a quarter of this machine's {mem_total}: {largest}; lower those flags, or pass --allow-large-maps to create them anyway"
+    )]
+    MapsBeyondMemory {
+        at_most: String,
+        at_load: String,
+        mem_total: String,
+        /// The largest maps, with the flags that size them.
+        largest: String,
+    },
+
+    #[error(
         "leaktracer needs root: the kernel attaches uprobes only with CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON alone are not enough; missing: {0}): run it with sudo"
     )]
     NotRoot(String),

@@ -26,6 +26,7 @@ use crate::{
         allocator::{AttachPlan, ProbeObject, ProbeSite},
         bpf_sys,
         detach::drop_in_parallel,
+        map_memory::{MapKind, MapMemory, MapShape, estimate, possible_cpus},
         multi::{self, MultiError, MultiPrograms},
     },
     collect::KernelMaps,
@@ -260,22 +261,67 @@ pub fn check_kernel_support() -> Result<(), TraceError> {
     }
 }
 
+/// One map sized by a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizedMap {
+    pub map: &'static str,
+    pub entries: u32,
+    pub flag: &'static str,
+}
+
+/// The maps whose sizes the flags set, with their entries for `sizes`.
+pub fn sized_maps(sizes: &MapSizes) -> [SizedMap; 5] {
+    let (table_slots, overflow_entries) =
+        tracer_common::split_record_capacity(sizes.max_allocations);
+    let sized = |map, entries, flag| SizedMap { map, entries, flag };
+    [
+        sized(maps::RECORD_TABLE, table_slots, "--max-allocations"),
+        sized(maps::ALLOCS, overflow_entries, "--max-allocations"),
+        sized(maps::STACKS, sizes.max_stacks, "--max-stacks"),
+        sized(
+            maps::STACK_STATS,
+            sizes.max_stacks.saturating_mul(4),
+            "--max-stacks",
+        ),
+        sized(maps::UNWIND_ROWS, sizes.unwind_rows, "--max-unwind-rows"),
+    ]
+}
+
+/// What the kernel maps will take at `sizes` (see [`map_memory`](super::map_memory)), before
+/// any is created: the object's map definitions with the flags' sizes.
+pub fn map_memory(sizes: &MapSizes) -> Result<MapMemory, TraceError> {
+    if EBPF_OBJECT.is_empty() {
+        return Ok(MapMemory::default());
+    }
+    let object = aya_obj::Object::parse(EBPF_OBJECT)
+        .map_err(|e| TraceError::Load(format!("cannot read the eBPF object's maps: {e}")))?;
+    let sized = sized_maps(sizes);
+    let shapes: Vec<MapShape> = object
+        .maps
+        .iter()
+        .map(|(name, map)| MapShape {
+            name: name.clone(),
+            kind: MapKind::from_type(map.map_type()),
+            key_size: map.key_size(),
+            value_size: map.value_size(),
+            max_entries: sized
+                .iter()
+                .find(|s| s.map == name)
+                .map_or(map.max_entries(), |s| s.entries),
+            flags: map.map_flags(),
+        })
+        .collect();
+    Ok(estimate(&shapes, possible_cpus()))
+}
+
 /// Why loading failed, by its real cause: a map the kernel would not create at the size the
 /// flags asked for names the flag; anything else is a kernel without what leaktracer needs.
-fn load_error(
-    err: aya::EbpfError,
-    sizes: &MapSizes,
-    table_slots: u32,
-    overflow_entries: u32,
-) -> TraceError {
+fn load_error(err: aya::EbpfError, sizes: &MapSizes) -> TraceError {
     if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = &err {
-        let sized_by = match name.as_str() {
-            maps::RECORD_TABLE => Some(("--max-allocations", table_slots)),
-            maps::ALLOCS => Some(("--max-allocations", overflow_entries)),
-            maps::STACKS => Some(("--max-stacks", sizes.max_stacks)),
-            maps::STACK_STATS => Some(("--max-stacks", sizes.max_stacks.saturating_mul(4))),
-            _ => None,
-        };
+        let sized_by = sized_maps(sizes)
+            .into_iter()
+            .find(|s| s.map == name)
+            .map(|s| (s.flag, s.entries));
         if let Some((flag, entries)) = sized_by {
             let reason = match io_error.raw_os_error() {
                 Some(libc::E2BIG) => "more than the kernel allows in one map".to_string(),
@@ -319,9 +365,12 @@ impl Probes {
         let fsbase_offset = crate::python::btf::fsbase_offset().unwrap_or(0);
         // Without them, endings carry no OOM mark (the cgroup's OOM counter still tells).
         let (tgid_offset, exit_code_offset) = crate::python::btf::exit_offsets().unwrap_or((0, 0));
-        let (table_slots, overflow_entries) =
-            tracer_common::split_record_capacity(sizes.max_allocations);
-        let mut ebpf = EbpfLoader::new()
+        let (table_slots, _) = tracer_common::split_record_capacity(sizes.max_allocations);
+        let mut loader = EbpfLoader::new();
+        for sized in sized_maps(&sizes) {
+            loader.map_max_entries(sized.map, sized.entries);
+        }
+        let mut ebpf = loader
             .override_global(globals::FILTER_CGROUP_ID, &cgroup_id, true)
             .override_global(globals::FILTER_CGROUP_LEVEL, &cgroup_level, true)
             .override_global(
@@ -330,19 +379,14 @@ impl Probes {
                 true,
             )
             .override_global(globals::SAMPLE_BYTES, &sizes.sample_bytes, true)
-            .map_max_entries(maps::RECORD_TABLE, table_slots)
             .override_global(globals::RECORD_TABLE_MASK, &(table_slots - 1), true)
-            .map_max_entries(maps::ALLOCS, overflow_entries)
-            .map_max_entries(maps::STACKS, sizes.max_stacks)
-            .map_max_entries(maps::STACK_STATS, sizes.max_stacks.saturating_mul(4))
             .override_global(globals::MAX_DEPTH, &sizes.max_depth, true)
             .override_global(globals::FSBASE_OFFSET, &fsbase_offset, true)
             .override_global(globals::STOP_AT_EXIT, &u8::from(sizes.stop_at_exit), true)
             .override_global(globals::TGID_OFFSET, &tgid_offset, true)
             .override_global(globals::EXIT_CODE_OFFSET, &exit_code_offset, true)
-            .map_max_entries(maps::UNWIND_ROWS, sizes.unwind_rows)
             .load(EBPF_OBJECT)
-            .map_err(|e| load_error(e, &sizes, table_slots, overflow_entries))?;
+            .map_err(|e| load_error(e, &sizes))?;
         let multi = load_multi_copies(&ebpf);
         for program in programs::ALL {
             let name = program.name;

@@ -45,10 +45,11 @@ use crate::{
     target::{
         cgroup::{Cgroup, find_container},
         launch::{LaunchedChild, predict_loaded_objects, signal_name},
-        memory::MemoryLimit,
+        memory::{MemoryLimit, mem_total},
         process::{ProcessUsage, is_alive},
     },
     terminal::eprintln_escaped,
+    units::human_bytes,
     unwind::KernelTables,
 };
 
@@ -84,6 +85,7 @@ pub fn run(config: TraceConfig) -> anyhow::Result<()> {
     config.outputs.check(&[])?;
     probes::check_privileges()?;
     probes::check_kernel_support()?;
+    check_map_memory(&config)?;
     if let Some(pid) = config.pid()
         && !is_alive(pid)
     {
@@ -357,6 +359,72 @@ fn trace(
     // end goes on (the report took long enough for any such stop to have happened).
     session.resume_frozen_interpreters();
     delivered
+}
+
+/// The maps' sizes and load-time settings for `config`, with the kernel-side `cgroup` filter.
+fn map_sizes(config: &TraceConfig, cgroup: Option<(u64, u32)>) -> MapSizes {
+    MapSizes {
+        cgroup,
+        max_allocations: config.max_allocations,
+        max_stacks: config.max_stacks,
+        empty_programs: config.empty_programs,
+        sample_bytes: config.sample_bytes.unwrap_or(0),
+        max_depth: config.max_depth,
+        unwind_rows: config.max_unwind_rows,
+        stop_at_exit: config.reachability,
+    }
+}
+
+/// Of the machine's memory, the most the kernel maps may take once full without
+/// `--allow-large-maps`.
+const MAPS_SHARE_OF_MEMORY: u64 = 4;
+
+/// Says what the kernel maps will take (with --verbose), and refuses sizes whose maps, full,
+/// would take more than a quarter of the machine's memory, unless --allow-large-maps: kernel
+/// memory is not swapped, and the OOM killer cannot take it back from leaktracer's targets.
+fn check_map_memory(config: &TraceConfig) -> Result<(), TraceError> {
+    let sizes = map_sizes(config, None);
+    let memory = probes::map_memory(&sizes)?;
+    let sized = probes::sized_maps(&sizes);
+    let largest: Vec<String> = memory
+        .maps
+        .iter()
+        .take(3)
+        .map(|map| {
+            let flag = sized
+                .iter()
+                .find(|s| s.map == map.name)
+                .map(|s| match s.flag {
+                    "--max-allocations" => {
+                        format!(" (--max-allocations {})", config.max_allocations)
+                    }
+                    "--max-stacks" => format!(" (--max-stacks {})", config.max_stacks),
+                    _ => format!(" ({} {})", s.flag, s.entries),
+                })
+                .unwrap_or_default();
+            format!("{} {}{flag}", map.name, human_bytes(map.at_most))
+        })
+        .collect();
+    if config.verbose {
+        eprintln_escaped!(
+            "leaktracer: kernel maps: {} as soon as they are created, up to {} once full (largest: {})",
+            human_bytes(memory.at_load),
+            human_bytes(memory.at_most),
+            largest.join(", ")
+        );
+    }
+    let Some(mem_total) = mem_total() else {
+        return Ok(());
+    };
+    if memory.at_most > mem_total / MAPS_SHARE_OF_MEMORY && !config.allow_large_maps {
+        return Err(TraceError::MapsBeyondMemory {
+            at_most: human_bytes(memory.at_most),
+            at_load: human_bytes(memory.at_load),
+            mem_total: human_bytes(mem_total),
+            largest: largest.join(", "),
+        });
+    }
+    Ok(())
 }
 
 /// The report's `attach` section.
