@@ -15,6 +15,39 @@ use std::{
 
 use crate::error::TraceError;
 
+/// Makes leaktracer the subreaper of the processes it starts: one that its command leaves
+/// behind (a daemon's double fork: the parent exits, its child with it) becomes leaktracer's
+/// child, not init's, so it can still be found and followed. They are reaped with
+/// [`reap_adopted`], and go on to init if leaktracer exits first.
+pub fn adopt_orphans() -> io::Result<()> {
+    // SAFETY: prctl with plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The processes leaktracer adopted (see [`adopt_orphans`]) that still run: its children other
+/// than the `launched` command.
+pub fn adopted(launched: u32) -> Vec<u32> {
+    crate::target::process::children(std::process::id())
+        .into_iter()
+        .filter(|pid| *pid != launched && crate::target::process::is_alive(*pid))
+        .collect()
+}
+
+/// Reaps the adopted processes that have exited (never the `launched` command, whose status
+/// [`LaunchedChild`] keeps): no zombie is left for the length of a trace.
+pub fn reap_adopted(launched: u32) {
+    for pid in crate::target::process::children(std::process::id()) {
+        if pid != launched {
+            let mut status = 0;
+            // SAFETY: waitpid on one of our own children, never blocking.
+            unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+        }
+    }
+}
+
 /// A command started by leaktracer, stopped before exec until [`LaunchedChild::resume`].
 #[derive(Debug)]
 pub struct LaunchedChild {

@@ -7,7 +7,10 @@ use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{EndReason, Session, status::Status};
-use crate::target::{launch::LaunchedChild, process::is_alive};
+use crate::target::{
+    launch::{LaunchedChild, reap_adopted},
+    process::is_alive,
+};
 
 /// How often liveness, new processes and memory maps are checked.
 const POLL: Duration = Duration::from_millis(100);
@@ -93,6 +96,9 @@ impl Session<'_> {
                         return Ok(EndReason::Duration);
                     }
                     _ = poll.tick() => {
+                        if let Some(child) = child.as_deref() {
+                            reap_adopted(child.pid);
+                        }
                         if self.target_gone(child) {
                             return Ok(EndReason::TargetExited);
                         }

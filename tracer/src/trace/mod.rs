@@ -44,7 +44,7 @@ use crate::{
     symbolize::{AddressSpaces, Symbolizer},
     target::{
         cgroup::{Cgroup, find_container},
-        launch::{LaunchedChild, predict_loaded_objects, signal_name},
+        launch::{LaunchedChild, adopt_orphans, predict_loaded_objects, signal_name},
         memory::{MemoryLimit, mem_total},
         process::{ProcessUsage, is_alive},
     },
@@ -103,8 +103,13 @@ pub fn run(config: TraceConfig) -> anyhow::Result<()> {
         Signals::install()?
     };
     // Launch before any thread exists: the child runs nothing between fork and exec but raise().
+    // As the subreaper of what it launches, leaktracer adopts the processes the command leaves
+    // behind (a daemon's double fork), which would otherwise be lost to init.
     let mut child = match config.command() {
-        Some(command) => Some(LaunchedChild::spawn_stopped(command)?),
+        Some(command) => {
+            adopt_orphans().context("cannot become the subreaper of the command's processes")?;
+            Some(LaunchedChild::spawn_stopped(command)?)
+        }
         None => None,
     };
     let result = trace(&config, child.as_mut(), &runtime, signals);
@@ -127,25 +132,18 @@ fn trace(
         (Some(child), _) => Scope::Process {
             root: child.pid,
             follow_children: config.follow_children,
+            adopter: Some(std::process::id()),
         },
         (None, TargetSpec::Launch(_)) => unreachable!("run() launches the command first"),
         (None, TargetSpec::Pid(pid)) => Scope::Process {
             root: *pid,
             follow_children: config.follow_children,
+            adopter: None,
         },
         (None, TargetSpec::Cgroup(dir)) => Scope::Cgroup(Cgroup::open(dir)?),
         (None, TargetSpec::Container(id)) => Scope::Cgroup(Cgroup::open(&find_container(id)?)?),
     };
-    let mut probes = Probes::load(MapSizes {
-        cgroup: scope.kernel_filter(),
-        max_allocations: config.max_allocations,
-        max_stacks: config.max_stacks,
-        empty_programs: config.empty_programs,
-        sample_bytes: config.sample_bytes.unwrap_or(0),
-        max_depth: config.max_depth,
-        unwind_rows: config.max_unwind_rows,
-        stop_at_exit: config.reachability,
-    })?;
+    let mut probes = Probes::load(map_sizes(config, scope.kernel_filter()))?;
     let collector = probes.collector()?;
     let tables = match config.unwind {
         UnwindMode::Cfi => Some(
@@ -282,6 +280,12 @@ fn trace(
     );
 
     let end_reason = session.wait_for_end(&mut child, runtime, &mut signals)?;
+    if let Some(child) = child.as_deref()
+        && end_reason == EndReason::TargetExited
+        && !config.follow_children
+    {
+        session.note_left_behind(child.pid);
+    }
     session.settle_exits();
     // The launched command's wait status is the authority on how it ended; the kernel's
     // ending adds the OOM killer, the limit and the time. A --pid target has only the latter.

@@ -13,7 +13,7 @@ use crate::{
     python::interpreter::Found,
     report::{ExecEvent, ProcessEntry, TargetExit},
     target::{
-        launch::{LaunchedChild, is_dynamically_linked, signal_name},
+        launch::{LaunchedChild, adopted, is_dynamically_linked, signal_name},
         maps::read_maps,
         memory::{MemoryLimit, memory_limit, oom_kills, rss_bytes},
         process::{ProcessInfo, is_alive, state_of},
@@ -765,6 +765,32 @@ impl Session<'_> {
             .filter_map(|pid| rss_bytes(*pid))
             .collect();
         (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    /// Without --follow-children: names the processes the launched command left running when
+    /// it exited (a daemon it forked; leaktracer adopted them), which were not traced.
+    pub(super) fn note_left_behind(&self, launched: u32) {
+        let left = adopted(launched);
+        if left.is_empty() {
+            return;
+        }
+        let mut named: Vec<String> = left
+            .iter()
+            .take(5)
+            .map(|pid| {
+                let comm = ProcessInfo::read(*pid).map(|i| i.comm).unwrap_or_default();
+                format!("pid {pid} ({comm})")
+            })
+            .collect();
+        if left.len() > 5 {
+            named.push(format!("and {} more", left.len() - 5));
+        }
+        eprintln_escaped!(
+            "leaktracer: note: the command exited and left {} process{} running, not traced: {}; with --follow-children the trace follows them (a daemon too) until they exit",
+            left.len(),
+            if left.len() == 1 { "" } else { "es" },
+            named.join(", ")
+        );
     }
 
     /// The traced processes in one line, for the "tracing ..." message.

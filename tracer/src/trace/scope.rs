@@ -8,7 +8,14 @@ use crate::target::{
 /// Which processes a trace covers.
 pub enum Scope {
     /// One process (a pid, or the launched command), with its descendants if followed.
-    Process { root: u32, follow_children: bool },
+    /// `adopter`: leaktracer itself when it launched the command, as the subreaper of its
+    /// orphans: a daemon the command double-forked is leaktracer's child, not the command's
+    /// descendant, and is followed all the same.
+    Process {
+        root: u32,
+        follow_children: bool,
+        adopter: Option<u32>,
+    },
     /// Every process in a cgroup v2 directory and below.
     Cgroup(Cgroup),
 }
@@ -20,10 +27,14 @@ impl Scope {
             Scope::Process {
                 root,
                 follow_children,
+                adopter,
             } => {
                 let mut pids = vec![*root];
                 if *follow_children {
-                    pids.extend(descendants(*root));
+                    // The adopter's descendants are the command, its descendants and the
+                    // orphans it left (and theirs): leaktracer has no other child by then.
+                    let from = adopter.unwrap_or(*root);
+                    pids.extend(descendants(from).into_iter().filter(|pid| pid != root));
                 }
                 pids
             }
@@ -49,13 +60,21 @@ impl Scope {
 
     /// True when nothing in scope runs any more. `root_exited` says whether the root process
     /// has ended (a launched child must be reaped to tell); `tracked` are the processes attached.
+    /// Followed, the descendants count until they end too, those not attached yet included (a
+    /// daemon whose parents exited before the first look).
     pub fn is_gone(&self, root_exited: impl FnOnce(u32) -> bool, tracked: &[u32]) -> bool {
         match self {
             Scope::Cgroup(cgroup) => !cgroup.exists(),
             Scope::Process {
                 root,
                 follow_children,
-            } => root_exited(*root) && (!follow_children || tracked.iter().all(|p| !is_alive(*p))),
+                ..
+            } => {
+                root_exited(*root)
+                    && (!follow_children
+                        || (tracked.iter().all(|p| !is_alive(*p))
+                            && self.members().iter().all(|p| !is_alive(*p))))
+            }
         }
     }
 }
