@@ -412,7 +412,7 @@ fn maps_beyond_a_quarter_of_memory_are_refused_before_anything_starts() {
             "more than a quarter of this machine's ",
             &format!("{naming} "),
             &format!("({} {})", flags[0], flags[1]),
-            "--allow-large-maps",
+            &format!("; lower {}, or pass --allow-large-maps", flags[0]),
         ] {
             assert!(line.contains(needle), "{needle:?} not in {line}");
         }

@@ -34,7 +34,7 @@ pub enum TraceError {
     },
 
     #[error(
-        "the kernel maps would take up to {at_most} once full ({at_load} as soon as they are created), more than a quarter of this machine's {mem_total}: {largest}; lower those flags, or pass --allow-large-maps to create them anyway"
+        "the kernel maps would take up to {at_most} once full ({at_load} as soon as they are created), more than a quarter of this machine's {mem_total}: {largest}; lower {flags}, or pass --allow-large-maps to create them anyway"
     )]
     MapsBeyondMemory {
         at_most: String,
@@ -42,6 +42,8 @@ pub enum TraceError {
         mem_total: String,
         /// The largest maps, with the flags that size them.
         largest: String,
+        /// The flags that size most of it, e.g. `--max-stacks`.
+        flags: String,
     },
 
     #[error(

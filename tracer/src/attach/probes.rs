@@ -267,23 +267,37 @@ pub struct SizedMap {
     pub map: &'static str,
     pub entries: u32,
     pub flag: &'static str,
+    /// The flag's value.
+    pub value: u32,
 }
 
 /// The maps whose sizes the flags set, with their entries for `sizes`.
 pub fn sized_maps(sizes: &MapSizes) -> [SizedMap; 5] {
     let (table_slots, overflow_entries) =
         tracer_common::split_record_capacity(sizes.max_allocations);
-    let sized = |map, entries, flag| SizedMap { map, entries, flag };
+    let allocations = |map, entries| SizedMap {
+        map,
+        entries,
+        flag: "--max-allocations",
+        value: sizes.max_allocations,
+    };
+    let stacks = |map, entries| SizedMap {
+        map,
+        entries,
+        flag: "--max-stacks",
+        value: sizes.max_stacks,
+    };
     [
-        sized(maps::RECORD_TABLE, table_slots, "--max-allocations"),
-        sized(maps::ALLOCS, overflow_entries, "--max-allocations"),
-        sized(maps::STACKS, sizes.max_stacks, "--max-stacks"),
-        sized(
-            maps::STACK_STATS,
-            sizes.max_stacks.saturating_mul(4),
-            "--max-stacks",
-        ),
-        sized(maps::UNWIND_ROWS, sizes.unwind_rows, "--max-unwind-rows"),
+        allocations(maps::RECORD_TABLE, table_slots),
+        allocations(maps::ALLOCS, overflow_entries),
+        stacks(maps::STACKS, sizes.max_stacks),
+        stacks(maps::STACK_STATS, sizes.max_stacks.saturating_mul(4)),
+        SizedMap {
+            map: maps::UNWIND_ROWS,
+            entries: sizes.unwind_rows,
+            flag: "--max-unwind-rows",
+            value: sizes.unwind_rows,
+        },
     ]
 }
 

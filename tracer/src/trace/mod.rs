@@ -390,21 +390,14 @@ fn check_map_memory(config: &TraceConfig) -> Result<(), TraceError> {
     let sizes = map_sizes(config, None);
     let memory = probes::map_memory(&sizes)?;
     let sized = probes::sized_maps(&sizes);
+    let sized_by = |name: &str| sized.iter().find(|s| s.map == name);
     let largest: Vec<String> = memory
         .maps
         .iter()
         .take(3)
         .map(|map| {
-            let flag = sized
-                .iter()
-                .find(|s| s.map == map.name)
-                .map(|s| match s.flag {
-                    "--max-allocations" => {
-                        format!(" (--max-allocations {})", config.max_allocations)
-                    }
-                    "--max-stacks" => format!(" (--max-stacks {})", config.max_stacks),
-                    _ => format!(" ({} {})", s.flag, s.entries),
-                })
+            let flag = sized_by(&map.name)
+                .map(|s| format!(" ({} {})", s.flag, s.value))
                 .unwrap_or_default();
             format!("{} {}{flag}", map.name, human_bytes(map.at_most))
         })
@@ -420,15 +413,33 @@ fn check_map_memory(config: &TraceConfig) -> Result<(), TraceError> {
     let Some(mem_total) = mem_total() else {
         return Ok(());
     };
-    if memory.at_most > mem_total / MAPS_SHARE_OF_MEMORY && !config.allow_large_maps {
-        return Err(TraceError::MapsBeyondMemory {
-            at_most: human_bytes(memory.at_most),
-            at_load: human_bytes(memory.at_load),
-            mem_total: human_bytes(mem_total),
-            largest: largest.join(", "),
-        });
+    if memory.at_most <= mem_total / MAPS_SHARE_OF_MEMORY || config.allow_large_maps {
+        return Ok(());
     }
-    Ok(())
+    // The flags whose maps take a quarter of it or more, the heaviest first.
+    let mut by_flag: Vec<(&str, u64)> = Vec::new();
+    for map in &memory.maps {
+        let Some(sized) = sized_by(&map.name) else {
+            continue;
+        };
+        match by_flag.iter_mut().find(|(flag, _)| *flag == sized.flag) {
+            Some((_, bytes)) => *bytes += map.at_most,
+            None => by_flag.push((sized.flag, map.at_most)),
+        }
+    }
+    by_flag.sort_by(|a, b| b.1.cmp(&a.1));
+    let flags: Vec<&str> = by_flag
+        .iter()
+        .filter(|(_, bytes)| *bytes >= memory.at_most / 4)
+        .map(|(flag, _)| *flag)
+        .collect();
+    Err(TraceError::MapsBeyondMemory {
+        at_most: human_bytes(memory.at_most),
+        at_load: human_bytes(memory.at_load),
+        mem_total: human_bytes(mem_total),
+        largest: largest.join(", "),
+        flags: flags.join(" or "),
+    })
 }
 
 /// The report's `attach` section.
