@@ -7,8 +7,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::target::process::is_kernel_thread;
-
 /// `statfs` magic of cgroup2.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
@@ -79,8 +77,8 @@ impl Cgroup {
         })
     }
 
-    /// Every process in this cgroup and its descendants; not kernel threads, which the root
-    /// cgroup lists too (they have no user memory to trace).
+    /// Every process in this cgroup and its descendants (the root cgroup lists kernel threads
+    /// too).
     pub fn processes(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         let mut dirs = vec![self.dir.clone()];
@@ -97,7 +95,6 @@ impl Cgroup {
                 );
             }
         }
-        pids.retain(|pid| !is_kernel_thread(*pid));
         pids.sort_unstable();
         pids.dedup();
         pids
@@ -184,26 +181,6 @@ pub fn find_container(prefix: &str) -> Result<PathBuf, CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A whole-host cgroup (the root) lists kernel threads among its processes: they are not
-    /// processes to trace. (Read from a copy of such a list: tracing the host is no test.)
-    #[test]
-    fn kernel_threads_are_left_out_of_a_cgroup_s_processes() {
-        assert_eq!(
-            fs::read_to_string("/proc/2/comm").unwrap().trim(),
-            "kthreadd",
-            "pid 2 is the kernel's thread creator (on a host, not in a pid namespace)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let me = std::process::id();
-        fs::write(dir.path().join("cgroup.procs"), format!("2\n{me}\n")).unwrap();
-        let cgroup = Cgroup {
-            dir: dir.path().to_path_buf(),
-            id: 0,
-            level: 0,
-        };
-        assert_eq!(cgroup.processes(), vec![me]);
-    }
 
     #[test]
     fn container_ids_in_runtime_names() {

@@ -2,7 +2,7 @@
 
 use crate::target::{
     cgroup::Cgroup,
-    process::{descendants, is_alive},
+    process::{descendants, is_alive, is_kernel_thread},
 };
 
 /// Which processes a trace covers.
@@ -38,7 +38,12 @@ impl Scope {
                 }
                 pids
             }
-            Scope::Cgroup(cgroup) => cgroup.processes(),
+            // Kernel threads (a whole-host cgroup lists them) have no user memory to trace.
+            Scope::Cgroup(cgroup) => cgroup
+                .processes()
+                .into_iter()
+                .filter(|pid| !is_kernel_thread(*pid))
+                .collect(),
         }
     }
 
@@ -76,5 +81,32 @@ impl Scope {
                             && self.members().iter().all(|p| !is_alive(*p))))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    /// A whole-host cgroup (the root) lists kernel threads among its processes: they are not
+    /// processes to trace. (Read from a copy of such a list: tracing the host is no test.)
+    #[test]
+    fn kernel_threads_are_left_out_of_a_cgroup_s_members() {
+        assert_eq!(
+            fs::read_to_string("/proc/2/comm").unwrap().trim(),
+            "kthreadd",
+            "pid 2 is the kernel's thread creator (on a host, not in a pid namespace)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        fs::write(dir.path().join("cgroup.procs"), format!("2\n{me}\n")).unwrap();
+        let scope = Scope::Cgroup(Cgroup {
+            dir: dir.path().to_path_buf(),
+            id: 0,
+            level: 0,
+        });
+        assert_eq!(scope.members(), vec![me]);
     }
 }
