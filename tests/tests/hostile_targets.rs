@@ -48,7 +48,7 @@ fn assert_no_control_characters(name: &str, stream: &str) {
     assert!(raw.is_empty(), "{name} has raw control characters: {raw:?}");
 }
 
-fn process<'a>(report: &'a Value, pid: u32) -> &'a Value {
+fn process(report: &Value, pid: u32) -> &Value {
     report["processes"]
         .as_array()
         .unwrap()

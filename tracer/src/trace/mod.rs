@@ -427,7 +427,7 @@ fn check_map_memory(config: &TraceConfig) -> Result<(), TraceError> {
             None => by_flag.push((sized.flag, map.at_most)),
         }
     }
-    by_flag.sort_by(|a, b| b.1.cmp(&a.1));
+    by_flag.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
     let flags: Vec<&str> = by_flag
         .iter()
         .filter(|(_, bytes)| *bytes >= memory.at_most / 4)
