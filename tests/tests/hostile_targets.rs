@@ -48,15 +48,6 @@ fn assert_no_control_characters(name: &str, stream: &str) {
     assert!(raw.is_empty(), "{name} has raw control characters: {raw:?}");
 }
 
-fn process(report: &Value, pid: u32) -> &Value {
-    report["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == pid)
-        .unwrap_or_else(|| panic!("pid {pid} not in processes: {}", report["processes"]))
-}
-
 /// A process killed when the test ends, pass or fail (a daemon is no child of the test).
 struct KillOnDrop(u32);
 
@@ -128,7 +119,7 @@ fn an_escape_in_a_comm_never_reaches_the_terminal_raw() {
         done.stderr
     );
     let report = read_json(&json);
-    assert_eq!(process(&report, pid)["comm"], HOSTILE_COMM);
+    assert_eq!(process_entry(&report, pid)["comm"], HOSTILE_COMM);
     assert_sites(&report, &[("named_leak", 10 * 100, 10)]);
 }
 
@@ -222,7 +213,7 @@ fn a_daemonizing_command_is_followed_with_follow_children() {
     let report = read_json(&json);
     // It ended when the daemon did, not when the command did.
     assert_eq!(report["end_reason"], "target exited", "{}", done.stderr);
-    let entry = process(&report, daemon);
+    let entry = process_entry(&report, daemon);
     assert_eq!(entry["comm"], "lifecycles");
     assert_eq!(entry["exit"]["code"], 0, "{entry}");
     assert!(
@@ -312,7 +303,7 @@ fn a_child_that_exits_keeps_what_it_was() {
     assert!(done.status.success(), "{}", done.stderr);
     let report = read_json(&json);
     let parent = report["processes"][0].clone();
-    let entry = process(&report, child);
+    let entry = process_entry(&report, child);
     assert_eq!(entry["exit"]["code"], 0, "{entry}");
     assert_eq!(entry["comm"], "lifecycles", "{entry}");
     assert_eq!(
