@@ -8,7 +8,10 @@ use std::{
     ffi::CString,
     fs,
     io::{self, Read},
-    os::{fd::FromRawFd, unix::ffi::OsStrExt},
+    os::{
+        fd::FromRawFd,
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
     path::{Path, PathBuf},
     process::Command,
 };
@@ -28,11 +31,21 @@ pub fn adopt_orphans() -> io::Result<()> {
 }
 
 /// The processes leaktracer adopted (see [`adopt_orphans`]) that still run: its children other
-/// than the `launched` command.
+/// than the `launched` command and its own helpers (leaktracer's executable re-run).
 pub fn adopted(launched: u32) -> Vec<u32> {
+    let executable = |pid: &str| {
+        fs::metadata(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let own = executable("self");
     crate::target::process::children(std::process::id())
         .into_iter()
-        .filter(|pid| *pid != launched && crate::target::process::is_alive(*pid))
+        .filter(|pid| {
+            *pid != launched
+                && crate::target::process::is_alive(*pid)
+                && executable(&pid.to_string()) != own
+        })
         .collect()
 }
 

@@ -132,13 +132,13 @@ fn trace(
         (Some(child), _) => Scope::Process {
             root: child.pid,
             follow_children: config.follow_children,
-            adopter: Some(std::process::id()),
+            adopts_orphans: true,
         },
         (None, TargetSpec::Launch(_)) => unreachable!("run() launches the command first"),
         (None, TargetSpec::Pid(pid)) => Scope::Process {
             root: *pid,
             follow_children: config.follow_children,
-            adopter: None,
+            adopts_orphans: false,
         },
         (None, TargetSpec::Cgroup(dir)) => Scope::Cgroup(Cgroup::open(dir)?),
         (None, TargetSpec::Container(id)) => Scope::Cgroup(Cgroup::open(&find_container(id)?)?),

@@ -2,19 +2,20 @@
 
 use crate::target::{
     cgroup::Cgroup,
+    launch::adopted,
     process::{descendants, is_alive, is_kernel_thread},
 };
 
 /// Which processes a trace covers.
 pub enum Scope {
     /// One process (a pid, or the launched command), with its descendants if followed.
-    /// `adopter`: leaktracer itself when it launched the command, as the subreaper of its
-    /// orphans: a daemon the command double-forked is leaktracer's child, not the command's
-    /// descendant, and is followed all the same.
+    /// `adopts_orphans`: leaktracer launched the command and is the subreaper of its orphans
+    /// (see `target::launch::adopt_orphans`): a daemon the command double-forked is
+    /// leaktracer's child, not the command's descendant, and is followed all the same.
     Process {
         root: u32,
         follow_children: bool,
-        adopter: Option<u32>,
+        adopts_orphans: bool,
     },
     /// Every process in a cgroup v2 directory and below.
     Cgroup(Cgroup),
@@ -27,14 +28,17 @@ impl Scope {
             Scope::Process {
                 root,
                 follow_children,
-                adopter,
+                adopts_orphans,
             } => {
                 let mut pids = vec![*root];
                 if *follow_children {
-                    // The adopter's descendants are the command, its descendants and the
-                    // orphans it left (and theirs): leaktracer has no other child by then.
-                    let from = adopter.unwrap_or(*root);
-                    pids.extend(descendants(from).into_iter().filter(|pid| pid != root));
+                    pids.extend(descendants(*root));
+                    if *adopts_orphans {
+                        for orphan in adopted(*root) {
+                            pids.push(orphan);
+                            pids.extend(descendants(orphan));
+                        }
+                    }
                 }
                 pids
             }
