@@ -5,6 +5,7 @@
 //! so the libc the program loads after exec is probed before any of its code runs.
 
 use std::{
+    collections::BTreeSet,
     ffi::CString,
     fs,
     io::{self, Read},
@@ -21,7 +22,7 @@ use crate::error::TraceError;
 /// Makes leaktracer the subreaper of the processes it starts: one that its command leaves
 /// behind (a daemon's double fork: the parent exits, its child with it) becomes leaktracer's
 /// child, not init's, so it can still be found and followed. They are reaped with
-/// [`reap_adopted`], and go on to init if leaktracer exits first.
+/// [`Orphans`], and go on to init if leaktracer exits first.
 pub fn adopt_orphans() -> io::Result<()> {
     // SAFETY: prctl with plain integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -49,15 +50,23 @@ pub fn adopted(launched: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Reaps the adopted processes that have exited (never the `launched` command, whose status
-/// [`LaunchedChild`] keeps): no zombie is left for the length of a trace.
-pub fn reap_adopted(launched: u32) {
-    for pid in crate::target::process::children(std::process::id()) {
-        if pid != launched {
+/// The processes leaktracer adopted from its command, remembered while they run so that
+/// exactly those are reaped once they exit: never the command (whose status [`LaunchedChild`]
+/// keeps), never a helper of leaktracer's own. No zombie of theirs stays for a whole trace.
+#[derive(Debug, Default)]
+pub struct Orphans(BTreeSet<u32>);
+
+impl Orphans {
+    /// Notes the orphans running now, and reaps those noted before that have exited.
+    pub fn reap_exited(&mut self, launched: u32) {
+        self.0.extend(adopted(launched));
+        self.0.retain(|pid| {
             let mut status = 0;
             // SAFETY: waitpid on one of our own children, never blocking.
-            unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
-        }
+            let waited = unsafe { libc::waitpid(*pid as i32, &mut status, libc::WNOHANG) };
+            // 0: it still runs. Its pid: reaped now. -1: not ours any more.
+            waited == 0
+        });
     }
 }
 

@@ -7,10 +7,7 @@ use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{EndReason, Session, status::Status};
-use crate::target::{
-    launch::{LaunchedChild, reap_adopted},
-    process::is_alive,
-};
+use crate::target::{launch::LaunchedChild, process::is_alive};
 
 /// How often liveness, new processes and memory maps are checked.
 const POLL: Duration = Duration::from_millis(100);
@@ -97,7 +94,7 @@ impl Session<'_> {
                     }
                     _ = poll.tick() => {
                         if let Some(child) = child.as_deref() {
-                            reap_adopted(child.pid);
+                            self.orphans.reap_exited(child.pid);
                         }
                         if self.target_gone(child) {
                             return Ok(EndReason::TargetExited);

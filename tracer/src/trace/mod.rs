@@ -44,7 +44,7 @@ use crate::{
     symbolize::{AddressSpaces, Symbolizer},
     target::{
         cgroup::{Cgroup, find_container},
-        launch::{LaunchedChild, adopt_orphans, predict_loaded_objects, signal_name},
+        launch::{LaunchedChild, Orphans, adopt_orphans, predict_loaded_objects, signal_name},
         memory::{MemoryLimit, mem_total},
         process::{ProcessUsage, is_alive},
     },
@@ -193,6 +193,7 @@ fn trace(
         target_exit: None,
         execs: Vec::new(),
         reachability: None,
+        orphans: Orphans::default(),
     };
 
     // The launched command: attached before exec, to the objects its loader will map.
@@ -491,6 +492,8 @@ struct Session<'a> {
     execs: Vec<ExecEvent>,
     /// `--reachability`: the last scan.
     reachability: Option<reachability::ReachabilityScan>,
+    /// What the launched command left running, adopted by leaktracer, to reap.
+    orphans: Orphans,
 }
 
 impl Session<'_> {
