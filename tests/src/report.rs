@@ -56,6 +56,16 @@ pub fn mentions(report: &Value, function: &str) -> bool {
         .any(|f| f["function"] == function)
 }
 
+/// The report's entry for process `pid` (its `processes[]` item).
+pub fn process_entry(report: &Value, pid: u32) -> &Value {
+    report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not in processes: {}", report["processes"]))
+}
+
 /// The report narrowed to the stacks of process `pid`, for the other queries here (which then
 /// see that process only).
 pub fn process_stacks(report: &Value, pid: u32) -> Value {

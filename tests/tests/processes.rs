@@ -31,18 +31,9 @@ fn assert_alloc_sites(report: &Value, pid: u32) {
     );
 }
 
-fn process(report: &Value, pid: u32) -> &Value {
-    report["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == pid)
-        .unwrap_or_else(|| panic!("pid {pid} not in processes: {}", report["processes"]))
-}
-
 /// The allocator leaktracer probed for `pid` is the very file the process maps.
 fn assert_probed_what_is_mapped(report: &Value, pid: u32, mapped: (u64, u64)) {
-    let entry = process(report, pid);
+    let entry = process_entry(report, pid);
     assert_eq!(
         (
             entry["allocator_dev"].as_u64().unwrap(),
@@ -95,7 +86,7 @@ fn allocator_case(name: &str, program: &Path, preload: Option<&str>, allocator_s
     assert!(run.status.success(), "{}", run.stderr);
     let report = read_json(&json);
     assert_alloc_sites(&report, pid);
-    let entry = process(&report, pid);
+    let entry = process_entry(&report, pid);
     assert!(
         entry["allocator"]
             .as_str()
@@ -545,7 +536,7 @@ fn trace_container(name: &str, by_cgroup: bool) {
     assert_eq!(mapped, container.libc);
     assert_probed_what_is_mapped(&report, pid, container.libc);
     // Named both ways: host pid and its pid in the container.
-    let entry = process(&report, pid);
+    let entry = process_entry(&report, pid);
     assert_eq!(entry["nspid"], serde_json::json!([pid, 1]), "{entry}");
     // (Its path as the kernel prints it: from the host, a chroot shows the host's full path.)
     assert!(

@@ -8,18 +8,22 @@ pub enum TraceError {
     #[error("no process with pid {0} (check it with `ps -p {0}`; it may have exited)")]
     NoSuchProcess(u32),
 
-    #[error(
-        "cannot read the memory maps of pid {0}: permission denied (leaktracer needs root with CAP_SYS_PTRACE to read another user's process)"
-    )]
-    ProcessNotReadable(u32),
+    /// `why`: what refused it, from leaktracer's real capabilities (see
+    /// `attach::probes::access_refusal`).
+    #[error("cannot read the memory maps of pid {pid}: permission denied ({why})")]
+    ProcessNotReadable { pid: u32, why: String },
 
     #[error("pid {0} exited while leaktracer was attaching to it")]
     ExitedDuringAttach(u32),
 
     #[error(
-        "cannot open the objects pid {pid} maps (through /proc/{pid}/map_files): {reason} (map_files needs CAP_SYS_ADMIN in the host's user namespace, and another user's process CAP_SYS_PTRACE)"
+        "cannot open the objects pid {pid} maps (through /proc/{pid}/map_files): {reason} ({why})"
     )]
-    ObjectsNotOpenable { pid: u32, reason: String },
+    ObjectsNotOpenable {
+        pid: u32,
+        reason: String,
+        why: String,
+    },
 
     #[error("cannot create the kernel map {map} with {entries} entries: {reason}; lower {flag}")]
     MapTooLarge {
@@ -27,6 +31,19 @@ pub enum TraceError {
         entries: u32,
         flag: &'static str,
         reason: String,
+    },
+
+    #[error(
+        "the kernel maps would take up to {at_most} once full ({at_load} as soon as they are created), more than a quarter of this machine's {mem_total}: {largest}; lower {flags}, or pass --allow-large-maps to create them anyway"
+    )]
+    MapsBeyondMemory {
+        at_most: String,
+        at_load: String,
+        mem_total: String,
+        /// The largest maps, with the flags that size them.
+        largest: String,
+        /// The flags that size most of it, e.g. `--max-stacks`.
+        flags: String,
     },
 
     #[error(

@@ -14,7 +14,8 @@
 //! - [`history`]: the samples a trace took, in memory; [`growth`]: what they show;
 //! - [`reach`]: which outstanding blocks a live target can still reach (`--reachability`);
 //! - [`cli`]: the command line (clap), turned into those configurations;
-//! - [`units`]: sizes and durations, parsed and shown.
+//! - [`units`]: sizes and durations, parsed and shown;
+//! - [`terminal`]: what is printed, with control characters escaped.
 
 pub mod attach;
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod report;
 pub mod serve;
 pub mod symbolize;
 pub mod target;
+pub mod terminal;
 pub mod trace;
 pub mod units;
 pub mod unwind;

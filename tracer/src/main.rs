@@ -7,7 +7,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line: the error and its causes, outermost first.
-            eprintln!("leaktracer: {err:#}");
+            // Escaped: it may name a path or a process from the target.
+            leaktracer::terminal::eprint_line(format_args!("leaktracer: {err:#}"));
             ExitCode::FAILURE
         }
     }

@@ -402,7 +402,11 @@ pub fn plan(
                         .map(|e| format!("{}: {e}", c.display_path))
                 });
                 if let Some(reason) = unopenable {
-                    return Err(TraceError::ObjectsNotOpenable { pid, reason });
+                    return Err(TraceError::ObjectsNotOpenable {
+                        pid,
+                        reason,
+                        why: super::probes::access_refusal(),
+                    });
                 }
                 // No malloc anywhere (Go, a static program without libc's allocator): its
                 // mappings are still traced, by the system calls.
@@ -439,6 +443,7 @@ pub fn plan(
                     TraceError::ObjectsNotOpenable {
                         pid,
                         reason: format!("{} vanished while attaching", candidate.display_path),
+                        why: "it exec'd or unmapped it meanwhile".to_string(),
                     }
                 } else {
                     TraceError::ExitedDuringAttach(pid)

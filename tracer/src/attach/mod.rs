@@ -4,12 +4,14 @@
 //! `mmap`), and the file offset of every allocator entry point in it; [`probes`] loads the eBPF
 //! programs and attaches them there, for the target's pid only: with one `uprobe_multi` link
 //! per program and object where the kernel has them ([`multi`], through [`bpf_sys`]), else one
-//! perf event per probe; [`detach`] closes links from several threads.
+//! perf event per probe; [`detach`] closes links from several threads; [`map_memory`] says what
+//! the kernel maps will take before they are created.
 
 pub mod allocator;
 pub mod bpf_sys;
 pub mod detach;
 pub mod elf;
+pub mod map_memory;
 pub mod multi;
 pub mod placement;
 pub mod probes;

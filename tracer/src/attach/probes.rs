@@ -26,10 +26,12 @@ use crate::{
         allocator::{AttachPlan, ProbeObject, ProbeSite},
         bpf_sys,
         detach::drop_in_parallel,
+        map_memory::{MapKind, MapMemory, MapShape, estimate, possible_cpus},
         multi::{self, MultiError, MultiPrograms},
     },
     collect::KernelMaps,
     error::TraceError,
+    terminal::eprintln_escaped,
 };
 
 /// The compiled eBPF object, built by `build.rs` from `tracer-ebpf`.
@@ -212,6 +214,19 @@ pub fn check_privileges() -> Result<(), TraceError> {
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// Why the kernel refused leaktracer another process's memory (its maps, its `map_files`), from
+/// the capabilities leaktracer really has: a missing CAP_SYS_PTRACE is named only when it is
+/// missing. With it, the refusal is a security policy's (as for a sandbox's init), and no
+/// capability would help.
+pub fn access_refusal() -> String {
+    if has_capability(CAP_SYS_PTRACE) {
+        "leaktracer has CAP_SYS_PTRACE, so no capability is missing: a security policy keeps this process from it (a Landlock sandbox leaktracer runs in, Yama's ptrace_scope, SELinux, AppArmor or a BPF LSM); trace it from outside that policy".to_string()
+    } else {
+        "leaktracer lacks CAP_SYS_PTRACE, which reading another user's process takes: run it as root with sudo".to_string()
+    }
+}
 
 /// True when this process has capability `cap` in its effective set.
 fn has_capability(cap: u32) -> bool {
@@ -246,22 +261,81 @@ pub fn check_kernel_support() -> Result<(), TraceError> {
     }
 }
 
+/// One map sized by a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizedMap {
+    pub map: &'static str,
+    pub entries: u32,
+    pub flag: &'static str,
+    /// The flag's value.
+    pub value: u32,
+}
+
+/// The maps whose sizes the flags set, with their entries for `sizes`.
+pub fn sized_maps(sizes: &MapSizes) -> [SizedMap; 5] {
+    let (table_slots, overflow_entries) =
+        tracer_common::split_record_capacity(sizes.max_allocations);
+    let allocations = |map, entries| SizedMap {
+        map,
+        entries,
+        flag: "--max-allocations",
+        value: sizes.max_allocations,
+    };
+    let stacks = |map, entries| SizedMap {
+        map,
+        entries,
+        flag: "--max-stacks",
+        value: sizes.max_stacks,
+    };
+    [
+        allocations(maps::RECORD_TABLE, table_slots),
+        allocations(maps::ALLOCS, overflow_entries),
+        stacks(maps::STACKS, sizes.max_stacks),
+        stacks(maps::STACK_STATS, sizes.max_stacks.saturating_mul(4)),
+        SizedMap {
+            map: maps::UNWIND_ROWS,
+            entries: sizes.unwind_rows,
+            flag: "--max-unwind-rows",
+            value: sizes.unwind_rows,
+        },
+    ]
+}
+
+/// What the kernel maps will take at `sizes` (see [`map_memory`](super::map_memory)), before
+/// any is created: the object's map definitions with the flags' sizes.
+pub fn map_memory(sizes: &MapSizes) -> Result<MapMemory, TraceError> {
+    if EBPF_OBJECT.is_empty() {
+        return Ok(MapMemory::default());
+    }
+    let object = aya_obj::Object::parse(EBPF_OBJECT)
+        .map_err(|e| TraceError::Load(format!("cannot read the eBPF object's maps: {e}")))?;
+    let sized = sized_maps(sizes);
+    let shapes: Vec<MapShape> = object
+        .maps
+        .iter()
+        .map(|(name, map)| MapShape {
+            name: name.clone(),
+            kind: MapKind::from_type(map.map_type()),
+            key_size: map.key_size(),
+            value_size: map.value_size(),
+            max_entries: sized
+                .iter()
+                .find(|s| s.map == name)
+                .map_or(map.max_entries(), |s| s.entries),
+            flags: map.map_flags(),
+        })
+        .collect();
+    Ok(estimate(&shapes, possible_cpus()))
+}
+
 /// Why loading failed, by its real cause: a map the kernel would not create at the size the
 /// flags asked for names the flag; anything else is a kernel without what leaktracer needs.
-fn load_error(
-    err: aya::EbpfError,
-    sizes: &MapSizes,
-    table_slots: u32,
-    overflow_entries: u32,
-) -> TraceError {
+fn load_error(err: aya::EbpfError, sizes: &MapSizes) -> TraceError {
     if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = &err {
-        let sized_by = match name.as_str() {
-            maps::RECORD_TABLE => Some(("--max-allocations", table_slots)),
-            maps::ALLOCS => Some(("--max-allocations", overflow_entries)),
-            maps::STACKS => Some(("--max-stacks", sizes.max_stacks)),
-            maps::STACK_STATS => Some(("--max-stacks", sizes.max_stacks.saturating_mul(4))),
-            _ => None,
-        };
+        let sized_by = sized_maps(sizes)
+            .into_iter()
+            .find(|s| s.map == name)
+            .map(|s| (s.flag, s.entries));
         if let Some((flag, entries)) = sized_by {
             let reason = match io_error.raw_os_error() {
                 Some(libc::E2BIG) => "more than the kernel allows in one map".to_string(),
@@ -305,9 +379,12 @@ impl Probes {
         let fsbase_offset = crate::python::btf::fsbase_offset().unwrap_or(0);
         // Without them, endings carry no OOM mark (the cgroup's OOM counter still tells).
         let (tgid_offset, exit_code_offset) = crate::python::btf::exit_offsets().unwrap_or((0, 0));
-        let (table_slots, overflow_entries) =
-            tracer_common::split_record_capacity(sizes.max_allocations);
-        let mut ebpf = EbpfLoader::new()
+        let (table_slots, _) = tracer_common::split_record_capacity(sizes.max_allocations);
+        let mut loader = EbpfLoader::new();
+        for sized in sized_maps(&sizes) {
+            loader.map_max_entries(sized.map, sized.entries);
+        }
+        let mut ebpf = loader
             .override_global(globals::FILTER_CGROUP_ID, &cgroup_id, true)
             .override_global(globals::FILTER_CGROUP_LEVEL, &cgroup_level, true)
             .override_global(
@@ -316,19 +393,14 @@ impl Probes {
                 true,
             )
             .override_global(globals::SAMPLE_BYTES, &sizes.sample_bytes, true)
-            .map_max_entries(maps::RECORD_TABLE, table_slots)
             .override_global(globals::RECORD_TABLE_MASK, &(table_slots - 1), true)
-            .map_max_entries(maps::ALLOCS, overflow_entries)
-            .map_max_entries(maps::STACKS, sizes.max_stacks)
-            .map_max_entries(maps::STACK_STATS, sizes.max_stacks.saturating_mul(4))
             .override_global(globals::MAX_DEPTH, &sizes.max_depth, true)
             .override_global(globals::FSBASE_OFFSET, &fsbase_offset, true)
             .override_global(globals::STOP_AT_EXIT, &u8::from(sizes.stop_at_exit), true)
             .override_global(globals::TGID_OFFSET, &tgid_offset, true)
             .override_global(globals::EXIT_CODE_OFFSET, &exit_code_offset, true)
-            .map_max_entries(maps::UNWIND_ROWS, sizes.unwind_rows)
             .load(EBPF_OBJECT)
-            .map_err(|e| load_error(e, &sizes, table_slots, overflow_entries))?;
+            .map_err(|e| load_error(e, &sizes))?;
         let multi = load_multi_copies(&ebpf);
         for program in programs::ALL {
             let name = program.name;
@@ -408,7 +480,7 @@ impl Probes {
             && !self.stats.multi
             && let Err(e @ TraceError::Attach { .. }) = &result
         {
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: note: {e}; attaching one perf event per probe instead (detaching those takes the kernel about 0.1 s per probe)"
             );
             self.multi = MultiState::Off;
@@ -427,7 +499,7 @@ impl Probes {
             };
             match multi::join(handle) {
                 Ok(programs) => self.multi = MultiState::Ready(programs),
-                Err(e) => eprintln!(
+                Err(e) => eprintln_escaped!(
                     "leaktracer: note: no uprobe_multi links ({e}); attaching one perf event per probe (detaching those takes the kernel about 0.1 s per probe)"
                 ),
             }
@@ -754,7 +826,9 @@ fn load_multi_copies(ebpf: &Ebpf) -> MultiState {
     match multi::map_fds(ebpf) {
         Ok(maps) => MultiState::Loading(multi::load_in_background(EBPF_OBJECT, maps, names)),
         Err(e) => {
-            eprintln!("leaktracer: note: no uprobe_multi links (duplicating the map fds: {e})");
+            eprintln_escaped!(
+                "leaktracer: note: no uprobe_multi links (duplicating the map fds: {e})"
+            );
             MultiState::Off
         }
     }

@@ -184,6 +184,13 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = tracer_common::unwind::DEFAULT_UNWIND_ROWS)]
     pub max_unwind_rows: u32,
 
+    /// Create the kernel maps even when, full, they would take more than a quarter of this
+    /// machine's memory (MemTotal). Without it such sizes (--max-stacks, --max-allocations,
+    /// --max-unwind-rows) are refused before anything starts, with what they would take;
+    /// --verbose says it for every trace.
+    #[arg(long)]
+    pub allow_large_maps: bool,
+
     /// For benchmarks: attach every probe as usual, but make the programs return at once (the
     /// bare cost of the probes). Reports nothing.
     #[arg(long, hide = true)]

@@ -163,6 +163,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
             unwind,
             max_depth: args.max_depth,
             max_unwind_rows: args.max_unwind_rows.max(1),
+            allow_large_maps: args.allow_large_maps,
             empty_programs: args.empty_programs,
             probes_at_symbol_entry: args.probes_at_symbol_entry,
             program_stats: args.program_stats,

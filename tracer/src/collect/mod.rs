@@ -16,6 +16,8 @@ use tracer_common::{
 
 pub use kernel_maps::{KernelMaps, KernelMapsError};
 
+use crate::terminal::eprintln_escaped;
+
 const PAGE_SIZE: u64 = 4096;
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so of record timestamps.
@@ -61,7 +63,7 @@ impl log::Log for KernelWarnings {
 
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
-            eprintln!("leaktracer: warning: {}", record.args());
+            eprintln_escaped!("leaktracer: warning: {}", record.args());
         }
     }
 

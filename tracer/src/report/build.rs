@@ -114,12 +114,16 @@ pub fn totals(stacks: &[Stack], counters: &[u64]) -> Totals {
 pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report {
     let totals = totals(&stacks, counters);
     let oom_kills = oom_kills(&facts);
+    // A process that has ended reaches no limit: with every one ended, nothing is predicted.
+    let all_ended = facts.processes.iter().all(|p| p.exit.is_some())
+        && (!facts.processes.is_empty() || facts.target_exit.is_some());
     let verdict = verdict_with_endings(
         &stacks,
         &facts.timeline,
         facts.limit.clone(),
         &oom_kills,
         counters[Counter::AllocMapFull as usize],
+        all_ended,
     );
     let functions = functions(&stacks);
     let root_command = facts
@@ -245,19 +249,21 @@ pub fn verdict(
     timeline: &[TimelinePoint],
     limit: Option<MemoryLimit>,
 ) -> Verdict {
-    verdict_with_endings(stacks, timeline, limit, &[], 0)
+    verdict_with_endings(stacks, timeline, limit, &[], 0, false)
 }
 
 /// [`verdict`], saying first which processes the OOM killer ended (`oom_kills`): their limit
 /// was reached, so no time to it is predicted. With `unrecorded` allocations (the record table
 /// full), a verdict that finds no leak says first that it is incomplete: a table full since
-/// early on reads as no growth at all.
+/// early on reads as no growth at all. When `all_ended` (every traced process has exited or
+/// was killed), no time to the limit is predicted either: a dead process reaches none.
 pub fn verdict_with_endings(
     stacks: &[Stack],
     timeline: &[TimelinePoint],
     limit: Option<MemoryLimit>,
     oom_kills: &[super::TargetExit],
     unrecorded: u64,
+    all_ended: bool,
 ) -> Verdict {
     let times: Vec<f64> = timeline.iter().map(|p| p.t_secs).collect();
     let bytes: Vec<f64> = timeline
@@ -298,7 +304,7 @@ pub fn verdict_with_endings(
     let judged = times.len() >= MIN_SAMPLES;
     let seconds_to_limit = limit
         .as_ref()
-        .filter(|_| rate > 0.0 && judged && oom_kills.is_empty())
+        .filter(|_| rate > 0.0 && judged && oom_kills.is_empty() && !all_ended)
         .map(|l| l.headroom() as f64 / rate);
     let plural = |n: usize| if n == 1 { "" } else { "s" };
     let no_leak_found = if unrecorded > 0 {
@@ -653,7 +659,7 @@ mod tests {
             9000,
             true,
         )];
-        let verdict = verdict_with_endings(&stacks, &growing_timeline(), None, &[], 4321);
+        let verdict = verdict_with_endings(&stacks, &growing_timeline(), None, &[], 4321, false);
         assert!(!verdict.leak);
         assert_eq!(verdict.unrecorded_allocations, 4321);
         assert!(
@@ -670,14 +676,60 @@ mod tests {
             0,
             false,
         )];
-        let leak = verdict_with_endings(&leaking, &growing_timeline(), None, &[], 10);
+        let leak = verdict_with_endings(&leaking, &growing_timeline(), None, &[], 10, false);
         assert!(leak.leak, "{}", leak.summary);
         assert_eq!(
             (leak.summary, leak.unrecorded_allocations),
             (verdict_of(&leaking).summary, 10)
         );
-        let clean = verdict_with_endings(&stacks, &growing_timeline(), None, &[], 0);
+        let clean = verdict_with_endings(&stacks, &growing_timeline(), None, &[], 0, false);
         assert_eq!(clean.summary, verdict_of(&stacks).summary);
+    }
+
+    #[test]
+    fn a_process_that_has_ended_reaches_no_limit() {
+        let limit = MemoryLimit {
+            limit_bytes: 64 << 20,
+            usage_bytes: 0,
+            source: "MemTotal (no cgroup memory limit)".into(),
+            oom_events: None,
+        };
+        let facts = |exit: Option<crate::report::TargetExit>| TraceFacts {
+            processes: vec![ProcessEntry {
+                pid: 7,
+                exit: exit.clone(),
+                ..Default::default()
+            }],
+            target_exit: exit,
+            timeline: growing_timeline(),
+            limit: Some(limit.clone()),
+            ..Default::default()
+        };
+        let counters = vec![0u64; COUNTER_SLOTS as usize];
+        let running = report(vec![], &counters, facts(None)).verdict.unwrap();
+        // 64 MiB at 1000 B/s from nothing used: 67108.864 s.
+        assert_eq!(running.seconds_to_limit, Some(67108.864));
+        assert!(
+            running.summary.contains("reached in about"),
+            "{}",
+            running.summary
+        );
+        let crashed = crate::report::TargetExit {
+            pid: 7,
+            signal: Some("SIGSEGV".into()),
+            ..Default::default()
+        };
+        let ended = report(vec![], &counters, facts(Some(crashed)))
+            .verdict
+            .unwrap();
+        assert_eq!(ended.seconds_to_limit, None);
+        assert!(
+            ended
+                .summary
+                .ends_with("; limit 64.00 MiB (MemTotal (no cgroup memory limit))"),
+            "{}",
+            ended.summary
+        );
     }
 
     fn verdict_of(stacks: &[Stack]) -> Verdict {

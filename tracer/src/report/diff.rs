@@ -4,7 +4,7 @@
 //! plumbing included), not by addresses, which differ from run to run; they are shown, as in
 //! every report, from their first own frame.
 
-use std::{collections::HashMap, fmt::Write as _, io::Write};
+use std::{collections::HashMap, io::Write};
 
 use inferno::{differential, flamegraph};
 
@@ -18,7 +18,10 @@ use super::{
     own_frames,
     plumbing::Plumbing,
 };
-use crate::units::human_bytes;
+use crate::{
+    terminal::{TerminalText, eprintln_escaped},
+    units::human_bytes,
+};
 
 /// One stack in both recordings.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -87,9 +90,9 @@ fn signed_bytes(old: u64, new: u64) -> String {
     format!("{sign}{}", human_bytes(magnitude))
 }
 
-/// The diff table.
+/// The diff table, for a terminal: each line escaped whole (symbol names come from targets).
 pub fn render(old: &Report, new: &Report, rows: &[DiffRow], top: usize) -> String {
-    let mut out = String::new();
+    let mut out = TerminalText::default();
     let describe = |r: &Report| {
         format!(
             "pid {} ({:.1} s)",
@@ -97,29 +100,26 @@ pub fn render(old: &Report, new: &Report, rows: &[DiffRow], top: usize) -> Strin
             r.duration_secs
         )
     };
-    let _ = writeln!(
-        out,
+    out.line(format_args!(
         "leaktracer diff: {} -> {}",
         describe(old),
         describe(new)
-    );
-    let _ = writeln!(
-        out,
+    ));
+    out.line(format_args!(
         "outstanding: {} -> {} ({})",
         human_bytes(old.totals.outstanding_bytes),
         human_bytes(new.totals.outstanding_bytes),
         signed_bytes(old.totals.outstanding_bytes, new.totals.outstanding_bytes)
-    );
-    let _ = writeln!(
-        out,
-        "\n{:>13} {:>12} {:>12}  stack (innermost first)",
+    ));
+    out.blank();
+    out.line(format_args!(
+        "{:>13} {:>12} {:>12}  stack (innermost first)",
         "change", "old", "new"
-    );
+    ));
     for row in rows.iter().take(top) {
         let own = own_frames(&row.frames);
         let chain: Vec<&str> = own.iter().take(4).map(|f| f.function.as_str()).collect();
-        let _ = writeln!(
-            out,
+        out.line(format_args!(
             "{:>13} {:>12} {:>12}  {}{}",
             signed_bytes(row.old_bytes, row.new_bytes),
             human_bytes(row.old_bytes),
@@ -130,9 +130,9 @@ pub fn render(old: &Report, new: &Report, rows: &[DiffRow], top: usize) -> Strin
                 chain.join(" <- ")
             },
             if own.len() > 4 { " <- ..." } else { "" }
-        );
+        ));
     }
-    out
+    out.into_string()
 }
 
 /// The differential flamegraph: widths from NEW, red where bytes grew since OLD, blue where
@@ -187,7 +187,7 @@ pub fn run(old: &Path, new: &Path, options: &DiffOptions) -> anyhow::Result<()> 
     if let Some(path) = &options.flamegraph {
         write_file("--flamegraph", path, |w| write_svg(&old, &new, w))?;
         if !super::output::is_stdout(path) {
-            eprintln!("leaktracer: wrote {}", path.display());
+            eprintln_escaped!("leaktracer: wrote {}", path.display());
         }
     }
     let mut stdout = std::io::stdout().lock();

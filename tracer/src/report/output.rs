@@ -14,6 +14,7 @@ use std::{
 use anyhow::Context;
 
 use super::{Report, flamegraph, html, plumbing::Plumbing, pprof};
+use crate::terminal::eprintln_escaped;
 
 /// The files a report is rendered to, with the text report on stdout.
 #[derive(Clone, Debug, Default)]
@@ -81,7 +82,7 @@ impl Report {
             });
             match result {
                 Ok(()) if is_stdout(path) => {}
-                Ok(()) => eprintln!("leaktracer: wrote {}", path.display()),
+                Ok(()) => eprintln_escaped!("leaktracer: wrote {}", path.display()),
                 Err(err) => failed.push(format!("{err:#}")),
             }
         }

@@ -1,9 +1,8 @@
 //! The human-readable report printed at the end of a trace.
 
-use std::fmt::Write as _;
-
 use super::{Frame, FrameKind, Reachability, Report, StackReachability};
 use crate::growth::{Class, Severity};
+use crate::terminal::TerminalText;
 use crate::units::{human_bytes, human_rate};
 
 /// The class as JSON spells it.
@@ -27,12 +26,12 @@ pub fn severity_name(severity: Severity) -> &'static str {
     }
 }
 
-/// Renders totals and the `top` stacks by outstanding bytes.
+/// Renders totals and the `top` stacks by outstanding bytes, for a terminal: each line escaped
+/// whole (names from the target may hold control characters).
 pub fn render(report: &Report, top: usize) -> String {
-    let mut out = String::new();
+    let mut out = TerminalText::default();
     let target = describe_target(report);
-    let _ = writeln!(
-        out,
+    out.line(format_args!(
         "leaktracer: traced {target} for {:.1} s ({}{})",
         report.duration_secs,
         if report.end_reason.is_empty() {
@@ -45,39 +44,34 @@ pub fn render(report: &Report, top: usize) -> String {
             .as_ref()
             .map(|exit| format!(": {}", exit.describe()))
             .unwrap_or_default()
-    );
+    ));
     for exec in &report.execs {
-        let _ = writeln!(
-            out,
-            "exec: pid {} ran {} after {} at {:.1} s; the old image's {} outstanding allocations ({}) were retired with it",
+        out.line(format_args!("exec: pid {} ran {} after {} at {:.1} s; the old image's {} outstanding allocations ({}) were retired with it",
             exec.pid,
             exec.to,
             exec.from,
             exec.t_secs,
             exec.retired_allocations,
-            human_bytes(exec.retired_bytes)
-        );
+            human_bytes(exec.retired_bytes)));
     }
     if let Some(verdict) = &report.verdict {
-        let _ = writeln!(out, "verdict: {}", verdict.summary);
+        out.line(format_args!("verdict: {}", verdict.summary));
     }
     if let Some(period) = report.sample_bytes {
-        let _ = writeln!(
-            out,
+        out.line(format_args!(
             "sampled: one heap allocation per {} on average; heap bytes and counts are estimates",
             human_bytes(period)
-        );
+        ));
     }
     if let Some(cgroup) = &report.target.cgroup {
-        let _ = writeln!(out, "cgroup: {cgroup}");
+        out.line(format_args!("cgroup: {cgroup}"));
     }
     if report.processes.is_empty() {
         for allocator in &report.allocators {
-            let _ = writeln!(
-                out,
+            out.line(format_args!(
                 "allocator: {} (pid {})",
                 allocator.object, allocator.pid
-            );
+            ));
         }
     }
     for process in &report.processes {
@@ -108,28 +102,24 @@ pub fn render(report: &Report, top: usize) -> String {
             })
             .map(|exit| format!("; ended: {}", exit.describe()))
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
+        out.line(format_args!(
             "process: pid {}{inner}: {} [{}] cgroup {}; allocator {}{frozen}{ended}",
             process.pid,
             process.comm,
             process.command.join(" "),
             process.cgroup.as_deref().unwrap_or("?"),
             process.allocator
-        );
+        ));
     }
     let totals = &report.totals;
-    let _ = writeln!(
-        out,
-        "outstanding: {} ({} bytes) in {} allocations; seen during the trace: {} allocations, {} frees",
+    out.line(format_args!("outstanding: {} ({} bytes) in {} allocations; seen during the trace: {} allocations, {} frees",
         human_bytes(totals.outstanding_bytes),
         totals.outstanding_bytes,
         totals.outstanding_allocations,
         totals.allocations,
-        totals.frees
-    );
+        totals.frees));
     if totals.dropped == 0 {
-        let _ = writeln!(out, "dropped: none");
+        out.line(format_args!("dropped: none"));
     } else {
         let causes: Vec<String> = totals
             .dropped_by_cause
@@ -137,25 +127,24 @@ pub fn render(report: &Report, top: usize) -> String {
             .filter(|(_, n)| **n > 0)
             .map(|(cause, n)| format!("{cause} {n}"))
             .collect();
-        let _ = writeln!(
-            out,
+        out.line(format_args!(
             "dropped: {} ({}) — figures may be incomplete; see --help for the map size flags",
             totals.dropped,
             causes.join(", ")
-        );
+        ));
     }
     if let Some(scan) = &report.reachability {
-        let _ = writeln!(out, "reachability: {}", describe_scan(scan));
+        out.line(format_args!("reachability: {}", describe_scan(scan)));
         for note in &scan.notes {
-            let _ = writeln!(out, "    note: {note}");
+            out.line(format_args!("    note: {note}"));
         }
     }
     if report.stacks.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nno outstanding allocations: nothing allocated during the trace is still held"
-        );
-        return out;
+        out.blank();
+        out.line(format_args!(
+            "no outstanding allocations: nothing allocated during the trace is still held"
+        ));
+        return out.into_string();
     }
     let shown = report.stacks.len().min(top);
     let folds = report
@@ -163,56 +152,61 @@ pub fn render(report: &Report, top: usize) -> String {
         .iter()
         .take(top)
         .any(|s| !s.folded_frames().is_empty());
-    let _ = writeln!(
-        out,
-        "\ntop {shown} of {} stacks by outstanding bytes{}:",
+    out.blank();
+    out.line(format_args!(
+        "top {shown} of {} stacks by outstanding bytes{}:",
         report.stacks.len(),
         if folds {
             " (leading allocator frames folded; --keep-plumbing shows them)"
         } else {
             ""
         }
-    );
+    ));
     for (rank, stack) in report.stacks.iter().take(top).enumerate() {
-        let _ = writeln!(
-            out,
-            "\n#{}  {} ({} bytes) in {} allocations  [{} allocated in all]",
+        out.blank();
+        out.line(format_args!(
+            "#{}  {} ({} bytes) in {} allocations  [{} allocated in all]",
             rank + 1,
             human_bytes(stack.outstanding_bytes),
             stack.outstanding_bytes,
             stack.outstanding_allocations,
             stack.total_allocations
-        );
+        ));
         if report.target.pids.len() > 1 {
-            let _ = writeln!(out, "    process: pid {} ({})", stack.pid, stack.comm);
+            out.line(format_args!(
+                "    process: pid {} ({})",
+                stack.pid, stack.comm
+            ));
         }
         if let Some(growth) = &stack.growth {
-            let _ = writeln!(
-                out,
+            out.line(format_args!(
                 "    growth: {} ({}, severity {}; grew or held in {:.0}% of intervals)",
                 human_rate(growth.bytes_per_sec),
                 class_name(growth.class),
                 severity_name(growth.severity),
                 growth.non_decreasing_ratio * 100.0
-            );
+            ));
         }
         if let Some(classes) = &stack.reachability
             && classes.classified_bytes() > 0
         {
-            let _ = writeln!(out, "    reachability: {}", describe_classes(classes));
+            out.line(format_args!(
+                "    reachability: {}",
+                describe_classes(classes)
+            ));
         }
         if stack.frames.is_empty() {
-            let _ = writeln!(out, "    [stack not captured]");
+            out.line(format_args!("    [stack not captured]"));
         }
         if let Some(note) = folded_note(stack.folded_frames()) {
-            let _ = writeln!(out, "    {note}");
+            out.line(format_args!("    {note}"));
         }
         for frame in stack.shown_frames() {
-            let _ = writeln!(out, "    {}", describe_frame(frame));
+            out.line(format_args!("    {}", describe_frame(frame)));
         }
     }
     render_functions(report, top, &mut out);
-    out
+    out.into_string()
 }
 
 /// A reachability scan in one line: how it was made, then the four classes.
@@ -270,7 +264,7 @@ pub fn describe_classes(classes: &StackReachability) -> String {
 /// The `top` functions by inclusive outstanding bytes, leaving out those on every stack and
 /// Python's standard library (they say nothing about which of the program's code keeps the
 /// memory).
-fn render_functions(report: &Report, top: usize, out: &mut String) {
+fn render_functions(report: &Report, top: usize, out: &mut TerminalText) {
     let telling: Vec<&crate::report::FunctionTotal> = report
         .functions
         .iter()
@@ -292,9 +286,9 @@ fn render_functions(report: &Report, top: usize, out: &mut String) {
     if library > 0 {
         left_out.push(format!("{library} of Python's standard library"));
     }
-    let _ = writeln!(
-        out,
-        "\ntop {} of {} functions by outstanding bytes, inclusive{}:",
+    out.blank();
+    out.line(format_args!(
+        "top {} of {} functions by outstanding bytes, inclusive{}:",
         telling.len().min(top),
         telling.len(),
         if left_out.is_empty() {
@@ -302,15 +296,14 @@ fn render_functions(report: &Report, top: usize, out: &mut String) {
         } else {
             format!(" ({} left out)", left_out.join(", "))
         }
-    );
+    ));
     for function in telling.iter().take(top) {
         let growth = if function.bytes_per_sec != 0.0 {
             format!(", {}", human_rate(function.bytes_per_sec))
         } else {
             String::new()
         };
-        let _ = writeln!(
-            out,
+        out.line(format_args!(
             "  {:>10}  {} [{}]  ({} allocations on {} stack{}{growth})",
             human_bytes(function.outstanding_bytes),
             function.function,
@@ -318,7 +311,7 @@ fn render_functions(report: &Report, top: usize, out: &mut String) {
             function.outstanding_allocations,
             function.stacks,
             if function.stacks == 1 { "" } else { "s" }
-        );
+        ));
     }
 }
 

@@ -77,7 +77,8 @@ impl Cgroup {
         })
     }
 
-    /// Every process in this cgroup and its descendants.
+    /// Every process in this cgroup and its descendants (the root cgroup lists kernel threads
+    /// too).
     pub fn processes(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         let mut dirs = vec![self.dir.clone()];

@@ -5,15 +5,70 @@
 //! so the libc the program loads after exec is probed before any of its code runs.
 
 use std::{
+    collections::BTreeSet,
     ffi::CString,
     fs,
     io::{self, Read},
-    os::{fd::FromRawFd, unix::ffi::OsStrExt},
+    os::{
+        fd::FromRawFd,
+        unix::{ffi::OsStrExt, fs::MetadataExt},
+    },
     path::{Path, PathBuf},
     process::Command,
 };
 
 use crate::error::TraceError;
+
+/// Makes leaktracer the subreaper of the processes it starts: one that its command leaves
+/// behind (a daemon's double fork: the parent exits, its child with it) becomes leaktracer's
+/// child, not init's, so it can still be found and followed. They are reaped with
+/// [`Orphans`], and go on to init if leaktracer exits first.
+pub fn adopt_orphans() -> io::Result<()> {
+    // SAFETY: prctl with plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The processes leaktracer adopted (see [`adopt_orphans`]) that still run: its children other
+/// than the `launched` command and its own helpers (leaktracer's executable re-run).
+pub fn adopted(launched: u32) -> Vec<u32> {
+    let executable = |pid: &str| {
+        fs::metadata(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let own = executable("self");
+    crate::target::process::children(std::process::id())
+        .into_iter()
+        .filter(|pid| {
+            *pid != launched
+                && crate::target::process::is_alive(*pid)
+                && executable(&pid.to_string()) != own
+        })
+        .collect()
+}
+
+/// The processes leaktracer adopted from its command, remembered while they run so that
+/// exactly those are reaped once they exit: never the command (whose status [`LaunchedChild`]
+/// keeps), never a helper of leaktracer's own. No zombie of theirs stays for a whole trace.
+#[derive(Debug, Default)]
+pub struct Orphans(BTreeSet<u32>);
+
+impl Orphans {
+    /// Notes the orphans running now, and reaps those noted before that have exited.
+    pub fn reap_exited(&mut self, launched: u32) {
+        self.0.extend(adopted(launched));
+        self.0.retain(|pid| {
+            let mut status = 0;
+            // SAFETY: waitpid on one of our own children, never blocking.
+            let waited = unsafe { libc::waitpid(*pid as i32, &mut status, libc::WNOHANG) };
+            // 0: it still runs. Its pid: reaped now. -1: not ours any more.
+            waited == 0
+        });
+    }
+}
 
 /// A command started by leaktracer, stopped before exec until [`LaunchedChild::resume`].
 #[derive(Debug)]

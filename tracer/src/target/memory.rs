@@ -46,6 +46,11 @@ pub fn memory_limit(pid: u32) -> Option<MemoryLimit> {
     cgroup_limit(pid).or_else(machine_limit)
 }
 
+/// The machine's memory (`MemTotal` of /proc/meminfo).
+pub fn mem_total() -> Option<u64> {
+    machine_limit().map(|limit| limit.limit_bytes)
+}
+
 fn machine_limit() -> Option<MemoryLimit> {
     let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {

@@ -81,11 +81,35 @@ impl ProcessUsage {
     }
 }
 
-/// The parent of a process, from `/proc/PID/stat`.
-fn parent_of(pid: u32) -> Option<u32> {
+/// Field `index` of `/proc/PID/stat` counted from the state (0), after the command in
+/// parentheses, which may itself contain ')': state, ppid, pgrp, session, tty_nr, tpgid,
+/// flags...
+fn stat_field(pid: u32, index: usize) -> Option<String> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(1)?.parse().ok()
+    after_comm.split_whitespace().nth(index).map(str::to_string)
+}
+
+/// The parent of a process, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    stat_field(pid, 1)?.parse().ok()
+}
+
+/// The children of `parent` (zombies included): each of its threads' `children` file, which
+/// lists only the children that thread forked or adopted.
+pub fn children(parent: u32) -> Vec<u32> {
+    let Ok(threads) = fs::read_dir(format!("/proc/{parent}/task")) else {
+        return Vec::new();
+    };
+    threads
+        .filter_map(Result::ok)
+        .filter_map(|thread| fs::read_to_string(thread.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// Every live descendant of `root` (children, their children, ...).
@@ -114,6 +138,16 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
+/// `PF_KTHREAD` in the flags of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// True for a kernel thread: it has no user memory, no allocator, nothing to trace.
+pub fn is_kernel_thread(pid: u32) -> bool {
+    stat_field(pid, 6)
+        .and_then(|flags| flags.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
 /// True when a process with this pid exists (a zombie counts as gone).
 pub fn is_alive(pid: u32) -> bool {
     state_of(pid).is_some_and(|state| state != 'Z' && state != 'X')
@@ -122,10 +156,7 @@ pub fn is_alive(pid: u32) -> bool {
 /// The state letter of `/proc/PID/stat` (`R`, `S`, `T` stopped, `t` traced, `Z`...); `None`
 /// once the process is gone.
 pub fn state_of(pid: u32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The state follows the command in parentheses, which may itself contain ')'.
-    let end = stat.rfind(')')?;
-    stat[end + 1..].trim_start().chars().next()
+    stat_field(pid, 0)?.chars().next()
 }
 
 /// Path of a file as the process sees it, reachable from here even when the process lives in
@@ -145,10 +176,24 @@ mod tests {
             .spawn()
             .unwrap();
         let found = descendants(std::process::id());
+        let direct = children(std::process::id());
         let _ = child.kill();
         let _ = child.wait();
         assert!(found.contains(&child.id()));
+        assert!(direct.contains(&child.id()), "{direct:?}");
         let me = ProcessInfo::read(std::process::id()).unwrap();
         assert_eq!(me.nspid.first(), Some(&std::process::id()));
+    }
+
+    #[test]
+    fn kernel_threads_are_told_from_processes() {
+        assert_eq!(
+            fs::read_to_string("/proc/2/comm").unwrap().trim(),
+            "kthreadd",
+            "pid 2 is the kernel's thread creator (on a host, not in a pid namespace)"
+        );
+        assert!(is_kernel_thread(2));
+        assert!(!is_kernel_thread(std::process::id()));
+        assert!(!is_kernel_thread(u32::MAX), "no such pid");
     }
 }

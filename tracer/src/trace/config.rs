@@ -61,6 +61,9 @@ pub struct TraceConfig {
     pub max_depth: u32,
     /// `--max-unwind-rows`: room for every traced object's unwind rows.
     pub max_unwind_rows: u32,
+    /// `--allow-large-maps`: create the kernel maps even when they may take more than a
+    /// quarter of the machine's memory.
+    pub allow_large_maps: bool,
     /// Benchmarks: attach every probe, but the programs return at once.
     pub empty_programs: bool,
     /// Benchmarks: probe each function at its symbol's entry.
@@ -103,6 +106,7 @@ impl TraceConfig {
             unwind: UnwindMode::Cfi,
             max_depth: tracer_common::unwind::DEFAULT_MAX_DEPTH,
             max_unwind_rows: tracer_common::unwind::DEFAULT_UNWIND_ROWS,
+            allow_large_maps: false,
             empty_programs: false,
             probes_at_symbol_entry: false,
             program_stats: false,

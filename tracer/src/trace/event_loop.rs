@@ -93,6 +93,9 @@ impl Session<'_> {
                         return Ok(EndReason::Duration);
                     }
                     _ = poll.tick() => {
+                        if let Some(child) = child.as_deref() {
+                            self.orphans.reap_exited(child.pid);
+                        }
                         if self.target_gone(child) {
                             return Ok(EndReason::TargetExited);
                         }

@@ -47,11 +47,13 @@ use crate::{
     symbolize::{AddressSpaces, Symbolizer},
     target::{
         cgroup::{Cgroup, find_container},
-        launch::{LaunchedChild, predict_loaded_objects, signal_name},
-        memory::MemoryLimit,
+        launch::{LaunchedChild, Orphans, adopt_orphans, predict_loaded_objects, signal_name},
+        memory::{MemoryLimit, mem_total},
         process::{ProcessUsage, is_alive},
         resume_guard::ResumeGuard,
     },
+    terminal::eprintln_escaped,
+    units::human_bytes,
     unwind::KernelTables,
 };
 
@@ -87,6 +89,7 @@ pub fn run(config: TraceConfig) -> anyhow::Result<()> {
     config.outputs.check(&[])?;
     probes::check_privileges()?;
     probes::check_kernel_support()?;
+    check_map_memory(&config)?;
     if let Some(pid) = config.pid()
         && !is_alive(pid)
     {
@@ -104,8 +107,13 @@ pub fn run(config: TraceConfig) -> anyhow::Result<()> {
         Signals::install()?
     };
     // Launch before any thread exists: the child runs nothing between fork and exec but raise().
+    // As the subreaper of what it launches, leaktracer adopts the processes the command leaves
+    // behind (a daemon's double fork), which would otherwise be lost to init.
     let mut child = match config.command() {
-        Some(command) => Some(LaunchedChild::spawn_stopped(command)?),
+        Some(command) => {
+            adopt_orphans().context("cannot become the subreaper of the command's processes")?;
+            Some(LaunchedChild::spawn_stopped(command)?)
+        }
         None => None,
     };
     let result = trace(&config, child.as_mut(), &runtime, signals);
@@ -128,25 +136,18 @@ fn trace(
         (Some(child), _) => Scope::Process {
             root: child.pid,
             follow_children: config.follow_children,
+            adopts_orphans: true,
         },
         (None, TargetSpec::Launch(_)) => unreachable!("run() launches the command first"),
         (None, TargetSpec::Pid(pid)) => Scope::Process {
             root: *pid,
             follow_children: config.follow_children,
+            adopts_orphans: false,
         },
         (None, TargetSpec::Cgroup(dir)) => Scope::Cgroup(Cgroup::open(dir)?),
         (None, TargetSpec::Container(id)) => Scope::Cgroup(Cgroup::open(&find_container(id)?)?),
     };
-    let mut probes = Probes::load(MapSizes {
-        cgroup: scope.kernel_filter(),
-        max_allocations: config.max_allocations,
-        max_stacks: config.max_stacks,
-        empty_programs: config.empty_programs,
-        sample_bytes: config.sample_bytes.unwrap_or(0),
-        max_depth: config.max_depth,
-        unwind_rows: config.max_unwind_rows,
-        stop_at_exit: config.reachability,
-    })?;
+    let mut probes = Probes::load(map_sizes(config, scope.kernel_filter()))?;
     // Before any target is attached (and so before any can be stopped): from here on a target
     // the probes stop is resumed even if leaktracer is killed. Dropped after the session.
     let _resume_guard = {
@@ -182,7 +183,7 @@ fn trace(
                 Scans::Off
             };
             let server = Server::start(addr, scans)?;
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: serving http://{} (/metrics, /api/snapshot, /api/history, /api/leaks, /api/process, /flamegraph.svg{})",
                 server.addr,
                 if config.reachability {
@@ -218,6 +219,7 @@ fn trace(
         target_exit: None,
         execs: Vec::new(),
         reachability: None,
+        orphans: Orphans::default(),
     };
 
     // The launched command: attached before exec, to the objects its loader will map.
@@ -253,7 +255,7 @@ fn trace(
             && let Ok(running) = std::fs::metadata(format!("/proc/{}/exe", child.pid))
             && (running.dev(), running.ino()) != (planned.dev, planned.inode)
         {
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: warning: {program} was replaced on disk as it started: the probes in it are on the old file, so its own allocator's calls are not seen"
             );
         }
@@ -277,12 +279,12 @@ fn trace(
     session.discover();
     session.announce_attaches = true;
     if session.tracked.is_empty() && matches!(session.scope, Scope::Cgroup(_)) {
-        eprintln!("leaktracer: the cgroup has no process yet; waiting for one to start");
+        eprintln_escaped!("leaktracer: the cgroup has no process yet; waiting for one to start");
     }
     session.history = SampleHistory::start();
     if config.verbose {
         let stats = session.probes.stats();
-        eprintln!(
+        eprintln_escaped!(
             "leaktracer: attached {} probes in {} links ({}) in {:.3} s",
             stats.probes,
             stats.links,
@@ -294,7 +296,7 @@ fn trace(
             stats.attach.as_secs_f64()
         );
     }
-    eprintln!(
+    eprintln_escaped!(
         "leaktracer: tracing {}: {} probes attached; {}",
         session.describe_targets(),
         session.probes.attached.len(),
@@ -305,6 +307,12 @@ fn trace(
     );
 
     let end_reason = session.wait_for_end(&mut child, runtime, &mut signals)?;
+    if let Some(child) = child.as_deref()
+        && end_reason == EndReason::TargetExited
+        && !config.follow_children
+    {
+        session.note_left_behind(child.pid);
+    }
     session.settle_exits();
     // The launched command's wait status is the authority on how it ended; the kernel's
     // ending adds the OOM killer, the limit and the time. A --pid target has only the latter.
@@ -328,9 +336,12 @@ fn trace(
     });
     if run_time_stats.is_some() {
         for stats in session.probes.program_stats() {
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: program {}: {} runs, {:.0} ns per run, {} instructions verified",
-                stats.name, stats.runs, stats.ns_per_run, stats.verified_instructions
+                stats.name,
+                stats.runs,
+                stats.ns_per_run,
+                stats.verified_instructions
             );
         }
     }
@@ -338,7 +349,9 @@ fn trace(
     // during its stop are exactly those in its memory.
     if config.reachability {
         session.status.finish();
-        eprintln!("leaktracer: scanning for pointers to the outstanding blocks (--reachability)");
+        eprintln_escaped!(
+            "leaktracer: scanning for pointers to the outstanding blocks (--reachability)"
+        );
         session.scan_reachability(reachability::Which::Remaining);
     }
     // Freeze the picture: the programs return at once from here on (at once, unlike the
@@ -356,7 +369,7 @@ fn trace(
     session.history.sample_at(elapsed, &snapshot, rss);
     session.status.finish();
     if config.verbose || snapshot.stacks.len() > 100 {
-        eprintln!("leaktracer: symbolizing {} stacks", snapshot.stacks.len());
+        eprintln_escaped!("leaktracer: symbolizing {} stacks", snapshot.stacks.len());
     }
     session.refresh_limit();
     // Detached before the report, which says how long that took: the picture is frozen
@@ -364,7 +377,7 @@ fn trace(
     session.probes.detach();
     if config.verbose {
         let stats = session.probes.stats();
-        eprintln!(
+        eprintln_escaped!(
             "leaktracer: detached {} links in {:.3} s",
             stats.links,
             stats.detach.unwrap_or_default().as_secs_f64()
@@ -377,6 +390,83 @@ fn trace(
     // end goes on (the report took long enough for any such stop to have happened).
     session.resume_frozen_interpreters();
     delivered
+}
+
+/// The maps' sizes and load-time settings for `config`, with the kernel-side `cgroup` filter.
+fn map_sizes(config: &TraceConfig, cgroup: Option<(u64, u32)>) -> MapSizes {
+    MapSizes {
+        cgroup,
+        max_allocations: config.max_allocations,
+        max_stacks: config.max_stacks,
+        empty_programs: config.empty_programs,
+        sample_bytes: config.sample_bytes.unwrap_or(0),
+        max_depth: config.max_depth,
+        unwind_rows: config.max_unwind_rows,
+        stop_at_exit: config.reachability,
+    }
+}
+
+/// Of the machine's memory, the most the kernel maps may take once full without
+/// `--allow-large-maps`.
+const MAPS_SHARE_OF_MEMORY: u64 = 4;
+
+/// Says what the kernel maps will take (with --verbose), and refuses sizes whose maps, full,
+/// would take more than a quarter of the machine's memory, unless --allow-large-maps: kernel
+/// memory is not swapped, and the OOM killer cannot take it back from leaktracer's targets.
+fn check_map_memory(config: &TraceConfig) -> Result<(), TraceError> {
+    let sizes = map_sizes(config, None);
+    let memory = probes::map_memory(&sizes)?;
+    let sized = probes::sized_maps(&sizes);
+    let sized_by = |name: &str| sized.iter().find(|s| s.map == name);
+    let largest: Vec<String> = memory
+        .maps
+        .iter()
+        .take(3)
+        .map(|map| {
+            let flag = sized_by(&map.name)
+                .map(|s| format!(" ({} {})", s.flag, s.value))
+                .unwrap_or_default();
+            format!("{} {}{flag}", map.name, human_bytes(map.at_most))
+        })
+        .collect();
+    if config.verbose {
+        eprintln_escaped!(
+            "leaktracer: kernel maps: {} as soon as they are created, up to {} once full (largest: {})",
+            human_bytes(memory.at_load),
+            human_bytes(memory.at_most),
+            largest.join(", ")
+        );
+    }
+    let Some(mem_total) = mem_total() else {
+        return Ok(());
+    };
+    if memory.at_most <= mem_total / MAPS_SHARE_OF_MEMORY || config.allow_large_maps {
+        return Ok(());
+    }
+    // The flags whose maps take a quarter of it or more, the heaviest first.
+    let mut by_flag: Vec<(&str, u64)> = Vec::new();
+    for map in &memory.maps {
+        let Some(sized) = sized_by(&map.name) else {
+            continue;
+        };
+        match by_flag.iter_mut().find(|(flag, _)| *flag == sized.flag) {
+            Some((_, bytes)) => *bytes += map.at_most,
+            None => by_flag.push((sized.flag, map.at_most)),
+        }
+    }
+    by_flag.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    let flags: Vec<&str> = by_flag
+        .iter()
+        .filter(|(_, bytes)| *bytes >= memory.at_most / 4)
+        .map(|(flag, _)| *flag)
+        .collect();
+    Err(TraceError::MapsBeyondMemory {
+        at_most: human_bytes(memory.at_most),
+        at_load: human_bytes(memory.at_load),
+        mem_total: human_bytes(mem_total),
+        largest: largest.join(", "),
+        flags: flags.join(" or "),
+    })
 }
 
 /// The report's `attach` section.
@@ -428,6 +518,8 @@ struct Session<'a> {
     execs: Vec<ExecEvent>,
     /// `--reachability`: the last scan.
     reachability: Option<reachability::ReachabilityScan>,
+    /// What the launched command left running, adopted by leaktracer, to reap.
+    orphans: Orphans,
 }
 
 impl Session<'_> {
@@ -563,7 +655,9 @@ impl Session<'_> {
             self.config.metrics_stacks,
         ) {
             Ok(bodies) => server.publish(bodies),
-            Err(e) => eprintln!("leaktracer: warning: cannot render the served pages: {e:#}"),
+            Err(e) => {
+                eprintln_escaped!("leaktracer: warning: cannot render the served pages: {e:#}")
+            }
         }
     }
 }

@@ -13,11 +13,12 @@ use crate::{
     python::interpreter::Found,
     report::{ExecEvent, ProcessEntry, TargetExit},
     target::{
-        launch::{LaunchedChild, is_dynamically_linked, signal_name},
+        launch::{LaunchedChild, adopted, is_dynamically_linked, signal_name},
         maps::read_maps,
         memory::{MemoryLimit, memory_limit, oom_kills, rss_bytes},
         process::{ProcessInfo, is_alive, state_of},
     },
+    terminal::eprintln_escaped,
 };
 
 /// Polls in a row a new process may fail to attach (mid-exec, libraries not mapped yet) before
@@ -107,7 +108,10 @@ fn executable(pid: u32) -> Option<PathBuf> {
 /// Plan for a running process: the objects it maps, opened as it maps them.
 pub fn plan_for_pid(pid: u32, config: &TraceConfig) -> Result<AttachPlan, TraceError> {
     let maps = read_maps(pid).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => TraceError::ProcessNotReadable(pid),
+        std::io::ErrorKind::PermissionDenied => TraceError::ProcessNotReadable {
+            pid,
+            why: crate::attach::probes::access_refusal(),
+        },
         _ => TraceError::NoSuchProcess(pid),
     })?;
     let candidates = allocator::candidates_from_maps(pid, &maps);
@@ -138,16 +142,19 @@ fn wait_group_stopped(pid: u32, wait: std::time::Duration) {
 impl Session<'_> {
     /// Attaches `plan` for `pid`: its allocations count from now on.
     pub(super) fn attach_plan(&mut self, pid: u32, plan: &AttachPlan) -> Result<(), TraceError> {
+        let known = self.probes.attached.len();
         self.probes.attach(plan, pid)?;
         if self.config.verbose {
-            self.print_placements(pid);
+            self.print_placements(pid, known);
         }
         Ok(())
     }
 
-    /// `--verbose`: where each probe of `pid` was placed.
-    fn print_placements(&self, pid: u32) {
-        for probe in self.probes.attached.iter().filter(|p| p.pid == pid) {
+    /// `--verbose`: where each probe of `pid` attached from the `first` on was placed (those
+    /// attached before were said then).
+    fn print_placements(&self, pid: u32, first: usize) {
+        let new = self.probes.attached.get(first..).unwrap_or_default();
+        for probe in new.iter().filter(|p| p.pid == pid) {
             let placement = if probe.skipped.is_empty() {
                 String::new()
             } else {
@@ -156,7 +163,7 @@ impl Session<'_> {
                     probe.skipped.join("; ")
                 )
             };
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: pid {pid}: {} {} at {}+{:#x} ({}){placement}",
                 if probe.is_return {
                     "uretprobe"
@@ -176,7 +183,7 @@ impl Session<'_> {
     /// loader's).
     pub(super) fn track(&mut self, pid: u32, plan: AttachPlan) {
         if let Err(e) = self.probes.trace_process(pid) {
-            eprintln!("leaktracer: warning: {e}; its direct mappings are not counted");
+            eprintln_escaped!("leaktracer: warning: {e}; its direct mappings are not counted");
         }
         let launched = self.config.command().is_some() && self.tracked.is_empty();
         let mut info = ProcessInfo::read(pid).unwrap_or(ProcessInfo {
@@ -236,14 +243,14 @@ impl Session<'_> {
         let started = std::time::Instant::now();
         match tables.update(pid) {
             Ok(true) if self.config.verbose || started.elapsed().as_secs_f64() > 1.0 => {
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: pid {pid}: unwind tables written in {:.2} s",
                     started.elapsed().as_secs_f64()
                 );
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => tables.remove(pid),
-            Err(e) => eprintln!(
+            Err(e) => eprintln_escaped!(
                 "leaktracer: warning: pid {pid}: {e}; its stacks are walked by frame pointers"
             ),
         }
@@ -257,7 +264,7 @@ impl Session<'_> {
         }
         match crate::python::interpreter::find(pid) {
             Found::Nothing => {}
-            Found::Unsupported(note) => eprintln!("leaktracer: note: pid {pid}: {note}"),
+            Found::Unsupported(note) => eprintln_escaped!("leaktracer: note: pid {pid}: {note}"),
             Found::Python(interpreter) => {
                 let entry = interpreter.layout.kernel_entry(
                     interpreter.runtime,
@@ -270,18 +277,20 @@ impl Session<'_> {
                     .python_processes
                     .insert(pid, entry, 0)
                 {
-                    eprintln!("leaktracer: warning: pid {pid}: cannot walk its Python frames: {e}");
+                    eprintln_escaped!(
+                        "leaktracer: warning: pid {pid}: cannot walk its Python frames: {e}"
+                    );
                     return;
                 }
                 if self.config.verbose {
-                    eprintln!(
+                    eprintln_escaped!(
                         "leaktracer: pid {pid} runs CPython {} ({}): its stacks get Python frames",
                         interpreter.version_text(),
                         interpreter.module
                     );
                 }
                 if !interpreter.small_objects_seen {
-                    eprintln!(
+                    eprintln_escaped!(
                         "leaktracer: note: pid {pid}: CPython {} in {} has its small-object allocator inlined (no symbols to probe): objects of 512 bytes or less are not seen; run it with PYTHONMALLOC=malloc to see them",
                         interpreter.version_text(),
                         interpreter.module
@@ -317,13 +326,13 @@ impl Session<'_> {
             tracked.frozen_at_secs = Some(elapsed);
             if self.python.interpreter(*pid).is_some() {
                 tracked.frozen_at = Some("Py_FinalizeEx");
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: pid {pid} began its interpreter's teardown (Py_FinalizeEx): its figures are kept from just before"
                 );
                 resume.push(*pid);
             } else if self.config.reachability {
                 tracked.frozen_at = Some("exit");
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: pid {pid} called exit(): its figures are kept from just before, and it is scanned before its teardown"
                 );
                 exited.push(*pid);
@@ -375,7 +384,7 @@ impl Session<'_> {
         }
         child.resume(command)?;
         if !child.wait_stopped(super::LAUNCH_STOP_WAIT) {
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: warning: {} did not stop at its exec; a program that exits at once may have no symbols",
                 program.display()
             );
@@ -421,7 +430,7 @@ impl Session<'_> {
         match self.probes.attach_launch_stop(executable, pid) {
             Ok(()) => true,
             Err(e) => {
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: warning: {e}; a program that exits at once may have no symbols, and with CFI unwinding its first allocations are walked by frame pointers"
                 );
                 false
@@ -528,7 +537,7 @@ impl Session<'_> {
             let to = executable(pid)
                 .map(|exe| exe.display().to_string())
                 .unwrap_or_default();
-            eprintln!(
+            eprintln_escaped!(
                 "leaktracer: pid {pid} exec'd {to}: retired the {allocations} outstanding allocations ({}) of its old image",
                 crate::units::human_bytes(bytes)
             );
@@ -551,7 +560,13 @@ impl Session<'_> {
             if self.failed.contains(&pid) || pid == std::process::id() {
                 continue;
             }
-            let exe = executable(pid);
+            // No executable: gone, a zombie, on its way out (its memory already released), or
+            // a kernel thread. There is nothing to attach to, and a traced process made no
+            // exec: it keeps the command, comm and allocator it had.
+            let exe = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                exe => exe.ok(),
+            };
             if let Some(tracked) = self.tracked.get(&pid) {
                 // An exec not settled yet (it happened since this poll's `settle_execs`) is
                 // settled first, on the next poll: its old image's records are retired under
@@ -578,7 +593,7 @@ impl Session<'_> {
                         self.failed.insert(pid);
                         if is_alive(pid) {
                             let comm = ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default();
-                            eprintln!(
+                            eprintln_escaped!(
                                 "leaktracer: warning: not tracing pid {pid} ({comm}): {err:#}"
                             );
                         }
@@ -625,7 +640,7 @@ impl Session<'_> {
             self.spaces.refresh(pid);
         } else {
             if self.announce_attaches {
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: attached to pid {pid} ({}), allocator {}",
                     ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default(),
                     plan.allocator
@@ -750,6 +765,32 @@ impl Session<'_> {
             .filter_map(|pid| rss_bytes(*pid))
             .collect();
         (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    /// Without --follow-children: names the processes the launched command left running when
+    /// it exited (a daemon it forked; leaktracer adopted them), which were not traced.
+    pub(super) fn note_left_behind(&self, launched: u32) {
+        let left = adopted(launched);
+        if left.is_empty() {
+            return;
+        }
+        let mut named: Vec<String> = left
+            .iter()
+            .take(5)
+            .map(|pid| {
+                let comm = ProcessInfo::read(*pid).map(|i| i.comm).unwrap_or_default();
+                format!("pid {pid} ({comm})")
+            })
+            .collect();
+        if left.len() > 5 {
+            named.push(format!("and {} more", left.len() - 5));
+        }
+        eprintln_escaped!(
+            "leaktracer: note: the command exited and left {} process{} running, not traced: {}; with --follow-children the trace follows them (a daemon too) until they exit",
+            left.len(),
+            if left.len() == 1 { "" } else { "es" },
+            named.join(", ")
+        );
     }
 
     /// The traced processes in one line, for the "tracing ..." message.

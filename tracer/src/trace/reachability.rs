@@ -12,6 +12,7 @@ use crate::{
     report::{ClassFigures, ProcessReachability, Reachability, StackReachability},
     serve::ScanRequest,
     target::process::is_alive,
+    terminal::eprintln_escaped,
 };
 
 /// The last scan of each traced process, and the views the report takes from them.
@@ -144,7 +145,9 @@ impl Session<'_> {
                             .collect(),
                     ),
                     Err(e) => {
-                        eprintln!("leaktracer: warning: cannot read the outstanding blocks: {e:#}");
+                        eprintln_escaped!(
+                            "leaktracer: warning: cannot read the outstanding blocks: {e:#}"
+                        );
                         Some(Vec::new())
                     }
                 }
@@ -152,7 +155,7 @@ impl Session<'_> {
             let result = match result {
                 Ok(process) => {
                     if self.config.verbose {
-                        eprintln!(
+                        eprintln_escaped!(
                             "leaktracer: reachability of pid {pid}: {} blocks, {} threads, {} scanned, paused {:.1} ms (stopping {:.1} ms, reading records {:.1} ms, walking glibc's heaps {:.1} ms, copying {:.1} ms, sorting words {:.1} ms), mark {:.1} ms",
                             process.blocks,
                             process.threads,
@@ -194,7 +197,7 @@ impl Session<'_> {
     /// (which then carries each stack's classes), and answered with its summary and stacks.
     pub(super) fn answer_scan(&mut self, answer: ScanRequest) -> anyhow::Result<()> {
         self.status.finish();
-        eprintln!(
+        eprintln_escaped!(
             "leaktracer: scanning for pointers to the outstanding blocks (/api/reachability)"
         );
         self.scan_reachability(Which::All);

@@ -2,13 +2,21 @@
 
 use crate::target::{
     cgroup::Cgroup,
-    process::{descendants, is_alive},
+    launch::adopted,
+    process::{descendants, is_alive, is_kernel_thread},
 };
 
 /// Which processes a trace covers.
 pub enum Scope {
     /// One process (a pid, or the launched command), with its descendants if followed.
-    Process { root: u32, follow_children: bool },
+    /// `adopts_orphans`: leaktracer launched the command and is the subreaper of its orphans
+    /// (see `target::launch::adopt_orphans`): a daemon the command double-forked is
+    /// leaktracer's child, not the command's descendant, and is followed all the same.
+    Process {
+        root: u32,
+        follow_children: bool,
+        adopts_orphans: bool,
+    },
     /// Every process in a cgroup v2 directory and below.
     Cgroup(Cgroup),
 }
@@ -20,14 +28,26 @@ impl Scope {
             Scope::Process {
                 root,
                 follow_children,
+                adopts_orphans,
             } => {
                 let mut pids = vec![*root];
                 if *follow_children {
                     pids.extend(descendants(*root));
+                    if *adopts_orphans {
+                        for orphan in adopted(*root) {
+                            pids.push(orphan);
+                            pids.extend(descendants(orphan));
+                        }
+                    }
                 }
                 pids
             }
-            Scope::Cgroup(cgroup) => cgroup.processes(),
+            // Kernel threads (a whole-host cgroup lists them) have no user memory to trace.
+            Scope::Cgroup(cgroup) => cgroup
+                .processes()
+                .into_iter()
+                .filter(|pid| !is_kernel_thread(*pid))
+                .collect(),
         }
     }
 
@@ -49,13 +69,48 @@ impl Scope {
 
     /// True when nothing in scope runs any more. `root_exited` says whether the root process
     /// has ended (a launched child must be reaped to tell); `tracked` are the processes attached.
+    /// Followed, the descendants count until they end too, those not attached yet included (a
+    /// daemon whose parents exited before the first look).
     pub fn is_gone(&self, root_exited: impl FnOnce(u32) -> bool, tracked: &[u32]) -> bool {
         match self {
             Scope::Cgroup(cgroup) => !cgroup.exists(),
             Scope::Process {
                 root,
                 follow_children,
-            } => root_exited(*root) && (!follow_children || tracked.iter().all(|p| !is_alive(*p))),
+                ..
+            } => {
+                root_exited(*root)
+                    && (!follow_children
+                        || (tracked.iter().all(|p| !is_alive(*p))
+                            && self.members().iter().all(|p| !is_alive(*p))))
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    /// A whole-host cgroup (the root) lists kernel threads among its processes: they are not
+    /// processes to trace. (Read from a copy of such a list: tracing the host is no test.)
+    #[test]
+    fn kernel_threads_are_left_out_of_a_cgroup_s_members() {
+        assert_eq!(
+            fs::read_to_string("/proc/2/comm").unwrap().trim(),
+            "kthreadd",
+            "pid 2 is the kernel's thread creator (on a host, not in a pid namespace)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        fs::write(dir.path().join("cgroup.procs"), format!("2\n{me}\n")).unwrap();
+        let scope = Scope::Cgroup(Cgroup {
+            dir: dir.path().to_path_buf(),
+            id: 0,
+            level: 0,
+        });
+        assert_eq!(scope.members(), vec![me]);
     }
 }

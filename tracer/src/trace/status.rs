@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Write};
 
 use crate::{
     report::schema::{Frame, FrameKind},
+    terminal::escape,
     units::{human_bytes, human_rate},
 };
 
@@ -82,7 +83,9 @@ impl StatusLine {
         }
     }
 
+    /// Shows `line`, escaped: it names functions and files of the target.
     pub fn show(&mut self, line: &str) {
+        let line = escape(line);
         let mut err = std::io::stderr().lock();
         if self.terminal {
             let _ = write!(err, "\r\x1b[2K{line}");

@@ -20,7 +20,7 @@ use super::{
     compile::{CodeLayout, TableCache},
     space::Space,
 };
-use crate::{report::UnwindStats, target::maps::read_maps};
+use crate::{report::UnwindStats, target::maps::read_maps, terminal::eprintln_escaped};
 
 /// An array map mapped writable into this process.
 struct WritableArray<T> {
@@ -246,7 +246,7 @@ impl KernelTables {
             .filter(|&c| c <= MAX_OBJECT_ROWS);
         let Some(first) = count.and_then(|count| self.row_space.take(count)) else {
             if self.no_room.insert(object) {
-                eprintln!(
+                eprintln_escaped!(
                     "leaktracer: no room for the unwind table of {path} ({} rows; {} of {} in use): its frames end stacks (raise --max-unwind-rows)",
                     rows.len(),
                     self.row_space.used(),
