@@ -78,14 +78,16 @@ pub(crate) fn release_range<C: EbpfContext>(ctx: &C, tgid: u32, start: u64, leng
     }
 }
 
-/// Remembers a PROT_NONE reservation of `tgid` (its latest few are kept).
+/// Remembers a PROT_NONE reservation of `tgid` (its latest few are kept); `stack`: mapped
+/// with `MAP_STACK`, for a thread's stack.
 #[inline(always)]
-pub(crate) fn remember_reservation(tgid: u32, start: u64, end: u64) {
+pub(crate) fn remember_reservation(tgid: u32, start: u64, end: u64, stack: bool) {
     let Some(ring) = RESERVATIONS.get_ptr_mut(tgid) else {
         let mut ring = Reservations::default();
         ring.starts[0] = start;
         ring.ends[0] = end;
         ring.next = 1;
+        ring.stacks = u64::from(stack);
         let _ = RESERVATIONS.insert(tgid, ring, BPF_ANY as u64);
         return;
     };
@@ -95,22 +97,27 @@ pub(crate) fn remember_reservation(tgid: u32, start: u64, end: u64) {
     let slot = (ring.next as usize) % RESERVATION_SLOTS;
     ring.starts[slot] = start;
     ring.ends[slot] = end;
+    let bit = 1u64 << slot;
+    ring.stacks = if stack {
+        ring.stacks | bit
+    } else {
+        ring.stacks & !bit
+    };
     ring.next = ring.next.wrapping_add(1);
 }
 
-/// True when `[start, end)` lies inside one of `tgid`'s remembered reservations.
+/// When `[start, end)` lies inside one of `tgid`'s remembered reservations: whether that one
+/// was mapped for a thread's stack.
 #[inline(always)]
-pub(crate) fn in_reservation(tgid: u32, start: u64, end: u64) -> bool {
+pub(crate) fn reservation_of(tgid: u32, start: u64, end: u64) -> Option<bool> {
     // SAFETY: the value is only read.
-    let Some(ring) = (unsafe { RESERVATIONS.get(tgid) }) else {
-        return false;
-    };
+    let ring = unsafe { RESERVATIONS.get(tgid) }?;
     for slot in 0..RESERVATION_SLOTS {
         if ring.starts[slot] <= start && end <= ring.ends[slot] && start < end {
-            return true;
+            return Some(ring.stacks & (1u64 << slot) != 0);
         }
     }
-    false
+    None
 }
 
 /// Forgets the reservations that start inside `[start, end)`: their range is unmapped, and a
@@ -126,6 +133,7 @@ pub(crate) fn forget_reservations(tgid: u32, start: u64, end: u64) {
         if start <= ring.starts[slot] && ring.starts[slot] < end {
             ring.starts[slot] = 0;
             ring.ends[slot] = 0;
+            ring.stacks &= !(1u64 << slot);
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Frame, FrameKind, Reachability, Report, StackReachability};
+use super::{Frame, FrameKind, Reachability, Report, Stack, StackReachability};
 use crate::growth::{Class, Severity};
 use crate::units::{human_bytes, human_rate};
 
@@ -128,6 +128,24 @@ pub fn render(report: &Report, top: usize) -> String {
         totals.allocations,
         totals.frees
     );
+    let thread_stacks: Vec<&Stack> = report
+        .stacks
+        .iter()
+        .filter(|s| s.is_thread_stacks())
+        .collect();
+    if !thread_stacks.is_empty() {
+        let _ = writeln!(
+            out,
+            "thread stacks: {} of it is {} thread stacks reserved ({} live threads), {} resident: stacks are ranked and their growth judged by what is resident",
+            human_bytes(thread_stacks.iter().map(|s| s.outstanding_bytes).sum()),
+            thread_stacks
+                .iter()
+                .map(|s| s.outstanding_allocations)
+                .sum::<u64>(),
+            thread_stacks.iter().filter_map(|s| s.threads).sum::<u64>(),
+            human_bytes(thread_stacks.iter().map(|s| s.cost_bytes()).sum())
+        );
+    }
     if totals.dropped == 0 {
         let _ = writeln!(out, "dropped: none");
     } else {
@@ -186,11 +204,20 @@ pub fn render(report: &Report, top: usize) -> String {
         if report.target.pids.len() > 1 {
             let _ = writeln!(out, "    process: pid {} ({})", stack.pid, stack.comm);
         }
+        if stack.is_thread_stacks() {
+            let _ = writeln!(out, "    {}", describe_thread_stacks(stack));
+        }
         if let Some(growth) = &stack.growth {
+            let rate = match growth.threads_per_sec {
+                Some(threads) => format!(
+                    "{} resident, {threads:+.2} threads/s",
+                    human_rate(growth.bytes_per_sec)
+                ),
+                None => human_rate(growth.bytes_per_sec),
+            };
             let _ = writeln!(
                 out,
-                "    growth: {} ({}, severity {}; grew or held in {:.0}% of intervals)",
-                human_rate(growth.bytes_per_sec),
+                "    growth: {rate} ({}, severity {}; grew or held in {:.0}% of intervals)",
                 class_name(growth.class),
                 severity_name(growth.severity),
                 growth.non_decreasing_ratio * 100.0
@@ -213,6 +240,28 @@ pub fn render(report: &Report, top: usize) -> String {
     }
     render_functions(report, top, &mut out);
     out
+}
+
+/// A stack of thread stacks in one line: its live threads, the stacks its C library keeps
+/// after their threads ended, and what they cost beside what they reserve.
+pub fn describe_thread_stacks(stack: &Stack) -> String {
+    let threads = stack.threads.unwrap_or(0);
+    let cached = stack.cached_stacks.unwrap_or(0);
+    let cost = match stack.resident_bytes {
+        Some(resident) => format!(
+            "{} resident of {} reserved",
+            human_bytes(resident),
+            human_bytes(stack.outstanding_bytes)
+        ),
+        None => format!(
+            "{} reserved (resident unknown)",
+            human_bytes(stack.outstanding_bytes)
+        ),
+    };
+    format!(
+        "thread stacks: {threads} live thread{}, {cached} cached (of threads that ended, kept for reuse); {cost}",
+        if threads == 1 { "" } else { "s" }
+    )
 }
 
 /// A reachability scan in one line: how it was made, then the four classes.
@@ -373,7 +422,6 @@ pub fn describe_frame(frame: &Frame) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Stack;
 
     fn frame(name: &str, plumbing: bool) -> Frame {
         Frame {
