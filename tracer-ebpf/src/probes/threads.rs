@@ -50,5 +50,5 @@ pub(crate) fn thread_exited(task: u64, tgid: u32, tid: u32) {
             return;
         }
     }
-    let _ = LIVE_THREADS.remove(&tid);
+    let _ = LIVE_THREADS.remove(tid);
 }

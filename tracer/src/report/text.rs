@@ -134,16 +134,15 @@ pub fn render(report: &Report, top: usize) -> String {
         .filter(|s| s.is_thread_stacks())
         .collect();
     if !thread_stacks.is_empty() {
+        let count = |f: fn(&&Stack) -> u64| thread_stacks.iter().map(f).sum::<u64>();
+        let stacks = count(|s| s.outstanding_allocations);
         let _ = writeln!(
             out,
-            "thread stacks: {} of it is {} thread stacks reserved ({} live threads), {} resident: stacks are ranked and their growth judged by what is resident",
-            human_bytes(thread_stacks.iter().map(|s| s.outstanding_bytes).sum()),
-            thread_stacks
-                .iter()
-                .map(|s| s.outstanding_allocations)
-                .sum::<u64>(),
-            thread_stacks.iter().filter_map(|s| s.threads).sum::<u64>(),
-            human_bytes(thread_stacks.iter().map(|s| s.cost_bytes()).sum())
+            "thread stacks: {stacks} of them ({} live threads, {} cached) reserve {} of that, {} of it resident; stacks are ranked and judged by what is resident of them",
+            count(|s| s.threads.unwrap_or(0)),
+            count(|s| s.cached_stacks.unwrap_or(0)),
+            human_bytes(count(|s| s.outstanding_bytes)),
+            human_bytes(count(|s| s.cost_bytes()))
         );
     }
     if totals.dropped == 0 {
@@ -183,8 +182,13 @@ pub fn render(report: &Report, top: usize) -> String {
         .any(|s| !s.folded_frames().is_empty());
     let _ = writeln!(
         out,
-        "\ntop {shown} of {} stacks by outstanding bytes{}:",
+        "\ntop {shown} of {} stacks by outstanding bytes{}{}:",
         report.stacks.len(),
+        if thread_stacks.is_empty() {
+            ""
+        } else {
+            ", thread stacks by what is resident of them"
+        },
         if folds {
             " (leading allocator frames folded; --keep-plumbing shows them)"
         } else {
@@ -471,6 +475,48 @@ mod tests {
         assert!(text.contains(
             "stacks by outstanding bytes (leading allocator frames folded; --keep-plumbing shows them):"
         ));
+    }
+
+    #[test]
+    fn thread_stacks_say_their_threads_and_what_is_resident_beside_what_they_reserve() {
+        let mut report = report(vec![frame("spawn_worker", false)]);
+        let stack = &mut report.stacks[0];
+        stack.outstanding_bytes = 9 << 23;
+        stack.outstanding_allocations = 9;
+        stack.mapping_kind = Some(crate::report::MappingKind::ThreadStack);
+        stack.threads = Some(8);
+        stack.cached_stacks = Some(1);
+        stack.resident_bytes = Some(9 * 12 * 1024);
+        stack.growth = Some(crate::growth::Growth {
+            bytes_per_sec: 6144.0,
+            non_decreasing_ratio: 1.0,
+            class: Class::Plateau,
+            severity: Severity::None,
+            recent_bytes_per_sec: 0.0,
+            threads_per_sec: Some(0.5),
+        });
+        let text = render(&report, 10);
+        assert!(
+            text.contains("\nthread stacks: 9 of them (8 live threads, 1 cached) reserve 72.00 MiB of that, 108.00 KiB of it resident; stacks are ranked and judged by what is resident of them\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ntop 1 of 1 stacks by outstanding bytes, thread stacks by what is resident of them:\n"),
+            "{text}"
+        );
+        let stack: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("#1 "))
+            .skip(1)
+            .collect();
+        assert_eq!(
+            stack,
+            [
+                "    thread stacks: 8 live threads, 1 cached (of threads that ended, kept for reuse); 108.00 KiB resident of 72.00 MiB reserved",
+                "    growth: +6.00 KiB/s resident, +0.50 threads/s (plateau, severity none; grew or held in 100% of intervals)",
+                "    spawn_worker [redis-server]",
+            ]
+        );
     }
 
     #[test]
