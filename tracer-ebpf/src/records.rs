@@ -260,10 +260,8 @@ pub(crate) fn release_older(
 }
 
 /// Records a new allocation at `addr`, with the user stack `regs` describe (the registers at
-/// the allocator's return, or at a mapping system call); `flags` go into a mapping's record
-/// (see `AllocRecord::flags`; the heap table keeps none).
+/// the allocator's return, or at a mapping system call).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn record<C: EbpfContext>(
     ctx: &C,
     regs: *mut pt_regs,
@@ -272,7 +270,6 @@ pub(crate) fn record<C: EbpfContext>(
     addr: u64,
     size: u64,
     weight: u32,
-    flags: u32,
 ) -> bool {
     let mut stack_id = capture_stack(regs, tgid).unwrap_or(UNKNOWN_STACK);
     let Some((slot, mut hit)) = stack_cache_slot(tgid, stack_id) else {
@@ -288,10 +285,7 @@ pub(crate) fn record<C: EbpfContext>(
         hit = false;
     }
     let key = AllocKey::new(tgid, addr);
-    let record = AllocRecord {
-        flags,
-        ..AllocRecord::new(size, now_ns(), stack_id, weight)
-    };
+    let record = AllocRecord::new(size, now_ns(), stack_id, weight);
     // An existing record for the address is replaced: the address was handed out again, so
     // its earlier block was freed by a path we do not see. Counted in the address filter only
     // when new.

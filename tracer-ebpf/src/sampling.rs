@@ -34,6 +34,6 @@ fn sample(size: u64) -> Option<(u64, u32)> {
 #[inline(always)]
 pub(crate) fn record_heap(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
     if let Some((bytes, weight)) = sample(size) {
-        record(ctx, ctx.regs, Records::Heap, tgid, addr, bytes, weight, 0);
+        record(ctx, ctx.regs, Records::Heap, tgid, addr, bytes, weight);
     }
 }

@@ -211,6 +211,8 @@ mod tests {
         assert_eq!(points[16].threads, Some(8));
         assert_eq!(points[16].resident_bytes, Some(8 * 12 * 1024));
         assert_eq!(points[16].outstanding_bytes, 64 << 20);
+        assert!(history.is_thread_stacks(&StackKey::new(7, 2)));
+        assert!(!history.is_thread_stacks(&StackKey::new(7, 1)));
         let (points, leak) = history.stack_history(&StackKey::new(7, 1), &thresholds);
         assert_eq!(leak.unwrap().class, crate::growth::Class::Leak);
         assert_eq!(

@@ -78,16 +78,17 @@ pub(crate) fn release_range<C: EbpfContext>(ctx: &C, tgid: u32, start: u64, leng
     }
 }
 
-/// Remembers a PROT_NONE reservation of `tgid` (its latest few are kept); `stack`: mapped
-/// with `MAP_STACK`, for a thread's stack.
+/// Remembers a PROT_NONE reservation of `tgid` (its latest few are kept); `stack` (1 or 0):
+/// mapped with `MAP_STACK`, for a thread's stack.
 #[inline(always)]
-pub(crate) fn remember_reservation(tgid: u32, start: u64, end: u64, stack: bool) {
+pub(crate) fn remember_reservation(tgid: u32, start: u64, end: u64, stack: u32) {
+    let stack = u64::from(stack & 1);
     let Some(ring) = RESERVATIONS.get_ptr_mut(tgid) else {
         let mut ring = Reservations::default();
         ring.starts[0] = start;
         ring.ends[0] = end;
         ring.next = 1;
-        ring.stacks = u64::from(stack);
+        ring.stacks = stack;
         let _ = RESERVATIONS.insert(tgid, ring, BPF_ANY as u64);
         return;
     };
@@ -97,24 +98,19 @@ pub(crate) fn remember_reservation(tgid: u32, start: u64, end: u64, stack: bool)
     let slot = (ring.next as usize) % RESERVATION_SLOTS;
     ring.starts[slot] = start;
     ring.ends[slot] = end;
-    let bit = 1u64 << slot;
-    ring.stacks = if stack {
-        ring.stacks | bit
-    } else {
-        ring.stacks & !bit
-    };
+    ring.stacks = (ring.stacks & !(1u64 << slot)) | (stack << slot);
     ring.next = ring.next.wrapping_add(1);
 }
 
-/// When `[start, end)` lies inside one of `tgid`'s remembered reservations: whether that one
-/// was mapped for a thread's stack.
+/// When `[start, end)` lies inside one of `tgid`'s remembered reservations: 1 when that one
+/// was mapped for a thread's stack, else 0 (a number, not a branch: see `syscalls::mmap_exit`).
 #[inline(always)]
-pub(crate) fn reservation_of(tgid: u32, start: u64, end: u64) -> Option<bool> {
+pub(crate) fn reservation_of(tgid: u32, start: u64, end: u64) -> Option<u32> {
     // SAFETY: the value is only read.
     let ring = unsafe { RESERVATIONS.get(tgid) }?;
     for slot in 0..RESERVATION_SLOTS {
         if ring.starts[slot] <= start && end <= ring.ends[slot] && start < end {
-            return Some(ring.stacks & (1u64 << slot) != 0);
+            return Some(((ring.stacks >> slot) & 1) as u32);
         }
     }
     None

@@ -112,10 +112,26 @@ fn record_mapping(
     size: u64,
     flags: u32,
 ) {
-    if record(ctx, regs, Records::Mappings, tgid, start, size, 1, flags)
-        && let Some(live) = live_mappings()
-    {
+    if !record(ctx, regs, Records::Mappings, tgid, start, size, 1) {
+        return;
+    }
+    if let Some(live) = live_mappings() {
         atomic_add(live, 1);
+    }
+    mark_record(tgid, start, flags);
+}
+
+/// Sets `flags` on the mapping record at `start`, just made. Apart from `record` (which then
+/// stays the same for every mapping): the verifier checks that long function once per call
+/// site, not once per value the flags could take there.
+#[inline(always)]
+fn mark_record(tgid: u32, start: u64, flags: u32) {
+    if flags == 0 {
+        return;
+    }
+    if let Some(record) = MMAPS.get_ptr_mut(AllocKey::new(tgid, start)) {
+        // SAFETY: a pointer to the map's value, valid for the run; one field is written.
+        unsafe { (*record).flags = flags };
     }
 }
 
@@ -242,7 +258,9 @@ fn mmap_exit(
         // Mapped over whatever was there: those mappings are gone.
         release_range(ctx, tgid, start, length);
     }
-    let stack = flags & MAP_STACK != 0;
+    // MAP_STACK's bit as THREAD_STACK (1) or 0: mapped for a thread's stack.
+    const { assert!(THREAD_STACK == 1) };
+    let stack = ((flags & MAP_STACK) >> MAP_STACK.trailing_zeros()) as u32;
     if prot == 0 {
         // PROT_NONE reserves address space; memory only once an mprotect opens part of it.
         remember_reservation(tgid, start, page_end(start, length), stack);
@@ -254,8 +272,7 @@ fn mmap_exit(
         return;
     }
     // A thread stack without a guard page is mapped open at once.
-    let flags = if stack { THREAD_STACK } else { 0 };
-    record_mapping(ctx, regs, tgid, start, length, flags);
+    record_mapping(ctx, regs, tgid, start, length, stack);
 }
 
 /// mprotect(addr, length, prot) succeeded: inside a reservation, opening makes memory from
@@ -288,8 +305,8 @@ fn mprotect_exit(
     if unsafe { MMAPS.get(AllocKey::new(tgid, start)) }.is_some() {
         return;
     }
-    let flags = if stack { THREAD_STACK } else { 0 };
-    record_mapping(ctx, regs, tgid, start, end - start, flags);
+    // `reservation_of` says THREAD_STACK (1) or 0.
+    record_mapping(ctx, regs, tgid, start, end - start, stack);
 }
 
 /// brk returned the new break `now`: growth outside the allocator is recorded as a mapping at
@@ -336,17 +353,11 @@ fn mremap_exit(
     let Some(moved) = release_older(Records::Mappings, tgid, old, started) else {
         return;
     };
-    let recorded = record(
-        ctx,
-        regs,
-        Records::Mappings,
-        tgid,
-        new,
-        new_size,
-        1,
-        moved.flags,
-    );
+    let recorded = record(ctx, regs, Records::Mappings, tgid, new, new_size, 1);
     if !recorded && let Some(live) = live_mappings() {
         atomic_add(live, 1u64.wrapping_neg());
+    }
+    if recorded {
+        mark_record(tgid, new, moved.flags);
     }
 }
