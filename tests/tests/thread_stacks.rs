@@ -234,3 +234,55 @@ fn human(bytes: u64) -> String {
     }
     format!("{value:.2} GiB")
 }
+
+/// A launched command that returns from main with 3 idle threads running: exit_group kills
+/// them with it, and its picture is the one at its end: 3 live threads (killed with their
+/// process, not ended before it) and the stack of the thread it joined, cached.
+#[test]
+fn threads_killed_with_their_process_were_alive_at_its_end() {
+    require_root();
+    let dir = scratch_dir("thread_stacks_exit");
+    let json = dir.join("exit.json");
+    let binary = workload("thread_stacks");
+    let (mut tracer, mut stdin, mut lines) = Tracer::start_piped([
+        "trace".as_ref(),
+        "--interval".as_ref(),
+        "1s".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+        "--".as_ref(),
+        binary.as_os_str(),
+        "--no-leak".as_ref(),
+    ]);
+    tracer.wait_attached();
+    lines.wait_for("ready", LINE_WAIT);
+    for n in 1..=3 {
+        start_idle_thread(&mut stdin, &mut lines, n);
+    }
+    start_and_join_a_thread(&mut stdin, &mut lines);
+    // A sample reads what is resident of the stacks while the process lives.
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(stdin);
+    let done = tracer.finish();
+    assert!(done.status.success(), "{}", done.stderr);
+    let report = read_json(&json);
+    assert_eq!(report["end_reason"], "target exited");
+    let threads = thread_stack_stacks(&report);
+    assert_eq!(threads.len(), 1, "{threads:#?}");
+    let stacks = threads[0];
+    assert_eq!(
+        (
+            stacks["threads"].as_u64(),
+            stacks["cached_stacks"].as_u64(),
+            stacks["outstanding_bytes"].as_u64()
+        ),
+        (Some(3), Some(1), Some(4 * STACK_BYTES)),
+        "{stacks}"
+    );
+    // As last read while it lived.
+    let resident = stacks["resident_bytes"].as_u64().unwrap();
+    assert!(
+        (4 * 4096..=4 * 256 * 1024).contains(&resident),
+        "resident {resident}"
+    );
+}

@@ -58,8 +58,8 @@ pub struct StackFigures {
     pub kind: MemoryKind,
     /// Thread stacks: how many of them live threads run on (the others' threads ended).
     pub threads: u64,
-    /// Thread stacks: the bytes of them in memory; `None` when unknown (the process ended
-    /// before they were read).
+    /// Thread stacks: the bytes of them in memory, as last read (a stack whose process ended
+    /// before it was ever read counts 0). `None` for other stacks.
     pub resident_bytes: Option<u64>,
 }
 
@@ -112,6 +112,10 @@ pub struct Collector {
     /// The resident bytes of each thread stack record (tgid, start, time recorded) last read:
     /// what they cost once their process is gone and its memory can no longer be read.
     resident: HashMap<(u32, u64, u64), u64>,
+    /// The threads of processes gone and forgotten, alive when their process ended: taken out
+    /// of `LIVE_THREADS` (which every thread of the machine may need room in), kept here for
+    /// the report.
+    ended_threads: Vec<ThreadStart>,
 }
 
 impl Collector {
@@ -124,6 +128,7 @@ impl Collector {
             table,
             user_mappings: 0,
             resident: HashMap::new(),
+            ended_threads: Vec::new(),
             // No logger only when the object has no log calls at all.
             warnings: aya_log::EbpfLogger::init_with_logger(ebpf, KernelWarnings).ok(),
         })
@@ -233,6 +238,18 @@ impl Collector {
         Ok(())
     }
 
+    /// Moves the threads `tgid` had when it ended out of the kernel's map, into this collector:
+    /// its picture keeps them, and the map's room goes to live processes.
+    pub fn forget_threads(&mut self, maps: &mut KernelMaps, tgid: u32) -> anyhow::Result<()> {
+        let threads: Vec<(u32, ThreadStart)> = batch::read_map(maps.live_threads.map())?;
+        for (tid, thread) in threads.into_iter().filter(|(_, t)| t.tgid == tgid) {
+            if maps.live_threads.remove(&tid).is_ok() {
+                self.ended_threads.push(thread);
+            }
+        }
+        Ok(())
+    }
+
     /// When `tgid` last exec'd (CLOCK_MONOTONIC ns), if it did while tracing.
     pub fn exec_time(&self, maps: &KernelMaps, tgid: u32) -> Option<u64> {
         maps.execs.get(&tgid, 0).ok()
@@ -338,6 +355,7 @@ impl Collector {
         let live: Vec<ThreadStart> = batch::read_map::<u32, ThreadStart>(maps.live_threads.map())?
             .into_iter()
             .map(|(_, thread)| thread)
+            .chain(self.ended_threads.iter().copied())
             .collect();
         let uses = threads::classify(&mappings, &live);
         let resident = self.read_resident(&mappings, &uses);
@@ -345,7 +363,6 @@ impl Collector {
             let figures = all
                 .entry(StackKey::new(key.tgid, record.stack_id))
                 .or_default();
-            let first = figures.outstanding_allocations == 0;
             figures.outstanding_bytes += record.size;
             figures.outstanding_allocations += u64::from(record.weight.max(1));
             if *used == StackUse::None {
@@ -354,11 +371,10 @@ impl Collector {
             }
             figures.kind = MemoryKind::ThreadStack;
             figures.threads += u64::from(*used == StackUse::Live);
-            figures.resident_bytes = match (first, figures.resident_bytes, resident) {
-                (true, _, resident) => resident,
-                (false, Some(sum), Some(resident)) => Some(sum + resident),
-                _ => None,
-            };
+            // A stack its process took with it before it was ever read costs nothing now
+            // (counting it whole would show its megabytes as growth at the process's end).
+            figures.resident_bytes =
+                Some(figures.resident_bytes.unwrap_or(0) + resident.unwrap_or(0));
         }
         let totals: Vec<(StackKey, StackStats)> = batch::read_map(maps.stack_stats.map())?;
         for (key, stats) in totals {

@@ -380,6 +380,13 @@ pub struct StackPoint {
     pub threads: Option<u64>,
 }
 
+impl StackPoint {
+    /// What the stack's memory cost at this sample (thread stacks: what was resident of them).
+    pub fn cost(&self) -> u64 {
+        self.resident_bytes.unwrap_or(self.outstanding_bytes)
+    }
+}
+
 /// The verdict line of a report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
@@ -532,8 +539,9 @@ pub struct Stack {
     /// a thread not joined yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_stacks: Option<u64>,
-    /// Thread stacks: the bytes of them in memory (`outstanding_bytes` is what they reserve);
-    /// null when they could not be read.
+    /// Thread stacks: the bytes of them in memory (`outstanding_bytes` is what they reserve),
+    /// from the process's pagemap at each sample (once the process is gone, as last read; a
+    /// stack it took with it before it was ever read counts 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resident_bytes: Option<u64>,
 }
