@@ -6,6 +6,7 @@
 pub mod ending;
 pub mod programs;
 pub mod python;
+pub mod threads;
 pub mod unwind;
 
 pub use unwind::{CachedRow, CfaRule, FpRule, UnwindEnd, UnwindMapping, UnwindProcess, UnwindRow};
@@ -61,7 +62,9 @@ pub struct AllocRecord {
     /// Allocations this record stands for: 1, or with `--sample-bytes` the inverse of the
     /// probability it was sampled with (`size` is then scaled likewise).
     pub weight: u32,
-    pub _pad: u32,
+    /// What the record is besides its bytes: [`threads::THREAD_STACK`] for a mapping the C
+    /// library made for a thread's stack. 0 for heap blocks.
+    pub flags: u32,
 }
 
 impl AllocRecord {
@@ -71,7 +74,7 @@ impl AllocRecord {
             timestamp_ns,
             stack_id,
             weight,
-            _pad: 0,
+            flags: 0,
         }
     }
 }
@@ -225,6 +228,9 @@ pub struct Reservations {
     pub ends: [u64; RESERVATION_SLOTS],
     /// Slot the next reservation takes.
     pub next: u64,
+    /// Bit `i` set: slot `i` was mapped with `MAP_STACK` (a thread's stack, as glibc's
+    /// `allocate_stack` reserves it), so what an mprotect opens in it is a thread stack.
+    pub stacks: u64,
 }
 
 /// Reservations remembered per process.
@@ -414,6 +420,7 @@ mod pod {
     unsafe impl aya::Pod for CachedRow {}
     unsafe impl aya::Pod for python::PythonProcess {}
     unsafe impl aya::Pod for python::NewPythonStack {}
+    unsafe impl aya::Pod for threads::ThreadStart {}
 }
 
 #[cfg(test)]

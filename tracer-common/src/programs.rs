@@ -110,7 +110,8 @@ pub const SYSCALL_ENTER: Program = Program {
 };
 
 /// Every system call's exit on the machine, for the mapping calls of traced processes: mmap,
-/// mremap, mprotect and brk record what they made once it is made.
+/// mremap, mprotect and brk record what they made once it is made; a new thread's return from
+/// its clone says where its stack is.
 pub const SYSCALL_EXIT: Program = Program {
     name: "syscall_exit",
     role: Role::Tracepoint(SYSCALL_EXIT_TRACEPOINT),
@@ -129,8 +130,9 @@ pub const OOM_MARK_VICTIM: Program = Program {
     arguments: &[],
 };
 
-/// A process's last thread exited (`sched_process_exit` with `group_dead`): its exit status,
-/// for targets leaktracer cannot wait for (`--pid`, `--cgroup`).
+/// A thread exited (`sched_process_exit`): its stack is no longer a live thread's; with
+/// `group_dead` it was its process's last, and the exit status is kept, for targets leaktracer
+/// cannot wait for (`--pid`, `--cgroup`).
 pub const PROCESS_EXIT: Program = Program {
     name: "process_exit",
     role: Role::Tracepoint("sched_process_exit"),
@@ -245,9 +247,10 @@ pub mod maps {
     pub const BREAKS: &str = "BREAKS";
     pub const CODE_MAPPED: &str = "CODE_MAPPED";
     pub const ENDINGS: &str = "ENDINGS";
+    pub const LIVE_THREADS: &str = "LIVE_THREADS";
 
     /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
-    pub const ALL: [&str; 35] = [
+    pub const ALL: [&str; 36] = [
         STOPPED,
         RECORD_TABLE,
         OVERFLOWED,
@@ -283,6 +286,7 @@ pub mod maps {
         BREAKS,
         CODE_MAPPED,
         ENDINGS,
+        LIVE_THREADS,
     ];
 }
 
@@ -298,9 +302,10 @@ pub mod globals {
     pub const STOP_AT_EXIT: &str = "STOP_AT_EXIT";
     pub const TGID_OFFSET: &str = "TGID_OFFSET";
     pub const EXIT_CODE_OFFSET: &str = "EXIT_CODE_OFFSET";
+    pub const TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
 
     /// Every global the tracer declares (aya-log adds its own, `AYA_LOG_LEVEL`).
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         FILTER_CGROUP_ID,
         FILTER_CGROUP_LEVEL,
         RECORD_TABLE_MASK,
@@ -311,6 +316,7 @@ pub mod globals {
         STOP_AT_EXIT,
         TGID_OFFSET,
         EXIT_CODE_OFFSET,
+        TASK_FLAGS_OFFSET,
     ];
 }
 

@@ -13,6 +13,7 @@ use tracer_common::{
     PendingCall, RECORD_TABLE_SLOTS, RecordSlot, Reservations, SAMPLE_TABLE_SLOTS,
     STACK_CACHE_SLOTS, StackKey, StackStats, UnwindMapping, UnwindProcess, UnwindRow, UserStack,
     python::{FRAME_WINDOW_BYTES, PythonProcess},
+    threads::{LIVE_THREAD_SLOTS, ThreadStart},
     unwind::{
         DEFAULT_MAX_DEPTH, DEFAULT_UNWIND_ROWS, UNWIND_CACHE_SLOTS, UNWIND_END_SLOTS,
         UNWIND_MAPPING_SLOTS,
@@ -251,6 +252,13 @@ pub(crate) static RESERVATIONS: LruHashMap<u32, Reservations> =
 /// as a mapping at the old break).
 #[map]
 pub(crate) static BREAKS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Thread id -> where a thread of a traced process started during the trace has its stack
+/// (see `tracer_common::threads::ThreadStart`): added as it starts, removed as it exits.
+/// Userspace reads it to tell live threads' stacks from those a C library keeps for reuse.
+#[map]
+pub(crate) static LIVE_THREADS: HashMap<u32, ThreadStart> =
+    HashMap::with_max_entries(LIVE_THREAD_SLOTS, 0);
 
 /// tgids that mapped new code (a library, a JIT's pages): userspace re-reads their maps and
 /// unwind tables then, instead of polling every process.

@@ -16,6 +16,11 @@
 //!   - `churn`: no net growth.
 //! - severity, from the whole-trace slope, for `leak` and `growing` only: `low` below
 //!   `--severity-rates`' first value, then `medium`, `high`, `critical`; `none` otherwise.
+//!
+//! A stack of thread stacks is judged on two series (see [`analyze_thread_stacks`]): its rates
+//! and severity on what is resident of the stacks (what they cost), its class on how many live
+//! threads run on them. Their reserved megabytes are bounded by the thread count, so they are a
+//! leak only when that count keeps growing: a pool that filled is a plateau.
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +78,10 @@ pub struct Growth {
     /// Slope over the second half of the trace: the current rate of a leak that started late.
     #[serde(default)]
     pub recent_bytes_per_sec: f64,
+    /// Thread stacks: the slope of the count of live threads on them (threads per second),
+    /// which their class is judged on. Absent for other stacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads_per_sec: Option<f64>,
 }
 
 /// Least-squares slope of `values` over `times`; 0 with fewer than two distinct times.
@@ -187,6 +196,58 @@ pub fn analyze(times: &[f64], values: &[f64], thresholds: &Thresholds) -> Growth
         class,
         severity,
         recent_bytes_per_sec: second,
+        threads_per_sec: None,
+    }
+}
+
+/// Threads a stack of thread stacks must add over the second half of the trace (by its slope)
+/// for its count to grow: a thread or two started late is an event, not a trend.
+pub const MIN_THREADS_PER_HALF: f64 = 2.0;
+
+/// Classifies a stack of thread stacks: `costs` are the bytes resident of them at each sample
+/// (rates and severity come from these), `threads` the live threads on them (the class comes
+/// from these, by [`analyze`]'s rules with a minimum rate of [`MIN_THREADS_PER_HALF`] threads
+/// over the second half): idle threads started by a pool that stops growing are a plateau, a
+/// thread count that keeps rising is a leak, of threads.
+pub fn analyze_thread_stacks(
+    times: &[f64],
+    costs: &[f64],
+    threads: &[f64],
+    thresholds: &Thresholds,
+) -> Growth {
+    let n = times.len().min(costs.len()).min(threads.len());
+    let (times, costs, threads) = (&times[..n], &costs[..n], &threads[..n]);
+    let cost = analyze(times, costs, thresholds);
+    // The second half as `analyze` takes it: from the middle sample on (4 samples or more).
+    let from = if n >= 4 { n / 2 } else { 0 };
+    let second_span =
+        times.last().copied().unwrap_or(0.0) - times.get(from).copied().unwrap_or(0.0);
+    let min_rate = if second_span > 0.0 {
+        MIN_THREADS_PER_HALF / second_span
+    } else {
+        f64::INFINITY
+    };
+    let count = analyze(
+        times,
+        threads,
+        &Thresholds {
+            min_rate,
+            ..*thresholds
+        },
+    );
+    let severity = match count.class {
+        Class::Leak | Class::Growing => severity(
+            cost.bytes_per_sec.max(cost.recent_bytes_per_sec),
+            thresholds,
+        ),
+        Class::Plateau | Class::Churn => Severity::None,
+    };
+    Growth {
+        class: count.class,
+        severity,
+        non_decreasing_ratio: count.non_decreasing_ratio,
+        threads_per_sec: Some(count.bytes_per_sec),
+        ..cost
     }
 }
 
@@ -297,6 +358,48 @@ mod tests {
         let g = analyze(&t, &v, &Thresholds::default());
         assert_eq!(g.class, Class::Churn);
         assert_eq!(g.severity, Severity::None);
+    }
+
+    /// Live threads at one-second samples, and 12 KiB resident of each one's stack.
+    fn thread_stacks(threads: &[f64]) -> Growth {
+        let t: Vec<f64> = (0..threads.len()).map(|i| i as f64).collect();
+        let costs: Vec<f64> = threads.iter().map(|n| n * 12288.0).collect();
+        analyze_thread_stacks(&t, &costs, threads, &Thresholds::default())
+    }
+
+    #[test]
+    fn a_thread_pool_that_filled_is_a_plateau_of_thread_stacks() {
+        // 8 idle threads, one a second, then none for 8 s.
+        let pool: Vec<f64> = (0..17).map(|i| (i as f64).min(8.0)).collect();
+        let g = thread_stacks(&pool);
+        assert_eq!(g.class, Class::Plateau);
+        assert_eq!(g.severity, Severity::None);
+        // Rates are of what is resident, not of the threads' reserved stacks.
+        assert!((g.bytes_per_sec - 12288.0 * g.threads_per_sec.unwrap()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_thread_count_that_keeps_rising_is_a_leak() {
+        // Five threads a second, none ending.
+        let leak: Vec<f64> = (0..12).map(|i| 5.0 * i as f64).collect();
+        let g = thread_stacks(&leak);
+        assert_eq!(g.class, Class::Leak);
+        assert_eq!(g.threads_per_sec, Some(5.0));
+        assert_eq!(g.bytes_per_sec, 5.0 * 12288.0);
+        assert_eq!(g.severity, Severity::Medium);
+        // One thread started late is not a trend; nor is a count that only changes at random.
+        let one_late: Vec<f64> = (0..17).map(|i| f64::from(u8::from(i >= 12))).collect();
+        assert_eq!(thread_stacks(&one_late).class, Class::Churn);
+        let busy: Vec<f64> = (0..17).map(|i| [4.0, 6.0, 5.0][i % 3]).collect();
+        assert_eq!(thread_stacks(&busy).class, Class::Churn);
+    }
+
+    #[test]
+    fn other_stacks_have_no_thread_rate() {
+        let t = times(13);
+        let v: Vec<f64> = t.iter().map(|t| 50_000.0 * t).collect();
+        let text = serde_json::to_string(&analyze(&t, &v, &Thresholds::default())).unwrap();
+        assert!(!text.contains("threads_per_sec"), "{text}");
     }
 
     #[test]

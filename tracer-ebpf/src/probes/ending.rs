@@ -14,6 +14,7 @@ use aya_ebpf::{
 };
 use tracer_common::{ending::ProcessEnding, programs};
 
+use super::threads::thread_exited;
 use crate::{
     current::{now_ns, tracing_stopped},
     maps::is_traced,
@@ -79,8 +80,9 @@ pub fn oom_mark_victim(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sched_process_exit(task, group_dead)`: a thread exited, in its own context; with
-/// `group_dead` it was its process's last, and `task->exit_code` is the process's wait status.
+/// `sched_process_exit(task, group_dead)`: a thread exited, in its own context (its stack is no
+/// longer a live thread's); with `group_dead` it was its process's last, and
+/// `task->exit_code` is the process's wait status.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn process_exit(ctx: RawTracePointContext) -> i32 {
     const PROGRAM: programs::Program = programs::PROCESS_EXIT;
@@ -90,20 +92,19 @@ pub fn process_exit(ctx: RawTracePointContext) -> i32 {
             matches!(PROGRAM.role, programs::Role::Tracepoint(tp) if same_name(tp, "sched_process_exit"))
         );
     }
-    let offset = EXIT_CODE_OFFSET.load();
-    if programs_are_empty() || tracing_stopped() || offset == 0 {
-        return 0;
-    }
-    let group_dead: u64 = ctx.arg(1);
-    if group_dead & 0xff == 0 {
+    if programs_are_empty() || tracing_stopped() {
         return 0;
     }
     // The exiting task is the current one.
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_traced(tgid) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let task: u64 = ctx.arg(0);
+    thread_exited(task, tgid, pid_tgid as u32);
+    let offset = EXIT_CODE_OFFSET.load();
+    let group_dead: u64 = ctx.arg(1);
+    if offset == 0 || group_dead & 0xff == 0 || !is_traced(tgid) {
         return 0;
     }
-    let task: u64 = ctx.arg(0);
     let Some(exit_code) = task_field(task, offset) else {
         return 0;
     };

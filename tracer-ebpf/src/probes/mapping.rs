@@ -78,14 +78,17 @@ pub(crate) fn release_range<C: EbpfContext>(ctx: &C, tgid: u32, start: u64, leng
     }
 }
 
-/// Remembers a PROT_NONE reservation of `tgid` (its latest few are kept).
+/// Remembers a PROT_NONE reservation of `tgid` (its latest few are kept); `stack` (1 or 0):
+/// mapped with `MAP_STACK`, for a thread's stack.
 #[inline(always)]
-pub(crate) fn remember_reservation(tgid: u32, start: u64, end: u64) {
+pub(crate) fn remember_reservation(tgid: u32, start: u64, end: u64, stack: u32) {
+    let stack = u64::from(stack & 1);
     let Some(ring) = RESERVATIONS.get_ptr_mut(tgid) else {
         let mut ring = Reservations::default();
         ring.starts[0] = start;
         ring.ends[0] = end;
         ring.next = 1;
+        ring.stacks = stack;
         let _ = RESERVATIONS.insert(tgid, ring, BPF_ANY as u64);
         return;
     };
@@ -95,22 +98,22 @@ pub(crate) fn remember_reservation(tgid: u32, start: u64, end: u64) {
     let slot = (ring.next as usize) % RESERVATION_SLOTS;
     ring.starts[slot] = start;
     ring.ends[slot] = end;
+    ring.stacks = (ring.stacks & !(1u64 << slot)) | (stack << slot);
     ring.next = ring.next.wrapping_add(1);
 }
 
-/// True when `[start, end)` lies inside one of `tgid`'s remembered reservations.
+/// When `[start, end)` lies inside one of `tgid`'s remembered reservations: 1 when that one
+/// was mapped for a thread's stack, else 0 (a number, not a branch: see `syscalls::mmap_exit`).
 #[inline(always)]
-pub(crate) fn in_reservation(tgid: u32, start: u64, end: u64) -> bool {
+pub(crate) fn reservation_of(tgid: u32, start: u64, end: u64) -> Option<u32> {
     // SAFETY: the value is only read.
-    let Some(ring) = (unsafe { RESERVATIONS.get(tgid) }) else {
-        return false;
-    };
+    let ring = unsafe { RESERVATIONS.get(tgid) }?;
     for slot in 0..RESERVATION_SLOTS {
         if ring.starts[slot] <= start && end <= ring.ends[slot] && start < end {
-            return true;
+            return Some(((ring.stacks >> slot) & 1) as u32);
         }
     }
-    false
+    None
 }
 
 /// Forgets the reservations that start inside `[start, end)`: their range is unmapped, and a
@@ -126,6 +129,7 @@ pub(crate) fn forget_reservations(tgid: u32, start: u64, end: u64) {
         if start <= ring.starts[slot] && ring.starts[slot] < end {
             ring.starts[slot] = 0;
             ring.ends[slot] = 0;
+            ring.stacks &= !(1u64 << slot);
         }
     }
 }

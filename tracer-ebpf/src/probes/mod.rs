@@ -13,6 +13,7 @@ mod mapping;
 mod pymalloc;
 mod realloc;
 mod syscalls;
+mod threads;
 
 use crate::maps::EMPTY_PROGRAMS;
 

@@ -12,10 +12,11 @@ use aya_ebpf::{
     helpers::generated::bpf_probe_read_kernel, macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use tracer_common::{AllocKey, Counter, programs};
+use tracer_common::{AllocKey, Counter, programs, threads::THREAD_STACK};
 
-use super::mapping::{
-    forget_reservations, in_reservation, page_end, release_range, remember_reservation,
+use super::{
+    mapping::{forget_reservations, page_end, release_range, remember_reservation, reservation_of},
+    threads::thread_started,
 };
 use crate::{
     atomic::atomic_add,
@@ -34,10 +35,13 @@ const SYS_MPROTECT: u64 = 10;
 const SYS_MUNMAP: u64 = 11;
 const SYS_BRK: u64 = 12;
 const SYS_MREMAP: u64 = 25;
+const SYS_CLONE: u64 = 56;
+const SYS_CLONE3: u64 = 435;
 
 const PROT_EXEC: u64 = 4;
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_STACK: u64 = 0x2_0000;
 const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
 
 /// A failed call returns -errno, from -4095 up.
@@ -97,7 +101,8 @@ fn code_mapped(ctx: &RawTracePointContext, tgid: u32) {
     }
 }
 
-/// Records a mapping of `size` bytes at `start`, made by the call `regs` describe.
+/// Records a mapping of `size` bytes at `start`, made by the call `regs` describe, with its
+/// `flags` (`AllocRecord::flags`).
 #[inline(always)]
 fn record_mapping(
     ctx: &RawTracePointContext,
@@ -105,11 +110,28 @@ fn record_mapping(
     tgid: u32,
     start: u64,
     size: u64,
+    flags: u32,
 ) {
-    if record(ctx, regs, Records::Mappings, tgid, start, size, 1)
-        && let Some(live) = live_mappings()
-    {
+    if !record(ctx, regs, Records::Mappings, tgid, start, size, 1) {
+        return;
+    }
+    if let Some(live) = live_mappings() {
         atomic_add(live, 1);
+    }
+    mark_record(tgid, start, flags);
+}
+
+/// Sets `flags` on the mapping record at `start`, just made. Apart from `record` (which then
+/// stays the same for every mapping): the verifier checks that long function once per call
+/// site, not once per value the flags could take there.
+#[inline(always)]
+fn mark_record(tgid: u32, start: u64, flags: u32) {
+    if flags == 0 {
+        return;
+    }
+    if let Some(record) = MMAPS.get_ptr_mut(AllocKey::new(tgid, start)) {
+        // SAFETY: a pointer to the map's value, valid for the run; one field is written.
+        unsafe { (*record).flags = flags };
     }
 }
 
@@ -151,7 +173,7 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> i32 {
 
 /// `sys_exit`: mmap, mremap, mprotect and brk record what they made, with the stack of the
 /// call (the argument registers are still the user's at the exit; only `rax` holds the
-/// result).
+/// result); a new thread's clone, returning in that thread, says where its stack is.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
     const PROGRAM: programs::Program = programs::SYSCALL_EXIT;
@@ -173,13 +195,23 @@ pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
         }
         nr
     };
-    if !matches!(nr, SYS_MMAP | SYS_MPROTECT | SYS_BRK | SYS_MREMAP) || programs_are_empty() {
+    if !matches!(
+        nr,
+        SYS_MMAP | SYS_MPROTECT | SYS_BRK | SYS_MREMAP | SYS_CLONE | SYS_CLONE3
+    ) || programs_are_empty()
+    {
         return 0;
     }
     let Some(tgid) = traced_process() else {
         return 0;
     };
     let ret: u64 = ctx.arg(1);
+    let is_clone = nr == SYS_CLONE || nr == SYS_CLONE3;
+    // The parent's return (the new thread's id) says nothing; the new thread's own (0) runs
+    // on its new stack.
+    if is_clone && ret != 0 {
+        return 0;
+    }
     if failed(ret) {
         if nr == SYS_MREMAP {
             let _ = SYSCALL_STARTS.remove(thread_id());
@@ -189,6 +221,11 @@ pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
     let Some(regs) = user_regs(&ctx) else {
         return 0;
     };
+    if is_clone {
+        // SAFETY: this CPU's copy of the registers, valid for the run.
+        thread_started(tgid, unsafe { (*regs).rsp });
+        return 0;
+    }
     // SAFETY: this CPU's copy of the registers, valid for the run.
     let (arg0, arg1, arg2, arg3) = unsafe { ((*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10) };
     match nr {
@@ -221,9 +258,12 @@ fn mmap_exit(
         // Mapped over whatever was there: those mappings are gone.
         release_range(ctx, tgid, start, length);
     }
+    // MAP_STACK's bit as THREAD_STACK (1) or 0: mapped for a thread's stack.
+    const { assert!(THREAD_STACK == 1) };
+    let stack = ((flags & MAP_STACK) >> MAP_STACK.trailing_zeros()) as u32;
     if prot == 0 {
         // PROT_NONE reserves address space; memory only once an mprotect opens part of it.
-        remember_reservation(tgid, start, page_end(start, length));
+        remember_reservation(tgid, start, page_end(start, length), stack);
         count(Counter::Reservations);
         return;
     }
@@ -231,7 +271,8 @@ fn mmap_exit(
         count(Counter::FileMappings);
         return;
     }
-    record_mapping(ctx, regs, tgid, start, length);
+    // A thread stack without a guard page is mapped open at once.
+    record_mapping(ctx, regs, tgid, start, length, stack);
 }
 
 /// mprotect(addr, length, prot) succeeded: inside a reservation, opening makes memory from
@@ -249,9 +290,12 @@ fn mprotect_exit(
         code_mapped(ctx, tgid);
     }
     let end = page_end(start, length);
-    if inside_allocator(regs) || !in_reservation(tgid, start, end) {
+    if inside_allocator(regs) {
         return;
     }
+    let Some(stack) = reservation_of(tgid, start, end) else {
+        return;
+    };
     if prot == 0 {
         release_range(ctx, tgid, start, length);
         return;
@@ -261,7 +305,8 @@ fn mprotect_exit(
     if unsafe { MMAPS.get(AllocKey::new(tgid, start)) }.is_some() {
         return;
     }
-    record_mapping(ctx, regs, tgid, start, end - start);
+    // `reservation_of` says THREAD_STACK (1) or 0.
+    record_mapping(ctx, regs, tgid, start, end - start, stack);
 }
 
 /// brk returned the new break `now`: growth outside the allocator is recorded as a mapping at
@@ -281,7 +326,7 @@ fn brk_exit(ctx: &RawTracePointContext, regs: *mut pt_regs, tgid: u32, now: u64)
         return;
     }
     if now > before {
-        record_mapping(ctx, regs, tgid, before, now - before);
+        record_mapping(ctx, regs, tgid, before, now - before, 0);
     } else {
         release_range(ctx, tgid, now, before - now);
     }
@@ -305,11 +350,14 @@ fn mremap_exit(
     if inside_allocator(regs) {
         return;
     }
-    if release_older(Records::Mappings, tgid, old, started).is_none() {
+    let Some(moved) = release_older(Records::Mappings, tgid, old, started) else {
         return;
-    }
+    };
     let recorded = record(ctx, regs, Records::Mappings, tgid, new, new_size, 1);
     if !recorded && let Some(live) = live_mappings() {
         atomic_add(live, 1u64.wrapping_neg());
+    }
+    if recorded {
+        mark_record(tgid, new, moved.flags);
     }
 }

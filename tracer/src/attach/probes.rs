@@ -379,6 +379,8 @@ impl Probes {
         let fsbase_offset = crate::python::btf::fsbase_offset().unwrap_or(0);
         // Without them, endings carry no OOM mark (the cgroup's OOM counter still tells).
         let (tgid_offset, exit_code_offset) = crate::python::btf::exit_offsets().unwrap_or((0, 0));
+        // Without it, a thread killed with its process reads as ended before its process.
+        let task_flags_offset = crate::python::btf::task_flags_offset().unwrap_or(0);
         let (table_slots, _) = tracer_common::split_record_capacity(sizes.max_allocations);
         let mut loader = EbpfLoader::new();
         for sized in sized_maps(&sizes) {
@@ -399,6 +401,7 @@ impl Probes {
             .override_global(globals::STOP_AT_EXIT, &u8::from(sizes.stop_at_exit), true)
             .override_global(globals::TGID_OFFSET, &tgid_offset, true)
             .override_global(globals::EXIT_CODE_OFFSET, &exit_code_offset, true)
+            .override_global(globals::TASK_FLAGS_OFFSET, &task_flags_offset, true)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e, &sizes))?;
         let multi = load_multi_copies(&ebpf);

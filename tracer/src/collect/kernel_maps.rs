@@ -7,7 +7,7 @@ use aya::{
 };
 use tracer_common::{
     AllocKey, AllocRecord, CachedStack, RecordSlot, STACK_CACHE_SLOTS, StackKey, StackStats,
-    UserStack, ending::ProcessEnding, programs::maps, python::PythonProcess,
+    UserStack, ending::ProcessEnding, programs::maps, python::PythonProcess, threads::ThreadStart,
 };
 
 /// Why the maps could not be resolved.
@@ -61,6 +61,8 @@ pub struct KernelMaps {
     pub code_mapped: RingBuf<MapData>,
     /// How processes ended: tgid -> OOM mark and exit status (an LRU map).
     pub endings: HashMap<MapData, u32, ProcessEnding>,
+    /// Threads started during the trace and alive: thread id -> process and stack pointer.
+    pub live_threads: HashMap<MapData, u32, ThreadStart>,
 }
 
 impl KernelMaps {
@@ -86,6 +88,7 @@ impl KernelMaps {
             traced: take(ebpf, maps::TRACED)?,
             code_mapped: take(ebpf, maps::CODE_MAPPED)?,
             endings: take(ebpf, maps::ENDINGS)?,
+            live_threads: take(ebpf, maps::LIVE_THREADS)?,
         })
     }
 }

@@ -5,16 +5,20 @@
 mod batch;
 mod kernel_maps;
 pub mod table;
+pub mod threads;
 
 use std::{collections::HashMap, time::Duration};
 
 use aya::maps::IterableMap;
 use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, RecordSlot, StackKey, StackStats, UNKNOWN_STACK,
-    UnmapEvent, python::NewPythonStack,
+    UnmapEvent, python::NewPythonStack, threads::ThreadStart,
 };
 
 pub use kernel_maps::{KernelMaps, KernelMapsError};
+use threads::StackUse;
+
+use crate::target::memory::resident_bytes;
 
 use crate::terminal::eprintln_escaped;
 
@@ -30,10 +34,22 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// What a stack's records are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// Blocks of the allocator.
+    #[default]
+    Heap,
+    /// Direct mappings (mmap, an mprotect opening a reservation, brk).
+    Mapping,
+    /// Mappings that are threads' stacks (see [`threads`]).
+    ThreadStack,
+}
+
 /// One stack's figures at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackFigures {
-    /// Bytes allocated from this stack and not yet freed.
+    /// Bytes allocated from this stack and not yet freed (for mappings, their size).
     pub outstanding_bytes: u64,
     /// Allocations from this stack not yet freed.
     pub outstanding_allocations: u64,
@@ -41,6 +57,23 @@ pub struct StackFigures {
     pub total_allocations: u64,
     /// Every byte recorded from this stack.
     pub total_bytes: u64,
+    pub kind: MemoryKind,
+    /// Thread stacks: how many of them live threads run on (the others' threads ended).
+    pub threads: u64,
+    /// Thread stacks: the bytes of them in memory, as last read (a stack whose process ended
+    /// before it was ever read counts 0). `None` for other stacks.
+    pub resident_bytes: Option<u64>,
+}
+
+impl StackFigures {
+    /// What the stack's memory costs: its outstanding bytes, but for thread stacks only what is
+    /// resident of them (a thread reserves megabytes and touches a few pages).
+    pub fn cost_bytes(&self) -> u64 {
+        match (self.kind, self.resident_bytes) {
+            (MemoryKind::ThreadStack, Some(resident)) => resident,
+            _ => self.outstanding_bytes,
+        }
+    }
 }
 
 /// What the kernel has recorded at one moment.
@@ -78,6 +111,13 @@ pub struct Collector {
     /// Mapping records added less those removed by [`Collector::drain_unmaps`] (wrapping), as
     /// last written to `MMAP_STATE`.
     user_mappings: u64,
+    /// The resident bytes of each thread stack record (tgid, start, time recorded) last read:
+    /// what they cost once their process is gone and its memory can no longer be read.
+    resident: HashMap<(u32, u64, u64), u64>,
+    /// The threads of processes gone and forgotten, alive when their process ended: taken out
+    /// of `LIVE_THREADS` (which every thread of the machine may need room in), kept here for
+    /// the report.
+    ended_threads: Vec<ThreadStart>,
 }
 
 impl Collector {
@@ -89,6 +129,8 @@ impl Collector {
         Ok(Self {
             table,
             user_mappings: 0,
+            resident: HashMap::new(),
+            ended_threads: Vec::new(),
             // No logger only when the object has no log calls at all.
             warnings: aya_log::EbpfLogger::init_with_logger(ebpf, KernelWarnings).ok(),
         })
@@ -198,6 +240,18 @@ impl Collector {
         Ok(())
     }
 
+    /// Moves the threads `tgid` had when it ended out of the kernel's map, into this collector:
+    /// its picture keeps them, and the map's room goes to live processes.
+    pub fn forget_threads(&mut self, maps: &mut KernelMaps, tgid: u32) -> anyhow::Result<()> {
+        let threads: Vec<(u32, ThreadStart)> = batch::read_map(maps.live_threads.map())?;
+        for (tid, thread) in threads.into_iter().filter(|(_, t)| t.tgid == tgid) {
+            if maps.live_threads.remove(&tid).is_ok() {
+                self.ended_threads.push(thread);
+            }
+        }
+        Ok(())
+    }
+
     /// When `tgid` last exec'd (CLOCK_MONOTONIC ns), if it did while tracing.
     pub fn exec_time(&self, maps: &KernelMaps, tgid: u32) -> Option<u64> {
         maps.execs.get(&tgid, 0).ok()
@@ -246,6 +300,13 @@ impl Collector {
             maps.mmap_state
                 .set(tracer_common::USER_MAPPINGS_SLOT, self.user_mappings, 0)?;
         }
+        // Its threads died at the exec (killed, so the kernel kept them).
+        let threads: Vec<(u32, ThreadStart)> = batch::read_map(maps.live_threads.map())?;
+        for (tid, thread) in threads {
+            if thread.tgid == tgid && thread.started_ns < before_ns {
+                let _ = maps.live_threads.remove(&tid);
+            }
+        }
         Ok((count, bytes))
     }
 
@@ -275,22 +336,20 @@ impl Collector {
         Ok(Some(records))
     }
 
-    /// The outstanding records without copying the record table: it is scanned in place.
-    fn outstanding<'a>(
+    /// The outstanding heap records, without copying the record table: it is scanned in place.
+    fn heap_records<'a>(
         &'a self,
         maps: &KernelMaps,
     ) -> anyhow::Result<impl Iterator<Item = (AllocKey, AllocRecord)> + use<'a>> {
-        let mut in_maps: Vec<(AllocKey, AllocRecord)> = Vec::new();
-        for map in [&maps.allocs, &maps.mmaps] {
-            in_maps.extend(batch::read_map::<AllocKey, AllocRecord>(map.map())?);
-        }
-        Ok(self.table.records().chain(in_maps))
+        let overflow = batch::read_map::<AllocKey, AllocRecord>(maps.allocs.map())?;
+        Ok(self.table.records().chain(overflow))
     }
 
     /// Sums the outstanding records per stack (with `min_age`, only those at least that old)
-    /// and reads the per-stack totals and the counters.
+    /// and reads the per-stack totals and the counters. Thread stacks are told apart, with the
+    /// live threads on them and what is resident of them (read from each process's pagemap).
     pub fn snapshot(
-        &self,
+        &mut self,
         maps: &KernelMaps,
         min_age: Option<Duration>,
     ) -> anyhow::Result<KernelSnapshot> {
@@ -298,7 +357,7 @@ impl Collector {
             monotonic_ns().saturating_sub(age.as_nanos() as u64)
         });
         let mut all: HashMap<StackKey, StackFigures> = HashMap::new();
-        for (key, record) in self.outstanding(maps)? {
+        for (key, record) in self.heap_records(maps)? {
             if record.timestamp_ns > cutoff {
                 continue;
             }
@@ -307,6 +366,35 @@ impl Collector {
                 .or_default();
             figures.outstanding_bytes += record.size;
             figures.outstanding_allocations += u64::from(record.weight.max(1));
+        }
+        let mappings: Vec<(AllocKey, AllocRecord)> =
+            batch::read_map::<AllocKey, AllocRecord>(maps.mmaps.map())?
+                .into_iter()
+                .filter(|(_, record)| record.timestamp_ns <= cutoff)
+                .collect();
+        let live: Vec<ThreadStart> = batch::read_map::<u32, ThreadStart>(maps.live_threads.map())?
+            .into_iter()
+            .map(|(_, thread)| thread)
+            .chain(self.ended_threads.iter().copied())
+            .collect();
+        let uses = threads::classify(&mappings, &live);
+        let resident = self.read_resident(&mappings, &uses);
+        for (((key, record), used), resident) in mappings.iter().zip(&uses).zip(resident) {
+            let figures = all
+                .entry(StackKey::new(key.tgid, record.stack_id))
+                .or_default();
+            figures.outstanding_bytes += record.size;
+            figures.outstanding_allocations += u64::from(record.weight.max(1));
+            if *used == StackUse::None {
+                figures.kind = MemoryKind::Mapping;
+                continue;
+            }
+            figures.kind = MemoryKind::ThreadStack;
+            figures.threads += u64::from(*used == StackUse::Live);
+            // A stack its process took with it before it was ever read costs nothing now
+            // (counting it whole would show its megabytes as growth at the process's end).
+            figures.resident_bytes =
+                Some(figures.resident_bytes.unwrap_or(0) + resident.unwrap_or(0));
         }
         let totals: Vec<(StackKey, StackStats)> = batch::read_map(maps.stack_stats.map())?;
         for (key, stats) in totals {
@@ -332,6 +420,51 @@ impl Collector {
             *total = maps.counters.get(&(slot as u32), 0)?.iter().sum();
         }
         Ok(KernelSnapshot { stacks, counters })
+    }
+
+    /// The resident bytes of each thread stack among `mappings` (`None` for the others): read
+    /// now from its process's pagemap, or as last read once the process is gone.
+    fn read_resident(
+        &mut self,
+        mappings: &[(AllocKey, AllocRecord)],
+        uses: &[StackUse],
+    ) -> Vec<Option<u64>> {
+        let place =
+            |(key, record): &(AllocKey, AllocRecord)| (key.tgid, key.addr, record.timestamp_ns);
+        let stacks: Vec<usize> = (0..mappings.len())
+            .filter(|&i| uses[i] != StackUse::None)
+            .collect();
+        let mut resident = vec![None; mappings.len()];
+        let mut pids: Vec<u32> = stacks.iter().map(|&i| mappings[i].0.tgid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let mut read = HashMap::new();
+        for pid in pids {
+            let of_pid: Vec<usize> = stacks
+                .iter()
+                .copied()
+                .filter(|&i| mappings[i].0.tgid == pid)
+                .collect();
+            let ranges: Vec<(u64, u64)> = of_pid
+                .iter()
+                .map(|&i| (mappings[i].0.addr, mappings[i].0.addr + mappings[i].1.size))
+                .collect();
+            let now = resident_bytes(pid, &ranges).ok();
+            for (n, &i) in of_pid.iter().enumerate() {
+                let place = place(&mappings[i]);
+                let bytes = now
+                    .as_ref()
+                    .map(|now| now[n])
+                    .or_else(|| self.resident.get(&place).copied());
+                if let Some(bytes) = bytes {
+                    read.insert(place, bytes);
+                }
+                resident[i] = bytes;
+            }
+        }
+        // Only the stacks still recorded are remembered.
+        self.resident = read;
+        resident
     }
 
     /// The instruction pointers of a stack, innermost first; empty for the unknown stack.

@@ -29,6 +29,17 @@ pub fn exit_offsets() -> Option<(u32, u32)> {
     Some((member("tgid")?, member("exit_code")?))
 }
 
+/// The byte offset of `task_struct.flags` in the running kernel, if its BTF says: how the
+/// program at `sched_process_exit` tells a thread killed with its process (`PF_SIGNALED`).
+pub fn task_flags_offset() -> Option<u32> {
+    let data = fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    let types = composites(&data)?;
+    types
+        .iter()
+        .filter(|t| t.name == "task_struct")
+        .find_map(|t| t.members.iter().find(|(n, _)| n == "flags").map(|m| m.1))
+}
+
 /// The byte offset of `task_struct.thread.fsbase` in the running kernel, if its BTF says.
 pub fn fsbase_offset() -> Option<u32> {
     let data = fs::read("/sys/kernel/btf/vmlinux").ok()?;
@@ -136,6 +147,12 @@ mod tests {
         assert!(
             tgid > 0 && exit_code > 0 && tgid.is_multiple_of(4),
             "{tgid} {exit_code}"
+        );
+        // `flags` follows the thread info, the stack pointer and the usage count, 4-aligned.
+        let flags = task_flags_offset().expect("task_struct.flags in BTF");
+        assert!(
+            flags > 0 && flags < tgid && flags.is_multiple_of(4),
+            "{flags}"
         );
     }
 }

@@ -7,11 +7,11 @@
 use tracer_common::{Counter, CounterKind};
 
 use super::{
-    ModuleMapping, ProcessEntry, Report, Stack, StackPoint, Target, TimelinePoint, Totals, Verdict,
-    plumbing::Plumbing,
+    MappingKind, ModuleMapping, ProcessEntry, Report, Stack, StackPoint, Target, TimelinePoint,
+    Totals, Verdict, plumbing::Plumbing,
 };
 use crate::{
-    collect::StackFigures,
+    collect::{MemoryKind, StackFigures},
     growth::{self, Class, Growth, MIN_SAMPLES, Thresholds, settled},
     target::memory::MemoryLimit,
     units::{human_bytes, human_duration, human_rate},
@@ -62,7 +62,20 @@ pub fn stack(
     growth: Option<Growth>,
 ) -> Stack {
     plumbing.mark(&mut frames);
+    let thread_stacks = figures.kind == MemoryKind::ThreadStack;
     Stack {
+        mapping_kind: match figures.kind {
+            MemoryKind::Heap => None,
+            MemoryKind::Mapping => Some(MappingKind::Mapping),
+            MemoryKind::ThreadStack => Some(MappingKind::ThreadStack),
+        },
+        threads: thread_stacks.then_some(figures.threads),
+        cached_stacks: thread_stacks.then(|| {
+            figures
+                .outstanding_allocations
+                .saturating_sub(figures.threads)
+        }),
+        resident_bytes: figures.resident_bytes.filter(|_| thread_stacks),
         id: Stack::id_of(&frames),
         outstanding_bytes: figures.outstanding_bytes,
         outstanding_allocations: figures.outstanding_allocations,
@@ -77,11 +90,13 @@ pub fn stack(
     }
 }
 
-/// Sorts stacks the way reports list them: most outstanding bytes first.
+/// Sorts stacks the way reports list them: what they cost first (outstanding bytes; for
+/// thread stacks, what is resident of them).
 pub fn sort_stacks(stacks: &mut [Stack]) {
     stacks.sort_by(|a, b| {
-        b.outstanding_bytes
-            .cmp(&a.outstanding_bytes)
+        b.cost_bytes()
+            .cmp(&a.cost_bytes())
+            .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
             .then(b.outstanding_allocations.cmp(&a.outstanding_allocations))
             .then(a.pid.cmp(&b.pid))
     });
@@ -166,12 +181,13 @@ pub fn report(stacks: Vec<Stack>, counters: &[u64], facts: TraceFacts) -> Report
     }
 }
 
-/// Outstanding memory by function, inclusive (see [`super::FunctionTotal`]), most first.
+/// Outstanding memory by function, inclusive (see [`super::FunctionTotal`]), most first, each
+/// stack by what it costs (thread stacks by what is resident of them).
 /// Frames folded as allocator plumbing do not count: the first function is the program's own.
 pub fn functions(stacks: &[Stack]) -> Vec<super::FunctionTotal> {
     use std::collections::{BTreeSet, HashMap};
     let mut by_function: HashMap<(&str, &str), super::FunctionTotal> = HashMap::new();
-    let holding: Vec<&Stack> = stacks.iter().filter(|s| s.outstanding_bytes > 0).collect();
+    let holding: Vec<&Stack> = stacks.iter().filter(|s| s.cost_bytes() > 0).collect();
     for stack in &holding {
         let on_stack: BTreeSet<(&str, &str, bool)> = super::shown_frames(&stack.frames)
             .into_iter()
@@ -198,7 +214,7 @@ pub fn functions(stacks: &[Stack]) -> Vec<super::FunctionTotal> {
                         standard_library,
                         ..Default::default()
                     });
-            total.outstanding_bytes += stack.outstanding_bytes;
+            total.outstanding_bytes += stack.cost_bytes();
             total.outstanding_allocations += stack.outstanding_allocations;
             total.bytes_per_sec += stack.growth.as_ref().map_or(0.0, |g| g.bytes_per_sec);
             total.stacks += 1;
@@ -266,10 +282,7 @@ pub fn verdict_with_endings(
     all_ended: bool,
 ) -> Verdict {
     let times: Vec<f64> = timeline.iter().map(|p| p.t_secs).collect();
-    let bytes: Vec<f64> = timeline
-        .iter()
-        .map(|p| p.outstanding_bytes as f64)
-        .collect();
+    let bytes: Vec<f64> = timeline.iter().map(|p| p.cost() as f64).collect();
     let (times, bytes) = settled(&times, &bytes);
     let rate = growth::slope(times, bytes);
     let growing = |s: &&Stack| s.growth.is_some_and(|g| g.class == Class::Leak);
@@ -301,6 +314,12 @@ pub fn verdict_with_endings(
         .iter()
         .filter(|s| lost(s) || (growing(s) && !referenced(s)))
         .count();
+    // Thread stacks classed `leak`: their thread count keeps growing.
+    let thread_leaks: Vec<&Stack> = stacks
+        .iter()
+        .filter(|s| s.is_thread_stacks() && growing(s) && !referenced(s))
+        .collect();
+    let leaking_threads: u64 = thread_leaks.iter().filter_map(|s| s.threads).sum();
     let judged = times.len() >= MIN_SAMPLES;
     let seconds_to_limit = limit
         .as_ref()
@@ -335,8 +354,9 @@ pub fn verdict_with_endings(
         )
     } else if growing_leaks > 0 {
         format!(
-            "LEAK: {growing_leaks} stack{} growing steadily; outstanding memory {}",
+            "LEAK: {growing_leaks} stack{} growing steadily{}; outstanding memory {}",
             plural(growing_leaks),
+            describe_thread_leak(&thread_leaks, growing_leaks),
             human_rate(rate)
         )
     } else if referenced_growth_stacks > 0 {
@@ -390,6 +410,7 @@ pub fn verdict_with_endings(
         leaking_stacks,
         lost_bytes: scanned.then_some(lost_bytes),
         referenced_growth_stacks,
+        leaking_threads,
         growth_bytes_per_sec: rate,
         memory_limit_bytes: limit.as_ref().map(|l| l.limit_bytes),
         memory_usage_bytes: limit.as_ref().map(|l| l.usage_bytes),
@@ -398,6 +419,64 @@ pub fn verdict_with_endings(
         unrecorded_allocations: unrecorded,
         summary,
     }
+}
+
+/// The verdict's words for leaking thread stacks (` (a leak of threads: ...)`), empty without
+/// any; `leaks` is how many stacks leak in all.
+fn describe_thread_leak(thread_leaks: &[&Stack], leaks: usize) -> String {
+    if thread_leaks.is_empty() {
+        return String::new();
+    }
+    let threads: u64 = thread_leaks.iter().filter_map(|s| s.threads).sum();
+    let rate: f64 = thread_leaks
+        .iter()
+        .filter_map(|s| s.growth.and_then(|g| g.threads_per_sec))
+        .sum();
+    let reserved: u64 = thread_leaks.iter().map(|s| s.outstanding_bytes).sum();
+    let resident: u64 = thread_leaks.iter().map(|s| s.cost_bytes()).sum();
+    let mut starters: Vec<&str> = thread_leaks.iter().map(|s| thread_starter(s)).collect();
+    starters.dedup();
+    let which = if thread_leaks.len() == leaks {
+        String::new()
+    } else {
+        format!("{} of them ", thread_leaks.len())
+    };
+    format!(
+        " ({which}a leak of threads: {threads} thread{} started at {} still running, {:+.2} threads/s; their stacks {} reserved, {} resident)",
+        if threads == 1 { "" } else { "s" },
+        starters.join(", "),
+        rate,
+        human_bytes(reserved),
+        human_bytes(resident)
+    )
+}
+
+/// Where a stack of thread stacks started its threads: its innermost Python function, else its
+/// first own frame past the C library's thread creation (`pthread_create`'s caller).
+pub fn thread_starter(stack: &Stack) -> &str {
+    const CREATION: &[&str] = &[
+        "pthread_create",
+        "__pthread_create_2_1",
+        "create_thread",
+        "thrd_create",
+        "__clone",
+        "__clone3",
+        "__clone_internal",
+        "clone",
+        "clone3",
+    ];
+    let own = stack.own_frames();
+    if let Some(python) = own.iter().find(|f| f.kind == super::FrameKind::Python) {
+        return &python.function;
+    }
+    let name = |f: &super::Frame| -> bool {
+        let bare = f.function.split('@').next().unwrap_or_default();
+        CREATION.contains(&bare.strip_prefix("__GI_").unwrap_or(bare))
+    };
+    own.iter()
+        .find(|f| !name(f))
+        .or(own.first())
+        .map_or("[unknown stack]", |f| f.function.as_str())
 }
 
 #[cfg(test)]
@@ -489,6 +568,7 @@ mod tests {
             outstanding_allocations: allocations,
             total_allocations: allocations + 1,
             total_bytes: bytes * 2,
+            ..Default::default()
         };
         let mut stacks = vec![
             stack(
@@ -581,6 +661,7 @@ mod tests {
                 t_secs: i as f64,
                 outstanding_bytes: 1000 * i,
                 rss_bytes: None,
+                cost_bytes: None,
             })
             .collect()
     }
@@ -602,9 +683,165 @@ mod tests {
                 class: Class::Leak,
                 severity: crate::growth::Severity::Low,
                 recent_bytes_per_sec: 1000.0,
+                threads_per_sec: None,
             });
         }
         stack
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// The stack glibc's thread stacks are recorded at, started by `spawn_worker`: `threads`
+    /// live and `cached` of threads that ended, 8 MiB reserved and 12 KiB resident each, its
+    /// thread count classed `class`.
+    fn thread_stacks(threads: u64, cached: u64, class: Class, threads_per_sec: f64) -> Stack {
+        let stacks = threads + cached;
+        let figures = StackFigures {
+            outstanding_bytes: stacks * 8 * MIB,
+            outstanding_allocations: stacks,
+            total_allocations: stacks,
+            total_bytes: stacks * 8 * MIB,
+            kind: MemoryKind::ThreadStack,
+            threads,
+            resident_bytes: Some(stacks * 12 * 1024),
+        };
+        let frames = [
+            "__GI_mprotect",
+            "allocate_stack",
+            "pthread_create@@GLIBC_2.34",
+        ]
+        .iter()
+        .chain(&["spawn_worker", "main"])
+        .map(|name| Frame {
+            function: name.to_string(),
+            module: "/lib/libc.so.6".into(),
+            ..Default::default()
+        })
+        .collect();
+        let growth = Growth {
+            bytes_per_sec: 12.0 * 1024.0 * threads_per_sec,
+            non_decreasing_ratio: 1.0,
+            class,
+            severity: crate::growth::Severity::Low,
+            recent_bytes_per_sec: 12.0 * 1024.0 * threads_per_sec,
+            threads_per_sec: Some(threads_per_sec),
+        };
+        stack(
+            7,
+            "app".into(),
+            &figures,
+            frames,
+            &Plumbing::default(),
+            vec![],
+            Some(growth),
+        )
+    }
+
+    fn leaking(mut stack: Stack) -> Stack {
+        stack.growth = Some(Growth {
+            bytes_per_sec: 102_400.0,
+            non_decreasing_ratio: 1.0,
+            class: Class::Leak,
+            severity: crate::growth::Severity::High,
+            recent_bytes_per_sec: 102_400.0,
+            threads_per_sec: None,
+        });
+        stack
+    }
+
+    #[test]
+    fn thread_stacks_count_what_is_resident_and_stay_out_of_the_verdict_while_a_pool() {
+        let pool = thread_stacks(8, 1, Class::Plateau, 0.0);
+        assert_eq!(pool.mapping_kind, Some(MappingKind::ThreadStack));
+        assert_eq!(
+            (pool.threads, pool.cached_stacks, pool.resident_bytes),
+            (Some(8), Some(1), Some(9 * 12 * 1024))
+        );
+        assert_eq!(pool.outstanding_bytes, 72 * MIB);
+        assert_eq!(pool.cost_bytes(), 9 * 12 * 1024);
+        assert_eq!(thread_starter(&pool), "spawn_worker");
+        let leak = leaking(stack_of(&["remember_session", "main"], 1600 * 1024, 800));
+        let mut stacks = vec![pool, leak];
+        sort_stacks(&mut stacks);
+        // Ranked by what they cost: the leak's 1.56 MiB before the threads' 108 KiB resident
+        // (of 72 MiB reserved).
+        assert_eq!(
+            stacks[0].first_own_frame().unwrap().function,
+            "remember_session"
+        );
+        let verdict = verdict(&stacks, &growing_timeline(), None);
+        assert_eq!((verdict.leaking_stacks, verdict.leaking_threads), (1, 0));
+        assert!(
+            verdict
+                .summary
+                .starts_with("LEAK: 1 stack growing steadily; outstanding memory"),
+            "{}",
+            verdict.summary
+        );
+        // The by-function view and the flamegraph's widths count the same.
+        let spawn = functions(&stacks)
+            .into_iter()
+            .find(|f| f.function == "spawn_worker")
+            .unwrap();
+        assert_eq!(spawn.outstanding_bytes, 9 * 12 * 1024);
+        let report = Report {
+            stacks,
+            ..Default::default()
+        };
+        assert_eq!(
+            report.folded_lines(),
+            [
+                "main;remember_session 1638400".to_string(),
+                format!(
+                    "main;spawn_worker;pthread_create@@GLIBC_2.34 {}",
+                    9 * 12 * 1024
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn a_thread_count_that_keeps_growing_is_a_leak_of_threads() {
+        let stacks = vec![thread_stacks(50, 0, Class::Leak, 5.0)];
+        let verdict = verdict(&stacks, &growing_timeline(), None);
+        assert!(verdict.leak);
+        assert_eq!((verdict.leaking_stacks, verdict.leaking_threads), (1, 50));
+        assert_eq!(
+            verdict.summary,
+            "LEAK: 1 stack growing steadily (a leak of threads: 50 threads started at spawn_worker still running, +5.00 threads/s; their stacks 400.00 MiB reserved, 600.00 KiB resident); outstanding memory +1000 B/s"
+        );
+        // Beside a leak of memory, the threads are said to be one of the two.
+        let both = vec![
+            stacks[0].clone(),
+            leaking(stack_of(&["remember_session", "main"], 1600 * 1024, 800)),
+        ];
+        let verdict = verdict_of(&both);
+        assert!(
+            verdict.summary.starts_with(
+                "LEAK: 2 stacks growing steadily (1 of them a leak of threads: 50 threads"
+            ),
+            "{}",
+            verdict.summary
+        );
+    }
+
+    #[test]
+    fn the_verdict_rate_counts_thread_stacks_by_what_they_cost() {
+        // Reserved stacks grow by 8 MiB a second, what is resident of them by 1000 B/s.
+        let timeline: Vec<TimelinePoint> = (0..10)
+            .map(|i| TimelinePoint {
+                t_secs: i as f64,
+                outstanding_bytes: 8 * MIB * i,
+                rss_bytes: None,
+                cost_bytes: Some(1000 * i),
+            })
+            .collect();
+        let verdict = verdict(&[], &timeline, None);
+        assert!(
+            (verdict.growth_bytes_per_sec - 1000.0).abs() < 1e-6,
+            "{}",
+            verdict.growth_bytes_per_sec
+        );
     }
 
     #[test]

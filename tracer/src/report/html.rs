@@ -197,7 +197,8 @@ details pre {{ margin: 4px 0; font-size: 12px; white-space: pre-wrap; }}
     )
 }
 
-/// Total outstanding, RSS, then the top growers.
+/// Total outstanding, RSS, then the top growers (thread stacks by what is resident of them, as
+/// their growth is judged).
 fn chart_series(report: &Report) -> Vec<Series> {
     let mut series = vec![
         Series {
@@ -205,7 +206,7 @@ fn chart_series(report: &Report) -> Vec<Series> {
             points: report
                 .timeline
                 .iter()
-                .map(|p| (p.t_secs, p.outstanding_bytes))
+                .map(|p| (p.t_secs, p.cost()))
                 .collect(),
         },
         Series {
@@ -238,7 +239,7 @@ fn chart_series(report: &Report) -> Vec<Series> {
             points: stack
                 .timeline
                 .iter()
-                .map(|p| (p.t_secs, p.outstanding_bytes))
+                .map(|p| (p.t_secs, p.cost()))
                 .collect(),
         });
     }

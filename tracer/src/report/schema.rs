@@ -352,6 +352,18 @@ pub struct TimelinePoint {
     pub outstanding_bytes: u64,
     /// Resident set size; null once the process has exited.
     pub rss_bytes: Option<u64>,
+    /// `outstanding_bytes` with thread stacks counted by what is resident of them rather than
+    /// what they reserve: what the process's growth rate and the verdict are computed from.
+    /// Absent in recordings from before it (their `outstanding_bytes` is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_bytes: Option<u64>,
+}
+
+impl TimelinePoint {
+    /// What the process's memory cost at this sample (see [`TimelinePoint::cost_bytes`]).
+    pub fn cost(&self) -> u64 {
+        self.cost_bytes.unwrap_or(self.outstanding_bytes)
+    }
 }
 
 /// One stack at one sample.
@@ -360,6 +372,19 @@ pub struct StackPoint {
     pub t_secs: f64,
     pub outstanding_bytes: u64,
     pub outstanding_allocations: u64,
+    /// Thread stacks: what was resident of them (absent for other stacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_bytes: Option<u64>,
+    /// Thread stacks: live threads on them (absent for other stacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u64>,
+}
+
+impl StackPoint {
+    /// What the stack's memory cost at this sample (thread stacks: what was resident of them).
+    pub fn cost(&self) -> u64 {
+        self.resident_bytes.unwrap_or(self.outstanding_bytes)
+    }
 }
 
 /// The verdict line of a report.
@@ -377,6 +402,10 @@ pub struct Verdict {
     /// or store to bound): not counted as leaking.
     #[serde(default)]
     pub referenced_growth_stacks: usize,
+    /// Live threads on the leaking stacks that are thread stacks: a leak of threads (their
+    /// count keeps growing). 0 when no thread stacks leak.
+    #[serde(default)]
+    pub leaking_threads: u64,
     /// Least-squares slope of the process's outstanding bytes over the trace.
     pub growth_bytes_per_sec: f64,
     pub memory_limit_bytes: Option<u64>,
@@ -497,6 +526,32 @@ pub struct Stack {
     /// allocated after the scan are in no class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reachability: Option<StackReachability>,
+    /// What kind of mapping the stack's records are: `mapping` (a direct mapping), or
+    /// `thread_stack` (threads' stacks: counted by what is resident of them, classed by their
+    /// thread count). Absent for heap blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping_kind: Option<MappingKind>,
+    /// Thread stacks: how many live threads run on them (each thread has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u64>,
+    /// Thread stacks: how many of them no live thread runs on: their threads ended, and the C
+    /// library keeps them mapped (glibc's stack cache, up to 40 MiB, for its next threads; or
+    /// a thread not joined yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_stacks: Option<u64>,
+    /// Thread stacks: the bytes of them in memory (`outstanding_bytes` is what they reserve),
+    /// from the process's pagemap at each sample (once the process is gone, as last read; a
+    /// stack it took with it before it was ever read counts 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_bytes: Option<u64>,
+}
+
+/// What kind of mapping a stack's records are (see [`Stack::mapping_kind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MappingKind {
+    Mapping,
+    ThreadStack,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -560,6 +615,21 @@ impl Stack {
 }
 
 impl Stack {
+    /// True for a stack of threads' stacks.
+    pub fn is_thread_stacks(&self) -> bool {
+        self.mapping_kind == Some(MappingKind::ThreadStack)
+    }
+
+    /// What the stack's memory costs: its outstanding bytes, but for thread stacks what is
+    /// resident of them, not the megabytes each thread reserves. Rankings, widths and growth
+    /// count this.
+    pub fn cost_bytes(&self) -> u64 {
+        match self.resident_bytes {
+            Some(resident) if self.is_thread_stacks() => resident,
+            _ => self.outstanding_bytes,
+        }
+    }
+
     /// The leading frames folded as allocator plumbing (marked `plumbing`).
     pub fn folded_frames(&self) -> &[Frame] {
         &self.frames[..folded_len(&self.frames)]
@@ -660,12 +730,12 @@ impl Report {
     /// stack's own frames, its leading allocator plumbing folded (so a leaf is the user's code,
     /// and stacks that differ only inside the allocator share it). When the trace covers
     /// several processes, each stack's root frame names its process, so stacks of different
-    /// processes never merge.
+    /// processes never merge. Bytes are what each stack costs ([`Stack::cost_bytes`]).
     pub fn folded_lines(&self) -> Vec<String> {
         let several = self.target.pids.len() > 1;
         self.stacks
             .iter()
-            .filter(|s| s.outstanding_bytes > 0)
+            .filter(|s| s.cost_bytes() > 0)
             .map(|stack| {
                 let process = format!("{} (pid {})", stack.comm.replace(';', ":"), stack.pid);
                 let mut names: Vec<String> = Vec::new();
@@ -682,7 +752,7 @@ impl Report {
                 if stack.frames.is_empty() {
                     names.push("[unknown stack]".to_string());
                 }
-                format!("{} {}", names.join(";"), stack.outstanding_bytes)
+                format!("{} {}", names.join(";"), stack.cost_bytes())
             })
             .collect()
     }

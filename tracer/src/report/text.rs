@@ -1,6 +1,6 @@
 //! The human-readable report printed at the end of a trace.
 
-use super::{Frame, FrameKind, Reachability, Report, StackReachability};
+use super::{Frame, FrameKind, Reachability, Report, Stack, StackReachability};
 use crate::growth::{Class, Severity};
 use crate::terminal::TerminalText;
 use crate::units::{human_bytes, human_rate};
@@ -118,6 +118,22 @@ pub fn render(report: &Report, top: usize) -> String {
         totals.outstanding_allocations,
         totals.allocations,
         totals.frees));
+    let thread_stacks: Vec<&Stack> = report
+        .stacks
+        .iter()
+        .filter(|s| s.is_thread_stacks())
+        .collect();
+    if !thread_stacks.is_empty() {
+        let count = |f: fn(&&Stack) -> u64| thread_stacks.iter().map(f).sum::<u64>();
+        let stacks = count(|s| s.outstanding_allocations);
+        out.line(format_args!(
+            "thread stacks: {stacks} of them ({} live threads, {} cached) reserve {} of that, {} of it resident; stacks are ranked and judged by what is resident of them",
+            count(|s| s.threads.unwrap_or(0)),
+            count(|s| s.cached_stacks.unwrap_or(0)),
+            human_bytes(count(|s| s.outstanding_bytes)),
+            human_bytes(count(|s| s.cost_bytes()))
+        ));
+    }
     if totals.dropped == 0 {
         out.line(format_args!("dropped: none"));
     } else {
@@ -154,8 +170,13 @@ pub fn render(report: &Report, top: usize) -> String {
         .any(|s| !s.folded_frames().is_empty());
     out.blank();
     out.line(format_args!(
-        "top {shown} of {} stacks by outstanding bytes{}:",
+        "top {shown} of {} stacks by outstanding bytes{}{}:",
         report.stacks.len(),
+        if thread_stacks.is_empty() {
+            ""
+        } else {
+            ", thread stacks by what is resident of them"
+        },
         if folds {
             " (leading allocator frames folded; --keep-plumbing shows them)"
         } else {
@@ -178,10 +199,19 @@ pub fn render(report: &Report, top: usize) -> String {
                 stack.pid, stack.comm
             ));
         }
+        if stack.is_thread_stacks() {
+            out.line(format_args!("    {}", describe_thread_stacks(stack)));
+        }
         if let Some(growth) = &stack.growth {
+            let rate = match growth.threads_per_sec {
+                Some(threads) => format!(
+                    "{} resident, {threads:+.2} threads/s",
+                    human_rate(growth.bytes_per_sec)
+                ),
+                None => human_rate(growth.bytes_per_sec),
+            };
             out.line(format_args!(
-                "    growth: {} ({}, severity {}; grew or held in {:.0}% of intervals)",
-                human_rate(growth.bytes_per_sec),
+                "    growth: {rate} ({}, severity {}; grew or held in {:.0}% of intervals)",
                 class_name(growth.class),
                 severity_name(growth.severity),
                 growth.non_decreasing_ratio * 100.0
@@ -207,6 +237,28 @@ pub fn render(report: &Report, top: usize) -> String {
     }
     render_functions(report, top, &mut out);
     out.into_string()
+}
+
+/// A stack of thread stacks in one line: its live threads, the stacks its C library keeps
+/// after their threads ended, and what they cost beside what they reserve.
+pub fn describe_thread_stacks(stack: &Stack) -> String {
+    let threads = stack.threads.unwrap_or(0);
+    let cached = stack.cached_stacks.unwrap_or(0);
+    let cost = match stack.resident_bytes {
+        Some(resident) => format!(
+            "{} resident of {} reserved",
+            human_bytes(resident),
+            human_bytes(stack.outstanding_bytes)
+        ),
+        None => format!(
+            "{} reserved (resident unknown)",
+            human_bytes(stack.outstanding_bytes)
+        ),
+    };
+    format!(
+        "thread stacks: {threads} live thread{}, {cached} cached (of threads that ended, kept for reuse); {cost}",
+        if threads == 1 { "" } else { "s" }
+    )
 }
 
 /// A reachability scan in one line: how it was made, then the four classes.
@@ -366,7 +418,6 @@ pub fn describe_frame(frame: &Frame) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Stack;
 
     fn frame(name: &str, plumbing: bool) -> Frame {
         Frame {
@@ -416,6 +467,48 @@ mod tests {
         assert!(text.contains(
             "stacks by outstanding bytes (leading allocator frames folded; --keep-plumbing shows them):"
         ));
+    }
+
+    #[test]
+    fn thread_stacks_say_their_threads_and_what_is_resident_beside_what_they_reserve() {
+        let mut report = report(vec![frame("spawn_worker", false)]);
+        let stack = &mut report.stacks[0];
+        stack.outstanding_bytes = 9 << 23;
+        stack.outstanding_allocations = 9;
+        stack.mapping_kind = Some(crate::report::MappingKind::ThreadStack);
+        stack.threads = Some(8);
+        stack.cached_stacks = Some(1);
+        stack.resident_bytes = Some(9 * 12 * 1024);
+        stack.growth = Some(crate::growth::Growth {
+            bytes_per_sec: 6144.0,
+            non_decreasing_ratio: 1.0,
+            class: Class::Plateau,
+            severity: Severity::None,
+            recent_bytes_per_sec: 0.0,
+            threads_per_sec: Some(0.5),
+        });
+        let text = render(&report, 10);
+        assert!(
+            text.contains("\nthread stacks: 9 of them (8 live threads, 1 cached) reserve 72.00 MiB of that, 108.00 KiB of it resident; stacks are ranked and judged by what is resident of them\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ntop 1 of 1 stacks by outstanding bytes, thread stacks by what is resident of them:\n"),
+            "{text}"
+        );
+        let stack: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("#1 "))
+            .skip(1)
+            .collect();
+        assert_eq!(
+            stack,
+            [
+                "    thread stacks: 8 live threads, 1 cached (of threads that ended, kept for reuse); 108.00 KiB resident of 72.00 MiB reserved",
+                "    growth: +6.00 KiB/s resident, +0.50 threads/s (plateau, severity none; grew or held in 100% of intervals)",
+                "    spawn_worker [redis-server]",
+            ]
+        );
     }
 
     #[test]

@@ -174,7 +174,12 @@ impl Session<'_> {
         let grower = self.history.top_grower().map(|(key, rate)| {
             let frames = self.stack_frames(&key);
             let own = self.config.outputs.plumbing.leading(&frames);
-            (super::status::grower_name(&frames, own), rate)
+            let mut name = super::status::grower_name(&frames, own);
+            if self.history.is_thread_stacks(&key) {
+                // Its rate is what is resident of them.
+                name.push_str(" (thread stacks, resident)");
+            }
+            (name, rate)
         });
         let line = Status {
             elapsed_secs: self.history.elapsed_secs(),

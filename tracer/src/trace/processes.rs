@@ -495,9 +495,15 @@ impl Session<'_> {
             if is_alive(pid) {
                 continue;
             }
+            // Once: its threads leave the kernel's map with it.
+            let first_time = self.probes.maps().traced.get(&pid, 0).is_ok();
             self.probes.untrace_process(pid);
             if let Some(tables) = self.tables.as_mut() {
                 tables.remove(pid);
+            }
+            if first_time && let Err(e) = self.collector.forget_threads(self.probes.maps_mut(), pid)
+            {
+                eprintln!("leaktracer: warning: pid {pid}: cannot read its threads: {e:#}");
             }
         }
     }

@@ -194,3 +194,71 @@ fn unmapping_both_pieces_of_a_split_mapping_leaves_nothing() {
     call::munmap(base + 2 * PAGE, PAGE as usize);
     assert_outstanding(&mut tracer, &[], "unmapping both pieces");
 }
+
+/// A thread's stack (glibc's `allocate_stack`: a `MAP_STACK` reservation, opened by mprotect)
+/// is recorded marked as a thread stack; from its start to its exit the thread is followed
+/// with the stack pointer it started with, at the top of that mapping; once it ended, glibc
+/// keeps the stack (cached), which no live thread runs on any more.
+#[test]
+fn a_thread_stack_is_marked_and_its_thread_followed_until_it_ends() {
+    use leaktracer::collect::MemoryKind;
+    use std::sync::mpsc;
+    use tracer_common::threads::THREAD_STACK;
+
+    let _one = exclusive();
+    let Some(mut tracer) = KernelTracer::start() else {
+        return;
+    };
+    // Larger than any stack glibc may have cached for this process already (libtest's threads
+    // take 2 MiB): a cached one would be reused, with no mapping made now.
+    const STACK: u64 = 9 << 20;
+    let (started, on_its_stack) = mpsc::channel();
+    let (finish, finished) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .stack_size(STACK as usize)
+        .spawn(move || {
+            let local = 0u8;
+            // SAFETY: gettid has no arguments and cannot fail.
+            let tid = unsafe { libc::gettid() } as u32;
+            started
+                .send((tid, std::hint::black_box(&local) as *const u8 as u64))
+                .unwrap();
+            finished.recv().unwrap();
+        })
+        .unwrap();
+    let (tid, local) = on_its_stack.recv().unwrap();
+    let (key, record) = tracer
+        .mapping_at(local)
+        .expect("the thread's stack is recorded");
+    assert_eq!(record.flags, THREAD_STACK, "marked as a thread stack");
+    assert_eq!(
+        record.size, STACK,
+        "the mprotect opened all but the guard page"
+    );
+    let end = key.addr + record.size;
+    let start = tracer.live_thread(tid).expect("the thread is followed");
+    assert_eq!(start.tgid, std::process::id());
+    assert!(
+        local < start.sp && start.sp < end && end - start.sp < 64 * 1024,
+        "it started at the top of its stack: {:#x} in {:#x}..{end:#x}",
+        start.sp,
+        key.addr
+    );
+    let live = tracer.stack_figures(record.stack_id).unwrap();
+    assert_eq!((live.kind, live.threads), (MemoryKind::ThreadStack, 1));
+    let resident = live.resident_bytes.expect("its pages were read");
+    assert!(
+        (PAGE..STACK).contains(&resident),
+        "a few pages of it are resident: {resident}"
+    );
+
+    finish.send(()).unwrap();
+    thread.join().unwrap();
+    assert_eq!(tracer.live_thread(tid), None, "its exit ended it");
+    let cached = tracer.stack_figures(record.stack_id).unwrap();
+    assert_eq!(
+        (cached.kind, cached.threads, cached.outstanding_bytes),
+        (MemoryKind::ThreadStack, 0, STACK),
+        "glibc keeps the stack after the join"
+    );
+}

@@ -9,9 +9,9 @@ use leaktracer::{
         allocator::{self, AllocatorOverride, AttachPlan},
         probes::{self, MapSizes, Probes},
     },
-    collect::Collector,
+    collect::{Collector, StackFigures},
 };
-use tracer_common::Counter;
+use tracer_common::{AllocKey, AllocRecord, Counter, StackKey, threads::ThreadStart};
 
 use crate::triggers;
 
@@ -73,7 +73,7 @@ impl KernelTracer {
     }
 
     /// Outstanding bytes summed over every stack of the kernel snapshot (what reports show).
-    pub fn snapshot_bytes(&self) -> u64 {
+    pub fn snapshot_bytes(&mut self) -> u64 {
         self.snapshot()
             .stacks
             .iter()
@@ -82,11 +82,38 @@ impl KernelTracer {
     }
 
     /// A loss or event counter of the snapshot, summed over CPUs.
-    pub fn counter(&self, counter: Counter) -> u64 {
+    pub fn counter(&mut self, counter: Counter) -> u64 {
         self.snapshot().counters[counter as usize]
     }
 
-    fn snapshot(&self) -> leaktracer::collect::KernelSnapshot {
+    /// This process's mapping record that contains `addr`, if the kernel holds one.
+    pub fn mapping_at(&self, addr: u64) -> Option<(AllocKey, AllocRecord)> {
+        let pid = std::process::id();
+        self.collector
+            .records_while(self.probes.maps(), &|| true)
+            .expect("the records read")
+            .expect("read whole: nothing asks to stop")
+            .into_iter()
+            .find(|(key, record)| {
+                key.tgid == pid && (key.addr..key.addr + record.size).contains(&addr)
+            })
+    }
+
+    /// Where the kernel says thread `tid` started, while it counts it alive.
+    pub fn live_thread(&self, tid: u32) -> Option<ThreadStart> {
+        self.probes.maps().live_threads.get(&tid, 0).ok()
+    }
+
+    /// The snapshot's figures of this process's stack `stack_id`.
+    pub fn stack_figures(&mut self, stack_id: u64) -> Option<StackFigures> {
+        let key = StackKey::new(std::process::id(), stack_id);
+        self.snapshot()
+            .stacks
+            .into_iter()
+            .find_map(|(k, figures)| (k == key).then_some(figures))
+    }
+
+    fn snapshot(&mut self) -> leaktracer::collect::KernelSnapshot {
         self.collector
             .snapshot(self.probes.maps(), None)
             .expect("the snapshot reads")
