@@ -590,6 +590,25 @@ fn wait_exit(workload: &mut Workload, within: Duration) -> std::process::ExitSta
     }
 }
 
+/// A heap of MIB built before the trace, then `leaktracer trace -q --reachability --max-pause
+/// MAX_PAUSE --pid` on it, attached.
+fn trace_built_heap(mib: &str, max_pause: &str) -> (Heap, Tracer) {
+    let mut heap = Heap::start(&[mib]);
+    heap.build();
+    let pid = heap.pid().to_string();
+    let mut tracer = Tracer::start([
+        "trace",
+        "-q",
+        "--reachability",
+        "--max-pause",
+        max_pause,
+        "--pid",
+        &pid,
+    ]);
+    tracer.wait_attached();
+    (heap, tracer)
+}
+
 /// Issue 24: the kernel stops a target at exit() with --reachability, and only leaktracer's
 /// next poll lets it go. A leaktracer SIGKILLed before that poll (here: stopped itself, so it
 /// cannot poll) must not leave the target stopped: its resume guard continues it, and the
@@ -597,19 +616,8 @@ fn wait_exit(workload: &mut Workload, within: Duration) -> std::process::ExitSta
 #[test]
 fn a_target_frozen_at_exit_runs_on_when_the_tracer_is_killed() {
     require_root();
-    let mut heap = Heap::start(&["4"]);
-    heap.build();
+    let (mut heap, tracer) = trace_built_heap("4", "5s");
     let pid = heap.pid();
-    let mut tracer = Tracer::start([
-        "trace",
-        "-q",
-        "--reachability",
-        "--max-pause",
-        "5s",
-        "--pid",
-        &pid.to_string(),
-    ]);
-    tracer.wait_attached();
     signal(tracer.pid(), libc::SIGSTOP);
     heap.say("exit");
     wait_state(
@@ -637,19 +645,8 @@ fn a_target_frozen_at_exit_runs_on_when_the_tracer_is_killed() {
 fn a_target_scanned_at_exit_runs_on_when_the_tracer_is_killed_mid_scan() {
     require_root();
     // 512 MiB takes about half a second to read: long enough to be caught in the scan.
-    let mut heap = Heap::start(&["512"]);
-    heap.build();
+    let (mut heap, tracer) = trace_built_heap("512", "30s");
     let pid = heap.pid();
-    let mut tracer = Tracer::start([
-        "trace",
-        "-q",
-        "--reachability",
-        "--max-pause",
-        "30s",
-        "--pid",
-        &pid.to_string(),
-    ]);
-    tracer.wait_attached();
     heap.say("exit");
     let deadline = Instant::now() + Duration::from_secs(30);
     while state_of(pid).1 != tracer.pid() {
