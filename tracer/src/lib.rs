@@ -17,6 +17,7 @@
 //! - [`units`]: sizes and durations, parsed and shown;
 //! - [`terminal`]: what is printed, with control characters escaped.
 
+pub mod arch;
 pub mod attach;
 pub mod cli;
 pub mod collect;
