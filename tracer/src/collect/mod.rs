@@ -1,6 +1,11 @@
 //! Reading what the kernel recorded: the outstanding allocations summed per stack, the
 //! per-stack totals, the loss counters, and stack traces. Also settles the munmap ranges the
 //! kernel handed to userspace.
+//!
+//! - `kernel_maps`: the object's maps as typed handles ([`KernelMaps`]), resolved once at load;
+//! - [`table`]: the heap record table, read in place through a read-only mapping;
+//! - `batch`: reading whole maps in a few `BPF_MAP_LOOKUP_BATCH` calls;
+//! - [`threads`]: which recorded mappings are thread stacks, and which a live thread runs on.
 
 mod batch;
 mod kernel_maps;
