@@ -21,8 +21,9 @@ pub enum Role {
     /// Stops a launched command at its entry point, once, so its unwind tables are written
     /// before its first allocation.
     Launch,
-    /// The entry of an interpreter's teardown (CPython's `Py_FinalizeEx`): the process's
-    /// picture freezes there, so what a script leaked is reported although teardown frees it.
+    /// The entry of a process's teardown: CPython's `Py_FinalizeEx`, and with `--reachability`
+    /// the C library's `exit()` (the same program, [`INTERPRETER_EXIT`]). The process's picture
+    /// freezes there, so what it leaked is reported although teardown frees it.
     Freeze,
 }
 
@@ -171,8 +172,9 @@ pub const PYMALLOC_FREE_ENTER: Program = Program {
     arguments: &[1],
 };
 
-/// CPython's `Py_FinalizeEx`, and with `--reachability` the C library's `exit` (see
-/// [`Role::Freeze`]).
+/// CPython's `Py_FinalizeEx`, and with `--reachability` the C library's `exit()` too, despite
+/// its name (see [`Role::Freeze`]): freezes the process's picture, and stops the process when
+/// userspace has work to do there (read its code objects, scan it).
 pub const INTERPRETER_EXIT: Program = Program {
     name: "interpreter_exit",
     role: Role::Freeze,

@@ -13,10 +13,15 @@
 //!   [`trace::TraceConfig`];
 //! - [`history`]: the samples a trace took, in memory; [`growth`]: what they show;
 //! - [`reach`]: which outstanding blocks a live target can still reach (`--reachability`);
+//! - [`unwind`]: call-frame information compiled into the tables the kernel walks stacks with;
 //! - [`cli`]: the command line (clap), turned into those configurations;
+//! - [`error`]: the errors a user can act on, one line each;
 //! - [`units`]: sizes and durations, parsed and shown;
-//! - [`terminal`]: what is printed, with control characters escaped.
+//! - [`terminal`]: what is printed, with control characters escaped;
+//! - [`arch`]: what differs between processors (registers, register sets, the CFI register
+//!   map, the instruction decoder): the only module that names a register.
 
+pub mod arch;
 pub mod attach;
 pub mod cli;
 pub mod collect;

@@ -1,11 +1,12 @@
 //! Where to probe and the probes themselves.
 //!
 //! [`allocator`] finds the object that serves `malloc` for the target (and the one that provides
-//! `mmap`), and the file offset of every allocator entry point in it; [`probes`] loads the eBPF
-//! programs and attaches them there, for the target's pid only: with one `uprobe_multi` link
-//! per program and object where the kernel has them ([`multi`], through [`bpf_sys`]), else one
-//! perf event per probe; [`detach`] closes links from several threads; [`map_memory`] says what
-//! the kernel maps will take before they are created.
+//! `mmap`), and the file offset of every allocator entry point in it ([`elf`] reads the
+//! symbols, [`placement`] moves an entry probe past instructions the kernel would single-step);
+//! [`probes`] loads the eBPF programs and attaches them there, for the target's pid only: with
+//! one `uprobe_multi` link per program and object where the kernel has them ([`multi`], through
+//! [`bpf_sys`]), else one perf event per probe; [`detach`] closes links from several threads;
+//! [`map_memory`] says what the kernel maps will take before they are created.
 
 pub mod allocator;
 pub mod bpf_sys;

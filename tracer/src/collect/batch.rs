@@ -97,6 +97,7 @@ fn read_map_fd<K: Pod, V: Pod>(
             keys.set_len(filled);
             values.set_len(filled);
         }
+        // SAFETY: after `set_len(filled)` every entry is one the kernel initialized.
         entries.extend(
             keys.iter()
                 .zip(&values)
@@ -152,6 +153,7 @@ mod tests {
             max_entries: entries,
             map_flags: 0,
         };
+        // SAFETY: BPF_MAP_CREATE reads `size` bytes of `create`, which outlives the call.
         let fd =
             unsafe { libc::syscall(libc::SYS_bpf, 0, &raw const create, size_of::<CreateAttr>()) };
         let error = io::Error::last_os_error();
@@ -164,6 +166,7 @@ mod tests {
             return None;
         }
         assert!(fd >= 0, "BPF_MAP_CREATE: {error}");
+        // SAFETY: a fresh descriptor the kernel just returned, owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         for i in 0..entries {
             let key = AllocKey::new(7, 0x1000 * u64::from(i));
@@ -177,6 +180,8 @@ mod tests {
                 value: &raw const value as u64,
                 ..Default::default()
             };
+            // SAFETY: BPF_MAP_UPDATE_ELEM reads `update` and the key and value it points at,
+            // which all outlive the call.
             let ok = unsafe {
                 libc::syscall(libc::SYS_bpf, 2, &raw const update, size_of::<UpdateAttr>())
             };

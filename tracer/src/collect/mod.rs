@@ -1,6 +1,11 @@
 //! Reading what the kernel recorded: the outstanding allocations summed per stack, the
 //! per-stack totals, the loss counters, and stack traces. Also settles the munmap ranges the
 //! kernel handed to userspace.
+//!
+//! - `kernel_maps`: the object's maps as typed handles ([`KernelMaps`]), resolved once at load;
+//! - [`table`]: the heap record table, read in place through a read-only mapping;
+//! - `batch`: reading whole maps in a few `BPF_MAP_LOOKUP_BATCH` calls;
+//! - [`threads`]: which recorded mappings are thread stacks, and which a live thread runs on.
 
 mod batch;
 mod kernel_maps;
@@ -30,6 +35,7 @@ pub fn monotonic_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: clock_gettime writes only the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

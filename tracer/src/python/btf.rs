@@ -1,6 +1,8 @@
-//! The one kernel struct offset the Python walk needs: where `task_struct` keeps the thread's
-//! FS base (x86-64 `thread.fsbase`), read from the kernel's BTF (`/sys/kernel/btf/vmlinux`), so
-//! it is right for the running kernel whatever its configuration.
+//! Offsets in the kernel's `task_struct` the programs read, from its BTF
+//! (`/sys/kernel/btf/vmlinux`), so they are right for the running kernel whatever its
+//! configuration: the thread pointer for the Python walk (its member named by
+//! [`crate::arch::THREAD_POINTER_MEMBER`]), `tgid` and `exit_code` for the endings, `flags` for
+//! the threads a signal killed.
 
 use std::{collections::HashMap, fs};
 
@@ -40,7 +42,8 @@ pub fn task_flags_offset() -> Option<u32> {
         .find_map(|t| t.members.iter().find(|(n, _)| n == "flags").map(|m| m.1))
 }
 
-/// The byte offset of `task_struct.thread.fsbase` in the running kernel, if its BTF says.
+/// The byte offset of the thread's thread pointer in `task_struct` (inside its `thread`) in the
+/// running kernel, if its BTF says.
 pub fn fsbase_offset() -> Option<u32> {
     let data = fs::read("/sys/kernel/btf/vmlinux").ok()?;
     let types = composites(&data)?;
@@ -50,7 +53,8 @@ pub fn fsbase_offset() -> Option<u32> {
             .filter(|t| t.name == strukt)
             .find_map(|t| t.members.iter().find(|(n, _)| n == member).map(|m| m.1))
     };
-    Some(member("task_struct", "thread")? + member("thread_struct", "fsbase")?)
+    let (strukt, field) = crate::arch::THREAD_POINTER_MEMBER;
+    Some(member("task_struct", "thread")? + member(strukt, field)?)
 }
 
 fn u16_at(data: &[u8], at: usize) -> Option<u16> {

@@ -991,11 +991,14 @@ mod tests {
         };
 
         /// `malloc(size)`, filled so stale bytes do not look like anything; returns its index.
-        unsafe fn alloc(&mut self, size: usize) -> usize {
+        fn alloc(&mut self, size: usize) -> usize {
+            // SAFETY: malloc has no preconditions.
             let ptr = unsafe { libc::malloc(size) };
             if ptr.is_null() || self.len as usize == MAX_RECS {
+                // SAFETY: _exit has no preconditions (the child process gives up).
                 unsafe { libc::_exit(3) };
             }
+            // SAFETY: `ptr` is a fresh block of `size` bytes.
             unsafe { libc::memset(ptr, 0x5a, size) };
             let index = self.len as usize;
             self.recs[index] = Rec {
@@ -1007,14 +1010,18 @@ mod tests {
             index
         }
 
+        /// # Safety
+        /// `index` is a block this plan allocated and has not freed yet.
         unsafe fn free(&mut self, index: usize) {
+            // SAFETY: a live block of malloc's, by the caller's promise.
             unsafe { libc::free(self.recs[index].ptr as *mut libc::c_void) };
             self.recs[index].freed = 1;
         }
 
         /// Blocks that end in the tcache, in fastbins, in the unsorted, small and large bins,
         /// and live blocks between them so the freed ones do not merge.
-        unsafe fn run(&mut self) {
+        fn run(&mut self) {
+            // SAFETY: every block freed below is one this run allocated, freed once.
             unsafe {
                 let tcache: Vec<usize> = (0..7).map(|_| self.alloc(48)).collect();
                 let fast32: Vec<usize> = (0..20).map(|_| self.alloc(24)).collect();
@@ -1067,6 +1074,8 @@ mod tests {
     }
 
     extern "C" fn second_thread(arg: *mut libc::c_void) -> *mut libc::c_void {
+        // SAFETY: `arg` is the ThreadArgs of glibc_plan_child, which outlives this thread (its
+        // creator parks after the plans are written), and only this thread touches its plan.
         unsafe {
             let args = &*(arg as *const ThreadArgs);
             (*args.plan).run();
@@ -1080,6 +1089,7 @@ mod tests {
 
     fn pipe() -> [libc::c_int; 2] {
         let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into the array it is given.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         fds
     }
@@ -1096,6 +1106,9 @@ mod tests {
         let Some(path) = std::env::var_os(PLAN_FILE) else {
             return;
         };
+        // SAFETY: a process of its own (the test binary re-run for this only): the pointers
+        // passed (the pipe, `args`, `plans`) outlive the second thread, which parks, and the
+        // plans are read as bytes once both runs are over (`ready` orders the second's).
         unsafe {
             let ready = pipe();
             let mut plans = [Plan::EMPTY, Plan::EMPTY];
@@ -1169,6 +1182,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
         assert_eq!(bytes.len(), std::mem::size_of::<[Plan; 2]>());
+        // SAFETY: exactly the bytes of two Plans (asserted above), which are plain integers.
         let plans: [Plan; 2] = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         (child, plans[0], plans[1])
     }

@@ -29,13 +29,13 @@ use mark::{Class, Graph, Node};
 use scan::{Block, Found, merge, scan_ranges, sort_register_words, subtract};
 use stop::{Frozen, StopError};
 
-use crate::target::{
-    maps::{Mapping, read_maps},
-    remote::RemoteMemory,
+use crate::{
+    arch::RED_ZONE,
+    target::{
+        maps::{Mapping, read_maps},
+        remote::RemoteMemory,
+    },
 };
-
-/// x86-64 leaf functions may keep data in the 128 bytes below the stack pointer.
-const RED_ZONE: u64 = 128;
 
 /// A scan without stopping the target (another tracer holds it) may take this long.
 const UNSTOPPED_BUDGET: Duration = Duration::from_secs(30);

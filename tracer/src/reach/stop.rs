@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::arch;
+
 /// Why a process could not be stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {
@@ -37,10 +39,10 @@ pub struct StoppedThread {
     pub tid: u32,
     /// Its stack pointer.
     pub sp: u64,
-    /// Every general-purpose register, `fs_base` included.
+    /// Every general-purpose register, the thread pointer included (see [`arch::general`]).
     pub general: Vec<u64>,
-    /// The 8-byte lanes of its vector registers (XMM, YMM upper halves, AVX-512 state when the
-    /// CPU has it): compilers keep pointers there too.
+    /// The 8-byte lanes of its vector registers that are not zero (see [`arch::vector_words`]):
+    /// compilers keep pointers there too.
     pub vector: Vec<u64>,
     /// A signal that arrived while it was being stopped, delivered again at release.
     pending_signal: i32,
@@ -51,12 +53,6 @@ pub struct Frozen {
     pub pid: u32,
     pub threads: Vec<StoppedThread>,
 }
-
-/// `user_regs_struct` on x86-64: 27 registers, `rsp` the 20th.
-const GENERAL_REGISTERS: usize = 27;
-const RSP: usize = 19;
-const NT_PRSTATUS: usize = 1;
-const NT_X86_XSTATE: usize = 0x202;
 
 /// How long a thread that missed the deadline gets to reach its stop so it can be released.
 const STRAGGLER_GRACE: Duration = Duration::from_secs(2);
@@ -192,18 +188,18 @@ fn wait_stopped(tid: u32, deadline: Instant) -> Waited {
 }
 
 fn read_registers(tid: u32, pending_signal: i32) -> StoppedThread {
-    let mut general = vec![0u64; GENERAL_REGISTERS];
-    let got = regset(tid, NT_PRSTATUS, bytemuck_u64(&mut general));
+    let mut general = vec![0u64; arch::general::COUNT];
+    let got = regset(tid, arch::GENERAL_REGSET, bytemuck_u64(&mut general));
     general.truncate(got / 8);
-    let sp = general.get(RSP).copied().unwrap_or(0);
-    let mut xsave = vec![0u64; 16 * 1024 / 8];
-    let got = regset(tid, NT_X86_XSTATE, bytemuck_u64(&mut xsave));
-    xsave.truncate(got / 8);
+    let sp = general.get(arch::general::SP).copied().unwrap_or(0);
+    let mut vector = vec![0u64; arch::VECTOR_REGSET_BYTES / 8];
+    let got = regset(tid, arch::VECTOR_REGSET, bytemuck_u64(&mut vector));
+    vector.truncate(got / 8);
     StoppedThread {
         tid,
         sp,
         general,
-        vector: vector_words(&xsave),
+        vector: arch::vector_words(&vector),
         pending_signal,
     }
 }
@@ -226,40 +222,6 @@ fn regset(tid: u32, kind: usize, buf: &mut [u8]) -> usize {
     } else {
         0
     }
-}
-
-/// The vector-register lanes of an XSAVE area (as PTRACE_GETREGSET NT_X86_XSTATE gives it:
-/// components the thread has not used read as their init state, zero).
-fn vector_words(xsave: &[u64]) -> Vec<u64> {
-    // XMM0-15 sit in the legacy area at byte 160; the other components where CPUID leaf 0xD
-    // says, present when XCR0 (saved at byte 464) enables them.
-    let mut words: Vec<u64> = xsave.iter().skip(160 / 8).take(256 / 8).copied().collect();
-    let xcr0 = xsave.get(464 / 8).copied().unwrap_or(0);
-    // 2: YMM upper halves; 5: AVX-512 opmasks; 6: ZMM upper halves; 7: ZMM16-31.
-    for component in [2u32, 5, 6, 7] {
-        if xcr0 & (1 << component) == 0 {
-            continue;
-        }
-        let (size, offset) = component_place(component);
-        let (start, end) = (offset as usize / 8, (offset + size) as usize / 8);
-        if let Some(lanes) = xsave.get(start..end) {
-            words.extend_from_slice(lanes);
-        }
-    }
-    words.retain(|w| *w != 0);
-    words
-}
-
-#[cfg(target_arch = "x86_64")]
-fn component_place(component: u32) -> (u32, u32) {
-    // CPUID leaf 0xD exists on every CPU with XSAVE, which NT_X86_XSTATE implies.
-    let leaf = std::arch::x86_64::__cpuid_count(0xd, component);
-    (leaf.eax, leaf.ebx)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn component_place(_component: u32) -> (u32, u32) {
-    (0, 0)
 }
 
 /// The process's threads, from `/proc/PID/task`.
@@ -317,7 +279,7 @@ mod tests {
             let frozen = Frozen::stop(pid, Instant::now() + Duration::from_secs(2)).unwrap();
             assert_eq!(frozen.threads.len(), 1);
             assert!(frozen.threads[0].sp != 0);
-            assert_eq!(frozen.threads[0].general.len(), GENERAL_REGISTERS);
+            assert_eq!(frozen.threads[0].general.len(), arch::general::COUNT);
             assert!(state_of(pid).starts_with('t'), "{}", state_of(pid));
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -3,7 +3,9 @@
 //!
 //! [`schema`] is the report itself (the JSON contract); [`build`] assembles it from what a trace
 //! collected; [`plumbing`] says which leading frames are the allocator's, for the renderings to
-//! fold; the other modules render it.
+//! fold. The renderings: [`text`], [`flamegraph`], [`html`], [`pprof`] (JSON and the folded
+//! stacks come from [`schema`] itself); [`diff`] compares two recordings; [`output`] writes
+//! every file safely.
 
 pub mod build;
 pub mod diff;

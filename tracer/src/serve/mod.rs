@@ -6,8 +6,9 @@
 //! [`Published`] set; the server (its own thread and async runtime) only hands out clones of
 //! it. So a slow or stuck client holds nothing the trace needs: publishing swaps a pointer.
 //!
-//! Every request must be addressed to the server ([`host`]), and a scan, which stops the
-//! target, is made only on `POST /api/reachability` with `--reachability` ([`scans`]).
+//! [`metrics`] renders `/metrics`, [`api`] the other JSON endpoints. Every request must be
+//! addressed to the server ([`host`]), and a scan, which stops the target, is made only on
+//! `POST /api/reachability` with `--reachability` ([`scans`]).
 
 mod api;
 mod host;

@@ -53,7 +53,9 @@ impl Cgroup {
         let dir = fs::canonicalize(dir).map_err(|_| CgroupError::NotCgroup2(dir.to_path_buf()))?;
         let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(|_| CgroupError::NotCgroup2(dir.clone()))?;
+        // SAFETY: statfs is plain integers, for which all zeroes is a valid value.
         let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a statfs for the kernel to fill.
         if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0
             || stat.f_type as i64 != CGROUP2_SUPER_MAGIC
         {

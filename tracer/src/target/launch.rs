@@ -223,6 +223,7 @@ impl LaunchedChild {
         c_argv.push(std::ptr::null());
 
         let mut pipe_fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array it is given.
         if unsafe { libc::pipe2(pipe_fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             return Err(launch_error(argv, io::Error::last_os_error()));
         }
@@ -256,9 +257,12 @@ impl LaunchedChild {
                 libc::_exit(127);
             }
         }
+        // SAFETY: the pipe's write end is the child's now; this process never uses it again.
         unsafe { libc::close(write_fd) };
+        // SAFETY: the pipe's read end, owned by nothing else: the File closes it.
         let exec_status = unsafe { fs::File::from_raw_fd(read_fd) };
         let mut status = 0;
+        // SAFETY: waits for our own child, writing only `status`.
         let waited = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
         if waited != pid || !libc::WIFSTOPPED(status) {
             return Err(launch_error(argv, "the child did not stop before exec"));
@@ -273,6 +277,7 @@ impl LaunchedChild {
 
     /// Lets the child exec its command; fails when exec failed.
     pub fn resume(&mut self, argv: &[String]) -> Result<(), TraceError> {
+        // SAFETY: a signal to our own child, not yet reaped, so its pid is still its own.
         unsafe { libc::kill(self.pid as i32, libc::SIGCONT) };
         let mut errno = [0u8; 4];
         match self.exec_status.read(&mut errno) {
@@ -290,6 +295,7 @@ impl LaunchedChild {
     /// Sends `signal` to the child if it still runs.
     pub fn signal(&self, signal: i32) {
         if self.exit_status.is_none() {
+            // SAFETY: a signal to our own child, not yet reaped, so its pid is still its own.
             unsafe { libc::kill(self.pid as i32, signal) };
         }
     }
@@ -298,6 +304,7 @@ impl LaunchedChild {
     pub fn try_reap(&mut self) -> Option<i32> {
         if self.exit_status.is_none() {
             let mut status = 0;
+            // SAFETY: waits for our own child, writing only `status`.
             if unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) }
                 == self.pid as i32
             {
@@ -374,6 +381,7 @@ impl LaunchedChild {
     pub fn reap_blocking(&mut self) -> Option<i32> {
         if self.exit_status.is_none() {
             let mut status = 0;
+            // SAFETY: waits for our own child, writing only `status`.
             if unsafe { libc::waitpid(self.pid as i32, &mut status, 0) } == self.pid as i32 {
                 self.exit_status = Some(status);
             }

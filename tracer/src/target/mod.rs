@@ -1,5 +1,11 @@
 //! The process being traced: reading what `/proc` says about it, and launching a command stopped
 //! so it can be traced from its first allocation.
+//!
+//! - [`process`]: facts from `/proc/PID`; [`maps`]: its memory map; [`memory`]: its memory
+//!   limit and resident set; [`remote`]: reading its memory;
+//! - [`cgroup`]: cgroup v2 directories, their ids and processes;
+//! - [`launch`]: a command forked stopped before its exec; [`resume_guard`]: the process that
+//!   resumes stopped targets if leaktracer dies.
 
 pub mod cgroup;
 pub mod launch;

@@ -1,6 +1,7 @@
 //! Unwind tables compiled from an object's call-frame information (`.eh_frame`, or
 //! `.debug_frame` without it): for each
-//! address range, how to find the canonical frame address and the caller's saved RBP, as
+//! address range, how to find the canonical frame address and the caller's saved frame
+//! pointer, as
 //! compact [`UnwindRow`]s sorted by address; and [`step`], the rule the kernel's walker follows
 //! (here for tests against real stacks). What the row format cannot express becomes a
 //! [`CfaRule::Stop`] row and is counted in [`TableStats`], never dropped silently.
@@ -9,12 +10,12 @@ use std::{collections::HashMap, fs, path::Path, sync::Arc};
 
 use gimli::{
     BaseAddresses, CfaRule as GimliCfa, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian,
-    Register, RegisterRule, UnwindContext, UnwindSection, X86_64,
+    RegisterRule, UnwindContext, UnwindSection,
 };
 use object::{Object, ObjectSection};
 use tracer_common::{CfaRule, FpRule, UnwindRow};
 
-use crate::target::maps::Mapping;
+use crate::{arch::cfi, target::maps::Mapping};
 
 /// What compiling a table met, besides the rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,36 +48,6 @@ pub enum UnwindError {
     NotElf { path: String, reason: String },
     #[error("{path}: malformed .eh_frame: {reason}")]
     BadCfi { path: String, reason: String },
-}
-
-/// The PLT stubs' CFA expression, as GNU ld writes it: `RSP + 8 + ((RIP & 15) >= N) << 3`,
-/// with N at the byte marked here (lit11 for `.plt`, lit10 in some layouts).
-const PLT_EXPRESSION: [u8; 11] = [
-    0x77, 0x08, // DW_OP_breg7 (rsp) 8
-    0x80, 0x00, // DW_OP_breg16 (rip) 0
-    0x3f, // DW_OP_lit15
-    0x1a, // DW_OP_and
-    0x3b, // DW_OP_lit11 (N)
-    0x2a, // DW_OP_ge
-    0x33, // DW_OP_lit3
-    0x24, // DW_OP_shl
-    0x22, // DW_OP_plus
-];
-const PLT_THRESHOLD_AT: usize = 6;
-
-/// The threshold N of a PLT expression, if `bytes` is one.
-fn plt_threshold(bytes: &[u8]) -> Option<i32> {
-    if bytes.len() != PLT_EXPRESSION.len() {
-        return None;
-    }
-    let same_elsewhere = bytes
-        .iter()
-        .zip(PLT_EXPRESSION)
-        .enumerate()
-        .all(|(i, (a, b))| i == PLT_THRESHOLD_AT || *a == b);
-    let literal = bytes[PLT_THRESHOLD_AT];
-    // DW_OP_lit0 is 0x30.
-    (same_elsewhere && (0x30..=0x4f).contains(&literal)).then(|| i32::from(literal - 0x30))
 }
 
 fn stop_row(pc: u32) -> UnwindRow {
@@ -216,9 +187,10 @@ fn compile_row<R: gimli::Reader, S: UnwindSection<R>>(
     section: &S,
 ) -> UnwindRow {
     let unrepresentable = stop_row(0);
-    // x86-64: the return address is at CFA - 8; anything else this format cannot follow.
-    match row.register(X86_64::RA) {
-        Some(RegisterRule::Offset(-8)) | None => {}
+    // The return address where `call` pushes it; anything else this format cannot follow.
+    match row.register(cfi::RETURN_ADDRESS) {
+        Some(RegisterRule::Offset(offset)) if offset == cfi::RETURN_ADDRESS_AT => {}
+        None => {}
         // The outermost frame (`_start`, `clone`'s child): the stack is complete.
         Some(RegisterRule::Undefined) => {
             return UnwindRow {
@@ -234,8 +206,8 @@ fn compile_row<R: gimli::Reader, S: UnwindSection<R>>(
                 return unrepresentable;
             };
             match *register {
-                X86_64::RSP => (CfaRule::SpOffset, offset),
-                X86_64::RBP => (CfaRule::FpOffset, offset),
+                cfi::STACK_POINTER => (CfaRule::SpOffset, offset),
+                cfi::FRAME_POINTER => (CfaRule::FpOffset, offset),
                 _ => return unrepresentable,
             }
         }
@@ -243,14 +215,14 @@ fn compile_row<R: gimli::Reader, S: UnwindSection<R>>(
             let threshold = expression
                 .get(section)
                 .ok()
-                .and_then(|e| e.0.to_slice().ok().and_then(|b| plt_threshold(&b)));
+                .and_then(|e| e.0.to_slice().ok().and_then(|b| cfi::plt_threshold(&b)));
             match threshold {
                 Some(threshold) => (CfaRule::Plt, threshold),
                 None => return unrepresentable,
             }
         }
     };
-    let (fp_rule, fp_offset) = match row.register(Register(X86_64::RBP.0)) {
+    let (fp_rule, fp_offset) = match row.register(cfi::FRAME_POINTER) {
         None | Some(RegisterRule::SameValue) => (FpRule::Unchanged, 0),
         Some(RegisterRule::Offset(offset)) => match i32::try_from(offset) {
             Ok(offset) => (FpRule::AtCfaOffset, offset),
@@ -410,7 +382,7 @@ impl TableCache {
 pub struct Registers {
     pub pc: u64,
     pub sp: u64,
-    /// RBP; 0 once it is lost (see [`FpRule::Lost`]).
+    /// The frame pointer; 0 once it is lost (see [`FpRule::Lost`]).
     pub fp: u64,
 }
 
@@ -444,20 +416,13 @@ pub fn step(
             }
             regs.fp.wrapping_add_signed(offset)
         }
-        r if r == CfaRule::Plt as u8 => {
-            let pushed = if (regs.pc & 15) as i64 >= offset {
-                8
-            } else {
-                0
-            };
-            regs.sp + 8 + pushed
-        }
+        r if r == CfaRule::Plt as u8 => cfi::plt_cfa(regs.sp, regs.pc, offset),
         _ => return Err(StepError::Stop),
     };
     if cfa <= regs.sp {
         return Err(StepError::CfaNotAboveSp);
     }
-    let pc = read(cfa - 8).ok_or(StepError::Unreadable)?;
+    let pc = read(cfa.wrapping_add_signed(cfi::RETURN_ADDRESS_AT)).ok_or(StepError::Unreadable)?;
     let fp = match row.fp_rule {
         r if r == FpRule::Unchanged as u8 => regs.fp,
         r if r == FpRule::AtCfaOffset as u8 => {
@@ -474,12 +439,20 @@ mod tests {
 
     use super::*;
 
-    /// What readelf says at one address: the CFA, rbp and ra columns.
+    /// What readelf says at one address: the CFA, frame-pointer and ra columns.
     struct ReadelfRow {
         pc: u64,
         cfa: String,
-        rbp: String,
+        fp: String,
         ra: String,
+    }
+
+    /// The stack and frame pointers' names, as readelf spells them.
+    fn sp_name() -> &'static str {
+        cfi::register_name(cfi::STACK_POINTER)
+    }
+    fn fp_name() -> &'static str {
+        cfi::register_name(cfi::FRAME_POINTER)
     }
 
     /// Every interpreted row of `readelf --debug-dump=frames-interp`: an independent reading of
@@ -491,7 +464,7 @@ mod tests {
             .ok()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut rows = Vec::new();
-        // Initial (cfa, rbp, ra) of each CIE, by its offset.
+        // Initial (cfa, fp, ra) of each CIE, by its offset.
         let mut cies: std::collections::HashMap<String, (String, String, String)> =
             Default::default();
         let mut columns: Vec<String> = Vec::new();
@@ -508,11 +481,11 @@ mod tests {
                 let cie = line.split("cie=").nth(1)?.split_whitespace().next()?;
                 let range = line.split("pc=").nth(1)?;
                 let pc = u64::from_str_radix(range.split("..").next()?, 16).ok()?;
-                let (cfa, rbp, ra) = cies
+                let (cfa, fp, ra) = cies
                     .get(cie)
                     .cloned()
-                    .unwrap_or_else(|| ("rsp+8".into(), "u".into(), "c-8".into()));
-                rows.push(ReadelfRow { pc, cfa, rbp, ra });
+                    .unwrap_or_else(|| (format!("{}+8", sp_name()), "u".into(), "c-8".into()));
+                rows.push(ReadelfRow { pc, cfa, fp, ra });
             } else if fields.first() == Some(&"LOC") {
                 columns = fields.iter().map(|f| f.to_string()).collect();
             } else if !columns.is_empty() && fields.len() == columns.len() {
@@ -528,13 +501,12 @@ mod tests {
                 let row = ReadelfRow {
                     pc,
                     cfa: fields[1].to_string(),
-                    rbp: column("rbp", "u"),
+                    fp: column(fp_name(), "u"),
                     ra: column("ra", "c-8"),
                 };
                 match &current_cie {
                     Some(cie) => {
-                        cies.entry(cie.clone())
-                            .or_insert((row.cfa, row.rbp, row.ra));
+                        cies.entry(cie.clone()).or_insert((row.cfa, row.fp, row.ra));
                     }
                     None => {
                         // The first row of a table restates the FDE's start.
@@ -551,17 +523,17 @@ mod tests {
 
     fn describe(row: &UnwindRow) -> (String, String) {
         let cfa = match row.cfa_rule {
-            r if r == CfaRule::SpOffset as u8 => format!("rsp+{}", row.cfa_offset),
-            r if r == CfaRule::FpOffset as u8 => format!("rbp+{}", row.cfa_offset),
+            r if r == CfaRule::SpOffset as u8 => format!("{}+{}", sp_name(), row.cfa_offset),
+            r if r == CfaRule::FpOffset as u8 => format!("{}+{}", fp_name(), row.cfa_offset),
             r if r == CfaRule::Plt as u8 => "exp".to_string(),
             _ => "stop".to_string(),
         };
-        let rbp = match row.fp_rule {
+        let fp = match row.fp_rule {
             r if r == FpRule::AtCfaOffset as u8 => format!("c{}", row.fp_offset),
             r if r == FpRule::Unchanged as u8 => "u".to_string(),
             _ => "lost".to_string(),
         };
-        (cfa, rbp)
+        (cfa, fp)
     }
 
     /// `path`'s table, compiled and checked row by row against readelf's interpretation of the
@@ -579,10 +551,11 @@ mod tests {
         for row in &expected {
             // readelf's own spellings for rules outside the format (other registers,
             // expressions other than the PLT's) are not compared.
-            let representable =
-                (row.cfa.starts_with("rsp+") || row.cfa.starts_with("rbp+") || row.cfa == "exp")
-                    && (row.rbp == "u" || row.rbp.starts_with("c-"))
-                    && (row.ra == "c-8" || row.ra == "u");
+            let representable = (row.cfa.starts_with(&format!("{}+", sp_name()))
+                || row.cfa.starts_with(&format!("{}+", fp_name()))
+                || row.cfa == "exp")
+                && (row.fp == "u" || row.fp.starts_with("c-"))
+                && (row.ra == "c-8" || row.ra == "u");
             if !representable {
                 continue;
             }
@@ -593,12 +566,12 @@ mod tests {
             let expected = if row.ra == "u" {
                 ("stop".to_string(), "lost".to_string())
             } else {
-                (row.cfa.clone(), row.rbp.clone())
+                (row.cfa.clone(), row.fp.clone())
             };
             if ours.as_ref() != Some(&expected) {
                 mismatches.push(format!(
                     "{:#x}: readelf {} {}, ours {ours:?}",
-                    row.pc, row.cfa, row.rbp
+                    row.pc, row.cfa, row.fp
                 ));
             }
         }
@@ -697,18 +670,6 @@ mod tests {
     }
 
     #[test]
-    fn plt_expressions_are_recognized_and_others_are_not() {
-        assert_eq!(plt_threshold(&PLT_EXPRESSION), Some(11));
-        let mut ten = PLT_EXPRESSION;
-        ten[PLT_THRESHOLD_AT] = 0x3a;
-        assert_eq!(plt_threshold(&ten), Some(10));
-        let mut other = PLT_EXPRESSION;
-        other[1] = 0x10;
-        assert_eq!(plt_threshold(&other), None);
-        assert_eq!(plt_threshold(&PLT_EXPRESSION[..10]), None);
-    }
-
-    #[test]
     fn lookups_find_the_row_covering_an_address() {
         let row = |pc, offset| UnwindRow {
             pc,
@@ -753,14 +714,7 @@ mod tests {
 
     #[inline(never)]
     fn innermost(depth: &mut u32) -> (Vec<String>, u32) {
-        let (sp, fp, pc): (u64, u64, u64);
-        // SAFETY: reads three registers into outputs; touches no memory.
-        unsafe {
-            std::arch::asm!(
-                "mov {0}, rsp", "mov {1}, rbp", "lea {2}, [rip]",
-                out(reg) sp, out(reg) fp, out(reg) pc,
-            );
-        }
+        let (pc, sp, fp) = crate::arch::own_registers!();
         *depth += 1;
         let table = compile_file(Path::new("/proc/self/exe")).unwrap();
         let bias = own_bias();
