@@ -20,16 +20,18 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics, adt_const_params)]
 
+mod arch;
 mod atomic;
 mod counters;
 mod current;
 mod maps;
 mod pending;
 mod probes;
-mod python;
 mod records;
+mod runtimes;
 mod sampling;
 mod stack;
+mod tsd;
 mod unwind;
 
 #[cfg(not(test))]
