@@ -51,9 +51,9 @@ return_program! {
                 }
             }
             k if k == CallKind::PosixMemalign as u32 => {
-                // SAFETY: the helper copies from user memory and fails (no fault) on a bad
-                // address.
                 if ret as u32 == 0
+                    // SAFETY: the helper copies from user memory and fails (no fault) on a bad
+                    // address.
                     && let Ok(ptr) = unsafe { bpf_probe_read_user(call.arg as *const u64) }
                     && ptr != 0
                 {

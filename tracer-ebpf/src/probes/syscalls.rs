@@ -54,7 +54,7 @@ fn traced_process() -> Option<u32> {
 }
 
 /// This CPU's copy of the calling thread's user registers, from the tracepoint's `regs`
-/// argument (`task_pt_regs(current)`: the user's registers at the `syscall` instruction).
+/// argument (`task_pt_regs(current)`: the user's registers as the call entered the kernel).
 #[inline(always)]
 fn user_regs(ctx: &RawTracePointContext) -> Option<*mut pt_regs> {
     let copy = SYSCALL_REGS.get_ptr_mut(0)?;
