@@ -6,6 +6,7 @@
 pub mod ending;
 pub mod programs;
 pub mod python;
+pub mod runtimes;
 pub mod threads;
 pub mod unwind;
 
@@ -420,6 +421,7 @@ mod pod {
     unsafe impl aya::Pod for CachedRow {}
     unsafe impl aya::Pod for python::PythonProcess {}
     unsafe impl aya::Pod for python::NewPythonStack {}
+    unsafe impl aya::Pod for runtimes::RuntimeProcess {}
     unsafe impl aya::Pod for threads::ThreadStart {}
 }
 

@@ -210,7 +210,8 @@ pub fn by_name(name: &str) -> Option<&'static Program> {
     ALL.iter().find(|program| program.name == name)
 }
 
-/// Names of the object's maps: the names of the statics in tracer-ebpf's `maps` module
+/// Names of the object's maps: the names of the statics in tracer-ebpf's `maps` module (a
+/// runtime's own maps: in its module under `runtimes`)
 /// (aya-ebpf's `#[map]` takes only a literal name, so the statics carry these very names, which
 /// the object test checks).
 pub mod maps {
@@ -239,7 +240,7 @@ pub mod maps {
     pub const UNWIND_CACHE: &str = "UNWIND_CACHE";
     pub const FROZEN: &str = "FROZEN";
     pub const FROZEN_COUNT: &str = "FROZEN_COUNT";
-    pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
+    pub const RUNTIME_PROCESSES: &str = "RUNTIME_PROCESSES";
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
     pub const PYTHON_STACKS: &str = "PYTHON_STACKS";
     pub const TRACED: &str = "TRACED";
@@ -278,7 +279,7 @@ pub mod maps {
         UNWIND_CACHE,
         FROZEN,
         FROZEN_COUNT,
-        PYTHON_PROCESSES,
+        RUNTIME_PROCESSES,
         PYTHON_SCRATCH,
         PYTHON_STACKS,
         TRACED,

@@ -7,20 +7,38 @@
 //! `_PyInterpreterFrame`s, newest first. Each frame becomes one stack entry after the native
 //! frames: the code object's address and the instruction offset, tagged with
 //! [`PYTHON_FRAME`]. Userspace reads the code object (name, file, line table) from the target.
+//! The eval loop's code is the process's stop ranges ([`crate::runtimes::RuntimeProcess`]): the
+//! native walk ends at its first frame there, the Python frames stand for the rest.
 
-/// Tag of a stack entry that is a Python frame, not a return address (user addresses never
-/// have the top bit set).
-pub const PYTHON_FRAME: u64 = 1 << 63;
+use crate::runtimes::{
+    RUNTIME_DATA_BITS, RUNTIME_DATA_WORDS, RuntimeId, runtime_entry, runtime_of,
+};
+
+/// Tag of a stack entry that is a Python frame: a runtime frame of [`RuntimeId::Python`] (see
+/// [`crate::runtimes`]). Its [`RUNTIME_DATA_BITS`] bits of its own, from the top: [`PYTHON_ENTRY`],
+/// the instruction index, the code object's address.
+pub const PYTHON_FRAME: u64 = RuntimeId::Python.tag();
 /// Tag of the oldest Python frame of one activation of the eval loop: the frames from the
 /// previous entry (exclusive) to this one run in one C call of `_PyEval_EvalFrameDefault`.
-pub const PYTHON_ENTRY: u64 = 1 << 62;
-/// Bits of the code object's address (x86-64 user space with 4-level page tables).
-pub const PYTHON_CODE_MASK: u64 = (1 << 47) - 1;
-/// Where the instruction index sits in an entry.
-pub const PYTHON_INDEX_SHIFT: u32 = 47;
+pub const PYTHON_ENTRY: u64 = 1 << (RUNTIME_DATA_BITS - 1);
+/// Bits of a code object's address (x86-64 user space with 4-level page tables).
+pub const PYTHON_CODE_BITS: u32 = 47;
+/// Low bits of a code object's address that are always 0 (objects are 8-byte aligned at the
+/// least), left out of an entry.
+pub const PYTHON_CODE_ALIGN_BITS: u32 = 3;
+/// The code field of an entry: the address shifted right by [`PYTHON_CODE_ALIGN_BITS`].
+pub const PYTHON_CODE_MASK: u64 = (1 << (PYTHON_CODE_BITS - PYTHON_CODE_ALIGN_BITS)) - 1;
+/// Where the instruction index sits in an entry (just above the code field).
+pub const PYTHON_INDEX_SHIFT: u32 = PYTHON_CODE_BITS - PYTHON_CODE_ALIGN_BITS;
 /// The instruction index field: code units from the start of the bytecode, plus one (0 is the
 /// "before the first instruction" of a frame just pushed), saturated at the maximum.
 pub const PYTHON_INDEX_MASK: u64 = (1 << 15) - 1;
+
+const _: () = {
+    // The fields fill the runtime's bits exactly: entry flag, index, code.
+    assert!(PYTHON_ENTRY == 1 << (PYTHON_INDEX_SHIFT + PYTHON_INDEX_MASK.count_ones()));
+    assert!(PYTHON_ENTRY << 1 == 1 << RUNTIME_DATA_BITS);
+};
 
 /// Python frames kept per stack at most (after the native frames, within `MAX_STACK_DEPTH`).
 pub const MAX_PYTHON_FRAMES: u32 = 96;
@@ -36,10 +54,18 @@ pub const fn python_entry(code: u64, offset: i64, entry: bool) -> u64 {
     } else {
         units as u64
     };
-    PYTHON_FRAME
-        | if entry { PYTHON_ENTRY } else { 0 }
-        | (index << PYTHON_INDEX_SHIFT)
-        | (code & PYTHON_CODE_MASK)
+    runtime_entry(
+        RuntimeId::Python,
+        if entry { PYTHON_ENTRY } else { 0 }
+            | (index << PYTHON_INDEX_SHIFT)
+            | ((code >> PYTHON_CODE_ALIGN_BITS) & PYTHON_CODE_MASK),
+    )
+}
+
+/// Whether a stack entry is a Python frame.
+#[inline(always)]
+pub const fn is_python_entry(ip: u64) -> bool {
+    matches!(runtime_of(ip), Some(id) if id == RuntimeId::Python as u64)
 }
 
 /// A Python frame read back from a stack entry.
@@ -54,22 +80,15 @@ pub struct PythonFrame {
     pub entry: bool,
 }
 
-/// Whether `pc` is in the eval loop's `ranges` (see [`PythonProcess::eval_loop`]).
-#[inline(always)]
-pub fn in_eval_loop(ranges: &[[u64; 2]; 2], pc: u64) -> bool {
-    let [[hot_start, hot_end], [cold_start, cold_end]] = *ranges;
-    (pc >= hot_start && pc < hot_end) || (pc >= cold_start && pc < cold_end)
-}
-
 impl PythonFrame {
     /// The frame of a stack entry, if it is one.
     pub const fn from_entry(ip: u64) -> Option<Self> {
-        if ip & PYTHON_FRAME == 0 {
+        if !is_python_entry(ip) {
             return None;
         }
         let index = (ip >> PYTHON_INDEX_SHIFT) & PYTHON_INDEX_MASK;
         Some(Self {
-            code: ip & PYTHON_CODE_MASK,
+            code: (ip & PYTHON_CODE_MASK) << PYTHON_CODE_ALIGN_BITS,
             offset: (index as i32 - 1) * 2,
             entry: ip & PYTHON_ENTRY != 0,
         })
@@ -99,7 +118,8 @@ pub const FRAME_HEADER_BYTES: usize = 72;
 pub const FRAME_WINDOW_BYTES: usize = 2048;
 
 /// A traced process's interpreter, as the kernel needs it: where its thread states are found
-/// and the byte offsets of the fields it reads. One per process in `PYTHON_PROCESSES`.
+/// and the byte offsets of the fields it reads. The runtime data of the process's
+/// [`RuntimeProcess`] (see [`PythonProcess::to_runtime_data`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PythonProcess {
@@ -108,10 +128,6 @@ pub struct PythonProcess {
     pub tss: u64,
     /// `&_Py_NoneStruct`: the code of 3.13's shim frames.
     pub none: u64,
-    /// Where `_PyEval_EvalFrameDefault` is (its hot part, and the part the compiler split off
-    /// as `.cold` when the symbols say; `[0, 0)` when not), as `[start, end)`: the native walk
-    /// stops at its first frame there, the Python frames that follow stand for the rest.
-    pub eval_loop: [[u64; 2]; 2],
     /// Offset in `PyThreadState` of `cframe` (3.11, 3.12) or `current_frame` (3.13).
     pub thread_frame: u16,
     /// Offset of `current_frame` in `_PyCFrame`, or [`NO_CFRAME`] when `thread_frame` points
@@ -129,6 +145,30 @@ pub struct PythonProcess {
     pub marker: u8,
     pub _pad: u8,
 }
+
+impl PythonProcess {
+    /// As the runtime data of its process's [`RuntimeProcess`]: the same bytes.
+    pub fn to_runtime_data(&self) -> [u64; RUNTIME_DATA_WORDS] {
+        // SAFETY: both are plain integers of the same size, without padding (see the asserts
+        // below); the words' alignment is at least the struct's.
+        unsafe { *(self as *const Self).cast::<[u64; RUNTIME_DATA_WORDS]>() }
+    }
+
+    /// The process a [`RuntimeProcess`]'s runtime data holds, in place (the kernel reads it
+    /// from the map value: a copy costs the verifier more than the field reads).
+    #[inline(always)]
+    pub fn from_runtime_data(data: &[u64; RUNTIME_DATA_WORDS]) -> &Self {
+        // SAFETY: as in `to_runtime_data`; every bit pattern is a valid `PythonProcess`.
+        unsafe { &*(data as *const [u64; RUNTIME_DATA_WORDS]).cast::<Self>() }
+    }
+}
+
+const _: () = {
+    // No padding: the fields' sizes add up to the struct's, which is the runtime data's.
+    assert!(size_of::<PythonProcess>() == 8 + 8 + 7 * 2 + 1 + 1);
+    assert!(size_of::<PythonProcess>() == size_of::<[u64; RUNTIME_DATA_WORDS]>());
+    assert!(align_of::<PythonProcess>() <= align_of::<u64>());
+};
 
 /// [`PythonProcess::cframe_frame`] of an interpreter without `_PyCFrame` (3.13+).
 pub const NO_CFRAME: u16 = u16::MAX;
@@ -166,5 +206,48 @@ mod tests {
         assert_eq!((far.code, far.entry), (code, false));
         assert_eq!(far.offset, (PYTHON_INDEX_MASK as i32 - 1) * 2);
         assert_eq!(PythonFrame::from_entry(0x40_1000), None);
+    }
+
+    #[test]
+    fn entries_keep_every_bit_of_an_aligned_code_address() {
+        // The highest and lowest 8-byte aligned user addresses, with the largest index.
+        for code in [(1 << PYTHON_CODE_BITS) - 8, 8] {
+            let ip = python_entry(code, 65_532, true);
+            assert_eq!(runtime_of(ip), Some(RuntimeId::Python as u64));
+            assert_eq!(
+                PythonFrame::from_entry(ip),
+                Some(PythonFrame {
+                    code,
+                    offset: 65_532,
+                    entry: true
+                })
+            );
+        }
+        // Another runtime's frame is not a Python frame.
+        let other = crate::runtimes::RUNTIME_FRAME | (1 << crate::runtimes::RUNTIME_ID_SHIFT);
+        assert_eq!(PythonFrame::from_entry(other), None);
+    }
+
+    #[test]
+    fn a_process_round_trips_through_its_runtime_data() {
+        let process = PythonProcess {
+            tss: 0x7f00_0000_1234,
+            none: 0x7f00_0000_5678,
+            thread_frame: 56,
+            cframe_frame: NO_CFRAME,
+            frame_code: 1,
+            frame_previous: 2,
+            frame_instr: 3,
+            frame_marker: 4,
+            code_bytecode: 0xabcd,
+            marker: ActivationMarker::CStackOwner as u8,
+            _pad: 0x5a,
+        };
+        let data = process.to_runtime_data();
+        assert_eq!(*PythonProcess::from_runtime_data(&data), process);
+        // Little-endian words, fields in declaration order.
+        assert_eq!(data[0], process.tss);
+        assert_eq!(data[2] & 0xffff, 56);
+        assert_eq!(data[3] >> 56, 0x5a);
     }
 }

@@ -130,9 +130,10 @@ pub enum UnwindEnd {
     BadFrame = 6,
     /// The process had no tables (yet): its stack was walked by frame pointers.
     FramePointers = 7,
-    /// CPython's eval loop: its Python frames follow (they replace it and every interpreter
-    /// frame outside it), so the native walk stops there.
-    EvalLoop = 8,
+    /// A code range a runtime registered (see `runtimes::RuntimeProcess`; today CPython's eval
+    /// loop, hence the name reported): the runtime's frames follow (they replace it and every
+    /// interpreter frame outside it), so the native walk stops there.
+    RuntimeCode = 8,
 }
 
 impl UnwindEnd {
@@ -146,7 +147,7 @@ impl UnwindEnd {
         UnwindEnd::Trampoline,
         UnwindEnd::BadFrame,
         UnwindEnd::FramePointers,
-        UnwindEnd::EvalLoop,
+        UnwindEnd::RuntimeCode,
     ];
 
     /// The name reported in text and JSON.
@@ -160,7 +161,7 @@ impl UnwindEnd {
             UnwindEnd::Trampoline => "uprobe_trampoline",
             UnwindEnd::BadFrame => "bad_frame",
             UnwindEnd::FramePointers => "frame_pointers",
-            UnwindEnd::EvalLoop => "python_eval_loop",
+            UnwindEnd::RuntimeCode => "python_eval_loop",
         }
     }
 }

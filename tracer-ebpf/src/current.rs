@@ -1,10 +1,6 @@
-//! The task a program runs for: whether it is traced, its ids, its user stack pointer, the
-//! clock.
+//! The task a program runs for: whether it is traced, its ids, the clock.
 
-use aya_ebpf::{
-    bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_ancestor_cgroup_id},
-};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_ancestor_cgroup_id};
 
 use crate::maps::{FILTER_CGROUP_ID, FILTER_CGROUP_LEVEL, FROZEN, FROZEN_COUNT, STOPPED};
 
@@ -51,12 +47,6 @@ pub(crate) fn tracing_stopped() -> bool {
 #[inline(always)]
 pub(crate) fn thread_id() -> u32 {
     bpf_get_current_pid_tgid() as u32
-}
-
-#[inline(always)]
-pub(crate) fn user_sp(regs: *mut pt_regs) -> u64 {
-    // SAFETY: `regs` is the probe context's register set, valid for the program's run.
-    unsafe { (*regs).rsp }
 }
 
 #[inline(always)]

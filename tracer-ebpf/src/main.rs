@@ -18,18 +18,22 @@
 // atomic add and compare-and-exchange directly (the latter needs the v3 code build.rs asks
 // for; the crate builds with RUSTC_BOOTSTRAP=1 anyway).
 #![allow(internal_features)]
+// Every unsafe block says why it is sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![feature(core_intrinsics, adt_const_params)]
 
+mod arch;
 mod atomic;
 mod counters;
 mod current;
 mod maps;
 mod pending;
 mod probes;
-mod python;
 mod records;
+mod runtimes;
 mod sampling;
 mod stack;
+mod tsd;
 mod unwind;
 
 #[cfg(not(test))]

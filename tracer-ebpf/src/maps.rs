@@ -1,6 +1,8 @@
 //! The object's maps and globals. Their names are the ones `tracer_common::programs::maps` and
 //! `tracer_common::programs::globals` list (aya-ebpf's `#[map]` takes only a literal name, so the
 //! statics carry the names; userspace's object test checks both lists against the object).
+//! Those of one part live with it: the runtimes' (`runtimes`), the architecture's (`arch`), the
+//! thread probes' (`probes::threads`).
 
 use aya_ebpf::{
     Global,
@@ -12,7 +14,6 @@ use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, CachedRow, CachedStack, MMAP_STATE_SLOTS, PENDING_SLOTS,
     PendingCall, RECORD_TABLE_SLOTS, RecordSlot, Reservations, SAMPLE_TABLE_SLOTS,
     STACK_CACHE_SLOTS, StackKey, StackStats, UnwindMapping, UnwindProcess, UnwindRow, UserStack,
-    python::{FRAME_WINDOW_BYTES, PythonProcess},
     threads::{LIVE_THREAD_SLOTS, ThreadStart},
     unwind::{
         DEFAULT_MAX_DEPTH, DEFAULT_UNWIND_ROWS, UNWIND_CACHE_SLOTS, UNWIND_END_SLOTS,
@@ -198,28 +199,6 @@ pub(crate) static EMPTY_PROGRAMS: Global<u8> = Global::new(0);
 /// memory is scanned before its teardown runs.
 #[unsafe(no_mangle)]
 pub(crate) static STOP_AT_EXIT: Global<u8> = Global::new(0);
-
-/// Traced processes that run CPython: tgid -> where the interpreter keeps its thread states and
-/// the layout of its frames (see `python`). Written by userspace when it finds the interpreter;
-/// removed at exec.
-#[map]
-pub(crate) static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
-    HashMap::with_max_entries(4096, 0);
-
-/// Per CPU, the window of frames being read (a map value, so computed offsets index it).
-#[map]
-pub(crate) static PYTHON_SCRATCH: PerCpuArray<[u8; FRAME_WINDOW_BYTES]> =
-    PerCpuArray::with_max_entries(1, 0);
-
-/// Stacks with Python frames kept for the first time, so userspace reads their code objects
-/// while the process lives.
-#[map]
-pub(crate) static PYTHON_STACKS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
-
-/// Offset of `thread.fsbase` in the kernel's `task_struct` (from its BTF): the current thread's
-/// TLS base, where glibc keeps thread-specific data. 0: unknown (no Python frames).
-#[unsafe(no_mangle)]
-pub(crate) static FSBASE_OFFSET: Global<u32> = Global::new(0);
 
 /// Traced processes (tgid -> 1), written by userspace as it attaches to each: the syscall
 /// tracepoints run for every process on the machine, and only these count.

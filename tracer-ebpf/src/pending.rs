@@ -7,8 +7,9 @@ use aya_ebpf::{bindings::BPF_ANY, programs::ProbeContext};
 use tracer_common::{CallKind, Counter, PENDING_SLOTS, PendingCall, STALE_CALL_JIFFIES};
 
 use crate::{
+    arch,
     counters::{count, count_loss},
-    current::{jiffies, now_ns, thread_id, traced_tgid, user_sp},
+    current::{jiffies, now_ns, thread_id, traced_tgid},
     maps::{PENDING, PENDING_OVERFLOW},
 };
 
@@ -58,7 +59,7 @@ pub(crate) fn begin_call(ctx: &ProbeContext, kind: CallKind, size: u64, arg: u64
         return;
     }
     let tid = thread_id();
-    let sp = user_sp(ctx.regs);
+    let sp = arch::sp(ctx.regs);
     let now_jiffies = jiffies();
     if enclosing_call(tid, sp, now_jiffies).is_some() {
         count(Counter::NestedCalls);

@@ -245,8 +245,8 @@ pub(crate) fn release_older(
     not_after_ns: u64,
 ) -> Option<AllocRecord> {
     let filter = records.filter_slot(tgid, addr);
-    // SAFETY: a pointer from an array lookup, valid for the run; a plain read.
     if let Some(slot) = filter
+        // SAFETY: a pointer from an array lookup, valid for the run; a plain read.
         && unsafe { *slot } == 0
     {
         return None;

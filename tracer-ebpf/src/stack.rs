@@ -1,5 +1,6 @@
-//! Stack capture (CFI unwinding, see `unwind`, or a frame-pointer walk), the `STACKS` map of captured stacks, and the per-CPU
-//! stack cache whose totals are written back to `STACK_STATS`.
+//! Stack capture (CFI unwinding, see `unwind`, or a frame-pointer walk, then the frames of the
+//! process's language runtime, see `runtimes`), the `STACKS` map of captured stacks, and the
+//! per-CPU stack cache whose totals are written back to `STACK_STATS`.
 
 use aya_ebpf::{
     EbpfContext, bindings::BPF_NOEXIST, bindings::pt_regs, helpers::bpf_probe_read_user,
@@ -7,14 +8,15 @@ use aya_ebpf::{
 use tracer_common::{
     CachedStack, Counter, MAX_STACK_DEPTH, STACK_CACHE_SLOTS, StackKey, StackStats, UNKNOWN_STACK,
     UnwindEnd, UserStack,
-    python::{NewPythonStack, PYTHON_FRAME, in_eval_loop},
+    runtimes::{MAX_STOP_RANGES, in_stop_range},
 };
 
 use crate::{
+    arch,
     atomic::atomic_add,
     counters::count_loss,
-    maps::{EEXIST, MAX_DEPTH, PYTHON_STACKS, STACK_CACHE, STACK_SCRATCH, STACK_STATS, STACKS},
-    python, unwind,
+    maps::{EEXIST, MAX_DEPTH, STACK_CACHE, STACK_SCRATCH, STACK_STATS, STACKS},
+    runtimes, unwind,
 };
 
 /// Mixes one frame into a stack hash (64-bit multiply-xorshift: every bit of `ip` reaches every
@@ -27,34 +29,34 @@ pub(crate) fn mix(hash: u64, ip: u64) -> u64 {
 
 /// Captures the user call stack at an allocator's return into the per-CPU scratch space, and
 /// returns its hash (see [`keep_stack`]): by the process's unwind tables when userspace has
-/// written them (code without frame pointers included), else by frame pointers.
+/// written them (code without frame pointers included), else by frame pointers; then the
+/// frames of the process's runtime, if it runs one.
 #[inline(always)]
 pub(crate) fn capture_stack(regs: *mut pt_regs, tgid: u32) -> Option<u64> {
     // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, used by nothing else
     // while this program runs).
     let stack = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
-    // At a return probe the instruction pointer is already back in the caller, and RSP and
-    // RBP are the caller's.
-    // SAFETY: `regs` is the probe context's register set, valid for the run.
-    let (fp, sp, ip) = unsafe { ((*regs).rbp, (*regs).rsp, (*regs).rip) };
+    // At a return probe the instruction pointer is already back in the caller, and the stack
+    // and frame pointers are the caller's.
+    let (fp, sp, ip) = (arch::fp(regs), arch::sp(regs), arch::pc(regs));
     stack.ips[0] = ip;
-    let python = python::process(tgid);
-    let eval_loop = match python {
-        Some(process) => process.eval_loop,
-        None => [[0; 2]; 2],
+    let runtime = runtimes::process(tgid);
+    let stops = match runtime {
+        Some(process) => process.stops,
+        None => [[0; 2]; MAX_STOP_RANGES],
     };
     let hash = match unwind::process_tables(tgid) {
-        // Called from the eval loop itself: its Python frames are the rest of the stack.
-        Some(_) if in_eval_loop(&eval_loop, ip) => {
+        // Called from the runtime's own code: its frames are the rest of the stack.
+        Some(_) if in_stop_range(&stops, ip) => {
             stack.depth = 1;
-            unwind::count_end(UnwindEnd::EvalLoop as u32, 0);
+            unwind::count_end(UnwindEnd::RuntimeCode as u32, 0);
             mix(0, ip)
         }
-        Some(tables) => unwind::walk_stack(tables, ip, sp, fp, mix(0, ip), eval_loop),
+        Some(tables) => unwind::walk_stack(tables, ip, sp, fp, mix(0, ip), stops),
         None => walk_frame_pointers(stack, fp, mix(0, ip)),
     };
-    let hash = match python {
-        Some(process) => python::append_frames(process, hash),
+    let hash = match runtime {
+        Some(process) => runtimes::append_frames(process, hash),
         None => hash,
     };
     Some(if hash == UNKNOWN_STACK { 0 } else { hash })
@@ -102,8 +104,8 @@ fn walk_frame_pointers(stack: &mut UserStack, mut fp: u64, mut hash: u64) -> u64
 }
 
 /// Keeps the stack just captured (in the scratch space) under `stack_id` in `STACKS`, when it is
-/// not there yet (a new stack with Python frames is announced on `PYTHON_STACKS`). False when
-/// the map is full.
+/// not there yet (a new stack ending in a runtime's frame is announced to that runtime). False
+/// when the map is full.
 #[inline(always)]
 pub(crate) fn keep_stack(tgid: u32, stack_id: u64) -> bool {
     // SAFETY: only presence is checked; the value is not read.
@@ -119,37 +121,10 @@ pub(crate) fn keep_stack(tgid: u32, stack_id: u64) -> bool {
     let inserted = STACKS.insert(stack_id, unsafe { &*stack }, BPF_NOEXIST as u64);
     match inserted {
         Ok(()) => {
-            announce_python_stack(tgid, stack_id);
+            runtimes::stack_kept(tgid, stack_id);
             true
         }
         Err(err) => err == -EEXIST,
-    }
-}
-
-/// Tells userspace about a new stack whose last entry is a Python frame (they follow the
-/// native ones), so it reads the code objects while they exist. A full ring loses the notice
-/// only: the stack is read again at the report.
-#[inline(always)]
-fn announce_python_stack(tgid: u32, stack_id: u64) {
-    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's scratch slot, valid for the run; the index is checked.
-    let last = unsafe {
-        (*stack)
-            .depth
-            .checked_sub(1)
-            .and_then(|i| (*stack).ips.get(i as usize).copied())
-    };
-    if last.is_some_and(|ip| ip & PYTHON_FRAME != 0) {
-        let _ = PYTHON_STACKS.output::<NewPythonStack>(
-            &NewPythonStack {
-                tgid,
-                _pad: 0,
-                stack_id,
-            },
-            0,
-        );
     }
 }
 

@@ -2,7 +2,7 @@
 //! each object's `.eh_frame` (see `tracer_common::unwind`), so code built without frame
 //! pointers gets its whole stack. One frame per `bpf_loop` iteration: find the mapping of the
 //! pc, the object's row for it (both bounded binary searches over flat arrays), compute the
-//! CFA, read the return address and the saved RBP, go on. Rows found are cached per CPU by
+//! CFA, read the return address and the saved frame pointer, go on. Rows found are cached per CPU by
 //! address, so a hot call site's frame costs one lookup instead of two searches.
 
 use core::ffi::c_void;
@@ -11,7 +11,7 @@ use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_loop};
 use tracer_common::{
     CachedRow, CfaRule, FpRule, MAX_STACK_DEPTH, UnwindEnd, UnwindMapping, UnwindProcess,
     UnwindRow,
-    python::in_eval_loop,
+    runtimes::{MAX_STOP_RANGES, in_stop_range},
     unwind::{
         MAPPING_SEARCH_STEPS, ROW_SEARCH_STEPS, TRAMPOLINE_ROWS, UNWIND_CACHE_SLOTS,
         UNWIND_FRAMES_SLOT,
@@ -19,6 +19,7 @@ use tracer_common::{
 };
 
 use crate::{
+    arch,
     maps::{
         MAX_DEPTH, STACK_SCRATCH, UNWIND_CACHE, UNWIND_ENDS, UNWIND_MAPPINGS, UNWIND_PROCESSES,
         UNWIND_ROWS,
@@ -32,7 +33,7 @@ struct Walk {
     /// The registers of the frame last recorded.
     pc: u64,
     sp: u64,
-    /// RBP; 0 once lost.
+    /// The frame pointer; 0 once lost.
     fp: u64,
     hash: u64,
     /// Frames recorded in the scratch stack.
@@ -43,8 +44,9 @@ struct Walk {
     generation: u32,
     /// An [`UnwindEnd`], once the walk stopped.
     end: u32,
-    /// A CPython target's eval loop (see `PythonProcess::eval_loop`), where the walk stops.
-    eval_loop: [[u64; 2]; 2],
+    /// The code ranges of the process's runtime (see `RuntimeProcess::stops`), where the walk
+    /// stops: the runtime's frames stand for the rest.
+    stops: [[u64; 2]; MAX_STOP_RANGES],
 }
 
 /// The process's tables, if userspace has written them.
@@ -64,7 +66,7 @@ pub(crate) fn walk_stack(
     sp: u64,
     fp: u64,
     hash: u64,
-    eval_loop: [[u64; 2]; 2],
+    stops: [[u64; 2]; MAX_STOP_RANGES],
 ) -> u64 {
     let max_depth = (MAX_DEPTH.load() as u64).clamp(1, MAX_STACK_DEPTH as u64);
     let mut walk = Walk {
@@ -77,7 +79,7 @@ pub(crate) fn walk_stack(
         mappings_count: tables.mappings_count,
         generation: tables.generation,
         end: UnwindEnd::DepthLimit as u32,
-        eval_loop,
+        stops,
     };
     // SAFETY: the helper calls `unwind_frame` at most `max_depth - 1` times with a pointer to
     // `walk`, which outlives the call; flags must be 0.
@@ -148,14 +150,7 @@ fn step(walk: &mut Walk, frame: u64) -> Result<(), UnwindEnd> {
             }
             walk.fp.wrapping_add_signed(offset)
         }
-        r if r == CfaRule::Plt as u8 => {
-            let pushed = if (walk.pc & 15) as i64 >= offset {
-                8
-            } else {
-                0
-            };
-            walk.sp + 8 + pushed
-        }
+        r if r == CfaRule::Plt as u8 => arch::plt_cfa(walk.pc, walk.sp, offset),
         r if r == CfaRule::End as u8 => return Err(UnwindEnd::Complete),
         _ => return Err(UnwindEnd::NoRule),
     };
@@ -163,7 +158,8 @@ fn step(walk: &mut Walk, frame: u64) -> Result<(), UnwindEnd> {
         return Err(UnwindEnd::BadFrame);
     }
     let (ret, fp) = if row.fp_rule == FpRule::AtCfaOffset as u8 && row.fp_offset == -16 {
-        // The usual frame (`push rbp` first): both in one read.
+        // The usual frame (the frame pointer saved just below the return address): both in
+        // one read.
         // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
         let [fp, ret] = unsafe { bpf_probe_read_user((cfa - 16) as *const [u64; 2]) }
             .map_err(|_| UnwindEnd::BadFrame)?;
@@ -195,8 +191,8 @@ fn step(walk: &mut Walk, frame: u64) -> Result<(), UnwindEnd> {
     walk.pc = ret;
     walk.sp = cfa;
     walk.fp = fp;
-    if in_eval_loop(&walk.eval_loop, ret) {
-        return Err(UnwindEnd::EvalLoop);
+    if in_stop_range(&walk.stops, ret) {
+        return Err(UnwindEnd::RuntimeCode);
     }
     Ok(())
 }

@@ -5,7 +5,8 @@ use tracer_common::{CallKind, programs};
 
 use super::return_program;
 use crate::{
-    current::{thread_id, traced_tgid, user_sp},
+    arch::{self, RETURN_ADDRESS_BYTES},
+    current::{thread_id, traced_tgid},
     pending::pending_entry,
     records::{Records, release_older},
     sampling::record_heap,
@@ -24,7 +25,7 @@ return_program! {
         // SAFETY: this thread's pending entry (from a map lookup, valid for the run), copied.
         let call = unsafe { *slot };
         // The outer call returns to its caller's stack: entry sp + the popped return address.
-        if call.kind == 0 || user_sp(ctx.regs) != call.sp.wrapping_add(8) {
+        if call.kind == 0 || arch::sp(ctx.regs) != call.sp.wrapping_add(RETURN_ADDRESS_BYTES) {
             return 0;
         }
         // SAFETY: as above; only this thread writes its own entry.
@@ -50,9 +51,9 @@ return_program! {
                 }
             }
             k if k == CallKind::PosixMemalign as u32 => {
-                // SAFETY: the helper copies from user memory and fails (no fault) on a bad
-                // address.
                 if ret as u32 == 0
+                    // SAFETY: the helper copies from user memory and fails (no fault) on a bad
+                    // address.
                     && let Ok(ptr) = unsafe { bpf_probe_read_user(call.arg as *const u64) }
                     && ptr != 0
                 {

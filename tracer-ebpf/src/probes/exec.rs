@@ -11,8 +11,9 @@ use tracer_common::programs;
 
 use crate::{
     current::{now_ns, tracing_stopped},
-    maps::{BREAKS, EXECS, PYTHON_PROCESSES, RESERVATIONS, STOP_AT_EXEC, UNWIND_PROCESSES},
+    maps::{BREAKS, EXECS, RESERVATIONS, STOP_AT_EXEC, UNWIND_PROCESSES},
     probes::programs_are_empty,
+    runtimes,
 };
 
 pub(crate) const SIGSTOP: u32 = 19;
@@ -37,8 +38,8 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     // The old image's unwind tables describe a layout that is gone: until userspace writes the
     // new image's, its stacks are walked by frame pointers. (Fails when it had none.)
     let _ = UNWIND_PROCESSES.remove(tgid);
-    // Nor does the new image run the old one's interpreter.
-    let _ = PYTHON_PROCESSES.remove(tgid);
+    // Nor does the new image run the old one's runtime.
+    runtimes::forget(tgid);
     // Its program break and reservations are the new address space's, not the old one's (an
     // old break against the new one read as gigabytes of brk growth after `sh -c 'exec ...'`).
     let _ = BREAKS.remove(tgid);

@@ -12,8 +12,9 @@ use tracer_common::programs;
 use crate::{
     atomic::atomic_add_u32,
     current::{now_ns, traced_tgid, tracing_stopped},
-    maps::{FROZEN, FROZEN_COUNT, PYTHON_PROCESSES, STOP_AT_EXIT},
+    maps::{FROZEN, FROZEN_COUNT, STOP_AT_EXIT},
     probes::{exec::SIGSTOP, programs_are_empty},
+    runtimes,
 };
 
 /// Py_FinalizeEx(), or exit() with --reachability: freezes this process's picture (once), and
@@ -34,8 +35,7 @@ pub fn interpreter_exit(_ctx: ProbeContext) -> u32 {
         && let Some(count) = FROZEN_COUNT.get_ptr_mut(0)
     {
         atomic_add_u32(count, 1);
-        // SAFETY: the value is only tested for presence.
-        if STOP_AT_EXIT.load() != 0 || unsafe { PYTHON_PROCESSES.get(tgid) }.is_some() {
+        if STOP_AT_EXIT.load() != 0 || runtimes::is_registered(tgid) {
             // SAFETY: a helper taking a plain integer; it stops this process.
             unsafe { bpf_send_signal(SIGSTOP) };
         }

@@ -19,6 +19,10 @@ use super::{
     threads::thread_started,
 };
 use crate::{
+    arch::{
+        self,
+        syscalls::{BRK, CLONE, CLONE3, MMAP, MPROTECT, MREMAP, MUNMAP},
+    },
     atomic::atomic_add,
     counters::{count, count_loss},
     current::{jiffies, now_ns, thread_id, traced_tgid},
@@ -28,15 +32,6 @@ use crate::{
     records::{Records, live_mappings, record, release_older},
 };
 use aya_ebpf::bindings::pt_regs;
-
-// x86-64 system call numbers.
-const SYS_MMAP: u64 = 9;
-const SYS_MPROTECT: u64 = 10;
-const SYS_MUNMAP: u64 = 11;
-const SYS_BRK: u64 = 12;
-const SYS_MREMAP: u64 = 25;
-const SYS_CLONE: u64 = 56;
-const SYS_CLONE3: u64 = 435;
 
 const PROT_EXEC: u64 = 4;
 const MAP_FIXED: u64 = 0x10;
@@ -59,7 +54,7 @@ fn traced_process() -> Option<u32> {
 }
 
 /// This CPU's copy of the calling thread's user registers, from the tracepoint's `regs`
-/// argument (`task_pt_regs(current)`: the user's registers at the `syscall` instruction).
+/// argument (`task_pt_regs(current)`: the user's registers as the call entered the kernel).
 #[inline(always)]
 fn user_regs(ctx: &RawTracePointContext) -> Option<*mut pt_regs> {
     let copy = SYSCALL_REGS.get_ptr_mut(0)?;
@@ -79,9 +74,7 @@ fn user_regs(ctx: &RawTracePointContext) -> Option<*mut pt_regs> {
 /// True (and counted) when the call is made by an allocator call of this thread.
 #[inline(always)]
 fn inside_allocator(regs: *mut pt_regs) -> bool {
-    // SAFETY: this CPU's copy of the registers, valid for the run.
-    let sp = unsafe { (*regs).rsp };
-    if enclosing_call(thread_id(), sp, jiffies()).is_some() {
+    if enclosing_call(thread_id(), arch::sp(regs), jiffies()).is_some() {
         count(Counter::AllocatorMmaps);
         return true;
     }
@@ -148,13 +141,13 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> i32 {
         ));
     }
     let nr: u64 = ctx.arg(1);
-    if nr != SYS_MUNMAP && nr != SYS_MREMAP || programs_are_empty() {
+    if nr != MUNMAP && nr != MREMAP || programs_are_empty() {
         return 0;
     }
     let Some(tgid) = traced_process() else {
         return 0;
     };
-    if nr == SYS_MREMAP {
+    if nr == MREMAP {
         let _ = SYSCALL_STARTS.insert(thread_id(), now_ns(), 0);
         return 0;
     }
@@ -164,16 +157,15 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> i32 {
     if inside_allocator(regs) {
         return 0;
     }
-    // SAFETY: this CPU's copy of the registers, valid for the run.
-    let (start, length) = unsafe { ((*regs).rdi, (*regs).rsi) };
+    let [start, length, ..] = arch::syscall_arguments(regs);
     forget_reservations(tgid, start, page_end(start, length));
     release_range(&ctx, tgid, start, length);
     0
 }
 
 /// `sys_exit`: mmap, mremap, mprotect and brk record what they made, with the stack of the
-/// call (the argument registers are still the user's at the exit; only `rax` holds the
-/// result); a new thread's clone, returning in that thread, says where its stack is.
+/// call (the argument registers are still the user's at the exit; only the return value's
+/// register changed); a new thread's clone, returning in that thread, says where its stack is.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
     const PROGRAM: programs::Program = programs::SYSCALL_EXIT;
@@ -184,36 +176,24 @@ pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
             "sys_exit"
         ));
     }
-    let kernel_regs: u64 = ctx.arg(0);
-    // SAFETY: only the field's address is computed; the helper reads it, failing on a bad
-    // address.
-    let nr = unsafe {
-        let mut nr = 0u64;
-        let field = core::ptr::addr_of!((*(kernel_regs as *const pt_regs)).orig_rax);
-        if bpf_probe_read_kernel((&raw mut nr).cast(), 8, field.cast()) != 0 {
-            return 0;
-        }
-        nr
+    let Some(nr) = arch::syscall_number(ctx.arg(0)) else {
+        return 0;
     };
-    if !matches!(
-        nr,
-        SYS_MMAP | SYS_MPROTECT | SYS_BRK | SYS_MREMAP | SYS_CLONE | SYS_CLONE3
-    ) || programs_are_empty()
-    {
+    if !matches!(nr, MMAP | MPROTECT | BRK | MREMAP | CLONE | CLONE3) || programs_are_empty() {
         return 0;
     }
     let Some(tgid) = traced_process() else {
         return 0;
     };
     let ret: u64 = ctx.arg(1);
-    let is_clone = nr == SYS_CLONE || nr == SYS_CLONE3;
+    let is_clone = nr == CLONE || nr == CLONE3;
     // The parent's return (the new thread's id) says nothing; the new thread's own (0) runs
     // on its new stack.
     if is_clone && ret != 0 {
         return 0;
     }
     if failed(ret) {
-        if nr == SYS_MREMAP {
+        if nr == MREMAP {
             let _ = SYSCALL_STARTS.remove(thread_id());
         }
         return 0;
@@ -222,16 +202,14 @@ pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     if is_clone {
-        // SAFETY: this CPU's copy of the registers, valid for the run.
-        thread_started(tgid, unsafe { (*regs).rsp });
+        thread_started(tgid, arch::sp(regs));
         return 0;
     }
-    // SAFETY: this CPU's copy of the registers, valid for the run.
-    let (arg0, arg1, arg2, arg3) = unsafe { ((*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10) };
+    let [arg0, arg1, arg2, arg3] = arch::syscall_arguments(regs);
     match nr {
-        SYS_MMAP => mmap_exit(&ctx, regs, tgid, ret, arg1, arg2, arg3),
-        SYS_MPROTECT => mprotect_exit(&ctx, regs, tgid, arg0, arg1, arg2),
-        SYS_BRK => brk_exit(&ctx, regs, tgid, ret),
+        MMAP => mmap_exit(&ctx, regs, tgid, ret, arg1, arg2, arg3),
+        MPROTECT => mprotect_exit(&ctx, regs, tgid, arg0, arg1, arg2),
+        BRK => brk_exit(&ctx, regs, tgid, ret),
         _ => mremap_exit(&ctx, regs, tgid, ret, arg0, arg2),
     }
     0

@@ -7,7 +7,8 @@ use aya::{
 };
 use tracer_common::{
     AllocKey, AllocRecord, CachedStack, RecordSlot, STACK_CACHE_SLOTS, StackKey, StackStats,
-    UserStack, ending::ProcessEnding, programs::maps, python::PythonProcess, threads::ThreadStart,
+    UserStack, ending::ProcessEnding, programs::maps, runtimes::RuntimeProcess,
+    threads::ThreadStart,
 };
 
 /// Why the maps could not be resolved.
@@ -51,8 +52,9 @@ pub struct KernelMaps {
     pub stop_at_exec: HashMap<MapData, u32, u32>,
     /// Processes whose interpreter began its teardown: tgid -> CLOCK_MONOTONIC ns.
     pub frozen: HashMap<MapData, u32, u64>,
-    /// CPython targets: tgid -> their interpreter's layout.
-    pub python_processes: HashMap<MapData, u32, PythonProcess>,
+    /// Targets that run a language runtime: tgid -> the runtime, where the native walk hands
+    /// over to it, and what its walker needs (a CPython interpreter's layout).
+    pub runtime_processes: HashMap<MapData, u32, RuntimeProcess>,
     /// New stacks with Python frames ([`tracer_common::python::NewPythonStack`]).
     pub python_stacks: RingBuf<MapData>,
     /// The processes attached to (tgid -> 1): the only ones the syscall tracepoints count.
@@ -83,7 +85,7 @@ impl KernelMaps {
             execs: take(ebpf, maps::EXECS)?,
             stop_at_exec: take(ebpf, maps::STOP_AT_EXEC)?,
             frozen: take(ebpf, maps::FROZEN)?,
-            python_processes: take(ebpf, maps::PYTHON_PROCESSES)?,
+            runtime_processes: take(ebpf, maps::RUNTIME_PROCESSES)?,
             python_stacks: take(ebpf, maps::PYTHON_STACKS)?,
             traced: take(ebpf, maps::TRACED)?,
             code_mapped: take(ebpf, maps::CODE_MAPPED)?,

@@ -132,13 +132,12 @@ impl Layout {
         Some(self)
     }
 
-    /// What the kernel needs, for an interpreter whose `_PyRuntime` is at `runtime`, whose
-    /// `Py_None` is `none` and whose eval loop is at `eval_loop`.
-    pub fn kernel_entry(&self, runtime: u64, none: u64, eval_loop: [[u64; 2]; 2]) -> PythonProcess {
+    /// What the kernel needs, for an interpreter whose `_PyRuntime` is at `runtime` and whose
+    /// `Py_None` is `none`.
+    pub fn kernel_entry(&self, runtime: u64, none: u64) -> PythonProcess {
         PythonProcess {
             tss: runtime + self.tss,
             none,
-            eval_loop,
             thread_frame: self.thread_frame,
             cframe_frame: self.cframe_frame,
             frame_code: self.frame_code,

@@ -266,15 +266,19 @@ impl Session<'_> {
             Found::Nothing => {}
             Found::Unsupported(note) => eprintln_escaped!("leaktracer: note: pid {pid}: {note}"),
             Found::Python(interpreter) => {
-                let entry = interpreter.layout.kernel_entry(
-                    interpreter.runtime,
-                    interpreter.none,
-                    interpreter.eval_loop,
+                use tracer_common::runtimes::{RuntimeId, RuntimeProcess};
+                let entry = RuntimeProcess::new(
+                    RuntimeId::Python,
+                    &interpreter.eval_loop,
+                    interpreter
+                        .layout
+                        .kernel_entry(interpreter.runtime, interpreter.none)
+                        .to_runtime_data(),
                 );
                 if let Err(e) = self
                     .probes
                     .maps_mut()
-                    .python_processes
+                    .runtime_processes
                     .insert(pid, entry, 0)
                 {
                     eprintln_escaped!(

@@ -1,5 +1,6 @@
-//! CPython frames (see `tracer_common::python`): after the native walk, a process that runs
-//! CPython gets the current thread's Python frames appended to its stack, newest first.
+//! CPython's walker (runtime `RuntimeId::Python`, see `tracer_common::python`): after the
+//! native walk, a process that runs CPython gets the current thread's Python frames appended
+//! to its stack, newest first.
 //!
 //! The thread state comes from glibc's thread-specific data, not from the interpreter's
 //! "current thread state": the pthread key's slot stays set while the thread has released the
@@ -9,30 +10,31 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{
-    bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
-    generated::{bpf_get_current_task, bpf_loop},
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_loop},
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
 };
 use tracer_common::{
     MAX_STACK_DEPTH,
     python::{
         ActivationMarker, FRAME_HEADER_BYTES, FRAME_OWNED_BY_CSTACK, FRAME_WINDOW_BYTES,
-        MAX_PYTHON_FRAMES, NO_CFRAME, PYTHON_FRAME, PythonProcess, python_entry,
+        MAX_PYTHON_FRAMES, NO_CFRAME, NewPythonStack, PYTHON_ENTRY, PythonProcess, python_entry,
     },
+    runtimes::{RUNTIME_DATA_WORDS, is_runtime_frame},
 };
 
-use crate::{
-    maps::{FSBASE_OFFSET, PYTHON_PROCESSES, PYTHON_SCRATCH, STACK_SCRATCH},
-    stack::mix,
-};
+use crate::{maps::STACK_SCRATCH, stack::mix, tsd};
 
-/// glibc (2.34+, x86-64): `struct pthread`'s `specific_1stblock` (the first 32 keys' slots,
-/// 16 bytes each: sequence number, value) and `specific` (pointers to the further blocks of
-/// 32), from the thread pointer. Checked against the disassembly of `pthread_getspecific`.
-const TSD_FIRST_BLOCK: u64 = 0x310;
-const TSD_BLOCKS: u64 = 0x510;
-const TSD_KEYS_PER_BLOCK: u32 = 32;
-const TSD_MAX_KEYS: u32 = 1024;
+/// Per CPU, the window of frames being read (a map value, so computed offsets index it).
+#[map]
+pub(crate) static PYTHON_SCRATCH: PerCpuArray<[u8; FRAME_WINDOW_BYTES]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Stacks with Python frames kept for the first time, so userspace reads their code objects
+/// while the process lives.
+#[map]
+pub(crate) static PYTHON_STACKS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Mixed into the stack hash for each shim frame, so stacks that differ only in where the
 /// eval loop was re-entered hash differently.
@@ -53,18 +55,12 @@ struct Walk {
     window_len: u64,
 }
 
-/// The interpreter of `tgid`, when it runs CPython (its map entry: userspace writes it once,
-/// before the process's probes are attached, and removes it at exec).
-#[inline(always)]
-pub(crate) fn process(tgid: u32) -> Option<&'static PythonProcess> {
-    // SAFETY: a map value, valid for the program's run.
-    unsafe { PYTHON_PROCESSES.get(tgid) }
-}
-
 /// Appends the current thread's Python frames to this CPU's scratch stack (holding its native
-/// frames, hashing to `hash`); returns the stack's hash.
+/// frames, hashing to `hash`); returns the stack's hash. `data`: the process's runtime data
+/// (its interpreter's [`PythonProcess`]).
 #[inline(always)]
-pub(crate) fn append_frames(process: &PythonProcess, hash: u64) -> u64 {
+pub(crate) fn append_frames(data: &[u64; RUNTIME_DATA_WORDS], hash: u64) -> u64 {
+    let process = PythonProcess::from_runtime_data(data);
     let Some(frame) = newest_frame(process) else {
         return hash;
     };
@@ -104,42 +100,23 @@ pub(crate) fn append_frames(process: &PythonProcess, hash: u64) -> u64 {
 /// The newest frame of the current thread, if it runs Python.
 #[inline(always)]
 fn newest_frame(process: &PythonProcess) -> Option<u64> {
-    let fsbase_offset = FSBASE_OFFSET.load();
-    if fsbase_offset == 0 {
-        return None;
-    }
-    // SAFETY: a helper without arguments; the task is only read through the kernel-read
-    // helper, which fails (no fault) on a bad address.
-    let task = unsafe { bpf_get_current_task() };
-    let tls =
-        unsafe { bpf_probe_read_kernel((task + u64::from(fsbase_offset)) as *const u64) }.ok()?;
-    // SAFETY (this and the reads below): the helper copies from user memory and fails (no
-    // fault) on a bad address.
+    // First: without the kernel's layout nothing else is read.
+    let thread_data = tsd::current()?;
+    // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
     let [initialized, key] = unsafe { bpf_probe_read_user(process.tss as *const [u32; 2]) }.ok()?;
-    if initialized != 1 || key >= TSD_MAX_KEYS {
+    if initialized != 1 {
         return None;
     }
-    let block = if key < TSD_KEYS_PER_BLOCK {
-        tls + TSD_FIRST_BLOCK
-    } else {
-        let at = tls + TSD_BLOCKS + u64::from(key / TSD_KEYS_PER_BLOCK) * 8;
-        unsafe { bpf_probe_read_user(at as *const u64) }.ok()?
-    };
-    if block == 0 {
-        return None;
-    }
-    let slot = block + u64::from(key % TSD_KEYS_PER_BLOCK) * 16 + 8;
-    let thread = unsafe { bpf_probe_read_user(slot as *const u64) }.ok()?;
-    if thread == 0 {
-        return None;
-    }
+    let thread = thread_data.value(key)?;
     let at = thread + u64::from(process.thread_frame);
+    // SAFETY: as above.
     let mut frame = unsafe { bpf_probe_read_user(at as *const u64) }.ok()?;
     if process.cframe_frame != NO_CFRAME {
         if frame == 0 {
             return None;
         }
         let at = frame + u64::from(process.cframe_frame);
+        // SAFETY: as above.
         frame = unsafe { bpf_probe_read_user(at as *const u64) }.ok()?;
     }
     (frame != 0).then_some(frame)
@@ -220,8 +197,9 @@ fn step(walk: &mut Walk) -> Option<()> {
         let last = walk.depth.checked_sub(1)?;
         // SAFETY: this CPU's scratch slot, valid for the run; the index is checked.
         let slot = unsafe { (*stack).ips.get_mut(last as usize)? };
-        if *slot & PYTHON_FRAME != 0 {
-            *slot |= tracer_common::python::PYTHON_ENTRY;
+        // A runtime frame there is one this walk appended (the native frames come first).
+        if is_runtime_frame(*slot) {
+            *slot |= PYTHON_ENTRY;
         }
         return Some(());
     }
@@ -238,4 +216,19 @@ fn step(walk: &mut Walk) -> Option<()> {
     walk.hash = mix(walk.hash, value);
     walk.depth += 1;
     Some(())
+}
+
+/// A stack ending in a Python frame was kept for the first time: userspace hears of it, so it
+/// reads the code objects while they exist. A full ring loses the notice only: the stack is
+/// read again at the report.
+#[inline(always)]
+pub(crate) fn stack_kept(tgid: u32, stack_id: u64) {
+    let _ = PYTHON_STACKS.output::<NewPythonStack>(
+        &NewPythonStack {
+            tgid,
+            _pad: 0,
+            stack_id,
+        },
+        0,
+    );
 }
