@@ -8,7 +8,7 @@ use tracer_common::StackKey;
 
 use super::Session;
 use crate::{
-    reach::{self, Classes, Mode, Options, ProcessScan, TrackedBlock, mark::Class},
+    reach::{self, Classes, LetGo, Mode, Options, ProcessScan, Scanned, TrackedBlock, mark::Class},
     report::{ClassFigures, ProcessReachability, Reachability, StackReachability},
     serve::ScanRequest,
     target::process::is_alive,
@@ -153,21 +153,9 @@ impl Session<'_> {
                 }
             });
             let result = match result {
-                Ok(process) => {
+                Scanned::Complete(process) => {
                     if self.config.verbose {
-                        eprintln_escaped!(
-                            "leaktracer: reachability of pid {pid}: {} blocks, {} threads, {} scanned, paused {:.1} ms (stopping {:.1} ms, reading records {:.1} ms, walking glibc's heaps {:.1} ms, copying {:.1} ms, sorting words {:.1} ms), mark {:.1} ms",
-                            process.blocks,
-                            process.threads,
-                            crate::units::human_bytes(process.scanned_bytes),
-                            process.pause.as_secs_f64() * 1e3,
-                            process.stop_time.as_secs_f64() * 1e3,
-                            process.records_time.as_secs_f64() * 1e3,
-                            process.walk_time.as_secs_f64() * 1e3,
-                            process.read_time.as_secs_f64() * 1e3,
-                            process.sort_time.as_secs_f64() * 1e3,
-                            process.mark.as_secs_f64() * 1e3
-                        );
+                        say_timings(pid, &Timings::of(&process));
                     }
                     let mut entry = process_entry(&process);
                     entry.at_exit = matches!(which, Which::AtExit(_));
@@ -182,7 +170,20 @@ impl Session<'_> {
                             .collect(),
                     }
                 }
-                Err(e) => skipped(e.to_string()),
+                Scanned::LetGo(let_go) => {
+                    if self.config.verbose {
+                        say_timings(pid, &Timings::of_let_go(&let_go));
+                    }
+                    let mut entry = let_go_entry(&let_go);
+                    entry.at_exit = matches!(which, Which::AtExit(_));
+                    entry.at_secs = at_secs;
+                    ProcessResult {
+                        entry,
+                        mode: Some(let_go.mode),
+                        per_stack: HashMap::new(),
+                    }
+                }
+                Scanned::Failed(e) => skipped(e.to_string()),
             };
             scan.processes.insert(pid, result);
         }
@@ -284,7 +285,7 @@ fn process_entry(scan: &ProcessScan) -> ProcessReachability {
     ProcessReachability {
         pid: scan.pid,
         mode: scan.mode.name().to_string(),
-        complete: scan.complete,
+        complete: true,
         pause_ms: scan.pause.as_secs_f64() * 1e3,
         scanned_bytes: scan.scanned_bytes,
         threads: scan.threads as u64,
@@ -293,4 +294,71 @@ fn process_entry(scan: &ProcessScan) -> ProcessReachability {
         notes: scan.notes.clone(),
         ..Default::default()
     }
+}
+
+/// A scan let go at the pause cap, as the report lists it: nothing classed.
+fn let_go_entry(scan: &LetGo) -> ProcessReachability {
+    ProcessReachability {
+        pid: scan.pid,
+        mode: scan.mode.name().to_string(),
+        complete: false,
+        pause_ms: scan.pause.as_secs_f64() * 1e3,
+        scanned_bytes: scan.scanned_bytes(),
+        threads: scan.threads as u64,
+        blocks: 0,
+        mark_ms: 0.0,
+        notes: scan.notes(),
+        ..Default::default()
+    }
+}
+
+/// What `--verbose` says of one process's scan.
+struct Timings {
+    blocks: usize,
+    threads: usize,
+    scanned_bytes: u64,
+    /// Pause, stopping, reading records, walking the heaps, copying, sorting, mark.
+    durations: [std::time::Duration; 7],
+}
+
+impl Timings {
+    fn of(scan: &ProcessScan) -> Self {
+        Self {
+            blocks: scan.blocks,
+            threads: scan.threads,
+            scanned_bytes: scan.scanned_bytes,
+            durations: [
+                scan.pause,
+                scan.stop_time,
+                scan.records_time,
+                scan.walk_time,
+                scan.read_time,
+                scan.sort_time,
+                scan.mark,
+            ],
+        }
+    }
+
+    /// A scan let go: only its pause is measured.
+    fn of_let_go(scan: &LetGo) -> Self {
+        let mut durations = [std::time::Duration::ZERO; 7];
+        durations[0] = scan.pause;
+        Self {
+            blocks: 0,
+            threads: scan.threads,
+            scanned_bytes: scan.scanned_bytes(),
+            durations,
+        }
+    }
+}
+
+fn say_timings(pid: u32, timings: &Timings) {
+    let [pause, stop, records, walk, read, sort, mark] =
+        timings.durations.map(|d| d.as_secs_f64() * 1e3);
+    eprintln_escaped!(
+        "leaktracer: reachability of pid {pid}: {} blocks, {} threads, {} scanned, paused {pause:.1} ms (stopping {stop:.1} ms, reading records {records:.1} ms, walking glibc's heaps {walk:.1} ms, copying {read:.1} ms, sorting words {sort:.1} ms), mark {mark:.1} ms",
+        timings.blocks,
+        timings.threads,
+        crate::units::human_bytes(timings.scanned_bytes),
+    );
 }
