@@ -285,97 +285,17 @@ pub fn verdict_with_endings(
     let bytes: Vec<f64> = timeline.iter().map(|p| p.cost() as f64).collect();
     let (times, bytes) = settled(&times, &bytes);
     let rate = growth::slope(times, bytes);
-    let growing = |s: &&Stack| s.growth.is_some_and(|g| g.class == Class::Leak);
-    // With a reachability scan: bytes no pointer leads to are leaks whatever their growth,
-    // and a stack that grows with every byte still referenced is a store to bound, not a leak.
-    let lost = |s: &&Stack| {
-        s.reachability
-            .is_some_and(|r| r.definitely_lost.bytes + r.indirectly_lost.bytes > 0)
-    };
-    let referenced = |s: &&Stack| {
-        s.reachability
-            .is_some_and(|r| r.lost_bytes() == 0 && r.still_reachable.bytes > 0)
-    };
-    let lost_stacks = stacks.iter().filter(lost).count();
-    let lost_bytes: u64 = stacks
-        .iter()
-        .filter_map(|s| s.reachability)
-        .map(|r| r.definitely_lost.bytes + r.indirectly_lost.bytes)
-        .sum();
-    let growing_leaks = stacks
-        .iter()
-        .filter(|s| growing(s) && !referenced(s))
-        .count();
-    let referenced_growth_stacks = stacks
-        .iter()
-        .filter(|s| growing(s) && referenced(s))
-        .count();
-    let leaking_stacks = stacks
-        .iter()
-        .filter(|s| lost(s) || (growing(s) && !referenced(s)))
-        .count();
-    // Thread stacks classed `leak`: their thread count keeps growing.
-    let thread_leaks: Vec<&Stack> = stacks
-        .iter()
-        .filter(|s| s.is_thread_stacks() && growing(s) && !referenced(s))
-        .collect();
-    let leaking_threads: u64 = thread_leaks.iter().filter_map(|s| s.threads).sum();
+    let standing = Standing::of(stacks);
+    let leaking_stacks = standing.leaking_stacks;
+    let lost_bytes = standing.lost_bytes;
+    let referenced_growth_stacks = standing.referenced_growth_stacks;
+    let leaking_threads: u64 = standing.thread_leaks.iter().filter_map(|s| s.threads).sum();
     let judged = times.len() >= MIN_SAMPLES;
     let seconds_to_limit = limit
         .as_ref()
         .filter(|_| rate > 0.0 && judged && oom_kills.is_empty() && !all_ended)
         .map(|l| l.headroom() as f64 / rate);
-    let plural = |n: usize| if n == 1 { "" } else { "s" };
-    let no_leak_found = if unrecorded > 0 {
-        "no leak found among those recorded"
-    } else {
-        "no leak found"
-    };
-    let mut summary = if lost_stacks > 0 {
-        let mut text = format!(
-            "LEAK: {} lost on {lost_stacks} stack{} (definitely or indirectly: no pointer to it is left)",
-            human_bytes(lost_bytes),
-            plural(lost_stacks)
-        );
-        if judged && growing_leaks > 0 {
-            text.push_str(&format!(
-                "; {growing_leaks} stack{} growing steadily",
-                plural(growing_leaks)
-            ));
-        }
-        if judged {
-            text.push_str(&format!("; outstanding memory {}", human_rate(rate)));
-        }
-        text
-    } else if !judged {
-        format!(
-            "too short to judge growth: {} samples (trace longer, or sample more often with --interval)",
-            times.len()
-        )
-    } else if growing_leaks > 0 {
-        format!(
-            "LEAK: {growing_leaks} stack{} growing steadily{}; outstanding memory {}",
-            plural(growing_leaks),
-            describe_thread_leak(&thread_leaks, growing_leaks),
-            human_rate(rate)
-        )
-    } else if referenced_growth_stacks > 0 {
-        format!(
-            "{no_leak_found}: {referenced_growth_stacks} stack{} grow{} steadily, but every byte is still referenced (a cache or store to bound, not a leak); outstanding memory {}",
-            plural(referenced_growth_stacks),
-            if referenced_growth_stacks == 1 {
-                "s"
-            } else {
-                ""
-            },
-            human_rate(rate)
-        )
-    } else {
-        format!(
-            "{no_leak_found}: no stack grows steadily (outstanding memory {})",
-            human_rate(rate)
-        )
-    };
+    let mut summary = standing.summary(judged.then_some(rate), times.len(), unrecorded);
     if let Some(limit) = limit.as_ref().filter(|_| oom_kills.is_empty()) {
         match seconds_to_limit {
             Some(secs) => summary.push_str(&format!(
@@ -418,6 +338,135 @@ pub fn verdict_with_endings(
         seconds_to_limit,
         unrecorded_allocations: unrecorded,
         summary,
+    }
+}
+
+/// How the stacks stand, the figures the verdict is made of.
+struct Standing<'a> {
+    /// Stacks with bytes no pointer leads to (a scan found them), and those bytes.
+    lost_stacks: usize,
+    lost_bytes: u64,
+    /// Stacks classed leak whose bytes are not all still referenced.
+    growing_leaks: usize,
+    /// Stacks classed leak with every byte still referenced (a store to bound).
+    referenced_growth_stacks: usize,
+    /// Stacks that leak: lost bytes, or a growing leak.
+    leaking_stacks: usize,
+    /// Thread stacks classed `leak`: their thread count keeps growing.
+    thread_leaks: Vec<&'a Stack>,
+}
+
+impl<'a> Standing<'a> {
+    fn of(stacks: &'a [Stack]) -> Self {
+        let growing = |s: &&Stack| s.growth.is_some_and(|g| g.class == Class::Leak);
+        // With a reachability scan: bytes no pointer leads to are leaks whatever their growth,
+        // and a stack that grows with every byte still referenced is a store to bound, not a leak.
+        let lost = |s: &&Stack| {
+            s.reachability
+                .is_some_and(|r| r.definitely_lost.bytes + r.indirectly_lost.bytes > 0)
+        };
+        let referenced = |s: &&Stack| {
+            s.reachability
+                .is_some_and(|r| r.lost_bytes() == 0 && r.still_reachable.bytes > 0)
+        };
+        let lost_stacks = stacks.iter().filter(lost).count();
+        let lost_bytes: u64 = stacks
+            .iter()
+            .filter_map(|s| s.reachability)
+            .map(|r| r.definitely_lost.bytes + r.indirectly_lost.bytes)
+            .sum();
+        let growing_leaks = stacks
+            .iter()
+            .filter(|s| growing(s) && !referenced(s))
+            .count();
+        let referenced_growth_stacks = stacks
+            .iter()
+            .filter(|s| growing(s) && referenced(s))
+            .count();
+        let leaking_stacks = stacks
+            .iter()
+            .filter(|s| lost(s) || (growing(s) && !referenced(s)))
+            .count();
+        // Thread stacks classed `leak`: their thread count keeps growing.
+        let thread_leaks: Vec<&Stack> = stacks
+            .iter()
+            .filter(|s| s.is_thread_stacks() && growing(s) && !referenced(s))
+            .collect();
+        Self {
+            lost_stacks,
+            lost_bytes,
+            growing_leaks,
+            referenced_growth_stacks,
+            leaking_stacks,
+            thread_leaks,
+        }
+    }
+
+    /// The verdict's sentence before the limit: lost bytes, growing leaks or none; `rate` the
+    /// growth of all outstanding memory, when there were enough samples (`samples`) to judge
+    /// it; `unrecorded` allocations make "no leak found" say "among those recorded".
+    fn summary(&self, rate: Option<f64>, samples: usize, unrecorded: u64) -> String {
+        let Self {
+            lost_stacks,
+            lost_bytes,
+            growing_leaks,
+            referenced_growth_stacks,
+            ref thread_leaks,
+            ..
+        } = *self;
+        let judged = rate.is_some();
+        let rate = rate.unwrap_or_default();
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let no_leak_found = if unrecorded > 0 {
+            "no leak found among those recorded"
+        } else {
+            "no leak found"
+        };
+        if lost_stacks > 0 {
+            let mut text = format!(
+                "LEAK: {} lost on {lost_stacks} stack{} (definitely or indirectly: no pointer to it is left)",
+                human_bytes(lost_bytes),
+                plural(lost_stacks)
+            );
+            if judged && growing_leaks > 0 {
+                text.push_str(&format!(
+                    "; {growing_leaks} stack{} growing steadily",
+                    plural(growing_leaks)
+                ));
+            }
+            if judged {
+                text.push_str(&format!("; outstanding memory {}", human_rate(rate)));
+            }
+            text
+        } else if !judged {
+            format!(
+                "too short to judge growth: {} samples (trace longer, or sample more often with --interval)",
+                samples
+            )
+        } else if growing_leaks > 0 {
+            format!(
+                "LEAK: {growing_leaks} stack{} growing steadily{}; outstanding memory {}",
+                plural(growing_leaks),
+                describe_thread_leak(thread_leaks, growing_leaks),
+                human_rate(rate)
+            )
+        } else if referenced_growth_stacks > 0 {
+            format!(
+                "{no_leak_found}: {referenced_growth_stacks} stack{} grow{} steadily, but every byte is still referenced (a cache or store to bound, not a leak); outstanding memory {}",
+                plural(referenced_growth_stacks),
+                if referenced_growth_stacks == 1 {
+                    "s"
+                } else {
+                    ""
+                },
+                human_rate(rate)
+            )
+        } else {
+            format!(
+                "{no_leak_found}: no stack grows steadily (outstanding memory {})",
+                human_rate(rate)
+            )
+        }
     }
 }
 

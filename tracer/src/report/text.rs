@@ -30,6 +30,54 @@ pub fn severity_name(severity: Severity) -> &'static str {
 /// whole (names from the target may hold control characters).
 pub fn render(report: &Report, top: usize) -> String {
     let mut out = TerminalText::default();
+    render_header(report, &mut out);
+    for process in &report.processes {
+        render_process(report, process, &mut out);
+    }
+    let thread_stacks: Vec<&Stack> = report
+        .stacks
+        .iter()
+        .filter(|s| s.is_thread_stacks())
+        .collect();
+    render_totals(report, &thread_stacks, &mut out);
+    if report.stacks.is_empty() {
+        out.blank();
+        out.line(format_args!(
+            "no outstanding allocations: nothing allocated during the trace is still held"
+        ));
+        return out.into_string();
+    }
+    let shown = report.stacks.len().min(top);
+    let folds = report
+        .stacks
+        .iter()
+        .take(top)
+        .any(|s| !s.folded_frames().is_empty());
+    out.blank();
+    out.line(format_args!(
+        "top {shown} of {} stacks by outstanding bytes{}{}:",
+        report.stacks.len(),
+        if thread_stacks.is_empty() {
+            ""
+        } else {
+            ", thread stacks by what is resident of them"
+        },
+        if folds {
+            " (leading allocator frames folded; --keep-plumbing shows them)"
+        } else {
+            ""
+        }
+    ));
+    for (rank, stack) in report.stacks.iter().take(top).enumerate() {
+        render_stack(report, rank, stack, &mut out);
+    }
+    render_functions(report, top, &mut out);
+    out.into_string()
+}
+
+/// The first lines: how the trace ended, execs, the verdict, sampling, the cgroup, and the
+/// allocators of a report without processes.
+fn render_header(report: &Report, out: &mut TerminalText) {
     let target = describe_target(report);
     out.line(format_args!(
         "leaktracer: traced {target} for {:.1} s ({}{})",
@@ -74,43 +122,47 @@ pub fn render(report: &Report, top: usize) -> String {
             ));
         }
     }
-    for process in &report.processes {
-        let inner = process
-            .nspid
-            .last()
-            .filter(|inner| process.nspid.len() > 1 && **inner != process.pid)
-            .map(|inner| format!(", pid {inner} in its namespace"))
-            .unwrap_or_default();
-        let frozen = process
-            .frozen_at_secs
-            .map(|t| match process.frozen_at.as_deref() {
-                Some("exit") => format!("; figures as of its exit() call (at {t:.1} s)"),
-                _ => format!(
-                    "; figures as of its interpreter's teardown (Py_FinalizeEx at {t:.1} s)"
-                ),
-            })
-            .unwrap_or_default();
-        // Each process's ending; the target's own is on the first line already.
-        let ended = process
-            .exit
-            .as_ref()
-            .filter(|_| {
-                report
-                    .target_exit
-                    .as_ref()
-                    .is_none_or(|t| t.pid != process.pid)
-            })
-            .map(|exit| format!("; ended: {}", exit.describe()))
-            .unwrap_or_default();
-        out.line(format_args!(
-            "process: pid {}{inner}: {} [{}] cgroup {}; allocator {}{frozen}{ended}",
-            process.pid,
-            process.comm,
-            process.command.join(" "),
-            process.cgroup.as_deref().unwrap_or("?"),
-            process.allocator
-        ));
-    }
+}
+
+/// One traced process's line.
+fn render_process(report: &Report, process: &super::ProcessEntry, out: &mut TerminalText) {
+    let inner = process
+        .nspid
+        .last()
+        .filter(|inner| process.nspid.len() > 1 && **inner != process.pid)
+        .map(|inner| format!(", pid {inner} in its namespace"))
+        .unwrap_or_default();
+    let frozen = process
+        .frozen_at_secs
+        .map(|t| match process.frozen_at.as_deref() {
+            Some("exit") => format!("; figures as of its exit() call (at {t:.1} s)"),
+            _ => format!("; figures as of its interpreter's teardown (Py_FinalizeEx at {t:.1} s)"),
+        })
+        .unwrap_or_default();
+    // Each process's ending; the target's own is on the first line already.
+    let ended = process
+        .exit
+        .as_ref()
+        .filter(|_| {
+            report
+                .target_exit
+                .as_ref()
+                .is_none_or(|t| t.pid != process.pid)
+        })
+        .map(|exit| format!("; ended: {}", exit.describe()))
+        .unwrap_or_default();
+    out.line(format_args!(
+        "process: pid {}{inner}: {} [{}] cgroup {}; allocator {}{frozen}{ended}",
+        process.pid,
+        process.comm,
+        process.command.join(" "),
+        process.cgroup.as_deref().unwrap_or("?"),
+        process.allocator
+    ));
+}
+
+/// The totals: outstanding, thread stacks (`thread_stacks`), dropped, the scan.
+fn render_totals(report: &Report, thread_stacks: &[&Stack], out: &mut TerminalText) {
     let totals = &report.totals;
     out.line(format_args!("outstanding: {} ({} bytes) in {} allocations; seen during the trace: {} allocations, {} frees",
         human_bytes(totals.outstanding_bytes),
@@ -118,11 +170,6 @@ pub fn render(report: &Report, top: usize) -> String {
         totals.outstanding_allocations,
         totals.allocations,
         totals.frees));
-    let thread_stacks: Vec<&Stack> = report
-        .stacks
-        .iter()
-        .filter(|s| s.is_thread_stacks())
-        .collect();
     if !thread_stacks.is_empty() {
         let count = |f: fn(&&Stack) -> u64| thread_stacks.iter().map(f).sum::<u64>();
         let stacks = count(|s| s.outstanding_allocations);
@@ -155,88 +202,60 @@ pub fn render(report: &Report, top: usize) -> String {
             out.line(format_args!("    note: {note}"));
         }
     }
-    if report.stacks.is_empty() {
-        out.blank();
-        out.line(format_args!(
-            "no outstanding allocations: nothing allocated during the trace is still held"
-        ));
-        return out.into_string();
-    }
-    let shown = report.stacks.len().min(top);
-    let folds = report
-        .stacks
-        .iter()
-        .take(top)
-        .any(|s| !s.folded_frames().is_empty());
+}
+
+/// One of the top stacks, ranked `rank` (from 0).
+fn render_stack(report: &Report, rank: usize, stack: &Stack, out: &mut TerminalText) {
     out.blank();
     out.line(format_args!(
-        "top {shown} of {} stacks by outstanding bytes{}{}:",
-        report.stacks.len(),
-        if thread_stacks.is_empty() {
-            ""
-        } else {
-            ", thread stacks by what is resident of them"
-        },
-        if folds {
-            " (leading allocator frames folded; --keep-plumbing shows them)"
-        } else {
-            ""
-        }
+        "#{}  {} ({} bytes) in {} allocations  [{} allocated in all]",
+        rank + 1,
+        human_bytes(stack.outstanding_bytes),
+        stack.outstanding_bytes,
+        stack.outstanding_allocations,
+        stack.total_allocations
     ));
-    for (rank, stack) in report.stacks.iter().take(top).enumerate() {
-        out.blank();
+    if report.target.pids.len() > 1 {
         out.line(format_args!(
-            "#{}  {} ({} bytes) in {} allocations  [{} allocated in all]",
-            rank + 1,
-            human_bytes(stack.outstanding_bytes),
-            stack.outstanding_bytes,
-            stack.outstanding_allocations,
-            stack.total_allocations
+            "    process: pid {} ({})",
+            stack.pid, stack.comm
         ));
-        if report.target.pids.len() > 1 {
-            out.line(format_args!(
-                "    process: pid {} ({})",
-                stack.pid, stack.comm
-            ));
-        }
-        if stack.is_thread_stacks() {
-            out.line(format_args!("    {}", describe_thread_stacks(stack)));
-        }
-        if let Some(growth) = &stack.growth {
-            let rate = match growth.threads_per_sec {
-                Some(threads) => format!(
-                    "{} resident, {threads:+.2} threads/s",
-                    human_rate(growth.bytes_per_sec)
-                ),
-                None => human_rate(growth.bytes_per_sec),
-            };
-            out.line(format_args!(
-                "    growth: {rate} ({}, severity {}; grew or held in {:.0}% of intervals)",
-                class_name(growth.class),
-                severity_name(growth.severity),
-                growth.non_decreasing_ratio * 100.0
-            ));
-        }
-        if let Some(classes) = &stack.reachability
-            && classes.classified_bytes() > 0
-        {
-            out.line(format_args!(
-                "    reachability: {}",
-                describe_classes(classes)
-            ));
-        }
-        if stack.frames.is_empty() {
-            out.line(format_args!("    [stack not captured]"));
-        }
-        if let Some(note) = folded_note(stack.folded_frames()) {
-            out.line(format_args!("    {note}"));
-        }
-        for frame in stack.shown_frames() {
-            out.line(format_args!("    {}", describe_frame(frame)));
-        }
     }
-    render_functions(report, top, &mut out);
-    out.into_string()
+    if stack.is_thread_stacks() {
+        out.line(format_args!("    {}", describe_thread_stacks(stack)));
+    }
+    if let Some(growth) = &stack.growth {
+        let rate = match growth.threads_per_sec {
+            Some(threads) => format!(
+                "{} resident, {threads:+.2} threads/s",
+                human_rate(growth.bytes_per_sec)
+            ),
+            None => human_rate(growth.bytes_per_sec),
+        };
+        out.line(format_args!(
+            "    growth: {rate} ({}, severity {}; grew or held in {:.0}% of intervals)",
+            class_name(growth.class),
+            severity_name(growth.severity),
+            growth.non_decreasing_ratio * 100.0
+        ));
+    }
+    if let Some(classes) = &stack.reachability
+        && classes.classified_bytes() > 0
+    {
+        out.line(format_args!(
+            "    reachability: {}",
+            describe_classes(classes)
+        ));
+    }
+    if stack.frames.is_empty() {
+        out.line(format_args!("    [stack not captured]"));
+    }
+    if let Some(note) = folded_note(stack.folded_frames()) {
+        out.line(format_args!("    {note}"));
+    }
+    for frame in stack.shown_frames() {
+        out.line(format_args!("    {}", describe_frame(frame)));
+    }
 }
 
 /// A stack of thread stacks in one line: its live threads, the stacks its C library keeps

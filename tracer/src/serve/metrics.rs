@@ -8,7 +8,7 @@
 use std::fmt::Write;
 
 use super::{LiveProcess, api::top_function};
-use crate::report::{Report, Stack};
+use crate::report::{Report, Stack, Verdict};
 
 /// One metric family being written: HELP and TYPE once, then its samples.
 struct Family<'a> {
@@ -73,9 +73,21 @@ fn by_label(
     }
 }
 
-/// Renders every metric of `report`.
+/// Renders every metric of `report`: `processes` with their usage now, and the top `stacks`
+/// with series of their own.
 pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> String {
     let mut out = String::new();
+    render_processes(&mut out, report, processes);
+    if let Some(verdict) = &report.verdict {
+        render_verdict(&mut out, verdict);
+    }
+    render_totals(&mut out, report);
+    render_stacks(&mut out, report, stacks);
+    out
+}
+
+/// Per traced process: outstanding bytes and allocations, and the RSS of those still running.
+fn render_processes(out: &mut String, report: &Report, processes: &[LiveProcess]) {
     let comm_of = |pid: u32| {
         report
             .processes
@@ -101,13 +113,13 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
         }
     };
     per_process(
-        &mut out,
+        out,
         "leaktracer_outstanding_bytes",
         "Bytes allocated since the trace began and not freed, per traced process.",
         |s| s.outstanding_bytes,
     );
     per_process(
-        &mut out,
+        out,
         "leaktracer_outstanding_allocations",
         "Allocations made since the trace began and not freed, per traced process.",
         |s| s.outstanding_allocations,
@@ -115,7 +127,7 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
     {
         let name = "leaktracer_rss_bytes";
         let mut family = Family::new(
-            &mut out,
+            out,
             name,
             "gauge",
             "Resident set size of each traced process still running.",
@@ -131,76 +143,85 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
             }
         }
     }
-    if let Some(verdict) = &report.verdict {
-        single(
-            &mut out,
-            "leaktracer_growth_bytes_per_second",
-            "gauge",
-            "Least-squares slope of all outstanding bytes over the trace so far.",
-            float(verdict.growth_bytes_per_sec),
-        );
-        single(
-            &mut out,
-            "leaktracer_leaking_stacks",
-            "gauge",
-            "Stacks classed leak.",
-            verdict.leaking_stacks,
-        );
-        if let Some(limit) = verdict.memory_limit_bytes {
-            single(
-                &mut out,
-                "leaktracer_memory_limit_bytes",
-                "gauge",
-                "Memory limit of the target (cgroup memory.max, else MemTotal).",
-                limit,
-            );
-        }
-        if let Some(seconds) = verdict.seconds_to_limit {
-            single(
-                &mut out,
-                "leaktracer_seconds_to_limit",
-                "gauge",
-                "Seconds until the memory limit at the current growth rate.",
-                float(seconds),
-            );
-        }
-    }
+}
+
+/// The verdict's figures: growth, leaking stacks, the limit and the time to it.
+fn render_verdict(out: &mut String, verdict: &Verdict) {
     single(
-        &mut out,
+        out,
+        "leaktracer_growth_bytes_per_second",
+        "gauge",
+        "Least-squares slope of all outstanding bytes over the trace so far.",
+        float(verdict.growth_bytes_per_sec),
+    );
+    single(
+        out,
+        "leaktracer_leaking_stacks",
+        "gauge",
+        "Stacks classed leak.",
+        verdict.leaking_stacks,
+    );
+    if let Some(limit) = verdict.memory_limit_bytes {
+        single(
+            out,
+            "leaktracer_memory_limit_bytes",
+            "gauge",
+            "Memory limit of the target (cgroup memory.max, else MemTotal).",
+            limit,
+        );
+    }
+    if let Some(seconds) = verdict.seconds_to_limit {
+        single(
+            out,
+            "leaktracer_seconds_to_limit",
+            "gauge",
+            "Seconds until the memory limit at the current growth rate.",
+            float(seconds),
+        );
+    }
+}
+
+/// The trace's counters: allocations, frees, dropped and ignored calls, seconds traced.
+fn render_totals(out: &mut String, report: &Report) {
+    single(
+        out,
         "leaktracer_allocations_total",
         "counter",
         "Allocations recorded since the trace began.",
         report.totals.allocations,
     );
     single(
-        &mut out,
+        out,
         "leaktracer_frees_total",
         "counter",
         "Frees and unmaps that released a recorded allocation.",
         report.totals.frees,
     );
     by_label(
-        &mut out,
+        out,
         "leaktracer_dropped_total",
         "Allocations or attributions lost, by cause (a full map and the like).",
         "cause",
         &report.totals.dropped_by_cause,
     );
     by_label(
-        &mut out,
+        out,
         "leaktracer_ignored_total",
         "Calls deliberately not counted, by reason.",
         "reason",
         &report.totals.ignored,
     );
     single(
-        &mut out,
+        out,
         "leaktracer_trace_seconds",
         "gauge",
         "Seconds traced so far.",
         float(report.duration_secs),
     );
+}
 
+/// The top `stacks` stacks holding memory: outstanding bytes, allocations and growth.
+fn render_stacks(out: &mut String, report: &Report, stacks: usize) {
     let top: Vec<_> = report
         .stacks
         .iter()
@@ -223,24 +244,23 @@ pub fn render(report: &Report, processes: &[LiveProcess], stacks: usize) -> Stri
         }
     };
     per_stack(
-        &mut out,
+        out,
         "leaktracer_stack_outstanding_bytes",
         "Outstanding bytes of the top stacks (--metrics-stacks), by stable stack id and the allocator's caller (past allocator plumbing).",
         &|s| s.outstanding_bytes.to_string(),
     );
     per_stack(
-        &mut out,
+        out,
         "leaktracer_stack_outstanding_allocations",
         "Outstanding allocations of the top stacks.",
         &|s| s.outstanding_allocations.to_string(),
     );
     per_stack(
-        &mut out,
+        out,
         "leaktracer_stack_growth_bytes_per_second",
         "Growth rate of the top stacks over the trace so far.",
         &|s| float(s.growth.as_ref().map_or(0.0, |g| g.bytes_per_sec)),
     );
-    out
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@ use std::{os::fd::AsRawFd, time::Duration};
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use super::{EndReason, Session, status::Status};
-use crate::target::{launch::LaunchedChild, process::is_alive};
+use super::{
+    EndReason,
+    session::Session,
+    status::{Status, grower_name},
+};
 
 /// How often liveness, new processes and memory maps are checked.
 const POLL: Duration = Duration::from_millis(100);
@@ -56,19 +59,19 @@ fn leave_closed_terminal() {
 }
 
 impl Session<'_> {
-    /// Waits for Ctrl-C, SIGTERM or SIGHUP, the duration, or the end of the targets; samples
-    /// every interval, attaches to new processes and keeps the view of memory maps fresh
-    /// meanwhile.
+    /// Waits for Ctrl-C, SIGTERM or SIGHUP, the end of `duration`, or the end of the targets;
+    /// samples every `interval`, and polls ([`Session::poll`]) meanwhile.
     pub(super) fn wait_for_end(
         &mut self,
-        child: &mut Option<&mut LaunchedChild>,
         runtime: &tokio::runtime::Runtime,
         signals: &mut Signals,
+        duration: Option<Duration>,
+        interval: Duration,
     ) -> anyhow::Result<EndReason> {
         runtime.block_on(async {
-            let deadline = self.config.duration.map(|d| tokio::time::Instant::now() + d);
+            let deadline = duration.map(|d| tokio::time::Instant::now() + d);
             let mut poll = tokio::time::interval(POLL);
-            let mut sample = tokio::time::interval(self.config.interval);
+            let mut sample = tokio::time::interval(interval);
             // New stacks with Python frames are read as soon as the kernel announces them: a
             // code object may live only milliseconds (a module's body runs once at import).
             // SAFETY: the ring's descriptor stays open (the maps live as long as the session)
@@ -80,7 +83,7 @@ impl Session<'_> {
                 )
             }
             .ok();
-            let mut scan_requests = self.server.as_mut().and_then(|s| s.scan_requests.take());
+            let mut scan_requests = self.reporter.take_scan_requests();
             loop {
                 tokio::select! {
                     _ = signals.interrupt.recv() => return Ok(EndReason::Interrupted),
@@ -93,29 +96,9 @@ impl Session<'_> {
                         return Ok(EndReason::Duration);
                     }
                     _ = poll.tick() => {
-                        if let Some(child) = child.as_deref() {
-                            self.orphans.reap_exited(child.pid);
+                        if let Some(end) = self.poll()? {
+                            return Ok(end);
                         }
-                        if self.target_gone(child) {
-                            return Ok(EndReason::TargetExited);
-                        }
-                        // A stop where its picture froze (exit(), Py_FinalizeEx) is settled
-                        // below and continued there; any other is an exec's.
-                        if let Some(child) = child.as_deref_mut()
-                            && child.has_stopped()
-                            && self.probes.maps().frozen.get(&child.pid, 0).is_err()
-                        {
-                            self.follow_launched_exec(child)?;
-                        }
-                        self.settle_execs()?;
-                        self.notice_cgroup_moves();
-                        self.settle_exits();
-                        self.read_python_stacks();
-                        self.settle_freezes();
-                        self.discover();
-                        self.refresh_mapped_code();
-                        self.forget_exited();
-                        self.settle_unmaps()?;
                     }
                     _ = sample.tick() => self.sample()?,
                     request = async { scan_requests.as_mut().expect("guarded").recv().await }, if scan_requests.is_some() => {
@@ -135,35 +118,15 @@ impl Session<'_> {
         })
     }
 
-    /// True when nothing in scope runs any more.
-    fn target_gone(&self, child: &mut Option<&mut LaunchedChild>) -> bool {
-        let tracked: Vec<u32> = self.tracked.keys().copied().collect();
-        // A launched child is gone once reaped (a zombie is still "alive" in /proc).
-        self.scope.is_gone(
-            |root| match child.as_deref_mut() {
-                Some(child) => child.try_reap().is_some(),
-                None => !is_alive(root),
-            },
-            &tracked,
-        )
-    }
-
-    /// Settles pending munmap ranges and prints what the kernel side warned about.
-    pub(super) fn settle_unmaps(&mut self) -> anyhow::Result<()> {
-        self.collector.drain_unmaps(self.probes.maps_mut())?;
-        self.collector.print_warnings();
-        Ok(())
-    }
-
     /// Takes one sample, publishes it when serving, and shows it on the status line.
     fn sample(&mut self) -> anyhow::Result<()> {
-        self.refresh_limit();
+        self.refresh_limits();
         let snapshot = self
             .collector
-            .snapshot(self.probes.maps(), self.config.min_age)?;
-        let rss = self.total_rss();
+            .snapshot(self.probes.maps(), self.reporter.min_age())?;
+        let rss = self.processes.total_rss();
         self.history.sample(&snapshot, rss);
-        if self.server.is_some() {
+        if self.reporter.is_serving() {
             let elapsed = self.history.elapsed_secs();
             let report = self.build_report(&snapshot, elapsed, None);
             self.publish(&report);
@@ -173,8 +136,8 @@ impl Session<'_> {
         }
         let grower = self.history.top_grower().map(|(key, rate)| {
             let frames = self.stack_frames(&key);
-            let own = self.config.outputs.plumbing.leading(&frames);
-            let mut name = super::status::grower_name(&frames, own);
+            let own = self.reporter.plumbing().leading(&frames);
+            let mut name = grower_name(&frames, own);
             if self.history.is_thread_stacks(&key) {
                 // Its rate is what is resident of them.
                 name.push_str(" (thread stacks, resident)");
@@ -186,7 +149,7 @@ impl Session<'_> {
             outstanding_bytes: self.history.last_total(),
             growth_bytes_per_sec: self.history.total_rate(),
             rss_bytes: rss,
-            processes: self.tracked.len(),
+            processes: self.processes.len(),
             top_grower: grower.as_ref().map(|(name, rate)| (name.as_str(), *rate)),
         }
         .render();

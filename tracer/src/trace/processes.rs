@@ -1,22 +1,25 @@
-//! The processes a trace is attached to: attaching new ones as they enter the scope (with
-//! retries for processes caught mid-exec), noticing an exec, and what the report says of them.
+//! The processes a trace is attached to: planning and attaching each as it enters the scope
+//! (with retries for processes caught mid-exec), the execs they make, and what the report and
+//! the messages say of them.
 
 use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    time::{Duration, Instant},
 };
 
-use super::{Session, TraceConfig};
 use crate::{
-    attach::allocator::{self, AttachPlan},
+    attach::{
+        allocator::{self, AllocatorOverride, AttachPlan},
+        probes::Probes,
+    },
     error::TraceError,
-    python::interpreter::Found,
-    report::{ExecEvent, ProcessEntry, TargetExit},
+    report::{ExecEvent, ProcessEntry},
     target::{
-        launch::{LaunchedChild, adopted, is_dynamically_linked, signal_name},
+        launch::is_dynamically_linked,
         maps::read_maps,
-        memory::{MemoryLimit, memory_limit, oom_kills, rss_bytes},
-        process::{ProcessInfo, is_alive, state_of},
+        memory::rss_bytes,
+        process::{ProcessInfo, is_alive},
     },
     terminal::eprintln_escaped,
 };
@@ -26,12 +29,38 @@ use crate::{
 const ATTACH_ATTEMPTS: u32 = 10;
 
 /// How often traced processes are checked for having exited.
-const TABLES_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+const EXITS_CHECK: Duration = Duration::from_secs(1);
 
-/// Sends SIGCONT to `pid`.
-fn continue_process(pid: u32) {
-    // SAFETY: kill(2) with a plain pid and signal number.
-    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+/// How processes are attached, from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct AttachSettings {
+    /// `--allocator`: the object that serves malloc, when not found by itself.
+    pub allocator: Option<AllocatorOverride>,
+    /// Benchmarks: probe each function at its symbol's entry.
+    pub probes_at_symbol_entry: bool,
+    /// `--reachability`: the C library's `exit` stops the process too.
+    pub stop_at_exit: bool,
+    /// The launched command, if the trace launches one.
+    pub command: Option<Vec<String>>,
+    /// Say where each probe was placed.
+    pub verbose: bool,
+}
+
+/// The processes attached, and those given up on.
+pub struct Processes {
+    settings: AttachSettings,
+    tracked: BTreeMap<u32, Tracked>,
+    /// Processes that could not be traced (warned about once).
+    failed: BTreeSet<u32>,
+    /// Failed attach attempts of processes not given up on yet.
+    attempts: BTreeMap<u32, u32>,
+    /// Each process attached is said on its own line: once the trace runs (those at the start
+    /// are in its first line), or always with --verbose.
+    announce: bool,
+    /// Execs of traced processes, and what was retired with their old images.
+    execs: Vec<ExecEvent>,
+    /// When the processes were last checked for having exited.
+    exits_checked: Instant,
 }
 
 /// A process leaktracer attached to.
@@ -46,27 +75,332 @@ pub struct Tracked {
     exec_settled_ns: u64,
     /// The launched command: its first exec is the launch itself, not news.
     launched: bool,
-    /// When its interpreter began tearing down, seconds into the trace (its picture froze).
-    frozen_at_secs: Option<f64>,
-    /// Where: `Py_FinalizeEx` or `exit`.
-    frozen_at: Option<&'static str>,
-    /// When it was attached (CLOCK_MONOTONIC ns): kernel endings from before are another
-    /// process's under the same pid.
-    tracked_ns: u64,
-    /// Its memory limit, last read while it ran.
-    limit: Option<MemoryLimit>,
-    /// Its `/proc/PID/cgroup` when the limit was read: a move to another cgroup re-reads it.
-    membership: Option<String>,
-    /// Its limiting cgroup's OOM-kill counter file, and the count when it was attached (or
-    /// when it moved into that cgroup).
-    oom_baseline: Option<(PathBuf, u64)>,
-    /// How it ended, once it has.
-    pub exit: Option<TargetExit>,
+}
+
+/// The image a process left by an exec: what to say of it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OldImage {
+    /// The launched command's own first exec (the launch, not news).
+    pub first_of_launch: bool,
+    /// Its executable.
+    pub from: String,
+}
+
+/// The executable of `pid`, to tell an exec from the process we attached to.
+pub fn executable(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+impl Processes {
+    pub fn new(settings: AttachSettings) -> Self {
+        Self {
+            announce: settings.verbose,
+            settings,
+            tracked: BTreeMap::new(),
+            failed: BTreeSet::new(),
+            attempts: BTreeMap::new(),
+            execs: Vec::new(),
+            exits_checked: Instant::now(),
+        }
+    }
+
+    /// From now on each process attached is said on its own line.
+    pub fn announce_from_now(&mut self) {
+        self.announce = true;
+    }
+
+    /// The plan for `pid` with the command line's settings: the objects in `candidates`.
+    fn finish_plan(
+        &self,
+        pid: u32,
+        candidates: &[allocator::Candidate],
+    ) -> Result<AttachPlan, TraceError> {
+        let mut plan = allocator::plan(pid, candidates, self.settings.allocator.as_ref())?;
+        if self.settings.probes_at_symbol_entry {
+            plan.place_at_symbol_entries();
+        }
+        if self.settings.stop_at_exit {
+            allocator::add_exit_stop(&mut plan);
+        }
+        Ok(plan)
+    }
+
+    /// Plan for the launched command, not exec'd yet: the objects its loader will map.
+    pub fn plan_launched(&self, pid: u32, objects: &[PathBuf]) -> Result<AttachPlan, TraceError> {
+        self.finish_plan(pid, &allocator::candidates_from_paths(objects))
+    }
+
+    /// Plan for a running process: the objects it maps, opened as it maps them.
+    pub fn plan_for_pid(&self, pid: u32) -> Result<AttachPlan, TraceError> {
+        let maps = read_maps(pid).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => TraceError::ProcessNotReadable {
+                pid,
+                why: crate::attach::probes::access_refusal(),
+            },
+            _ => TraceError::NoSuchProcess(pid),
+        })?;
+        self.finish_plan(pid, &allocator::candidates_from_maps(pid, &maps))
+    }
+
+    /// Plan for a process found in the scope. Caught between its exec and its loader mapping
+    /// the libraries, a dynamically linked program maps no malloc yet: tried again on the next
+    /// polls (it is not a program without an allocator, whose libc would then never be
+    /// probed), and only the last attempt takes it as one.
+    pub fn plan_found(&self, pid: u32) -> anyhow::Result<AttachPlan> {
+        let plan = self.plan_for_pid(pid)?;
+        let last_attempt = self.attempts.get(&pid).copied().unwrap_or(0) + 1 >= ATTACH_ATTEMPTS;
+        if plan.allocator == allocator::NO_ALLOCATOR
+            && !last_attempt
+            && is_dynamically_linked(&PathBuf::from(format!("/proc/{pid}/exe")))
+        {
+            anyhow::bail!("its dynamic loader has not mapped its libraries yet");
+        }
+        Ok(plan)
+    }
+
+    /// Of `plan`, the objects not probed for `pid` yet (all of them for a new process).
+    pub fn unprobed(&self, pid: u32, plan: &AttachPlan) -> AttachPlan {
+        let mut new_part = plan.clone();
+        if let Some(tracked) = self.tracked.get(&pid) {
+            new_part
+                .objects
+                .retain(|o| !tracked.objects.contains(&(o.dev, o.inode)));
+        }
+        new_part
+    }
+
+    /// Attaches `plan` for `pid`: its allocations count from now on.
+    pub fn attach(
+        &self,
+        probes: &mut Probes,
+        pid: u32,
+        plan: &AttachPlan,
+    ) -> Result<(), TraceError> {
+        let known = probes.attached.len();
+        probes.attach(plan, pid)?;
+        if self.settings.verbose {
+            print_placements(probes, pid, known);
+        }
+        Ok(())
+    }
+
+    /// Remembers `pid`, attached with `plan`. The first process of a launched command is the
+    /// command itself.
+    pub fn insert(&mut self, pid: u32, plan: AttachPlan) {
+        let launched = self.settings.command.is_some() && self.tracked.is_empty();
+        let mut info = ProcessInfo::read(pid).unwrap_or(ProcessInfo {
+            pid,
+            nspid: vec![pid],
+            ..Default::default()
+        });
+        if launched && info.cmdline.is_empty() {
+            // Read too late (it exited at once): its command line is the one we launched.
+            info.cmdline = self.settings.command.clone().unwrap_or_default();
+        }
+        let objects = plan.objects.iter().map(|o| (o.dev, o.inode)).collect();
+        self.tracked.insert(
+            pid,
+            Tracked {
+                info,
+                plan,
+                objects,
+                exe: executable(pid),
+                exec_settled_ns: crate::collect::monotonic_ns(),
+                launched,
+            },
+        );
+    }
+
+    /// `pid` exec'd another program, whose new objects are attached: same pid, new program.
+    pub fn replace_image(&mut self, pid: u32, mut plan: AttachPlan, exe: Option<PathBuf>) {
+        let Some(tracked) = self.tracked.get_mut(&pid) else {
+            return;
+        };
+        tracked
+            .objects
+            .extend(plan.objects.iter().map(|o| (o.dev, o.inode)));
+        tracked.exe = exe;
+        tracked.info = ProcessInfo::read(pid).unwrap_or_else(|| tracked.info.clone());
+        std::mem::swap(&mut tracked.plan, &mut plan);
+    }
+
+    /// Says that `pid` was attached with `plan`, once the trace runs.
+    pub fn announce(&self, pid: u32, plan: &AttachPlan) {
+        if self.announce {
+            eprintln_escaped!(
+                "leaktracer: attached to pid {pid} ({}), allocator {}",
+                ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default(),
+                plan.allocator
+            );
+        }
+    }
+
+    /// Whether `pid`, in the scope, is left as it is: given up on, leaktracer itself, or
+    /// traced already with the executable `exe` it had (or with an exec not settled yet,
+    /// `exec_ns` saying when the kernel saw its last: its old image's records are retired
+    /// under the old executable's name first, on the next poll).
+    pub fn is_settled(
+        &self,
+        pid: u32,
+        exe: &Option<PathBuf>,
+        exec_ns: impl FnOnce() -> Option<u64>,
+    ) -> bool {
+        match self.tracked.get(&pid) {
+            Some(tracked) => {
+                tracked.exe == *exe || exec_ns().is_some_and(|ns| ns > tracked.exec_settled_ns)
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `pid` is never attached: given up on, or leaktracer itself.
+    pub fn is_excluded(&self, pid: u32) -> bool {
+        self.failed.contains(&pid) || pid == std::process::id()
+    }
+
+    /// `pid` was attached: its failed attempts are forgotten.
+    pub fn attached(&mut self, pid: u32) {
+        self.attempts.remove(&pid);
+    }
+
+    /// `pid` failed to attach with `err`. A process caught mid-exec has no allocator mapped
+    /// yet, or loses the mapping being attached to: tried again on the next polls, then given
+    /// up with a warning (true).
+    pub fn attach_failed(&mut self, pid: u32, err: &anyhow::Error) -> bool {
+        let attempts = self.attempts.entry(pid).or_insert(0);
+        *attempts += 1;
+        if *attempts < ATTACH_ATTEMPTS {
+            return false;
+        }
+        self.failed.insert(pid);
+        if is_alive(pid) {
+            let comm = ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default();
+            eprintln_escaped!("leaktracer: warning: not tracing pid {pid} ({comm}): {err:#}");
+        }
+        true
+    }
+
+    /// `pid` exec'd at `exec_ns` (CLOCK_MONOTONIC): its old image, when that exec is news.
+    pub fn settle_exec(&mut self, pid: u32, exec_ns: u64) -> Option<OldImage> {
+        let tracked = self.tracked.get_mut(&pid)?;
+        if exec_ns <= tracked.exec_settled_ns {
+            return None;
+        }
+        tracked.exec_settled_ns = exec_ns;
+        Some(OldImage {
+            first_of_launch: std::mem::take(&mut tracked.launched),
+            from: tracked
+                .exe
+                .as_ref()
+                .map(|exe| exe.display().to_string())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Says and keeps an exec of `pid`, `at_secs` into the trace, that retired the
+    /// `allocations` (`bytes`) of its `old` image.
+    pub fn record_exec(
+        &mut self,
+        pid: u32,
+        old: OldImage,
+        at_secs: f64,
+        allocations: u64,
+        bytes: u64,
+    ) {
+        let to = executable(pid)
+            .map(|exe| exe.display().to_string())
+            .unwrap_or_default();
+        eprintln_escaped!(
+            "leaktracer: pid {pid} exec'd {to}: retired the {allocations} outstanding allocations ({}) of its old image",
+            crate::units::human_bytes(bytes)
+        );
+        self.execs.push(ExecEvent {
+            pid,
+            t_secs: at_secs,
+            from: old.from,
+            to,
+            retired_allocations: allocations,
+            retired_bytes: bytes,
+        });
+    }
+
+    /// The execs seen, for the report.
+    pub fn execs(&self) -> &[ExecEvent] {
+        &self.execs
+    }
+
+    /// True once a second (at `now`): time to check which processes exited.
+    pub fn exits_check_due(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.exits_checked) < EXITS_CHECK {
+            return false;
+        }
+        self.exits_checked = now;
+        true
+    }
+
+    /// The processes attached, by pid.
+    pub fn pids(&self) -> Vec<u32> {
+        self.tracked.keys().copied().collect()
+    }
+
+    pub fn contains(&self, pid: u32) -> bool {
+        self.tracked.contains_key(&pid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tracked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracked.is_empty()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Tracked> {
+        self.tracked.get(&pid)
+    }
+
+    /// The processes as the report lists them (how each ended and froze is the other parts').
+    pub fn entries(&self) -> Vec<ProcessEntry> {
+        self.tracked.iter().map(|(pid, t)| t.entry(*pid)).collect()
+    }
+
+    /// Summed RSS of the processes still alive.
+    pub fn total_rss(&self) -> Option<u64> {
+        let values: Vec<u64> = self
+            .tracked
+            .keys()
+            .filter_map(|pid| rss_bytes(*pid))
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    /// The processes in one line, for the "tracing ..." message; `cgroup` the directory
+    /// traced, if any.
+    pub fn describe(&self, cgroup: Option<String>) -> String {
+        let mut parts: Vec<String> = self
+            .tracked
+            .iter()
+            .take(5)
+            .map(|(pid, t)| {
+                format!(
+                    "pid {pid} ({}), allocator {}",
+                    t.info.comm, t.plan.allocator
+                )
+            })
+            .collect();
+        if self.tracked.len() > 5 {
+            parts.push(format!("and {} more", self.tracked.len() - 5));
+        }
+        if let Some(dir) = cgroup {
+            parts.insert(0, format!("cgroup {dir}"));
+        }
+        parts.join("; ")
+    }
 }
 
 impl Tracked {
     /// The process as the report lists it.
-    pub fn entry(&self, pid: u32) -> ProcessEntry {
+    fn entry(&self, pid: u32) -> ProcessEntry {
         ProcessEntry {
             pid,
             nspid: self.info.nspid.clone(),
@@ -82,746 +416,179 @@ impl Tracked {
                 .iter()
                 .map(|o| o.display_path.clone())
                 .collect(),
-            frozen_at_secs: self.frozen_at_secs,
-            frozen_at: self.frozen_at.map(str::to_string),
-            exit: self.exit.clone(),
+            frozen_at_secs: None,
+            frozen_at: None,
+            exit: None,
         }
     }
 }
 
-/// The OOM-kill counter of the cgroup whose limit `limit` is, and its count now.
-fn oom_baseline(limit: &MemoryLimit) -> Option<(PathBuf, u64)> {
-    let events = limit.oom_events.as_ref()?;
-    Some((events.clone(), oom_kills(events)?))
-}
-
-/// The cgroups `pid` is in (`/proc/PID/cgroup`).
-fn membership(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
-}
-
-/// The executable of `pid`, to tell an exec from the process we attached to.
-fn executable(pid: u32) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
-}
-
-/// Plan for a running process: the objects it maps, opened as it maps them.
-pub fn plan_for_pid(pid: u32, config: &TraceConfig) -> Result<AttachPlan, TraceError> {
-    let maps = read_maps(pid).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => TraceError::ProcessNotReadable {
-            pid,
-            why: crate::attach::probes::access_refusal(),
-        },
-        _ => TraceError::NoSuchProcess(pid),
-    })?;
-    let candidates = allocator::candidates_from_maps(pid, &maps);
-    let mut plan = allocator::plan(pid, &candidates, config.allocator.as_ref())?;
-    if config.probes_at_symbol_entry {
-        plan.place_at_symbol_entries();
-    }
-    if config.reachability {
-        allocator::add_exit_stop(&mut plan);
-    }
-    Ok(plan)
-}
-
-/// How long a process the kernel stopped at exit() may take to reach that stop.
-const EXIT_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Waits (at most `wait`) until `pid` is in a group stop (`T` in /proc/PID/stat).
-fn wait_group_stopped(pid: u32, wait: std::time::Duration) {
-    let deadline = std::time::Instant::now() + wait;
-    while std::time::Instant::now() < deadline {
-        if matches!(state_of(pid), Some('T') | None) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
-
-impl Session<'_> {
-    /// Attaches `plan` for `pid`: its allocations count from now on.
-    pub(super) fn attach_plan(&mut self, pid: u32, plan: &AttachPlan) -> Result<(), TraceError> {
-        let known = self.probes.attached.len();
-        self.probes.attach(plan, pid)?;
-        if self.config.verbose {
-            self.print_placements(pid, known);
-        }
-        Ok(())
-    }
-
-    /// `--verbose`: where each probe of `pid` attached from the `first` on was placed (those
-    /// attached before were said then).
-    fn print_placements(&self, pid: u32, first: usize) {
-        let new = self.probes.attached.get(first..).unwrap_or_default();
-        for probe in new.iter().filter(|p| p.pid == pid) {
-            let placement = if probe.skipped.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ", after `{}` (the kernel would single-step it)",
-                    probe.skipped.join("; ")
-                )
-            };
-            eprintln_escaped!(
-                "leaktracer: pid {pid}: {} {} at {}+{:#x} ({}){placement}",
-                if probe.is_return {
-                    "uretprobe"
-                } else {
-                    "uprobe   "
-                },
-                probe.symbols.join("/"),
-                probe.object,
-                probe.offset,
-                probe.program
-            );
-        }
-    }
-
-    /// Remembers an attached process, and counts its mapping system calls from now on (a
-    /// launched command's from its entry point: what its loader mapped before is the
-    /// loader's).
-    pub(super) fn track(&mut self, pid: u32, plan: AttachPlan) {
-        if let Err(e) = self.probes.trace_process(pid) {
-            eprintln_escaped!("leaktracer: warning: {e}; its direct mappings are not counted");
-        }
-        let launched = self.config.command().is_some() && self.tracked.is_empty();
-        let mut info = ProcessInfo::read(pid).unwrap_or(ProcessInfo {
-            pid,
-            nspid: vec![pid],
-            ..Default::default()
-        });
-        if launched && info.cmdline.is_empty() {
-            // Read too late (it exited at once): its command line is the one we launched.
-            info.cmdline = self.config.command().unwrap_or_default().to_vec();
-        }
-        let objects = plan.objects.iter().map(|o| (o.dev, o.inode)).collect();
-        self.spaces.refresh(pid);
-        // Membership before the limit: a process that moves between the two reads (a launched
-        // `sh -c` joining a cgroup) then reads as moved at the next poll, which re-reads the
-        // limit. The other order kept the old limit for good.
-        let membership = membership(pid);
-        let limit = memory_limit(pid);
-        if self.limit.is_none() {
-            self.limit = limit.clone();
-        }
-        let oom_baseline = limit.as_ref().and_then(oom_baseline);
-        self.tracked.insert(
-            pid,
-            Tracked {
-                info,
-                plan,
-                objects,
-                exe: executable(pid),
-                exec_settled_ns: crate::collect::monotonic_ns(),
-                launched,
-                frozen_at_secs: None,
-                frozen_at: None,
-                tracked_ns: crate::collect::monotonic_ns(),
-                limit,
-                membership,
-                oom_baseline,
-                exit: None,
-            },
-        );
-    }
-
-    /// Writes `pid`'s unwind tables for its current mappings (with `--unwind cfi`). A process
-    /// that exited meanwhile has none.
-    pub(super) fn update_tables(&mut self, pid: u32) {
-        // The interpreter too, before any probe: the first allocation already gets its
-        // Python frames.
-        self.update_python(pid);
-        self.update_unwind_tables(pid);
-    }
-
-    /// Writes `pid`'s unwind tables for what it maps now, when they changed.
-    fn update_unwind_tables(&mut self, pid: u32) {
-        let Some(tables) = self.tables.as_mut() else {
-            return;
-        };
-        let started = std::time::Instant::now();
-        match tables.update(pid) {
-            Ok(true) if self.config.verbose || started.elapsed().as_secs_f64() > 1.0 => {
-                eprintln_escaped!(
-                    "leaktracer: pid {pid}: unwind tables written in {:.2} s",
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => tables.remove(pid),
-            Err(e) => eprintln_escaped!(
-                "leaktracer: warning: pid {pid}: {e}; its stacks are walked by frame pointers"
-            ),
-        }
-    }
-
-    /// Looks for CPython in `pid` (once per image): when found, the kernel walks its Python
-    /// frames from now on; an interpreter it does not know is said once and traced natively.
-    fn update_python(&mut self, pid: u32) {
-        if !self.python_checked.insert(pid) {
-            return;
-        }
-        match crate::python::interpreter::find(pid) {
-            Found::Nothing => {}
-            Found::Unsupported(note) => eprintln_escaped!("leaktracer: note: pid {pid}: {note}"),
-            Found::Python(interpreter) => {
-                use tracer_common::runtimes::{RuntimeId, RuntimeProcess};
-                let entry = RuntimeProcess::new(
-                    RuntimeId::Python,
-                    &interpreter.eval_loop,
-                    interpreter
-                        .layout
-                        .kernel_entry(interpreter.runtime, interpreter.none)
-                        .to_runtime_data(),
-                );
-                if let Err(e) = self
-                    .probes
-                    .maps_mut()
-                    .runtime_processes
-                    .insert(pid, entry, 0)
-                {
-                    eprintln_escaped!(
-                        "leaktracer: warning: pid {pid}: cannot walk its Python frames: {e}"
-                    );
-                    return;
-                }
-                if self.config.verbose {
-                    eprintln_escaped!(
-                        "leaktracer: pid {pid} runs CPython {} ({}): its stacks get Python frames",
-                        interpreter.version_text(),
-                        interpreter.module
-                    );
-                }
-                if !interpreter.small_objects_seen {
-                    eprintln_escaped!(
-                        "leaktracer: note: pid {pid}: CPython {} in {} has its small-object allocator inlined (no symbols to probe): objects of 512 bytes or less are not seen; run it with PYTHONMALLOC=malloc to see them",
-                        interpreter.version_text(),
-                        interpreter.module
-                    );
-                }
-                self.python.track(pid, interpreter);
-            }
-        }
-    }
-
-    /// Names the Python frames of the stacks the kernel kept since the last poll, while their
-    /// code objects exist.
-    pub(super) fn read_python_stacks(&mut self) {
-        self.python.next_batch();
-        for (pid, stack_id) in self.collector.new_python_stacks(self.probes.maps_mut()) {
-            let ips = self.collector.stack(self.probes.maps(), stack_id);
-            self.python.read_stack(pid, stack_id, &ips);
-        }
-    }
-
-    /// Notes the traced processes whose interpreter began tearing down since the last poll
-    /// (the kernel froze their picture at `Py_FinalizeEx`). One whose Python frames are walked
-    /// was stopped there by the kernel: its stacks' code objects are read before the teardown
-    /// frees them, then it goes on.
-    pub(super) fn settle_freezes(&mut self) {
-        let elapsed = self.history.elapsed_secs();
-        let mut resume = Vec::new();
-        let mut exited = Vec::new();
-        for (pid, tracked) in self.tracked.iter_mut() {
-            if tracked.frozen_at_secs.is_some() || self.probes.maps().frozen.get(pid, 0).is_err() {
-                continue;
-            }
-            tracked.frozen_at_secs = Some(elapsed);
-            if self.python.interpreter(*pid).is_some() {
-                tracked.frozen_at = Some("Py_FinalizeEx");
-                eprintln_escaped!(
-                    "leaktracer: pid {pid} began its interpreter's teardown (Py_FinalizeEx): its figures are kept from just before"
-                );
-                resume.push(*pid);
-            } else if self.config.reachability {
-                tracked.frozen_at = Some("exit");
-                eprintln_escaped!(
-                    "leaktracer: pid {pid} called exit(): its figures are kept from just before, and it is scanned before its teardown"
-                );
-                exited.push(*pid);
-            }
-        }
-        if !resume.is_empty() {
-            self.read_python_stacks();
-        }
-        for pid in exited {
-            // The kernel sent it SIGSTOP at exit(): scanned once that stop holds.
-            wait_group_stopped(pid, EXIT_STOP_WAIT);
-            self.scan_reachability(super::reachability::Which::AtExit(pid));
-            resume.push(pid);
-        }
-        for pid in resume {
-            continue_process(pid);
-        }
-    }
-
-    /// Continues every target the kernel stopped where its picture froze: CPython's teardown,
-    /// or exit() with --reachability.
-    pub(super) fn resume_frozen_interpreters(&self) {
-        for pid in self.tracked.keys() {
-            if (self.python.interpreter(*pid).is_some() || self.config.reachability)
-                && self.probes.maps().frozen.get(pid, 0).is_ok()
-            {
-                continue_process(*pid);
-            }
-        }
-    }
-
-    /// Lets the launched command exec, and runs it to its new image's entry point, where it
-    /// stops (true) with its libraries mapped and none of its own code run. The kernel stops
-    /// it at the exec itself first, so the entry probe goes on the file the kernel runs: the
-    /// path resolved before the fork may name another file by now (a deploy or a rebuild
-    /// renamed over it), whose probe would never fire. Without that stop (`--empty-programs`
-    /// returns before it) the probe goes on `program` before the exec.
-    pub(super) fn launch_to_entry(
-        &mut self,
-        child: &mut LaunchedChild,
-        program: &Path,
-    ) -> anyhow::Result<bool> {
-        let pid = child.pid;
-        // The configuration outlives the session: its command is not borrowed from `self`.
-        let config = self.config;
-        let command = config.command().unwrap_or_default();
-        if config.empty_programs || !self.probes.stop_at_exec(pid) {
-            return Ok(self.run_to_entry(child, program, |child| child.resume(command))?);
-        }
-        child.resume(command)?;
-        if !child.wait_stopped(super::LAUNCH_STOP_WAIT) {
-            eprintln_escaped!(
-                "leaktracer: warning: {} did not stop at its exec; a program that exits at once may have no symbols",
-                program.display()
-            );
-            return Ok(false);
-        }
-        // This exec is the launch, not news for `follow_launched_exec`.
-        self.exec_followed_ns = self
-            .collector
-            .exec_time(self.probes.maps(), pid)
-            .unwrap_or_default();
-        Ok(self.run_from_exec_to_entry(child))
-    }
-
-    /// The launched command, stopped at an exec: let go to the new image's entry point (the
-    /// file the kernel runs) and stopped there again (true), or let go without a stop when its
-    /// probe cannot go in.
-    fn run_from_exec_to_entry(&mut self, child: &mut LaunchedChild) -> bool {
-        let executable = PathBuf::from(format!("/proc/{}/exe", child.pid));
-        let continued = self.run_to_entry(child, &executable, |child| {
-            child.continue_stopped();
-            Ok(())
-        });
-        continued.unwrap_or(false)
-    }
-
-    /// Puts the stop at `executable`'s entry point, lets the launched command go (`let_go`),
-    /// waits for that stop (true), and takes the probe out again.
-    fn run_to_entry(
-        &mut self,
-        child: &mut LaunchedChild,
-        executable: &Path,
-        let_go: impl FnOnce(&mut LaunchedChild) -> Result<(), TraceError>,
-    ) -> Result<bool, TraceError> {
-        let stops = self.attach_entry_stop(executable, child.pid);
-        let gone = let_go(child);
-        let stopped = gone.is_ok() && stops && child.wait_stopped(super::LAUNCH_STOP_WAIT);
-        self.probes.detach_launch_stop();
-        gone.map(|()| stopped)
-    }
-
-    /// Puts the stop at `executable`'s entry point for `pid`; warns when it cannot.
-    fn attach_entry_stop(&mut self, executable: &Path, pid: u32) -> bool {
-        match self.probes.attach_launch_stop(executable, pid) {
-            Ok(()) => true,
-            Err(e) => {
-                eprintln_escaped!(
-                    "leaktracer: warning: {e}; a program that exits at once may have no symbols, and with CFI unwinding its first allocations are walked by frame pointers"
-                );
-                false
-            }
-        }
-    }
-
-    /// The launched command stopped: at an exec (the kernel stops it there, see
-    /// `Probes::stop_at_exec`), before the new image ran. It is let go to the new image's entry
-    /// point, where its libraries are mapped, and stopped there again while the new image is
-    /// attached and its unwind tables are written. A stop that follows no exec (someone else's
-    /// SIGSTOP) is left alone.
-    pub(super) fn follow_launched_exec(&mut self, child: &mut LaunchedChild) -> anyhow::Result<()> {
-        let pid = child.pid;
-        // Compared with the last exec followed, not the last settled: a poll may have settled
-        // this exec (and failed to attach the half-loaded image) before seeing the stop.
-        let Some(exec_ns) = self.collector.exec_time(self.probes.maps(), pid) else {
-            return Ok(());
-        };
-        if exec_ns <= self.exec_followed_ns {
-            return Ok(());
-        }
-        self.exec_followed_ns = exec_ns;
-        // A wrapper that joined a cgroup before exec'ing (`sh -c 'echo $$ > cgroup.procs;
-        // exec prog'`) is read under its new limit now, while it is stopped, before the
-        // program runs: the wait for its entry point below may outlast a quick OOM kill.
-        self.notice_cgroup_moves();
-        // The loader runs first, and its mmaps and brks are counted: the tables of what is
-        // mapped already (the program and its loader) go in before it does. (Not its Python:
-        // libpython is not mapped yet.)
-        self.update_unwind_tables(pid);
-        if self.run_from_exec_to_entry(child) {
-            self.settle_execs()?;
-            self.discover();
-            self.update_tables(pid);
-            child.continue_stopped();
-        }
-        Ok(())
-    }
-
-    /// Brings the memory maps and unwind tables of the processes that mapped new code since
-    /// the last poll (dlopen, a JIT: the mmap and mprotect tracepoints announce it) up to date;
-    /// nothing is re-read for the others.
-    pub(super) fn refresh_mapped_code(&mut self) {
-        for pid in self.collector.new_code(self.probes.maps_mut()) {
-            if self.tracked.contains_key(&pid) {
-                self.update_tables(pid);
-                self.spaces.refresh(pid);
-            }
-        }
-    }
-
-    /// Once a second: forgets the tables of processes that are gone, and stops counting their
-    /// system calls (a new process may get the pid).
-    pub(super) fn forget_exited(&mut self) {
-        if self.tables_checked.elapsed() < TABLES_CHECK {
-            return;
-        }
-        self.tables_checked = std::time::Instant::now();
-        let pids: Vec<u32> = self.tracked.keys().copied().collect();
-        for pid in pids {
-            if is_alive(pid) {
-                continue;
-            }
-            // Once: its threads leave the kernel's map with it.
-            let first_time = self.probes.maps().traced.get(&pid, 0).is_ok();
-            self.probes.untrace_process(pid);
-            if let Some(tables) = self.tables.as_mut() {
-                tables.remove(pid);
-            }
-            if first_time && let Err(e) = self.collector.forget_threads(self.probes.maps_mut(), pid)
-            {
-                eprintln!("leaktracer: warning: pid {pid}: cannot read its threads: {e:#}");
-            }
-        }
-    }
-
-    /// Retires what each traced process held before an exec it made since the last poll: the
-    /// exec freed its whole old image, with no call to free that the probes could see.
-    pub(super) fn settle_execs(&mut self) -> anyhow::Result<()> {
-        let pids: Vec<u32> = self.tracked.keys().copied().collect();
-        for pid in pids {
-            let Some(exec_ns) = self.collector.exec_time(self.probes.maps(), pid) else {
-                continue;
-            };
-            let tracked = self.tracked.get_mut(&pid).expect("listed above");
-            if exec_ns <= tracked.exec_settled_ns {
-                continue;
-            }
-            tracked.exec_settled_ns = exec_ns;
-            let first_of_launch = std::mem::take(&mut tracked.launched);
-            let from = tracked
-                .exe
-                .as_ref()
-                .map(|exe| exe.display().to_string())
-                .unwrap_or_default();
-            let (allocations, bytes) =
-                self.collector
-                    .retire(self.probes.maps_mut(), pid, exec_ns)?;
-            // The kernel dropped the old image's tables (and interpreter) at the exec.
-            if let Some(tables) = self.tables.as_mut() {
-                tables.remove(pid);
-            }
-            self.python.forget(pid);
-            self.python_checked.remove(&pid);
-            self.update_tables(pid);
-            if first_of_launch && allocations == 0 {
-                continue; // the launched command's own exec
-            }
-            let to = executable(pid)
-                .map(|exe| exe.display().to_string())
-                .unwrap_or_default();
-            eprintln_escaped!(
-                "leaktracer: pid {pid} exec'd {to}: retired the {allocations} outstanding allocations ({}) of its old image",
-                crate::units::human_bytes(bytes)
-            );
-            self.execs.push(ExecEvent {
-                pid,
-                t_secs: self.history.elapsed_secs(),
-                from,
-                to,
-                retired_allocations: allocations,
-                retired_bytes: bytes,
-            });
-        }
-        Ok(())
-    }
-
-    /// Attaches to processes that entered the scope, and to objects a traced process mapped by
-    /// exec'ing another program.
-    pub(super) fn discover(&mut self) {
-        for pid in self.scope.members() {
-            if self.failed.contains(&pid) || pid == std::process::id() {
-                continue;
-            }
-            // No executable: gone, a zombie, on its way out (its memory already released), or
-            // a kernel thread. There is nothing to attach to, and a traced process made no
-            // exec: it keeps the command, comm and allocator it had.
-            let exe = match std::fs::read_link(format!("/proc/{pid}/exe")) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                exe => exe.ok(),
-            };
-            if let Some(tracked) = self.tracked.get(&pid) {
-                // An exec not settled yet (it happened since this poll's `settle_execs`) is
-                // settled first, on the next poll: its old image's records are retired under
-                // the old executable's name.
-                if tracked.exe == exe
-                    || self
-                        .collector
-                        .exec_time(self.probes.maps(), pid)
-                        .is_some_and(|ns| ns > tracked.exec_settled_ns)
-                {
-                    continue;
-                }
-            }
-            match self.attach_process(pid, exe) {
-                Ok(()) => {
-                    self.attempts.remove(&pid);
-                }
-                Err(err) => {
-                    // A process caught mid-exec has no allocator mapped yet, or loses the
-                    // mapping being attached to: try again on the next polls, then give up.
-                    let attempts = self.attempts.entry(pid).or_insert(0);
-                    *attempts += 1;
-                    if *attempts >= ATTACH_ATTEMPTS {
-                        self.failed.insert(pid);
-                        if is_alive(pid) {
-                            let comm = ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default();
-                            eprintln_escaped!(
-                                "leaktracer: warning: not tracing pid {pid} ({comm}): {err:#}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Attaches to a new process, or to what an exec'd process maps that it did not before.
-    fn attach_process(&mut self, pid: u32, exe: Option<PathBuf>) -> anyhow::Result<()> {
-        let mut plan = plan_for_pid(pid, self.config)?;
-        // Caught between its exec and its loader mapping the libraries, a dynamically linked
-        // program maps no malloc yet: tried again on the next polls (it is not a program
-        // without an allocator, whose libc would then never be probed), and only the last
-        // attempt takes it as one.
-        let last_attempt = self.attempts.get(&pid).copied().unwrap_or(0) + 1 >= ATTACH_ATTEMPTS;
-        if plan.allocator == allocator::NO_ALLOCATOR
-            && !last_attempt
-            && is_dynamically_linked(&PathBuf::from(format!("/proc/{pid}/exe")))
-        {
-            anyhow::bail!("its dynamic loader has not mapped its libraries yet");
-        }
-        let known = self
-            .tracked
-            .get(&pid)
-            .map(|t| t.objects.clone())
-            .unwrap_or_default();
-        let mut new_part = plan.clone();
-        new_part
-            .objects
-            .retain(|o| !known.contains(&(o.dev, o.inode)));
-        // Tables first, so the first allocation recorded already gets its whole stack.
-        self.update_tables(pid);
-        self.attach_plan(pid, &new_part)?;
-        if let Some(tracked) = self.tracked.get_mut(&pid) {
-            // An exec: same pid, new program.
-            tracked
-                .objects
-                .extend(plan.objects.iter().map(|o| (o.dev, o.inode)));
-            tracked.exe = exe;
-            tracked.info = ProcessInfo::read(pid).unwrap_or_else(|| tracked.info.clone());
-            std::mem::swap(&mut tracked.plan, &mut plan);
-            self.spaces.refresh(pid);
+/// `--verbose`: where each probe of `pid` attached from the `first` on was placed (those
+/// attached before were said then).
+fn print_placements(probes: &Probes, pid: u32, first: usize) {
+    let new = probes.attached.get(first..).unwrap_or_default();
+    for probe in new.iter().filter(|p| p.pid == pid) {
+        let placement = if probe.skipped.is_empty() {
+            String::new()
         } else {
-            if self.announce_attaches {
-                eprintln_escaped!(
-                    "leaktracer: attached to pid {pid} ({}), allocator {}",
-                    ProcessInfo::read(pid).map(|i| i.comm).unwrap_or_default(),
-                    plan.allocator
-                );
-            }
-            self.track(pid, plan);
-        }
-        Ok(())
-    }
-
-    /// Re-reads the memory maps of every traced process (for symbolizing).
-    pub(super) fn refresh_spaces(&mut self) {
-        for pid in self.tracked.keys() {
-            self.spaces.refresh(*pid);
-        }
-    }
-
-    /// Re-reads the memory limit of every traced process still alive (so each one's last
-    /// value is the limit in force when it ended); the report's is the first alive one's.
-    pub(super) fn refresh_limit(&mut self) {
-        let mut first = None;
-        for (pid, tracked) in self.tracked.iter_mut() {
-            if tracked.exit.is_some() || !is_alive(*pid) {
-                continue;
-            }
-            let Some(limit) = memory_limit(*pid) else {
-                continue;
-            };
-            // A process on its way out has left its cgroups (the kernel's cgroup_exit, after
-            // the OOM mark and the exit the ending probes record, before it turns zombie):
-            // read now, it is under no limit, and the one that killed it would be lost.
-            let ending = self.probes.maps().endings.get(pid, 0).ok();
-            let since_tracked = |ns: u64| ns != 0 && ns >= tracked.tracked_ns;
-            if ending.is_some_and(|e| since_tracked(e.exit_ns) || since_tracked(e.oom_ns))
-                || !is_alive(*pid)
-            {
-                continue;
-            }
-            first.get_or_insert_with(|| limit.clone());
-            // It moved under another limit (a launched `sh -c` joining a cgroup): that
-            // cgroup's OOM kills count from now.
-            if tracked.oom_baseline.as_ref().map(|b| &b.0) != limit.oom_events.as_ref() {
-                tracked.oom_baseline = oom_baseline(&limit);
-            }
-            tracked.limit = Some(limit);
-        }
-        if let Some(limit) = first {
-            self.limit = Some(limit);
-        }
-    }
-
-    /// Re-reads the limit of every traced process that moved to another cgroup since the last
-    /// poll (a launched `sh -c` joining one before it execs the program), so a process killed
-    /// soon after is reported under the limit that killed it.
-    pub(super) fn notice_cgroup_moves(&mut self) {
-        let mut moved = false;
-        for (pid, tracked) in self.tracked.iter_mut() {
-            if tracked.exit.is_some() {
-                continue;
-            }
-            let now = membership(*pid);
-            if now.is_none() || now == tracked.membership {
-                continue;
-            }
-            tracked.membership = now;
-            moved = true;
-        }
-        if moved {
-            self.refresh_limit();
-        }
-    }
-
-    /// Notes how each traced process that ended since the last poll ended: its exit status
-    /// and OOM mark from the kernel (`ENDINGS`), its limit, and its cgroup's OOM kills.
-    pub(super) fn settle_exits(&mut self) {
-        let now_ns = crate::collect::monotonic_ns();
-        let elapsed = self.history.elapsed_secs();
-        let at_secs = |ns: u64| elapsed - now_ns.saturating_sub(ns) as f64 / 1e9;
-        let marks_victims = self.probes.marks_oom_victims;
-        for (pid, tracked) in self.tracked.iter_mut() {
-            if tracked.exit.is_some() || is_alive(*pid) {
-                continue;
-            }
-            let ending = self.probes.maps().endings.get(pid, 0).ok();
-            let exited = ending.filter(|e| e.exit_ns >= tracked.tracked_ns && e.exit_ns != 0);
-            let marked = ending.filter(|e| e.oom_ns >= tracked.tracked_ns && e.oom_ns != 0);
-            let status = exited.map(|e| tracer_common::ending::WaitStatus::decode(e.exit_code));
-            let limit = tracked.limit.as_ref();
-            let cgroup_oom_kills = tracked
-                .oom_baseline
-                .as_ref()
-                .and_then(|(events, start)| Some(oom_kills(events)?.saturating_sub(*start)));
-            let signal = status.and_then(|s| s.signal);
-            // Without the kernel's mark (no BTF), a SIGKILL while its cgroup counted an OOM
-            // kill is the OOM killer's.
-            let oom_killed = marked.is_some()
-                || (!marks_victims
-                    && signal == Some(libc::SIGKILL)
-                    && cgroup_oom_kills.is_some_and(|n| n > 0));
-            tracked.exit = Some(TargetExit {
-                pid: *pid,
-                code: status.and_then(|s| s.code),
-                signal: signal.map(signal_name),
-                core_dumped: status.is_some_and(|s| s.core_dumped),
-                oom_killed,
-                oom_at_secs: marked.map(|e| at_secs(e.oom_ns)),
-                exited_at_secs: exited.map(|e| at_secs(e.exit_ns)),
-                limit_bytes: limit.map(|l| l.limit_bytes),
-                limit_source: limit.map(|l| l.source.clone()),
-                cgroup_oom_kills,
-                outstanding_bytes: None,
-                outstanding_allocations: None,
-            });
-        }
-    }
-
-    /// Summed RSS of the traced processes still alive.
-    pub(super) fn total_rss(&self) -> Option<u64> {
-        let values: Vec<u64> = self
-            .tracked
-            .keys()
-            .filter_map(|pid| rss_bytes(*pid))
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
-    }
-
-    /// Without --follow-children: names the processes the launched command left running when
-    /// it exited (a daemon it forked; leaktracer adopted them), which were not traced.
-    pub(super) fn note_left_behind(&self, launched: u32) {
-        let left = adopted(launched);
-        if left.is_empty() {
-            return;
-        }
-        let mut named: Vec<String> = left
-            .iter()
-            .take(5)
-            .map(|pid| {
-                let comm = ProcessInfo::read(*pid).map(|i| i.comm).unwrap_or_default();
-                format!("pid {pid} ({comm})")
-            })
-            .collect();
-        if left.len() > 5 {
-            named.push(format!("and {} more", left.len() - 5));
-        }
+            format!(
+                ", after `{}` (the kernel would single-step it)",
+                probe.skipped.join("; ")
+            )
+        };
         eprintln_escaped!(
-            "leaktracer: note: the command exited and left {} process{} running, not traced: {}; with --follow-children the trace follows them (a daemon too) until they exit",
-            left.len(),
-            if left.len() == 1 { "" } else { "es" },
-            named.join(", ")
+            "leaktracer: pid {pid}: {} {} at {}+{:#x} ({}){placement}",
+            if probe.is_return {
+                "uretprobe"
+            } else {
+                "uprobe   "
+            },
+            probe.symbols.join("/"),
+            probe.object,
+            probe.offset,
+            probe.program
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(allocator: &str) -> AttachPlan {
+        AttachPlan {
+            objects: Vec::new(),
+            allocator: allocator.to_string(),
+            allocator_file: (0, 0),
+        }
+    }
+
+    fn launching() -> Processes {
+        Processes::new(AttachSettings {
+            command: Some(vec!["./server".to_string(), "--port".to_string()]),
+            ..AttachSettings::default()
+        })
+    }
+
+    #[test]
+    fn a_process_failing_to_attach_is_given_up_on_its_tenth_poll() {
+        let mut processes = Processes::new(AttachSettings::default());
+        let pid = u32::MAX - 1; // no such process: given up without a warning
+        let err = anyhow::anyhow!("its dynamic loader has not mapped its libraries yet");
+        for _ in 1..ATTACH_ATTEMPTS {
+            assert!(!processes.attach_failed(pid, &err));
+            assert!(!processes.is_excluded(pid));
+        }
+        assert!(processes.attach_failed(pid, &err));
+        assert!(processes.is_excluded(pid));
+        assert!(processes.is_excluded(std::process::id()));
+        // Attached in between: its count starts again.
+        processes.attach_failed(7, &err);
+        processes.attached(7);
+        assert_eq!(processes.attempts.get(&7), None);
+    }
+
+    #[test]
+    fn the_launched_command_s_first_exec_is_the_launch_and_later_ones_are_news() {
+        let mut processes = launching();
+        let me = std::process::id();
+        processes.insert(me, plan("libc.so.6"));
+        let settled = processes.get(me).unwrap().exec_settled_ns;
+        assert_eq!(processes.get(me).unwrap().exe, executable(me));
+        // An exec from before it was attached is known.
+        assert_eq!(processes.settle_exec(me, settled), None);
+        let first = processes.settle_exec(me, settled + 1).unwrap();
+        assert!(first.first_of_launch);
+        assert_eq!(
+            Some(first.from.as_str()),
+            executable(me).as_deref().and_then(|p| p.to_str())
+        );
+        assert_eq!(processes.settle_exec(me, settled + 1), None);
+        assert!(
+            !processes
+                .settle_exec(me, settled + 2)
+                .unwrap()
+                .first_of_launch
+        );
+        // Only the command is launched: a second process is not.
+        processes.insert(1, plan("libc.so.6"));
+        assert!(!processes.settle_exec(1, u64::MAX).unwrap().first_of_launch);
+    }
+
+    #[test]
+    fn a_traced_process_is_attached_again_only_after_a_settled_exec() {
+        let mut processes = Processes::new(AttachSettings::default());
+        let me = std::process::id();
+        assert!(!processes.is_settled(me, &executable(me), || None));
+        processes.insert(me, plan("libc.so.6"));
+        let settled = processes.get(me).unwrap().exec_settled_ns;
+        assert!(processes.is_settled(me, &executable(me), || None));
+        let other = Some(PathBuf::from("/usr/bin/other"));
+        assert!(!processes.is_settled(me, &other, || None));
+        assert!(!processes.is_settled(me, &other, || Some(settled)));
+        // Its exec is not settled yet: its old image is retired first.
+        assert!(processes.is_settled(me, &other, || Some(settled + 1)));
+        processes.replace_image(me, plan("libjemalloc.so.2"), other.clone());
+        assert!(processes.is_settled(me, &other, || None));
+        assert_eq!(
+            processes.get(me).unwrap().plan.allocator,
+            "libjemalloc.so.2"
         );
     }
 
-    /// The traced processes in one line, for the "tracing ..." message.
-    pub(super) fn describe_targets(&self) -> String {
-        let mut parts: Vec<String> = self
-            .tracked
-            .iter()
-            .take(5)
-            .map(|(pid, t)| {
-                format!(
-                    "pid {pid} ({}), allocator {}",
-                    t.info.comm, t.plan.allocator
-                )
-            })
-            .collect();
-        if self.tracked.len() > 5 {
-            parts.push(format!("and {} more", self.tracked.len() - 5));
+    #[test]
+    fn targets_are_described_five_at_most_after_their_cgroup() {
+        let mut processes = Processes::new(AttachSettings::default());
+        let me = std::process::id();
+        processes.insert(me, plan("libc.so.6"));
+        let comm = processes.get(me).unwrap().info.comm.clone();
+        assert_eq!(
+            processes.describe(None),
+            format!("pid {me} ({comm}), allocator libc.so.6")
+        );
+        for pid in 1..=5 {
+            processes.tracked.insert(
+                pid,
+                Tracked {
+                    info: ProcessInfo {
+                        comm: "worker".into(),
+                        ..Default::default()
+                    },
+                    plan: plan("libc.so.6"),
+                    objects: BTreeSet::new(),
+                    exe: None,
+                    exec_settled_ns: 0,
+                    launched: false,
+                },
+            );
         }
-        if let Some(dir) = self.scope.cgroup_dir() {
-            parts.insert(0, format!("cgroup {dir}"));
-        }
-        parts.join("; ")
+        let described = processes.describe(Some("/sys/fs/cgroup/app".into()));
+        assert!(
+            described.starts_with(
+                "cgroup /sys/fs/cgroup/app; pid 1 (worker), allocator libc.so.6; pid 2 (worker)"
+            ),
+            "{described}"
+        );
+        assert!(described.ends_with("; and 1 more"), "{described}");
+        assert_eq!(processes.entries().len(), 6);
+    }
+
+    #[test]
+    fn the_launched_command_keeps_the_command_line_it_was_launched_with() {
+        let mut processes = launching();
+        processes.insert(u32::MAX - 1, plan("libc.so.6")); // gone before it was read
+        let entry = &processes.entries()[0];
+        assert_eq!(entry.command, vec!["./server", "--port"]);
+        assert_eq!(entry.nspid, vec![u32::MAX - 1]);
+    }
+
+    #[test]
+    fn exits_are_checked_once_a_second() {
+        let mut processes = Processes::new(AttachSettings::default());
+        let start = processes.exits_checked;
+        assert!(!processes.exits_check_due(start + Duration::from_millis(500)));
+        assert!(processes.exits_check_due(start + Duration::from_millis(1000)));
+        assert!(!processes.exits_check_due(start + Duration::from_millis(1500)));
+        assert!(processes.exits_check_due(start + Duration::from_millis(2000)));
     }
 }

@@ -59,6 +59,14 @@ impl Scope {
         }
     }
 
+    /// The process the trace is of (a pid, or the launched command); none for a cgroup.
+    pub fn root(&self) -> Option<u32> {
+        match self {
+            Scope::Process { root, .. } => Some(*root),
+            Scope::Cgroup(_) => None,
+        }
+    }
+
     /// The cgroup directory traced, for the report.
     pub fn cgroup_dir(&self) -> Option<String> {
         match self {
