@@ -12,6 +12,11 @@
 //!
 //! The programs, their roles and the arguments they read are listed once, in
 //! `tracer_common::programs`; `probes::entry_program!` declares each from its entry there.
+//!
+//! A stack (`stack`) is walked natively (`unwind`, by CFI, or by frame pointers) up to the
+//! code a language runtime registered for the process, then that runtime's walker appends its
+//! frames (`runtimes`, by the runtime's id; neither `stack` nor `unwind` names a runtime).
+//! Everything particular to x86-64 is in `arch`.
 #![no_std]
 #![no_main]
 // The bpf targets declare no atomics, so core has no AtomicU64: the intrinsics emit BPF's

@@ -2,8 +2,9 @@
 //! each object's `.eh_frame` (see `tracer_common::unwind`), so code built without frame
 //! pointers gets its whole stack. One frame per `bpf_loop` iteration: find the mapping of the
 //! pc, the object's row for it (both bounded binary searches over flat arrays), compute the
-//! CFA, read the return address and the saved frame pointer, go on. Rows found are cached per CPU by
-//! address, so a hot call site's frame costs one lookup instead of two searches.
+//! CFA, read the return address and the saved frame pointer, go on. Rows found are cached per
+//! CPU by address, so a hot call site's frame costs one lookup instead of two searches. The
+//! walk stops early in the code ranges the process's runtime registered (see `runtimes`).
 
 use core::ffi::c_void;
 

@@ -92,7 +92,7 @@ pub(crate) fn append_frames(data: &[u64; RUNTIME_DATA_WORDS], hash: u64) -> u64 
             0,
         );
     }
-    // SAFETY: as above.
+    // SAFETY: this CPU's scratch slot, valid for the run; the walk is over.
     unsafe { (*stack).depth = walk.depth };
     walk.hash
 }
