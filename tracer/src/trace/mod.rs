@@ -25,7 +25,7 @@ use aya::{
     maps::IterableMap,
     sys::{Stats, enable_stats},
 };
-use tracer_common::{StackKey, python::PythonFrame};
+use tracer_common::StackKey;
 
 pub use config::{TargetSpec, TraceConfig, UnwindMode};
 use event_loop::Signals;
@@ -41,8 +41,8 @@ use crate::{
     collect::{Collector, KernelSnapshot},
     error::TraceError,
     history::SampleHistory,
-    python::code::CodeObjects,
     report::{self, ExecEvent, Report, TargetExit, build::TraceFacts},
+    runtimes::Runtimes,
     serve::{LiveProcess, Published, Scans, Server},
     symbolize::{AddressSpaces, Symbolizer},
     target::{
@@ -159,6 +159,8 @@ fn trace(
         .context("cannot start the guard that resumes stopped targets if leaktracer dies")?
     };
     let collector = probes.collector()?;
+    let runtimes = Runtimes::load(&mut |name| probes.take_map(name))
+        .map_err(|e| TraceError::Load(e.to_string()))?;
     let tables = match config.unwind {
         UnwindMode::Cfi => Some(
             KernelTables::new(probes.unwind_maps()?).context("cannot map the unwinder's tables")?,
@@ -207,8 +209,7 @@ fn trace(
         spaces: AddressSpaces::default(),
         history: SampleHistory::start(),
         symbolizer: Symbolizer::new(),
-        python: CodeObjects::default(),
-        python_checked: BTreeSet::new(),
+        runtimes,
         limit: None,
         status: StatusLine::new(config.quiet),
         server,
@@ -495,10 +496,9 @@ struct Session<'a> {
     spaces: AddressSpaces,
     history: SampleHistory,
     symbolizer: Symbolizer,
-    /// The Python frames of CPython targets, named.
-    python: CodeObjects,
-    /// Processes (images) already looked at for an interpreter.
-    python_checked: BTreeSet<u32>,
+    /// The language runtimes (CPython) whose frames the kernel walks, and the processes each
+    /// runs in.
+    runtimes: Runtimes,
     /// The memory limit of the (first) target, last read while it was alive.
     limit: Option<MemoryLimit>,
     status: StatusLine,
@@ -523,23 +523,17 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// The frames of a stack, innermost first: native frames symbolized, and a CPython
-    /// target's Python frames in place of the eval-loop frames that ran them.
+    /// The frames of a stack, innermost first: native frames symbolized, and a runtime's
+    /// frames (a CPython target's) in place of the native frames that ran them.
     fn stack_frames(&mut self, key: &StackKey) -> Vec<report::Frame> {
         let ips = self.collector.stack(self.probes.maps(), key.stack_id);
-        let native: Vec<u64> = ips
-            .iter()
-            .copied()
-            .filter(|ip| PythonFrame::from_entry(*ip).is_none())
-            .collect();
-        let frames = self
-            .symbolizer
-            .symbolize_stack(&self.spaces, key.tgid, &native);
-        if native.len() == ips.len() {
-            return frames;
-        }
-        let python = self.python.frames(key.tgid, key.stack_id, &ips);
-        crate::python::merge::merge(frames, python)
+        self.symbolizer.symbolize_with_runtimes(
+            &self.spaces,
+            &mut self.runtimes,
+            key.tgid,
+            key.stack_id,
+            &ips,
+        )
     }
 
     /// The report of what the kernel holds in `snapshot`: every stack symbolized, with its

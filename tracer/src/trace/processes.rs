@@ -10,7 +10,6 @@ use super::{Session, TraceConfig};
 use crate::{
     attach::allocator::{self, AttachPlan},
     error::TraceError,
-    python::interpreter::Found,
     report::{ExecEvent, ProcessEntry, TargetExit},
     target::{
         launch::{LaunchedChild, adopted, is_dynamically_linked, signal_name},
@@ -231,7 +230,7 @@ impl Session<'_> {
     pub(super) fn update_tables(&mut self, pid: u32) {
         // The interpreter too, before any probe: the first allocation already gets its
         // Python frames.
-        self.update_python(pid);
+        self.runtimes.attach(pid, self.config.verbose);
         self.update_unwind_tables(pid);
     }
 
@@ -256,59 +255,12 @@ impl Session<'_> {
         }
     }
 
-    /// Looks for CPython in `pid` (once per image): when found, the kernel walks its Python
-    /// frames from now on; an interpreter it does not know is said once and traced natively.
-    fn update_python(&mut self, pid: u32) {
-        if !self.python_checked.insert(pid) {
-            return;
-        }
-        match crate::python::interpreter::find(pid) {
-            Found::Nothing => {}
-            Found::Unsupported(note) => eprintln_escaped!("leaktracer: note: pid {pid}: {note}"),
-            Found::Python(interpreter) => {
-                let entry = interpreter.layout.kernel_entry(
-                    interpreter.runtime,
-                    interpreter.none,
-                    interpreter.eval_loop,
-                );
-                if let Err(e) = self
-                    .probes
-                    .maps_mut()
-                    .python_processes
-                    .insert(pid, entry, 0)
-                {
-                    eprintln_escaped!(
-                        "leaktracer: warning: pid {pid}: cannot walk its Python frames: {e}"
-                    );
-                    return;
-                }
-                if self.config.verbose {
-                    eprintln_escaped!(
-                        "leaktracer: pid {pid} runs CPython {} ({}): its stacks get Python frames",
-                        interpreter.version_text(),
-                        interpreter.module
-                    );
-                }
-                if !interpreter.small_objects_seen {
-                    eprintln_escaped!(
-                        "leaktracer: note: pid {pid}: CPython {} in {} has its small-object allocator inlined (no symbols to probe): objects of 512 bytes or less are not seen; run it with PYTHONMALLOC=malloc to see them",
-                        interpreter.version_text(),
-                        interpreter.module
-                    );
-                }
-                self.python.track(pid, interpreter);
-            }
-        }
-    }
-
-    /// Names the Python frames of the stacks the kernel kept since the last poll, while their
-    /// code objects exist.
-    pub(super) fn read_python_stacks(&mut self) {
-        self.python.next_batch();
-        for (pid, stack_id) in self.collector.new_python_stacks(self.probes.maps_mut()) {
-            let ips = self.collector.stack(self.probes.maps(), stack_id);
-            self.python.read_stack(pid, stack_id, &ips);
-        }
+    /// Names the runtime frames (Python's) of the stacks the kernel kept since the last poll,
+    /// while what names them (code objects) exists.
+    pub(super) fn read_runtime_stacks(&mut self) {
+        let (collector, maps) = (&self.collector, self.probes.maps());
+        self.runtimes
+            .read_new_stacks(&mut |stack_id| collector.stack(maps, stack_id));
     }
 
     /// Notes the traced processes whose interpreter began tearing down since the last poll
@@ -324,10 +276,10 @@ impl Session<'_> {
                 continue;
             }
             tracked.frozen_at_secs = Some(elapsed);
-            if self.python.interpreter(*pid).is_some() {
-                tracked.frozen_at = Some("Py_FinalizeEx");
+            if let Some(teardown) = self.runtimes.teardown_of(*pid) {
+                tracked.frozen_at = Some(teardown);
                 eprintln_escaped!(
-                    "leaktracer: pid {pid} began its interpreter's teardown (Py_FinalizeEx): its figures are kept from just before"
+                    "leaktracer: pid {pid} began its interpreter's teardown ({teardown}): its figures are kept from just before"
                 );
                 resume.push(*pid);
             } else if self.config.reachability {
@@ -339,7 +291,7 @@ impl Session<'_> {
             }
         }
         if !resume.is_empty() {
-            self.read_python_stacks();
+            self.read_runtime_stacks();
         }
         for pid in exited {
             // The kernel sent it SIGSTOP at exit(): scanned once that stop holds.
@@ -356,7 +308,7 @@ impl Session<'_> {
     /// or exit() with --reachability.
     pub(super) fn resume_frozen_interpreters(&self) {
         for pid in self.tracked.keys() {
-            if (self.python.interpreter(*pid).is_some() || self.config.reachability)
+            if (self.runtimes.teardown_of(*pid).is_some() || self.config.reachability)
                 && self.probes.maps().frozen.get(pid, 0).is_ok()
             {
                 continue_process(*pid);
@@ -534,8 +486,7 @@ impl Session<'_> {
             if let Some(tables) = self.tables.as_mut() {
                 tables.remove(pid);
             }
-            self.python.forget(pid);
-            self.python_checked.remove(&pid);
+            self.runtimes.forget(pid);
             self.update_tables(pid);
             if first_of_launch && allocations == 0 {
                 continue; // the launched command's own exec

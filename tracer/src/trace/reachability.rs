@@ -109,10 +109,8 @@ impl Session<'_> {
                 mode: None,
                 per_stack: HashMap::new(),
             };
-            if self.python.interpreter(pid).is_some() {
-                scan.processes.insert(pid, skipped(format!(
-                    "pid {pid} is a Python interpreter: its objects stay reachable by design (the interpreter keeps them), so reachability says nothing there; look at growth instead"
-                )));
+            if let Some(note) = self.runtimes.reachability_note(pid) {
+                scan.processes.insert(pid, skipped(note));
                 continue;
             }
             if !is_alive(pid) {

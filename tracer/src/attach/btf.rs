@@ -1,6 +1,7 @@
-//! The one kernel struct offset the Python walk needs: where `task_struct` keeps the thread's
-//! FS base (x86-64 `thread.fsbase`), read from the kernel's BTF (`/sys/kernel/btf/vmlinux`), so
-//! it is right for the running kernel whatever its configuration.
+//! The `task_struct` offsets the programs read, from the running kernel's BTF
+//! (`/sys/kernel/btf/vmlinux`), so they are right for it whatever its configuration: where it
+//! keeps the thread's FS base (x86-64 `thread.fsbase`, for the Python walk's thread state), and
+//! `tgid`, `exit_code` and `flags` (for how a process ended).
 
 use std::{collections::HashMap, fs};
 
