@@ -42,7 +42,7 @@ static KNOWN: [Known; 1] = [Known {
 /// `kind` of a native frame in JSON.
 const NATIVE_NAME: &str = "native";
 
-/// What runs a frame: native code, or a runtime (its place in [`KNOWN`], from 1). Frames carry
+/// What runs a frame: native code, or a runtime (its place in `KNOWN`, from 1). Frames carry
 /// it; JSON says its name (`"kind": "python"`, `"native"`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RuntimeId(u8);
