@@ -221,7 +221,7 @@ impl Runtimes {
         self.runtimes
             .iter()
             .find(|(_, runtime)| runtime.runs_in(pid))
-            .map(|(_, runtime)| runtime.teardown())
+            .and_then(|(_, runtime)| runtime.teardown())
     }
 
     /// Why a reachability scan of `pid` says nothing, when a runtime runs in it.
@@ -234,7 +234,106 @@ impl Runtimes {
 
 #[cfg(test)]
 mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
     use super::*;
+
+    /// A runtime that runs in pid 7 and marks its frame entries with the top bit; it records
+    /// what the registry asks of it.
+    struct Recorder {
+        attached: Rc<RefCell<Vec<u32>>>,
+    }
+
+    const ENTRY: u64 = 1 << 63;
+
+    impl Runtime for Recorder {
+        fn attach(&mut self, pid: u32, _verbose: bool) -> bool {
+            self.attached.borrow_mut().push(pid);
+            pid == 7
+        }
+        fn detach(&mut self, _pid: u32) {}
+        fn runs_in(&self, pid: u32) -> bool {
+            pid == 7
+        }
+        fn announcements(&self) -> Option<RawFd> {
+            None
+        }
+        fn read_new_stacks(&mut self, _stack: &mut dyn FnMut(u64) -> Vec<u64>) {}
+        fn is_frame_entry(&self, ip: u64) -> bool {
+            ip & ENTRY != 0
+        }
+        fn merge(&mut self, _: u32, _: u64, ips: &[u64], native: &[NativeFrame]) -> Vec<Merged> {
+            let runtime = ips.iter().filter(|ip| self.is_frame_entry(**ip)).map(|ip| {
+                Merged::Runtime(RuntimeFrame {
+                    address: ip & !ENTRY,
+                    ..RuntimeFrame::default()
+                })
+            });
+            (0..native.len())
+                .map(Merged::Native)
+                .chain(runtime)
+                .collect()
+        }
+        fn teardown(&self) -> Option<&'static str> {
+            Some("teardown")
+        }
+        fn reachability_note(&self, pid: u32) -> Option<String> {
+            self.runs_in(pid)
+                .then(|| format!("pid {pid} is interpreted"))
+        }
+    }
+
+    #[test]
+    fn the_registry_looks_once_per_image_and_asks_the_runtime_that_owns_a_stack() {
+        let attached = Rc::new(RefCell::new(Vec::new()));
+        let id = RuntimeId::of_index(0);
+        let mut runtimes = Runtimes {
+            runtimes: vec![(
+                id,
+                Box::new(Recorder {
+                    attached: attached.clone(),
+                }),
+            )],
+            checked: BTreeSet::new(),
+        };
+        for pid in [7, 7, 8, 7] {
+            runtimes.attach(pid, false);
+        }
+        assert_eq!(*attached.borrow(), [7, 8], "once per process");
+        // An exec: its new image is looked at again.
+        runtimes.forget(7);
+        runtimes.attach(7, false);
+        assert_eq!(*attached.borrow(), [7, 8, 7]);
+
+        let native = [NativeFrame {
+            function: "malloc",
+            inlined: false,
+        }];
+        assert_eq!(runtimes.merge(7, 1, &[0x1000], &native), None);
+        assert!(!runtimes.is_frame_entry(0x1000) && runtimes.is_frame_entry(ENTRY | 0x20));
+        let (kind, plan) = runtimes
+            .merge(7, 1, &[0x1000, ENTRY | 0x20], &native)
+            .expect("a stack with the runtime's entries");
+        assert_eq!(kind, id);
+        assert_eq!(
+            plan,
+            [
+                Merged::Native(0),
+                Merged::Runtime(RuntimeFrame {
+                    address: 0x20,
+                    ..RuntimeFrame::default()
+                })
+            ]
+        );
+        assert_eq!(runtimes.teardown_of(7), Some("teardown"));
+        assert_eq!(runtimes.teardown_of(8), None);
+        assert_eq!(
+            runtimes.reachability_note(7).as_deref(),
+            Some("pid 7 is interpreted")
+        );
+        assert_eq!(runtimes.reachability_note(8), None);
+        assert!(runtimes.announcements().is_empty());
+    }
 
     #[test]
     fn frame_kinds_read_and_write_as_before() {

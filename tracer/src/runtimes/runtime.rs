@@ -116,9 +116,9 @@ pub trait Runtime {
         ips: &[u64],
         native: &[NativeFrame],
     ) -> Vec<Merged>;
-    /// Where the kernel freezes its processes' picture and stops them (`Py_FinalizeEx`): the
-    /// teardown that frees what names its frames.
-    fn teardown(&self) -> &'static str;
+    /// Where the kernel freezes its processes' picture and stops them (`Py_FinalizeEx`: the
+    /// teardown that frees what names its frames), if it does (see [`EntryFamily`]).
+    fn teardown(&self) -> Option<&'static str>;
     /// Why a reachability scan of `pid` says nothing, when it runs the runtime.
     fn reachability_note(&self, pid: u32) -> Option<String>;
 }

@@ -192,8 +192,8 @@ impl Runtime for Python {
         merge::merge(native, python)
     }
 
-    fn teardown(&self) -> &'static str {
-        TEARDOWN
+    fn teardown(&self) -> Option<&'static str> {
+        Some(TEARDOWN)
     }
 
     fn reachability_note(&self, pid: u32) -> Option<String> {
