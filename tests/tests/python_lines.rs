@@ -1,6 +1,6 @@
-//! End-to-end: the line-table decoder (`leaktracer::python::lines::line_at`) against CPython's
-//! own. For every interpreter, `tests/workloads/py_lines_dump.py` compiles the whole standard
-//! library and dumps every code object's first line, `co_linetable`, and the line
+//! End-to-end: the line-table decoder (`leaktracer::runtimes::python::lines::line_at`) against
+//! CPython's own. For every interpreter, `tests/workloads/py_lines_dump.py` compiles the whole
+//! standard library and dumps every code object's first line, `co_linetable`, and the line
 //! `co_lines()` gives each even byte offset of its `co_code`; every one must decode the same,
 //! and offset -2 (a frame just pushed, 3.11/3.12) must give the first line. No root needed.
 
@@ -11,7 +11,7 @@ use std::{
     thread,
 };
 
-use leaktracer::python::lines::line_at;
+use leaktracer::runtimes::python::lines::line_at;
 use leaktracer_e2e::*;
 
 /// What one interpreter's check found.

@@ -6,6 +6,8 @@
 //!   probes on them;
 //! - [`collect`]: reading what the kernel recorded (outstanding allocations, per-stack totals)
 //!   out of maps;
+//! - [`runtimes`]: language runtimes (CPython) whose frames the kernel walks and leaktracer
+//!   names, behind one registry;
 //! - [`symbolize`]: turning stack addresses into functions, files and lines;
 //! - [`report`]: the text report, JSON, folded stacks, flamegraph, HTML and pprof;
 //! - [`serve`]: `--serve`, the live HTTP endpoints (Prometheus metrics, JSON, dashboard);
@@ -28,9 +30,9 @@ pub mod collect;
 pub mod error;
 pub mod growth;
 pub mod history;
-pub mod python;
 pub mod reach;
 pub mod report;
+pub mod runtimes;
 pub mod serve;
 pub mod symbolize;
 pub mod target;

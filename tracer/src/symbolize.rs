@@ -3,7 +3,9 @@
 //!
 //! Addresses are translated to file offsets through the target's memory map, and every mapped
 //! object is opened (through `/proc/PID/map_files`, so containers and deleted files work) while
-//! the target is alive and kept open: a target that exits mid-trace is still symbolized.
+//! the target is alive and kept open: a target that exits mid-trace is still symbolized. A
+//! stack with a runtime's frames (CPython's) gets them in place of the native frames that ran
+//! them, as that runtime merges them ([`crate::runtimes`]).
 
 use std::{
     collections::HashMap,
@@ -18,7 +20,8 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    report::{Frame, FrameKind, ModuleMapping},
+    report::{Frame, ModuleMapping},
+    runtimes::{Merged, NativeFrame, RuntimeId, Runtimes},
     target::maps::{Mapping, read_maps},
 };
 
@@ -193,7 +196,7 @@ impl Symbolizer {
                     address: ip,
                     inlined: false,
                     plumbing: false,
-                    kind: FrameKind::Native,
+                    kind: RuntimeId::NATIVE,
                 });
                 continue;
             };
@@ -209,6 +212,38 @@ impl Symbolizer {
             }));
         }
         frames
+    }
+
+    /// The frames of the stack `stack_id` of `pid` (its entries `ips`, innermost first): native
+    /// frames symbolized, and a runtime's frames in place of the native frames that ran them.
+    pub fn symbolize_with_runtimes(
+        &mut self,
+        spaces: &AddressSpaces,
+        runtimes: &mut Runtimes,
+        pid: u32,
+        stack_id: u64,
+        ips: &[u64],
+    ) -> Vec<Frame> {
+        let native: Vec<u64> = ips
+            .iter()
+            .copied()
+            .filter(|ip| !runtimes.is_frame_entry(*ip))
+            .collect();
+        let frames = self.symbolize_stack(spaces, pid, &native);
+        if native.len() == ips.len() {
+            return frames;
+        }
+        let names: Vec<NativeFrame> = frames
+            .iter()
+            .map(|f| NativeFrame {
+                function: &f.function,
+                inlined: f.inlined,
+            })
+            .collect();
+        match runtimes.merge(pid, stack_id, ips, &names) {
+            Some((kind, plan)) => splice(frames, kind, plan),
+            None => frames,
+        }
     }
 
     fn resolve(
@@ -246,7 +281,7 @@ impl Symbolizer {
                 address: ip,
                 inlined: true,
                 plumbing: false,
-                kind: FrameKind::Native,
+                kind: RuntimeId::NATIVE,
             });
         }
         let (file, line) = location(sym.code_info.as_deref()).unzip();
@@ -258,10 +293,40 @@ impl Symbolizer {
             address: ip,
             inlined: false,
             plumbing: false,
-            kind: FrameKind::Native,
+            kind: RuntimeId::NATIVE,
         });
         frames
     }
+}
+
+/// The stack `native` (symbolized, innermost first) as a runtime's merge planned it: its
+/// frames (of `kind`) in place of the native frames that ran them, and without the runtime's
+/// own native frames above its innermost frame (see [`crate::report::shown_frames`]).
+pub fn splice(native: Vec<Frame>, kind: RuntimeId, plan: Vec<Merged>) -> Vec<Frame> {
+    if plan.iter().all(|m| matches!(m, Merged::Native(_))) {
+        return native;
+    }
+    let mut native: Vec<Option<Frame>> = native.into_iter().map(Some).collect();
+    let merged: Vec<Frame> = plan
+        .into_iter()
+        .filter_map(|step| match step {
+            Merged::Native(index) => native.get_mut(index).and_then(Option::take),
+            Merged::Runtime(frame) => Some(Frame {
+                function: frame.function,
+                module: frame.module,
+                file: frame.file,
+                line: frame.line,
+                address: frame.address,
+                inlined: false,
+                plumbing: false,
+                kind,
+            }),
+        })
+        .collect();
+    crate::report::shown_frames(&merged)
+        .into_iter()
+        .cloned()
+        .collect()
 }
 
 /// Names become single flamegraph frames: no `;` (the folded separator) or newlines.

@@ -1,6 +1,7 @@
 //! The layering of `tracer/src`, checked from the source: modules depend on each other in one
-//! direction only (no two import each other, directly or round a cycle), and only the command
-//! line (`cli/`, `main.rs`) knows clap. Read as text, so it needs no build of anything.
+//! direction only (no two import each other, directly or round a cycle), only the command
+//! line (`cli/`, `main.rs`) knows clap, and only the registry (`runtimes/mod.rs`) knows a
+//! language runtime's code (`runtimes/<name>/`). Read as text, so it needs no build of anything.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -129,6 +130,55 @@ fn references(module: &ModulePath, code: &str) -> Vec<ModulePath> {
         .collect()
 }
 
+/// The paths under the external crate `root` (e.g. `tracer_common`) that `code` refers to, each
+/// with `root` as its first element: its `use root::` trees and inline `root::` paths.
+fn external_paths(code: &str, root: &str) -> Vec<Vec<String>> {
+    let prefix = format!("{root}::");
+    let mut paths = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("use ") {
+        let starts_word = at == 0 || !rest.as_bytes()[at - 1].is_ascii_alphanumeric();
+        rest = &rest[at + "use ".len()..];
+        let Some(end) = rest.find(';') else { break };
+        let tree: String = rest[..end].chars().filter(|c| !c.is_whitespace()).collect();
+        if starts_word && tree.starts_with(&prefix) {
+            expand(&[], &tree, &mut paths);
+        }
+    }
+    let mut rest = code;
+    while let Some(at) = rest.find(&prefix) {
+        let starts_word = at == 0 || {
+            let before = rest.as_bytes()[at - 1];
+            !(before.is_ascii_alphanumeric() || before == b'_' || before == b':')
+        };
+        rest = &rest[at + prefix.len()..];
+        if !starts_word {
+            continue;
+        }
+        let path: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        paths.push(
+            std::iter::once(root.to_string())
+                .chain(path.split("::").filter(|s| !s.is_empty()).map(String::from))
+                .collect(),
+        );
+    }
+    paths
+}
+
+/// The language runtimes: the folders of `runtimes/`.
+fn runtime_folders() -> BTreeSet<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/runtimes");
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_dir())
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
 struct Crate {
     /// Per file: its module, its code.
     files: Vec<(PathBuf, ModulePath, String)>,
@@ -230,6 +280,101 @@ fn only_the_command_line_knows_clap() {
     }
 }
 
+/// Where `files` name a runtime's code outside the registry and that runtime's folder: a
+/// reference to `runtimes::<runtime>`, or, outside `runtimes/`, to what the kernel side shares
+/// with one (`tracer_common::<runtime>`).
+fn runtime_leaks(
+    files: &[(PathBuf, ModulePath, String)],
+    runtimes: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut leaks = Vec::new();
+    for (path, module, code) in files {
+        let in_runtimes = module.first().is_some_and(|m| m == "runtimes");
+        let registry = module.len() == 1 && in_runtimes;
+        for target in references(module, code) {
+            let [first, runtime, ..] = target.as_slice() else {
+                continue;
+            };
+            let own = in_runtimes && module.get(1) == Some(runtime);
+            if first == "runtimes" && runtimes.contains(runtime) && !registry && !own {
+                leaks.push(format!(
+                    "{} refers to runtimes::{runtime}: only runtimes/mod.rs and runtimes/{runtime}/ may",
+                    path.display()
+                ));
+            }
+        }
+        if in_runtimes {
+            continue;
+        }
+        for external in external_paths(code, "tracer_common") {
+            if external.get(1).is_some_and(|m| runtimes.contains(m)) {
+                leaks.push(format!(
+                    "{} uses {}: only runtimes/ may",
+                    path.display(),
+                    external.join("::")
+                ));
+            }
+        }
+    }
+    leaks
+}
+
+#[test]
+fn only_the_registry_names_a_runtime() {
+    let runtimes = runtime_folders();
+    assert!(
+        runtimes.contains("python"),
+        "CPython's code lives in runtimes/python/: {runtimes:?}"
+    );
+    let leaks = runtime_leaks(&read_crate().files, &runtimes);
+    assert!(leaks.is_empty(), "{}", leaks.join("\n"));
+}
+
+#[test]
+fn the_parser_sees_runtime_leaks() {
+    // Guards the check above against a parser that finds nothing.
+    let file = |path: &str, code: &str| {
+        let src = Path::new("src");
+        let path = src.join(path);
+        (path.clone(), module_of(src, &path), code.to_string())
+    };
+    let files = [
+        file(
+            "trace/mod.rs",
+            "use crate::{report, runtimes::{Runtimes, python::code::CodeObjects}};",
+        ),
+        file(
+            "collect/mod.rs",
+            "use tracer_common::{StackKey, python::NewPythonStack};",
+        ),
+        file(
+            "report/build.rs",
+            "let f = tracer_common::python::PythonFrame::from_entry(1);",
+        ),
+        file(
+            "runtimes/go/mod.rs",
+            "let r = &crate::runtimes::python::RULES;",
+        ),
+        // Allowed: the registry, and a runtime's own code.
+        file("runtimes/mod.rs", "use crate::runtimes::python::Python;"),
+        file(
+            "runtimes/python/code.rs",
+            "use tracer_common::python::PythonFrame; use super::super::python::layout;",
+        ),
+    ];
+    let runtimes: BTreeSet<String> = ["go", "python"].map(String::from).into();
+    let leaks = runtime_leaks(&files, &runtimes);
+    assert_eq!(leaks.len(), 4, "{leaks:#?}");
+    for (leak, path) in leaks.iter().zip([
+        "trace/mod.rs",
+        "collect/mod.rs",
+        "report/build.rs",
+        "runtimes/go/mod.rs",
+    ]) {
+        assert!(leak.starts_with(&format!("src/{path} ")), "{leak}");
+    }
+}
+
 #[test]
 fn the_parser_sees_known_dependencies() {
     // Guards the checks above against a parser that finds nothing: these edges exist.
@@ -242,4 +387,6 @@ fn the_parser_sees_known_dependencies() {
     assert!(has("cli", "trace"), "{graph:?}");
     assert!(has("trace", "report"), "{graph:?}");
     assert!(has("report", "units"), "{graph:?}");
+    assert!(has("report", "runtimes"), "{graph:?}");
+    assert!(has("trace", "runtimes"), "{graph:?}");
 }

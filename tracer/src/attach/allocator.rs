@@ -21,6 +21,7 @@ use tracer_common::programs::{self, Program};
 use crate::{
     attach::{elf::function_offsets, placement},
     error::TraceError,
+    runtimes::Runtimes,
     target::{maps::Mapping, process::path_in_root},
 };
 
@@ -149,29 +150,21 @@ fn families(allocator: Option<&AllocatorOverride>) -> Vec<Family> {
         // Without an --allocator override, the malloc it imports is the one probed.
         unless_importing: allocator.is_none().then_some("malloc"),
     });
-    // CPython's small-object allocator, where the interpreter has its symbols (pyenv and
-    // most self-built CPythons: .symtab). Debian's LTO build inlines its fast path into the
-    // callers, so there it is not probed.
-    families.push(Family {
-        points: vec![
-            entry("_PyObject_Malloc", &programs::PYMALLOC_MALLOC_ENTER),
-            entry("_PyObject_Calloc", &programs::PYMALLOC_CALLOC_ENTER),
-            entry("_PyObject_Realloc", &programs::PYMALLOC_REALLOC_ENTER),
-            entry("_PyObject_Free", &programs::PYMALLOC_FREE_ENTER),
-        ],
-        required: vec!["_PyObject_Malloc".into(), "_PyObject_Free".into()],
-        essential: false,
-        only: None,
-        unless_importing: None,
-    });
-    // CPython's teardown (in the executable, or libpython): the picture freezes there.
-    families.push(Family {
-        points: vec![entry("Py_FinalizeEx", &programs::INTERPRETER_EXIT)],
-        required: vec!["Py_FinalizeEx".into()],
-        essential: false,
-        only: None,
-        unless_importing: None,
-    });
+    // What the language runtimes want probed (CPython's small-object allocator and teardown),
+    // wherever it is defined.
+    for family in Runtimes::entry_families() {
+        families.push(Family {
+            points: family
+                .points
+                .into_iter()
+                .map(|(symbol, program)| entry(symbol, program))
+                .collect(),
+            required: family.required.into_iter().map(String::from).collect(),
+            essential: false,
+            only: None,
+            unless_importing: None,
+        });
+    }
     families
 }
 

@@ -6,10 +6,12 @@
 //! [`probes`] loads the eBPF programs and attaches them there, for the target's pid only: with
 //! one `uprobe_multi` link per program and object where the kernel has them ([`multi`], through
 //! [`bpf_sys`]), else one perf event per probe; [`detach`] closes links from several threads;
-//! [`map_memory`] says what the kernel maps will take before they are created.
+//! [`map_memory`] says what the kernel maps will take before they are created; [`btf`] reads the
+//! kernel struct offsets some programs need from the running kernel's BTF.
 
 pub mod allocator;
 pub mod bpf_sys;
+pub mod btf;
 pub mod detach;
 pub mod elf;
 pub mod map_memory;

@@ -376,11 +376,11 @@ impl Probes {
         }
         let (cgroup_id, cgroup_level) = sizes.cgroup.unwrap_or((0, 0));
         // Without it (no BTF), CPython targets keep native stacks.
-        let fsbase_offset = crate::python::btf::fsbase_offset().unwrap_or(0);
+        let fsbase_offset = super::btf::fsbase_offset().unwrap_or(0);
         // Without them, endings carry no OOM mark (the cgroup's OOM counter still tells).
-        let (tgid_offset, exit_code_offset) = crate::python::btf::exit_offsets().unwrap_or((0, 0));
+        let (tgid_offset, exit_code_offset) = super::btf::exit_offsets().unwrap_or((0, 0));
         // Without it, a thread killed with its process reads as ended before its process.
-        let task_flags_offset = crate::python::btf::task_flags_offset().unwrap_or(0);
+        let task_flags_offset = super::btf::task_flags_offset().unwrap_or(0);
         let (table_slots, _) = tracer_common::split_record_capacity(sizes.max_allocations);
         let mut loader = EbpfLoader::new();
         for sized in sized_maps(&sizes) {
@@ -443,6 +443,12 @@ impl Probes {
             attached: Vec::new(),
             marks_oom_victims: tgid_offset != 0 && exit_code_offset != 0,
         })
+    }
+
+    /// Takes the map called `name` out of the loaded object, for the part of leaktracer that
+    /// owns it (a language runtime's maps).
+    pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.ebpf.take_map(name)
     }
 
     /// Freezes the picture: every program returns at once from now on. Cheaper and more

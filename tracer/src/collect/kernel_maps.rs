@@ -7,8 +7,7 @@ use aya::{
 };
 use tracer_common::{
     AllocKey, AllocRecord, CachedStack, RecordSlot, STACK_CACHE_SLOTS, StackKey, StackStats,
-    UserStack, ending::ProcessEnding, programs::maps, runtimes::RuntimeProcess,
-    threads::ThreadStart,
+    UserStack, ending::ProcessEnding, programs::maps, threads::ThreadStart,
 };
 
 /// Why the maps could not be resolved.
@@ -24,7 +23,8 @@ pub enum KernelMapsError {
     },
 }
 
-/// The maps, taken out of the loaded object (the programs keep theirs).
+/// The maps, taken out of the loaded object (the programs keep theirs). A language runtime's
+/// own maps are its own (see [`crate::runtimes`]).
 pub struct KernelMaps {
     /// Slot 0 set to stop every program.
     pub stopped: Array<MapData, u32>,
@@ -52,11 +52,6 @@ pub struct KernelMaps {
     pub stop_at_exec: HashMap<MapData, u32, u32>,
     /// Processes whose interpreter began its teardown: tgid -> CLOCK_MONOTONIC ns.
     pub frozen: HashMap<MapData, u32, u64>,
-    /// Targets that run a language runtime: tgid -> the runtime, where the native walk hands
-    /// over to it, and what its walker needs (a CPython interpreter's layout).
-    pub runtime_processes: HashMap<MapData, u32, RuntimeProcess>,
-    /// New stacks with Python frames ([`tracer_common::python::NewPythonStack`]).
-    pub python_stacks: RingBuf<MapData>,
     /// The processes attached to (tgid -> 1): the only ones the syscall tracepoints count.
     pub traced: HashMap<MapData, u32, u8>,
     /// tgids (u32) that mapped new code since the last read.
@@ -85,8 +80,6 @@ impl KernelMaps {
             execs: take(ebpf, maps::EXECS)?,
             stop_at_exec: take(ebpf, maps::STOP_AT_EXEC)?,
             frozen: take(ebpf, maps::FROZEN)?,
-            runtime_processes: take(ebpf, maps::RUNTIME_PROCESSES)?,
-            python_stacks: take(ebpf, maps::PYTHON_STACKS)?,
             traced: take(ebpf, maps::TRACED)?,
             code_mapped: take(ebpf, maps::CODE_MAPPED)?,
             endings: take(ebpf, maps::ENDINGS)?,

@@ -17,7 +17,7 @@ use std::{collections::HashMap, time::Duration};
 use aya::maps::IterableMap;
 use tracer_common::{
     AllocKey, AllocRecord, COUNTER_SLOTS, RecordSlot, StackKey, StackStats, UNKNOWN_STACK,
-    UnmapEvent, python::NewPythonStack, threads::ThreadStart,
+    UnmapEvent, threads::ThreadStart,
 };
 
 pub use kernel_maps::{KernelMaps, KernelMapsError};
@@ -149,24 +149,6 @@ impl Collector {
         }
     }
 
-    /// Settles every pending munmap range against the recorded mappings: a mapping the range
-    /// covers is released, one it overlaps is trimmed to what is still mapped.
-    /// The (tgid, stack id) of the stacks with Python frames the kernel kept since the last
-    /// call.
-    pub fn new_python_stacks(&self, maps: &mut KernelMaps) -> Vec<(u32, u64)> {
-        let mut stacks = Vec::new();
-        while let Some(item) = maps.python_stacks.next() {
-            if item.len() >= size_of::<NewPythonStack>() {
-                // SAFETY: the kernel wrote a whole NewPythonStack; read_unaligned copes with
-                // any alignment of the ring's data.
-                let new =
-                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NewPythonStack>()) };
-                stacks.push((new.tgid, new.stack_id));
-            }
-        }
-        stacks
-    }
-
     /// The processes that mapped new code (a library, JIT pages) since the last call, each
     /// once.
     pub fn new_code(&self, maps: &mut KernelMaps) -> Vec<u32> {
@@ -182,6 +164,8 @@ impl Collector {
         tgids
     }
 
+    /// Settles every pending munmap range against the recorded mappings: a mapping the range
+    /// covers is released, one it overlaps is trimmed to what is still mapped.
     pub fn drain_unmaps(&mut self, maps: &mut KernelMaps) -> anyhow::Result<()> {
         let mut events = Vec::new();
         while let Some(item) = maps.unmap_events.next() {

@@ -16,7 +16,7 @@ use std::{
 use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 
-use super::{Frame, FrameKind, Report};
+use super::{Frame, Report};
 
 /// The messages of profile.proto this writer fills (field numbers as in the proto).
 mod proto {
@@ -189,11 +189,11 @@ impl Tables {
     /// The location of one stack address: its frames, innermost (inlined) first.
     fn location(&mut self, report: &Report, pid: u32, frames: &[Frame]) -> u64 {
         let address = frames.last().map_or(0, |f| f.address);
-        let python_line = frames
+        let runtime_line = frames
             .last()
-            .filter(|f| f.kind == FrameKind::Python)
+            .filter(|f| !f.kind.is_native())
             .map_or(0, |f| f.line.map_or(u32::MAX, |l| l));
-        let key = (pid, address, python_line);
+        let key = (pid, address, runtime_line);
         if let Some(id) = self.location_ids.get(&key) {
             return *id;
         }

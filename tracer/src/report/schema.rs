@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::growth::{Growth, Thresholds};
+use crate::{
+    growth::{Growth, Thresholds},
+    runtimes::RuntimeId,
+};
 
 /// A finished trace.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -573,19 +576,11 @@ pub struct Frame {
     /// frame 0, never the whole stack.
     #[serde(default)]
     pub plumbing: bool,
-    /// Native code, or a Python function (then `function` is its qualified name, `file` and
-    /// `line` its source, `module` the interpreter, `address` its code object).
+    /// What runs it: native code (`"native"`), or a runtime, by name (`"python"`: then
+    /// `function` is the Python function's qualified name, `file` and `line` its source,
+    /// `module` the interpreter, `address` its code object).
     #[serde(default)]
-    pub kind: FrameKind,
-}
-
-/// What kind of code a frame runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FrameKind {
-    #[default]
-    Native,
-    Python,
+    pub kind: RuntimeId,
 }
 
 impl Stack {
@@ -649,31 +644,32 @@ impl Stack {
         shown_frames(self.own_frames())
     }
 
-    /// The frame summaries name a stack by: its innermost Python frame when it has one (the
-    /// interpreter's C code below it is the interpreter at work), else the first frame a
-    /// reader sees; `None` for a stack without frames.
+    /// The frame summaries name a stack by: its innermost runtime (Python) frame when it has
+    /// one (the interpreter's C code below it is the interpreter at work), else the first frame
+    /// a reader sees; `None` for a stack without frames.
     pub fn first_own_frame(&self) -> Option<&Frame> {
         let own = self.own_frames();
         own.iter()
-            .find(|f| f.kind == FrameKind::Python)
+            .find(|f| !f.kind.is_native())
             .or_else(|| own.first())
     }
 }
 
-/// `frames` without the interpreter's own frames above the innermost Python frame (see
-/// [`Stack::shown_frames`]).
+/// `frames` without the runtime's own native frames above its innermost frame, as its rules
+/// say (see [`Stack::shown_frames`]).
 pub fn shown_frames(frames: &[Frame]) -> Vec<&Frame> {
-    let Some(first) = frames.iter().position(|f| f.kind == FrameKind::Python) else {
+    let Some(first) = frames.iter().position(|f| !f.kind.is_native()) else {
         return frames.iter().collect();
     };
-    let interpreter = &frames[first].module;
+    let innermost = &frames[first];
+    let Some(rules) = innermost.kind.rules() else {
+        return frames.iter().collect();
+    };
     frames[..first]
         .iter()
-        .chain(
-            frames[first..]
-                .iter()
-                .filter(|f| f.kind == FrameKind::Python || &f.module != interpreter),
-        )
+        .chain(frames[first..].iter().filter(|f| {
+            !f.kind.is_native() || !rules.is_own_native_frame(&f.module, &innermost.module)
+        }))
         .collect()
 }
 
@@ -704,16 +700,16 @@ impl Frame {
             address,
             inlined: false,
             plumbing: false,
-            kind: FrameKind::Native,
+            kind: RuntimeId::NATIVE,
         }
     }
 
-    /// The frame's name in flamegraphs and folded stacks: the function, and for a Python
-    /// function its source place (`search (service.py:19)`), which tells apart the
+    /// The frame's name in flamegraphs and folded stacks: the function, and for a runtime's
+    /// (a Python function) its source place (`search (service.py:19)`), which tells apart the
     /// same-named functions of different modules.
     pub fn label(&self) -> String {
-        match (self.kind, &self.file) {
-            (FrameKind::Python, Some(file)) => {
+        match (self.kind.is_native(), &self.file) {
+            (false, Some(file)) => {
                 let file = file.rsplit('/').next().unwrap_or(file);
                 match self.line {
                     Some(line) => format!("{} ({file}:{line})", self.function),
@@ -877,7 +873,7 @@ mod tests {
         let python = |name: &str| Frame {
             function: name.into(),
             module: "libpython3.12.so".into(),
-            kind: FrameKind::Python,
+            kind: RuntimeId::from_name("python").unwrap(),
             ..Frame::default()
         };
         let stack = Stack {

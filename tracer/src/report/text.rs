@@ -1,6 +1,6 @@
 //! The human-readable report printed at the end of a trace.
 
-use super::{Frame, FrameKind, Reachability, Report, Stack, StackReachability};
+use super::{Frame, Reachability, Report, Stack, StackReachability};
 use crate::growth::{Class, Severity};
 use crate::terminal::TerminalText;
 use crate::units::{human_bytes, human_rate};
@@ -333,8 +333,8 @@ pub fn describe_classes(classes: &StackReachability) -> String {
 }
 
 /// The `top` functions by inclusive outstanding bytes, leaving out those on every stack and
-/// Python's standard library (they say nothing about which of the program's code keeps the
-/// memory).
+/// those of a runtime's standard library (they say nothing about which of the program's code
+/// keeps the memory).
 fn render_functions(report: &Report, top: usize, out: &mut TerminalText) {
     let telling: Vec<&crate::report::FunctionTotal> = report
         .functions
@@ -355,7 +355,10 @@ fn render_functions(report: &Report, top: usize, out: &mut TerminalText) {
         left_out.push(format!("{common} on every stack"));
     }
     if library > 0 {
-        left_out.push(format!("{library} of Python's standard library"));
+        left_out.push(format!(
+            "{library} of {}",
+            crate::runtimes::standard_libraries()
+        ));
     }
     out.blank();
     out.line(format_args!(
@@ -427,9 +430,11 @@ pub fn describe_frame(frame: &Frame) -> String {
         _ => String::new(),
     };
     let inlined = if frame.inlined { " (inlined)" } else { "" };
-    let module = match frame.kind {
-        FrameKind::Python => "python",
-        FrameKind::Native => module,
+    // A runtime's frame says which runtime runs it (`python`), not the interpreter's object.
+    let module = if frame.kind.is_native() {
+        module
+    } else {
+        frame.kind.name()
     };
     format!("{}{location}{inlined} [{module}]", frame.function)
 }

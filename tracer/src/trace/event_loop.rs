@@ -1,10 +1,13 @@
 //! The trace's event loop: until Ctrl-C, SIGTERM, the duration or the end of the targets, it
 //! polls for new processes and unmaps, and samples every interval.
 
-use std::{os::fd::AsRawFd, time::Duration};
+use std::{os::fd::RawFd, task::Poll, time::Duration};
 
 use anyhow::Context;
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{Signal, SignalKind, signal},
+};
 
 use super::{
     EndReason,
@@ -58,7 +61,37 @@ fn leave_closed_terminal() {
     }
 }
 
+/// Ready once one of `fds` is readable, its readiness cleared (the caller reads them all).
+async fn any_readable(fds: &[AsyncFd<RawFd>]) {
+    std::future::poll_fn(|cx| {
+        for fd in fds {
+            if let Poll::Ready(ready) = fd.poll_read_ready(cx) {
+                if let Ok(mut guard) = ready {
+                    guard.clear_ready();
+                }
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 impl Session<'_> {
+    /// The rings on which the runtimes announce new stacks, watched by the event loop (inside
+    /// the runtime's context).
+    fn watch_announcements(&self) -> Vec<AsyncFd<RawFd>> {
+        self.runtimes
+            .announcements()
+            .into_iter()
+            .filter_map(|fd| {
+                // SAFETY: the ring's descriptor stays open (the runtimes live as long as the
+                // session) until the returned AsyncFd is dropped, at the end of the event loop.
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+            })
+            .collect()
+    }
+
     /// Waits for Ctrl-C, SIGTERM or SIGHUP, the end of `duration`, or the end of the targets;
     /// samples every `interval`, and polls ([`Session::poll`]) meanwhile.
     pub(super) fn wait_for_end(
@@ -72,17 +105,10 @@ impl Session<'_> {
             let deadline = duration.map(|d| tokio::time::Instant::now() + d);
             let mut poll = tokio::time::interval(POLL);
             let mut sample = tokio::time::interval(interval);
-            // New stacks with Python frames are read as soon as the kernel announces them: a
-            // code object may live only milliseconds (a module's body runs once at import).
-            // SAFETY: the ring's descriptor stays open (the maps live as long as the session)
-            // until `python_stacks` is dropped at the end of this block.
-            let python_stacks = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    self.probes.maps().python_stacks.as_raw_fd(),
-                    tokio::io::Interest::READABLE,
-                )
-            }
-            .ok();
+            // New stacks with a runtime's frames are read as soon as the kernel announces
+            // them: a Python code object may live only milliseconds (a module's body runs once
+            // at import).
+            let announcements = self.watch_announcements();
             let mut scan_requests = self.reporter.take_scan_requests();
             loop {
                 tokio::select! {
@@ -107,11 +133,8 @@ impl Session<'_> {
                             None => scan_requests = None,
                         }
                     }
-                    ready = async { python_stacks.as_ref().expect("guarded").readable().await }, if python_stacks.is_some() => {
-                        if let Ok(mut guard) = ready {
-                            guard.clear_ready();
-                        }
-                        self.read_python_stacks();
+                    _ = any_readable(&announcements), if !announcements.is_empty() => {
+                        self.read_runtime_stacks();
                     }
                 }
             }

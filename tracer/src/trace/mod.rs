@@ -13,7 +13,7 @@
 //! - `freezes`: where a process's picture froze (`Py_FinalizeEx`, `exit()`);
 //! - `unwind_tables`: the processes' unwind tables in the kernel;
 //! - `reachability`: `--reachability` scans;
-//! - `interpreters`: CPython targets' frames;
+//! - `interpreters`: the language runtimes' frames (CPython's), through the registry;
 //! - `reporting`: the report's settings and the `--serve` server;
 //! - [`status`]: the live status line.
 

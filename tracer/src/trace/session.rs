@@ -6,7 +6,6 @@
 //! others.
 
 use std::{
-    collections::BTreeSet,
     os::fd::{AsFd, OwnedFd},
     path::PathBuf,
     time::Duration,
@@ -33,9 +32,10 @@ use super::{
 use crate::{
     attach::{allocator::AttachPlan, probes::Probes},
     collect::{Collector, KernelSnapshot},
+    error::TraceError,
     history::SampleHistory,
-    python::code::CodeObjects,
     report::{self, Outputs, ProcessEntry, Report},
+    runtimes::Runtimes,
     serve::{ScanRequest, Scans, Server},
     symbolize::{AddressSpaces, Symbolizer},
     target::{
@@ -65,10 +65,9 @@ pub(super) struct Session<'a> {
     pub(super) reporter: Reporter,
     pub(super) spaces: AddressSpaces,
     pub(super) symbolizer: Symbolizer,
-    /// The Python frames of CPython targets, named.
-    pub(super) python: CodeObjects,
-    /// Processes (images) already looked at for an interpreter.
-    pub(super) python_checked: BTreeSet<u32>,
+    /// The language runtimes (CPython) whose frames the kernel walks, and the processes each
+    /// runs in.
+    pub(super) runtimes: Runtimes,
     /// Progress and where each probe went.
     pub(super) verbose: bool,
     /// `--program-stats`: held for the whole trace, the kernel measures programs only while
@@ -99,6 +98,8 @@ impl<'a> Session<'a> {
             .context("cannot start the guard that resumes stopped targets if leaktracer dies")?
         };
         let collector = probes.collector()?;
+        let runtimes = Runtimes::load(&mut |name| probes.take_map(name))
+            .map_err(|e| TraceError::Load(e.to_string()))?;
         let tables = match config.unwind {
             UnwindMode::Cfi => Some(
                 KernelTables::new(probes.unwind_maps()?)
@@ -143,8 +144,7 @@ impl<'a> Session<'a> {
             reporter: Reporter::new(report_settings(config), server),
             spaces: AddressSpaces::default(),
             symbolizer: Symbolizer::new(),
-            python: CodeObjects::default(),
-            python_checked: BTreeSet::new(),
+            runtimes,
             verbose: config.verbose,
             run_time_stats,
             _resume_guard: resume_guard,
@@ -179,7 +179,7 @@ impl<'a> Session<'a> {
 
     /// One poll of the event loop, in order: what the launched command left behind, the end
     /// of the targets (`TargetExited`), an exec the launched command stopped at, execs,
-    /// cgroup moves and exits, Python stacks, freezes, new processes, new code, processes
+    /// cgroup moves and exits, runtime (Python) stacks, freezes, new processes, new code, processes
     /// gone, unmaps.
     pub fn poll(&mut self) -> anyhow::Result<Option<EndReason>> {
         if let Some(launcher) = self.launcher.as_mut() {
@@ -192,7 +192,7 @@ impl<'a> Session<'a> {
         self.settle_execs()?;
         self.notice_cgroup_moves();
         self.settle_exits();
-        self.read_python_stacks();
+        self.read_runtime_stacks();
         self.settle_freezes();
         self.discover();
         self.refresh_mapped_code();
@@ -311,7 +311,7 @@ impl<'a> Session<'a> {
     fn update_tables(&mut self, pid: u32) {
         // The interpreter too, before any probe: the first allocation already gets its
         // Python frames.
-        self.update_python(pid);
+        self.runtimes.attach(pid, self.verbose);
         self.tables.update(pid);
     }
 
@@ -408,8 +408,7 @@ impl<'a> Session<'a> {
                     .retire(self.probes.maps_mut(), pid, exec_ns)?;
             // The kernel dropped the old image's tables (and interpreter) at the exec.
             self.tables.remove(pid);
-            self.python.forget(pid);
-            self.python_checked.remove(&pid);
+            self.runtimes.forget(pid);
             self.update_tables(pid);
             if old.first_of_launch && allocations == 0 {
                 continue; // the launched command's own exec
@@ -504,10 +503,10 @@ impl<'a> Session<'a> {
             .freezes
             .new_ones(self.processes.pids(), |pid| frozen.get(&pid, 0).is_ok());
         for pid in newly_frozen {
-            if self.python.interpreter(pid).is_some() {
-                self.freezes.note(pid, elapsed, Some("Py_FinalizeEx"));
+            if let Some(teardown) = self.runtimes.teardown_of(pid) {
+                self.freezes.note(pid, elapsed, Some(teardown));
                 eprintln_escaped!(
-                    "leaktracer: pid {pid} began its interpreter's teardown (Py_FinalizeEx): its figures are kept from just before"
+                    "leaktracer: pid {pid} began its interpreter's teardown ({teardown}): its figures are kept from just before"
                 );
                 resume.push(pid);
             } else if self.scanner.is_on() {
@@ -521,7 +520,7 @@ impl<'a> Session<'a> {
             }
         }
         if !resume.is_empty() {
-            self.read_python_stacks();
+            self.read_runtime_stacks();
         }
         for pid in exited {
             // The kernel sent it SIGSTOP at exit(): scanned once that stop holds.
@@ -538,7 +537,7 @@ impl<'a> Session<'a> {
     /// or exit() with --reachability.
     fn resume_frozen_interpreters(&self) {
         for pid in self.processes.pids() {
-            if (self.python.interpreter(pid).is_some() || self.scanner.is_on())
+            if (self.runtimes.teardown_of(pid).is_some() || self.scanner.is_on())
                 && self.probes.maps().frozen.get(&pid, 0).is_ok()
             {
                 continue_process(pid);
@@ -559,10 +558,8 @@ impl<'a> Session<'a> {
             if which == Which::Remaining && scan.scanned_at_exit(pid) {
                 continue;
             }
-            if self.python.interpreter(pid).is_some() {
-                scan.insert(pid, reachability::skipped(pid, format!(
-                    "pid {pid} is a Python interpreter: its objects stay reachable by design (the interpreter keeps them), so reachability says nothing there; look at growth instead"
-                )));
+            if let Some(note) = self.runtimes.reachability_note(pid) {
+                scan.insert(pid, reachability::skipped(pid, note));
                 continue;
             }
             if !is_alive(pid) {

@@ -3,22 +3,22 @@
 use std::io::{IsTerminal, Write};
 
 use crate::{
-    report::schema::{Frame, FrameKind},
+    report::schema::Frame,
     terminal::escape,
     units::{human_bytes, human_rate},
 };
 
 /// The name a stack goes by in the status line: its first own frame (`own`, past the
-/// allocator's plumbing), as reports name it; when that is native code and the stack has
-/// Python frames, the innermost Python function too, which is where a Python service's leak
-/// is (`_PyUnicode_JoinArray in handle (svc.py:4)`).
+/// allocator's plumbing), as reports name it; when that is native code and the stack has a
+/// runtime's frames (Python's), the innermost runtime function too, which is where a Python
+/// service's leak is (`_PyUnicode_JoinArray in handle (svc.py:4)`).
 pub fn grower_name(frames: &[Frame], own: usize) -> String {
     let Some(first) = frames.get(own) else {
         return "[unknown stack]".to_string();
     };
-    let python = frames[own..].iter().find(|f| f.kind == FrameKind::Python);
-    match python {
-        Some(p) if first.kind == FrameKind::Native => {
+    let runtime = frames[own..].iter().find(|f| !f.kind.is_native());
+    match runtime {
+        Some(p) if first.kind.is_native() => {
             let place = match (&p.file, p.line) {
                 (Some(file), Some(line)) => {
                     let name = file.rsplit('/').next().unwrap_or(file);
@@ -108,8 +108,9 @@ impl StatusLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtimes::RuntimeId;
 
-    fn frame(function: &str, kind: FrameKind, place: Option<(&str, u32)>) -> Frame {
+    fn frame(function: &str, kind: RuntimeId, place: Option<(&str, u32)>) -> Frame {
         Frame {
             function: function.to_string(),
             module: String::new(),
@@ -124,15 +125,16 @@ mod tests {
 
     #[test]
     fn a_grower_is_named_by_its_first_own_frame_and_its_innermost_python_function() {
-        let native = frame("remember_session", FrameKind::Native, None);
-        let malloc = frame("malloc", FrameKind::Native, None);
+        let native = frame("remember_session", RuntimeId::NATIVE, None);
+        let malloc = frame("malloc", RuntimeId::NATIVE, None);
         assert_eq!(
             grower_name(&[malloc.clone(), native.clone()], 1),
             "remember_session"
         );
-        let stripped = frame("python3.11+0x22d099", FrameKind::Native, None);
-        let handle = frame("handle", FrameKind::Python, Some(("/srv/svc.py", 4)));
-        let module = frame("<module>", FrameKind::Python, Some(("/srv/svc.py", 11)));
+        let stripped = frame("python3.11+0x22d099", RuntimeId::NATIVE, None);
+        let python = RuntimeId::from_name("python").unwrap();
+        let handle = frame("handle", python, Some(("/srv/svc.py", 4)));
+        let module = frame("<module>", python, Some(("/srv/svc.py", 11)));
         assert_eq!(
             grower_name(&[stripped, native.clone(), handle.clone(), module], 0),
             "python3.11+0x22d099 in handle (svc.py:4)"

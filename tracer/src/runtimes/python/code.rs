@@ -12,10 +12,7 @@ use super::{
     layout::{BYTES_DATA, OBJECT_SIZE, OBJECT_TYPE, STR_LENGTH, STR_STATE},
     lines::line_at,
 };
-use crate::{
-    report::{Frame, FrameKind},
-    target::remote::RemoteMemory,
-};
+use crate::{runtimes::RuntimeFrame, target::remote::RemoteMemory};
 
 /// Longest name or path read (longer ones are cut).
 const MAX_STR_CHARS: u64 = 4096;
@@ -104,7 +101,7 @@ impl CodeObjects {
 
     /// The frames of the Python entries of a stack, innermost first, each with its activation
     /// flag: from the names read when the stack was new, else read now.
-    pub fn frames(&mut self, pid: u32, stack_id: u64, ips: &[u64]) -> Vec<(Frame, bool)> {
+    pub fn frames(&mut self, pid: u32, stack_id: u64, ips: &[u64]) -> Vec<(RuntimeFrame, bool)> {
         let python: Vec<PythonFrame> = ips
             .iter()
             .filter_map(|&ip| PythonFrame::from_entry(ip))
@@ -245,25 +242,21 @@ fn read_str(memory: &RemoteMemory, interpreter: &Interpreter, object: u64) -> Op
     Some(text)
 }
 
-/// The report frame of a Python frame.
-fn python_frame(info: Option<&CodeInfo>, frame: &PythonFrame, module: &str) -> Frame {
+/// The frame of a Python frame's entry.
+fn python_frame(info: Option<&CodeInfo>, frame: &PythonFrame, module: &str) -> RuntimeFrame {
     let Some(info) = info else {
-        return Frame {
+        return RuntimeFrame {
             function: format!("[python code {:#x}]", frame.code),
             module: module.to_string(),
             address: frame.code,
-            kind: FrameKind::Python,
-            ..Frame::default()
+            ..RuntimeFrame::default()
         };
     };
-    Frame {
+    RuntimeFrame {
         function: info.qualname.replace(';', ":").replace(['\n', '\r'], " "),
         module: module.to_string(),
         file: Some(info.filename.clone()),
         line: line_at(&info.line_table, info.first_line, frame.offset),
         address: frame.code,
-        inlined: false,
-        plumbing: false,
-        kind: FrameKind::Python,
     }
 }

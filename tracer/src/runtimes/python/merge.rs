@@ -3,49 +3,50 @@
 //! leaf, each eval-loop frame gives way to the next run of Python frames, up to the one that
 //! began its activation, as py-spy's and memray's native modes do. Python frames left over
 //! (the native walk stopped short) go at the root end. The interpreter's other C frames above
-//! the innermost Python frame (vectorcall glue, the eval loop's helpers) go too: a stack reads
+//! the innermost Python frame (vectorcall glue, the eval loop's helpers) go too, by the rule
+//! `is_own_native_frame` of [`super::RULES`] (applied where the merge is spliced in): a stack reads
 //! `PyUnicode_New` <- `expensive_search` <- `search` <- `Handler.do_GET` <- ... with the
 //! native frames of other objects (C extensions, the C library's thread start) in place.
 
-use crate::report::Frame;
+use crate::runtimes::{Merged, NativeFrame, RuntimeFrame};
 
 /// Whether a native frame is the interpreter's eval loop (or a part the compiler split off,
 /// such as `_PyEval_EvalFrameDefault.cold`).
-fn is_eval_loop(frame: &Frame) -> bool {
+fn is_eval_loop(frame: &NativeFrame) -> bool {
     !frame.inlined && frame.function.starts_with("_PyEval_EvalFrameDefault")
 }
 
 /// The stack with `python` (innermost first, each with its activation flag) in place of the
 /// eval-loop frames of `native` (innermost first).
-pub fn merge(native: Vec<Frame>, python: Vec<(Frame, bool)>) -> Vec<Frame> {
+pub fn merge(native: &[NativeFrame], python: Vec<(RuntimeFrame, bool)>) -> Vec<Merged> {
     if python.is_empty() {
-        return native;
+        return (0..native.len()).map(Merged::Native).collect();
     }
     let mut python = python.into_iter().peekable();
     let mut merged = Vec::with_capacity(native.len() + python.len());
-    for frame in native {
-        if is_eval_loop(&frame) && python.peek().is_some() {
+    for (index, frame) in native.iter().enumerate() {
+        if is_eval_loop(frame) && python.peek().is_some() {
             for (python_frame, entry) in python.by_ref() {
-                merged.push(python_frame);
+                merged.push(Merged::Runtime(python_frame));
                 if entry {
                     break;
                 }
             }
         } else {
-            merged.push(frame);
+            merged.push(Merged::Native(index));
         }
     }
-    merged.extend(python.map(|(frame, _)| frame));
-    crate::report::shown_frames(&merged)
-        .into_iter()
-        .cloned()
-        .collect()
+    merged.extend(python.map(|(frame, _)| Merged::Runtime(frame)));
+    merged
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::FrameKind;
+    use crate::{
+        report::Frame,
+        runtimes::{Rules, RuntimeId, python::RULES},
+    };
 
     fn native(name: &str) -> Frame {
         let module = if name == "main" {
@@ -60,14 +61,27 @@ mod tests {
         }
     }
 
-    fn python(name: &str, entry: bool) -> (Frame, bool) {
-        let frame = Frame {
+    fn python(name: &str, entry: bool) -> (RuntimeFrame, bool) {
+        let frame = RuntimeFrame {
             function: name.into(),
             module: "libpython3.12.so".into(),
-            kind: FrameKind::Python,
-            ..Frame::default()
+            ..RuntimeFrame::default()
         };
         (frame, entry)
+    }
+
+    /// `python` merged into `stack` as a trace does it.
+    fn merged(stack: Vec<Frame>, python: Vec<(RuntimeFrame, bool)>) -> Vec<Frame> {
+        let native: Vec<NativeFrame> = stack
+            .iter()
+            .map(|f| NativeFrame {
+                function: &f.function,
+                inlined: f.inlined,
+            })
+            .collect();
+        let plan = merge(&native, python);
+        let kind = RuntimeId::from_name(RULES.name()).unwrap();
+        crate::symbolize::splice(stack, kind, plan)
     }
 
     fn names(frames: &[Frame]) -> Vec<&str> {
@@ -91,7 +105,7 @@ mod tests {
             python("<module>", true),
         ];
         assert_eq!(
-            names(&merge(stack, frames)),
+            names(&merged(stack, frames)),
             [
                 "PyBytes_FromStringAndSize",
                 "expensive_search",
@@ -107,14 +121,14 @@ mod tests {
     fn leftovers_go_at_the_root_and_spare_eval_frames_stay() {
         let frames = vec![python("f", true), python("g", true)];
         assert_eq!(
-            names(&merge(
+            names(&merged(
                 vec![native("malloc_site"), native("_PyEval_EvalFrameDefault")],
                 frames.clone()
             )),
             ["malloc_site", "f", "g"]
         );
         assert_eq!(
-            names(&merge(
+            names(&merged(
                 vec![
                     native("_PyEval_EvalFrameDefault"),
                     native("_PyEval_EvalFrameDefault"),
