@@ -10,7 +10,7 @@ use std::{collections::HashMap, time::Instant};
 use tracer_common::StackKey;
 
 use crate::{
-    collect::{KernelSnapshot, MemoryKind, StackFigures},
+    collect::{MapsSnapshot, MemoryKind, StackFigures},
     growth::{self, MIN_SAMPLES, Thresholds, settled},
     report::{StackPoint, TimelinePoint},
 };
@@ -46,12 +46,12 @@ impl SampleHistory {
     }
 
     /// Adds a sample taken now.
-    pub fn sample(&mut self, snapshot: &KernelSnapshot, rss: Option<u64>) {
+    pub fn sample(&mut self, snapshot: &MapsSnapshot, rss: Option<u64>) {
         self.sample_at(self.elapsed_secs(), snapshot, rss);
     }
 
     /// Adds a sample of the state at `t_secs` since the start.
-    pub fn sample_at(&mut self, t_secs: f64, snapshot: &KernelSnapshot, rss: Option<u64>) {
+    pub fn sample_at(&mut self, t_secs: f64, snapshot: &MapsSnapshot, rss: Option<u64>) {
         let index = self.times.len();
         self.times.push(t_secs);
         let stacks = snapshot.stacks.iter().map(|(_, s)| s);
@@ -158,7 +158,7 @@ mod tests {
 
     /// A snapshot of a leak holding `leak` bytes and of `threads` idle threads, each with an
     /// 8 MiB stack of which 12 KiB are resident.
-    fn snapshot(leak: u64, threads: u64) -> KernelSnapshot {
+    fn snapshot(leak: u64, threads: u64) -> MapsSnapshot {
         let mut stacks = vec![(
             StackKey::new(7, 1),
             StackFigures {
@@ -180,7 +180,7 @@ mod tests {
                 },
             ));
         }
-        KernelSnapshot {
+        MapsSnapshot {
             stacks,
             ..Default::default()
         }

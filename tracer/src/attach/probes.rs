@@ -29,7 +29,7 @@ use crate::{
         map_memory::{MapKind, MapMemory, MapShape, estimate, possible_cpus},
         multi::{self, MultiError, MultiPrograms},
     },
-    collect::KernelMaps,
+    collect::EbpfMaps,
     error::TraceError,
     terminal::eprintln_escaped,
 };
@@ -183,7 +183,7 @@ pub struct AttachStats {
 pub struct Probes {
     ebpf: Ebpf,
     /// The maps userspace uses, taken out of `ebpf` at load.
-    maps: KernelMaps,
+    maps: EbpfMaps,
     links: Vec<Link>,
     multi: MultiState,
     stats: AttachStats,
@@ -428,7 +428,7 @@ impl Probes {
             };
             verified.map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
         }
-        let mut maps = KernelMaps::take(&mut ebpf).map_err(|e| TraceError::Load(e.to_string()))?;
+        let mut maps = EbpfMaps::take(&mut ebpf).map_err(|e| TraceError::Load(e.to_string()))?;
         fill_sample_table(&mut maps)?;
         Ok(Self {
             ebpf,
@@ -786,7 +786,7 @@ impl Probes {
     }
 
     /// The unwinder's maps, taken out of the object (once: a second call fails).
-    pub fn unwind_maps(&mut self) -> anyhow::Result<crate::unwind::kernel::UnwindMaps> {
+    pub fn unwind_maps(&mut self) -> anyhow::Result<crate::unwind::in_maps::UnwindMaps> {
         fn take<M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
             ebpf: &mut Ebpf,
             name: &str,
@@ -796,7 +796,7 @@ impl Probes {
                 .ok_or_else(|| anyhow::anyhow!("map {name} missing from the eBPF object"))?;
             M::try_from(map).map_err(|e| anyhow::anyhow!("map {name}: {e}"))
         }
-        Ok(crate::unwind::kernel::UnwindMaps {
+        Ok(crate::unwind::in_maps::UnwindMaps {
             rows: take(&mut self.ebpf, maps::UNWIND_ROWS)?,
             row_slots: self.unwind_rows,
             mappings: take(&mut self.ebpf, maps::UNWIND_MAPPINGS)?,
@@ -807,11 +807,11 @@ impl Probes {
     }
 
     /// The maps userspace reads and writes.
-    pub fn maps(&self) -> &KernelMaps {
+    pub fn maps(&self) -> &EbpfMaps {
         &self.maps
     }
 
-    pub fn maps_mut(&mut self) -> &mut KernelMaps {
+    pub fn maps_mut(&mut self) -> &mut EbpfMaps {
         &mut self.maps
     }
 }
@@ -852,7 +852,7 @@ impl Drop for Probes {
 /// Slot k: the probability, scaled to 2^32, of sampling an allocation of (k + 0.5) / slots of
 /// the sampling period: 1 - exp(-(k + 0.5) / slots). The kernel samples with it and scales by its
 /// inverse, so the quantization costs variance, not bias.
-fn fill_sample_table(maps: &mut KernelMaps) -> Result<(), TraceError> {
+fn fill_sample_table(maps: &mut EbpfMaps) -> Result<(), TraceError> {
     let table = &mut maps.sample_table;
     for slot in 0..SAMPLE_TABLE_SLOTS {
         let fraction = (f64::from(slot) + 0.5) / f64::from(SAMPLE_TABLE_SLOTS);

@@ -2,13 +2,13 @@
 //! per-stack totals, the loss counters, and stack traces. Also settles the munmap ranges the
 //! kernel handed to userspace.
 //!
-//! - `kernel_maps`: the object's maps as typed handles ([`KernelMaps`]), resolved once at load;
+//! - `ebpf_maps`: the object's maps as typed handles ([`EbpfMaps`]), resolved once at load;
 //! - [`table`]: the heap record table, read in place through a read-only mapping;
 //! - `batch`: reading whole maps in a few `BPF_MAP_LOOKUP_BATCH` calls;
 //! - [`threads`]: which recorded mappings are thread stacks, and which a live thread runs on.
 
 mod batch;
-mod kernel_maps;
+mod ebpf_maps;
 pub mod table;
 pub mod threads;
 
@@ -20,7 +20,7 @@ use tracer_common::{
     UnmapEvent, threads::ThreadStart,
 };
 
-pub use kernel_maps::{KernelMaps, KernelMapsError};
+pub use ebpf_maps::{EbpfMaps, EbpfMapsError};
 use threads::StackUse;
 
 use crate::target::memory::resident_bytes;
@@ -84,7 +84,7 @@ impl StackFigures {
 
 /// What the kernel has recorded at one moment.
 #[derive(Clone, Debug, Default)]
-pub struct KernelSnapshot {
+pub struct MapsSnapshot {
     /// Stacks with something outstanding.
     pub stacks: Vec<(StackKey, StackFigures)>,
     /// The [`tracer_common::Counter`] slots summed over CPUs.
@@ -129,7 +129,7 @@ pub struct Collector {
 impl Collector {
     /// Maps the record table of the loaded programs (`table_slots` of it in use) and takes
     /// their log out of `ebpf`.
-    pub fn new(ebpf: &mut aya::Ebpf, maps: &KernelMaps, table_slots: u32) -> anyhow::Result<Self> {
+    pub fn new(ebpf: &mut aya::Ebpf, maps: &EbpfMaps, table_slots: u32) -> anyhow::Result<Self> {
         let table = table::RecordTable::map(maps.record_table.map(), table_slots as usize)
             .map_err(|e| anyhow::anyhow!("cannot map the record table: {e}"))?;
         Ok(Self {
@@ -151,7 +151,7 @@ impl Collector {
 
     /// The processes that mapped new code (a library, JIT pages) since the last call, each
     /// once.
-    pub fn new_code(&self, maps: &mut KernelMaps) -> Vec<u32> {
+    pub fn new_code(&self, maps: &mut EbpfMaps) -> Vec<u32> {
         let mut tgids = Vec::new();
         while let Some(item) = maps.code_mapped.next() {
             if let Ok(bytes) = <[u8; 4]>::try_from(&item[..item.len().min(4)]) {
@@ -166,7 +166,7 @@ impl Collector {
 
     /// Settles every pending munmap range against the recorded mappings: a mapping the range
     /// covers is released, one it overlaps is trimmed to what is still mapped.
-    pub fn drain_unmaps(&mut self, maps: &mut KernelMaps) -> anyhow::Result<()> {
+    pub fn drain_unmaps(&mut self, maps: &mut EbpfMaps) -> anyhow::Result<()> {
         let mut events = Vec::new();
         while let Some(item) = maps.unmap_events.next() {
             if item.len() >= size_of::<UnmapEvent>() {
@@ -232,7 +232,7 @@ impl Collector {
 
     /// Moves the threads `tgid` had when it ended out of the kernel's map, into this collector:
     /// its picture keeps them, and the map's room goes to live processes.
-    pub fn forget_threads(&mut self, maps: &mut KernelMaps, tgid: u32) -> anyhow::Result<()> {
+    pub fn forget_threads(&mut self, maps: &mut EbpfMaps, tgid: u32) -> anyhow::Result<()> {
         let threads: Vec<(u32, ThreadStart)> = batch::read_map(maps.live_threads.map())?;
         for (tid, thread) in threads.into_iter().filter(|(_, t)| t.tgid == tgid) {
             if maps.live_threads.remove(&tid).is_ok() {
@@ -243,7 +243,7 @@ impl Collector {
     }
 
     /// When `tgid` last exec'd (CLOCK_MONOTONIC ns), if it did while tracing.
-    pub fn exec_time(&self, maps: &KernelMaps, tgid: u32) -> Option<u64> {
+    pub fn exec_time(&self, maps: &EbpfMaps, tgid: u32) -> Option<u64> {
         maps.execs.get(&tgid, 0).ok()
     }
 
@@ -252,7 +252,7 @@ impl Collector {
     /// for ever. Returns the allocations and bytes retired.
     pub fn retire(
         &mut self,
-        maps: &mut KernelMaps,
+        maps: &mut EbpfMaps,
         tgid: u32,
         before_ns: u64,
     ) -> anyhow::Result<(u64, u64)> {
@@ -305,7 +305,7 @@ impl Collector {
     /// a target waits stopped for a scan, which must not outlast its pause cap.
     pub fn records_while(
         &self,
-        maps: &KernelMaps,
+        maps: &EbpfMaps,
         keep_going: &dyn Fn() -> bool,
     ) -> anyhow::Result<Option<Vec<(AllocKey, AllocRecord)>>> {
         /// Records read between two questions.
@@ -329,7 +329,7 @@ impl Collector {
     /// The outstanding heap records, without copying the record table: it is scanned in place.
     fn heap_records<'a>(
         &'a self,
-        maps: &KernelMaps,
+        maps: &EbpfMaps,
     ) -> anyhow::Result<impl Iterator<Item = (AllocKey, AllocRecord)> + use<'a>> {
         let overflow = batch::read_map::<AllocKey, AllocRecord>(maps.allocs.map())?;
         Ok(self.table.records().chain(overflow))
@@ -340,9 +340,9 @@ impl Collector {
     /// live threads on them and what is resident of them (read from each process's pagemap).
     pub fn snapshot(
         &mut self,
-        maps: &KernelMaps,
+        maps: &EbpfMaps,
         min_age: Option<Duration>,
-    ) -> anyhow::Result<KernelSnapshot> {
+    ) -> anyhow::Result<MapsSnapshot> {
         let cutoff = min_age.map_or(u64::MAX, |age| {
             monotonic_ns().saturating_sub(age.as_nanos() as u64)
         });
@@ -409,7 +409,7 @@ impl Collector {
         for (slot, total) in counters.iter_mut().enumerate() {
             *total = maps.counters.get(&(slot as u32), 0)?.iter().sum();
         }
-        Ok(KernelSnapshot { stacks, counters })
+        Ok(MapsSnapshot { stacks, counters })
     }
 
     /// The resident bytes of each thread stack among `mappings` (`None` for the others): read
@@ -458,7 +458,7 @@ impl Collector {
     }
 
     /// The instruction pointers of a stack, innermost first; empty for the unknown stack.
-    pub fn stack(&self, maps: &KernelMaps, stack_id: u64) -> Vec<u64> {
+    pub fn stack(&self, maps: &EbpfMaps, stack_id: u64) -> Vec<u64> {
         if stack_id == UNKNOWN_STACK {
             return Vec::new();
         }

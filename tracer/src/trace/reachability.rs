@@ -10,7 +10,7 @@ use std::{
 use tracer_common::StackKey;
 
 use crate::{
-    collect::{Collector, KernelMaps},
+    collect::{Collector, EbpfMaps},
     reach::{
         self, Classes, LetGo, Mode, Options, ProcessScan, Scanned, TrackedBlock,
         deadline::Deadline, heuristics::Heuristic, mark::Class,
@@ -167,7 +167,7 @@ pub fn skipped(pid: u32, note: String) -> ProcessResult {
 /// `deadline` leaves room (`None` once it does not).
 pub fn outstanding_blocks(
     collector: &Collector,
-    maps: &KernelMaps,
+    maps: &EbpfMaps,
     pid: u32,
     deadline: &Deadline,
 ) -> Option<Vec<TrackedBlock>> {

@@ -8,7 +8,7 @@ use tracer_common::StackKey;
 
 use crate::{
     attach::probes::AttachStats,
-    collect::{KernelSnapshot, StackFigures},
+    collect::{MapsSnapshot, StackFigures},
     growth::Thresholds,
     history::SampleHistory,
     report::{self, Report, TargetExit, plumbing::Plumbing},
@@ -147,7 +147,7 @@ impl Reporter {
 
 /// Fills in what an ended process held at its end from `snapshot`: a killed process frees
 /// nothing, so its records are the picture at its death.
-pub fn fill_held(exit: &mut TargetExit, snapshot: &KernelSnapshot) {
+pub fn fill_held(exit: &mut TargetExit, snapshot: &MapsSnapshot) {
     let (bytes, allocations) = snapshot
         .stacks
         .iter()
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn an_ended_process_holds_what_its_stacks_hold() {
-        let snapshot = KernelSnapshot {
+        let snapshot = MapsSnapshot {
             stacks: vec![
                 (StackKey::new(7, 1), figures(100, 2)),
                 (StackKey::new(8, 1), figures(1000, 1)),

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     attach::{allocator::AttachPlan, probes::Probes},
-    collect::{Collector, KernelSnapshot},
+    collect::{Collector, MapsSnapshot},
     error::TraceError,
     history::SampleHistory,
     report::{self, Outputs, ProcessEntry, Report},
@@ -45,7 +45,7 @@ use crate::{
         resume_guard::ResumeGuard,
     },
     terminal::eprintln_escaped,
-    unwind::KernelTables,
+    unwind::TablesInMaps,
 };
 
 /// A trace in progress: the kernel side and the parts, each owning its state.
@@ -102,7 +102,7 @@ impl<'a> Session<'a> {
             .map_err(|e| TraceError::Load(e.to_string()))?;
         let tables = match config.unwind {
             UnwindMode::Cfi => Some(
-                KernelTables::new(probes.unwind_maps()?)
+                TablesInMaps::new(probes.unwind_maps()?)
                     .context("cannot map the unwinder's tables")?,
             ),
             UnwindMode::FramePointers => None,
@@ -631,7 +631,7 @@ impl<'a> Session<'a> {
     }
 
     /// Freezes the picture and reads it: the outstanding memory, and the trace's length.
-    fn freeze_picture(&mut self) -> anyhow::Result<(KernelSnapshot, f64)> {
+    fn freeze_picture(&mut self) -> anyhow::Result<(MapsSnapshot, f64)> {
         // The programs return at once from here on (at once, unlike the detach, for which the
         // kernel waits a grace period per link).
         self.probes.stop_recording()?;
@@ -671,7 +671,7 @@ impl<'a> Session<'a> {
     /// history; `end_reason` is `None` for a live report.
     pub(super) fn build_report(
         &mut self,
-        snapshot: &KernelSnapshot,
+        snapshot: &MapsSnapshot,
         elapsed: f64,
         end_reason: Option<EndReason>,
     ) -> Report {
@@ -696,7 +696,7 @@ impl<'a> Session<'a> {
     }
 
     /// Every stack of `snapshot`, named, with its history and its classes.
-    fn report_stacks(&mut self, snapshot: &KernelSnapshot) -> Vec<report::Stack> {
+    fn report_stacks(&mut self, snapshot: &MapsSnapshot) -> Vec<report::Stack> {
         snapshot
             .stacks
             .iter()
@@ -731,7 +731,7 @@ impl<'a> Session<'a> {
 
     /// The processes as the report lists them: where each froze, how each that ended ended,
     /// and what it held then.
-    fn process_entries(&self, snapshot: &KernelSnapshot) -> Vec<ProcessEntry> {
+    fn process_entries(&self, snapshot: &MapsSnapshot) -> Vec<ProcessEntry> {
         let mut entries = self.processes.entries();
         for entry in &mut entries {
             if let Some(freeze) = self.freezes.of(entry.pid) {

@@ -3,14 +3,14 @@
 
 use std::{io, time::Duration};
 
-use crate::{report::UnwindStats, terminal::eprintln_escaped, unwind::KernelTables};
+use crate::{report::UnwindStats, terminal::eprintln_escaped, unwind::TablesInMaps};
 
 /// A write of one process's tables that takes longer than this is said without --verbose.
 const SLOW_WRITE: Duration = Duration::from_secs(1);
 
 /// The traced processes' unwind tables in the kernel; none with `--unwind frame-pointers`.
 pub struct UnwindTables {
-    tables: Option<KernelTables>,
+    tables: Option<TablesInMaps>,
     /// Say every write, not only slow ones.
     verbose: bool,
 }
@@ -42,7 +42,7 @@ fn written(pid: u32, result: io::Result<bool>, took: Duration, verbose: bool) ->
 }
 
 impl UnwindTables {
-    pub fn new(tables: Option<KernelTables>, verbose: bool) -> Self {
+    pub fn new(tables: Option<TablesInMaps>, verbose: bool) -> Self {
         Self { tables, verbose }
     }
 
@@ -70,7 +70,7 @@ impl UnwindTables {
 
     /// For the report: how much of the tables' room is used; none without CFI unwinding.
     pub fn stats(&self) -> Option<UnwindStats> {
-        self.tables.as_ref().map(KernelTables::stats)
+        self.tables.as_ref().map(TablesInMaps::stats)
     }
 }
 

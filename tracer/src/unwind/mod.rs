@@ -4,14 +4,14 @@
 //!
 //! - [`compile`]: `.eh_frame` to rows, per object, cached per device and inode;
 //! - [`space`]: which ranges of the kernel's flat arrays are in use;
-//! - [`kernel`]: writing processes' tables into the kernel's maps and keeping them current.
+//! - [`in_maps`]: writing processes' tables into the eBPF maps and keeping them current.
 
 pub mod compile;
-pub mod kernel;
+pub mod in_maps;
 pub mod space;
 
 pub use compile::{
     CodeLayout, MappedTable, Registers, StepError, TableCache, TableStats, UnwindError,
     UnwindTable, compile_file, load_bias, step,
 };
-pub use kernel::{KernelTables, UnwindMaps};
+pub use in_maps::{TablesInMaps, UnwindMaps};

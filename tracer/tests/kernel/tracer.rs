@@ -113,7 +113,7 @@ impl KernelTracer {
             .find_map(|(k, figures)| (k == key).then_some(figures))
     }
 
-    fn snapshot(&mut self) -> leaktracer::collect::KernelSnapshot {
+    fn snapshot(&mut self) -> leaktracer::collect::MapsSnapshot {
         self.collector
             .snapshot(self.probes.maps(), None)
             .expect("the snapshot reads")

@@ -12,7 +12,7 @@ use tracer_common::{
 
 /// Why the maps could not be resolved.
 #[derive(Debug, thiserror::Error)]
-pub enum KernelMapsError {
+pub enum EbpfMapsError {
     #[error("map {0} missing from the eBPF object")]
     Missing(&'static str),
     #[error("map {name}: {source}")]
@@ -25,7 +25,7 @@ pub enum KernelMapsError {
 
 /// The maps, taken out of the loaded object (the programs keep theirs). A language runtime's
 /// own maps are its own (see [`crate::runtimes`]).
-pub struct KernelMaps {
+pub struct EbpfMaps {
     /// Slot 0 set to stop every program.
     pub stopped: Array<MapData, u32>,
     /// Sampling probabilities, filled at load.
@@ -62,9 +62,9 @@ pub struct KernelMaps {
     pub live_threads: HashMap<MapData, u32, ThreadStart>,
 }
 
-impl KernelMaps {
+impl EbpfMaps {
     /// Takes every map userspace uses out of `ebpf`.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, KernelMapsError> {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, EbpfMapsError> {
         Ok(Self {
             stopped: take(ebpf, maps::STOPPED)?,
             sample_table: take(ebpf, maps::SAMPLE_TABLE)?,
@@ -92,7 +92,7 @@ impl KernelMaps {
 fn take<M: TryFrom<Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
-) -> Result<M, KernelMapsError> {
-    let map = ebpf.take_map(name).ok_or(KernelMapsError::Missing(name))?;
-    M::try_from(map).map_err(|source| KernelMapsError::Type { name, source })
+) -> Result<M, EbpfMapsError> {
+    let map = ebpf.take_map(name).ok_or(EbpfMapsError::Missing(name))?;
+    M::try_from(map).map_err(|source| EbpfMapsError::Type { name, source })
 }

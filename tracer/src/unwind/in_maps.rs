@@ -95,7 +95,7 @@ pub struct UnwindMaps {
 }
 
 /// The tables of every traced process, as the kernel has them.
-pub struct KernelTables {
+pub struct TablesInMaps {
     rows: WritableArray<UnwindRow>,
     mappings: WritableArray<UnwindMapping>,
     processes: HashMap<MapData, u32, UnwindProcess>,
@@ -111,7 +111,7 @@ pub struct KernelTables {
     generation: u32,
 }
 
-impl KernelTables {
+impl TablesInMaps {
     /// Maps the unwinder's arrays for writing.
     pub fn new(maps: UnwindMaps) -> io::Result<Self> {
         Ok(Self {
