@@ -8,6 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod common;
+use common::source_files;
+
 /// x86-64's register names, as `pt_regs` and the ABIs spell them (any width), and its thread
 /// pointer's.
 const X86_REGISTERS: &[&str] = &[
@@ -21,17 +24,6 @@ const RUNTIME_WORDS: &[&str] = &["python", "eval_loop", "evalloop", "pymalloc", 
 
 fn ebpf_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer-ebpf/src")
-}
-
-fn source_files(dir: &Path, files: &mut Vec<PathBuf>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            source_files(&path, files);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            files.push(path);
-        }
-    }
 }
 
 /// The words of `text`, lowercased: identifiers and their `_`-separated parts (so `orig_rax`

@@ -2,24 +2,13 @@
 //! is longer than 80 lines (signature to closing brace), measured from the source. Read as
 //! text, so it needs no build of anything.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::Path};
+
+mod common;
+use common::source_files;
 
 /// The longest a function in `trace/` may be, in lines.
 const MAX_LINES: usize = 80;
-
-fn source_files(dir: &Path, files: &mut Vec<PathBuf>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            source_files(&path, files);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            files.push(path);
-        }
-    }
-}
 
 /// `text` with every comment, string and character literal blanked out (newlines kept), so
 /// the braces left are the code's own.

@@ -9,19 +9,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod common;
+use common::source_files;
+
 /// A module path inside the crate, e.g. `["report", "build"]`.
 type ModulePath = Vec<String>;
-
-fn source_files(dir: &Path, files: &mut Vec<PathBuf>) {
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            source_files(&path, files);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            files.push(path);
-        }
-    }
-}
 
 /// The module a file defines: `report/mod.rs` and `report.rs` are `report`; `lib.rs` the root.
 fn module_of(src: &Path, file: &Path) -> ModulePath {
