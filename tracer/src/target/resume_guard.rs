@@ -98,11 +98,6 @@ impl ResumeGuard {
             pipe: Some(fs::File::from(write_end)),
         })
     }
-
-    /// The guard's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 impl Drop for ResumeGuard {
