@@ -1,9 +1,10 @@
-//! CPython 3.11–3.13 location tables (`co_linetable`, PEP 626/657): the source line of an
-//! instruction, as `PyCode_Addr2Line` computes it.
+//! CPython's line tables: the source line of an instruction, as `PyCode_Addr2Line` computes it,
+//! in the three formats CPython has used ([`LineTable`]): 3.9's `co_lnotab`, 3.10's
+//! `co_linetable` (PEP 626) and the location tables of 3.11+ (PEP 657).
 //!
-//! The table is a sequence of entries, each covering one to eight code units (two bytes each).
-//! An entry starts with a byte `1CCCCLLL` (bit 7 set): code `C`, and `L + 1` code units. The
-//! bytes after it have bit 7 clear and depend on the code:
+//! 3.11+ ([`line_at`]): a sequence of entries, each covering one to eight code units (two bytes
+//! each). An entry starts with a byte `1CCCCLLL` (bit 7 set): code `C`, and `L + 1` code units.
+//! The bytes after it have bit 7 clear and depend on the code:
 //!
 //! | code  | form          | line delta         | bytes after the first                          |
 //! |-------|---------------|--------------------|------------------------------------------------|
@@ -18,9 +19,96 @@
 //! at the next byte with bit 7 set rather than by parsing the columns, so a malformed column
 //! field cannot throw it off.
 //!
+//! 3.9 and 3.10 ([`line_at_lnotab`], [`line_at_pep626`]): pairs of bytes, a code delta in bytes
+//! (unsigned) and a line delta (signed); 3.10's line delta -128 means "no line".
+//!
 //! The tables read here come from another process's memory: every function takes any bytes,
 //! never panics and stops at the end of the slice. A table truncated inside a line delta gives
 //! `None` from that entry on (the line is unknown), not a guess.
+
+/// The line-table format of a CPython version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineTable {
+    /// 3.9 and before: `co_lnotab`.
+    Lnotab,
+    /// 3.10: `co_linetable`, PEP 626's pairs.
+    Pep626,
+    /// 3.11+: `co_linetable`, PEP 657's location table.
+    Locations,
+}
+
+impl LineTable {
+    /// The format of CPython `(major, minor)`.
+    pub fn of_version((major, minor): (u8, u8)) -> Self {
+        match (major, minor) {
+            (3, ..=9) => Self::Lnotab,
+            (3, 10) => Self::Pep626,
+            _ => Self::Locations,
+        }
+    }
+
+    /// The line of the instruction at byte offset `offset` (negative: before the first
+    /// instruction) of a code object whose first line is `first_line` and whose table, in this
+    /// format, is `table`.
+    pub fn line_at(self, table: &[u8], first_line: i32, offset: i32) -> Option<u32> {
+        match self {
+            Self::Lnotab => line_at_lnotab(table, first_line, offset),
+            Self::Pep626 => line_at_pep626(table, first_line, offset),
+            Self::Locations => line_at(table, first_line, offset),
+        }
+    }
+}
+
+/// [`LineTable::line_at`] for CPython `version` (`(major, minor)`).
+pub fn line_at_for(version: (u8, u8), table: &[u8], first_line: i32, offset: i32) -> Option<u32> {
+    LineTable::of_version(version).line_at(table, first_line, offset)
+}
+
+/// 3.9's `co_lnotab`: `(code delta, line delta)` byte pairs; an instruction's line is the first
+/// line plus the line deltas of every pair whose code address (the running sum of code deltas)
+/// is at or before it (3.9's `PyCode_Addr2Line`). A negative offset gives the first line.
+pub fn line_at_lnotab(table: &[u8], first_line: i32, offset: i32) -> Option<u32> {
+    let offset = i64::from(offset);
+    let mut line = i64::from(first_line);
+    let mut address: i64 = 0;
+    for pair in table.chunks_exact(2) {
+        address += i64::from(pair[0]);
+        if address > offset {
+            break;
+        }
+        line += i64::from(pair[1] as i8);
+    }
+    u32::try_from(line).ok()
+}
+
+/// 3.10's `co_linetable` (PEP 626): `(code delta, line delta)` byte pairs, each a range of
+/// `code delta` bytes after the previous one; its line is the first line plus the line deltas
+/// so far, or none when its delta is -128 (which then adds nothing). Empty ranges only carry
+/// their delta. A negative offset gives the first line; past the last range, `None` (3.10's
+/// `PyCode_Addr2Line` via `_PyCode_CheckLineNumber`).
+pub fn line_at_pep626(table: &[u8], first_line: i32, offset: i32) -> Option<u32> {
+    if offset < 0 {
+        return u32::try_from(first_line).ok();
+    }
+    let offset = i64::from(offset);
+    let mut line = i64::from(first_line);
+    let mut end: i64 = 0;
+    for pair in table.chunks_exact(2) {
+        let start = end;
+        end += i64::from(pair[0]);
+        let delta = pair[1] as i8;
+        let this = if delta == -128 {
+            None
+        } else {
+            line += i64::from(delta);
+            Some(line)
+        };
+        if start <= offset && offset < end {
+            return this.and_then(|l| u32::try_from(l).ok());
+        }
+    }
+    None
+}
 
 /// Reads a location-table varint at the start of `bytes`: 6-bit chunks, least significant
 /// first, bit 6 (`0x40`) set when another chunk follows. Returns the value and the number of
@@ -328,5 +416,51 @@ mod tests {
         // All 0xff: code 15 entries of 8 units each.
         assert_eq!(line_at(&[0xff; 16], 5, 200), None);
         assert_eq!(line_at(&[0xff; 16], 5, 300), None);
+    }
+
+    #[test]
+    fn lnotab_adds_the_deltas_of_the_pairs_at_or_before_the_offset() {
+        // 3.9: `def f():\n    a = 1\n\n    b = 2\n` has firstlineno 1 and lnotab
+        // 00 01 04 02: offsets 0-3 on line 2, 4+ on line 4.
+        let table = [0, 1, 4, 2];
+        let got: Vec<_> = (0..10)
+            .step_by(2)
+            .map(|o| line_at_lnotab(&table, 1, o))
+            .collect();
+        assert_eq!(got, [2, 2, 4, 4, 4].map(Some));
+        assert_eq!(line_at_lnotab(&table, 1, -2), Some(1));
+        // Signed line deltas (3.8+), and a code delta of 0 that only moves the line.
+        let table = [6, 0x80, 0, 0x7f, 2, 0xfe];
+        assert_eq!(line_at_lnotab(&table, 200, 0), Some(200));
+        assert_eq!(line_at_lnotab(&table, 200, 6), Some(199));
+        assert_eq!(line_at_lnotab(&table, 200, 8), Some(197));
+        // Odd lengths and garbage do not panic; a line below 0 is unknown.
+        assert_eq!(line_at_lnotab(&[0, 0xff, 3], 0, 4), None);
+        assert_eq!(line_at_lnotab(&[], 7, 100), Some(7));
+    }
+
+    #[test]
+    fn pep626_ranges_carry_their_line_or_none() {
+        // 3.10: firstlineno 1; [0, 2) line 2, an empty range +1, [2, 6) line 4, [6, 8) no
+        // line, [8, 10) line 5.
+        let table = [2, 1, 0, 1, 4, 1, 2, 0x80, 2, 1];
+        let got: Vec<_> = (0..12)
+            .step_by(2)
+            .map(|o| line_at_pep626(&table, 1, o))
+            .collect();
+        assert_eq!(got, vec![Some(2), Some(4), Some(4), None, Some(5), None]);
+        assert_eq!(line_at_pep626(&table, 1, -2), Some(1));
+        assert_eq!(line_at_pep626(&[], 1, 0), None);
+        assert_eq!(line_at_pep626(&[254, 0x81], 0, 0), None);
+    }
+
+    #[test]
+    fn versions_pick_their_format() {
+        assert_eq!(LineTable::of_version((3, 9)), LineTable::Lnotab);
+        assert_eq!(LineTable::of_version((3, 10)), LineTable::Pep626);
+        for minor in 11..=16 {
+            assert_eq!(LineTable::of_version((3, minor)), LineTable::Locations);
+        }
+        assert_eq!(line_at_for((3, 10), &[2, 1], 1, 0), Some(2));
     }
 }
