@@ -101,12 +101,43 @@ impl PythonFrame {
 pub enum ActivationMarker {
     /// 3.11: the frame's `is_entry` byte is 1 on an activation's oldest frame.
     IsEntry = 1,
-    /// 3.12+: the frame's `owner` byte is `FRAME_OWNED_BY_CSTACK` on the shim frame the eval
+    /// 3.12: the frame's `owner` byte is `FRAME_OWNED_BY_CSTACK` on the shim frame the eval
     /// loop pushes below an activation; the shim itself is not a Python frame.
     CStackOwner = 2,
+    /// 3.13+: the shim's executable is `None` (untagged: 3.14+ tag it), whatever its owner
+    /// value (3.13's `FRAME_OWNED_BY_CSTACK` and 3.14's `FRAME_OWNED_BY_INTERPRETER` are both 3,
+    /// but that is not published by the interpreter; `None` is).
+    NoneExecutable = 3,
+    /// 3.9 and 3.10: every Python call is its own C call of the eval loop, so every frame
+    /// begins an activation.
+    EveryFrame = 4,
 }
 
-/// `_PyInterpreterFrame.owner` of a shim frame (3.12+).
+/// Where the kernel finds the current thread's `PyThreadState`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadSource {
+    /// 3.9–3.14: glibc's thread-specific data of the pthread key in the `Py_tss_t` at
+    /// [`PythonProcess::tss`] (`_PyRuntime`'s `autoTSSkey`).
+    TssKey = 0,
+    /// 3.15+: a thread-local variable (`_Py_tss_gilstate`) of the executable's static TLS
+    /// block, at [`PythonProcess::tss`] (an `i64`) bytes from the thread pointer.
+    StaticTls = 1,
+}
+
+/// What the frame's instruction field holds.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstrKind {
+    /// 3.11+: `instr_ptr`, a pointer into the code object's bytecode.
+    Pointer = 0,
+    /// 3.9: `f_lasti`, an `int`: the byte offset of the last instruction (-1 before the first).
+    LastiBytes = 1,
+    /// 3.10: `f_lasti`, an `int`: the index (in 2-byte code units) of the last instruction.
+    LastiUnits = 2,
+}
+
+/// `_PyInterpreterFrame.owner` of a shim frame (3.12).
 pub const FRAME_OWNED_BY_CSTACK: u8 = 3;
 
 /// Bytes of a frame the kernel reads (covers every field it needs, in every supported layout).
@@ -123,8 +154,10 @@ pub const FRAME_WINDOW_BYTES: usize = 2048;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PythonProcess {
-    /// Address of the interpreter's `Py_tss_t` (`{int _is_initialized; unsigned _key}`), the
-    /// pthread key whose per-thread value is the thread's `PyThreadState`.
+    /// With [`ThreadSource::TssKey`]: the address of the interpreter's `Py_tss_t` (`{int
+    /// _is_initialized; unsigned _key}`), the pthread key whose per-thread value is the thread's
+    /// `PyThreadState`. With [`ThreadSource::StaticTls`]: the variable's offset from the thread
+    /// pointer (an `i64`, negative).
     pub tss: u64,
     /// `&_Py_NoneStruct`: the code of 3.13's shim frames.
     pub none: u64,
@@ -143,7 +176,15 @@ pub struct PythonProcess {
     pub code_bytecode: u16,
     /// An [`ActivationMarker`].
     pub marker: u8,
+    /// A [`ThreadSource`].
+    pub thread_source: u8,
+    /// An [`InstrKind`].
+    pub instr_kind: u8,
     pub _pad: u8,
+    /// Offset in `PyThreadState` of `base_frame` (3.15+: the sentinel frame ending every
+    /// thread's chain, which is no activation), 0 when there is none.
+    pub thread_base_frame: u16,
+    pub _pad2: [u8; 4],
 }
 
 impl PythonProcess {
@@ -165,7 +206,7 @@ impl PythonProcess {
 
 const _: () = {
     // No padding: the fields' sizes add up to the struct's, which is the runtime data's.
-    assert!(size_of::<PythonProcess>() == 8 + 8 + 7 * 2 + 1 + 1);
+    assert!(size_of::<PythonProcess>() == 8 + 8 + 7 * 2 + 1 + 1 + 1 + 1 + 2 + 4);
     assert!(size_of::<PythonProcess>() == size_of::<[u64; RUNTIME_DATA_WORDS]>());
     assert!(align_of::<PythonProcess>() <= align_of::<u64>());
 };
@@ -241,13 +282,20 @@ mod tests {
             frame_marker: 4,
             code_bytecode: 0xabcd,
             marker: ActivationMarker::CStackOwner as u8,
+            thread_source: ThreadSource::StaticTls as u8,
+            instr_kind: InstrKind::LastiUnits as u8,
             _pad: 0x5a,
+            thread_base_frame: 0x1234,
+            _pad2: [0; 4],
         };
         let data = process.to_runtime_data();
         assert_eq!(*PythonProcess::from_runtime_data(&data), process);
         // Little-endian words, fields in declaration order.
         assert_eq!(data[0], process.tss);
         assert_eq!(data[2] & 0xffff, 56);
-        assert_eq!(data[3] >> 56, 0x5a);
+        assert_eq!(data[3] >> 56, ThreadSource::StaticTls as u64);
+        assert_eq!(data[4] & 0xff, InstrKind::LastiUnits as u64);
+        assert_eq!((data[4] >> 8) & 0xff, 0x5a);
+        assert_eq!((data[4] >> 16) & 0xffff, 0x1234);
     }
 }

@@ -78,7 +78,7 @@ pub const fn runtime_entry(runtime: RuntimeId, data: u64) -> u64 {
 /// cost verifier steps at every frame of the native walk (see [`in_stop_range`]).
 pub const MAX_STOP_RANGES: usize = 2;
 /// Words of a process entry that are its runtime's own.
-pub const RUNTIME_DATA_WORDS: usize = 4;
+pub const RUNTIME_DATA_WORDS: usize = 5;
 
 /// A traced process that runs a language runtime, as the kernel needs it: the runtime whose
 /// walker appends its frames after the native ones, the code ranges where the native walk
@@ -161,11 +161,11 @@ mod tests {
         let process = RuntimeProcess::new(
             RuntimeId::Python,
             &[[0, 0], [0x1000, 0x2000], [0x5000, 0x5100]],
-            [1, 2, 3, 4],
+            [1, 2, 3, 4, 5],
         );
         assert_eq!(process.runtime, RuntimeId::Python as u32);
         assert_eq!(process.stops, [[0x1000, 0x2000], [0x5000, 0x5100]]);
-        assert_eq!(process.data, [1, 2, 3, 4]);
+        assert_eq!(process.data, [1, 2, 3, 4, 5]);
         for (pc, inside) in [
             (0xfff, false),
             (0x1000, true),

@@ -619,8 +619,7 @@ fn measure(
     };
     if let Some((mut child, _)) = tracer.take() {
         run.tracer_peak_rss_kib = peak_rss_kib(child.id());
-        interrupt(child.id());
-        child.wait()?;
+        stop(&mut child)?;
         if matches!(config, Config::Leaktracer | Config::Sampled)
             && let Ok(text) = fs::read_to_string(&json)
         {
@@ -755,6 +754,23 @@ pub(crate) fn interrupt(pid: u32) {
     let _ = Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status();
+}
+
+/// Ends a tracer as Ctrl-C would; one that does not end within 10 s is killed (a Python tool
+/// started with SIGINT ignored, as a background job of a script is, never sees Ctrl-C).
+fn stop(child: &mut Child) -> anyhow::Result<()> {
+    interrupt(child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            step(&format!("pid {} ignored SIGINT: killed", child.id()));
+            child.kill()?;
+            child.wait()?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// The median of `values`, which it leaves sorted (the range is their first and last).

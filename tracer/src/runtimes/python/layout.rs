@@ -146,7 +146,11 @@ impl Layout {
             frame_marker: self.frame_marker,
             code_bytecode: self.code.bytecode as u16,
             marker: self.marker as u8,
+            thread_source: tracer_common::python::ThreadSource::TssKey as u8,
+            instr_kind: tracer_common::python::InstrKind::Pointer as u8,
             _pad: 0,
+            thread_base_frame: 0,
+            _pad2: [0; 4],
         }
     }
 }
