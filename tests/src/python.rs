@@ -3,17 +3,19 @@
 //! `function` is its code object's `co_qualname`, `file` its `co_filename`, `line` the line it
 //! is executing).
 
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::Value;
+
+use crate::paths::workspace_root;
 
 /// The interpreters this machine kind has: Debian's stripped python3.11 and pyenv's builds
 /// 3.11.7, 3.12.1 and 3.13.0 (interpreter in libpython; `$PYENV_ROOT`, else /root/.pyenv). Each
 /// missing one is named and skipped.
 pub fn python_interpreters() -> Vec<PathBuf> {
-    let pyenv = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let pyenv = pyenv_root();
     let candidates = [
         PathBuf::from("/usr/bin/python3.11"),
         pyenv.join("versions/3.11.7/bin/python3.11"),
@@ -30,6 +32,122 @@ pub fn python_interpreters() -> Vec<PathBuf> {
             found
         })
         .collect()
+}
+
+fn pyenv_root() -> PathBuf {
+    std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"))
+}
+
+/// The Debian unstable root `cargo xtask setup` builds for the tests (python3.13–3.15, stripped
+/// and LTO-built, on a newer glibc than the host's): a container's file system without the
+/// container. Its programs run with `chroot`.
+pub fn debian_unstable_root() -> PathBuf {
+    workspace_root().join("target/python-roots/sid")
+}
+
+/// One CPython a test can run a script with: a host program, or a program inside a separate
+/// root (run with `chroot`, seen by leaktracer through `/proc/PID/root`, as a container's).
+#[derive(Clone, Debug)]
+pub struct Interpreter {
+    /// How test output names it: `pyenv 3.10.13`, `debian python3.11`, `sid python3.14`.
+    pub label: String,
+    /// (major, minor).
+    pub version: (u32, u32),
+    /// The root it runs in, if not the host's.
+    pub root: Option<PathBuf>,
+    /// Its path as the process sees it (inside `root` when there is one).
+    pub program: PathBuf,
+    /// Built stripped and with LTO (a distribution's build): no symbol names pymalloc.
+    pub distribution_build: bool,
+}
+
+impl Interpreter {
+    /// The program's file as the host sees it.
+    pub fn host_path(&self) -> PathBuf {
+        match &self.root {
+            Some(root) => root.join(self.program.strip_prefix("/").unwrap_or(&self.program)),
+            None => self.program.clone(),
+        }
+    }
+
+    /// A command running `script` (a host path) with this interpreter, then `args`. In a
+    /// separate root the script is first copied into the root's `/tmp/leaktracer-tests/` and
+    /// named as seen there. The command's pid is the interpreter's (`chroot` execs it).
+    pub fn command(&self, script: &Path, args: &[&str]) -> Command {
+        let (program, script) = match &self.root {
+            Some(root) => {
+                let dir = Path::new("/tmp/leaktracer-tests");
+                let inside = dir.join(script.file_name().expect("a script file"));
+                let host_dir = root.join(dir.strip_prefix("/").unwrap());
+                fs::create_dir_all(&host_dir).unwrap();
+                fs::copy(script, root.join(inside.strip_prefix("/").unwrap())).unwrap();
+                let mut chroot = Command::new("chroot");
+                chroot.arg(root).arg(&self.program);
+                (chroot, inside)
+            }
+            None => (Command::new(&self.program), script.to_path_buf()),
+        };
+        let mut command = program;
+        command.arg(script).args(args);
+        command
+    }
+}
+
+/// Every CPython the tests cover, oldest first: pyenv's 3.9.18, 3.10.13, 3.11.7, 3.12.1 and
+/// 3.13.0 (with symbols), Debian 12's `/usr/bin/python3.11`, and Debian unstable's python3.13,
+/// 3.14 and 3.15 in [`debian_unstable_root`]. Each missing one is named and skipped.
+pub fn every_interpreter() -> Vec<Interpreter> {
+    let pyenv = pyenv_root();
+    let sid = debian_unstable_root();
+    let mut all = Vec::new();
+    for (version, patch) in [
+        ((3, 9), 18),
+        ((3, 10), 13),
+        ((3, 11), 7),
+        ((3, 12), 1),
+        ((3, 13), 0),
+    ] {
+        let (major, minor) = version;
+        all.push(Interpreter {
+            label: format!("pyenv {major}.{minor}.{patch}"),
+            version,
+            root: None,
+            program: pyenv.join(format!(
+                "versions/{major}.{minor}.{patch}/bin/python{major}.{minor}"
+            )),
+            distribution_build: false,
+        });
+    }
+    all.push(Interpreter {
+        label: "debian python3.11".into(),
+        version: (3, 11),
+        root: None,
+        program: PathBuf::from("/usr/bin/python3.11"),
+        distribution_build: true,
+    });
+    for minor in [13, 14, 15] {
+        all.push(Interpreter {
+            label: format!("sid python3.{minor}"),
+            version: (3, minor),
+            root: Some(sid.clone()),
+            program: PathBuf::from(format!("/usr/bin/python3.{minor}")),
+            distribution_build: true,
+        });
+    }
+    all.retain(|interpreter| {
+        let found = interpreter.host_path().exists();
+        if !found {
+            eprintln!(
+                "SKIP for {}: {} not installed (run `cargo xtask setup`)",
+                interpreter.label,
+                interpreter.host_path().display()
+            );
+        }
+        found
+    });
+    all
 }
 
 /// True for Debian's python3.11: built with LTO, it inlines pymalloc's fast path into its
