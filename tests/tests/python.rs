@@ -1,6 +1,7 @@
 //! End-to-end: CPython targets. What a script leaked is reported although the interpreter's
-//! teardown frees it (the picture freezes at `Py_FinalizeEx`), small objects included (pymalloc
-//! is probed).
+//! teardown frees it (the picture freezes at `Py_FinalizeEx`, or at `Py_Exit` for a
+//! `sys.exit()`), on every interpreter the tests cover, small objects included where pymalloc
+//! is probed.
 
 use std::path::{Path, PathBuf};
 
@@ -23,64 +24,78 @@ fn blocks_of(report: &Value, size: u64) -> (u64, u64) {
         .fold((0, 0), |(n, b), (sn, sb)| (n + sn, b + sb))
 }
 
-fn trace_script(dir: &Path, python: &Path) -> (Finished, Value) {
+/// Each block the script keeps in its dict (3000 bytes of content, 33 of header and NUL).
+const CACHED_BLOCK: u64 = 3033;
+
+/// Launches the exit script under `python` (`args`: its own), traced until it exits.
+fn trace_script(dir: &Path, python: &Interpreter, args: &[&str]) -> (Finished, Value) {
     let json = dir.join(format!(
-        "{}.json",
-        python.to_string_lossy().replace('/', "_")
+        "{}{}.json",
+        python.label.replace(' ', "-"),
+        args.join("-")
     ));
     let script = workspace_root().join("tests/workloads/py_cache_exit.py");
-    trace_launched(
-        &json,
-        &[],
-        &[python.to_str().unwrap(), script.to_str().unwrap()],
-    )
+    let argv = python.argv(&script, args);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    trace_launched(&json, &[], &argv)
 }
 
+/// The script's figures at its end, on `python`, whether it ran off its end (`args` empty) or
+/// called `sys.exit()`: what a failure says, or `None`.
+fn exit_failure(dir: &Path, python: &Interpreter, args: &[&str]) -> Option<String> {
+    let (done, report) = trace_script(dir, python, args);
+    let what = format!("{} {args:?}", python.label);
+    if report["end_reason"] != "target exited" {
+        return Some(format!("{what}: ended by {}", report["end_reason"]));
+    }
+    // Exactly the 2000 buffers the dict held when the script ended.
+    let cached = blocks_of(&report, CACHED_BLOCK);
+    if cached != (2000, 2000 * CACHED_BLOCK) {
+        return Some(format!(
+            "{what}: {cached:?} blocks of {CACHED_BLOCK}: {}",
+            done.stderr
+        ));
+    }
+    // Small objects come from pymalloc, probed where the interpreter has its symbols
+    // (pyenv's builds); a distribution's LTO build inlines pymalloc's fast path into its
+    // callers.
+    let (floats, _) = blocks_of(&report, 24);
+    if python.distribution_build {
+        eprintln!("{what}: pymalloc is inlined in this build: {floats} small blocks seen");
+    } else if !(20_000..20_100).contains(&floats) {
+        // The 20000 floats the list holds, and the few other 24-byte objects alive then.
+        return Some(format!("{what}: {floats} blocks of 24 bytes"));
+    }
+    let process = &report["processes"][0];
+    if process["frozen_at_secs"].as_f64().is_none() {
+        return Some(format!("{what}: not frozen: {process}"));
+    }
+    if !done.stderr.contains("Py_FinalizeEx")
+        || !done
+            .stdout
+            .contains("figures as of its interpreter's teardown")
+    {
+        return Some(format!(
+            "{what}: no teardown said: {}{}",
+            done.stderr, done.stdout
+        ));
+    }
+    None
+}
+
+/// On every interpreter, whichever way the script ends: by running off its end (CPython's
+/// `Py_FinalizeEx`), or by `sys.exit()` (3.13+ tear down from `Py_Exit` without calling it).
 #[test]
 fn a_script_that_exits_still_reports_what_it_held() {
     require_root();
     let dir = scratch_dir("python-exit");
-    for python in python_interpreters() {
-        let (done, report) = trace_script(&dir, &python);
-        assert_eq!(report["end_reason"], "target exited");
-        // Exactly the 2000 buffers the dict held when the script ended.
-        assert_eq!(
-            blocks_of(&report, 3001),
-            (2000, 2000 * 3001),
-            "{}: {}",
-            python.display(),
-            done.stderr
-        );
-        // Small objects come from pymalloc, probed where the interpreter has its symbols
-        // (pyenv's builds); Debian's LTO build inlines pymalloc's fast path into its callers.
-        let (floats, _) = blocks_of(&report, 24);
-        if inlines_pymalloc(&python) {
-            eprintln!(
-                "{}: pymalloc is inlined in this build: {floats} small blocks seen",
-                python.display()
-            );
-        } else {
-            // The 20000 floats the list holds, and the few other 24-byte objects alive then.
-            assert!(
-                (20_000..20_100).contains(&floats),
-                "{}: {floats} blocks of 24 bytes",
-                python.display()
-            );
+    let mut failures = Vec::new();
+    for python in every_interpreter() {
+        for args in [&[][..], &["sys-exit"][..]] {
+            failures.extend(exit_failure(&dir, &python, args));
         }
-        let process = &report["processes"][0];
-        assert!(
-            process["frozen_at_secs"].as_f64().is_some(),
-            "{}: {process}",
-            python.display()
-        );
-        assert!(done.stderr.contains("Py_FinalizeEx"), "{}", done.stderr);
-        assert!(
-            done.stdout
-                .contains("figures as of its interpreter's teardown"),
-            "{}",
-            done.stdout
-        );
     }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
 /// A CPython whose frames leaktracer does not know (3.10: no `Py_Version`) is traced natively,
@@ -97,7 +112,14 @@ fn an_unknown_interpreter_is_traced_natively_with_a_note() {
         return;
     }
     let dir = scratch_dir("python-unknown");
-    let (done, report) = trace_script(&dir, &python);
+    let python = Interpreter {
+        label: "pyenv 3.10.13".into(),
+        version: (3, 10),
+        root: None,
+        program: python,
+        distribution_build: false,
+    };
+    let (done, report) = trace_script(&dir, &python, &[]);
     let notes: Vec<&str> = done
         .stderr
         .lines()
@@ -113,5 +135,8 @@ fn an_unknown_interpreter_is_traced_natively_with_a_note() {
         "a Python frame in a 3.10 report"
     );
     // Still traced: the script's 2000 buffers are there, by native stacks.
-    assert_eq!(blocks_of(&report, 3001), (2000, 2000 * 3001));
+    assert_eq!(
+        blocks_of(&report, CACHED_BLOCK),
+        (2000, 2000 * CACHED_BLOCK)
+    );
 }

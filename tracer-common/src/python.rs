@@ -140,6 +140,11 @@ pub enum InstrKind {
 /// `_PyInterpreterFrame.owner` of a shim frame (3.12).
 pub const FRAME_OWNED_BY_CSTACK: u8 = 3;
 
+/// Low bits of a frame's executable that are no part of the object's address: 3.14+ keep a
+/// `_PyStackRef` there, whose low bits are tags (3.14: 1 bit, 3.15: 2). Objects are at least
+/// 8-byte aligned, so masking them is harmless on every version.
+pub const EXECUTABLE_TAG_MASK: u64 = (1 << PYTHON_CODE_ALIGN_BITS) - 1;
+
 /// Bytes of a frame the kernel reads (covers every field it needs, in every supported layout).
 pub const FRAME_HEADER_BYTES: usize = 72;
 
@@ -159,9 +164,9 @@ pub struct PythonProcess {
     /// `PyThreadState`. With [`ThreadSource::StaticTls`]: the variable's offset from the thread
     /// pointer (an `i64`, negative).
     pub tss: u64,
-    /// `&_Py_NoneStruct`: the code of 3.13's shim frames.
+    /// `&_Py_NoneStruct`: the executable of 3.13+'s shim frames.
     pub none: u64,
-    /// Offset in `PyThreadState` of `cframe` (3.11, 3.12) or `current_frame` (3.13).
+    /// Offset in `PyThreadState` of `cframe` (3.11, 3.12) or `current_frame` (3.13+).
     pub thread_frame: u16,
     /// Offset of `current_frame` in `_PyCFrame`, or [`NO_CFRAME`] when `thread_frame` points
     /// at the frame directly.
