@@ -37,7 +37,7 @@ fn lines(script: &Path) -> [u64; 3] {
     let text = fs::read_to_string(script).unwrap();
     let find = |what: &dyn Fn(&str) -> bool| {
         text.lines()
-            .position(|l| what(l))
+            .position(what)
             .map(|i| i as u64 + 1)
             .unwrap_or_else(|| panic!("{}: a line is missing", script.display()))
     };

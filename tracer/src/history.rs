@@ -240,7 +240,10 @@ mod tests {
                 ..Default::default()
             };
             let snapshot = MapsSnapshot {
-                stacks: vec![(a, figures((t + 1) / 2 * 2048)), (b, figures(t / 2 * 2048))],
+                stacks: vec![
+                    (a, figures(t.div_ceil(2) * 2048)),
+                    (b, figures(t / 2 * 2048)),
+                ],
                 ..Default::default()
             };
             history.sample_at(t as f64, &snapshot, None);

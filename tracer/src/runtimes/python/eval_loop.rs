@@ -32,19 +32,16 @@ pub fn split_part(
     if targets.is_empty() {
         return None;
     }
-    let mut parts: Vec<([u64; 2], usize)> = Vec::new();
-    for_each_fde(file, &mut |range, continues_a_frame| {
-        let jumps = targets
-            .iter()
-            .filter(|t| (range[0]..range[1]).contains(*t))
-            .count();
-        if jumps > 0 && continues_a_frame() && !named(range[0]) {
-            parts.push((range, jumps));
-        }
-    })?;
     // GCC splits a function in two: the part most of its jumps go to.
-    parts
+    fdes(file)?
         .into_iter()
+        .filter(|fde| fde.continues_a_frame && !named(fde.range[0]))
+        .map(|fde| {
+            let [start, end] = fde.range;
+            let jumps = targets.iter().filter(|t| (start..end).contains(*t)).count();
+            (fde.range, jumps)
+        })
+        .filter(|(_, jumps)| *jumps > 0)
         .max_by_key(|(_, jumps)| *jumps)
         .map(|(range, _)| range)
 }
@@ -56,13 +53,17 @@ fn code_at<'a>(file: &'a object::File, start: u64, end: u64) -> Option<&'a [u8]>
         .and_then(|s| s.data_range(start, end - start).ok().flatten())
 }
 
-/// Calls `each` with every FDE's `[start, end)` of `file`'s `.eh_frame`, and a way to ask
-/// whether its first row continues a frame (its CFA is not the stack pointer plus a function
-/// entry's offset), evaluated only when asked.
-fn for_each_fde(
-    file: &object::File,
-    each: &mut dyn FnMut([u64; 2], &mut dyn FnMut() -> bool),
-) -> Option<()> {
+/// One range of call-frame information.
+struct Fde {
+    /// `[start, end)`.
+    range: [u64; 2],
+    /// Its first row's CFA is not a function entry's (the stack pointer plus the return
+    /// address): it continues a frame set up elsewhere.
+    continues_a_frame: bool,
+}
+
+/// Every FDE of `file`'s `.eh_frame`.
+fn fdes(file: &object::File) -> Option<Vec<Fde>> {
     let section = file.section_by_name(".eh_frame")?;
     let mut bases = BaseAddresses::default().set_eh_frame(section.address());
     if let Some(text) = file.section_by_name(".text") {
@@ -74,6 +75,7 @@ fn for_each_fde(
     let eh_frame = EhFrame::new(section.data().ok()?, LittleEndian);
     let mut ctx = Box::new(UnwindContext::new());
     let mut entries = eh_frame.entries(&bases);
+    let mut fdes = Vec::new();
     while let Some(entry) = entries.next().ok()? {
         let CieOrFde::Fde(partial) = entry else {
             continue;
@@ -82,17 +84,18 @@ fn for_each_fde(
             continue;
         };
         let start = fde.initial_address();
-        let range = [start, start + fde.len()];
-        let mut continues = || {
-            fde.unwind_info_for_address(&eh_frame, &bases, &mut ctx, start)
-                .is_ok_and(|row| {
-                    !matches!(row.cfa(), CfaRule::RegisterAndOffset { register, offset }
-                        if *register == cfi::STACK_POINTER && *offset == cfi::ENTRY_CFA_OFFSET)
-                })
-        };
-        each(range, &mut continues);
+        let continues_a_frame = fde
+            .unwind_info_for_address(&eh_frame, &bases, &mut ctx, start)
+            .is_ok_and(|row| {
+                !matches!(row.cfa(), CfaRule::RegisterAndOffset { register, offset }
+                    if *register == cfi::STACK_POINTER && *offset == cfi::ENTRY_CFA_OFFSET)
+            });
+        fdes.push(Fde {
+            range: [start, start + fde.len()],
+            continues_a_frame,
+        });
     }
-    Some(())
+    Some(fdes)
 }
 
 #[cfg(test)]
@@ -103,9 +106,16 @@ mod tests {
 
     use super::*;
 
-    /// The eval loop's ranges in an object: its symbols' (`.symtab` naming the part), and the
-    /// part found without them.
-    fn both(path: &str) -> Option<([u64; 2], Option<[u64; 2]>, [u64; 2])> {
+    /// The eval loop's ranges in an object.
+    struct Ranges {
+        hot: [u64; 2],
+        /// As `.symtab` names it.
+        named: Option<[u64; 2]>,
+        /// As found without names.
+        found: [u64; 2],
+    }
+
+    fn ranges(path: &str) -> Option<Ranges> {
         let data = std::fs::read(path).ok()?;
         let file = object::File::parse(&*data).unwrap();
         let mut symbols: HashMap<String, [u64; 2]> = HashMap::new();
@@ -125,11 +135,11 @@ mod tests {
                 .any(|[s, e]| *s <= a && a < (*e).max(*s + 1))
         };
         let found = split_part(&file, hot, &named)?;
-        Some((
+        Some(Ranges {
             hot,
-            symbols.get("_PyEval_EvalFrameDefault.cold").copied(),
+            named: symbols.get("_PyEval_EvalFrameDefault.cold").copied(),
             found,
-        ))
+        })
     }
 
     #[test]
@@ -142,17 +152,21 @@ mod tests {
             "3.12.1/lib/libpython3.12.so.1.0",
         ] {
             let path = format!("{pyenv}/versions/{version}");
-            let Some((_, named, found)) = both(&path) else {
+            let Some(ranges) = ranges(&path) else {
                 eprintln!("SKIP for {path}: not installed");
                 continue;
             };
-            assert_eq!(Some(found), named, "{path}");
+            assert_eq!(Some(ranges.found), ranges.named, "{path}");
             checked += 1;
         }
         // Debian's stripped python3.11: a part outside every exported symbol, entered with the
         // eval loop's frame already set up.
-        match both("/usr/bin/python3.11") {
-            Some((hot, None, found)) => {
+        match ranges("/usr/bin/python3.11") {
+            Some(Ranges {
+                hot,
+                named: None,
+                found,
+            }) => {
                 assert!(found[1] <= hot[0] || found[0] >= hot[1]);
                 assert!(found[1] - found[0] > 4096, "{found:x?}");
                 checked += 1;
