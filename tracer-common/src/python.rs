@@ -2,9 +2,9 @@
 //! ([`PythonProcess`]), and how a Python frame sits in a [`crate::UserStack`].
 //!
 //! At each allocation of a process that runs CPython, the kernel finds the current thread's
-//! `PyThreadState` (glibc's thread-specific data slot of the interpreter's pthread key, set
-//! while the thread runs Python, GIL held or not) and walks its chain of
-//! `_PyInterpreterFrame`s, newest first. Each frame becomes one stack entry after the native
+//! `PyThreadState` (glibc's thread-specific data slot of the interpreter's pthread key, or 3.15's
+//! thread-local variable: set while the thread runs Python, GIL held or not, see
+//! [`ThreadSource`]) and walks its chain of `_PyInterpreterFrame`s, newest first. Each frame becomes one stack entry after the native
 //! frames: the code object's address and the instruction offset, tagged with
 //! [`PYTHON_FRAME`]. Userspace reads the code object (name, file, line table) from the target.
 //! The eval loop's code is the process's stop ranges ([`crate::runtimes::RuntimeProcess`]): the
