@@ -153,7 +153,7 @@ mod tests {
         ] {
             let path = format!("{pyenv}/versions/{version}");
             let Some(ranges) = ranges(&path) else {
-                eprintln!("SKIP for {path}: not installed");
+                eprintln!("SKIP for {path}: not installed (or not readable)");
                 continue;
             };
             assert_eq!(Some(ranges.found), ranges.named, "{path}");
@@ -171,7 +171,7 @@ mod tests {
                 assert!(found[1] - found[0] > 4096, "{found:x?}");
                 checked += 1;
             }
-            _ => eprintln!("SKIP for /usr/bin/python3.11: not installed"),
+            _ => eprintln!("SKIP for /usr/bin/python3.11: not installed (or not readable)"),
         }
         eprintln!("{checked} interpreters checked");
     }
