@@ -76,22 +76,45 @@ impl Interpreter {
     /// separate root the script is first copied into the root's `/tmp/leaktracer-tests/` and
     /// named as seen there. The command's pid is the interpreter's (`chroot` execs it).
     pub fn command(&self, script: &Path, args: &[&str]) -> Command {
-        let (program, script) = match &self.root {
+        let argv = self.argv(script, args);
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
+        command
+    }
+
+    /// `script` (a host path) as the interpreter sees it once [`Interpreter::command`] ran it:
+    /// the copy in its root's `/tmp/leaktracer-tests/`, or itself.
+    pub fn script_path(&self, script: &Path) -> String {
+        match &self.root {
+            Some(_) => Path::new("/tmp/leaktracer-tests")
+                .join(script.file_name().expect("a script file"))
+                .to_string_lossy()
+                .into_owned(),
+            None => script.to_string_lossy().into_owned(),
+        }
+    }
+
+    /// The same command as [`Interpreter::command`], as words (for `leaktracer trace --`).
+    pub fn argv(&self, script: &Path, args: &[&str]) -> Vec<String> {
+        let text = |p: &Path| p.to_string_lossy().into_owned();
+        let mut argv = match &self.root {
             Some(root) => {
                 let dir = Path::new("/tmp/leaktracer-tests");
                 let inside = dir.join(script.file_name().expect("a script file"));
                 let host_dir = root.join(dir.strip_prefix("/").unwrap());
                 fs::create_dir_all(&host_dir).unwrap();
                 fs::copy(script, root.join(inside.strip_prefix("/").unwrap())).unwrap();
-                let mut chroot = Command::new("chroot");
-                chroot.arg(root).arg(&self.program);
-                (chroot, inside)
+                vec![
+                    "chroot".to_string(),
+                    text(root),
+                    text(&self.program),
+                    text(&inside),
+                ]
             }
-            None => (Command::new(&self.program), script.to_path_buf()),
+            None => vec![text(&self.program), text(script)],
         };
-        let mut command = program;
-        command.arg(script).args(args);
-        command
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv
     }
 
     /// The function name a frame of `qualname` has in this interpreter's reports: 3.9 and 3.10

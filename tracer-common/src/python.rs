@@ -2,9 +2,9 @@
 //! ([`PythonProcess`]), and how a Python frame sits in a [`crate::UserStack`].
 //!
 //! At each allocation of a process that runs CPython, the kernel finds the current thread's
-//! `PyThreadState` (glibc's thread-specific data slot of the interpreter's pthread key, set
-//! while the thread runs Python, GIL held or not) and walks its chain of
-//! `_PyInterpreterFrame`s, newest first. Each frame becomes one stack entry after the native
+//! `PyThreadState` (glibc's thread-specific data slot of the interpreter's pthread key, or 3.15's
+//! thread-local variable: set while the thread runs Python, GIL held or not, see
+//! [`ThreadSource`]) and walks its chain of `_PyInterpreterFrame`s, newest first. Each frame becomes one stack entry after the native
 //! frames: the code object's address and the instruction offset, tagged with
 //! [`PYTHON_FRAME`]. Userspace reads the code object (name, file, line table) from the target.
 //! The eval loop's code is the process's stop ranges ([`crate::runtimes::RuntimeProcess`]): the
@@ -140,6 +140,11 @@ pub enum InstrKind {
 /// `_PyInterpreterFrame.owner` of a shim frame (3.12).
 pub const FRAME_OWNED_BY_CSTACK: u8 = 3;
 
+/// Low bits of a frame's executable that are no part of the object's address: 3.14+ keep a
+/// `_PyStackRef` there, whose low bits are tags (3.14: 1 bit, 3.15: 2). Objects are at least
+/// 8-byte aligned, so masking them is harmless on every version.
+pub const EXECUTABLE_TAG_MASK: u64 = (1 << PYTHON_CODE_ALIGN_BITS) - 1;
+
 /// Bytes of a frame the kernel reads (covers every field it needs, in every supported layout).
 pub const FRAME_HEADER_BYTES: usize = 72;
 
@@ -163,9 +168,9 @@ pub struct PythonProcess {
     /// `PyThreadState`. With [`ThreadSource::StaticTls`]: the variable's offset from the thread
     /// pointer (an `i64`, negative).
     pub tss: u64,
-    /// `&_Py_NoneStruct`: the code of 3.13's shim frames.
+    /// `&_Py_NoneStruct`: the executable of 3.13+'s shim frames.
     pub none: u64,
-    /// Offset in `PyThreadState` of `cframe` (3.11, 3.12) or `current_frame` (3.13).
+    /// Offset in `PyThreadState` of `cframe` (3.11, 3.12) or `current_frame` (3.13+).
     pub thread_frame: u16,
     /// Offset of `current_frame` in `_PyCFrame`, or [`NO_CFRAME`] when `thread_frame` points
     /// at the frame directly.

@@ -116,13 +116,19 @@ impl SampleHistory {
     }
 
     /// A stack's samples and their growth analysis; no analysis from fewer than
-    /// [`MIN_SAMPLES`] settled samples.
+    /// [`MIN_SAMPLES`] settled samples. `keys`: the kernel stacks the report shows as this
+    /// one, their samples summed.
     pub fn stack_history(
         &self,
-        key: &StackKey,
+        keys: &[StackKey],
         thresholds: &Thresholds,
     ) -> (Vec<StackPoint>, Option<growth::Growth>) {
-        let series = self.series.get(key).cloned().unwrap_or_default();
+        let mut series = vec![StackFigures::default(); self.times.len()];
+        for own in keys.iter().filter_map(|key| self.series.get(key)) {
+            for (sum, figures) in series.iter_mut().zip(own) {
+                sum.add(figures);
+            }
+        }
         let thread_stacks = series.iter().any(|s| s.kind == MemoryKind::ThreadStack);
         let points: Vec<StackPoint> = self
             .times
@@ -205,7 +211,7 @@ mod tests {
         assert_eq!(timeline[16].cost_bytes, Some(1_638_400 + 8 * 12 * 1024));
 
         let thresholds = Thresholds::default();
-        let (points, growth) = history.stack_history(&StackKey::new(7, 2), &thresholds);
+        let (points, growth) = history.stack_history(&[StackKey::new(7, 2)], &thresholds);
         let growth = growth.unwrap();
         assert_eq!(growth.class, crate::growth::Class::Plateau);
         assert_eq!(points[16].threads, Some(8));
@@ -213,11 +219,40 @@ mod tests {
         assert_eq!(points[16].outstanding_bytes, 64 << 20);
         assert!(history.is_thread_stacks(&StackKey::new(7, 2)));
         assert!(!history.is_thread_stacks(&StackKey::new(7, 1)));
-        let (points, leak) = history.stack_history(&StackKey::new(7, 1), &thresholds);
+        let (points, leak) = history.stack_history(&[StackKey::new(7, 1)], &thresholds);
         assert_eq!(leak.unwrap().class, crate::growth::Class::Leak);
         assert_eq!(
             (points[16].threads, points[16].resident_bytes),
             (None, None)
         );
+    }
+
+    /// A leak whose records land on two kernel stacks the report shows as one (a call's first
+    /// run and its later, specialized runs): each alone grows by fits, their sum steadily.
+    #[test]
+    fn the_history_of_stacks_shown_alike_is_their_sum() {
+        let mut history = SampleHistory::start();
+        let (a, b) = (StackKey::new(7, 1), StackKey::new(7, 2));
+        for t in 0..=16u64 {
+            let figures = |bytes| StackFigures {
+                outstanding_bytes: bytes,
+                outstanding_allocations: bytes / 1024,
+                ..Default::default()
+            };
+            let snapshot = MapsSnapshot {
+                stacks: vec![
+                    (a, figures(t.div_ceil(2) * 2048)),
+                    (b, figures(t / 2 * 2048)),
+                ],
+                ..Default::default()
+            };
+            history.sample_at(t as f64, &snapshot, None);
+        }
+        let thresholds = Thresholds::default();
+        let (points, growth) = history.stack_history(&[a, b], &thresholds);
+        assert_eq!(points[16].outstanding_bytes, 16 * 2048);
+        assert_eq!(points[16].outstanding_allocations, 32);
+        assert_eq!(points[3].outstanding_bytes, 3 * 2048);
+        assert_eq!(growth.unwrap().class, crate::growth::Class::Leak);
     }
 }

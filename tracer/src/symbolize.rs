@@ -238,6 +238,7 @@ impl Symbolizer {
             .map(|f| NativeFrame {
                 function: &f.function,
                 inlined: f.inlined,
+                address: f.address,
             })
             .collect();
         match runtimes.merge(pid, stack_id, ips, &names) {

@@ -2,12 +2,15 @@
 //! native walk, a process that runs CPython gets the current thread's Python frames appended
 //! to its stack, newest first.
 //!
-//! The thread state comes from glibc's thread-specific data, not from the interpreter's
-//! "current thread state": the pthread key's slot stays set while the thread has released the
-//! GIL (C extensions, ctypes, I/O), so those allocations get their Python frames too. One
-//! frame per `bpf_loop` iteration: one read of the frame's header, the fields taken from it at
-//! the interpreter's offsets (3.11+'s `_PyInterpreterFrame`s here, 3.9 and 3.10's
-//! `PyFrameObject`s in `frame_objects`).
+//! The thread state comes from the interpreter's per-thread "bound" thread state, not from its
+//! "current thread state": glibc's thread-specific data of its pthread key (3.9-3.14), or the
+//! static thread-local variable that replaced it (3.15): either stays set while the thread has
+//! released the GIL (C extensions, ctypes, I/O), so those allocations get their Python frames
+//! too. One frame per `bpf_loop` iteration: one read of the frame's header, the fields taken
+//! from it at the interpreter's offsets (3.11+'s `_PyInterpreterFrame`s here, 3.9 and 3.10's
+//! `PyFrameObject`s in `frame_objects`). The eval loop's shim frames (3.12: owned by the C
+//! stack; 3.13+: `None` as their executable) mark where an activation began; 3.15's sentinel
+//! frame at the bottom of every thread's chain ends it.
 
 use core::ffi::c_void;
 
@@ -19,13 +22,14 @@ use aya_ebpf::{
 use tracer_common::{
     MAX_STACK_DEPTH,
     python::{
-        ActivationMarker, FRAME_HEADER_BYTES, FRAME_OWNED_BY_CSTACK, FRAME_WINDOW_BYTES,
-        MAX_PYTHON_FRAMES, NO_CFRAME, NewPythonStack, PYTHON_ENTRY, PythonProcess, python_entry,
+        ActivationMarker, EXECUTABLE_TAG_MASK, FRAME_HEADER_BYTES, FRAME_OWNED_BY_CSTACK,
+        FRAME_WINDOW_BYTES, MAX_PYTHON_FRAMES, NO_CFRAME, NewPythonStack, PYTHON_ENTRY,
+        PythonProcess, ThreadSource, python_entry,
     },
     runtimes::{RUNTIME_DATA_WORDS, is_runtime_frame},
 };
 
-use crate::{maps::STACK_SCRATCH, stack::mix, tsd};
+use crate::{arch::thread_pointer, maps::STACK_SCRATCH, stack::mix, tsd};
 
 mod frame_objects;
 
@@ -49,6 +53,8 @@ struct Walk {
     process: PythonProcess,
     /// The next frame to read; 0 at the end of the chain.
     frame: u64,
+    /// The thread's sentinel frame (3.15+), which ends the chain; 0 when there is none.
+    base: u64,
     hash: u64,
     /// Entries in the scratch stack.
     depth: u64,
@@ -64,7 +70,7 @@ struct Walk {
 #[inline(always)]
 pub(crate) fn append_frames(data: &[u64; RUNTIME_DATA_WORDS], hash: u64) -> u64 {
     let process = PythonProcess::from_runtime_data(data);
-    let Some(frame) = newest_frame(process) else {
+    let Some((frame, base)) = newest_frame(process) else {
         return hash;
     };
     let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
@@ -86,6 +92,7 @@ pub(crate) fn append_frames(data: &[u64; RUNTIME_DATA_WORDS], hash: u64) -> u64 
     let mut walk = Walk {
         process: *process,
         frame,
+        base,
         hash,
         depth,
         window: 0,
@@ -106,19 +113,33 @@ pub(crate) fn append_frames(data: &[u64; RUNTIME_DATA_WORDS], hash: u64) -> u64 
     walk.hash
 }
 
-/// The newest frame of the current thread, if it runs Python.
+/// The current thread's `PyThreadState`, if it has one.
 #[inline(always)]
-fn newest_frame(process: &PythonProcess) -> Option<u64> {
+fn current_thread(process: &PythonProcess) -> Option<u64> {
+    if process.thread_source == ThreadSource::StaticTls as u8 {
+        // `tss` is the variable's (negative) offset from the thread pointer.
+        let at = thread_pointer()?.wrapping_add(process.tss);
+        // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
+        let thread = unsafe { bpf_probe_read_user(at as *const u64) }.ok()?;
+        return (thread != 0).then_some(thread);
+    }
     // First: without the kernel's layout nothing else is read.
     let thread_data = tsd::current()?;
-    // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
+    // SAFETY: as above.
     let [initialized, key] = unsafe { bpf_probe_read_user(process.tss as *const [u32; 2]) }.ok()?;
     if initialized != 1 {
         return None;
     }
-    let thread = thread_data.value(key)?;
+    thread_data.value(key)
+}
+
+/// The newest frame of the current thread, if it runs Python, and the thread's sentinel frame
+/// (0 without one).
+#[inline(always)]
+fn newest_frame(process: &PythonProcess) -> Option<(u64, u64)> {
+    let thread = current_thread(process)?;
     let at = thread + u64::from(process.thread_frame);
-    // SAFETY: as above.
+    // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
     let mut frame = unsafe { bpf_probe_read_user(at as *const u64) }.ok()?;
     if process.cframe_frame != NO_CFRAME {
         if frame == 0 {
@@ -128,7 +149,13 @@ fn newest_frame(process: &PythonProcess) -> Option<u64> {
         // SAFETY: as above.
         frame = unsafe { bpf_probe_read_user(at as *const u64) }.ok()?;
     }
-    (frame != 0).then_some(frame)
+    let mut base = 0;
+    if process.thread_base_frame != 0 {
+        let at = thread + u64::from(process.thread_base_frame);
+        // SAFETY: as above.
+        base = unsafe { bpf_probe_read_user(at as *const u64) }.ok()?;
+    }
+    (frame != 0 && frame != base).then_some((frame, base))
 }
 
 /// bpf_loop's callback: reads one frame and appends it (shim frames mark the activation
@@ -188,18 +215,24 @@ fn frame_in_window(walk: &mut Walk, window: &mut [u8; FRAME_WINDOW_BYTES]) -> Op
 
 #[inline(always)]
 fn step(walk: &mut Walk) -> Option<()> {
-    if walk.frame == 0 {
+    if walk.frame == 0 || walk.frame == walk.base {
         return None;
     }
     // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, no other user meanwhile).
     let window = unsafe { &mut *PYTHON_SCRATCH.get_ptr_mut(0)? };
     let at = frame_in_window(walk, window)?;
     let process = &walk.process;
-    let code = field(window, at, process.frame_code);
+    // 3.14+ tag the executable's low bits.
+    let code = field(window, at, process.frame_code) & !EXECUTABLE_TAG_MASK;
     let instr = field(window, at, process.frame_instr);
     walk.frame = field(window, at, process.frame_previous);
     let marker = field(window, at, process.frame_marker) as u8;
-    if process.marker == ActivationMarker::CStackOwner as u8 && marker == FRAME_OWNED_BY_CSTACK {
+    let shim = match process.marker {
+        m if m == ActivationMarker::CStackOwner as u8 => marker == FRAME_OWNED_BY_CSTACK,
+        m if m == ActivationMarker::NoneExecutable as u8 => code == process.none,
+        _ => false,
+    };
+    if shim {
         // A shim: the frame before it (newer, already appended) began an activation.
         walk.hash = mix(walk.hash, SHIM_HASH);
         let stack = STACK_SCRATCH.get_ptr_mut(0)?;

@@ -7,7 +7,9 @@
 //!   ([`THREAD_POINTER_MEMBER`]);
 //! - call-frame information: the register numbers and the PLT stubs' rule ([`cfi`]);
 //! - the instruction decoder probe placement reads code with ([`decode`]), and the argument
-//!   registers a program reads.
+//!   registers a program reads;
+//! - how a function returns a thread-local variable ([`thread_local_load`]: CPython 3.15's
+//!   thread state).
 //!
 //! Only x86-64 is built ([`x86_64`]). Another architecture is one more file beside it with the
 //! same items, chosen by `target_arch` below. Nothing outside this folder names a register
@@ -26,7 +28,8 @@ compile_error!(
 
 pub use native::{
     ARGUMENT_REGISTERS, GENERAL_REGSET, Instruction, RED_ZONE, Register, STACK_POINTER,
-    THREAD_POINTER_MEMBER, VECTOR_REGSET, VECTOR_REGSET_BYTES, cfi, decode, general, vector_words,
+    THREAD_POINTER_MEMBER, ThreadLocalLoad, VECTOR_REGSET, VECTOR_REGSET_BYTES, cfi, decode,
+    general, thread_local_load, vector_words,
 };
 
 #[cfg(test)]

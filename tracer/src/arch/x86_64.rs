@@ -81,6 +81,10 @@ pub mod cfi {
     pub const RETURN_ADDRESS: Register = X86_64::RA;
     /// Where a caller's return address sits from the CFA: `call` pushed it just below.
     pub const RETURN_ADDRESS_AT: i64 = -8;
+    /// The CFA at a function's first instruction: the stack pointer plus this (the return
+    /// address `call` pushed). A range whose first row says otherwise continues a frame set up
+    /// elsewhere (a part of a function the compiler split off, such as GCC's `.cold`).
+    pub const ENTRY_CFA_OFFSET: i64 = 8;
 
     /// A register's name as CFI dumps print it (readelf's columns).
     pub fn register_name(register: Register) -> &'static str {
@@ -202,6 +206,63 @@ pub fn decode(code: &[u8]) -> impl Iterator<Item = Instruction> + '_ {
     })
 }
 
+/// How a function that returns a thread-local variable reads it (see [`thread_local_load`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadLocalLoad {
+    /// At this constant offset from the thread pointer (the local-exec model: a variable of the
+    /// executable, whose static TLS block the linker placed).
+    Offset(i64),
+    /// At the offset the word at this address holds (the initial-exec model: a GOT slot the
+    /// dynamic linker fills in at load; an address in the object's own numbering).
+    OffsetAt(u64),
+}
+
+/// How the function whose code is `code`, at `address` in its object, returns a thread-local
+/// variable, when all it does is load one and return it (such as CPython 3.15's
+/// `PyGILState_GetThisThreadState`): `mov rax, fs:[d]`, or `mov r, [rip+slot]` then
+/// `mov rax, fs:[r]`, then `ret` (an `endbr64` first is allowed).
+pub fn thread_local_load(code: &[u8], address: u64) -> Option<ThreadLocalLoad> {
+    use iced_x86::{OpKind, Register as R};
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut next = || {
+        let instruction = decoder.can_decode().then(|| decoder.decode())?;
+        (!instruction.is_invalid()).then_some(instruction)
+    };
+    let mut first = next()?;
+    if first.mnemonic() == Mnemonic::Endbr64 {
+        first = next()?;
+    }
+    let is_load = |i: &iced_x86::Instruction| {
+        i.mnemonic() == Mnemonic::Mov
+            && i.op_count() == 2
+            && i.op0_kind() == OpKind::Register
+            && i.op0_register().is_gpr64()
+            && i.op1_kind() == OpKind::Memory
+            && i.memory_index() == R::None
+    };
+    let returns =
+        |i: Option<iced_x86::Instruction>| i.is_some_and(|i| i.mnemonic() == Mnemonic::Ret);
+    if !is_load(&first) {
+        return None;
+    }
+    if first.segment_prefix() == R::FS && first.memory_base() == R::None {
+        let offset = first.memory_displacement64() as i64;
+        return (first.op0_register() == R::RAX && returns(next()))
+            .then_some(ThreadLocalLoad::Offset(offset));
+    }
+    if first.memory_base() != R::RIP || first.segment_prefix() != R::None {
+        return None;
+    }
+    let slot = first.ip_rel_memory_address();
+    let second = next()?;
+    let reads_slot = is_load(&second)
+        && second.segment_prefix() == R::FS
+        && second.memory_base() == first.op0_register()
+        && second.memory_displacement64() == 0
+        && second.op0_register() == R::RAX;
+    (reads_slot && returns(next())).then_some(ThreadLocalLoad::OffsetAt(slot))
+}
+
 /// True for instructions the x86 uprobe code emulates instead of single-stepping
 /// (arch/x86/kernel/uprobes.c: branches, calls, pushes of a register, nops).
 fn kernel_emulates(instruction: &iced_x86::Instruction) -> bool {
@@ -291,6 +352,41 @@ mod tests {
             &[0x1111, 0x2222]
         };
         assert_eq!(vector_words(&xsave), expected);
+    }
+
+    #[test]
+    fn a_thread_local_load_is_read_from_the_code_that_returns_it() {
+        // CPython 3.15's PyGILState_GetThisThreadState in Debian's executable.
+        let local_exec = [
+            0xf3, 0x0f, 0x1e, 0xfa, // endbr64
+            0x64, 0x48, 0x8b, 0x04, 0x25, 0xd8, 0xff, 0xff, 0xff, // mov rax, fs:[-0x28]
+            0xc3, // ret
+        ];
+        assert_eq!(
+            thread_local_load(&local_exec, 0x42fa7d),
+            Some(ThreadLocalLoad::Offset(-0x28))
+        );
+        // A shared library's: the offset is in a GOT slot (rip-relative).
+        let initial_exec = [
+            0x48, 0x8b, 0x05, 0x10, 0x00, 0x00, 0x00, // mov rax, [rip+0x10]
+            0x64, 0x48, 0x8b, 0x00, // mov rax, fs:[rax]
+            0xc3, // ret
+        ];
+        assert_eq!(
+            thread_local_load(&initial_exec, 0x1000),
+            Some(ThreadLocalLoad::OffsetAt(0x1000 + 7 + 0x10))
+        );
+        // 3.14's reads a pthread key instead: not a thread-local load.
+        let tss = [
+            0xf3, 0x0f, 0x1e, 0xfa, // endbr64
+            0x83, 0x3d, 0x3b, 0x49, 0x77, 0x00, 0x00, // cmp dword [rip+...], 0
+            0x74, 0x0a, // je
+        ];
+        assert_eq!(thread_local_load(&tss, 0x42c79a), None);
+        // A load that is not returned (another register, or no ret after it).
+        let other_register = [0x64, 0x48, 0x8b, 0x0c, 0x25, 0xd8, 0xff, 0xff, 0xff, 0xc3];
+        assert_eq!(thread_local_load(&other_register, 0), None);
+        assert_eq!(thread_local_load(&local_exec[..13], 0), None);
     }
 
     #[test]

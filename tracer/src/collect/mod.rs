@@ -41,7 +41,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// What a stack's records are.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum MemoryKind {
     /// Blocks of the allocator.
     #[default]
@@ -72,6 +72,23 @@ pub struct StackFigures {
 }
 
 impl StackFigures {
+    /// Adds `other`'s figures (another kernel stack the report shows as this one): counts
+    /// summed, the kind of the first with any records.
+    pub fn add(&mut self, other: &StackFigures) {
+        if self.outstanding_allocations == 0 && self.total_allocations == 0 {
+            self.kind = other.kind;
+        }
+        self.outstanding_bytes += other.outstanding_bytes;
+        self.outstanding_allocations += other.outstanding_allocations;
+        self.total_allocations += other.total_allocations;
+        self.total_bytes += other.total_bytes;
+        self.threads += other.threads;
+        self.resident_bytes = match (self.resident_bytes, other.resident_bytes) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
+
     /// What the stack's memory costs: its outstanding bytes, but for thread stacks only what is
     /// resident of them (a thread reserves megabytes and touches a few pages).
     pub fn cost_bytes(&self) -> u64 {

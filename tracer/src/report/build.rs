@@ -90,6 +90,42 @@ pub fn stack(
     }
 }
 
+/// The stacks a report shows alike, as groups of indices into `stacks` (each its process, kind
+/// and frames), in the order of each group's first member. Alike: the same process and kind,
+/// and frames that read the same (function, module, file and line, in order), whatever the
+/// addresses behind them. Two kernel stacks of one Python line differ in return addresses
+/// inside the eval loop (a call's first run and its specialized runs), which every frame of
+/// the report replaces; listed apart they would split one site's figures. Not by [`Stack::id`]:
+/// it hashes functions and modules only, and two call sites of one function share it.
+pub fn alike(stacks: &[(u32, MemoryKind, &[super::Frame])]) -> Vec<Vec<usize>> {
+    type Shown<'a> = (
+        u32,
+        MemoryKind,
+        Vec<(&'a str, &'a str, Option<&'a str>, Option<u32>)>,
+    );
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut index: std::collections::HashMap<Shown, usize> = std::collections::HashMap::new();
+    for (i, (pid, kind, frames)) in stacks.iter().enumerate() {
+        let shown = frames
+            .iter()
+            .map(|f| {
+                (
+                    f.function.as_str(),
+                    f.module.as_str(),
+                    f.file.as_deref(),
+                    f.line,
+                )
+            })
+            .collect();
+        let group = *index.entry((*pid, *kind, shown)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(i);
+    }
+    groups
+}
+
 /// Sorts stacks the way reports list them: what they cost first (outstanding bytes; for
 /// thread stacks, what is resident of them).
 pub fn sort_stacks(stacks: &mut [Stack]) {
@@ -559,6 +595,37 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn stacks_that_read_the_same_are_one_group() {
+        let frame = |function: &str, line| Frame {
+            function: function.into(),
+            module: "python3.14".into(),
+            file: Some("leak.py".into()),
+            line: Some(line),
+            ..Frame::default()
+        };
+        let at = |address| Frame {
+            address,
+            ..frame("PyBytes_FromSize", 10)
+        };
+        // One Python line, reached through two return addresses in the eval loop.
+        let first = [at(0x1000), frame("leak", 15), frame("main", 22)];
+        let specialized = [at(0x2000), frame("leak", 15), frame("main", 22)];
+        // Another line of the same function: a site of its own.
+        let other_line = [at(0x1000), frame("leak", 16), frame("main", 22)];
+        let heap = MemoryKind::Heap;
+        let stacks: Vec<(u32, MemoryKind, &[Frame])> = vec![
+            (7, heap, &first),
+            (7, heap, &other_line),
+            (7, heap, &specialized),
+            // Another process, or mappings, are never one with the heap stacks of pid 7.
+            (8, heap, &first),
+            (7, MemoryKind::Mapping, &first),
+        ];
+        assert_eq!(alike(&stacks), [vec![0, 2], vec![1], vec![3], vec![4]]);
+        assert!(alike(&[]).is_empty());
     }
 
     #[test]

@@ -308,6 +308,7 @@ mod tests {
         let native = [NativeFrame {
             function: "malloc",
             inlined: false,
+            address: 0x1000,
         }];
         assert_eq!(runtimes.merge(7, 1, &[0x1000], &native), None);
         assert!(!runtimes.is_frame_entry(0x1000) && runtimes.is_frame_entry(ENTRY | 0x20));

@@ -60,6 +60,8 @@ pub struct EntryFamily {
 pub struct NativeFrame<'a> {
     pub function: &'a str,
     pub inlined: bool,
+    /// Its return address in the process (the entry of the stack it came from).
+    pub address: u64,
 }
 
 /// A frame of a runtime's code, named.

@@ -68,18 +68,19 @@ impl Reporter {
     }
 
     /// One stack of the report: `frames` named, `comm` its process's, its history from
-    /// `history`.
+    /// `history`; `keys` the kernel stacks it stands for (one, or several the report shows
+    /// alike, whose `figures` are summed), all of one process.
     pub fn stack(
         &self,
-        key: &StackKey,
+        keys: &[StackKey],
         figures: &StackFigures,
         frames: Vec<report::Frame>,
         comm: String,
         history: &SampleHistory,
     ) -> report::Stack {
-        let (timeline, growth) = history.stack_history(key, &self.settings.thresholds);
+        let (timeline, growth) = history.stack_history(keys, &self.settings.thresholds);
         report::build::stack(
-            key.tgid,
+            keys.first().map_or(0, |key| key.tgid),
             comm,
             figures,
             frames,

@@ -16,6 +16,7 @@ use aya::{
     maps::IterableMap,
     sys::{Stats, enable_stats},
 };
+use tracer_common::StackKey;
 
 use super::{
     EndReason, TargetSpec, TraceConfig, UnwindMode,
@@ -31,7 +32,7 @@ use super::{
 };
 use crate::{
     attach::{allocator::AttachPlan, probes::Probes},
-    collect::{Collector, MapsSnapshot},
+    collect::{Collector, MapsSnapshot, StackFigures},
     error::TraceError,
     history::SampleHistory,
     report::{self, Outputs, ProcessEntry, Report},
@@ -695,25 +696,58 @@ impl<'a> Session<'a> {
         report::build::report(stacks, &snapshot.counters, facts)
     }
 
-    /// Every stack of `snapshot`, named, with its history and its classes.
+    /// Every stack of `snapshot`, named, with its history and its classes; kernel stacks the
+    /// report shows alike (they differ only in what it does not show, such as a return
+    /// address in the interpreter's eval loop) are one entry, their figures summed.
     fn report_stacks(&mut self, snapshot: &MapsSnapshot) -> Vec<report::Stack> {
-        snapshot
+        let named: Vec<(&StackKey, &StackFigures, Vec<report::Frame>)> = snapshot
             .stacks
             .iter()
-            .map(|(key, figures)| {
-                let frames = self.stack_frames(key);
-                let comm = self
-                    .processes
-                    .get(key.tgid)
-                    .map(|t| t.info.comm.clone())
-                    .unwrap_or_default();
-                let mut stack = self
-                    .reporter
-                    .stack(key, figures, frames, comm, &self.history);
-                stack.reachability = self.scanner.of_stack(key);
-                stack
+            .map(|(key, figures)| (key, figures, self.stack_frames(key)))
+            .collect();
+        let shown: Vec<_> = named
+            .iter()
+            .map(|(key, figures, frames)| (key.tgid, figures.kind, frames.as_slice()))
+            .collect();
+        let groups = report::build::alike(&shown);
+        let mut named: Vec<_> = named.into_iter().map(Some).collect();
+        groups
+            .into_iter()
+            .map(|group| {
+                let members: Vec<_> = group.iter().filter_map(|&i| named[i].take()).collect();
+                self.report_stack(members)
             })
             .collect()
+    }
+
+    /// One entry of the report: kernel stacks shown alike (at least one), named by the one
+    /// that holds most.
+    fn report_stack(
+        &self,
+        mut members: Vec<(&StackKey, &StackFigures, Vec<report::Frame>)>,
+    ) -> report::Stack {
+        members.sort_by_key(|(_, figures, _)| std::cmp::Reverse(figures.outstanding_bytes));
+        let keys: Vec<StackKey> = members.iter().map(|(key, _, _)| **key).collect();
+        let mut figures = StackFigures::default();
+        let mut classes: Option<report::StackReachability> = None;
+        for (key, own, _) in &members {
+            figures.add(own);
+            if let Some(own) = self.scanner.of_stack(key) {
+                classes.get_or_insert_default().add(&own);
+            }
+        }
+        let pid = keys[0].tgid;
+        let frames = members.swap_remove(0).2;
+        let comm = self
+            .processes
+            .get(pid)
+            .map(|t| t.info.comm.clone())
+            .unwrap_or_default();
+        let mut stack = self
+            .reporter
+            .stack(&keys, &figures, frames, comm, &self.history);
+        stack.reachability = classes;
+        stack
     }
 
     /// The modules the frames of `stacks` are in, each process's.

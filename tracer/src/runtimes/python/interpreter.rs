@@ -1,12 +1,16 @@
 //! Finding CPython in a traced process: the object that holds the interpreter (the executable,
-//! or a `libpython` it loads), its version (`Py_Version`) and where its runtime state lives,
-//! from the object's own symbols (the dynamic ones, so stripped builds such as Debian's work).
+//! or a `libpython` it loads), its version (`Py_Version`; before 3.11, its API and version string), where its runtime state lives and
+//! its threads' states are found, and where its eval loop is, from the object's own dynamic
+//! symbols, code and call-frame information (so stripped LTO builds such as Debian's work), and
+//! on 3.13+ from what the interpreter publishes about itself (`_Py_DebugOffsets`).
 
 use std::{collections::HashMap, fs};
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+use tracer_common::python::ThreadSource;
 
-use super::layout::Layout;
+use super::layout::{DEBUG_OFFSETS_BYTES, Layout};
+use crate::arch::{ThreadLocalLoad, thread_local_load};
 use crate::target::{
     maps::{Mapping, read_maps},
     remote::RemoteMemory,
@@ -20,6 +24,9 @@ pub struct Interpreter {
     pub layout: Layout,
     /// Addresses in the process: `_PyRuntime`, `PyCode_Type`, `_Py_NoneStruct`.
     pub runtime: u64,
+    /// Where the kernel finds its threads' states (`PythonProcess::tss`: the pthread key's
+    /// address, or a thread-local variable's offset from the thread pointer).
+    pub thread: u64,
     pub code_type: u64,
     pub none: u64,
     /// Where `_PyEval_EvalFrameDefault` and its `.cold` part are in the process (`[start,
@@ -55,12 +62,13 @@ pub enum Found {
     Unsupported(String),
 }
 
-/// The symbols looked for, in the object holding the interpreter.
 /// The eval loop, and the part of it the compiler split off (cold paths), where the symbols
-/// name it.
+/// name it (else it is found from the loop's jumps: see [`super::eval_loop`]).
 const EVAL_LOOP: [&str; 2] = ["_PyEval_EvalFrameDefault", "_PyEval_EvalFrameDefault.cold"];
 
-const SYMBOLS: [&str; 8] = [
+/// The symbols looked for, in the object holding the interpreter (all in `.dynsym` but
+/// `_PyObject_Malloc`: stripped builds have them).
+const SYMBOLS: [&str; 9] = [
     "Py_Initialize",
     "Py_Version",
     // Their API, before Py_Version: 3.9 added PyFrame_GetCode, 3.10 Py_IsNone.
@@ -70,6 +78,8 @@ const SYMBOLS: [&str; 8] = [
     "PyCode_Type",
     "_Py_NoneStruct",
     "_PyObject_Malloc",
+    // 3.15: returns the thread-local variable that holds a thread's state.
+    "PyGILState_GetThisThreadState",
 ];
 
 /// Looks for CPython in `pid`: in its executable and in any mapped object named like
@@ -106,6 +116,68 @@ pub fn find(pid: u32) -> Found {
     Found::Nothing
 }
 
+/// What the object's symbols say: the addresses of [`SYMBOLS`] and the eval loop's ranges (in
+/// the object's own numbering), and the ranges of its functions.
+struct Symbols {
+    addresses: HashMap<&'static str, u64>,
+    eval_loop: HashMap<&'static str, [u64; 2]>,
+    functions: Vec<[u64; 2]>,
+}
+
+impl Symbols {
+    fn of(file: &object::File) -> Self {
+        let mut symbols = Self {
+            addresses: HashMap::new(),
+            eval_loop: HashMap::new(),
+            functions: Vec::new(),
+        };
+        for symbol in file.dynamic_symbols().chain(file.symbols()) {
+            let Ok(name) = symbol.name() else { continue };
+            if !symbol.is_definition() {
+                continue;
+            }
+            let start = symbol.address();
+            let range = [start, start + symbol.size()];
+            if let Some(known) = SYMBOLS.iter().find(|s| **s == name) {
+                symbols.addresses.entry(known).or_insert(start);
+            }
+            if let Some(known) = EVAL_LOOP.iter().find(|s| **s == name)
+                && symbol.size() > 0
+            {
+                symbols.eval_loop.entry(known).or_insert(range);
+            }
+            if symbol.kind() == object::SymbolKind::Text && !name.contains(".cold") {
+                symbols.functions.push(range);
+            }
+        }
+        symbols
+    }
+
+    fn get(&self, name: &str) -> Option<u64> {
+        self.addresses.get(name).copied()
+    }
+
+    /// Whether a function's symbol covers `address`.
+    fn names(&self, address: u64) -> bool {
+        self.functions
+            .iter()
+            .any(|&[start, end]| start <= address && address < end.max(start + 1))
+    }
+
+    /// The eval loop and its split-off part, in the object's numbering (`[0, 0]`: none).
+    fn eval_loop(&self, file: &object::File) -> [[u64; 2]; 2] {
+        let Some(&hot) = self.eval_loop.get(EVAL_LOOP[0]) else {
+            return [[0, 0]; 2];
+        };
+        let cold = self
+            .eval_loop
+            .get(EVAL_LOOP[1])
+            .copied()
+            .or_else(|| super::eval_loop::split_part(file, hot, &|a| self.names(a)));
+        [hot, cold.unwrap_or([0, 0])]
+    }
+}
+
 /// The interpreter in the object mapped first at `first`, if it holds one.
 fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
     let by_range = format!("/proc/{pid}/map_files/{:x}-{:x}", first.start, first.end);
@@ -117,31 +189,15 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
     let Ok(file) = object::File::parse(&*data) else {
         return Found::Nothing;
     };
-    let mut symbols: HashMap<&str, u64> = HashMap::new();
-    let mut eval_loop: HashMap<&str, [u64; 2]> = HashMap::new();
-    for symbol in file.dynamic_symbols().chain(file.symbols()) {
-        let Ok(name) = symbol.name() else { continue };
-        if !symbol.is_definition() {
-            continue;
-        }
-        if SYMBOLS.contains(&name) {
-            symbols.entry(name).or_insert(symbol.address());
-        }
-        if EVAL_LOOP.contains(&name) && symbol.size() > 0 {
-            let start = symbol.address();
-            eval_loop
-                .entry(name)
-                .or_insert([start, start + symbol.size()]);
-        }
-    }
+    let symbols = Symbols::of(&file);
     let older = || {
         Found::Unsupported(format!(
-            "{path} is a CPython older than 3.9: leaktracer knows the frames of 3.9 to 3.13 only, its stacks stay native"
+            "{path} is a CPython older than 3.9: leaktracer knows the frames of 3.9 to 3.15 only, its stacks stay native"
         ))
     };
-    let Some(&runtime) = symbols.get("_PyRuntime") else {
+    let Some(runtime) = symbols.get("_PyRuntime") else {
         // Every CPython exports Py_Initialize; _PyRuntime came with 3.7.
-        if symbols.contains_key("Py_Initialize") {
+        if symbols.get("Py_Initialize").is_some() {
             return older();
         }
         return Found::Nothing;
@@ -159,7 +215,7 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
         return Found::Nothing;
     };
     let version = match symbols.get("Py_Version") {
-        Some(&at) => match memory.read_u32(bias + at) {
+        Some(at) => match memory.read_u32(bias + at) {
             Ok(version) => version,
             Err(_) => return Found::Nothing,
         },
@@ -168,48 +224,114 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
             None => return older(),
         },
     };
-    let text = version_text(version);
-    let Some(mut layout) = Layout::for_version(version) else {
-        return Found::Unsupported(format!(
-            "CPython {text} ({path}) is not a version leaktracer knows the frames of (3.9 to 3.13): its stacks stay native"
-        ));
+    let native = |why: String| Found::Unsupported(native_note(version, path, &why));
+    let layout = match layout_of(version, |len| memory.read_vec(bias + runtime, len)) {
+        Ok(layout) => layout,
+        Err(why) => return native(why),
     };
-    if layout.version >= (3, 13) {
-        let Ok(offsets) = memory.read_vec(bias + runtime, 600) else {
-            return Found::Nothing;
-        };
-        match layout.with_debug_offsets(version, &offsets) {
-            Some(published) => layout = published,
-            None => {
-                return Found::Unsupported(format!(
-                    "CPython {text} ({path}) does not publish the debug offsets of a default (GIL) build: its stacks stay native"
-                ));
-            }
-        }
-    }
-    let (Some(&code_type), Some(&none)) =
-        (symbols.get("PyCode_Type"), symbols.get("_Py_NoneStruct"))
+    let thread = match thread_states(&layout, &file, &symbols, &memory, bias, runtime) {
+        Ok(thread) => thread,
+        Err(why) => return native(why),
+    };
+    let (Some(code_type), Some(none)) = (symbols.get("PyCode_Type"), symbols.get("_Py_NoneStruct"))
     else {
-        return Found::Unsupported(format!(
-            "CPython {text} ({path}) does not export PyCode_Type and _Py_NoneStruct: its stacks stay native"
-        ));
+        return native("does not export PyCode_Type and _Py_NoneStruct".into());
     };
-    let small_objects_seen = symbols.contains_key("_PyObject_Malloc") || malloc_forced(pid);
-    let eval_loop = EVAL_LOOP.map(|name| {
-        eval_loop
-            .get(name)
-            .map_or([0, 0], |[start, end]| [bias + start, bias + end])
+    let small_objects_seen = symbols.get("_PyObject_Malloc").is_some() || malloc_forced(pid);
+    let eval_loop = symbols.eval_loop(&file).map(|[start, end]| {
+        if start < end {
+            [bias + start, bias + end]
+        } else {
+            [0, 0]
+        }
     });
     Found::Python(Interpreter {
         version,
         eval_loop,
         layout,
         runtime: bias + runtime,
+        thread,
         code_type: bias + code_type,
         none: bias + none,
         module: path.to_string(),
         small_objects_seen,
     })
+}
+
+/// The layout of the interpreter of `Py_Version` `version`: a table's, or for 3.13+ what it
+/// publishes about itself at the start of its `_PyRuntime` (`runtime(len)` reads it). `Err`:
+/// why it is not walked, for the operator's note.
+fn layout_of(
+    version: u32,
+    runtime: impl FnOnce(usize) -> std::io::Result<Vec<u8>>,
+) -> Result<Layout, String> {
+    if !Layout::publishes_offsets(version) {
+        return Layout::for_version(version).ok_or_else(|| {
+            "is not a version leaktracer knows the frames of (3.9 to 3.15)".into()
+        });
+    }
+    let offsets = runtime(DEBUG_OFFSETS_BYTES).map_err(|e| format!("cannot be read ({e})"))?;
+    Layout::from_debug_offsets(version, &offsets).map_err(|e| e.to_string())
+}
+
+/// The one line said of an interpreter that is not walked.
+fn native_note(version: u32, path: &str, why: &str) -> String {
+    format!(
+        "CPython {} ({path}) {why}: its stacks stay native",
+        version_text(version)
+    )
+}
+
+/// What the kernel finds the thread states with (see `PythonProcess::tss`): the address of
+/// the pthread key's `Py_tss_t` in `_PyRuntime` (at `runtime` in the object), or 3.15's
+/// thread-local variable's offset from the thread pointer, read from the exported function
+/// that returns it.
+fn thread_states(
+    layout: &Layout,
+    file: &object::File,
+    symbols: &Symbols,
+    memory: &RemoteMemory,
+    bias: u64,
+    runtime: u64,
+) -> Result<u64, String> {
+    match layout.thread_source {
+        ThreadSource::TssKey => {
+            let tss = bias + runtime + layout.tss;
+            // `{int _is_initialized; unsigned _key}`: not yet initialized before the
+            // interpreter starts (a launched command), a small key once it is.
+            let words = memory
+                .read_vec(tss, 8)
+                .map_err(|e| format!("cannot be read ({e})"))?;
+            let initialized = u32::from_le_bytes(words[..4].try_into().unwrap());
+            let key = u32::from_le_bytes(words[4..].try_into().unwrap());
+            if initialized > 1 || key >= 1024 {
+                return Err(format!(
+                    "keeps no thread-state key where its version does ({initialized}, {key})"
+                ));
+            }
+            Ok(tss)
+        }
+        ThreadSource::StaticTls => {
+            let getter = "PyGILState_GetThisThreadState";
+            let at = symbols
+                .get(getter)
+                .ok_or_else(|| format!("does not export {getter}"))?;
+            let code = file
+                .sections()
+                .find(|s| s.address() <= at && at < s.address() + s.size())
+                .and_then(|s| s.data_range(at, 32).ok().flatten())
+                .ok_or_else(|| format!("has no code for {getter}"))?;
+            match thread_local_load(code, at) {
+                Some(ThreadLocalLoad::Offset(offset)) => Ok(offset as u64),
+                Some(ThreadLocalLoad::OffsetAt(slot)) => memory
+                    .read_u64(bias + slot)
+                    .map_err(|e| format!("cannot be read ({e})")),
+                None => Err(format!(
+                    "reads its thread states in a way leaktracer does not know ({getter} is no thread-local load)"
+                )),
+            }
+        }
+    }
 }
 
 /// Whether `pid` runs with `PYTHONMALLOC=malloc` (or `malloc_debug`): every object then comes
@@ -226,10 +348,10 @@ fn malloc_forced(pid: u32) -> bool {
 /// API (3.10 exports `Py_IsNone`, 3.9 `PyFrame_GetCode` but not it; older ones neither), the
 /// patch level from its `PY_VERSION` string (only named, the layout depends on the minor: 0
 /// when not found). `None` before 3.9.
-fn version_before_py_version(symbols: &HashMap<&str, u64>, file: &object::File) -> Option<u32> {
-    let minor = if symbols.contains_key("Py_IsNone") {
+fn version_before_py_version(symbols: &Symbols, file: &object::File) -> Option<u32> {
+    let minor = if symbols.get("Py_IsNone").is_some() {
         10
-    } else if symbols.contains_key("PyFrame_GetCode") {
+    } else if symbols.get("PyFrame_GetCode").is_some() {
         9
     } else {
         return None;
@@ -290,5 +412,35 @@ mod tests {
         );
         assert_eq!(patch_level(b"3.10.1\0", 9), None);
         assert_eq!(patch_level(b"", 9), None);
+    }
+
+    /// A `_PyRuntime` that starts with debug offsets of `hex`: cookie and version only.
+    fn runtime_of(hex: u32) -> impl FnOnce(usize) -> std::io::Result<Vec<u8>> {
+        move |len| {
+            let mut bytes = vec![0u8; len];
+            bytes[..8].copy_from_slice(b"xdebugpy");
+            bytes[8..16].copy_from_slice(&u64::from(hex).to_le_bytes());
+            Ok(bytes)
+        }
+    }
+
+    #[test]
+    fn a_version_newer_than_any_known_gets_one_line_and_native_stacks() {
+        // 3.16.0a1: whatever it publishes, its struct may have moved anything.
+        let why = layout_of(0x031000a1, runtime_of(0x031000a1)).unwrap_err();
+        assert_eq!(
+            native_note(0x031000a1, "/usr/bin/python3.16", &why),
+            "CPython 3.16.0 (/usr/bin/python3.16) is newer than the versions leaktracer knows the frames of (3.9 to 3.15): its stacks stay native"
+        );
+        // An old version without a table is said too, and nothing is read of it.
+        let why = layout_of(0x030a0cf0, |_| panic!("read")).unwrap_err();
+        assert!(why.contains("3.9 to 3.15"), "{why}");
+        // A known one whose runtime cannot be read.
+        let why = layout_of(0x030e0af0, |_| Err(std::io::Error::other("gone"))).unwrap_err();
+        assert_eq!(why, "cannot be read (gone)");
+        assert_eq!(
+            layout_of(0x030c01f0, |_| panic!("read")).unwrap().version,
+            (3, 12)
+        );
     }
 }

@@ -1,9 +1,13 @@
-//! Where CPython 3.9 to 3.13 keep what the walk and the code-object reader need: a table per
-//! minor version (checked on Debian's 3.11.2 and pyenv's 3.9.18, 3.10.13, 3.11.7, 3.12.1,
-//! 3.13.0, see `docs/design/python-frames.md`), and on 3.13+ the interpreter's own
-//! `_Py_DebugOffsets`, which is preferred where present. A version not listed is not walked.
+//! Where CPython keeps what the walk and the code-object reader need. 3.9 to 3.12: a table
+//! per minor version (checked on Debian's 3.11.2 and pyenv's 3.9.18, 3.10.13, 3.11.7 and
+//! 3.12.1, see `docs/design/python-frames.md`). 3.13 and later: the interpreter's own
+//! `_Py_DebugOffsets` (the first member of `_PyRuntime`), checked by cookie and version; the
+//! struct grew in 3.14 and 3.15, so where each offset sits in it is known per version (see
+//! `docs/design/python-3.13-3.15.md`). A version not listed is not walked.
 
-use tracer_common::python::{ActivationMarker, InstrKind, NO_CFRAME, PythonProcess};
+use tracer_common::python::{
+    ActivationMarker, FRAME_HEADER_BYTES, InstrKind, NO_CFRAME, PythonProcess, ThreadSource,
+};
 
 /// Offsets in a code object and in the strings and bytes it points to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,15 +35,23 @@ pub const BYTES_DATA: u64 = 32;
 pub const STR_LENGTH: u64 = 16;
 pub const STR_STATE: u64 = 32;
 
+/// The newest minor version whose `_Py_DebugOffsets` leaktracer knows how to read.
+pub const NEWEST_KNOWN: (u8, u8) = (3, 15);
+
 /// One interpreter version's layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// (major, minor).
     pub version: (u8, u8),
-    /// `Py_tss_t autoTSSkey` in `_PyRuntime` (the pthread key of thread states).
+    /// Where a thread's `PyThreadState` is found: with [`ThreadSource::TssKey`], the pthread
+    /// key in `Py_tss_t autoTSSkey` at `tss` bytes into `_PyRuntime`; with
+    /// [`ThreadSource::StaticTls`], a thread-local variable the caller finds in the code.
+    pub thread_source: ThreadSource,
     pub tss: u64,
     pub thread_frame: u16,
     pub cframe_frame: u16,
+    /// `PyThreadState.base_frame` (3.15+), 0 without one.
+    pub thread_base_frame: u16,
     pub frame_code: u16,
     pub frame_previous: u16,
     pub frame_instr: u16,
@@ -50,9 +62,127 @@ pub struct Layout {
     pub code: CodeLayout,
 }
 
+/// Why a 3.13+ interpreter's own offsets cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DebugOffsetsError {
+    #[error("is newer than the versions leaktracer knows the frames of (3.9 to 3.15)")]
+    Newer,
+    #[error("does not publish its debug offsets (no \"xdebugpy\" cookie at _PyRuntime)")]
+    NoCookie,
+    #[error("publishes debug offsets of another version ({0:#x})")]
+    OtherVersion(u64),
+    #[error("is a free-threaded build, whose objects leaktracer does not read")]
+    FreeThreaded,
+    #[error("publishes offsets leaktracer cannot use ({0})")]
+    Unusable(&'static str),
+}
+
+/// Where the offsets the walk and the reader need sit in one version's `_Py_DebugOffsets`
+/// (byte positions of its `uint64_t` fields: checked by compiling each version's
+/// `pycore_debug_offsets.h` or `pycore_runtime.h`, see the design note).
+struct DebugFields {
+    current_frame: usize,
+    /// `thread_state.base_frame` (3.15+).
+    base_frame: Option<usize>,
+    previous: usize,
+    executable: usize,
+    instr_ptr: usize,
+    filename: usize,
+    name: usize,
+    qualname: usize,
+    linetable: usize,
+    firstlineno: usize,
+    co_code_adaptive: usize,
+    ob_type: usize,
+    bytes_ob_size: usize,
+    bytes_ob_sval: usize,
+    unicode_state: usize,
+    unicode_length: usize,
+    asciiobject_size: usize,
+    /// `unicode_object.compactunicodeobject_size` (3.15+; before, 16 bytes more than ASCII's).
+    compact_size: Option<usize>,
+    /// The bytes of the struct read.
+    size: usize,
+}
+
+/// The fields of `_Py_DebugOffsets` in 3.13, 3.14 and 3.15.
+fn debug_fields(minor: u8) -> Option<DebugFields> {
+    Some(match minor {
+        13 => DebugFields {
+            current_frame: 184,
+            base_frame: None,
+            previous: 232,
+            executable: 240,
+            instr_ptr: 248,
+            filename: 280,
+            name: 288,
+            qualname: 296,
+            linetable: 304,
+            firstlineno: 312,
+            co_code_adaptive: 344,
+            ob_type: 360,
+            bytes_ob_size: 520,
+            bytes_ob_sval: 528,
+            unicode_state: 544,
+            unicode_length: 552,
+            asciiobject_size: 560,
+            compact_size: None,
+            size: 584,
+        },
+        14 => DebugFields {
+            current_frame: 208,
+            base_frame: None,
+            previous: 256,
+            executable: 264,
+            instr_ptr: 272,
+            filename: 320,
+            name: 328,
+            qualname: 336,
+            linetable: 344,
+            firstlineno: 352,
+            co_code_adaptive: 384,
+            ob_type: 408,
+            bytes_ob_size: 600,
+            bytes_ob_sval: 608,
+            unicode_state: 624,
+            unicode_length: 632,
+            asciiobject_size: 640,
+            compact_size: None,
+            size: 760,
+        },
+        15 => DebugFields {
+            current_frame: 208,
+            base_frame: Some(216),
+            previous: 320,
+            executable: 328,
+            instr_ptr: 336,
+            filename: 384,
+            name: 392,
+            qualname: 400,
+            linetable: 408,
+            firstlineno: 416,
+            co_code_adaptive: 448,
+            ob_type: 472,
+            bytes_ob_size: 696,
+            bytes_ob_sval: 704,
+            unicode_state: 720,
+            unicode_length: 728,
+            asciiobject_size: 736,
+            compact_size: Some(744),
+            size: 888,
+        },
+        _ => return None,
+    })
+}
+
+/// Bytes of `_PyRuntime` to read for [`Layout::from_debug_offsets`] (every known version's
+/// `_Py_DebugOffsets` fits).
+pub const DEBUG_OFFSETS_BYTES: usize = 1024;
+
 impl Layout {
-    /// The table's layout for `Py_Version` (`PY_VERSION_HEX`), if the minor version is known.
-    /// Free-threaded builds are not (their objects differ); they are told apart by the caller.
+    /// The table's layout for `Py_Version` (`PY_VERSION_HEX`), if the minor version is one
+    /// without debug offsets (3.11, 3.12). Free-threaded builds are not known (their objects
+    /// differ); they are told apart by the caller.
     pub fn for_version(hex: u32) -> Option<Self> {
         let (major, minor) = ((hex >> 24) as u8, (hex >> 16) as u8);
         let str_311 = (48, 72);
@@ -71,9 +201,11 @@ impl Layout {
             (3, 9) | (3, 10) => Self::frame_objects(minor),
             (3, 11) => Self {
                 version: (3, 11),
+                thread_source: ThreadSource::TssKey,
                 tss: 592,
                 thread_frame: 56,
                 cframe_frame: 8,
+                thread_base_frame: 0,
                 frame_code: 32,
                 frame_previous: 48,
                 frame_instr: 56,
@@ -84,9 +216,11 @@ impl Layout {
             },
             (3, 12) => Self {
                 version: (3, 12),
+                thread_source: ThreadSource::TssKey,
                 tss: 1544,
                 thread_frame: 56,
                 cframe_frame: 0,
+                thread_base_frame: 0,
                 frame_code: 0,
                 frame_previous: 8,
                 frame_instr: 56,
@@ -94,19 +228,6 @@ impl Layout {
                 marker: ActivationMarker::CStackOwner,
                 instr: InstrKind::Pointer,
                 code: code(68, 192, str_312),
-            },
-            (3, 13) => Self {
-                version: (3, 13),
-                tss: 2160,
-                thread_frame: 72,
-                cframe_frame: NO_CFRAME,
-                frame_code: 0,
-                frame_previous: 8,
-                frame_instr: 56,
-                frame_marker: 70,
-                marker: ActivationMarker::CStackOwner,
-                instr: InstrKind::Pointer,
-                code: code(68, 200, str_312),
             },
             _ => return None,
         };
@@ -123,6 +244,7 @@ impl Layout {
         let name = 112;
         Self {
             version: (3, minor),
+            thread_source: ThreadSource::TssKey,
             tss: 584,
             thread_frame: 24,
             cframe_frame: NO_CFRAME,
@@ -150,36 +272,111 @@ impl Layout {
         }
     }
 
-    /// The layout with the offsets a 3.13+ interpreter publishes about itself
-    /// (`_PyRuntime.debug_offsets`, `bytes` from its start) in place of the table's; `None`
-    /// when they are not there, are not for `hex`, or describe a free-threaded build.
-    pub fn with_debug_offsets(mut self, hex: u32, bytes: &[u8]) -> Option<Self> {
-        let u64_at = |at: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
-        };
-        if bytes.get(..8)? != b"xdebugpy" || u64_at(8)? != u64::from(hex) || u64_at(16)? != 0 {
-            return None;
-        }
-        let small = |at: usize| -> Option<u16> { u16::try_from(u64_at(at)?).ok() };
-        self.thread_frame = small(184)?;
-        self.frame_previous = small(232)?;
-        self.frame_code = small(240)?;
-        self.frame_instr = small(248)?;
-        self.frame_marker = small(264)?;
-        self.code.filename = u64_at(280)?;
-        self.code.name = u64_at(288)?;
-        self.code.qualname = u64_at(296)?;
-        self.code.linetable = u64_at(304)?;
-        self.code.firstlineno = u64_at(312)?;
-        self.code.bytecode = u64_at(344)?;
-        Some(self)
+    /// Whether `hex` is a version whose layout comes from its own `_Py_DebugOffsets` (3.13+).
+    pub fn publishes_offsets(hex: u32) -> bool {
+        let (major, minor) = ((hex >> 24) as u8, (hex >> 16) as u8);
+        major > 3 || (major == 3 && minor >= 13)
     }
 
-    /// What the kernel needs, for an interpreter whose `_PyRuntime` is at `runtime` and whose
-    /// `Py_None` is `none`.
-    pub fn kernel_entry(&self, runtime: u64, none: u64) -> PythonProcess {
+    /// The layout a 3.13+ interpreter publishes about itself (`_PyRuntime.debug_offsets`,
+    /// `bytes` from its start), for `Py_Version` `hex`: the offsets are read where that
+    /// version's struct keeps them, after its cookie, version and build are checked.
+    pub fn from_debug_offsets(hex: u32, bytes: &[u8]) -> Result<Self, DebugOffsetsError> {
+        let (major, minor) = ((hex >> 24) as u8, (hex >> 16) as u8);
+        if (major, minor) > NEWEST_KNOWN {
+            return Err(DebugOffsetsError::Newer);
+        }
+        let fields = debug_fields(minor).ok_or(DebugOffsetsError::Unusable("not 3.13+"))?;
+        let u64_at = |at: usize| -> Result<u64, DebugOffsetsError> {
+            bytes
+                .get(at..at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                .ok_or(DebugOffsetsError::Unusable("short read"))
+        };
+        if bytes.get(..8) != Some(b"xdebugpy".as_slice()) {
+            return Err(DebugOffsetsError::NoCookie);
+        }
+        if bytes.len() < fields.size {
+            return Err(DebugOffsetsError::Unusable("short read"));
+        }
+        let version = u64_at(8)?;
+        if version != u64::from(hex) {
+            return Err(DebugOffsetsError::OtherVersion(version));
+        }
+        if u64_at(16)? != 0 {
+            return Err(DebugOffsetsError::FreeThreaded);
+        }
+        // The objects' headers the reader takes as constants: the same on every version so far.
+        for (at, expected, what) in [
+            (fields.ob_type, OBJECT_TYPE, "PyObject.ob_type"),
+            (fields.bytes_ob_size, OBJECT_SIZE, "PyBytesObject.ob_size"),
+            (fields.bytes_ob_sval, BYTES_DATA, "PyBytesObject.ob_sval"),
+            (fields.unicode_state, STR_STATE, "PyASCIIObject.state"),
+            (fields.unicode_length, STR_LENGTH, "PyASCIIObject.length"),
+        ] {
+            if u64_at(at)? != expected {
+                return Err(DebugOffsetsError::Unusable(what));
+            }
+        }
+        // The kernel reads a frame's first FRAME_HEADER_BYTES: its fields must be there.
+        let frame = |at: usize, what| -> Result<u16, DebugOffsetsError> {
+            u64_at(at)?
+                .checked_add(8)
+                .filter(|end| *end <= FRAME_HEADER_BYTES as u64)
+                .map(|end| (end - 8) as u16)
+                .ok_or(DebugOffsetsError::Unusable(what))
+        };
+        let small = |at: usize, what| -> Result<u16, DebugOffsetsError> {
+            u16::try_from(u64_at(at)?).map_err(|_| DebugOffsetsError::Unusable(what))
+        };
+        let ascii_data = u64_at(fields.asciiobject_size)?;
+        let frame_code = frame(fields.executable, "_PyInterpreterFrame.f_executable")?;
+        Ok(Self {
+            version: (major, minor),
+            // 3.15 has no pthread key: its thread-local variable is found in its code.
+            thread_source: if minor >= 15 {
+                ThreadSource::StaticTls
+            } else {
+                ThreadSource::TssKey
+            },
+            tss: match minor {
+                13 => 2160,
+                14 => 2336,
+                _ => 0,
+            },
+            thread_frame: small(fields.current_frame, "PyThreadState.current_frame")?,
+            cframe_frame: NO_CFRAME,
+            thread_base_frame: match fields.base_frame {
+                Some(at) => small(at, "PyThreadState.base_frame")?,
+                None => 0,
+            },
+            frame_code,
+            frame_previous: frame(fields.previous, "_PyInterpreterFrame.previous")?,
+            frame_instr: frame(fields.instr_ptr, "_PyInterpreterFrame.instr_ptr")?,
+            // Unused: a shim is told by its executable, None.
+            frame_marker: frame_code,
+            marker: ActivationMarker::NoneExecutable,
+            code: CodeLayout {
+                firstlineno: u64_at(fields.firstlineno)?,
+                filename: u64_at(fields.filename)?,
+                name: u64_at(fields.name)?,
+                qualname: u64_at(fields.qualname)?,
+                linetable: u64_at(fields.linetable)?,
+                bytecode: u64_at(fields.co_code_adaptive)?,
+                ascii_data,
+                compact_data: match fields.compact_size {
+                    Some(at) => u64_at(at)?,
+                    None => ascii_data + 16,
+                },
+            },
+        })
+    }
+
+    /// What the kernel needs, for an interpreter whose thread states are found at `thread`
+    /// (see [`PythonProcess::tss`]) and whose `Py_None` is `none`.
+    pub fn kernel_entry(&self, thread: u64, none: u64) -> PythonProcess {
         PythonProcess {
-            tss: runtime + self.tss,
+            tss: thread,
             none,
             thread_frame: self.thread_frame,
             cframe_frame: self.cframe_frame,
@@ -189,10 +386,8 @@ impl Layout {
             frame_marker: self.frame_marker,
             code_bytecode: self.code.bytecode as u16,
             marker: self.marker as u8,
-            thread_source: tracer_common::python::ThreadSource::TssKey as u8,
-            instr_kind: self.instr as u8,
             _pad: 0,
-            thread_base_frame: 0,
+            thread_base_frame: self.thread_base_frame,
             _pad2: [0; 4],
         }
     }
@@ -204,62 +399,8 @@ mod tests {
     use tracer_common::python::FRAME_OBJECT_BYTES;
 
     #[test]
-    fn known_versions_only() {
+    fn tables_for_the_versions_without_debug_offsets() {
         assert_eq!(Layout::for_version(0x030b02f0).unwrap().version, (3, 11));
         assert_eq!(Layout::for_version(0x030c01f0).unwrap().version, (3, 12));
-        assert_eq!(Layout::for_version(0x030d00f0).unwrap().version, (3, 13));
-        assert_eq!(Layout::for_version(0x03090cf0).unwrap().version, (3, 9));
-        assert_eq!(Layout::for_version(0x030a0df0).unwrap().version, (3, 10));
-        assert!(Layout::for_version(0x030808f0).is_none());
-        assert!(Layout::for_version(0x030e00f0).is_none());
-    }
-
-    #[test]
-    fn frame_objects_are_read_within_what_the_kernel_reads() {
-        for (hex, instr, lasti) in [
-            (0x03091200, InstrKind::LastiBytes, 104),
-            (0x030a0d00, InstrKind::LastiUnits, 96),
-        ] {
-            let layout = Layout::for_version(hex).unwrap();
-            let entry = layout.kernel_entry(0x1000, 0x2000);
-            assert_eq!(entry.tss, 0x1000 + 584);
-            assert_eq!(entry.instr_kind, instr as u8);
-            assert_eq!(entry.marker, ActivationMarker::EveryFrame as u8);
-            assert_eq!(entry.cframe_frame, NO_CFRAME);
-            assert_eq!(
-                (entry.frame_previous, entry.frame_code, entry.frame_instr),
-                (24, 32, lasti)
-            );
-            for field in [entry.frame_previous, entry.frame_code, entry.frame_instr] {
-                assert!(usize::from(field) + 8 <= FRAME_OBJECT_BYTES, "{field}");
-            }
-            // No co_qualname: the name stands for it.
-            assert_eq!(layout.code.qualname, layout.code.name);
-        }
-    }
-
-    #[test]
-    fn debug_offsets_must_match_their_version() {
-        let layout = Layout::for_version(0x030d00f0).unwrap();
-        let mut bytes = vec![0u8; 600];
-        bytes[..8].copy_from_slice(b"xdebugpy");
-        bytes[8..16].copy_from_slice(&0x030d00f0u64.to_le_bytes());
-        for (at, value) in [(184, 72u64), (232, 8), (240, 0), (248, 56), (264, 70)] {
-            bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
-        }
-        for (at, value) in [
-            (280, 112u64),
-            (288, 120),
-            (296, 128),
-            (304, 136),
-            (312, 68),
-            (344, 200),
-        ] {
-            bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
-        }
-        assert_eq!(layout.with_debug_offsets(0x030d00f0, &bytes), Some(layout));
-        assert_eq!(layout.with_debug_offsets(0x030d01f0, &bytes), None);
-        bytes[16] = 1; // free-threaded
-        assert_eq!(layout.with_debug_offsets(0x030d00f0, &bytes), None);
     }
 }

@@ -8,32 +8,55 @@
 //! `is_own_native_frame` of [`super::RULES`] (applied where the merge is spliced in): a stack reads
 //! `PyUnicode_New` <- `expensive_search` <- `search` <- `Handler.do_GET` <- ... with the
 //! native frames of other objects (C extensions, the C library's thread start) in place.
+//!
+//! An eval-loop frame is known by its name, or by its address in the loop's ranges (a stripped
+//! build names none of its split-off part). A clang build of 3.14+ with the tail-calling
+//! interpreter runs each instruction in a function of its own (`_TAIL_CALL_LOAD_ATTR` and the
+//! like) between the eval loop and what it calls: such a frame is the loop at work, dropped.
 
 use crate::runtimes::{Merged, NativeFrame, RuntimeFrame};
 
 /// Whether a native frame is the interpreter's eval loop (or a part the compiler split off,
-/// such as `_PyEval_EvalFrameDefault.cold`).
-fn is_eval_loop(frame: &NativeFrame) -> bool {
-    !frame.inlined && frame.function.starts_with("_PyEval_EvalFrameDefault")
+/// such as `_PyEval_EvalFrameDefault.cold`): by name, or by its return address in one of
+/// `eval_loop` (`[start, end)`, in the process).
+fn is_eval_loop(frame: &NativeFrame, eval_loop: &[[u64; 2]]) -> bool {
+    if frame.inlined {
+        return false;
+    }
+    // A return address: the call is just before it.
+    let call = frame.address.wrapping_sub(1);
+    frame.function.starts_with("_PyEval_EvalFrameDefault")
+        || eval_loop
+            .iter()
+            .any(|&[start, end]| start <= call && call < end)
+}
+
+/// Whether a native frame is an instruction of the tail-calling interpreter.
+fn is_tail_call(frame: &NativeFrame) -> bool {
+    frame.function.starts_with("_TAIL_CALL_")
 }
 
 /// The stack with `python` (innermost first, each with its activation flag) in place of the
-/// eval-loop frames of `native` (innermost first).
-pub fn merge(native: &[NativeFrame], python: Vec<(RuntimeFrame, bool)>) -> Vec<Merged> {
+/// eval-loop frames of `native` (innermost first); `eval_loop`: the loop's ranges.
+pub fn merge(
+    native: &[NativeFrame],
+    python: Vec<(RuntimeFrame, bool)>,
+    eval_loop: &[[u64; 2]],
+) -> Vec<Merged> {
     if python.is_empty() {
         return (0..native.len()).map(Merged::Native).collect();
     }
     let mut python = python.into_iter().peekable();
     let mut merged = Vec::with_capacity(native.len() + python.len());
     for (index, frame) in native.iter().enumerate() {
-        if is_eval_loop(frame) && python.peek().is_some() {
+        if is_eval_loop(frame, eval_loop) && python.peek().is_some() {
             for (python_frame, entry) in python.by_ref() {
                 merged.push(Merged::Runtime(python_frame));
                 if entry {
                     break;
                 }
             }
-        } else {
+        } else if !is_tail_call(frame) {
             merged.push(Merged::Native(index));
         }
     }
@@ -78,9 +101,10 @@ mod tests {
             .map(|f| NativeFrame {
                 function: &f.function,
                 inlined: f.inlined,
+                address: f.address,
             })
             .collect();
-        let plan = merge(&native, python);
+        let plan = merge(&native, python, &[[0x5000, 0x6000]]);
         let kind = RuntimeId::from_name(RULES.name()).unwrap();
         crate::symbolize::splice(stack, kind, plan)
     }
@@ -168,6 +192,50 @@ mod tests {
                 frames
             )),
             ["f", "g"]
+        );
+    }
+
+    #[test]
+    fn an_unnamed_frame_in_the_eval_loop_s_ranges_is_the_eval_loop() {
+        // A stripped build: the split-off part has no name, only its address.
+        let mut cold = native("python3.13+0x3d7a0");
+        cold.module = "python3.13".into();
+        cold.address = 0x5801;
+        let mut outside = native("ext_call");
+        outside.module = "ext.so".into();
+        outside.address = 0x7001;
+        let frames = vec![
+            python("leak", false),
+            python("main", true),
+            python("<module>", true),
+        ];
+        assert_eq!(
+            names(&merged(
+                vec![native("PyByteArray_Resize"), cold, outside],
+                frames
+            )),
+            ["PyByteArray_Resize", "leak", "main", "ext_call", "<module>"]
+        );
+        // A return address just past the range's end is a call at its last bytes.
+        let mut at_end = native("python3.13+0x6000");
+        at_end.address = 0x6000;
+        assert_eq!(names(&merged(vec![at_end], vec![python("f", true)])), ["f"]);
+    }
+
+    #[test]
+    fn tail_calling_instructions_are_dropped_with_the_eval_loop() {
+        let frames = vec![python("f", false), python("g", true)];
+        assert_eq!(
+            names(&merged(
+                vec![
+                    native("PyList_Append"),
+                    native("_TAIL_CALL_LIST_APPEND"),
+                    native("_PyEval_EvalFrameDefault"),
+                    native("main")
+                ],
+                frames
+            )),
+            ["PyList_Append", "f", "g", "main"]
         );
     }
 }

@@ -1,11 +1,14 @@
-//! CPython 3.9-3.13: finding the interpreter in a process (`interpreter`, the loader), the
-//! layouts of the versions known (`layout`), naming frames from code objects (`code`, `lines`),
+//! CPython 3.9-3.15: finding the interpreter in a process (`interpreter`, the loader; where
+//! its eval loop is, `eval_loop`), the layouts of the versions known (`layout`: tables, or the
+//! interpreter's own debug offsets), naming frames from code objects (`code`, `lines`),
 //! merging them into native stacks (`merge`), and [`Python`], the runtime a trace drives: what
 //! it hands the kernel's walk (`tracer-ebpf/src/runtimes/python.rs`) through `RUNTIME_PROCESSES`,
 //! and the stacks the walk announces on `PYTHON_STACKS`. Also what to probe for it (pymalloc, and
-//! `Py_FinalizeEx`, where its picture freezes) and how reports treat its frames ([`RULES`]).
+//! `Py_FinalizeEx` and `Py_Exit`, where its picture freezes) and how reports treat its frames
+//! ([`RULES`]).
 
 pub mod code;
+pub mod eval_loop;
 pub mod interpreter;
 pub mod layout;
 pub mod lines;
@@ -30,6 +33,9 @@ use interpreter::Found;
 
 /// Where CPython tears down: the kernel freezes the picture there.
 const TEARDOWN: &str = "Py_FinalizeEx";
+/// Where `sys.exit()` ends a script: 3.13+ tear down from there without calling the exported
+/// `Py_FinalizeEx` (they call the function behind it), so it freezes the picture too.
+const EXIT: &str = "Py_Exit";
 
 /// How reports treat Python frames.
 pub struct PythonRules;
@@ -62,7 +68,7 @@ impl Rules for PythonRules {
 /// What to probe for CPython: its small-object allocator, where the interpreter has its
 /// symbols (pyenv and most self-built CPythons: .symtab; Debian's LTO build inlines its fast
 /// path into the callers, so there it is not probed), and its teardown (in the executable, or
-/// libpython), where the picture freezes.
+/// libpython), where the picture freezes: `Py_FinalizeEx`, and `Py_Exit` where present.
 pub fn entry_families() -> Vec<EntryFamily> {
     vec![
         EntryFamily {
@@ -75,7 +81,7 @@ pub fn entry_families() -> Vec<EntryFamily> {
             required: vec!["_PyObject_Malloc", "_PyObject_Free"],
         },
         EntryFamily {
-            points: vec![(TEARDOWN, &INTERPRETER_EXIT)],
+            points: vec![(TEARDOWN, &INTERPRETER_EXIT), (EXIT, &INTERPRETER_EXIT)],
             required: vec![TEARDOWN],
         },
     ]
@@ -133,7 +139,7 @@ impl Runtime for Python {
                     &interpreter.eval_loop,
                     interpreter
                         .layout
-                        .kernel_entry(interpreter.runtime, interpreter.none)
+                        .kernel_entry(interpreter.thread, interpreter.none)
                         .to_runtime_data(),
                 );
                 if let Err(e) = self.processes.insert(pid, entry, 0) {
@@ -143,10 +149,18 @@ impl Runtime for Python {
                     return true;
                 }
                 if verbose {
+                    let [hot, cold] = interpreter.eval_loop;
                     eprintln_escaped!(
-                        "leaktracer: pid {pid} runs CPython {} ({}): its stacks get Python frames",
+                        "leaktracer: pid {pid} runs CPython {} ({}): its stacks get Python frames (eval loop {:#x}-{:#x}{})",
                         interpreter.version_text(),
-                        interpreter.module
+                        interpreter.module,
+                        hot[0],
+                        hot[1],
+                        if cold[0] < cold[1] {
+                            format!(", its split-off part {:#x}-{:#x}", cold[0], cold[1])
+                        } else {
+                            String::new()
+                        }
                     );
                 }
                 if !interpreter.small_objects_seen {
@@ -195,7 +209,11 @@ impl Runtime for Python {
         native: &[NativeFrame],
     ) -> Vec<Merged> {
         let python = self.codes.frames(pid, stack_id, ips);
-        merge::merge(native, python)
+        let eval_loop = self
+            .codes
+            .interpreter(pid)
+            .map_or([[0, 0]; 2], |interpreter| interpreter.eval_loop);
+        merge::merge(native, python, &eval_loop)
     }
 
     fn teardown(&self) -> Option<&'static str> {
