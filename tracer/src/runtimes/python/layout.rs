@@ -253,6 +253,7 @@ impl Layout {
             frame_instr: if minor == 9 { 104 } else { 96 },
             frame_marker: 0,
             marker: ActivationMarker::EveryFrame,
+            thread_base_frame: 0,
             instr: if minor == 9 {
                 InstrKind::LastiBytes
             } else {
@@ -356,6 +357,7 @@ impl Layout {
             // Unused: a shim is told by its executable, None.
             frame_marker: frame_code,
             marker: ActivationMarker::NoneExecutable,
+            instr: InstrKind::Pointer,
             code: CodeLayout {
                 firstlineno: u64_at(fields.firstlineno)?,
                 filename: u64_at(fields.filename)?,
@@ -386,6 +388,8 @@ impl Layout {
             frame_marker: self.frame_marker,
             code_bytecode: self.code.bytecode as u16,
             marker: self.marker as u8,
+            thread_source: self.thread_source as u8,
+            instr_kind: self.instr as u8,
             _pad: 0,
             thread_base_frame: self.thread_base_frame,
             _pad2: [0; 4],
@@ -402,5 +406,136 @@ mod tests {
     fn tables_for_the_versions_without_debug_offsets() {
         assert_eq!(Layout::for_version(0x030b02f0).unwrap().version, (3, 11));
         assert_eq!(Layout::for_version(0x030c01f0).unwrap().version, (3, 12));
+        assert_eq!(Layout::for_version(0x03090cf0).unwrap().version, (3, 9));
+        assert_eq!(Layout::for_version(0x030a0df0).unwrap().version, (3, 10));
+        for hex in [0x030808f0, 0x030d00f0, 0x030e00f0, 0x030f02f0] {
+            assert!(Layout::for_version(hex).is_none(), "{hex:#x}");
+        }
+        assert!(!Layout::publishes_offsets(0x030c01f0));
+        assert!(Layout::publishes_offsets(0x030d00f0));
+        assert!(Layout::publishes_offsets(0x031000a1));
+    }
+
+    #[test]
+    fn frame_objects_are_read_within_what_the_kernel_reads() {
+        for (hex, instr, lasti) in [
+            (0x03091200, InstrKind::LastiBytes, 104),
+            (0x030a0d00, InstrKind::LastiUnits, 96),
+        ] {
+            let layout = Layout::for_version(hex).unwrap();
+            let entry = layout.kernel_entry(0x1000, 0x2000);
+            assert_eq!((layout.tss, entry.tss), (584, 0x1000));
+            assert_eq!(entry.instr_kind, instr as u8);
+            assert_eq!(entry.marker, ActivationMarker::EveryFrame as u8);
+            assert_eq!(entry.cframe_frame, NO_CFRAME);
+            assert_eq!(
+                (entry.frame_previous, entry.frame_code, entry.frame_instr),
+                (24, 32, lasti)
+            );
+            for field in [entry.frame_previous, entry.frame_code, entry.frame_instr] {
+                assert!(usize::from(field) + 8 <= FRAME_OBJECT_BYTES, "{field}");
+            }
+            // No co_qualname: the name stands for it.
+            assert_eq!(layout.code.qualname, layout.code.name);
+        }
+    }
+
+    /// A `_Py_DebugOffsets` of version `hex` with `values` at their byte positions.
+    fn offsets(hex: u32, values: &[(usize, u64)]) -> Vec<u8> {
+        let mut bytes = vec![0u8; DEBUG_OFFSETS_BYTES];
+        bytes[..8].copy_from_slice(b"xdebugpy");
+        bytes[8..16].copy_from_slice(&u64::from(hex).to_le_bytes());
+        for &(at, value) in values {
+            bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// The values Debian's 3.15.2 publishes (read from a live `python3.15`).
+    fn python_315() -> Vec<u8> {
+        offsets(
+            0x030f02f0,
+            &[
+                (208, 72),
+                (216, 80),
+                (320, 8),
+                (328, 0),
+                (336, 56),
+                (384, 112),
+                (392, 120),
+                (400, 128),
+                (408, 136),
+                (416, 68),
+                (448, 208),
+                (472, 8),
+                (696, 16),
+                (704, 32),
+                (720, 32),
+                (728, 16),
+                (736, 40),
+                (744, 56),
+            ],
+        )
+    }
+
+    #[test]
+    fn debug_offsets_are_read_where_their_version_keeps_them() {
+        let layout = Layout::from_debug_offsets(0x030f02f0, &python_315()).unwrap();
+        assert_eq!(layout.version, (3, 15));
+        assert_eq!(layout.thread_source, ThreadSource::StaticTls);
+        assert_eq!((layout.thread_frame, layout.thread_base_frame), (72, 80));
+        assert_eq!(
+            (layout.frame_code, layout.frame_previous, layout.frame_instr),
+            (0, 8, 56)
+        );
+        assert_eq!(layout.marker, ActivationMarker::NoneExecutable);
+        assert_eq!(layout.code.bytecode, 208);
+        assert_eq!((layout.code.ascii_data, layout.code.compact_data), (40, 56));
+        let entry = layout.kernel_entry((-0x28i64) as u64, 0x1234);
+        assert_eq!(entry.thread_source, ThreadSource::StaticTls as u8);
+        assert_eq!(entry.tss as i64, -0x28);
+        assert_eq!(entry.thread_base_frame, 80);
+    }
+
+    #[test]
+    fn debug_offsets_must_match_their_version_and_build() {
+        let bytes = python_315();
+        // Another version's struct is never read as this one's.
+        assert_eq!(
+            Layout::from_debug_offsets(0x030f03f0, &bytes),
+            Err(DebugOffsetsError::OtherVersion(0x030f02f0))
+        );
+        let mut free_threaded = bytes.clone();
+        free_threaded[16] = 1;
+        assert_eq!(
+            Layout::from_debug_offsets(0x030f02f0, &free_threaded),
+            Err(DebugOffsetsError::FreeThreaded)
+        );
+        let mut no_cookie = bytes.clone();
+        no_cookie[0] = b'y';
+        assert_eq!(
+            Layout::from_debug_offsets(0x030f02f0, &no_cookie),
+            Err(DebugOffsetsError::NoCookie)
+        );
+        // A frame field past what the kernel reads of a frame.
+        let mut far = bytes.clone();
+        far[336..344].copy_from_slice(&72u64.to_le_bytes());
+        assert!(matches!(
+            Layout::from_debug_offsets(0x030f02f0, &far),
+            Err(DebugOffsetsError::Unusable(_))
+        ));
+        assert!(Layout::from_debug_offsets(0x030f02f0, &bytes[..800]).is_err());
+    }
+
+    #[test]
+    fn a_version_newer_than_any_known_is_refused_whatever_it_publishes() {
+        // 3.16.0a1 with a cookie and its own version: its struct may have moved anything.
+        let bytes = offsets(0x031000a1, &[]);
+        let error = Layout::from_debug_offsets(0x031000a1, &bytes).unwrap_err();
+        assert_eq!(error, DebugOffsetsError::Newer);
+        assert_eq!(
+            error.to_string(),
+            "is newer than the versions leaktracer knows the frames of (3.9 to 3.15)"
+        );
     }
 }
