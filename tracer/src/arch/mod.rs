@@ -6,8 +6,9 @@
 //! - where the kernel keeps a thread's thread pointer, by its BTF name
 //!   ([`THREAD_POINTER_MEMBER`]);
 //! - call-frame information: the register numbers and the PLT stubs' rule ([`cfi`]);
-//! - the instruction decoder probe placement reads code with ([`decode`]), and the argument
-//!   registers a program reads.
+//! - the instruction decoder probe placement reads code with ([`decode`]), the argument
+//!   registers a program reads, and the fixed addresses a function reads or compares with
+//!   ([`references`], how a runtime's allocator table is found in a stripped build).
 //!
 //! Only x86-64 is built ([`x86_64`]). Another architecture is one more file beside it with the
 //! same items, chosen by `target_arch` below. Nothing outside this folder names a register
@@ -25,8 +26,9 @@ compile_error!(
 );
 
 pub use native::{
-    ARGUMENT_REGISTERS, GENERAL_REGSET, Instruction, RED_ZONE, Register, STACK_POINTER,
-    THREAD_POINTER_MEMBER, VECTOR_REGSET, VECTOR_REGSET_BYTES, cfi, decode, general, vector_words,
+    ARGUMENT_REGISTERS, GENERAL_REGSET, Instruction, Load, RED_ZONE, RELATIVE_RELOCATION,
+    References, Register, STACK_POINTER, SYMBOL_RELOCATIONS, THREAD_POINTER_MEMBER, VECTOR_REGSET,
+    VECTOR_REGSET_BYTES, cfi, decode, general, references, tracks_indirect_branches, vector_words,
 };
 
 #[cfg(test)]

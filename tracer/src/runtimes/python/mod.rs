@@ -5,6 +5,7 @@
 //! and the stacks the walk announces on `PYTHON_STACKS`. Also what to probe for it (pymalloc, and
 //! `Py_FinalizeEx`, where its picture freezes) and how reports treat its frames ([`RULES`]).
 
+pub mod allocators;
 pub mod code;
 pub mod interpreter;
 pub mod layout;
@@ -59,10 +60,10 @@ impl Rules for PythonRules {
     }
 }
 
-/// What to probe for CPython: its small-object allocator, where the interpreter has its
-/// symbols (pyenv and most self-built CPythons: .symtab; Debian's LTO build inlines its fast
-/// path into the callers, so there it is not probed), and its teardown (in the executable, or
-/// libpython), where the picture freezes.
+/// What to probe for CPython by symbol: its small-object allocator where the interpreter has
+/// its symbols (pyenv and most self-built CPythons: .symtab; [`allocators`] finds it on every
+/// build, stripped ones too, through its allocator tables), and its teardown (in the
+/// executable, or libpython), where the picture freezes.
 pub fn entry_families() -> Vec<EntryFamily> {
     vec![
         EntryFamily {
@@ -145,13 +146,6 @@ impl Runtime for Python {
                 if verbose {
                     eprintln_escaped!(
                         "leaktracer: pid {pid} runs CPython {} ({}): its stacks get Python frames",
-                        interpreter.version_text(),
-                        interpreter.module
-                    );
-                }
-                if !interpreter.small_objects_seen {
-                    eprintln_escaped!(
-                        "leaktracer: note: pid {pid}: CPython {} in {} has its small-object allocator inlined (no symbols to probe): objects of 512 bytes or less are not seen; run it with PYTHONMALLOC=malloc to see them",
                         interpreter.version_text(),
                         interpreter.module
                     );
