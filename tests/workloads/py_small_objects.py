@@ -5,7 +5,9 @@
 Two threads run from the start: `events` keeps one new str per event (one allocation from
 pymalloc, the line marked LEAK:events; the append is on the next line, so the list's own growth
 is not counted against it), and `churn` makes a str of its own size and drops it at once (the
-line marked BALANCED:churn). Prints `ready EVENT_SIZE CHURN_SIZE` first: the size of one block
+line marked BALANCED:churn: each replaces the one before, so one stays, and the report lists the
+line's stack with what it made; built by `%`, not an f-string, so that its native stack differs
+from the events' where no Python frame tells them apart). Prints `ready EVENT_SIZE CHURN_SIZE` first: the size of one block
 of each (`sys.getsizeof`, which for a str is exactly its allocation). Then answers commands on
 stdin, one per line, with one line each:
 
@@ -20,6 +22,8 @@ import time
 
 PAD = "p" * 60
 EVENTS = []
+# The churn's last str: each one replaces (frees) the one before, the last stays.
+LAST = [None]
 churned = 0
 running = threading.Event()
 running.set()
@@ -44,16 +48,15 @@ def churn():
         if not running.is_set():
             return
         for _ in range(100):
-            s = f"churn-{j:08d}-{PAD}q"  # BALANCED:churn
+            LAST[0] = "churn-%08d-%sq" % (j, PAD)  # BALANCED:churn
             j += 1
             churned = j
-        del s
         time.sleep(0.01)
 
 
 def main():
     event_size = sys.getsizeof(f"event-{0:08d}-{PAD}")
-    churn_size = sys.getsizeof(f"churn-{0:08d}-{PAD}q")
+    churn_size = sys.getsizeof("churn-%08d-%sq" % (0, PAD))
     threads = [threading.Thread(target=events), threading.Thread(target=churn)]
     for thread in threads:
         thread.start()

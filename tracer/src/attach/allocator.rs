@@ -19,13 +19,12 @@ pub use tracer_common::programs::Role;
 use tracer_common::programs::{self, Program};
 
 use crate::{
-    attach::{
-        allocator_table::{self, ObjectView, TableRedirect},
-        elf::function_offsets,
-        placement,
-    },
+    attach::{elf::function_offsets, placement},
     error::TraceError,
-    runtimes::Runtimes,
+    runtimes::{
+        Runtimes,
+        allocator_table::{self, ObjectView, TableRedirect},
+    },
     target::{maps::Mapping, process::path_in_root},
 };
 
@@ -181,7 +180,7 @@ pub struct ProbeSite {
     /// File offset of the function.
     pub offset: u64,
     /// File offset from which the entry probe may go: the function's, or past the entries its
-    /// calls may come in by (see [`crate::attach::allocator_table`]).
+    /// calls may come in by (see [`crate::runtimes::allocator_table`]).
     pub probe_from: u64,
     /// File offset of the entry probe (and of an allocating call's return probe): the
     /// function's, or past instructions the kernel would single-step (see

@@ -3,8 +3,8 @@
 //! [`allocator`] finds the object that serves `malloc` for the target (and the one that provides
 //! `mmap`), and the file offset of every allocator entry point in it ([`elf`] reads the
 //! symbols, [`placement`] moves an entry probe past instructions the kernel would single-step;
-//! [`allocator_table`] finds a runtime's allocator through its table of function pointers where
-//! no symbol names it, and redirects that table in the target while it is traced);
+//! a runtime's allocator called through a table of function pointers is found by
+//! [`crate::runtimes::allocator_table`]);
 //! [`probes`] loads the eBPF programs and attaches them there, for the target's pid only: with
 //! one `uprobe_multi` link per program and object where the kernel has them ([`multi`], through
 //! [`bpf_sys`]), else one perf event per probe; [`detach`] closes links from several threads;
@@ -12,7 +12,6 @@
 //! kernel struct offsets some programs need from the running kernel's BTF.
 
 pub mod allocator;
-pub mod allocator_table;
 pub mod bpf_sys;
 pub mod btf;
 pub mod detach;

@@ -5,18 +5,21 @@
 //! reports treat its frames.
 //!
 //! - [`runtime`]: the [`Runtime`] trait, the report [`Rules`], and the types they speak;
+//! - [`allocator_table`]: a runtime's allocator called through a table of function pointers,
+//!   found where no symbol names its functions, and the table's redirect while traced;
 //! - [`python`]: CPython 3.11-3.13.
 //!
 //! This file is the registry: the one place outside a runtime's own folder that names it. A
 //! runtime is its folder and one entry of [`KNOWN`]; the rest of leaktracer speaks of runtimes
 //! by [`RuntimeId`] and through [`Runtimes`].
 
+pub mod allocator_table;
 pub mod python;
 mod runtime;
 
 use std::{collections::BTreeSet, os::fd::RawFd};
 
-use crate::attach::allocator_table::{Located, ObjectView};
+use allocator_table::{Located, ObjectView};
 
 pub use runtime::{
     EntryFamily, Merged, NativeFrame, Rules, Runtime, RuntimeFrame, RuntimesError, TakeMap,
@@ -167,7 +170,7 @@ impl Runtimes {
     }
 
     /// The allocator a runtime calls through a table in `object`, its functions found by
-    /// their addresses there (see [`crate::attach::allocator_table`]).
+    /// their addresses there (see [`crate::runtimes::allocator_table`]).
     pub fn locate_allocator(object: &ObjectView) -> Option<Located> {
         KNOWN
             .iter()

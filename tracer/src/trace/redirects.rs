@@ -1,15 +1,13 @@
 //! The runtime allocator tables redirected in traced processes (see
-//! [`crate::attach::allocator_table`]): made once a process's probes are in, forgotten when its
+//! [`crate::runtimes::allocator_table`]): made once a process's probes are in, forgotten when its
 //! image goes (an exec or its exit take the table with them), undone at detach, and undone
 //! when a trace ends in error too (on drop).
 
 use std::collections::BTreeMap;
 
 use crate::{
-    attach::{
-        allocator::AttachPlan,
-        allocator_table::{AppliedRedirect, RedirectError},
-    },
+    attach::allocator::AttachPlan,
+    runtimes::allocator_table::{AppliedRedirect, RedirectError},
     target::process::is_alive,
     terminal::eprintln_escaped,
 };
@@ -58,6 +56,8 @@ impl Redirects {
                     }
                     self.applied.entry(pid).or_default().push(applied);
                 }
+                // Gone meanwhile: nothing to see any more.
+                Err(_) if !is_alive(pid) => {}
                 Err(error) => {
                     eprintln_escaped!(
                         "leaktracer: note: pid {pid}: {} not redirected to probed entries ({error}): {}",

@@ -14,14 +14,14 @@
 //! Debian's build compares the slot with `_PyObject_Malloc` and inlines pymalloc where they
 //! are equal (its exported `PyObject_Malloc` does): there the tables are redirected to other
 //! entries of the same functions while the trace runs (see
-//! [`crate::attach::allocator_table`]), so every call reaches the probes.
+//! [`crate::runtimes::allocator_table`]), so every call reaches the probes.
 
 use tracer_common::programs::{
     PYMALLOC_CALLOC_ENTER, PYMALLOC_FREE_ENTER, PYMALLOC_MALLOC_ENTER, PYMALLOC_REALLOC_ENTER,
     Program,
 };
 
-use crate::attach::allocator_table::{
+use crate::runtimes::allocator_table::{
     EquivalentEntry, Located, LocatedFunction, ObjectView, Reader, SlotChange, compared_constants,
     equivalent_entry, find_table, initial_words,
 };
@@ -294,7 +294,7 @@ mod tests {
     use object::{Object, ObjectSegment};
 
     use super::*;
-    use crate::attach::{allocator_table::file_identity, elf::function_offsets};
+    use crate::{attach::elf::function_offsets, runtimes::allocator_table::file_identity};
 
     /// `locate` on the file at `path`, for no process (what the file itself says); `None` when
     /// it is not installed.

@@ -460,6 +460,11 @@ impl TableRedirect {
         if let Some(&(address, ..)) = writes.iter().find(|(address, ..)| address % 8 != 0) {
             return Err(RedirectError::Unaligned(address));
         }
+        // Checked before stopping anything (a process gone or exec'd is left alone), and
+        // again once it is stopped.
+        if self.loaded_in(pid)? != loaded {
+            return Err(RedirectError::NotMapped(self.what.clone()));
+        }
         let _held = hold(pid)?;
         if self.loaded_in(pid)? != loaded {
             return Err(RedirectError::NotMapped(self.what.clone()));
