@@ -8,8 +8,9 @@
 //!   makes and drops strs at once holds less than 64 KiB there.
 //! - Harm: a process whose threads build small objects and check every result, forks children
 //!   that do the same, runs child interpreters and handles signals, while leaktracer attaches,
-//!   detaches, is SIGKILLed mid-trace and attaches again: it keeps running and its results are
-//!   right; after a normal detach its tables hold what an untraced twin's hold.
+//!   detaches, sees tracemalloc started under it, is SIGKILLed mid-trace and attaches again: it
+//!   keeps running and its results are right; after a normal detach its tables hold what an
+//!   untraced twin's hold.
 
 use std::{
     collections::BTreeMap,
@@ -335,12 +336,14 @@ fn program_base(pid: u32, python: &Interpreter) -> u64 {
         .unwrap_or_else(|| panic!("{name} not mapped in pid {pid}"))
 }
 
-/// One attach of leaktracer to the harm workload, `-v`, ended by `end` after `for_how_long`:
-/// its stderr and the slots it said it redirected.
+/// One attach of leaktracer to the harm workload, `-v`, for `for_how_long`, during which
+/// `during` is asked of the target (if anything), then ended by SIGKILL when `kill`, else by
+/// SIGINT: its stderr and the slots it said it redirected.
 fn attach_once(
     target: &mut Driven,
     extra: &[&str],
     for_how_long: Duration,
+    during: Option<&str>,
     kill: bool,
 ) -> (String, BTreeMap<u64, (u64, u64)>) {
     let pid = target.pid();
@@ -350,6 +353,9 @@ fn attach_once(
     args.extend(extra);
     let mut tracer = Tracer::start(&args);
     tracer.wait_attached();
+    if let Some(command) = during {
+        assert_eq!(target.ask(command), "ok", "{command}");
+    }
     std::thread::sleep(for_how_long);
     let (rounds, bad) = two(&target.ask("count"));
     assert_eq!(bad, 0, "wrong results while traced");
@@ -382,7 +388,7 @@ fn writing_the_tables_never_harms_the_target() {
         let shift = program_base(pid, &python).wrapping_sub(program_base(twin.pid(), &python));
 
         // A normal trace: redirected while it runs, restored at detach, as the untraced twin's.
-        let (stderr, slots) = attach_once(&mut target, &[], Duration::from_secs(2), false);
+        let (stderr, slots) = attach_once(&mut target, &[], Duration::from_secs(2), None, false);
         assert_eq!(slots.len(), 8, "{label}: slots said: {stderr}");
         assert!(
             stderr.contains("object allocator redirected to probed entries (8 of 8"),
@@ -406,9 +412,30 @@ fn writing_the_tables_never_harms_the_target() {
         );
         assert_eq!(target.ask("pymalloc"), "pymalloc yes", "{label}");
 
+        // tracemalloc started during a trace wraps the redirected entries: the detach leaves
+        // its hooks alone, and its stop puts the redirected entries back, for good.
+        let (stderr, _) = attach_once(
+            &mut target,
+            &[],
+            Duration::from_secs(1),
+            Some("tracemalloc-start"),
+            false,
+        );
+        assert!(
+            stderr.contains("object allocator restored in part (0 table slots written; 8 left"),
+            "{label}: {stderr}"
+        );
+        assert_eq!(target.ask("tracemalloc-stop"), "ok", "{label}");
+        let redirected: Vec<u64> = slots.values().map(|(_, redirected)| *redirected).collect();
+        assert_eq!(words(pid, slots.keys().copied()), redirected, "{label}");
+
         // Killed mid-trace: each slot keeps an entry of the same function.
-        let (stderr, _) = attach_once(&mut target, &[], Duration::from_millis(1500), true);
+        let (stderr, _) = attach_once(&mut target, &[], Duration::from_millis(1500), None, true);
         assert!(is_alive(pid), "{label}: {stderr}");
+        assert!(
+            stderr.contains("redirected to probed entries (0 of 8 table slots written"),
+            "{label}: {stderr}"
+        );
         for ((address, (original, redirected)), word) in
             slots.iter().zip(words(pid, slots.keys().copied()))
         {
@@ -424,6 +451,7 @@ fn writing_the_tables_never_harms_the_target() {
             &mut target,
             &["--follow-children"],
             Duration::from_secs(2),
+            None,
             false,
         );
         assert_eq!(again, slots, "{label}: {stderr}");

@@ -12,7 +12,9 @@ children that do the same and exit 0 when right (3 otherwise); a thread runs a c
 allocates too. On `stop` it joins them and prints `done ROUNDS FORKS EXECS SIGNALS BAD`, and
 exits 0 when nothing was wrong (BAD 0), 1 otherwise. `pymalloc` on stdin answers `pymalloc yes`
 when CPython sees its own pymalloc in its object table (sys._debugmallocstats prints pymalloc's
-figures only then), `pymalloc no` otherwise.
+figures only then), `pymalloc no` otherwise; `tracemalloc-start` and `tracemalloc-stop` start and
+stop tracemalloc (which wraps whatever the tables hold, and puts it back at its stop), answering
+`ok`.
 """
 
 import hashlib
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 import warnings
 
 # A fork with threads running warns from 3.12 on: expected here.
@@ -131,6 +134,12 @@ def main():
         command = line.strip()
         if command == "pymalloc":
             print("pymalloc", "yes" if pymalloc_in_table() else "no", flush=True)
+        elif command == "tracemalloc-start":
+            tracemalloc.start()
+            print("ok", flush=True)
+        elif command == "tracemalloc-stop":
+            tracemalloc.stop()
+            print("ok", flush=True)
         elif command == "count":
             with lock:
                 print(counts["rounds"], counts["bad"], flush=True)

@@ -427,7 +427,7 @@ impl TableRedirect {
                 )
             })
             .collect();
-        let changed = self.swap_words(pid, (mapping_start, bias), &writes)?;
+        let (changed, _) = self.swap_words(pid, (mapping_start, bias), &writes, true)?;
         Ok(AppliedRedirect {
             pid,
             mapping_start,
@@ -449,14 +449,18 @@ impl TableRedirect {
     }
 
     /// Under a hold on `pid` (its threads stopped), checks that the object is still loaded as
-    /// `loaded` and that each slot of `writes` (address, from, to) holds `from` or `to`, then
-    /// writes `to` where it holds `from`. Returns how many slots were written.
+    /// `loaded`, then writes `to` in each slot of `writes` (address, from, to) that holds
+    /// `from`. A slot that holds neither `from` nor `to` (someone else changed it: tracemalloc,
+    /// a debugger) is left as it is; with `all_or_nothing`, nothing is written then (a redirect
+    /// of some slots and not others would see allocations whose frees it misses). Returns how
+    /// many slots were written and how many left.
     fn swap_words(
         &self,
         pid: u32,
         loaded: (u64, u64),
         writes: &[(u64, u64, u64)],
-    ) -> Result<usize, RedirectError> {
+        all_or_nothing: bool,
+    ) -> Result<(usize, usize), RedirectError> {
         if let Some(&(address, ..)) = writes.iter().find(|(address, ..)| address % 8 != 0) {
             return Err(RedirectError::Unaligned(address));
         }
@@ -473,20 +477,21 @@ impl TableRedirect {
             .read(true)
             .write(true)
             .open(format!("/proc/{pid}/mem"))?;
-        let mut pending = Vec::new();
+        let (mut pending, mut left) = (Vec::new(), 0);
         for &(address, from, to) in writes {
             let mut word = [0u8; 8];
             memory.read_exact_at(&mut word, address)?;
             match u64::from_le_bytes(word) {
                 found if found == from => pending.push((address, to)),
                 found if found == to => {}
-                found => return Err(RedirectError::Changed { address, found }),
+                found if all_or_nothing => return Err(RedirectError::Changed { address, found }),
+                _ => left += 1,
             }
         }
         for &(address, value) in &pending {
             store_pointer_in_target(&memory, address, value)?;
         }
-        Ok(pending.len())
+        Ok((pending.len(), left))
     }
 }
 
@@ -507,9 +512,9 @@ impl AppliedRedirect {
     }
 
     /// Points the slots back at the functions, each that still holds the other entry; returns
-    /// how many were written. Nothing is written where the object is no longer loaded as it
-    /// was (the process exec'd or exited).
-    pub fn restore(&self) -> Result<usize, RedirectError> {
+    /// how many were written, and how many were left as someone else set them. Nothing is
+    /// written where the object is no longer loaded as it was (the process exec'd or exited).
+    pub fn restore(&self) -> Result<(usize, usize), RedirectError> {
         let writes: Vec<(u64, u64, u64)> = self
             .redirect
             .slots
@@ -523,7 +528,7 @@ impl AppliedRedirect {
             })
             .collect();
         self.redirect
-            .swap_words(self.pid, (self.mapping_start, self.bias), &writes)
+            .swap_words(self.pid, (self.mapping_start, self.bias), &writes, false)
     }
 }
 

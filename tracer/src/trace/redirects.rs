@@ -88,16 +88,19 @@ impl Redirects {
         &self,
         pid: u32,
         redirect: &AppliedRedirect,
-        result: Result<usize, RedirectError>,
+        result: Result<(usize, usize), RedirectError>,
     ) {
         let what = &redirect.redirect.what;
         match result {
-            Ok(written) if self.verbose => {
+            Ok((written, 0)) if self.verbose => {
                 eprintln_escaped!(
                     "leaktracer: pid {pid}: {what} restored ({written} table slots written)"
                 );
             }
-            Ok(_) => {}
+            Ok((_, 0)) => {}
+            Ok((written, left)) => eprintln_escaped!(
+                "leaktracer: note: pid {pid}: {what} restored in part ({written} table slots written; {left} left as the process itself set them since)"
+            ),
             // Gone, or exec'd: nothing of the table is left.
             Err(RedirectError::NotMapped(_)) => {}
             Err(_) if !is_alive(pid) => {}
