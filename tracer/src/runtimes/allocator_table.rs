@@ -317,7 +317,7 @@ fn only_no_ops_until(code: &[u8]) -> bool {
             break;
         }
     }
-    end == code.len() as u64
+    !code.is_empty() && end == code.len() as u64
 }
 
 /// How many of the 8 bytes of two pointers differ.
@@ -586,4 +586,53 @@ fn every_thread_stopped(pid: u32) -> bool {
 pub fn file_identity(path: &Path) -> io::Result<(u64, u64)> {
     let meta = std::fs::metadata(path)?;
     Ok((meta.dev(), meta.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_op_runs_must_end_exactly_where_the_code_does() {
+        // nopl 0x0(%rax,%rax,1) (8 bytes) ; xchg %ax,%ax ; nop
+        assert!(only_no_ops_until(&[
+            0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0, 0x66, 0x90, 0x90
+        ]));
+        assert!(only_no_ops_until(&[0x90]));
+        // The tail of `jmp` then `nop`: not only no-ops.
+        assert!(!only_no_ops_until(&[0xeb, 0xe0, 0x90]));
+        // A no-op that runs past the end: the function would not start where it should.
+        assert!(!only_no_ops_until(&[0x0f, 0x1f, 0x84, 0, 0]));
+        // `pause` (f3 90) is no no-op.
+        assert!(!only_no_ops_until(&[0xf3, 0x90]));
+        assert!(!only_no_ops_until(&[]));
+    }
+
+    #[test]
+    fn pointers_differ_by_the_bytes_that_differ() {
+        assert_eq!(differing_bytes(0x4fb450, 0x4fb448), 1);
+        assert_eq!(differing_bytes(0x506400, 0x5063ff), 2);
+        assert_eq!(differing_bytes(0x571510, 0x571514), 1);
+        assert_eq!(differing_bytes(7, 7), 0);
+    }
+
+    #[test]
+    fn every_thread_of_a_stopped_process_is_stopped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(!every_thread_stopped(pid));
+        // SAFETY: signals to our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !every_thread_stopped(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(every_thread_stopped(pid));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!every_thread_stopped(pid), "a reaped process has no thread");
+    }
 }
