@@ -93,6 +93,16 @@ impl Interpreter {
         command.arg(script).args(args);
         command
     }
+
+    /// The function name a frame of `qualname` has in this interpreter's reports: 3.9 and 3.10
+    /// have no `co_qualname`, so their frames are named by `co_name` (`Handler.do_GET` is
+    /// `do_GET` there, `f.<locals>.g` is `g`).
+    pub fn function_name<'a>(&self, qualname: &'a str) -> &'a str {
+        if self.version >= (3, 11) {
+            return qualname;
+        }
+        qualname.rsplit('.').next().unwrap_or(qualname)
+    }
 }
 
 /// Every CPython the tests cover, oldest first: pyenv's 3.9.18, 3.10.13, 3.11.7, 3.12.1 and

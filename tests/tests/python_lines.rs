@@ -1,17 +1,19 @@
-//! End-to-end: the line-table decoder (`leaktracer::runtimes::python::lines::line_at`) against
-//! CPython's own. For every interpreter, `tests/workloads/py_lines_dump.py` compiles the whole
-//! standard library and dumps every code object's first line, `co_linetable`, and the line
-//! `co_lines()` gives each even byte offset of its `co_code`; every one must decode the same,
-//! and offset -2 (a frame just pushed, 3.11/3.12) must give the first line. No root needed.
+//! End-to-end: the line-table decoder (`leaktracer::runtimes::python::lines::line_at_for`)
+//! against CPython's own, on every interpreter of [`every_interpreter`] (3.9 to 3.15).
+//! `tests/workloads/py_lines_dump.py` compiles the whole standard library and dumps every code
+//! object's first line, line table (`co_lnotab` on 3.9, `co_linetable` after) and the line
+//! CPython gives each even byte offset of its `co_code` (`co_lines()`, or 3.9's
+//! `PyCode_Addr2Line`); every one must decode the same, in its version's format, and offset -2
+//! (a frame just pushed) must give the first line. Root is needed only for the interpreters of
+//! a separate root (run with `chroot`).
 
 use std::{
     io::{BufRead, BufReader, Read},
-    path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
 };
 
-use leaktracer::runtimes::python::lines::line_at;
+use leaktracer::runtimes::python::lines::line_at_for;
 use leaktracer_e2e::*;
 
 /// What one interpreter's check found.
@@ -46,8 +48,8 @@ fn unhex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Checks one dump line: `<first line> <table hex> <line|.,...>`.
-fn check_code_object(line: &str, tally: &mut Tally) {
+/// Checks one dump line of CPython `version`: `<first line> <table hex> <line|.,...>`.
+fn check_code_object(version: (u8, u8), line: &str, tally: &mut Tally) {
     let mut fields = line.splitn(3, ' ');
     let (Some(first), Some(table), Some(expected)) = (fields.next(), fields.next(), fields.next())
     else {
@@ -56,7 +58,7 @@ fn check_code_object(line: &str, tally: &mut Tally) {
     let first: i32 = first.parse().unwrap();
     let table = unhex(table);
     tally.code_objects += 1;
-    let got = line_at(&table, first, -2);
+    let got = line_at_for(version, &table, first, -2);
     if got != u32::try_from(first).ok() {
         tally
             .mismatch(|| format!("first line {first}, table {table:02x?}, offset -2: got {got:?}"));
@@ -71,7 +73,7 @@ fn check_code_object(line: &str, tally: &mut Tally) {
         };
         let offset = 2 * i32::try_from(unit).unwrap();
         tally.offsets += 1;
-        let got = line_at(&table, first, offset);
+        let got = line_at_for(version, &table, first, offset);
         if got != want {
             tally.mismatch(|| {
                 format!(
@@ -83,16 +85,16 @@ fn check_code_object(line: &str, tally: &mut Tally) {
     }
 }
 
-/// Runs the dump under `python` and checks it as it streams in.
-fn check(python: &Path) -> Tally {
-    let script = workspace_root().join("tests/workloads/py_lines_dump.py");
-    let mut child = Command::new(python)
-        .arg(&script)
+/// Runs the dump (`command`) under `python` and checks it as it streams in.
+fn check(python: &Interpreter, mut command: Command) -> Tally {
+    let (major, minor) = python.version;
+    let version = (major as u8, minor as u8);
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{} runs: {e}", python.display()));
+        .unwrap_or_else(|e| panic!("{} runs: {e}", python.label));
     let mut stderr = child.stderr.take().unwrap();
     let stderr = thread::spawn(move || {
         let mut text = String::new();
@@ -106,13 +108,13 @@ fn check(python: &Path) -> Tally {
         if let Some(rest) = line.strip_prefix("# ") {
             trailer = Some(rest.to_owned());
         } else {
-            check_code_object(&line, &mut tally);
+            check_code_object(version, &line, &mut tally);
         }
     }
     let status = child.wait().unwrap();
     let stderr = stderr.join().unwrap();
-    assert!(status.success(), "{}: {status}\n{stderr}", python.display());
-    let trailer = trailer.unwrap_or_else(|| panic!("{}: no trailer\n{stderr}", python.display()));
+    assert!(status.success(), "{}: {status}\n{stderr}", python.label);
+    let trailer = trailer.unwrap_or_else(|| panic!("{}: no trailer\n{stderr}", python.label));
     // "files <compiled> skipped <skipped>"
     let words: Vec<&str> = trailer.split(' ').collect();
     assert_eq!(
@@ -130,18 +132,36 @@ fn check(python: &Path) -> Tally {
         tally.skipped_files.len().to_string(),
         words[3],
         "{}: {stderr}",
-        python.display()
+        python.label
     );
     tally
 }
 
 #[test]
 fn line_tables_decode_as_cpython_does_for_the_whole_standard_library() {
-    let interpreters: Vec<PathBuf> = python_interpreters();
-    // One thread per interpreter: most of the time is CPython compiling.
-    let checks: Vec<_> = interpreters
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let interpreters: Vec<Interpreter> = every_interpreter()
         .into_iter()
-        .map(|python| thread::spawn(move || (check(&python), python)))
+        .filter(|python| {
+            let runs = python.root.is_none() || root;
+            if !runs {
+                eprintln!("SKIP for {}: chroot needs root", python.label);
+            }
+            runs
+        })
+        .collect();
+    // Every command before any runs: the interpreters of one root share the copy of the script
+    // that making a command writes there.
+    let script = workspace_root().join("tests/workloads/py_lines_dump.py");
+    let commands: Vec<_> = interpreters
+        .into_iter()
+        .map(|python| (python.command(&script, &[]), python))
+        .collect();
+    // One thread per interpreter: most of the time is CPython compiling.
+    let checks: Vec<_> = commands
+        .into_iter()
+        .map(|(command, python)| thread::spawn(move || (check(&python, command), python)))
         .collect();
     let mut failures = Vec::new();
     for handle in checks {
@@ -149,7 +169,7 @@ fn line_tables_decode_as_cpython_does_for_the_whole_standard_library() {
         eprintln!(
             "{}: {} files compiled ({} skipped), {} code objects, {} offsets \
              (+{} at offset -2), {} mismatches",
-            python.display(),
+            python.label,
             tally.files,
             tally.skipped_files.len(),
             tally.code_objects,
@@ -164,12 +184,12 @@ fn line_tables_decode_as_cpython_does_for_the_whole_standard_library() {
         assert!(
             tally.files > 300 && tally.code_objects > 10_000 && tally.offsets > 1_000_000,
             "{}: too little checked",
-            python.display()
+            python.label
         );
         if tally.mismatches > 0 {
             failures.push(format!(
                 "{}: {} mismatches, first:\n  {}",
-                python.display(),
+                python.label,
                 tally.mismatches,
                 tally.examples.join("\n  ")
             ));

@@ -148,6 +148,10 @@ pub const FRAME_HEADER_BYTES: usize = 72;
 /// callees, so one read covers several frames.
 pub const FRAME_WINDOW_BYTES: usize = 2048;
 
+/// Bytes of a `PyFrameObject` (3.9, 3.10) the kernel reads: every field it needs (`f_back`,
+/// `f_code`, `f_lasti`) ends within them, and the object is larger (360 bytes at least).
+pub const FRAME_OBJECT_BYTES: usize = 112;
+
 /// A traced process's interpreter, as the kernel needs it: where its thread states are found
 /// and the byte offsets of the fields it reads. The runtime data of the process's
 /// [`RuntimeProcess`] (see [`PythonProcess::to_runtime_data`]).

@@ -6,6 +6,7 @@ mod bench;
 mod bench_attach;
 mod bench_reach;
 mod demo;
+mod leftovers;
 mod setup;
 mod unprivileged;
 mod util;
@@ -71,10 +72,15 @@ fn main() -> ExitCode {
             .and_then(|()| setup::ensure_bench_tools())
             .and_then(|()| build())
             .and_then(|()| bench::run(only.as_deref())),
-        Command::Test { args } => setup::run()
-            .and_then(|()| setup::ensure_test_tools())
-            .and_then(|()| build())
-            .and_then(|()| test(&args)),
+        Command::Test { args } => {
+            let result = setup::run()
+                .and_then(|()| setup::ensure_test_tools())
+                .and_then(|()| build())
+                .and_then(|()| test(&args));
+            // Whether the tests passed or not, nothing of theirs outlives the run.
+            leftovers::sweep(&util::workspace_root());
+            result
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

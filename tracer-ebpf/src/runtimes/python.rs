@@ -6,7 +6,8 @@
 //! "current thread state": the pthread key's slot stays set while the thread has released the
 //! GIL (C extensions, ctypes, I/O), so those allocations get their Python frames too. One
 //! frame per `bpf_loop` iteration: one read of the frame's header, the fields taken from it at
-//! the interpreter's offsets.
+//! the interpreter's offsets (3.11+'s `_PyInterpreterFrame`s here, 3.9 and 3.10's
+//! `PyFrameObject`s in `frame_objects`).
 
 use core::ffi::c_void;
 
@@ -25,6 +26,8 @@ use tracer_common::{
 };
 
 use crate::{maps::STACK_SCRATCH, stack::mix, tsd};
+
+mod frame_objects;
 
 /// Per CPU, the window of frames being read (a map value, so computed offsets index it).
 #[map]
@@ -72,6 +75,12 @@ pub(crate) fn append_frames(data: &[u64; RUNTIME_DATA_WORDS], hash: u64) -> u64 
     let room = (MAX_STACK_DEPTH as u64).saturating_sub(depth);
     let frames = room.min(u64::from(MAX_PYTHON_FRAMES));
     if frames == 0 {
+        return hash;
+    }
+    if process.marker == ActivationMarker::EveryFrame as u8 {
+        let (depth, hash) = frame_objects::append(process, frame, hash, depth, frames);
+        // SAFETY: this CPU's scratch slot, valid for the run; the walk is over.
+        unsafe { (*stack).depth = depth };
         return hash;
     }
     let mut walk = Walk {

@@ -1,4 +1,4 @@
-//! Naming Python frames: reading a code object's qualified name, file, first line and line
+//! Naming Python frames: reading a code object's qualified name (its name before 3.11), file, first line and line
 //! table out of the target's memory, once per code object, and each stack's frames as soon as
 //! the kernel announces the stack (a code object may be freed, and its address reused, long
 //! before the report).
@@ -10,7 +10,7 @@ use tracer_common::python::PythonFrame;
 use super::{
     interpreter::Interpreter,
     layout::{BYTES_DATA, OBJECT_SIZE, OBJECT_TYPE, STR_LENGTH, STR_STATE},
-    lines::line_at,
+    lines::line_at_for,
 };
 use crate::{runtimes::RuntimeFrame, target::remote::RemoteMemory};
 
@@ -107,11 +107,11 @@ impl CodeObjects {
             .filter_map(|&ip| PythonFrame::from_entry(ip))
             .collect();
         let known = self.stacks.get(&(pid, stack_id));
-        let module = self
+        let (module, version) = self
             .processes
             .get(&pid)
-            .map(|p| p.interpreter.module.clone())
-            .unwrap_or_else(|| "[python]".to_string());
+            .map(|p| (p.interpreter.module.clone(), p.interpreter.layout.version))
+            .unwrap_or_else(|| ("[python]".to_string(), (3, 11)));
         let mut frames = Vec::with_capacity(python.len());
         for (i, frame) in python.iter().enumerate() {
             let info = match known {
@@ -121,7 +121,10 @@ impl CodeObjects {
                     .get_mut(&pid)
                     .and_then(|p| p.code(frame.code, None)),
             };
-            frames.push((python_frame(info.as_deref(), frame, &module), frame.entry));
+            frames.push((
+                python_frame(info.as_deref(), frame, &module, version),
+                frame.entry,
+            ));
         }
         frames
     }
@@ -242,8 +245,13 @@ fn read_str(memory: &RemoteMemory, interpreter: &Interpreter, object: u64) -> Op
     Some(text)
 }
 
-/// The frame of a Python frame's entry.
-fn python_frame(info: Option<&CodeInfo>, frame: &PythonFrame, module: &str) -> RuntimeFrame {
+/// The frame of a Python frame's entry, in CPython `version`'s (major, minor) line table.
+fn python_frame(
+    info: Option<&CodeInfo>,
+    frame: &PythonFrame,
+    module: &str,
+    version: (u8, u8),
+) -> RuntimeFrame {
     let Some(info) = info else {
         return RuntimeFrame {
             function: format!("[python code {:#x}]", frame.code),
@@ -256,7 +264,7 @@ fn python_frame(info: Option<&CodeInfo>, frame: &PythonFrame, module: &str) -> R
         function: info.qualname.replace(';', ":").replace(['\n', '\r'], " "),
         module: module.to_string(),
         file: Some(info.filename.clone()),
-        line: line_at(&info.line_table, info.first_line, frame.offset),
+        line: line_at_for(version, &info.line_table, info.first_line, frame.offset),
         address: frame.code,
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, fs};
 
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 use super::layout::Layout;
 use crate::target::{
@@ -60,9 +60,12 @@ pub enum Found {
 /// name it.
 const EVAL_LOOP: [&str; 2] = ["_PyEval_EvalFrameDefault", "_PyEval_EvalFrameDefault.cold"];
 
-const SYMBOLS: [&str; 6] = [
+const SYMBOLS: [&str; 8] = [
     "Py_Initialize",
     "Py_Version",
+    // Their API, before Py_Version: 3.9 added PyFrame_GetCode, 3.10 Py_IsNone.
+    "PyFrame_GetCode",
+    "Py_IsNone",
     "_PyRuntime",
     "PyCode_Type",
     "_Py_NoneStruct",
@@ -131,14 +134,15 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
                 .or_insert([start, start + symbol.size()]);
         }
     }
-    let (Some(&version_at), Some(&runtime)) =
-        (symbols.get("Py_Version"), symbols.get("_PyRuntime"))
-    else {
-        // Every CPython exports Py_Initialize; Py_Version came with 3.11.
+    let older = || {
+        Found::Unsupported(format!(
+            "{path} is a CPython older than 3.9: leaktracer knows the frames of 3.9 to 3.13 only, its stacks stay native"
+        ))
+    };
+    let Some(&runtime) = symbols.get("_PyRuntime") else {
+        // Every CPython exports Py_Initialize; _PyRuntime came with 3.7.
         if symbols.contains_key("Py_Initialize") {
-            return Found::Unsupported(format!(
-                "{path} is a CPython older than 3.11 (no Py_Version): leaktracer knows the frames of 3.11 to 3.13 only, its stacks stay native"
-            ));
+            return older();
         }
         return Found::Nothing;
     };
@@ -154,13 +158,20 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
     let Ok(memory) = RemoteMemory::open(pid) else {
         return Found::Nothing;
     };
-    let Ok(version) = memory.read_u32(bias + version_at) else {
-        return Found::Nothing;
+    let version = match symbols.get("Py_Version") {
+        Some(&at) => match memory.read_u32(bias + at) {
+            Ok(version) => version,
+            Err(_) => return Found::Nothing,
+        },
+        None => match version_before_py_version(&symbols, &file) {
+            Some(version) => version,
+            None => return older(),
+        },
     };
     let text = version_text(version);
     let Some(mut layout) = Layout::for_version(version) else {
         return Found::Unsupported(format!(
-            "CPython {text} ({path}) is not a version leaktracer knows the frames of (3.11 to 3.13): its stacks stay native"
+            "CPython {text} ({path}) is not a version leaktracer knows the frames of (3.9 to 3.13): its stacks stay native"
         ));
     };
     if layout.version >= (3, 13) {
@@ -209,4 +220,75 @@ fn malloc_forced(pid: u32) -> bool {
             .split(|&b| b == 0)
             .any(|var| var == b"PYTHONMALLOC=malloc" || var == b"PYTHONMALLOC=malloc_debug")
     })
+}
+
+/// `PY_VERSION_HEX` of a CPython without `Py_Version` (before 3.11): the minor version from its
+/// API (3.10 exports `Py_IsNone`, 3.9 `PyFrame_GetCode` but not it; older ones neither), the
+/// patch level from its `PY_VERSION` string (only named, the layout depends on the minor: 0
+/// when not found). `None` before 3.9.
+fn version_before_py_version(symbols: &HashMap<&str, u64>, file: &object::File) -> Option<u32> {
+    let minor = if symbols.contains_key("Py_IsNone") {
+        10
+    } else if symbols.contains_key("PyFrame_GetCode") {
+        9
+    } else {
+        return None;
+    };
+    let rodata = file
+        .section_by_name(".rodata")
+        .and_then(|section| section.data().ok())
+        .unwrap_or_default();
+    let patch = patch_level(rodata, minor).unwrap_or(0);
+    Some(3 << 24 | u32::from(minor) << 16 | u32::from(patch) << 8 | 0xf0)
+}
+
+/// The patch level in the first `3.<minor>.<patch>` string of `data` (NUL-terminated, or ended
+/// by `+` or a pre-release tag; the compiler may have merged it into the tail of a longer
+/// string, such as the installation's path).
+fn patch_level(data: &[u8], minor: u8) -> Option<u8> {
+    let prefix = format!("3.{minor}.");
+    let prefix = prefix.as_bytes();
+    let mut from = 0;
+    while let Some(at) = data
+        .get(from..)?
+        .windows(prefix.len())
+        .position(|w| w == prefix)
+    {
+        let start = from + at;
+        from = start + 1;
+        if start > 0 && (data[start - 1].is_ascii_digit() || data[start - 1] == b'.') {
+            continue;
+        }
+        let rest = &data[start + prefix.len()..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if !(1..=2).contains(&digits)
+            || !matches!(rest.get(digits), Some(0 | b'+' | b'a' | b'b' | b'r'))
+        {
+            continue;
+        }
+        return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_levels_come_from_the_version_string() {
+        assert_eq!(
+            patch_level(b"x\0/root/.pyenv/versions/3.9.18\0python3.9\0", 9),
+            Some(18)
+        );
+        assert_eq!(patch_level(b"\x003.10.13+\0", 10), Some(13));
+        assert_eq!(patch_level(b"\x003.10.0rc2\0", 10), Some(0));
+        // Not a version: more digits around it, or not ended.
+        assert_eq!(
+            patch_level(b"13.9.1\0 3.9.123\0 3.9.1x 3.9.4\0", 9),
+            Some(4)
+        );
+        assert_eq!(patch_level(b"3.10.1\0", 9), None);
+        assert_eq!(patch_level(b"", 9), None);
+    }
 }

@@ -1,9 +1,9 @@
-//! Where CPython 3.11, 3.12 and 3.13 keep what the walk and the code-object reader need: a
-//! table per minor version (checked on Debian's 3.11.2 and pyenv's 3.11.7, 3.12.1, 3.13.0, see
-//! `docs/design/python-frames.md`), and on 3.13+ the interpreter's own `_Py_DebugOffsets`,
-//! which is preferred where present. A version not listed is not walked.
+//! Where CPython 3.9 to 3.13 keep what the walk and the code-object reader need: a table per
+//! minor version (checked on Debian's 3.11.2 and pyenv's 3.9.18, 3.10.13, 3.11.7, 3.12.1,
+//! 3.13.0, see `docs/design/python-frames.md`), and on 3.13+ the interpreter's own
+//! `_Py_DebugOffsets`, which is preferred where present. A version not listed is not walked.
 
-use tracer_common::python::{ActivationMarker, NO_CFRAME, PythonProcess};
+use tracer_common::python::{ActivationMarker, InstrKind, NO_CFRAME, PythonProcess};
 
 /// Offsets in a code object and in the strings and bytes it points to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub struct Layout {
     pub frame_instr: u16,
     pub frame_marker: u16,
     pub marker: ActivationMarker,
+    /// What `frame_instr` holds.
+    pub instr: InstrKind,
     pub code: CodeLayout,
 }
 
@@ -66,6 +68,7 @@ impl Layout {
             compact_data,
         };
         let layout = match (major, minor) {
+            (3, 9) | (3, 10) => Self::frame_objects(minor),
             (3, 11) => Self {
                 version: (3, 11),
                 tss: 592,
@@ -76,6 +79,7 @@ impl Layout {
                 frame_instr: 56,
                 frame_marker: 68,
                 marker: ActivationMarker::IsEntry,
+                instr: InstrKind::Pointer,
                 code: code(72, 184, str_311),
             },
             (3, 12) => Self {
@@ -88,6 +92,7 @@ impl Layout {
                 frame_instr: 56,
                 frame_marker: 70,
                 marker: ActivationMarker::CStackOwner,
+                instr: InstrKind::Pointer,
                 code: code(68, 192, str_312),
             },
             (3, 13) => Self {
@@ -100,11 +105,49 @@ impl Layout {
                 frame_instr: 56,
                 frame_marker: 70,
                 marker: ActivationMarker::CStackOwner,
+                instr: InstrKind::Pointer,
                 code: code(68, 200, str_312),
             },
             _ => return None,
         };
         Some(layout)
+    }
+
+    /// 3.9 and 3.10 (`minor`), whose frames are `PyFrameObject`s (pyenv's 3.9.18 and 3.10.13,
+    /// by their DWARF: `ptype/o struct _frame`, `struct _ts`, `PyCodeObject`, and
+    /// `&_PyRuntime.gilstate.autoTSSkey`). The thread state's `frame` is the newest frame; a
+    /// frame's `f_lasti` is a byte offset in 3.9, a code-unit index in 3.10. They have no
+    /// `co_qualname`: a frame is named by `co_name`. The line table is `co_lnotab` (3.9) or
+    /// `co_linetable` (3.10), at the same offset.
+    fn frame_objects(minor: u8) -> Self {
+        let name = 112;
+        Self {
+            version: (3, minor),
+            tss: 584,
+            thread_frame: 24,
+            cframe_frame: NO_CFRAME,
+            frame_code: 32,
+            frame_previous: 24,
+            frame_instr: if minor == 9 { 104 } else { 96 },
+            frame_marker: 0,
+            marker: ActivationMarker::EveryFrame,
+            instr: if minor == 9 {
+                InstrKind::LastiBytes
+            } else {
+                InstrKind::LastiUnits
+            },
+            code: CodeLayout {
+                firstlineno: 40,
+                filename: 104,
+                name,
+                qualname: name,
+                linetable: 120,
+                // The instruction is an offset already.
+                bytecode: 0,
+                ascii_data: 48,
+                compact_data: 72,
+            },
+        }
     }
 
     /// The layout with the offsets a 3.13+ interpreter publishes about itself
@@ -147,7 +190,7 @@ impl Layout {
             code_bytecode: self.code.bytecode as u16,
             marker: self.marker as u8,
             thread_source: tracer_common::python::ThreadSource::TssKey as u8,
-            instr_kind: tracer_common::python::InstrKind::Pointer as u8,
+            instr_kind: self.instr as u8,
             _pad: 0,
             thread_base_frame: 0,
             _pad2: [0; 4],
@@ -158,14 +201,41 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracer_common::python::FRAME_OBJECT_BYTES;
 
     #[test]
     fn known_versions_only() {
         assert_eq!(Layout::for_version(0x030b02f0).unwrap().version, (3, 11));
         assert_eq!(Layout::for_version(0x030c01f0).unwrap().version, (3, 12));
         assert_eq!(Layout::for_version(0x030d00f0).unwrap().version, (3, 13));
-        assert!(Layout::for_version(0x030a0cf0).is_none());
+        assert_eq!(Layout::for_version(0x03090cf0).unwrap().version, (3, 9));
+        assert_eq!(Layout::for_version(0x030a0df0).unwrap().version, (3, 10));
+        assert!(Layout::for_version(0x030808f0).is_none());
         assert!(Layout::for_version(0x030e00f0).is_none());
+    }
+
+    #[test]
+    fn frame_objects_are_read_within_what_the_kernel_reads() {
+        for (hex, instr, lasti) in [
+            (0x03091200, InstrKind::LastiBytes, 104),
+            (0x030a0d00, InstrKind::LastiUnits, 96),
+        ] {
+            let layout = Layout::for_version(hex).unwrap();
+            let entry = layout.kernel_entry(0x1000, 0x2000);
+            assert_eq!(entry.tss, 0x1000 + 584);
+            assert_eq!(entry.instr_kind, instr as u8);
+            assert_eq!(entry.marker, ActivationMarker::EveryFrame as u8);
+            assert_eq!(entry.cframe_frame, NO_CFRAME);
+            assert_eq!(
+                (entry.frame_previous, entry.frame_code, entry.frame_instr),
+                (24, 32, lasti)
+            );
+            for field in [entry.frame_previous, entry.frame_code, entry.frame_instr] {
+                assert!(usize::from(field) + 8 <= FRAME_OBJECT_BYTES, "{field}");
+            }
+            // No co_qualname: the name stands for it.
+            assert_eq!(layout.code.qualname, layout.code.name);
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Python frames into native stacks: since 3.11 one C call of `_PyEval_EvalFrameDefault`
-//! runs a run of Python frames (Python-to-Python calls do not recurse in C). Walking from the
+//! runs a run of Python frames (Python-to-Python calls do not recurse in C; on 3.9 and 3.10
+//! they do, and every frame is an activation of its own). Walking from the
 //! leaf, each eval-loop frame gives way to the next run of Python frames, up to the one that
 //! began its activation, as py-spy's and memray's native modes do. Python frames left over
 //! (the native walk stopped short) go at the root end. The interpreter's other C frames above
@@ -111,6 +112,36 @@ mod tests {
                 "expensive_search",
                 "search",
                 "Handler.do_GET",
+                "<module>",
+                "main"
+            ]
+        );
+    }
+
+    #[test]
+    fn before_3_11_each_eval_loop_frame_gives_way_to_one_frame() {
+        // 3.9/3.10: a C call of the eval loop per Python frame, an interpreter's C function
+        // between two (left out, as the interpreter's own).
+        let stack = vec![
+            native("PyByteArray_Resize"),
+            native("_PyEval_EvalFrameDefault"),
+            native("_PyFunction_Vectorcall"),
+            native("_PyEval_EvalFrameDefault"),
+            native("map_next"),
+            native("_PyEval_EvalFrameDefault"),
+            native("main"),
+        ];
+        let frames = vec![
+            python("leak", true),
+            python("Handler.handle", true),
+            python("<module>", true),
+        ];
+        assert_eq!(
+            names(&merged(stack, frames)),
+            [
+                "PyByteArray_Resize",
+                "leak",
+                "Handler.handle",
                 "<module>",
                 "main"
             ]

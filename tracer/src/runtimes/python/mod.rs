@@ -1,4 +1,4 @@
-//! CPython 3.11-3.13: finding the interpreter in a process (`interpreter`, the loader), the
+//! CPython 3.9-3.13: finding the interpreter in a process (`interpreter`, the loader), the
 //! layouts of the versions known (`layout`), naming frames from code objects (`code`, `lines`),
 //! merging them into native stacks (`merge`), and [`Python`], the runtime a trace drives: what
 //! it hands the kernel's walk (`tracer-ebpf/src/runtimes/python.rs`) through `RUNTIME_PROCESSES`,

@@ -1,0 +1,103 @@
+//! CPython 3.9 and 3.10: the thread's frames are a chain of heap `PyFrameObject`s (`f_back`,
+//! `f_code`, `f_lasti`), newest first, each run by its own C call of the eval loop (so every
+//! frame begins an activation). One read of the object's first [`FRAME_OBJECT_BYTES`] per
+//! frame: the objects are not next to each other, so the frame windows of 3.11+ do not apply.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{bpf_probe_read_user_buf, generated::bpf_loop};
+use tracer_common::python::{FRAME_OBJECT_BYTES, InstrKind, PythonProcess, python_entry};
+
+use super::{PYTHON_SCRATCH, field};
+use crate::{maps::STACK_SCRATCH, stack::mix};
+
+/// The walk's state, on the caller's stack (bpf_loop hands the callback a pointer to it).
+#[repr(C)]
+struct ObjectWalk {
+    /// The next frame object to read; 0 at the end of the chain.
+    frame: u64,
+    hash: u64,
+    /// Entries in the scratch stack.
+    depth: u64,
+    /// Offsets of `f_code`, `f_back` and `f_lasti`.
+    code: u16,
+    back: u16,
+    lasti: u16,
+    /// `f_lasti` counts code units (3.10), not bytes (3.9).
+    units: u16,
+}
+
+/// Appends up to `frames` frame objects from `frame` (the newest) to this CPU's scratch stack,
+/// which holds `depth` entries hashing to `hash`; returns the new depth and hash.
+#[inline(always)]
+pub(super) fn append(
+    process: &PythonProcess,
+    frame: u64,
+    hash: u64,
+    depth: u64,
+    frames: u64,
+) -> (u64, u64) {
+    let mut walk = ObjectWalk {
+        frame,
+        hash,
+        depth,
+        code: process.frame_code,
+        back: process.frame_previous,
+        lasti: process.frame_instr,
+        units: u16::from(process.instr_kind == InstrKind::LastiUnits as u8),
+    };
+    // SAFETY: the helper calls `frame_object` at most `frames` times with a pointer to
+    // `walk`, which outlives the call; flags must be 0.
+    unsafe {
+        bpf_loop(
+            frames as u32,
+            frame_object as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
+    }
+    (walk.depth, walk.hash)
+}
+
+/// bpf_loop's callback: reads one frame object and appends it. 0 goes on, 1 stops.
+#[inline(never)]
+extern "C" fn frame_object(_index: u64, walk: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the `ObjectWalk` given to it, on the caller's stack.
+    let walk = unsafe { &mut *walk.cast::<ObjectWalk>() };
+    match step(walk) {
+        Some(()) => 0,
+        None => 1,
+    }
+}
+
+#[inline(always)]
+fn step(walk: &mut ObjectWalk) -> Option<()> {
+    if walk.frame == 0 {
+        return None;
+    }
+    // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, no other user meanwhile).
+    let window = unsafe { &mut *PYTHON_SCRATCH.get_ptr_mut(0)? };
+    let header = window.get_mut(..FRAME_OBJECT_BYTES)?;
+    // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
+    unsafe { bpf_probe_read_user_buf(walk.frame as *const u8, header) }.ok()?;
+    let code = field(window, 0, walk.code);
+    // An `int`: -1 before the first instruction.
+    let lasti = i64::from(field(window, 0, walk.lasti) as u32 as i32);
+    walk.frame = field(window, 0, walk.back);
+    if code == 0 {
+        return None;
+    }
+    let offset = match (lasti < 0, walk.units != 0) {
+        (true, _) => -2,
+        (false, true) => lasti * 2,
+        (false, false) => lasti,
+    };
+    let value = python_entry(code, offset, true);
+    let stack = STACK_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, valid for the run; the index is checked.
+    let slot = unsafe { (*stack).ips.get_mut(walk.depth as usize)? };
+    *slot = value;
+    walk.hash = mix(walk.hash, value);
+    walk.depth += 1;
+    Some(())
+}
