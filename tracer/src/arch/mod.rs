@@ -6,8 +6,9 @@
 //! - where the kernel keeps a thread's thread pointer, by its BTF name
 //!   ([`THREAD_POINTER_MEMBER`]);
 //! - call-frame information: the register numbers and the PLT stubs' rule ([`cfi`]);
-//! - the instruction decoder probe placement reads code with ([`decode`]), and the argument
-//!   registers a program reads;
+//! - the instruction decoder probe placement reads code with ([`decode`]), the argument
+//!   registers a program reads, and the fixed addresses a function reads or compares with
+//!   ([`references`], how a runtime's allocator table is found in a stripped build);
 //! - how a function returns a thread-local variable ([`thread_local_load`]: CPython 3.15's
 //!   thread state).
 //!
@@ -27,9 +28,10 @@ compile_error!(
 );
 
 pub use native::{
-    ARGUMENT_REGISTERS, GENERAL_REGSET, Instruction, RED_ZONE, Register, STACK_POINTER,
-    THREAD_POINTER_MEMBER, ThreadLocalLoad, VECTOR_REGSET, VECTOR_REGSET_BYTES, cfi, decode,
-    general, thread_local_load, vector_words,
+    ARGUMENT_REGISTERS, GENERAL_REGSET, Instruction, Load, RED_ZONE, RELATIVE_RELOCATION,
+    References, Register, STACK_POINTER, SYMBOL_RELOCATIONS, THREAD_POINTER_MEMBER,
+    ThreadLocalLoad, VECTOR_REGSET, VECTOR_REGSET_BYTES, cfi, decode, general, references,
+    thread_local_load, tracks_indirect_branches, vector_words,
 };
 
 #[cfg(test)]

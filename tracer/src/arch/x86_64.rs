@@ -3,7 +3,7 @@
 //! (iced-x86) that probe placement reads code with.
 
 use iced_x86::{
-    Code, Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess,
+    Code, Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
 };
 
 /// Where each register sits in the general-purpose set a stopped thread's registers are read
@@ -62,6 +62,25 @@ fn component_place(component: u32) -> (u32, u32) {
     // CPUID leaf 0xD exists on every CPU with XSAVE, which NT_X86_XSTATE implies.
     let leaf = std::arch::x86_64::__cpuid_count(0xd, component);
     (leaf.eax, leaf.ebx)
+}
+
+/// The ELF relocation that sets a word to the object's load address plus its addend (how a
+/// position-independent object's data points at its own functions).
+pub const RELATIVE_RELOCATION: u32 = object::elf::R_X86_64_RELATIVE;
+
+/// The ELF relocations that set a word to a symbol's address plus an addend (a global offset
+/// table's entry, a pointer to an exported function or object).
+pub const SYMBOL_RELOCATIONS: [u32; 2] = [object::elf::R_X86_64_GLOB_DAT, object::elf::R_X86_64_64];
+
+/// True when the kernel tracks `pid`'s indirect branches (IBT, in `/proc/PID/status`): an
+/// indirect call to anything but a landing pad (`endbr64`) then faults. Linux does not offer
+/// IBT to user code today; this is the guard for the day it does.
+pub fn tracks_indirect_branches(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status.lines().any(|line| {
+            line.starts_with("x86_Thread_features:") && line.split_whitespace().any(|f| f == "ibt")
+        })
+    })
 }
 
 /// Leaf functions may keep data in the 128 bytes below the stack pointer (the ABI's red zone).
@@ -150,6 +169,16 @@ pub const ARGUMENT_REGISTERS: [Register; 6] = [
 pub struct Instruction {
     /// Bytes from the start of the decoded code.
     pub offset: u64,
+    /// Its length in bytes.
+    pub length: u64,
+    /// It does nothing at all (a nop of any length): running it is running nothing.
+    pub is_nop: bool,
+    /// It is an indirect branch's landing pad (`endbr64`), which does nothing either where
+    /// indirect branch tracking is off (it always is for user code on Linux today).
+    pub is_landing_pad: bool,
+    /// A uprobe here is one the kernel (6.18 on) may rewrite into a call to its trampoline (a
+    /// 5-byte nop): never probed.
+    pub kernel_rewrites_probe: bool,
     /// As a disassembler writes it (Intel syntax), for `--verbose`.
     pub text: String,
     /// The kernel's uprobe code emulates it instead of single-stepping it out of line.
@@ -194,8 +223,13 @@ pub fn decode(code: &[u8]) -> impl Iterator<Item = Instruction> + '_ {
             .collect();
         let writes_memory = used.used_memory().iter().any(|m| writes(m.access()));
         let is_jump = instruction.is_jcc_short_or_near() || instruction.mnemonic() == Mnemonic::Jmp;
+        let is_nop = instruction.mnemonic() == Mnemonic::Nop;
         Some(Instruction {
             offset: instruction.ip(),
+            length: instruction.len() as u64,
+            is_nop,
+            is_landing_pad: instruction.mnemonic() == Mnemonic::Endbr64,
+            kernel_rewrites_probe: is_nop && instruction.len() == 5,
             text: instruction.to_string(),
             emulated: kernel_emulates(&instruction),
             jump_target: is_jump.then(|| instruction.near_branch_target()),
@@ -261,6 +295,91 @@ pub fn thread_local_load(code: &[u8], address: u64) -> Option<ThreadLocalLoad> {
         && second.memory_displacement64() == 0
         && second.op0_register() == R::RAX;
     (reads_slot && returns(next())).then_some(ThreadLocalLoad::OffsetAt(slot))
+}
+
+/// A pointer-sized word a function reads (or branches through) at an address it knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// At a fixed address (relative to the program counter).
+    At(u64),
+    /// At `offset` past the address held in the word at `pointer` (a global reached through
+    /// the global offset table in position-independent code).
+    Through { pointer: u64, offset: u64 },
+}
+
+/// What a function's code says of fixed addresses: the words it reads, and the address-sized
+/// constants it compares with or takes (immediates, and program-counter-relative `lea`s).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct References {
+    pub loads: Vec<Load>,
+    pub constants: Vec<u64>,
+}
+
+/// The [`References`] of `code`, which sits at `address`: its addresses are absolute. Read
+/// straight through, as the small functions it is for are laid out.
+pub fn references(code: &[u8], address: u64) -> References {
+    let mut found = References::default();
+    let mut decoder = Decoder::with_ip(64, code, address, DecoderOptions::NONE);
+    let mut info = InstructionInfoFactory::new();
+    // Registers holding a word loaded from a fixed address, and that address.
+    let mut pointers: Vec<(iced_x86::Register, u64)> = Vec::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.is_invalid() {
+            break;
+        }
+        let mut loaded_from = None;
+        for operand in 0..instruction.op_count() {
+            match instruction.op_kind(operand) {
+                OpKind::Memory if instruction.is_ip_rel_memory_operand() => {
+                    let target = instruction.ip_rel_memory_address();
+                    if instruction.mnemonic() == Mnemonic::Lea {
+                        found.constants.push(target);
+                    } else if instruction.memory_size().size() == 8 {
+                        found.loads.push(Load::At(target));
+                        loaded_from = Some(target);
+                    }
+                }
+                OpKind::Memory
+                    if instruction.memory_index() == iced_x86::Register::None
+                        && instruction.memory_size().size() == 8
+                        && instruction.mnemonic() != Mnemonic::Lea =>
+                {
+                    let base = instruction.memory_base().full_register();
+                    if let Some(&(_, pointer)) = pointers.iter().find(|(r, _)| *r == base) {
+                        found.loads.push(Load::Through {
+                            pointer,
+                            offset: instruction.memory_displacement64(),
+                        });
+                    }
+                }
+                OpKind::Immediate32to64 | OpKind::Immediate32 | OpKind::Immediate64 => {
+                    found.constants.push(instruction.immediate(operand));
+                }
+                _ => {}
+            }
+        }
+        for used in info.info(&instruction).used_registers() {
+            if matches!(
+                used.access(),
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
+            ) {
+                let full = used.register().full_register();
+                pointers.retain(|(r, _)| *r != full);
+            }
+        }
+        if let Some(target) = loaded_from
+            && instruction.mnemonic() == Mnemonic::Mov
+            && instruction.op0_kind() == OpKind::Register
+            && instruction.op0_register().is_gpr64()
+        {
+            pointers.push((instruction.op0_register(), target));
+        }
+    }
+    found
 }
 
 /// True for instructions the x86 uprobe code emulates instead of single-stepping
@@ -457,6 +576,100 @@ mod tests {
         // ...and a forward one moves.
         let forward = [0x48, 0x8b, 0x05, 0, 0, 0, 0, 0x48, 0x85, 0xc0, 0x75, 0x10];
         assert_eq!(place(&forward, &[RDI]).delta, 10);
+    }
+
+    #[test]
+    fn a_five_byte_nop_is_never_probed() {
+        // nopl 0x0(%rax,%rax,1) ; push %rbp: the kernel (6.18) would rewrite a probe on the
+        // nop into a call to its trampoline; the push behind it takes the probe.
+        let code = [0x0f, 0x1f, 0x44, 0x00, 0x00, 0x55];
+        let placement = place(&code, &[RDI]);
+        assert_eq!(placement.delta, 5);
+        assert_eq!(placement.skipped, ["nop [rax+rax]"]);
+        // ...and when nothing behind it may be probed, the entry moves past it alone.
+        let code = [0x0f, 0x1f, 0x44, 0x00, 0x00, 0xbf, 1, 0, 0, 0, 0x55];
+        assert_eq!(place(&code, &[RDI]).delta, 5);
+        // A 4-byte nop is probed as the kernel emulates it.
+        assert_eq!(place(&[0x0f, 0x1f, 0x40, 0x00, 0x55], &[RDI]).delta, 0);
+    }
+
+    #[test]
+    fn landing_pads_and_nops_are_told() {
+        // endbr64 ; nopw 0x0(%rax,%rax,1) (9 bytes) ; xchg %ax,%ax ; nopl 5 bytes ; push %rbp
+        let code = [
+            0xf3, 0x0f, 0x1e, 0xfa, 0x66, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0, 0x66, 0x90, 0x0f, 0x1f,
+            0x44, 0, 0, 0x55,
+        ];
+        let decoded: Vec<(u64, u64, bool, bool, bool)> = decode(&code)
+            .map(|i| {
+                (
+                    i.offset,
+                    i.length,
+                    i.is_landing_pad,
+                    i.is_nop,
+                    i.kernel_rewrites_probe,
+                )
+            })
+            .collect();
+        assert_eq!(
+            decoded,
+            [
+                (0, 4, true, false, false),
+                (4, 9, false, true, false),
+                (13, 2, false, true, false),
+                (15, 5, false, true, true),
+                (20, 1, false, false, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn references_are_loads_of_words_and_compared_constants() {
+        // Debian's python3.11 PyObject_Calloc's tail, at 0x57f5dd: mov %rsi,%rdx ; mov
+        // %rdi,%rsi ; mov 0x3da956(%rip),%rdi ; jmp *0x3da960(%rip)
+        let tail = [
+            0x48, 0x89, 0xf2, 0x48, 0x89, 0xfe, 0x48, 0x8b, 0x3d, 0x56, 0xa9, 0x3d, 0x00, 0xff,
+            0x25, 0x60, 0xa9, 0x3d, 0x00,
+        ];
+        let found = references(&tail, 0x57f5dd);
+        assert_eq!(found.loads, [Load::At(0x959f40), Load::At(0x959f50)]);
+        assert!(found.constants.is_empty());
+        // PyObject_Malloc's check at 0x4fb35a: mov 0x45ebe7(%rip),%rax ; cmp $0x4fb450,%rax ;
+        // and a PIC build's lea 0x10(%rip),%rdx.
+        let check = [
+            0x48, 0x8b, 0x05, 0xe7, 0xeb, 0x45, 0x00, 0x48, 0x3d, 0x50, 0xb4, 0x4f, 0x00, 0x48,
+            0x8d, 0x15, 0x10, 0x00, 0x00, 0x00,
+        ];
+        let found = references(&check, 0x4fb35a);
+        assert_eq!(found.loads, [Load::At(0x959f48)]);
+        assert_eq!(found.constants, [0x4fb450, 0x4fb35a + 20 + 0x10]);
+    }
+
+    #[test]
+    fn references_through_the_global_offset_table_are_followed() {
+        // pyenv's libpython3.12 PyObject_Malloc at 0x1cf438: mov 0x3748c1(%rip),%rax (the
+        // GOT entry of _PyRuntime) ; mov 0xb0(%rax),%rdi ; jmp *0xb8(%rax) ; and once %rax is
+        // written, what it held is forgotten: mov $1,%eax ; mov 0x8(%rax),%rdi.
+        let code = [
+            0x48, 0x8b, 0x05, 0xc1, 0x48, 0x37, 0x00, 0x48, 0x8b, 0xb8, 0xb0, 0x00, 0x00, 0x00,
+            0xff, 0xa0, 0xb8, 0x00, 0x00, 0x00, 0xb8, 0x01, 0x00, 0x00, 0x00, 0x48, 0x8b, 0x78,
+            0x08,
+        ];
+        let got = 0x543d00;
+        assert_eq!(
+            references(&code, 0x1cf438).loads,
+            [
+                Load::At(got),
+                Load::Through {
+                    pointer: got,
+                    offset: 0xb0
+                },
+                Load::Through {
+                    pointer: got,
+                    offset: 0xb8
+                },
+            ]
+        );
     }
 
     #[test]

@@ -21,7 +21,10 @@ use tracer_common::programs::{self, Program};
 use crate::{
     attach::{elf::function_offsets, placement},
     error::TraceError,
-    runtimes::Runtimes,
+    runtimes::{
+        Runtimes,
+        allocator_table::{self, ObjectView, TableRedirect},
+    },
     target::{maps::Mapping, process::path_in_root},
 };
 
@@ -176,6 +179,9 @@ pub struct ProbeSite {
     pub role: Role,
     /// File offset of the function.
     pub offset: u64,
+    /// File offset from which the entry probe may go: the function's, or past the entries its
+    /// calls may come in by (see [`crate::runtimes::allocator_table`]).
+    pub probe_from: u64,
     /// File offset of the entry probe (and of an allocating call's return probe): the
     /// function's, or past instructions the kernel would single-step (see
     /// [`crate::attach::placement`]); release and allocating calls only.
@@ -207,6 +213,11 @@ pub struct AttachPlan {
     pub allocator: String,
     /// Its device and inode.
     pub allocator_file: (u64, u64),
+    /// Runtime allocator tables to redirect in the process once its probes are in (undone at
+    /// detach).
+    pub redirects: Vec<TableRedirect>,
+    /// What a runtime's allocator leaves unseen in this process, said once it is attached.
+    pub notes: Vec<String>,
 }
 
 impl AttachPlan {
@@ -214,7 +225,7 @@ impl AttachPlan {
     /// floor tools other than leaktracer pay).
     pub fn place_at_symbol_entries(&mut self) {
         for site in self.objects.iter_mut().flat_map(|o| o.sites.iter_mut()) {
-            site.probe_offset = site.offset;
+            site.probe_offset = site.probe_from;
             site.skipped.clear();
         }
     }
@@ -241,6 +252,7 @@ pub fn add_exit_stop(plan: &mut AttachPlan) {
             program: programs::INTERPRETER_EXIT.name,
             role: programs::INTERPRETER_EXIT.role,
             offset,
+            probe_from: offset,
             probe_offset: offset,
             skipped: Vec::new(),
             symbols: vec!["exit".to_string()],
@@ -351,22 +363,26 @@ pub fn plan(
     allocator: Option<&AllocatorOverride>,
 ) -> Result<AttachPlan, TraceError> {
     let families = families(allocator);
+    let markers = Runtimes::allocator_markers();
     let wanted: Vec<&str> = families
         .iter()
         .flat_map(|f| f.points.iter().map(|e| e.symbol.as_str()))
+        .chain(markers.iter().copied())
         .collect();
+    // The objects that export a runtime's allocator marker: its allocator is looked for there.
+    let mut chosen_by_marker: Vec<&Candidate> = Vec::new();
     // Each family's object and the offsets of its symbols there.
     let mut chosen: Vec<Option<(&Candidate, HashMap<String, u64>)>> = vec![None; families.len()];
     for candidate in candidates {
-        if chosen.iter().all(Option::is_some) {
-            break;
-        }
         if !is_the_mapped_file(candidate) {
             continue;
         }
         let Ok(offsets) = function_offsets(&candidate.open_path, &wanted) else {
             continue;
         };
+        if markers.iter().any(|m| offsets.contains_key(*m)) {
+            chosen_by_marker.push(candidate);
+        }
         for (family, slot) in families.iter().zip(chosen.iter_mut()) {
             let qualifies = family.only.as_deref().is_none_or(|only| {
                 only == candidate.display_path || only == file_name(&candidate.display_path)
@@ -457,6 +473,7 @@ pub fn plan(
                     program: point.program,
                     role: point.role,
                     offset,
+                    probe_from: offset,
                     probe_offset: offset,
                     skipped: Vec::new(),
                     symbols: vec![point.symbol.clone()],
@@ -464,6 +481,7 @@ pub fn plan(
             }
         }
     }
+    let (redirects, notes) = add_runtime_allocators(pid, &chosen_by_marker, &mut objects);
     for object in &mut objects {
         place_call_probes(object);
     }
@@ -473,6 +491,8 @@ pub fn plan(
                 objects,
                 allocator: NO_ALLOCATOR.to_string(),
                 allocator_file: (0, 0),
+                redirects,
+                notes,
             });
         }
         return Err(TraceError::ExitedDuringAttach(pid));
@@ -481,7 +501,69 @@ pub fn plan(
         objects,
         allocator,
         allocator_file,
+        redirects,
+        notes,
     })
+}
+
+/// The allocators language runtimes call through tables (CPython's), found in the objects
+/// that export a runtime's marker symbol: their functions join the object's probe sites, and
+/// the redirects and notes they need are returned.
+fn add_runtime_allocators(
+    pid: u32,
+    candidates: &[&Candidate],
+    objects: &mut Vec<ProbeObject>,
+) -> (Vec<TableRedirect>, Vec<String>) {
+    let (mut redirects, mut notes) = (Vec::new(), Vec::new());
+    for candidate in candidates {
+        let Ok(data) = std::fs::read(&candidate.open_path) else {
+            continue;
+        };
+        let Ok(elf) = object::File::parse(&*data) else {
+            continue;
+        };
+        let Ok(file) = allocator_table::file_identity(&candidate.open_path) else {
+            continue;
+        };
+        let view = ObjectView {
+            elf: &elf,
+            display_path: &candidate.display_path,
+            file,
+            pid,
+        };
+        let Some(located) = Runtimes::locate_allocator(&view) else {
+            continue;
+        };
+        notes.extend(located.note);
+        redirects.extend(located.redirect);
+        let Some(object) = probe_object(objects, candidate) else {
+            continue;
+        };
+        for function in located.functions {
+            match object
+                .sites
+                .iter_mut()
+                .find(|s| s.offset == function.offset)
+            {
+                Some(site) => {
+                    site.probe_from = site.probe_from.max(function.probe_from);
+                    if !site.symbols.contains(&function.name) {
+                        site.symbols.push(function.name);
+                    }
+                }
+                None => object.sites.push(ProbeSite {
+                    program: function.program.name,
+                    role: function.program.role,
+                    offset: function.offset,
+                    probe_from: function.probe_from,
+                    probe_offset: function.probe_from,
+                    skipped: Vec::new(),
+                    symbols: vec![function.name],
+                }),
+            }
+        }
+    }
+    (redirects, notes)
 }
 
 /// The plan's allocator when no object defines `malloc` and `free`.
@@ -498,12 +580,12 @@ fn place_call_probes(object: &mut ProbeObject) {
         return;
     };
     for site in object.sites.iter_mut().filter(|s| movable(s)) {
-        let start = site.offset as usize;
+        let start = site.probe_from as usize;
         let Some(code) = data.get(start..(start + 64).min(data.len())) else {
             continue;
         };
         let placement = placement::place(code, &placement::registers_read_by(site.program));
-        site.probe_offset = site.offset + placement.delta;
+        site.probe_offset = site.probe_from + placement.delta;
         site.skipped = placement.skipped;
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! [`allocator`] finds the object that serves `malloc` for the target (and the one that provides
 //! `mmap`), and the file offset of every allocator entry point in it ([`elf`] reads the
-//! symbols, [`placement`] moves an entry probe past instructions the kernel would single-step);
+//! symbols, [`placement`] moves an entry probe past instructions the kernel would single-step;
+//! a runtime's allocator called through a table of function pointers is found by
+//! [`crate::runtimes::allocator_table`]);
 //! [`probes`] loads the eBPF programs and attaches them there, for the target's pid only: with
 //! one `uprobe_multi` link per program and object where the kernel has them ([`multi`], through
 //! [`bpf_sys`]), else one perf event per probe; [`detach`] closes links from several threads;

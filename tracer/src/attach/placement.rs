@@ -14,7 +14,9 @@
 //!
 //! and the probed instruction, when a branch, does not jump back to it or before it.
 //!
-//! Otherwise, the probe stays at the symbol's entry. An allocating call's return probe moves
+//! Otherwise, the probe stays at the symbol's entry. A 5-byte nop is never probed: kernel 6.18
+//! rewrites a uprobe there into a call to a trampoline of its own (which crashed forked
+//! children here), so it is skipped like any instruction that does nothing, at the entry too. An allocating call's return probe moves
 //! with its entry probe (they share one address, one trap): the kernel takes the return address
 //! from the top of the stack where the return probe fires, and the skipped instructions leave
 //! the stack pointer and memory as they were at the entry. jemalloc's, tcmalloc's and mimalloc's
@@ -50,7 +52,18 @@ impl Placement {
 /// (full 64-bit registers; the stack pointer is always kept).
 pub fn place(code: &[u8], reads: &[Register]) -> Placement {
     let mut skipped = Vec::new();
+    let mut entry = Placement::at_entry();
     for instruction in arch::decode(code).take(MAX_SKIPPED + 1) {
+        if instruction.kernel_rewrites_probe {
+            // Every path from the entry runs it and it does nothing: skipped, and the entry
+            // itself moves past it when it comes first.
+            if entry.delta == instruction.offset {
+                entry.delta += instruction.length;
+                entry.skipped.push(instruction.text.clone());
+            }
+            skipped.push(instruction.text);
+            continue;
+        }
         if instruction.emulated {
             // A branch back to the entry or the probe itself (a retry loop) would fire the
             // probe again within one call.
@@ -77,7 +90,7 @@ pub fn place(code: &[u8], reads: &[Register]) -> Placement {
         }
         skipped.push(instruction.text);
     }
-    Placement::at_entry()
+    entry
 }
 
 /// The registers an entry program reads (besides the stack pointer): those of the arguments

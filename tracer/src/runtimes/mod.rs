@@ -5,16 +5,21 @@
 //! reports treat its frames.
 //!
 //! - [`runtime`]: the [`Runtime`] trait, the report [`Rules`], and the types they speak;
+//! - [`allocator_table`]: a runtime's allocator called through a table of function pointers,
+//!   found where no symbol names its functions, and the table's redirect while traced;
 //! - [`python`]: CPython 3.11-3.13.
 //!
 //! This file is the registry: the one place outside a runtime's own folder that names it. A
 //! runtime is its folder and one entry of [`KNOWN`]; the rest of leaktracer speaks of runtimes
 //! by [`RuntimeId`] and through [`Runtimes`].
 
+pub mod allocator_table;
 pub mod python;
 mod runtime;
 
 use std::{collections::BTreeSet, os::fd::RawFd};
+
+use allocator_table::{Located, ObjectView};
 
 pub use runtime::{
     EntryFamily, Merged, NativeFrame, Rules, Runtime, RuntimeFrame, RuntimesError, TakeMap,
@@ -27,6 +32,10 @@ struct Known {
     rules: &'static dyn Rules,
     /// What to probe for it, in every traced process.
     entry_families: fn() -> Vec<EntryFamily>,
+    /// Its allocator where it calls it through a table (no symbol needed): looked for in the
+    /// objects that export `allocator_marker`.
+    allocator_marker: &'static str,
+    locate_allocator: fn(&ObjectView) -> Option<Located>,
     /// Sets it up for a trace, with its kernel maps.
     load: fn(&mut TakeMap) -> Result<Box<dyn Runtime>, RuntimesError>,
 }
@@ -36,6 +45,8 @@ struct Known {
 static KNOWN: [Known; 1] = [Known {
     rules: &python::RULES,
     entry_families: python::entry_families,
+    allocator_marker: python::allocators::MARKER,
+    locate_allocator: python::allocators::locate,
     load: python::Python::load,
 }];
 
@@ -151,6 +162,19 @@ impl Runtimes {
             .iter()
             .flat_map(|known| (known.entry_families)())
             .collect()
+    }
+
+    /// The symbols whose objects hold a runtime's allocator table.
+    pub fn allocator_markers() -> Vec<&'static str> {
+        KNOWN.iter().map(|known| known.allocator_marker).collect()
+    }
+
+    /// The allocator a runtime calls through a table in `object`, its functions found by
+    /// their addresses there (see [`crate::runtimes::allocator_table`]).
+    pub fn locate_allocator(object: &ObjectView) -> Option<Located> {
+        KNOWN
+            .iter()
+            .find_map(|known| (known.locate_allocator)(object))
     }
 
     /// Looks for a runtime in `pid`, once per image: the kernel walks the frames of the one

@@ -25,6 +25,7 @@ mod interpreters;
 mod launcher;
 mod processes;
 mod reachability;
+mod redirects;
 mod reporting;
 pub mod scope;
 mod session;

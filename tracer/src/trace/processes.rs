@@ -460,6 +460,8 @@ mod tests {
             objects: Vec::new(),
             allocator: allocator.to_string(),
             allocator_file: (0, 0),
+            redirects: Vec::new(),
+            notes: Vec::new(),
         }
     }
 

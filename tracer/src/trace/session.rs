@@ -25,6 +25,7 @@ use super::{
     launcher::Launcher,
     processes::{AttachSettings, Processes},
     reachability::{self, Scanner, Which},
+    redirects::Redirects,
     reporting::{ReportSettings, Reporter, fill_held},
     scope::Scope,
     status::StatusLine,
@@ -69,6 +70,8 @@ pub(super) struct Session<'a> {
     /// The language runtimes (CPython) whose frames the kernel walks, and the processes each
     /// runs in.
     pub(super) runtimes: Runtimes,
+    /// The runtime allocator tables redirected in the targets, undone at detach.
+    pub(super) redirects: Redirects,
     /// Progress and where each probe went.
     pub(super) verbose: bool,
     /// `--program-stats`: held for the whole trace, the kernel measures programs only while
@@ -146,6 +149,7 @@ impl<'a> Session<'a> {
             spaces: AddressSpaces::default(),
             symbolizer: Symbolizer::new(),
             runtimes,
+            redirects: Redirects::new(config.verbose),
             verbose: config.verbose,
             run_time_stats,
             _resume_guard: resume_guard,
@@ -302,6 +306,8 @@ impl<'a> Session<'a> {
         if let Err(e) = self.probes.trace_process(pid) {
             eprintln_escaped!("leaktracer: warning: {e}; its direct mappings are not counted");
         }
+        // Its probes are in: calls through a redirected table are seen from the first.
+        self.redirects.apply(pid, &plan);
         self.processes.insert(pid, plan);
         self.spaces.refresh(pid);
         self.endings.watch(pid);
@@ -354,6 +360,8 @@ impl<'a> Session<'a> {
         self.update_tables(pid);
         self.processes.attach(&mut self.probes, pid, &new_part)?;
         if self.processes.contains(pid) {
+            // A new image, whose tables are new too (its objects may have been probed before).
+            self.redirects.apply(pid, &plan);
             self.processes.replace_image(pid, plan, exe);
             self.spaces.refresh(pid);
         } else {
@@ -410,6 +418,7 @@ impl<'a> Session<'a> {
             // The kernel dropped the old image's tables (and interpreter) at the exec.
             self.tables.remove(pid);
             self.runtimes.forget(pid);
+            self.redirects.forget(pid);
             self.update_tables(pid);
             if old.first_of_launch && allocations == 0 {
                 continue; // the launched command's own exec
@@ -447,6 +456,7 @@ impl<'a> Session<'a> {
             let first_time = self.probes.maps().traced.get(&pid, 0).is_ok();
             self.probes.untrace_process(pid);
             self.tables.remove(pid);
+            self.redirects.forget(pid);
             if first_time && let Err(e) = self.collector.forget_threads(self.probes.maps_mut(), pid)
             {
                 eprintln!("leaktracer: warning: pid {pid}: cannot read its threads: {e:#}");
@@ -657,6 +667,8 @@ impl<'a> Session<'a> {
     /// Detaches every probe, before the report, which says how long that took: the picture is
     /// frozen already, and the maps stay readable.
     fn detach(&mut self) {
+        // The tables first: once the probes are gone, the inlined calls are as good.
+        self.redirects.restore_all();
         self.probes.detach();
         if self.verbose {
             let stats = self.probes.stats();

@@ -7,6 +7,7 @@
 //! `Py_FinalizeEx` and `Py_Exit`, where its picture freezes) and how reports treat its frames
 //! ([`RULES`]).
 
+pub mod allocators;
 pub mod code;
 pub mod eval_loop;
 pub mod interpreter;
@@ -65,10 +66,11 @@ impl Rules for PythonRules {
     }
 }
 
-/// What to probe for CPython: its small-object allocator, where the interpreter has its
-/// symbols (pyenv and most self-built CPythons: .symtab; Debian's LTO build inlines its fast
-/// path into the callers, so there it is not probed), and its teardown (in the executable, or
-/// libpython), where the picture freezes: `Py_FinalizeEx`, and `Py_Exit` where present.
+/// What to probe for CPython by symbol: its small-object allocator where the interpreter has
+/// its symbols (pyenv and most self-built CPythons: .symtab; [`allocators`] finds it on every
+/// build, stripped ones too, through its allocator tables), and its teardown (in the
+/// executable, or libpython), where the picture freezes: `Py_FinalizeEx`, and `Py_Exit` where
+/// present.
 pub fn entry_families() -> Vec<EntryFamily> {
     vec![
         EntryFamily {
@@ -161,13 +163,6 @@ impl Runtime for Python {
                         } else {
                             String::new()
                         }
-                    );
-                }
-                if !interpreter.small_objects_seen {
-                    eprintln_escaped!(
-                        "leaktracer: note: pid {pid}: CPython {} in {} has its small-object allocator inlined (no symbols to probe): objects of 512 bytes or less are not seen; run it with PYTHONMALLOC=malloc to see them",
-                        interpreter.version_text(),
-                        interpreter.module
                     );
                 }
                 self.codes.track(pid, interpreter);
