@@ -73,7 +73,10 @@ fn exit_failure(dir: &Path, python: &Interpreter, args: &[&str]) -> Option<Strin
     }
     // Each at the line that made it, called from the loop's line (the script as the
     // interpreter sees it: inside its root for a separate one).
-    let script = python.script_path(&workspace_root().join("tests/workloads/py_cache_exit.py"));
+    let script = python
+        .script_path(&workspace_root().join("tests/workloads/py_cache_exit.py"))
+        .display()
+        .to_string();
     let want = vec![
         ("remember".to_string(), script.clone(), 14),
         ("<module>".to_string(), script, 18),
