@@ -34,10 +34,6 @@ pub struct Interpreter {
     pub eval_loop: [[u64; 2]; 2],
     /// The object holding it, as the process sees its path.
     pub module: String,
-    /// Whether objects of pymalloc's size classes (512 bytes or less) are seen: its entry
-    /// points have symbols to probe (an LTO build such as Debian's inlines them into their
-    /// callers, and has none), or the process runs with `PYTHONMALLOC=malloc`.
-    pub small_objects_seen: bool,
 }
 
 impl Interpreter {
@@ -66,9 +62,9 @@ pub enum Found {
 /// name it (else it is found from the loop's jumps: see [`super::eval_loop`]).
 const EVAL_LOOP: [&str; 2] = ["_PyEval_EvalFrameDefault", "_PyEval_EvalFrameDefault.cold"];
 
-/// The symbols looked for, in the object holding the interpreter (all in `.dynsym` but
-/// `_PyObject_Malloc`: stripped builds have them).
-const SYMBOLS: [&str; 9] = [
+/// The symbols looked for, in the object holding the interpreter (all in `.dynsym`: stripped
+/// builds have them).
+const SYMBOLS: [&str; 8] = [
     "Py_Initialize",
     "Py_Version",
     // Their API, before Py_Version: 3.9 added PyFrame_GetCode, 3.10 Py_IsNone.
@@ -77,7 +73,6 @@ const SYMBOLS: [&str; 9] = [
     "_PyRuntime",
     "PyCode_Type",
     "_Py_NoneStruct",
-    "_PyObject_Malloc",
     // 3.15: returns the thread-local variable that holds a thread's state.
     "PyGILState_GetThisThreadState",
 ];
@@ -237,7 +232,6 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
     else {
         return native("does not export PyCode_Type and _Py_NoneStruct".into());
     };
-    let small_objects_seen = symbols.get("_PyObject_Malloc").is_some() || malloc_forced(pid);
     let eval_loop = symbols.eval_loop(&file).map(|[start, end]| {
         if start < end {
             [bias + start, bias + end]
@@ -254,7 +248,6 @@ fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
         code_type: bias + code_type,
         none: bias + none,
         module: path.to_string(),
-        small_objects_seen,
     })
 }
 
@@ -331,16 +324,6 @@ fn thread_states(
             }
         }
     }
-}
-
-/// Whether `pid` runs with `PYTHONMALLOC=malloc` (or `malloc_debug`): every object then comes
-/// from the C library's malloc.
-fn malloc_forced(pid: u32) -> bool {
-    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-        environ
-            .split(|&b| b == 0)
-            .any(|var| var == b"PYTHONMALLOC=malloc" || var == b"PYTHONMALLOC=malloc_debug")
-    })
 }
 
 /// `PY_VERSION_HEX` of a CPython without `Py_Version` (before 3.11): the minor version from its
