@@ -72,25 +72,35 @@ impl Interpreter {
         }
     }
 
+    /// Where `script` (a host path) is as the interpreter sees it: itself, or in a separate root
+    /// the copy [`Interpreter::command`] makes in the root's `/tmp/leaktracer-tests/` (its
+    /// `co_filename`).
+    pub fn script_path(&self, script: &Path) -> PathBuf {
+        match &self.root {
+            Some(_) => {
+                Path::new("/tmp/leaktracer-tests").join(script.file_name().expect("a script file"))
+            }
+            None => script.to_path_buf(),
+        }
+    }
+
     /// A command running `script` (a host path) with this interpreter, then `args`. In a
     /// separate root the script is first copied into the root's `/tmp/leaktracer-tests/` and
     /// named as seen there. The command's pid is the interpreter's (`chroot` execs it).
     pub fn command(&self, script: &Path, args: &[&str]) -> Command {
-        let (program, script) = match &self.root {
+        let inside = self.script_path(script);
+        let mut command = match &self.root {
             Some(root) => {
-                let dir = Path::new("/tmp/leaktracer-tests");
-                let inside = dir.join(script.file_name().expect("a script file"));
-                let host_dir = root.join(dir.strip_prefix("/").unwrap());
-                fs::create_dir_all(&host_dir).unwrap();
-                fs::copy(script, root.join(inside.strip_prefix("/").unwrap())).unwrap();
+                let copy = root.join(inside.strip_prefix("/").unwrap());
+                fs::create_dir_all(copy.parent().unwrap()).unwrap();
+                fs::copy(script, &copy).unwrap();
                 let mut chroot = Command::new("chroot");
                 chroot.arg(root).arg(&self.program);
-                (chroot, inside)
+                chroot
             }
-            None => (Command::new(&self.program), script.to_path_buf()),
+            None => Command::new(&self.program),
         };
-        let mut command = program;
-        command.arg(script).args(args);
+        command.arg(&inside).args(args);
         command
     }
 
@@ -102,6 +112,11 @@ impl Interpreter {
             return qualname;
         }
         qualname.rsplit('.').next().unwrap_or(qualname)
+    }
+
+    /// Its label as a file name: `pyenv-3.10.13`, `sid-python3.14`.
+    pub fn file_name(&self) -> String {
+        self.label.replace(' ', "-")
     }
 }
 

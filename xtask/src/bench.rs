@@ -15,7 +15,9 @@
 //!
 //! The Python workload (issue 12) runs under one interpreter ([`setup::python`]) natively, under
 //! leaktracer default, under `-X tracemalloc=25` and under `memray run`; its rows say
-//! "skipped" when the interpreter or memray is missing.
+//! "skipped" when the interpreter or memray is missing. The same script under every interpreter
+//! the tests cover (issue 26) makes one table of its own, a row per interpreter
+//! ([`crate::bench_python`]).
 
 use std::{
     fs,
@@ -48,30 +50,44 @@ const PYTHON: &str = "Python: build and drop lists, dicts, strings, tuples (per 
 
 /// What runs a workload.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// A C or C++ program built here.
     Compiled,
     /// A script run by the interpreter `program`.
     Python,
 }
 
-struct Workload {
-    name: &'static str,
-    kind: Kind,
-    program: PathBuf,
-    args: Vec<String>,
-    /// A line printed under its table (the Python rows' interpreter).
-    note: Option<String>,
+pub(crate) struct Workload {
+    pub(crate) name: String,
+    pub(crate) kind: Kind,
+    pub(crate) program: PathBuf,
+    /// The root it runs in (with `chroot`), if not the host's; `args` name paths inside it.
+    pub(crate) root: Option<PathBuf>,
+    pub(crate) args: Vec<String>,
+    pub(crate) repetitions: usize,
+    /// The interpreter it stands for when it is a row of the table of every interpreter
+    /// ([`crate::bench_python`]) rather than a table of its own.
+    pub(crate) interpreter_row: Option<String>,
+    /// A line printed under its table (the Python rows' interpreter); for a row of the table of
+    /// every interpreter, the interpreter's version.
+    pub(crate) note: Option<String>,
     /// The configurations it runs under, in order, each with why it cannot run (its row then
     /// says so instead of failing the bench).
-    configs: Vec<(Config, Option<String>)>,
+    pub(crate) configs: Vec<(Config, Option<String>)>,
 }
 
 impl Workload {
     /// The command that starts it under `config`: the program itself, or for the in-process
     /// Python tracers the interpreter with their options before the script.
     fn command(&self, config: Config, out_dir: &Path) -> Command {
-        let mut command = Command::new(&self.program);
+        let mut command = match &self.root {
+            Some(root) => {
+                let mut chroot = Command::new("chroot");
+                chroot.arg(root).arg(&self.program);
+                chroot
+            }
+            None => Command::new(&self.program),
+        };
         match config {
             Config::Tracemalloc => {
                 // 25 frames kept per allocation (as the row's name says).
@@ -90,7 +106,7 @@ impl Workload {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Config {
+pub(crate) enum Config {
     Native,
     Floor,
     UsualFloor,
@@ -103,7 +119,7 @@ enum Config {
 }
 
 impl Config {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Config::Native => "native",
             Config::Floor => "floor (leaktracer probes, empty programs)",
@@ -124,16 +140,16 @@ impl Config {
 }
 
 /// One configuration's runs of one workload.
-struct Row<'a> {
-    workload: &'a Workload,
-    config: Config,
-    runs: Vec<Run>,
+pub(crate) struct Row<'a> {
+    pub(crate) workload: &'a Workload,
+    pub(crate) config: Config,
+    pub(crate) runs: Vec<Run>,
     /// Why it did not run.
-    skipped: Option<String>,
+    pub(crate) skipped: Option<String>,
 }
 
 impl Row<'_> {
-    fn median_ns(&self) -> Option<f64> {
+    pub(crate) fn median_ns(&self) -> Option<f64> {
         (self.skipped.is_none() && !self.runs.is_empty())
             .then(|| median(&mut self.runs.iter().map(|r| r.ns_per_op).collect::<Vec<_>>()))
     }
@@ -141,12 +157,16 @@ impl Row<'_> {
 
 /// One measured run.
 #[derive(Clone, Default)]
-struct Run {
-    ns_per_op: f64,
+pub(crate) struct Run {
+    pub(crate) ns_per_op: f64,
     /// The tracer's CPU time while the workload ran, as a share of one core (percent).
     tracer_cpu_percent: f64,
     tracer_peak_rss_kib: u64,
     dropped: Option<u64>,
+    /// Under leaktracer default: whether a stack of its report has Python frames.
+    pub(crate) python_frames: Option<bool>,
+    /// leaktracer's notes about the target (`leaktracer: note: ...`), as it printed them.
+    pub(crate) notes: Vec<String>,
 }
 
 /// Runs every workload, or with `only` those whose name contains it (case-insensitive).
@@ -156,6 +176,7 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     fs::create_dir_all(&out_dir)?;
     let mut workloads = build_workloads(&out_dir)?;
     workloads.push(python_workload());
+    workloads.extend(crate::bench_python::workloads()?);
     // The reachability scans (their own table): in a whole run, or `--only reachability`.
     let reachability = only.is_none_or(|o| "reachability".contains(&o.to_lowercase()));
     // Attach and detach times at 1, 10 and 50 processes: in a whole run, or `--only attach`.
@@ -193,7 +214,7 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     let mut results: Vec<Row> = Vec::new();
     for workload in &workloads {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); workload.configs.len()];
-        for repetition in 0..REPETITIONS {
+        for repetition in 0..workload.repetitions {
             for (index, (config, skipped)) in workload.configs.iter().enumerate() {
                 if skipped.is_some() {
                     continue;
@@ -226,7 +247,7 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
         }
     }
     let mut profiles = Vec::new();
-    for workload in &workloads {
+    for workload in workloads.iter().filter(|w| w.interpreter_row.is_none()) {
         if !workload
             .configs
             .iter()
@@ -236,11 +257,12 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
         }
         step(&format!("{} / eBPF program run times", workload.name));
         profiles.push((
-            workload.name,
+            workload.name.as_str(),
             profile_programs(workload, &leaktracer, &out_dir)?,
         ));
     }
     let mut markdown = render_markdown(&results);
+    markdown.push_str(&crate::bench_python::render(&results));
     markdown.push_str(&render_profiles(&profiles));
     if reachability {
         markdown.push_str(&crate::bench_reach::run(&leaktracer, &out_dir)?);
@@ -345,12 +367,15 @@ fn build_workloads(out_dir: &Path) -> anyhow::Result<Vec<Workload>> {
 }
 
 /// A C or C++ workload; its configurations are set once bcc memleak is known to run or not.
-fn compiled(name: &'static str, program: PathBuf, args: &[&str]) -> Workload {
+fn compiled(name: &str, program: PathBuf, args: &[&str]) -> Workload {
     Workload {
-        name,
+        name: name.to_string(),
         kind: Kind::Compiled,
         program,
+        root: None,
         args: args.iter().map(|a| a.to_string()).collect(),
+        repetitions: REPETITIONS,
+        interpreter_row: None,
         note: None,
         configs: Vec::new(),
     }
@@ -384,10 +409,13 @@ fn python_workload() -> Workload {
         )),
     }
     Workload {
-        name: PYTHON,
+        name: PYTHON.to_string(),
         kind: Kind::Python,
         program: python.as_ref().map(|p| p.path.clone()).unwrap_or_default(),
+        root: None,
         args: vec![script.display().to_string(), "250000".into()],
+        repetitions: REPETITIONS,
+        interpreter_row: None,
         note: python.map(|p| {
             format!(
                 "Interpreter: `{}` (Python {}).",
@@ -617,9 +645,19 @@ fn measure(
         tracer_cpu_percent: cpu_during as f64 / wall * 100.0,
         ..Default::default()
     };
-    if let Some((mut child, _)) = tracer.take() {
+    if let Some((mut child, err)) = tracer.take() {
         run.tracer_peak_rss_kib = peak_rss_kib(child.id());
         stop(&mut child)?;
+        run.notes = err
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("leaktracer: note: "))
+            .cloned()
+            .collect();
+        if config == Config::Leaktracer && workload.kind == Kind::Python {
+            run.python_frames = has_python_frames(&json);
+        }
         if matches!(config, Config::Leaktracer | Config::Sampled)
             && let Ok(text) = fs::read_to_string(&json)
         {
@@ -635,6 +673,16 @@ fn measure(
         let _ = fs::remove_file(memray_output(out_dir));
     }
     Ok(run)
+}
+
+/// Whether a report has a Python frame (`"kind": "python"`); None when it cannot be read.
+fn has_python_frames(json: &Path) -> Option<bool> {
+    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(json).ok()?).ok()?;
+    Some(report["stacks"].as_array()?.iter().any(|stack| {
+        stack["frames"]
+            .as_array()
+            .is_some_and(|frames| frames.iter().any(|f| f["kind"] == "python"))
+    }))
 }
 
 /// Starts `leaktracer trace --pid PID` and waits until it traces.
@@ -783,13 +831,17 @@ fn render_markdown(results: &[Row]) -> String {
     let mut out = String::new();
     let mut current = "";
     let mut native = 0.0;
-    for row in results {
+    // The rows of the table of every interpreter are rendered by bench_python.
+    for row in results
+        .iter()
+        .filter(|r| r.workload.interpreter_row.is_none())
+    {
         let workload = row.workload;
         if workload.name != current {
             if !current.is_empty() {
                 out.push_str(&ratios(results, current));
             }
-            current = workload.name;
+            current = &workload.name;
             out.push_str(&format!("\n### {current}\n\n"));
             if let Some(note) = &workload.note {
                 out.push_str(&format!("{note}\n\n"));

@@ -19,16 +19,9 @@ pub fn sweep(workspace: &Path) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     // Innermost first, so a mount inside another is gone before its parent.
-    let mut mounts = mounts_under(workspace);
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-    for mount in mounts {
+    for mount in crate::mounts::mounts_under(workspace).unwrap_or_default() {
         eprintln!("xtask: {} was left mounted: unmounted", mount.display());
-        let Ok(path) = std::ffi::CString::new(mount.as_os_str().as_encoded_bytes()) else {
-            continue;
-        };
-        // SAFETY: umount2 with a NUL-terminated path; MNT_DETACH unmounts lazily, failing
-        // harmlessly if it is no longer mounted.
-        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        crate::mounts::unmount_lazily(&mount);
     }
 }
 
@@ -76,52 +69,9 @@ fn parent_of(pid: i32) -> Option<i32> {
         .ok()
 }
 
-/// Mount points under `workspace`, from /proc/self/mountinfo.
-fn mounts_under(workspace: &Path) -> Vec<PathBuf> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_octal(field)))
-        .filter(|mount| mount.starts_with(workspace) && mount != workspace)
-        .collect()
-}
-
-/// mountinfo writes space, tab, newline and backslash in a path as `\040`-style octal escapes.
-fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            let text = std::str::from_utf8(d).ok()?;
-            u8::from_str_radix(text, 8).ok()
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_octal(r"/a\040b\011c\134d"), "/a b\tc\\d");
-        assert_eq!(unescape_octal("/plain"), "/plain");
-        assert_eq!(unescape_octal(r"/end\04"), r"/end\04");
-    }
 
     #[test]
     fn this_process_is_never_taken_for_a_leftover() {

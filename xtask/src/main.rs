@@ -2,17 +2,22 @@
 //!
 //! Every command but `setup` runs setup first, so a fresh machine needs nothing else.
 
+mod apt_sources;
 mod bench;
 mod bench_attach;
+mod bench_python;
 mod bench_reach;
 mod demo;
 mod leftovers;
+mod mounts;
+mod python_roots;
 mod setup;
 mod unprivileged;
 mod util;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,7 +33,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what building needs: the rust-src component and bpf-linker (built against
-    /// rustc's own LLVM). Quick when already present.
+    /// rustc's own LLVM); and the Debian unstable root the Python tests run python3.13-3.15 in
+    /// (target/python-roots/sid, about two minutes once). Quick when already present.
     Setup,
     /// Build target/release/leaktracer with its eBPF object embedded.
     Build,
@@ -40,7 +46,8 @@ enum Command {
         duration: String,
     },
     /// Measure the slowdown of traced programs, side by side: native, the bare probes,
-    /// leaktracer, bcc memleak; for a Python workload, tracemalloc and memray; the reachability
+    /// leaktracer, bcc memleak; for a Python workload, tracemalloc and memray, and the same on
+    /// every interpreter the tests cover (a row each); the reachability
     /// scan's pause; attach and detach times for 1, 10 and 50 processes (needs root).
     /// Writes target/bench/ and BENCHMARKS.md.
     Bench {
@@ -62,7 +69,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup => setup::run().and_then(|()| {
+            python_roots::ensure().context("the Debian unstable root for the Python tests")
+        }),
         Command::Build => setup::run().and_then(|()| build()),
         Command::Demo { duration } => setup::run()
             .and_then(|()| build())

@@ -19,7 +19,8 @@ pub fn run() -> anyhow::Result<()> {
 
 /// What the end-to-end tests use besides the build: a C++ compiler for the C++ workload,
 /// Chromium to render the HTML report, setpriv and unshare, musl for a static binary, Go, gdb and
-/// redis for the unwinder, and the allocators the tests preload.
+/// redis for the unwinder, the allocators the tests preload, and Debian unstable's python3.13-3.15
+/// in a root of their own ([`crate::python_roots`]).
 pub fn ensure_test_tools() -> anyhow::Result<()> {
     ensure_debian_tools(&[
         ("g++", "g++"),
@@ -43,6 +44,12 @@ pub fn ensure_test_tools() -> anyhow::Result<()> {
             "libmimalloc2.0",
         ),
     ])?;
+    // The tests of the Debian unstable interpreters skip, naming them, without their root.
+    if let Err(why) = crate::python_roots::ensure() {
+        step(&format!(
+            "no Debian unstable root ({why:#}); the tests of sid python3.13-3.15 will skip"
+        ));
+    }
     // The Prometheus scrape test skips, saying so, when the package cannot be installed.
     if let Err(why) = ensure_debian_tools(&[("prometheus", "prometheus")]) {
         step(&format!(
@@ -64,14 +71,7 @@ pub struct Python {
 
 /// pyenv's newest CPython 3.12 when there is one, else [`FALLBACK_PYTHON`]; the first that runs.
 pub fn python() -> Option<Python> {
-    let pyenv_root = Command::new("pyenv")
-        .arg("root")
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        .or_else(|| std::env::var_os("PYENV_ROOT").map(PathBuf::from))
-        .unwrap_or_else(|| util::home().join(".pyenv"));
+    let pyenv_root = pyenv_root();
     let mut pyenv_312: Vec<(u32, PathBuf)> = std::fs::read_dir(pyenv_root.join("versions"))
         .into_iter()
         .flatten()
@@ -99,23 +99,45 @@ pub fn python() -> Option<Python> {
         })
 }
 
+/// Where pyenv keeps its interpreters: `pyenv root`, else `$PYENV_ROOT`, else `~/.pyenv`.
+pub fn pyenv_root() -> PathBuf {
+    Command::new("pyenv")
+        .arg("root")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .or_else(|| std::env::var_os("PYENV_ROOT").map(PathBuf::from))
+        .unwrap_or_else(|| util::home().join(".pyenv"))
+}
+
 /// What `cargo xtask bench` needs besides the test tools: memray, installed with pip into the
-/// environment of the interpreter the Python rows use. Not fatal: without it (no interpreter,
-/// no index, an externally managed environment) the memray row says it is skipped.
+/// environment of the interpreter the Python rows use and of pyenv's interpreters of the table
+/// of every interpreter. Not fatal: without it (no interpreter, no index, an externally managed
+/// environment) the memray row or cell says it is skipped.
 pub fn ensure_bench_tools() -> anyhow::Result<()> {
-    let Some(python) = python() else {
-        step("no Python interpreter for the Python benchmark rows; they will skip");
-        return Ok(());
-    };
-    if succeeds(Command::new(&python.path).args(["-c", "import memray"])) {
-        return Ok(());
+    let mut pythons: Vec<PathBuf> = python().map(|p| p.path).into_iter().collect();
+    // The table of every interpreter: pyenv's, where pip can install it.
+    for program in crate::bench_python::pyenv_programs() {
+        if program.exists() && !pythons.contains(&program) {
+            pythons.push(program);
+        }
     }
-    step(&format!("installing memray for {}", python.path.display()));
-    if let Err(why) = util::run(Command::new(&python.path).args(["-m", "pip", "install", "memray"]))
-    {
-        step(&format!(
-            "memray not installed ({why:#}); its benchmark row will skip"
-        ));
+    if pythons.is_empty() {
+        step("no Python interpreter for the Python benchmark rows; they will skip");
+    }
+    for python in pythons {
+        if crate::bench_python::has_memray(&python) {
+            continue;
+        }
+        step(&format!("installing memray for {}", python.display()));
+        if let Err(why) = util::run(Command::new(&python).args(["-m", "pip", "install", "memray"]))
+        {
+            step(&format!(
+                "memray not installed for {} ({why:#}); its benchmark cells will skip",
+                python.display()
+            ));
+        }
     }
     Ok(())
 }
