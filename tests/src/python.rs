@@ -175,12 +175,6 @@ pub fn every_interpreter() -> Vec<Interpreter> {
     all
 }
 
-/// True for Debian's python3.11: built with LTO, it inlines pymalloc's fast path into its
-/// callers, so its small objects are seen only when it runs with `PYTHONMALLOC=malloc`.
-pub fn inlines_pymalloc(python: &Path) -> bool {
-    python.starts_with("/usr/bin")
-}
-
 /// True for a frame of Python code (`"kind": "python"`).
 pub fn is_python_frame(frame: &Value) -> bool {
     frame["kind"] == "python"
