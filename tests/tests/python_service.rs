@@ -238,22 +238,17 @@ fn grew(before: &Value, after: &Value, pointer: &str) -> u64 {
 }
 
 /// How an interpreter names a function: by its code object's `co_qualname` (3.11+:
-/// `Handler.do_GET`), or before 3.11 by `co_name` (`do_GET`), all its code objects have.
+/// `Handler.do_GET`), or before 3.11 by `co_name` (`do_GET`), all its code objects have
+/// ([`Interpreter::function_name`]).
 #[derive(Clone, Copy)]
-struct Naming {
-    qualified: bool,
+struct Naming<'a> {
+    python: &'a Interpreter,
 }
 
-impl Naming {
-    fn of(python: &Interpreter) -> Self {
-        Self {
-            qualified: python.version >= (3, 11),
-        }
-    }
-
+impl Naming<'_> {
     /// True when a frame named `name` is the function `qualname` as this interpreter names it.
     fn is(self, name: &str, qualname: &str) -> bool {
-        name == qualname || (!self.qualified && qualname.rsplit('.').next() == Some(name))
+        name == self.python.function_name(qualname)
     }
 
     /// True when `wanted` appear among `names` in this order (not necessarily next to each
@@ -509,7 +504,7 @@ struct Context<'a> {
     before: &'a Value,
     after: &'a Value,
     lines: &'a Lines,
-    naming: Naming,
+    naming: Naming<'a>,
     /// The script's `co_filename`.
     file: String,
 }
@@ -540,7 +535,7 @@ fn check_report(
         before: &traced.before,
         after: &traced.after,
         lines,
-        naming: Naming::of(python),
+        naming: Naming { python },
         file: python.script_path(script).to_str().unwrap().to_string(),
     };
     let mut checks = Checks::default();

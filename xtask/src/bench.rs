@@ -163,8 +163,6 @@ pub(crate) struct Run {
     tracer_cpu_percent: f64,
     tracer_peak_rss_kib: u64,
     dropped: Option<u64>,
-    /// Under leaktracer default: whether a stack of its report has Python frames.
-    pub(crate) python_frames: Option<bool>,
     /// leaktracer's notes about the target (`leaktracer: note: ...`), as it printed them.
     pub(crate) notes: Vec<String>,
 }
@@ -655,9 +653,6 @@ fn measure(
             .filter(|l| l.starts_with("leaktracer: note: "))
             .cloned()
             .collect();
-        if config == Config::Leaktracer && workload.kind == Kind::Python {
-            run.python_frames = has_python_frames(&json);
-        }
         if matches!(config, Config::Leaktracer | Config::Sampled)
             && let Ok(text) = fs::read_to_string(&json)
         {
@@ -673,16 +668,6 @@ fn measure(
         let _ = fs::remove_file(memray_output(out_dir));
     }
     Ok(run)
-}
-
-/// Whether a report has a Python frame (`"kind": "python"`); None when it cannot be read.
-fn has_python_frames(json: &Path) -> Option<bool> {
-    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(json).ok()?).ok()?;
-    Some(report["stacks"].as_array()?.iter().any(|stack| {
-        stack["frames"]
-            .as_array()
-            .is_some_and(|frames| frames.iter().any(|f| f["kind"] == "python"))
-    }))
 }
 
 /// Starts `leaktracer trace --pid PID` and waits until it traces.

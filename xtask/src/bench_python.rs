@@ -176,15 +176,15 @@ pub fn workloads() -> anyhow::Result<Vec<Workload>> {
 
 /// The table, from the rows of [`workloads`] (empty when none ran: a filtered run).
 pub fn render(results: &[Row]) -> String {
-    let mut labels: Vec<&Workload> = Vec::new();
+    let mut interpreters: Vec<&Workload> = Vec::new();
     for row in results {
         if row.workload.interpreter_row.is_some()
-            && !labels.iter().any(|w| std::ptr::eq(*w, row.workload))
+            && !interpreters.iter().any(|w| std::ptr::eq(*w, row.workload))
         {
-            labels.push(row.workload);
+            interpreters.push(row.workload);
         }
     }
-    if labels.is_empty() {
+    if interpreters.is_empty() {
         return String::new();
     }
     let mut out = format!(
@@ -193,15 +193,14 @@ pub fn render(results: &[Row]) -> String {
          (Debian unstable's in a root of their own, run with `chroot`), natively, under \
          leaktracer default, `python -X tracemalloc=25` and `memray run` (where memray is \
          importable). ns per loop iteration, medians of {REPETITIONS}; each ratio is over the \
-         same interpreter's native run. \"Python frames\": whether leaktracer's report had any \
-         (where it has none it walked native stacks only, and costs less); its notes follow the \
-         table.\n\n\
-         | interpreter | Python | native | leaktracer | leaktracer / native | Python frames | \
+         same interpreter's native run. leaktracer's notes (where it walks no Python frames or \
+         sees no small objects, it costs less) follow the table.\n\n\
+         | interpreter | Python | native | leaktracer | leaktracer / native | \
          tracemalloc | tracemalloc / native | memray | memray / native |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n"
+         |---|---|---|---|---|---|---|---|---|\n"
     );
     let mut notes: Vec<String> = Vec::new();
-    for workload in labels {
+    for workload in interpreters {
         let label = workload.interpreter_row.as_deref().unwrap_or_default();
         let row_of = |config: Config| {
             results
@@ -211,7 +210,7 @@ pub fn render(results: &[Row]) -> String {
         let native = row_of(Config::Native).and_then(Row::median_ns);
         if let Some(why) = row_of(Config::Native).and_then(|r| r.skipped.as_deref()) {
             out.push_str(&format!(
-                "| {label} | skipped: {why} | - | - | - | - | - | - | - | - |\n"
+                "| {label} | skipped: {why} | - | - | - | - | - | - | - |\n"
             ));
             continue;
         }
@@ -235,13 +234,6 @@ pub fn render(results: &[Row]) -> String {
             }
             if config == Config::Leaktracer {
                 let runs = row.map_or(&[][..], |r| r.runs.as_slice());
-                let frames = runs.iter().filter_map(|r| r.python_frames);
-                cells.push(match frames.clone().count() {
-                    0 => "-".into(),
-                    _ if frames.clone().all(|f| f) => "yes".into(),
-                    _ if frames.clone().any(|f| f) => "in some runs".into(),
-                    _ => "no".into(),
-                });
                 for note in runs.iter().flat_map(|r| &r.notes) {
                     // The pid differs between runs: the note without it.
                     let text = note.trim_start_matches("leaktracer: note: ");
@@ -266,4 +258,100 @@ pub fn render(results: &[Row]) -> String {
 /// Whether `program` (a host interpreter) can import memray.
 pub fn has_memray(program: &Path) -> bool {
     util::succeeds(Command::new(program).args(["-c", "import memray"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Run;
+
+    fn workload(label: &str, version: Option<&str>, missing: Option<&str>) -> Workload {
+        Workload {
+            name: format!("Python on every interpreter: {label}"),
+            kind: Kind::Python,
+            program: PathBuf::from("/usr/bin/python3"),
+            root: None,
+            args: Vec::new(),
+            repetitions: REPETITIONS,
+            interpreter_row: Some(label.to_string()),
+            note: version.map(str::to_string),
+            configs: CONFIGS
+                .iter()
+                .map(|c| (*c, missing.map(str::to_string)))
+                .collect(),
+        }
+    }
+
+    fn runs(ns: &[f64], note: Option<&str>) -> Vec<Run> {
+        ns.iter()
+            .map(|&ns_per_op| {
+                let mut run = Run::default();
+                run.ns_per_op = ns_per_op;
+                run.notes = note.map(str::to_string).into_iter().collect();
+                run
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_row_per_interpreter_the_missing_named_and_notes_once() {
+        let present = workload("sid python3.14", Some("3.14.10"), None);
+        let missing = workload("pyenv 3.9.18", None, Some("/x/python3.9 not installed"));
+        let note = "leaktracer: note: pid 42: CPython 3.14.10 is not a version leaktracer knows";
+        let mut results = vec![
+            Row {
+                workload: &present,
+                config: Config::Native,
+                runs: runs(&[100.0, 90.0, 110.0], None),
+                skipped: None,
+            },
+            Row {
+                workload: &present,
+                config: Config::Leaktracer,
+                runs: runs(&[1000.0, 900.0, 950.0], Some(note)),
+                skipped: None,
+            },
+            Row {
+                workload: &present,
+                config: Config::Tracemalloc,
+                runs: runs(&[300.0, 300.0, 300.0], None),
+                skipped: None,
+            },
+            Row {
+                workload: &present,
+                config: Config::Memray,
+                runs: Vec::new(),
+                skipped: Some("no memray in the root".into()),
+            },
+        ];
+        for config in CONFIGS {
+            results.push(Row {
+                workload: &missing,
+                config,
+                runs: Vec::new(),
+                skipped: Some("/x/python3.9 not installed".into()),
+            });
+        }
+        let table = render(&results);
+        let lines: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "| sid python3.14 | 3.14.10 | 100 | 950 | 9.5× | 300 | 3.0× | no memray in the root | - |",
+                "| pyenv 3.9.18 | skipped: /x/python3.9 not installed | - | - | - | - | - | - | - |",
+            ]
+        );
+        assert!(
+            table.ends_with(
+                "leaktracer's notes:\n\n- sid python3.14: CPython 3.14.10 is not a version \
+                 leaktracer knows\n"
+            ),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_filtered_run_without_these_rows_has_no_table() {
+        assert_eq!(render(&[]), "");
+    }
 }

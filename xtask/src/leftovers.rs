@@ -1,14 +1,14 @@
-//! What a test run must not leave behind: processes started from the workspace (mounts are
-//! [`crate::mounts`]'s job). Tests clean up after themselves; this is the net under them, run after
-//! every `cargo xtask test`, because a process still holding the run's output open outlives the
-//! run and breaks whatever comes after it (CI's cleanup of the clone).
+//! What a test run must not leave behind: processes started from the workspace and mounts under
+//! it. Tests clean up after themselves; this is the net under them, run after every
+//! `cargo xtask test`, because a process still holding the run's output open or a mount inside
+//! the clone outlives the run and breaks whatever comes after it (CI's cleanup of the clone).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Kills every process left running from `workspace` (its program under `workspace`, or its
-/// root inside it, as a chroot'd interpreter's). Says what it found; finding nothing is the
-/// normal case and prints nothing.
+/// root inside it, as a chroot'd interpreter's), then unmounts whatever is mounted under it.
+/// Says what it found; finding nothing is the normal case and prints nothing.
 pub fn sweep(workspace: &Path) {
     for (pid, what) in processes_from(workspace) {
         eprintln!("xtask: a test left process {pid} ({what}) running: killed");
@@ -17,6 +17,11 @@ pub fn sweep(workspace: &Path) {
         // worry about: the pid was read a moment ago and still names a process from the
         // workspace).
         unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // Innermost first, so a mount inside another is gone before its parent.
+    for mount in crate::mounts::mounts_under(workspace).unwrap_or_default() {
+        eprintln!("xtask: {} was left mounted: unmounted", mount.display());
+        crate::mounts::unmount_lazily(&mount);
     }
 }
 

@@ -88,7 +88,6 @@ fn main() -> ExitCode {
                 .and_then(|()| test(&args));
             // Whether the tests passed or not, nothing of theirs outlives the run.
             leftovers::sweep(&util::workspace_root());
-            unmount_left_in_target();
             result
         }
     };
@@ -98,24 +97,6 @@ fn main() -> ExitCode {
             eprintln!("xtask: {err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// A safety net after the tests, passed or failed: nothing may stay mounted under target/ (a
-/// mount left there fails the CI job after every test passed). Says what it unmounted.
-fn unmount_left_in_target() {
-    let target = util::workspace_root().join("target");
-    match mounts::unmount_under(&target) {
-        Ok(left) if left.is_empty() => {}
-        Ok(left) => util::step(&format!(
-            "unmounted what was left mounted under {}: {}",
-            target.display(),
-            mounts::list(&left)
-        )),
-        Err(why) => util::step(&format!(
-            "cannot unmount what is left under {}: {why:#}",
-            target.display()
-        )),
     }
 }
 

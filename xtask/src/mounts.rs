@@ -3,9 +3,10 @@
 //! and a CI job that waits for its mounts to go).
 
 use std::{
+    ffi::CString,
     fs,
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use anyhow::{Context, bail};
@@ -31,21 +32,24 @@ pub fn unmount_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     let found = mounts_under(dir)?;
     for point in &found {
-        // Lazy: a busy mount (a process still inside) is detached now and goes when it is free.
-        let status = Command::new("umount")
-            .arg("--lazy")
-            .arg(point)
-            .status()
-            .context("cannot run umount")?;
-        if !status.success() {
-            bail!("umount --lazy {} failed ({status})", point.display());
-        }
+        unmount_lazily(point);
     }
     let left = mounts_under(dir)?;
     if !left.is_empty() {
         bail!("still mounted after unmounting: {}", list(&left));
     }
     Ok(found)
+}
+
+/// Detaches the mount at `point` now (a busy one goes when it is free); one no longer mounted is
+/// left alone.
+pub fn unmount_lazily(point: &Path) {
+    let Ok(path) = CString::new(point.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: umount2 with a NUL-terminated path and MNT_DETACH; it fails harmlessly if nothing
+    // is mounted there any more.
+    unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
 }
 
 /// Mount points, comma-separated, for a message.
@@ -73,19 +77,17 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|digits| bytes[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)));
-        match octal {
-            Some(digits) => {
-                let value = digits
-                    .iter()
-                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                out.push(value as u8);
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let text = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
                 i += 4;
             }
-            None => {
-                out.push(bytes[i]);
+            (byte, _) => {
+                out.push(byte);
                 i += 1;
             }
         }
@@ -117,5 +119,7 @@ mod tests {
     #[test]
     fn a_backslash_without_three_octal_digits_stays() {
         assert_eq!(unescape("a\\09b\\"), "a\\09b\\");
+        assert_eq!(unescape(r"/end\04"), r"/end\04");
+        assert_eq!(unescape(r"/a\040b\011c\134d"), "/a b\tc\\d");
     }
 }
