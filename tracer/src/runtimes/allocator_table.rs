@@ -594,7 +594,7 @@ mod tests {
 
     #[test]
     fn no_op_runs_must_end_exactly_where_the_code_does() {
-        // nopl 0x0(%rax,%rax,1) (8 bytes) ; xchg %ax,%ax ; nop
+        // An 8-byte nopl, a 2-byte xchg no-op, a 1-byte nop.
         assert!(only_no_ops_until(&[
             0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0, 0x66, 0x90, 0x90
         ]));
