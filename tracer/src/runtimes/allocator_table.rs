@@ -515,17 +515,11 @@ impl AppliedRedirect {
     /// how many were written, and how many were left as someone else set them. Nothing is
     /// written where the object is no longer loaded as it was (the process exec'd or exited).
     pub fn restore(&self) -> Result<(usize, usize), RedirectError> {
+        // Each slot from the redirected entry back to the original one.
         let writes: Vec<(u64, u64, u64)> = self
-            .redirect
-            .slots
-            .iter()
-            .map(|s| {
-                (
-                    s.address.wrapping_add(self.bias),
-                    s.redirected.wrapping_add(self.bias),
-                    s.original.wrapping_add(self.bias),
-                )
-            })
+            .slots_in_process()
+            .into_iter()
+            .map(|(address, original, redirected)| (address, redirected, original))
             .collect();
         self.redirect
             .swap_words(self.pid, (self.mapping_start, self.bias), &writes, false)
