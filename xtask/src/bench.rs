@@ -10,8 +10,10 @@
 //! `--program-stats` for the eBPF programs' own run time. Markdown and JSON under
 //! target/bench/, the tables in BENCHMARKS.md (a run filtered with `--only` leaves that alone).
 //!
-//! Two tables of their own: the reachability scan's pause ([`crate::bench_reach`]) and attach
-//! and detach times at 1, 10 and 50 processes ([`crate::bench_attach`]).
+//! Tables of their own: the reachability scan's pause ([`crate::bench_reach`]), attach and
+//! detach times at 1, 10 and 50 processes ([`crate::bench_attach`]), a FastAPI service under
+//! wrk ([`crate::bench_fastapi`]) and what a trace costs a process it does not trace
+//! ([`crate::bench_untraced`]).
 //!
 //! The Python workload (issue 12) runs under one interpreter ([`setup::python`]) natively, under
 //! leaktracer default, under `-X tracemalloc=25` and under `memray run`; its rows say
@@ -179,11 +181,20 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     let reachability = only.is_none_or(|o| "reachability".contains(&o.to_lowercase()));
     // Attach and detach times at 1, 10 and 50 processes: in a whole run, or `--only attach`.
     let attach = only.is_none_or(|o| "attach".contains(&o.to_lowercase()));
+    // The FastAPI service and the untraced process (issue 27): in a whole run, or when `only`
+    // is in their names (`--only fastapi`, `--only untraced`).
+    let picked = |name: &str| only.is_none_or(|o| name.to_lowercase().contains(&o.to_lowercase()));
+    let fastapi = picked(crate::bench_fastapi::NAME);
+    let untraced = picked(crate::bench_untraced::NAME);
     if let Some(only) = only {
         let needle = only.to_lowercase();
         workloads.retain(|w| w.name.to_lowercase().contains(&needle));
-        if workloads.is_empty() && !reachability && !attach {
-            bail!("no workload's name contains {only:?} (nor does \"reachability\" or \"attach\")");
+        if workloads.is_empty() && !reachability && !attach && !fastapi && !untraced {
+            bail!(
+                "no workload's name contains {only:?} (nor do \"reachability\", \"attach\", {:?} or {:?})",
+                crate::bench_fastapi::NAME,
+                crate::bench_untraced::NAME
+            );
         }
     }
     let mut headers = None;
@@ -267,6 +278,12 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     }
     if attach {
         markdown.push_str(&crate::bench_attach::run(&leaktracer, &out_dir)?);
+    }
+    if fastapi {
+        markdown.push_str(&crate::bench_fastapi::run(&leaktracer, &out_dir)?);
+    }
+    if untraced {
+        markdown.push_str(&crate::bench_untraced::run(&leaktracer, &out_dir)?);
     }
     let json = render_json(&results);
     fs::write(out_dir.join("results.md"), &markdown)?;
@@ -671,7 +688,7 @@ fn measure(
 }
 
 /// Starts `leaktracer trace --pid PID` and waits until it traces.
-fn start_leaktracer(
+pub(crate) fn start_leaktracer(
     leaktracer: &Path,
     pid: &str,
     json: &Path,
@@ -791,7 +808,7 @@ pub(crate) fn interrupt(pid: u32) {
 
 /// Ends a tracer as Ctrl-C would; one that does not end within 10 s is killed (a Python tool
 /// started with SIGINT ignored, as a background job of a script is, never sees Ctrl-C).
-fn stop(child: &mut Child) -> anyhow::Result<()> {
+pub(crate) fn stop(child: &mut Child) -> anyhow::Result<()> {
     interrupt(child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     while child.try_wait()?.is_none() {

@@ -5,8 +5,10 @@
 mod apt_sources;
 mod bench;
 mod bench_attach;
+mod bench_fastapi;
 mod bench_python;
 mod bench_reach;
+mod bench_untraced;
 mod demo;
 mod leftovers;
 mod mounts;
@@ -48,11 +50,14 @@ enum Command {
     /// Measure the slowdown of traced programs, side by side: native, the bare probes,
     /// leaktracer, bcc memleak; for a Python workload, tracemalloc and memray, and the same on
     /// every interpreter the tests cover (a row each); the reachability
-    /// scan's pause; attach and detach times for 1, 10 and 50 processes (needs root).
+    /// scan's pause; attach and detach times for 1, 10 and 50 processes; a FastAPI service
+    /// under wrk (requests per second, native vs leaktracer, tracemalloc and memray attach);
+    /// an untraced process's read(2) while another pid is traced (needs root).
     /// Writes target/bench/ and BENCHMARKS.md.
     Bench {
         /// Run only the workloads whose name contains this (case-insensitive), e.g. `python`,
-        /// `mmap`, `reachability` or `attach`; BENCHMARKS.md is then left as it is.
+        /// `mmap`, `reachability`, `attach`, `fastapi` or `untraced`; BENCHMARKS.md is then
+        /// left as it is.
         #[arg(long, value_name = "TEXT")]
         only: Option<String>,
     },

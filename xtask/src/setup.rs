@@ -113,7 +113,8 @@ pub fn pyenv_root() -> PathBuf {
 
 /// What `cargo xtask bench` needs besides the test tools: memray, installed with pip into the
 /// environment of the interpreter the Python rows use and of pyenv's interpreters of the table
-/// of every interpreter. Not fatal: without it (no interpreter, no index, an externally managed
+/// of every interpreter; wrk, gdb (for `memray attach`) and the FastAPI venv
+/// ([`ensure_bench_venv`]). Not fatal: without it (no interpreter, no index, an externally managed
 /// environment) the memray row or cell says it is skipped.
 pub fn ensure_bench_tools() -> anyhow::Result<()> {
     let mut pythons: Vec<PathBuf> = python().map(|p| p.path).into_iter().collect();
@@ -125,6 +126,17 @@ pub fn ensure_bench_tools() -> anyhow::Result<()> {
     }
     if pythons.is_empty() {
         step("no Python interpreter for the Python benchmark rows; they will skip");
+    }
+    // The FastAPI rows: wrk drives the service, `memray attach` injects itself with gdb.
+    if let Err(why) = ensure_debian_tools(&[("wrk", "wrk"), ("gdb", "gdb")]) {
+        step(&format!(
+            "wrk or gdb not installed ({why:#}); the FastAPI rows that need them will skip"
+        ));
+    }
+    if let Err(why) = ensure_bench_venv() {
+        step(&format!(
+            "no FastAPI venv ({why:#}); the FastAPI benchmark rows will skip"
+        ));
     }
     for python in pythons {
         if crate::bench_python::has_memray(&python) {
@@ -138,6 +150,65 @@ pub fn ensure_bench_tools() -> anyhow::Result<()> {
                 python.display()
             ));
         }
+    }
+    Ok(())
+}
+
+/// The venv of the FastAPI benchmark (issue 27), under target/.
+pub fn bench_venv() -> PathBuf {
+    crate::util::workspace_root().join("target/bench-venv")
+}
+
+/// What the FastAPI service imports, and memray for its `memray attach` row.
+const BENCH_VENV_MODULES: &str = "import fastapi, uvicorn, uvloop, httptools, memray";
+
+/// The interpreter the FastAPI venv is made from: pyenv's newest CPython 3.12, else its newest
+/// 3.13, else its newest 3.11.
+fn bench_venv_base() -> Option<PathBuf> {
+    let versions: Vec<String> = std::fs::read_dir(pyenv_root().join("versions"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    [12, 13, 11].into_iter().find_map(|minor| {
+        let newest = versions
+            .iter()
+            .filter_map(|name| {
+                let patch: u32 = name.strip_prefix(&format!("3.{minor}."))?.parse().ok()?;
+                Some((patch, name))
+            })
+            .max()?;
+        let program = pyenv_root().join(format!("versions/{}/bin/python3.{minor}", newest.1));
+        program.exists().then_some(program)
+    })
+}
+
+/// target/bench-venv with fastapi, uvicorn[standard] (uvloop, httptools) and memray, made from
+/// [`bench_venv_base`]'s interpreter; quick when they already import.
+pub fn ensure_bench_venv() -> anyhow::Result<()> {
+    let venv = bench_venv();
+    let python = venv.join("bin/python");
+    if succeeds(Command::new(&python).args(["-c", BENCH_VENV_MODULES])) {
+        return Ok(());
+    }
+    let base = bench_venv_base().context("no pyenv CPython 3.11, 3.12 or 3.13")?;
+    if !python.exists() {
+        step(&format!("making {} from {}", venv.display(), base.display()));
+        util::run(Command::new(&base).args(["-m", "venv"]).arg(&venv))?;
+    }
+    step("installing fastapi, uvicorn[standard] and memray into the FastAPI venv");
+    util::run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "fastapi",
+        "uvicorn[standard]",
+        "memray",
+    ]))?;
+    if !succeeds(Command::new(&python).args(["-c", BENCH_VENV_MODULES])) {
+        bail!("{} cannot `{BENCH_VENV_MODULES}` after pip install", python.display());
     }
     Ok(())
 }
