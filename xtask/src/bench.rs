@@ -767,6 +767,10 @@ struct Profile {
 }
 
 fn render_profiles(profiles: &[(&str, Profile)]) -> String {
+    if profiles.is_empty() {
+        // A filtered run without a profiled workload (`--only attach`, `--only fastapi`...).
+        return String::new();
+    }
     let mut out = String::from(
         "\n### eBPF programs' own run time (one run each, `leaktracer trace --program-stats`)\n\n\
          Measured by the kernel (BPF run-time statistics, which add their own ~20-40 ns per run).\n",

@@ -145,7 +145,11 @@ pub fn run(leaktracer: &Path, out_dir: &Path) -> anyhow::Result<String> {
         "{NAME}: {:.0} s for every configuration",
         started.elapsed().as_secs_f64()
     ));
-    Ok(render(&rows, &format!("{version}, venv from {base}"), leak_line))
+    Ok(render(
+        &rows,
+        &format!("{version}, venv from {base}"),
+        leak_line,
+    ))
 }
 
 /// The line of the service file marked as the leak.
@@ -403,8 +407,14 @@ mod tests {
 
     #[test]
     fn shares_are_a_range_of_percent_of_native() {
-        assert_eq!(share(&[204.0, 326.0, 350.0], &[2833.0, 4981.0, 6775.0]), "5–7%");
-        assert_eq!(share(&[100.0, 200.0, 300.0], &[1000.0, 2000.0, 3000.0]), "10%");
+        assert_eq!(
+            share(&[204.0, 326.0, 350.0], &[2833.0, 4981.0, 6775.0]),
+            "5–7%"
+        );
+        assert_eq!(
+            share(&[100.0, 200.0, 300.0], &[1000.0, 2000.0, 3000.0]),
+            "10%"
+        );
     }
 
     #[test]

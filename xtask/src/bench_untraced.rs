@@ -17,7 +17,8 @@ use crate::{
 };
 
 /// The section's name (`--only untraced` picks it).
-pub const NAME: &str = "untraced process: 1-byte read(2) from /dev/zero while another pid is traced";
+pub const NAME: &str =
+    "untraced process: 1-byte read(2) from /dev/zero while another pid is traced";
 const REPETITIONS: usize = 5;
 const CALLS: &str = "1000000";
 
@@ -76,8 +77,8 @@ pub fn run(leaktracer: &Path, out_dir: &Path) -> anyhow::Result<String> {
             .stderr(Stdio::piped())
             .spawn()?;
         let err = collect_lines(tracer.stderr.take().unwrap());
-        let measured = wait_for(&err, "leaktracer: tracing ", Duration::from_secs(60))
-            .and_then(|_| {
+        let measured =
+            wait_for(&err, "leaktracer: tracing ", Duration::from_secs(60)).and_then(|_| {
                 disturbed += usize::from(other_tracers(Some(tracer.id())) > 0);
                 read_loop(&reader)
             });
@@ -105,7 +106,8 @@ fn other_tracers(ours: Option<u32>) -> usize {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| Some(*pid) != ours)
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "leaktracer")
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "leaktracer")
         })
         .count()
 }
@@ -180,8 +182,14 @@ mod tests {
                 .collect()
         };
         let md = render(&runs(&[300.0, 280.0, 900.0]), &runs(&[600.0, 590.0, 610.0]));
-        assert!(md.contains("| no trace | 300.0 (280.0–900.0) | 600.0 (560.0–1800.0) | 1.00× |"), "{md}");
-        assert!(md.contains("| 600.0 (590.0–610.0) | 1200.0 (1180.0–1220.0) | 2.00× |"), "{md}");
+        assert!(
+            md.contains("| no trace | 300.0 (280.0–900.0) | 600.0 (560.0–1800.0) | 1.00× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 600.0 (590.0–610.0) | 1200.0 (1180.0–1220.0) | 2.00× |"),
+            "{md}"
+        );
         assert!(md.contains("By the wall clock: 2.00×"), "{md}");
     }
 }

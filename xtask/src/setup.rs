@@ -194,7 +194,11 @@ pub fn ensure_bench_venv() -> anyhow::Result<()> {
     }
     let base = bench_venv_base().context("no pyenv CPython 3.11, 3.12 or 3.13")?;
     if !python.exists() {
-        step(&format!("making {} from {}", venv.display(), base.display()));
+        step(&format!(
+            "making {} from {}",
+            venv.display(),
+            base.display()
+        ));
         util::run(Command::new(&base).args(["-m", "venv"]).arg(&venv))?;
     }
     step("installing fastapi, uvicorn[standard] and memray into the FastAPI venv");
@@ -208,7 +212,10 @@ pub fn ensure_bench_venv() -> anyhow::Result<()> {
         "memray",
     ]))?;
     if !succeeds(Command::new(&python).args(["-c", BENCH_VENV_MODULES])) {
-        bail!("{} cannot `{BENCH_VENV_MODULES}` after pip install", python.display());
+        bail!(
+            "{} cannot `{BENCH_VENV_MODULES}` after pip install",
+            python.display()
+        );
     }
     Ok(())
 }
