@@ -68,6 +68,8 @@ struct Row {
     rps: Result<Vec<f64>, String>,
     /// For the leaktracer rows: where the report's top stack is.
     top: Option<String>,
+    /// Requests that failed, as wrk said.
+    notes: Vec<String>,
 }
 
 /// A running service, ended (SIGTERM, then SIGKILL) when dropped.
@@ -131,12 +133,14 @@ pub fn run(leaktracer: &Path, out_dir: &Path) -> anyhow::Result<String> {
                 setup: config,
                 rps: Err(format!("skipped: {why}")),
                 top: None,
+                notes: Vec::new(),
             },
             None => measure(config, &python, &service, leaktracer, out_dir, leak_line)
                 .unwrap_or_else(|err| Row {
                     setup: config,
                     rps: Err(format!("failed: {err:#}")),
                     top: None,
+                    notes: Vec::new(),
                 }),
         };
         rows.push(row);
@@ -189,10 +193,13 @@ fn measure(
         Setup::Native | Setup::Tracemalloc => None,
     };
     let mut rps = Vec::new();
+    let mut notes = Vec::new();
     for endpoint in ENDPOINTS {
         let url = format!("http://127.0.0.1:{}{endpoint}", service.port);
         wrk(&url, WARMUP_SECS)?;
-        rps.push(wrk(&url, WRK_SECS)?);
+        let run = wrk(&url, WRK_SECS)?;
+        rps.push(run.rps);
+        notes.extend(run.errors.iter().map(|e| format!("wrk on {endpoint}: {e}")));
     }
     let mut top = None;
     if let Some((mut child, _)) = tracer.take() {
@@ -209,6 +216,7 @@ fn measure(
         setup: config,
         rps: Ok(rps),
         top,
+        notes,
     })
 }
 
@@ -281,8 +289,15 @@ fn memray_attach(python: &Path, pid: &str, out_dir: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `wrk -t1 -c8 -dNs URL`: its requests per second; an error when any request failed.
-fn wrk(url: &str, secs: u64) -> anyhow::Result<f64> {
+/// What one wrk run measured.
+struct Wrk {
+    rps: f64,
+    /// wrk's own lines about failed requests (non-2xx answers, socket errors), if any.
+    errors: Vec<String>,
+}
+
+/// `wrk -t1 -c8 -dNs URL`: its requests per second, and what failed.
+fn wrk(url: &str, secs: u64) -> anyhow::Result<Wrk> {
     let output = Command::new("wrk")
         .args(["-t1", "-c8", &format!("-d{secs}s"), url])
         .output()?;
@@ -290,16 +305,17 @@ fn wrk(url: &str, secs: u64) -> anyhow::Result<f64> {
     if !output.status.success() {
         bail!("wrk failed ({}): {text}", output.status);
     }
-    if let Some(line) = text
+    let errors = text
         .lines()
-        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-    {
-        bail!("wrk on {url}: {}", line.trim());
-    }
-    text.lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .map(|l| l.trim().to_string())
+        .collect();
+    let rps = text
+        .lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|n| n.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))
+        .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    Ok(Wrk { rps, errors })
 }
 
 /// Where the report's largest stack is: its innermost Python frame, and whether that is the
@@ -369,6 +385,9 @@ fn render(rows: &[Row], interpreter: &str, leak_line: u64) -> String {
         if let Some(top) = &row.top {
             md.push_str(&format!("\n{}: top stack {top}.\n", row.setup.name()));
         }
+        for note in &row.notes {
+            md.push_str(&format!("\n{}: {note}.\n", row.setup.name()));
+        }
     }
     md
 }
@@ -415,6 +434,42 @@ mod tests {
             share(&[100.0, 200.0, 300.0], &[1000.0, 2000.0, 3000.0]),
             "10%"
         );
+    }
+
+    #[test]
+    fn a_row_per_configuration_beside_native() {
+        let row = |setup, rps: Result<Vec<f64>, String>, notes: &[&str]| Row {
+            setup,
+            rps,
+            top: None,
+            notes: notes.iter().map(|n| n.to_string()).collect(),
+        };
+        let md = render(
+            &[
+                row(Setup::Native, Ok(vec![2833.0, 4981.0, 6775.0]), &[]),
+                row(
+                    Setup::Leaktracer,
+                    Ok(vec![204.0, 326.0, 350.0]),
+                    &["wrk on /orders: Socket errors: connect 0, read 0, write 0, timeout 3"],
+                ),
+                row(Setup::Memray, Err("skipped: gdb not installed".into()), &[]),
+            ],
+            "Python 3.12.1",
+            29,
+        );
+        assert!(
+            md.contains("| no tracer | 2833 | 4981 | 6775 | 100% |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| leaktracer (default), `trace --pid` | 204 | 326 | 350 | 5–7% |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| skipped: gdb not installed | - | - | - |\n"),
+            "{md}"
+        );
+        assert!(md.contains("timeout 3."), "{md}");
     }
 
     #[test]
