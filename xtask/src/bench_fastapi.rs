@@ -207,7 +207,9 @@ fn measure(
         let report: serde_json::Value = serde_json::from_slice(
             &fs::read(&json).with_context(|| format!("leaktracer wrote no {}", json.display()))?,
         )?;
-        top = Some(top_stack(&report, leak_line));
+        // Sampled at one per 512K, a leak of this size is a sample or two: its place is shown,
+        // not required.
+        top = Some(top_stack(&report, leak_line, config == Setup::Leaktracer));
         let _ = fs::remove_file(&json);
     }
     drop(service);
@@ -319,8 +321,8 @@ fn wrk(url: &str, secs: u64) -> anyhow::Result<Wrk> {
 }
 
 /// Where the report's largest stack is: its innermost Python frame, and whether that is the
-/// service's leaking line.
-fn top_stack(report: &serde_json::Value, leak_line: u64) -> String {
+/// service's leaking line (FAILED when it is not and `required`).
+fn top_stack(report: &serde_json::Value, leak_line: u64, required: bool) -> String {
     let Some(stack) = report["stacks"].as_array().and_then(|stacks| {
         stacks
             .iter()
@@ -347,8 +349,12 @@ fn top_stack(report: &serde_json::Value, leak_line: u64) -> String {
     );
     if file.ends_with("fastapi_service.py") && line == leak_line {
         format!("at the leaking line: {place}")
-    } else {
+    } else if required {
         format!("FAILED: not at the leaking line (fastapi_service.py:{leak_line}): {place}")
+    } else {
+        format!(
+            "not at the leaking line (fastapi_service.py:{leak_line}; not required when sampled): {place}"
+        )
     }
 }
 
@@ -485,9 +491,10 @@ mod tests {
             ]})
         };
         assert_eq!(
-            top_stack(&report(31), 31),
+            top_stack(&report(31), 31, true),
             "at the leaking line: `orders` at fastapi_service.py:31 (7000 bytes in 100 blocks)"
         );
-        assert!(top_stack(&report(30), 31).starts_with("FAILED: not at the leaking line"));
+        assert!(top_stack(&report(30), 31, true).starts_with("FAILED: not at the leaking line"));
+        assert!(top_stack(&report(30), 31, false).starts_with("not at the leaking line"));
     }
 }
