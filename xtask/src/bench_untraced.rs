@@ -18,8 +18,7 @@ use crate::{
 };
 
 /// The section's name (`--only untraced` picks it).
-pub const NAME: &str =
-    "untraced process: 1-byte read(2) from /dev/zero while another pid is traced";
+pub const NAME: &str = "untraced process: read(2) and mmap while another pid is traced";
 const REPETITIONS: usize = 5;
 
 /// What the untraced process does: a row of the table each.
