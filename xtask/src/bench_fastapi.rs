@@ -274,18 +274,34 @@ fn memray_attach(python: &Path, pid: &str, out_dir: &Path) -> anyhow::Result<()>
     let memray = python.with_file_name("memray");
     let capture: PathBuf = out_dir.join("memray-fastapi.bin");
     let _ = fs::remove_file(&capture);
-    let output = Command::new(&memray)
+    let mut child = Command::new(&memray)
         .args(["attach", "--aggregate", "-f", "-o"])
         .arg(&capture)
         .arg(pid)
         .stdin(Stdio::null())
-        .output()?;
-    if !output.status.success() {
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let err = collect_lines(child.stderr.take().unwrap());
+    // gdb stuck on the target must not hang the bench.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("memray attach did not return within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !status.success() {
+        // The reader thread may still be collecting the last lines.
+        std::thread::sleep(Duration::from_millis(200));
         bail!(
-            "memray attach failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout).trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
+            "memray attach failed ({status}): {}",
+            err.lock().unwrap().join(" ")
         );
     }
     Ok(())
