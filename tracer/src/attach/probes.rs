@@ -27,7 +27,7 @@ use crate::{
         bpf_sys,
         detach::drop_in_parallel,
         map_memory::{MapKind, MapMemory, MapShape, estimate, possible_cpus},
-        multi::{self, MultiError, MultiPrograms},
+        multi::{self, MapFds, MultiError, MultiPrograms},
     },
     collect::EbpfMaps,
     error::TraceError,
@@ -97,8 +97,9 @@ enum LinkKind {
 enum MultiState {
     /// Turned off (`LEAKTRACER_NO_UPROBE_MULTI`), or unavailable on this kernel.
     Off,
-    Loading(JoinHandle<Result<MultiPrograms, MultiError>>),
-    Ready(MultiPrograms),
+    Loading(JoinHandle<Result<MultiPrograms, MultiError>>, MapFds),
+    /// Loaded, with the maps to load more copies with.
+    Ready(MultiPrograms, MapFds),
 }
 
 /// One attach step: a program at some sites of one object (one link with `uprobe_multi`).
@@ -176,6 +177,9 @@ pub struct AttachStats {
     pub probes: usize,
     /// Whether `uprobe_multi` links were used (one link per program and object).
     pub multi: bool,
+    /// From leaktracer's start until the first targets' probes were in (programs loaded and
+    /// verified, maps created, probes attached); set once they are.
+    pub load: Option<Duration>,
 }
 
 /// Loaded programs and their links. Dropping it detaches every probe (links are file
@@ -189,6 +193,12 @@ pub struct Probes {
     stats: AttachStats,
     /// Set by [`Self::stop_recording`]: the detach order no longer matters.
     stopped: bool,
+    /// The programs aya loaded (perf-event uprobes, raw tracepoints), with how long each took
+    /// (the verifier, mostly), in load order. A uprobe program is loaded here only when a
+    /// probe is attached through a perf event (no `uprobe_multi`, or the launch stop).
+    loaded: Vec<(&'static str, Duration)>,
+    /// Creating the maps and parsing the object (aya's load, before any program).
+    pub maps_time: Duration,
     /// The launched command's stop at its entry point, while attached.
     launch_stop: Option<UProbeLinkId>,
     pub attached: Vec<AttachedProbe>,
@@ -386,6 +396,7 @@ impl Probes {
         for sized in sized_maps(&sizes) {
             loader.map_max_entries(sized.map, sized.entries);
         }
+        let maps_started = Instant::now();
         let mut ebpf = loader
             .override_global(globals::FILTER_CGROUP_ID, &cgroup_id, true)
             .override_global(globals::FILTER_CGROUP_LEVEL, &cgroup_level, true)
@@ -404,29 +415,31 @@ impl Probes {
             .override_global(globals::TASK_FLAGS_OFFSET, &task_flags_offset, true)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e, &sizes))?;
+        let maps_time = maps_started.elapsed();
         let multi = load_multi_copies(&ebpf);
-        for program in programs::ALL {
-            let name = program.name;
-            let loaded = ebpf.program_mut(name).ok_or_else(|| {
-                TraceError::Load(format!("program {name} missing from the object"))
-            })?;
-            let verified = match program.role {
-                Role::Tracepoint(tracepoint) => {
-                    let raw: &mut RawTracePoint = loaded
-                        .try_into()
-                        .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
-                    // Attached at once, machine-wide (each program returns at once for a
-                    // process not traced): no event of a target is missed, however early.
-                    raw.load().and_then(|()| raw.attach(tracepoint).map(drop))
-                }
-                _ => {
-                    let uprobe: &mut UProbe = loaded
-                        .try_into()
-                        .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
-                    uprobe.load()
-                }
+        // The uprobe programs wait for a probe that needs them: with `uprobe_multi` their
+        // copies are what runs, and aya's are never verified.
+        let mut loaded = Vec::new();
+        for program in programs::ALL
+            .iter()
+            .filter(|p| matches!(p.role, Role::Tracepoint(_)))
+        {
+            let Role::Tracepoint(tracepoint) = program.role else {
+                continue;
             };
-            verified.map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
+            let name = program.name;
+            let started = Instant::now();
+            let raw: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| TraceError::Load(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
+            // Attached at once, machine-wide (each program returns at once for a process not
+            // traced): no event of a target is missed, however early.
+            raw.load()
+                .and_then(|()| raw.attach(tracepoint).map(drop))
+                .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
+            loaded.push((name, started.elapsed()));
         }
         let mut maps = EbpfMaps::take(&mut ebpf).map_err(|e| TraceError::Load(e.to_string()))?;
         fill_sample_table(&mut maps)?;
@@ -439,6 +452,8 @@ impl Probes {
             multi,
             stats: AttachStats::default(),
             stopped: false,
+            loaded,
+            maps_time,
             launch_stop: None,
             attached: Vec::new(),
             marks_oom_victims: tgid_offset != 0 && exit_code_offset != 0,
@@ -460,6 +475,11 @@ impl Probes {
             .map_err(|e| TraceError::Load(format!("stopping the programs: {e}")))?;
         self.stopped = true;
         Ok(())
+    }
+
+    /// The first targets' probes are in, `since_start` after leaktracer started.
+    pub fn set_load_time(&mut self, since_start: Duration) {
+        self.stats.load.get_or_insert(since_start);
     }
 
     /// Attach and detach figures so far.
@@ -501,19 +521,72 @@ impl Probes {
 
     /// Whether the `uprobe_multi` copies are loaded (waiting for their load the first time).
     fn multi_ready(&mut self) -> bool {
-        if let MultiState::Loading(_) = self.multi {
-            let MultiState::Loading(handle) = std::mem::replace(&mut self.multi, MultiState::Off)
+        if let MultiState::Loading(..) = self.multi {
+            let MultiState::Loading(handle, maps) =
+                std::mem::replace(&mut self.multi, MultiState::Off)
             else {
                 unreachable!("matched above")
             };
             match multi::join(handle) {
-                Ok(programs) => self.multi = MultiState::Ready(programs),
+                Ok(programs) => self.multi = MultiState::Ready(programs, maps),
                 Err(e) => eprintln_escaped!(
                     "leaktracer: note: no uprobe_multi links ({e}); attaching one perf event per probe (detaching those takes the kernel about 0.1 s per probe)"
                 ),
             }
         }
-        matches!(self.multi, MultiState::Ready(_))
+        matches!(self.multi, MultiState::Ready(..))
+    }
+
+    /// Loads the programs `names` that are not loaded yet, for attaching them: their
+    /// `uprobe_multi` copies with `multi`, else aya's (perf-event) programs.
+    fn ensure_loaded(&mut self, names: &[&'static str], multi: bool) -> Result<(), TraceError> {
+        if multi {
+            let MultiState::Ready(programs, maps) = &mut self.multi else {
+                unreachable!("only called with the copies loaded")
+            };
+            return programs
+                .load_more(EBPF_OBJECT, maps, names)
+                .map_err(|e| TraceError::Load(with_causes(&e)));
+        }
+        for &name in names {
+            if self.loaded.iter().any(|(loaded, _)| *loaded == name) {
+                continue;
+            }
+            let started = Instant::now();
+            let uprobe: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| TraceError::Load(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
+            uprobe
+                .load()
+                .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
+            self.loaded.push((name, started.elapsed()));
+        }
+        Ok(())
+    }
+
+    /// Every program loaded so far (verified by the kernel), in the object's table order.
+    pub fn loaded_programs(&self) -> Vec<&'static str> {
+        programs::ALL
+            .iter()
+            .map(|program| program.name)
+            .filter(|name| {
+                self.loaded.iter().any(|(loaded, _)| loaded == name)
+                    || matches!(&self.multi, MultiState::Ready(copies, _) if copies.has(name))
+            })
+            .collect()
+    }
+
+    /// How long each program took to load, in load order: aya's, then the `uprobe_multi`
+    /// copies (loaded on another thread, meanwhile).
+    pub fn load_times(&self) -> Vec<(&'static str, Duration)> {
+        let mut times = self.loaded.clone();
+        if let MultiState::Ready(copies, _) = &self.multi {
+            times.extend(copies.load_times.iter().copied());
+        }
+        times
     }
 
     fn attach_or_roll_back(
@@ -524,6 +597,10 @@ impl Probes {
     ) -> Result<(), TraceError> {
         let before = (self.links.len(), self.attached.len());
         let pid = NonZeroU32::new(pid).expect("pid is never 0");
+        let mut needed: Vec<&'static str> = steps(plan).iter().map(|step| step.program).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        self.ensure_loaded(&needed, use_multi)?;
         let mut result = Ok(());
         for step in steps(plan) {
             result = if use_multi {
@@ -545,7 +622,7 @@ impl Probes {
 
     /// One `uprobe_multi` link for the step.
     fn attach_step(&mut self, step: &Step<'_>, pid: NonZeroU32) -> Result<(), TraceError> {
-        let MultiState::Ready(programs) = &self.multi else {
+        let MultiState::Ready(programs, _) = &self.multi else {
             unreachable!("only called with the copies loaded")
         };
         let offsets: Vec<u64> = step.sites.iter().map(|site| site_offset(site)).collect();
@@ -647,6 +724,7 @@ impl Probes {
             reason: e.to_string(),
         })?;
         let pid = NonZeroU32::new(pid).expect("a child's pid is not 0");
+        self.ensure_loaded(&[programs::LAUNCH_ENTRY.name], false)?;
         let uprobe: &mut UProbe = self
             .ebpf
             .program_mut(programs::LAUNCH_ENTRY.name)
@@ -749,17 +827,21 @@ impl Probes {
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         let mut all = Vec::new();
         for name in programs::ALL.map(|program| program.name) {
-            let Some(program) = self.ebpf.program(name) else {
-                continue;
+            // Loaded by aya, its uprobe_multi copy, or both.
+            let (mut runs, mut run_ns, mut verified) = match self
+                .ebpf
+                .program(name)
+                .and_then(|program| program.info().ok())
+            {
+                Some(info) => (
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                    info.verified_instruction_count().unwrap_or(0),
+                ),
+                None => (0, 0, 0),
             };
-            let Ok(info) = program.info() else {
-                continue;
-            };
-            let mut runs = info.run_count();
-            let mut run_ns = info.run_time().as_nanos() as u64;
-            let mut verified = info.verified_instruction_count().unwrap_or(0);
             // Its uprobe_multi copy runs instead where those links are used.
-            if let MultiState::Ready(copies) = &self.multi
+            if let MultiState::Ready(copies, _) = &self.multi
                 && let Some(Ok((copy_runs, copy_ns, copy_verified))) =
                     copies.program(name).map(bpf_sys::prog_run_figures)
             {
@@ -822,18 +904,20 @@ fn load_multi_copies(ebpf: &Ebpf) -> MultiState {
     if multi::disabled() {
         return MultiState::Off;
     }
+    // The others are loaded when a target first needs them (see `Probes::ensure_loaded`).
     let names: Vec<&'static str> = programs::ALL
         .iter()
         .filter(|p| {
-            matches!(
-                p.role,
-                Role::Allocate | Role::Release | Role::Return | Role::Freeze
-            )
+            matches!(p.role, Role::Allocate | Role::Release | Role::Return)
+                && programs::loaded_up_front(p)
         })
         .map(|p| p.name)
         .collect();
     match multi::map_fds(ebpf) {
-        Ok(maps) => MultiState::Loading(multi::load_in_background(EBPF_OBJECT, maps, names)),
+        Ok(maps) => MultiState::Loading(
+            multi::load_in_background(EBPF_OBJECT, maps.clone(), names),
+            maps,
+        ),
         Err(e) => {
             eprintln_escaped!(
                 "leaktracer: note: no uprobe_multi links (duplicating the map fds: {e})"

@@ -168,6 +168,8 @@ fn attach_summary(stats: AttachStats) -> report::AttachSummary {
         links: stats.links as u64,
         probes: stats.probes as u64,
         multi: stats.multi,
+        load_secs: stats.load.map(|d| d.as_secs_f64()),
+        programs: Vec::new(),
     }
 }
 
