@@ -87,9 +87,17 @@ impl MultiPrograms {
             return Ok(());
         }
         let more = load(object, maps, &missing)?;
-        self.programs.extend(more.programs);
-        self.load_times.extend(more.load_times);
+        self.merge(more);
         Ok(())
+    }
+
+    /// Takes in copies loaded elsewhere (see [`load_in_background`]); a copy loaded twice keeps
+    /// the first.
+    pub fn merge(&mut self, more: MultiPrograms) {
+        for (name, fd) in more.programs {
+            self.programs.entry(name).or_insert(fd);
+        }
+        self.load_times.extend(more.load_times);
     }
 
     /// The copy of `program`.

@@ -199,6 +199,9 @@ pub struct Probes {
     loaded: Vec<(&'static str, Duration)>,
     /// Creating the maps and parsing the object (aya's load, before any program).
     pub maps_time: Duration,
+    /// `uprobe_multi` copies a plan will need, loading on another thread (see
+    /// [`Self::prepare`]).
+    prefetch: Option<JoinHandle<Result<MultiPrograms, MultiError>>>,
     /// The launched command's stop at its entry point, while attached.
     launch_stop: Option<UProbeLinkId>,
     pub attached: Vec<AttachedProbe>,
@@ -385,12 +388,13 @@ impl Probes {
             ));
         }
         let (cgroup_id, cgroup_level) = sizes.cgroup.unwrap_or((0, 0));
+        let offsets = super::btf::task_offsets();
         // Without it (no BTF), CPython targets keep native stacks.
-        let fsbase_offset = super::btf::fsbase_offset().unwrap_or(0);
+        let fsbase_offset = offsets.fsbase.unwrap_or(0);
         // Without them, endings carry no OOM mark (the cgroup's OOM counter still tells).
-        let (tgid_offset, exit_code_offset) = super::btf::exit_offsets().unwrap_or((0, 0));
+        let (tgid_offset, exit_code_offset) = offsets.exit.unwrap_or((0, 0));
         // Without it, a thread killed with its process reads as ended before its process.
-        let task_flags_offset = super::btf::task_flags_offset().unwrap_or(0);
+        let task_flags_offset = offsets.flags.unwrap_or(0);
         let (table_slots, _) = tracer_common::split_record_capacity(sizes.max_allocations);
         let mut loader = EbpfLoader::new();
         for sized in sized_maps(&sizes) {
@@ -454,6 +458,7 @@ impl Probes {
             stopped: false,
             loaded,
             maps_time,
+            prefetch: None,
             launch_stop: None,
             attached: Vec::new(),
             marks_oom_victims: tgid_offset != 0 && exit_code_offset != 0,
@@ -537,6 +542,26 @@ impl Probes {
         matches!(self.multi, MultiState::Ready(..))
     }
 
+    /// Starts loading, on another thread, the `uprobe_multi` copies of the programs `plan`
+    /// needs that are not loaded up front (pymalloc's, for a CPython process), while the
+    /// caller prepares the rest (unwind tables, the interpreter): its attach finds them ready.
+    pub fn prepare(&mut self, plan: &AttachPlan) {
+        let maps = match &self.multi {
+            MultiState::Loading(_, maps) | MultiState::Ready(_, maps) => maps.clone(),
+            MultiState::Off => return,
+        };
+        let mut names: Vec<&'static str> = steps(plan)
+            .iter()
+            .map(|step| step.program)
+            .filter(|name| programs::by_name(name).is_some_and(|p| !programs::loaded_up_front(p)))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if !names.is_empty() && self.prefetch.is_none() {
+            self.prefetch = Some(multi::load_in_background(EBPF_OBJECT, maps, names));
+        }
+    }
+
     /// Loads the programs `names` that are not loaded yet, for attaching them: their
     /// `uprobe_multi` copies with `multi`, else aya's (perf-event) programs.
     fn ensure_loaded(&mut self, names: &[&'static str], multi: bool) -> Result<(), TraceError> {
@@ -544,6 +569,10 @@ impl Probes {
             let MultiState::Ready(programs, maps) = &mut self.multi else {
                 unreachable!("only called with the copies loaded")
             };
+            // A failed prefetch is only a lost head start: what is missing loads below.
+            if let Some(Ok(more)) = self.prefetch.take().map(multi::join) {
+                programs.merge(more);
+            }
             return programs
                 .load_more(EBPF_OBJECT, maps, names)
                 .map_err(|e| TraceError::Load(with_causes(&e)));

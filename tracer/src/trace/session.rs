@@ -169,6 +169,8 @@ impl<'a> Session<'a> {
         }
         if let Some(pid) = pid {
             let plan = self.processes.plan_for_pid(pid)?;
+            // Programs only this target needs load meanwhile.
+            self.probes.prepare(&plan);
             // Tables first, so the first allocation recorded already gets its whole stack.
             self.update_tables(pid);
             self.processes.attach(&mut self.probes, pid, &plan)?;
