@@ -272,7 +272,7 @@ pub mod maps {
     pub const ENDINGS: &str = "ENDINGS";
     pub const LIVE_THREADS: &str = "LIVE_THREADS";
 
-    /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
+    /// Every map the tracer declares.
     pub const ALL: [&str; 36] = [
         STOPPED,
         RECORD_TABLE,
@@ -327,7 +327,7 @@ pub mod globals {
     pub const EXIT_CODE_OFFSET: &str = "EXIT_CODE_OFFSET";
     pub const TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
 
-    /// Every global the tracer declares (aya-log adds its own, `AYA_LOG_LEVEL`).
+    /// Every global the tracer declares.
     pub const ALL: [&str; 11] = [
         FILTER_CGROUP_ID,
         FILTER_CGROUP_LEVEL,

@@ -272,7 +272,7 @@ pub(crate) fn record<C>(
     size: u64,
     weight: u32,
 ) -> bool {
-    // aya-log takes no context: the global function logs without one.
+    // Losses are counted without the context: the global function has none.
     let _ = ctx;
     let stack_id = capture_stack(regs, tgid);
     let who = u64::from(tgid) | (u64::from(records == Records::Mappings) << 32);

@@ -7,7 +7,7 @@
 //! while one loaded with it cannot attach through a perf event). So the copies are loaded here
 //! from the same embedded object with aya-obj, aya's own parser, the way aya does it, except
 //! that their map references point at the maps aya created: both copies share every map,
-//! globals (`.rodata`, `.bss`) and aya-log's included.
+//! globals (`.rodata`, `.bss`) included.
 
 use std::{
     collections::{HashMap, HashSet},

@@ -891,9 +891,9 @@ impl Probes {
         all
     }
 
-    /// The collector of what these programs record: their record table mapped, their log taken.
+    /// The collector of what these programs record: their record table mapped.
     pub fn collector(&mut self) -> anyhow::Result<crate::collect::Collector> {
-        crate::collect::Collector::new(&mut self.ebpf, &self.maps, self.record_table_slots)
+        crate::collect::Collector::new(&self.maps, self.record_table_slots)
     }
 
     /// The unwinder's maps, taken out of the object (once: a second call fails).
@@ -1000,10 +1000,6 @@ mod tests {
 
     use super::*;
 
-    /// What aya-log adds to the object: its map and its level global.
-    const LOG_MAP: &str = "AYA_LOGS";
-    const LOG_LEVEL: &str = "AYA_LOG_LEVEL";
-
     /// The embedded object's global symbols: (programs with their section, maps, globals).
     fn object_symbols() -> (
         BTreeSet<(String, String)>,
@@ -1070,17 +1066,10 @@ mod tests {
             })
             .collect();
         assert_eq!(programs, expected_programs, "programs (name, section)");
-        let expected_maps: BTreeSet<String> = maps::ALL
-            .iter()
-            .chain([&LOG_MAP])
-            .map(|m| m.to_string())
-            .collect();
+        let expected_maps: BTreeSet<String> = maps::ALL.iter().map(|m| m.to_string()).collect();
         assert_eq!(maps, expected_maps, "maps");
-        let expected_globals: BTreeSet<String> = globals::ALL
-            .iter()
-            .chain([&LOG_LEVEL])
-            .map(|g| g.to_string())
-            .collect();
+        let expected_globals: BTreeSet<String> =
+            globals::ALL.iter().map(|g| g.to_string()).collect();
         assert_eq!(globals, expected_globals, "globals");
     }
 }

@@ -492,7 +492,7 @@ impl<'a> Session<'a> {
     /// Settles pending munmap ranges and prints what the kernel side warned about.
     pub(super) fn settle_unmaps(&mut self) -> anyhow::Result<()> {
         self.collector.drain_unmaps(self.probes.maps_mut())?;
-        self.collector.print_warnings();
+        self.collector.print_warnings(self.probes.maps());
         Ok(())
     }
 
