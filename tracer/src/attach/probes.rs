@@ -388,6 +388,9 @@ impl Probes {
             ));
         }
         let (cgroup_id, cgroup_level) = sizes.cgroup.unwrap_or((0, 0));
+        // aya's loader reads the kernel's BTF when made (for CO-RE relocations, which this
+        // object has none of), as `task_offsets` does: both at once, ~0.1 s each.
+        let new_loader = std::thread::spawn(EbpfLoader::new);
         let offsets = super::btf::task_offsets();
         // Without it (no BTF), CPython targets keep native stacks.
         let fsbase_offset = offsets.fsbase.unwrap_or(0);
@@ -396,7 +399,7 @@ impl Probes {
         // Without it, a thread killed with its process reads as ended before its process.
         let task_flags_offset = offsets.flags.unwrap_or(0);
         let (table_slots, _) = tracer_common::split_record_capacity(sizes.max_allocations);
-        let mut loader = EbpfLoader::new();
+        let mut loader = new_loader.join().unwrap_or_else(|_| EbpfLoader::new());
         for sized in sized_maps(&sizes) {
             loader.map_max_entries(sized.map, sized.entries);
         }
@@ -446,7 +449,10 @@ impl Probes {
             loaded.push((name, started.elapsed()));
         }
         let mut maps = EbpfMaps::take(&mut ebpf).map_err(|e| TraceError::Load(e.to_string()))?;
-        fill_sample_table(&mut maps)?;
+        // Read by the programs only under --sample-bytes (1024 updates, one system call each).
+        if sizes.sample_bytes != 0 {
+            fill_sample_table(&mut maps)?;
+        }
         Ok(Self {
             ebpf,
             maps,
