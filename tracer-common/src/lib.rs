@@ -335,6 +335,32 @@ impl Counter {
         Counter::CodeEventsLost,
     ];
 
+    /// What to tell the user the first time this loss happens (a warning, printed by
+    /// userspace at the poll that sees the counter move); `None` for the other counters.
+    pub const fn loss_message(self) -> Option<&'static str> {
+        match self {
+            Counter::AllocMapFull => {
+                Some("allocation map full: allocations are being dropped (raise --max-allocations)")
+            }
+            Counter::StackFailed => {
+                Some("stack map full: allocations kept without a stack (raise --max-stacks)")
+            }
+            Counter::PendingMapFull => {
+                Some("pending-call map full: allocator calls are not being tracked")
+            }
+            Counter::StatsMapFull => Some(
+                "per-stack totals map full: some stacks' allocation totals are incomplete (raise --max-stacks)",
+            ),
+            Counter::UnmapEventsLost => {
+                Some("munmap event ring full: some partial unmaps are not settled")
+            }
+            Counter::CodeEventsLost => {
+                Some("new-code ring full: a new library may be symbolized late")
+            }
+            _ => None,
+        }
+    }
+
     /// The name reported in text and JSON.
     pub const fn name(self) -> &'static str {
         match self {

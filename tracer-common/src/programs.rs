@@ -205,6 +205,26 @@ pub const ALL: [Program; 20] = [
     PROCESS_EXIT,
 ];
 
+/// CPython's pymalloc programs: loaded only once a process running CPython is attached.
+pub const PYMALLOC: [Program; 4] = [
+    PYMALLOC_MALLOC_ENTER,
+    PYMALLOC_CALLOC_ENTER,
+    PYMALLOC_REALLOC_ENTER,
+    PYMALLOC_FREE_ENTER,
+];
+
+/// Whether `program` is loaded with the maps, before any target is known: the C allocator's
+/// entries, free and the shared return (every target needs them), and the raw tracepoints
+/// (attached at load). The others (pymalloc's, the freeze, the launch stop) are loaded when a
+/// target first needs them, so a C process's trace never verifies them.
+pub fn loaded_up_front(program: &Program) -> bool {
+    match program.role {
+        Role::Allocate | Role::Release => !PYMALLOC.contains(program),
+        Role::Return | Role::Tracepoint(_) => true,
+        Role::Launch | Role::Freeze => false,
+    }
+}
+
 /// The program called `name`.
 pub fn by_name(name: &str) -> Option<&'static Program> {
     ALL.iter().find(|program| program.name == name)
@@ -252,7 +272,7 @@ pub mod maps {
     pub const ENDINGS: &str = "ENDINGS";
     pub const LIVE_THREADS: &str = "LIVE_THREADS";
 
-    /// Every map the tracer declares (aya-log adds its own, `AYA_LOGS`).
+    /// Every map the tracer declares.
     pub const ALL: [&str; 36] = [
         STOPPED,
         RECORD_TABLE,
@@ -307,7 +327,7 @@ pub mod globals {
     pub const EXIT_CODE_OFFSET: &str = "EXIT_CODE_OFFSET";
     pub const TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
 
-    /// Every global the tracer declares (aya-log adds its own, `AYA_LOG_LEVEL`).
+    /// Every global the tracer declares.
     pub const ALL: [&str; 11] = [
         FILTER_CGROUP_ID,
         FILTER_CGROUP_LEVEL,

@@ -8,7 +8,6 @@
 //! slot, and slots never become empty again, so a lookup stops at the first empty slot.
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
     maps::HashMap,
 };
@@ -260,9 +259,11 @@ pub(crate) fn release_older(
 }
 
 /// Records a new allocation at `addr`, with the user stack `regs` describe (the registers at
-/// the allocator's return, or at a mapping system call).
+/// the allocator's return, or at a mapping system call). Two BPF global functions do the work
+/// (see [`capture_stack_at`](crate::stack::capture_stack_at)): each call site costs the
+/// verifier two calls, not another copy of the stack walk and the table.
 #[inline(always)]
-pub(crate) fn record<C: EbpfContext>(
+pub(crate) fn record<C>(
     ctx: &C,
     regs: *mut pt_regs,
     records: Records,
@@ -271,9 +272,32 @@ pub(crate) fn record<C: EbpfContext>(
     size: u64,
     weight: u32,
 ) -> bool {
-    let mut stack_id = capture_stack(regs, tgid).unwrap_or(UNKNOWN_STACK);
+    // Losses are counted without the context: the global function has none.
+    let _ = ctx;
+    let stack_id = capture_stack(regs, tgid);
+    let who = u64::from(tgid) | (u64::from(records == Records::Mappings) << 32);
+    store_record(who, addr, size, weight, stack_id) != 0
+}
+
+/// Records a new allocation at `addr` of `who`'s process (the tgid in its low half; its high
+/// half 1 for a direct mapping, 0 for a heap block), with the stack just captured: its id
+/// `stack_id` (kept in `STACKS` when new). 1 when recorded, 0 when a map was full.
+///
+/// A BPF global function: its arguments are scalars, and the verifier checks it once per
+/// program.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn store_record(who: u64, addr: u64, size: u64, weight: u32, stack_id: u64) -> u32 {
+    let ctx = &();
+    let tgid = who as u32;
+    let records = if who >> 32 == 0 {
+        Records::Heap
+    } else {
+        Records::Mappings
+    };
+    let mut stack_id = stack_id;
     let Some((slot, mut hit)) = stack_cache_slot(tgid, stack_id) else {
-        return false;
+        return 0;
     };
     if !hit && stack_id != UNKNOWN_STACK && !keep_stack(tgid, stack_id) {
         count_loss!(
@@ -326,7 +350,7 @@ pub(crate) fn record<C: EbpfContext>(
             Counter::AllocMapFull,
             "allocation map full: allocations are being dropped (raise --max-allocations)"
         );
-        return false;
+        return 0;
     }
     // SAFETY: this CPU's stack cache slot (per-CPU map, valid for the run, no other writer).
     let slot = unsafe { &mut *slot };
@@ -336,7 +360,7 @@ pub(crate) fn record<C: EbpfContext>(
     slot.allocations += u64::from(weight);
     slot.bytes += size;
     count(Counter::Allocations);
-    true
+    1
 }
 
 /// The kernel's count of recorded direct mappings, in `MMAP_STATE` (added to atomically).

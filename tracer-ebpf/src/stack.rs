@@ -2,9 +2,7 @@
 //! process's language runtime, see `runtimes`), the `STACKS` map of captured stacks, and the
 //! per-CPU stack cache whose totals are written back to `STACK_STATS`.
 
-use aya_ebpf::{
-    EbpfContext, bindings::BPF_NOEXIST, bindings::pt_regs, helpers::bpf_probe_read_user,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, bindings::pt_regs, helpers::bpf_probe_read_user};
 use tracer_common::{
     CachedStack, Counter, MAX_STACK_DEPTH, STACK_CACHE_SLOTS, StackKey, StackStats, UNKNOWN_STACK,
     UnwindEnd, UserStack,
@@ -27,25 +25,48 @@ pub(crate) fn mix(hash: u64, ip: u64) -> u64 {
     h ^ (h >> 29)
 }
 
-/// Captures the user call stack at an allocator's return into the per-CPU scratch space, and
-/// returns its hash (see [`keep_stack`]): by the process's unwind tables when userspace has
-/// written them (code without frame pointers included), else by frame pointers; then the
-/// frames of the process's runtime, if it runs one.
+/// Captures the user call stack at an allocator's return (or a mapping system call) into the
+/// per-CPU scratch space, and returns its id: the native frames (see [`capture_stack_at`]),
+/// then the frames of the process's runtime, if it runs one (see
+/// [`runtimes::append_runtime_frames`]). Two global functions, one after the other, so
+/// the stack frames of the two walks are never on the BPF stack at once.
 #[inline(always)]
-pub(crate) fn capture_stack(regs: *mut pt_regs, tgid: u32) -> Option<u64> {
-    // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, used by nothing else
-    // while this program runs).
-    let stack = unsafe { &mut *STACK_SCRATCH.get_ptr_mut(0)? };
+pub(crate) fn capture_stack(regs: *mut pt_regs, tgid: u32) -> u64 {
     // At a return probe the instruction pointer is already back in the caller, and the stack
     // and frame pointers are the caller's.
-    let (fp, sp, ip) = (arch::fp(regs), arch::sp(regs), arch::pc(regs));
+    let native = capture_stack_at(arch::pc(regs), arch::sp(regs), arch::fp(regs), tgid);
+    if native == UNKNOWN_STACK {
+        // No scratch space: nothing was captured.
+        return UNKNOWN_STACK;
+    }
+    let hash = runtimes::append_runtime_frames(tgid, native);
+    if hash == UNKNOWN_STACK { 0 } else { hash }
+}
+
+/// Captures the native user call stack whose innermost frame is `(pc, sp, fp)` into the
+/// per-CPU scratch space, and returns its hash so far, or [`UNKNOWN_STACK`] without a scratch
+/// space: by the process's unwind tables when userspace has written them (code without frame
+/// pointers included), else by frame pointers, up to the code of the process's runtime.
+///
+/// A BPF global function (exported, so bpf-linker gives it BTF linkage `global`): the verifier
+/// checks it once per program, on its own, instead of once per call site and caller's state.
+/// Its arguments are scalars, as a global function's must be.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn capture_stack_at(pc: u64, sp: u64, fp: u64, tgid: u32) -> u64 {
+    let Some(stack) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return UNKNOWN_STACK;
+    };
+    // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, used by nothing else
+    // while this program runs).
+    let stack = unsafe { &mut *stack };
+    let ip = pc;
     stack.ips[0] = ip;
-    let runtime = runtimes::process(tgid);
-    let stops = match runtime {
+    let stops = match runtimes::process(tgid) {
         Some(process) => process.stops,
         None => [[0; 2]; MAX_STOP_RANGES],
     };
-    let hash = match unwind::process_tables(tgid) {
+    match unwind::process_tables(tgid) {
         // Called from the runtime's own code: its frames are the rest of the stack.
         Some(_) if in_stop_range(&stops, ip) => {
             stack.depth = 1;
@@ -54,12 +75,7 @@ pub(crate) fn capture_stack(regs: *mut pt_regs, tgid: u32) -> Option<u64> {
         }
         Some(tables) => unwind::walk_stack(tables, ip, sp, fp, mix(0, ip), stops),
         None => walk_frame_pointers(stack, fp, mix(0, ip)),
-    };
-    let hash = match runtime {
-        Some(process) => runtimes::append_frames(process, hash),
-        None => hash,
-    };
-    Some(if hash == UNKNOWN_STACK { 0 } else { hash })
+    }
 }
 
 /// The frame-pointer walk, for processes without unwind tables (not written yet, or
@@ -160,12 +176,7 @@ pub(crate) fn stack_cache_slot(tgid: u32, stack_id: u64) -> Option<(*mut CachedS
 
 /// Hands a cache slot to (tgid, stack_id): the previous holder's totals go to `STACK_STATS`.
 #[inline(always)]
-pub(crate) fn take_cache_slot<C: EbpfContext>(
-    ctx: &C,
-    slot: &mut CachedStack,
-    tgid: u32,
-    stack_id: u64,
-) {
+pub(crate) fn take_cache_slot<C>(ctx: &C, slot: &mut CachedStack, tgid: u32, stack_id: u64) {
     if slot.tgid != 0
         && slot.allocations != 0
         && !stats_add(

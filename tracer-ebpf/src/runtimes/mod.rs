@@ -1,8 +1,8 @@
 //! Language runtimes on the kernel side: the process's runtime, as userspace registered it in
 //! `RUNTIME_PROCESSES` (see `tracer_common::runtimes`), and the dispatch to that runtime's
-//! walker by its id. The native walker stops in the code ranges registered there and calls
-//! [`append_frames`]; it names no runtime. A runtime is one file here (its walker and its own
-//! maps) and one arm in each dispatch below.
+//! walker by its id. The native walker stops in the code ranges registered there, and `stack`
+//! then calls [`append_runtime_frames`]; neither names a runtime. A runtime is one file here
+//! (its walker and its own maps) and one arm in each dispatch below.
 
 mod python;
 
@@ -31,10 +31,24 @@ pub(crate) fn is_registered(tgid: u32) -> bool {
     process(tgid).is_some()
 }
 
+/// Appends the current thread's frames of `tgid`'s runtime, if it runs one, to this CPU's
+/// scratch stack (holding the native frames, hashing to `hash`); returns the stack's hash.
+///
+/// A BPF global function (see `stack::capture_stack_at`): verified once per program, with
+/// scalar arguments.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn append_runtime_frames(tgid: u32, hash: u64) -> u64 {
+    match process(tgid) {
+        Some(process) => append_frames(process, hash),
+        None => hash,
+    }
+}
+
 /// Appends the current thread's frames of `process`'s runtime to this CPU's scratch stack
 /// (holding the native frames, hashing to `hash`); returns the stack's hash.
 #[inline(always)]
-pub(crate) fn append_frames(process: &RuntimeProcess, hash: u64) -> u64 {
+fn append_frames(process: &RuntimeProcess, hash: u64) -> u64 {
     match process.runtime {
         r if r == RuntimeId::Python as u32 => python::append_frames(&process.data, hash),
         _ => hash,

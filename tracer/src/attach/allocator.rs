@@ -516,7 +516,7 @@ fn add_runtime_allocators(
 ) -> (Vec<TableRedirect>, Vec<String>) {
     let (mut redirects, mut notes) = (Vec::new(), Vec::new());
     for candidate in candidates {
-        let Ok(data) = std::fs::read(&candidate.open_path) else {
+        let Ok(data) = crate::target::object_file::read(&candidate.open_path) else {
             continue;
         };
         let Ok(elf) = object::File::parse(&*data) else {
@@ -576,7 +576,7 @@ fn place_call_probes(object: &mut ProbeObject) {
     if !object.sites.iter().any(movable) {
         return;
     }
-    let Ok(data) = std::fs::read(&object.open_path) else {
+    let Ok(data) = crate::target::object_file::read(&object.open_path) else {
         return;
     };
     for site in object.sites.iter_mut().filter(|s| movable(s)) {

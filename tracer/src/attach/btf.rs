@@ -4,7 +4,7 @@
 //! [`crate::arch::THREAD_POINTER_MEMBER`]), `tgid` and `exit_code` for the endings, `flags` for
 //! the threads a signal killed.
 
-use std::{collections::HashMap, fs};
+use std::fs;
 
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
@@ -16,45 +16,53 @@ struct Composite {
     members: Vec<(String, u32)>,
 }
 
-/// The byte offsets of `task_struct.tgid` and `task_struct.exit_code` in the running kernel,
-/// if its BTF says: how the programs at `mark_victim` and `sched_process_exit` read the
-/// victim's process and the exit status.
-pub fn exit_offsets() -> Option<(u32, u32)> {
-    let data = fs::read("/sys/kernel/btf/vmlinux").ok()?;
-    let types = composites(&data)?;
-    let member = |name: &str| {
-        types
-            .iter()
-            .filter(|t| t.name == "task_struct")
-            .find_map(|t| t.members.iter().find(|(n, _)| n == name).map(|m| m.1))
+/// The kernel's BTF, where the running kernel describes itself.
+const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// The `task_struct` offsets the programs read, from one read of the kernel's BTF (each is
+/// `None` when the BTF does not say). Reading it takes tens of milliseconds: once per trace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// The thread's thread pointer (inside its `thread`): for the Python walk.
+    pub fsbase: Option<u32>,
+    /// `tgid` and `exit_code`: how the programs at `mark_victim` and `sched_process_exit` read
+    /// the victim's process and the exit status.
+    pub exit: Option<(u32, u32)>,
+    /// `flags`: how the program at `sched_process_exit` tells a thread killed with its process
+    /// (`PF_SIGNALED`).
+    pub flags: Option<u32>,
+}
+
+/// The offsets in the running kernel.
+pub fn task_offsets() -> TaskOffsets {
+    let (strukt, field) = crate::arch::THREAD_POINTER_MEMBER;
+    let Some(types) = fs::read(VMLINUX)
+        .ok()
+        .and_then(|data| composites(&data, &["task_struct", strukt]))
+    else {
+        return TaskOffsets::default();
     };
-    Some((member("tgid")?, member("exit_code")?))
-}
-
-/// The byte offset of `task_struct.flags` in the running kernel, if its BTF says: how the
-/// program at `sched_process_exit` tells a thread killed with its process (`PF_SIGNALED`).
-pub fn task_flags_offset() -> Option<u32> {
-    let data = fs::read("/sys/kernel/btf/vmlinux").ok()?;
-    let types = composites(&data)?;
-    types
-        .iter()
-        .filter(|t| t.name == "task_struct")
-        .find_map(|t| t.members.iter().find(|(n, _)| n == "flags").map(|m| m.1))
-}
-
-/// The byte offset of the thread's thread pointer in `task_struct` (inside its `thread`) in the
-/// running kernel, if its BTF says.
-pub fn fsbase_offset() -> Option<u32> {
-    let data = fs::read("/sys/kernel/btf/vmlinux").ok()?;
-    let types = composites(&data)?;
     let member = |strukt: &str, member: &str| {
         types
             .iter()
             .filter(|t| t.name == strukt)
             .find_map(|t| t.members.iter().find(|(n, _)| n == member).map(|m| m.1))
     };
-    let (strukt, field) = crate::arch::THREAD_POINTER_MEMBER;
-    Some(member("task_struct", "thread")? + member(strukt, field)?)
+    let task = |name: &str| member("task_struct", name);
+    TaskOffsets {
+        fsbase: task("thread")
+            .zip(member(strukt, field))
+            .map(|(a, b)| a + b),
+        exit: task("tgid").zip(task("exit_code")),
+        flags: task("flags"),
+    }
+}
+
+/// The name at `offset` of the string section, without its NUL.
+fn name_at(strings: &[u8], offset: u32) -> &[u8] {
+    let rest = strings.get(offset as usize..).unwrap_or_default();
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    &rest[..end]
 }
 
 fn u16_at(data: &[u8], at: usize) -> Option<u16> {
@@ -65,8 +73,8 @@ fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Every named struct and union of a BTF blob (little-endian, as on x86-64).
-fn composites(data: &[u8]) -> Option<Vec<Composite>> {
+/// The structs and unions of a BTF blob (little-endian, as on x86-64) named in `wanted`.
+fn composites(data: &[u8], wanted: &[&str]) -> Option<Vec<Composite>> {
     if u16_at(data, 0)? != BTF_MAGIC {
         return None;
     }
@@ -75,17 +83,7 @@ fn composites(data: &[u8]) -> Option<Vec<Composite>> {
     let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
     let types = data.get(header + type_off..header + type_off + type_len)?;
     let strings = data.get(header + str_off..header + str_off + str_len)?;
-    let mut names: HashMap<u32, String> = HashMap::new();
-    let mut name = |offset: u32| -> String {
-        names
-            .entry(offset)
-            .or_insert_with(|| {
-                let rest = strings.get(offset as usize..).unwrap_or_default();
-                let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-                String::from_utf8_lossy(&rest[..end]).into_owned()
-            })
-            .clone()
-    };
+    let name = |offset: u32| String::from_utf8_lossy(name_at(strings, offset)).into_owned();
     let mut found = Vec::new();
     let mut at = 0;
     while at + 12 <= types.len() {
@@ -103,7 +101,12 @@ fn composites(data: &[u8]) -> Option<Vec<Composite>> {
             15 | 19 => 12 * vlen, // datasec, enum64
             _ => 0,
         };
-        if (kind == KIND_STRUCT || kind == KIND_UNION) && name_off != 0 {
+        if (kind == KIND_STRUCT || kind == KIND_UNION)
+            && name_off != 0
+            && wanted
+                .iter()
+                .any(|w| name_at(strings, name_off) == w.as_bytes())
+        {
             let mut members = Vec::with_capacity(vlen);
             for i in 0..vlen {
                 let member = at + 12 * i;
@@ -136,7 +139,9 @@ mod tests {
             eprintln!("SKIP: no /sys/kernel/btf/vmlinux");
             return;
         }
-        let offset = fsbase_offset().expect("task_struct.thread.fsbase in BTF");
+        let offset = task_offsets()
+            .fsbase
+            .expect("task_struct.thread.fsbase in BTF");
         // Far into task_struct (its thread_struct comes last), and 8-aligned.
         assert!(offset > 1024 && offset.is_multiple_of(8), "{offset}");
     }
@@ -147,13 +152,14 @@ mod tests {
             eprintln!("SKIP: no /sys/kernel/btf/vmlinux");
             return;
         }
-        let (tgid, exit_code) = exit_offsets().expect("task_struct.tgid and exit_code in BTF");
+        let offsets = task_offsets();
+        let (tgid, exit_code) = offsets.exit.expect("task_struct.tgid and exit_code in BTF");
         assert!(
             tgid > 0 && exit_code > 0 && tgid.is_multiple_of(4),
             "{tgid} {exit_code}"
         );
         // `flags` follows the thread info, the stack pointer and the usage count, 4-aligned.
-        let flags = task_flags_offset().expect("task_struct.flags in BTF");
+        let flags = offsets.flags.expect("task_struct.flags in BTF");
         assert!(
             flags > 0 && flags < tgid && flags.is_multiple_of(4),
             "{flags}"

@@ -1,9 +1,11 @@
 //! Reading function symbols out of ELF files and turning their addresses into the file offsets
 //! uprobes are placed at.
 
-use std::{collections::HashMap, fs, io, path::Path};
+use std::{collections::HashMap, io, path::Path};
 
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+use crate::target::object_file;
 
 /// `data` (read from `path`) as an ELF object; a parse error names the file.
 fn parse<'d>(path: &Path, data: &'d [u8]) -> io::Result<object::File<'d>> {
@@ -18,7 +20,7 @@ fn parse<'d>(path: &Path, data: &'d [u8]) -> io::Result<object::File<'d>> {
 /// File offsets of the `wanted` function symbols that `path` defines. Names absent from the file
 /// are absent from the result.
 pub fn function_offsets(path: &Path, wanted: &[&str]) -> io::Result<HashMap<String, u64>> {
-    let data = fs::read(path)?;
+    let data = object_file::read(path)?;
     let file = parse(path, &data)?;
     let segments: Vec<(u64, u64, u64)> = file
         .segments()
@@ -50,7 +52,7 @@ pub fn function_offsets(path: &Path, wanted: &[&str]) -> io::Result<HashMap<Stri
 /// True when `path` imports `symbol` (an undefined dynamic symbol): its calls to it go through
 /// the dynamic linker to whichever object defines it first.
 pub fn imports(path: &Path, symbol: &str) -> io::Result<bool> {
-    let data = fs::read(path)?;
+    let data = object_file::read(path)?;
     let file = parse(path, &data)?;
     Ok(file
         .dynamic_symbols()
@@ -59,7 +61,7 @@ pub fn imports(path: &Path, symbol: &str) -> io::Result<bool> {
 
 /// The file offset of an executable's entry point (`e_entry`), where a uprobe on it goes.
 pub fn entry_offset(path: &Path) -> io::Result<u64> {
-    let data = fs::read(path)?;
+    let data = object_file::read(path)?;
     let file = parse(path, &data)?;
     let entry = file.entry();
     file.segments()

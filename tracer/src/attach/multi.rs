@@ -7,13 +7,15 @@
 //! while one loaded with it cannot attach through a perf event). So the copies are loaded here
 //! from the same embedded object with aya-obj, aya's own parser, the way aya does it, except
 //! that their map references point at the maps aya created: both copies share every map,
-//! globals (`.rodata`, `.bss`) and aya-log's included.
+//! globals (`.rodata`, `.bss`) included.
 
 use std::{
     collections::{HashMap, HashSet},
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::Path,
+    sync::Arc,
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{Map, MapData};
@@ -55,9 +57,49 @@ pub enum MultiError {
 /// The loaded copies, by program name.
 pub struct MultiPrograms {
     programs: HashMap<&'static str, OwnedFd>,
+    /// How long each took to load (verify), in load order.
+    pub load_times: Vec<(&'static str, Duration)>,
 }
 
+/// Duplicates of aya's map fds by name (see [`map_fds`]), kept to load more copies later.
+pub type MapFds = Arc<HashMap<String, OwnedFd>>;
+
 impl MultiPrograms {
+    /// Whether the copy of `program` is loaded.
+    pub fn has(&self, program: &str) -> bool {
+        self.programs.contains_key(program)
+    }
+
+    /// Loads the copies of `names` not loaded yet (a program first needed after the start:
+    /// pymalloc's when a Python process appears).
+    pub fn load_more(
+        &mut self,
+        object: &[u8],
+        maps: &MapFds,
+        names: &[&'static str],
+    ) -> Result<(), MultiError> {
+        let missing: Vec<&'static str> = names
+            .iter()
+            .copied()
+            .filter(|name| !self.has(name))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let more = load(object, maps, &missing)?;
+        self.merge(more);
+        Ok(())
+    }
+
+    /// Takes in copies loaded elsewhere (see [`load_in_background`]); a copy loaded twice keeps
+    /// the first.
+    pub fn merge(&mut self, more: MultiPrograms) {
+        for (name, fd) in more.programs {
+            self.programs.entry(name).or_insert(fd);
+        }
+        self.load_times.extend(more.load_times);
+    }
+
     /// The copy of `program`.
     pub fn program(&self, program: &str) -> Option<BorrowedFd<'_>> {
         self.programs.get(program).map(AsFd::as_fd)
@@ -86,13 +128,14 @@ impl MultiPrograms {
 
 /// Duplicates of the fds of every map aya created, by name: taken right after aya's load,
 /// before the maps are moved out of the `Ebpf` (and kept as long as the copies are loading).
-pub fn map_fds(ebpf: &aya::Ebpf) -> std::io::Result<HashMap<String, OwnedFd>> {
+pub fn map_fds(ebpf: &aya::Ebpf) -> std::io::Result<MapFds> {
     ebpf.maps()
         .map(|(name, map)| {
             let fd = map_data(map).fd().as_fd().try_clone_to_owned()?;
             Ok((name.to_string(), fd))
         })
-        .collect()
+        .collect::<std::io::Result<HashMap<_, _>>>()
+        .map(Arc::new)
 }
 
 /// The map's data, whatever its type.
@@ -135,7 +178,7 @@ fn map_data(map: &Map) -> &MapData {
 /// thread has aya load the originals (two CPUs verify at once).
 pub fn load_in_background(
     object: &'static [u8],
-    maps: HashMap<String, OwnedFd>,
+    maps: MapFds,
     names: Vec<&'static str>,
 ) -> JoinHandle<Result<MultiPrograms, MultiError>> {
     std::thread::spawn(move || load(object, &maps, &names))
@@ -192,7 +235,9 @@ fn load(
     obj.sanitize_functions(features);
 
     let mut programs = HashMap::new();
+    let mut load_times = Vec::new();
     for name in names {
+        let started = Instant::now();
         let program = obj
             .programs
             .get(*name)
@@ -221,8 +266,12 @@ fn load(
             source,
         })?;
         programs.insert(*name, fd);
+        load_times.push((*name, started.elapsed()));
     }
-    Ok(MultiPrograms { programs })
+    Ok(MultiPrograms {
+        programs,
+        load_times,
+    })
 }
 
 /// An error with its cause (aya-obj's relocation errors name the function only).

@@ -27,7 +27,7 @@ use crate::{
         bpf_sys,
         detach::drop_in_parallel,
         map_memory::{MapKind, MapMemory, MapShape, estimate, possible_cpus},
-        multi::{self, MultiError, MultiPrograms},
+        multi::{self, MapFds, MultiError, MultiPrograms},
     },
     collect::EbpfMaps,
     error::TraceError,
@@ -97,8 +97,9 @@ enum LinkKind {
 enum MultiState {
     /// Turned off (`LEAKTRACER_NO_UPROBE_MULTI`), or unavailable on this kernel.
     Off,
-    Loading(JoinHandle<Result<MultiPrograms, MultiError>>),
-    Ready(MultiPrograms),
+    Loading(JoinHandle<Result<MultiPrograms, MultiError>>, MapFds),
+    /// Loaded, with the maps to load more copies with.
+    Ready(MultiPrograms, MapFds),
 }
 
 /// One attach step: a program at some sites of one object (one link with `uprobe_multi`).
@@ -176,6 +177,9 @@ pub struct AttachStats {
     pub probes: usize,
     /// Whether `uprobe_multi` links were used (one link per program and object).
     pub multi: bool,
+    /// From leaktracer's start until the first targets' probes were in (programs loaded and
+    /// verified, maps created, probes attached); set once they are.
+    pub load: Option<Duration>,
 }
 
 /// Loaded programs and their links. Dropping it detaches every probe (links are file
@@ -189,6 +193,15 @@ pub struct Probes {
     stats: AttachStats,
     /// Set by [`Self::stop_recording`]: the detach order no longer matters.
     stopped: bool,
+    /// The programs aya loaded (perf-event uprobes, raw tracepoints), with how long each took
+    /// (the verifier, mostly), in load order. A uprobe program is loaded here only when a
+    /// probe is attached through a perf event (no `uprobe_multi`, or the launch stop).
+    loaded: Vec<(&'static str, Duration)>,
+    /// Creating the maps and parsing the object (aya's load, before any program).
+    pub maps_time: Duration,
+    /// `uprobe_multi` copies a plan will need, loading on another thread (see
+    /// [`Self::prepare`]).
+    prefetch: Option<JoinHandle<Result<MultiPrograms, MultiError>>>,
     /// The launched command's stop at its entry point, while attached.
     launch_stop: Option<UProbeLinkId>,
     pub attached: Vec<AttachedProbe>,
@@ -375,17 +388,22 @@ impl Probes {
             ));
         }
         let (cgroup_id, cgroup_level) = sizes.cgroup.unwrap_or((0, 0));
+        // aya's loader reads the kernel's BTF when made (for CO-RE relocations, which this
+        // object has none of), as `task_offsets` does: both at once, ~0.1 s each.
+        let new_loader = std::thread::spawn(EbpfLoader::new);
+        let offsets = super::btf::task_offsets();
         // Without it (no BTF), CPython targets keep native stacks.
-        let fsbase_offset = super::btf::fsbase_offset().unwrap_or(0);
+        let fsbase_offset = offsets.fsbase.unwrap_or(0);
         // Without them, endings carry no OOM mark (the cgroup's OOM counter still tells).
-        let (tgid_offset, exit_code_offset) = super::btf::exit_offsets().unwrap_or((0, 0));
+        let (tgid_offset, exit_code_offset) = offsets.exit.unwrap_or((0, 0));
         // Without it, a thread killed with its process reads as ended before its process.
-        let task_flags_offset = super::btf::task_flags_offset().unwrap_or(0);
+        let task_flags_offset = offsets.flags.unwrap_or(0);
         let (table_slots, _) = tracer_common::split_record_capacity(sizes.max_allocations);
-        let mut loader = EbpfLoader::new();
+        let mut loader = new_loader.join().unwrap_or_else(|_| EbpfLoader::new());
         for sized in sized_maps(&sizes) {
             loader.map_max_entries(sized.map, sized.entries);
         }
+        let maps_started = Instant::now();
         let mut ebpf = loader
             .override_global(globals::FILTER_CGROUP_ID, &cgroup_id, true)
             .override_global(globals::FILTER_CGROUP_LEVEL, &cgroup_level, true)
@@ -404,32 +422,37 @@ impl Probes {
             .override_global(globals::TASK_FLAGS_OFFSET, &task_flags_offset, true)
             .load(EBPF_OBJECT)
             .map_err(|e| load_error(e, &sizes))?;
+        let maps_time = maps_started.elapsed();
         let multi = load_multi_copies(&ebpf);
-        for program in programs::ALL {
-            let name = program.name;
-            let loaded = ebpf.program_mut(name).ok_or_else(|| {
-                TraceError::Load(format!("program {name} missing from the object"))
-            })?;
-            let verified = match program.role {
-                Role::Tracepoint(tracepoint) => {
-                    let raw: &mut RawTracePoint = loaded
-                        .try_into()
-                        .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
-                    // Attached at once, machine-wide (each program returns at once for a
-                    // process not traced): no event of a target is missed, however early.
-                    raw.load().and_then(|()| raw.attach(tracepoint).map(drop))
-                }
-                _ => {
-                    let uprobe: &mut UProbe = loaded
-                        .try_into()
-                        .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
-                    uprobe.load()
-                }
+        // The uprobe programs wait for a probe that needs them: with `uprobe_multi` their
+        // copies are what runs, and aya's are never verified.
+        let mut loaded = Vec::new();
+        for program in programs::ALL
+            .iter()
+            .filter(|p| matches!(p.role, Role::Tracepoint(_)))
+        {
+            let Role::Tracepoint(tracepoint) = program.role else {
+                continue;
             };
-            verified.map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
+            let name = program.name;
+            let started = Instant::now();
+            let raw: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| TraceError::Load(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
+            // Attached at once, machine-wide (each program returns at once for a process not
+            // traced): no event of a target is missed, however early.
+            raw.load()
+                .and_then(|()| raw.attach(tracepoint).map(drop))
+                .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
+            loaded.push((name, started.elapsed()));
         }
         let mut maps = EbpfMaps::take(&mut ebpf).map_err(|e| TraceError::Load(e.to_string()))?;
-        fill_sample_table(&mut maps)?;
+        // Read by the programs only under --sample-bytes (1024 updates, one system call each).
+        if sizes.sample_bytes != 0 {
+            fill_sample_table(&mut maps)?;
+        }
         Ok(Self {
             ebpf,
             maps,
@@ -439,6 +462,9 @@ impl Probes {
             multi,
             stats: AttachStats::default(),
             stopped: false,
+            loaded,
+            maps_time,
+            prefetch: None,
             launch_stop: None,
             attached: Vec::new(),
             marks_oom_victims: tgid_offset != 0 && exit_code_offset != 0,
@@ -460,6 +486,11 @@ impl Probes {
             .map_err(|e| TraceError::Load(format!("stopping the programs: {e}")))?;
         self.stopped = true;
         Ok(())
+    }
+
+    /// The first targets' probes are in, `since_start` after leaktracer started.
+    pub fn set_load_time(&mut self, since_start: Duration) {
+        self.stats.load.get_or_insert(since_start);
     }
 
     /// Attach and detach figures so far.
@@ -501,19 +532,96 @@ impl Probes {
 
     /// Whether the `uprobe_multi` copies are loaded (waiting for their load the first time).
     fn multi_ready(&mut self) -> bool {
-        if let MultiState::Loading(_) = self.multi {
-            let MultiState::Loading(handle) = std::mem::replace(&mut self.multi, MultiState::Off)
+        if let MultiState::Loading(..) = self.multi {
+            let MultiState::Loading(handle, maps) =
+                std::mem::replace(&mut self.multi, MultiState::Off)
             else {
                 unreachable!("matched above")
             };
             match multi::join(handle) {
-                Ok(programs) => self.multi = MultiState::Ready(programs),
+                Ok(programs) => self.multi = MultiState::Ready(programs, maps),
                 Err(e) => eprintln_escaped!(
                     "leaktracer: note: no uprobe_multi links ({e}); attaching one perf event per probe (detaching those takes the kernel about 0.1 s per probe)"
                 ),
             }
         }
-        matches!(self.multi, MultiState::Ready(_))
+        matches!(self.multi, MultiState::Ready(..))
+    }
+
+    /// Starts loading, on another thread, the `uprobe_multi` copies of the programs `plan`
+    /// needs that are not loaded up front (pymalloc's, for a CPython process), while the
+    /// caller prepares the rest (unwind tables, the interpreter): its attach finds them ready.
+    pub fn prepare(&mut self, plan: &AttachPlan) {
+        let maps = match &self.multi {
+            MultiState::Loading(_, maps) | MultiState::Ready(_, maps) => maps.clone(),
+            MultiState::Off => return,
+        };
+        let mut names: Vec<&'static str> = steps(plan)
+            .iter()
+            .map(|step| step.program)
+            .filter(|name| programs::by_name(name).is_some_and(|p| !programs::loaded_up_front(p)))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if !names.is_empty() && self.prefetch.is_none() {
+            self.prefetch = Some(multi::load_in_background(EBPF_OBJECT, maps, names));
+        }
+    }
+
+    /// Loads the programs `names` that are not loaded yet, for attaching them: their
+    /// `uprobe_multi` copies with `multi`, else aya's (perf-event) programs.
+    fn ensure_loaded(&mut self, names: &[&'static str], multi: bool) -> Result<(), TraceError> {
+        if multi {
+            let MultiState::Ready(programs, maps) = &mut self.multi else {
+                unreachable!("only called with the copies loaded")
+            };
+            // A failed prefetch is only a lost head start: what is missing loads below.
+            if let Some(Ok(more)) = self.prefetch.take().map(multi::join) {
+                programs.merge(more);
+            }
+            return programs
+                .load_more(EBPF_OBJECT, maps, names)
+                .map_err(|e| TraceError::Load(with_causes(&e)));
+        }
+        for &name in names {
+            if self.loaded.iter().any(|(loaded, _)| *loaded == name) {
+                continue;
+            }
+            let started = Instant::now();
+            let uprobe: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| TraceError::Load(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
+            uprobe
+                .load()
+                .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
+            self.loaded.push((name, started.elapsed()));
+        }
+        Ok(())
+    }
+
+    /// Every program loaded so far (verified by the kernel), in the object's table order.
+    pub fn loaded_programs(&self) -> Vec<&'static str> {
+        programs::ALL
+            .iter()
+            .map(|program| program.name)
+            .filter(|name| {
+                self.loaded.iter().any(|(loaded, _)| loaded == name)
+                    || matches!(&self.multi, MultiState::Ready(copies, _) if copies.has(name))
+            })
+            .collect()
+    }
+
+    /// How long each program took to load, in load order: aya's, then the `uprobe_multi`
+    /// copies (loaded on another thread, meanwhile).
+    pub fn load_times(&self) -> Vec<(&'static str, Duration)> {
+        let mut times = self.loaded.clone();
+        if let MultiState::Ready(copies, _) = &self.multi {
+            times.extend(copies.load_times.iter().copied());
+        }
+        times
     }
 
     fn attach_or_roll_back(
@@ -524,6 +632,10 @@ impl Probes {
     ) -> Result<(), TraceError> {
         let before = (self.links.len(), self.attached.len());
         let pid = NonZeroU32::new(pid).expect("pid is never 0");
+        let mut needed: Vec<&'static str> = steps(plan).iter().map(|step| step.program).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        self.ensure_loaded(&needed, use_multi)?;
         let mut result = Ok(());
         for step in steps(plan) {
             result = if use_multi {
@@ -545,7 +657,7 @@ impl Probes {
 
     /// One `uprobe_multi` link for the step.
     fn attach_step(&mut self, step: &Step<'_>, pid: NonZeroU32) -> Result<(), TraceError> {
-        let MultiState::Ready(programs) = &self.multi else {
+        let MultiState::Ready(programs, _) = &self.multi else {
             unreachable!("only called with the copies loaded")
         };
         let offsets: Vec<u64> = step.sites.iter().map(|site| site_offset(site)).collect();
@@ -647,6 +759,7 @@ impl Probes {
             reason: e.to_string(),
         })?;
         let pid = NonZeroU32::new(pid).expect("a child's pid is not 0");
+        self.ensure_loaded(&[programs::LAUNCH_ENTRY.name], false)?;
         let uprobe: &mut UProbe = self
             .ebpf
             .program_mut(programs::LAUNCH_ENTRY.name)
@@ -749,17 +862,21 @@ impl Probes {
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         let mut all = Vec::new();
         for name in programs::ALL.map(|program| program.name) {
-            let Some(program) = self.ebpf.program(name) else {
-                continue;
+            // Loaded by aya, its uprobe_multi copy, or both.
+            let (mut runs, mut run_ns, mut verified) = match self
+                .ebpf
+                .program(name)
+                .and_then(|program| program.info().ok())
+            {
+                Some(info) => (
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                    info.verified_instruction_count().unwrap_or(0),
+                ),
+                None => (0, 0, 0),
             };
-            let Ok(info) = program.info() else {
-                continue;
-            };
-            let mut runs = info.run_count();
-            let mut run_ns = info.run_time().as_nanos() as u64;
-            let mut verified = info.verified_instruction_count().unwrap_or(0);
             // Its uprobe_multi copy runs instead where those links are used.
-            if let MultiState::Ready(copies) = &self.multi
+            if let MultiState::Ready(copies, _) = &self.multi
                 && let Some(Ok((copy_runs, copy_ns, copy_verified))) =
                     copies.program(name).map(bpf_sys::prog_run_figures)
             {
@@ -780,9 +897,9 @@ impl Probes {
         all
     }
 
-    /// The collector of what these programs record: their record table mapped, their log taken.
+    /// The collector of what these programs record: their record table mapped.
     pub fn collector(&mut self) -> anyhow::Result<crate::collect::Collector> {
-        crate::collect::Collector::new(&mut self.ebpf, &self.maps, self.record_table_slots)
+        crate::collect::Collector::new(&self.maps, self.record_table_slots)
     }
 
     /// The unwinder's maps, taken out of the object (once: a second call fails).
@@ -822,18 +939,20 @@ fn load_multi_copies(ebpf: &Ebpf) -> MultiState {
     if multi::disabled() {
         return MultiState::Off;
     }
+    // The others are loaded when a target first needs them (see `Probes::ensure_loaded`).
     let names: Vec<&'static str> = programs::ALL
         .iter()
         .filter(|p| {
-            matches!(
-                p.role,
-                Role::Allocate | Role::Release | Role::Return | Role::Freeze
-            )
+            matches!(p.role, Role::Allocate | Role::Release | Role::Return)
+                && programs::loaded_up_front(p)
         })
         .map(|p| p.name)
         .collect();
     match multi::map_fds(ebpf) {
-        Ok(maps) => MultiState::Loading(multi::load_in_background(EBPF_OBJECT, maps, names)),
+        Ok(maps) => MultiState::Loading(
+            multi::load_in_background(EBPF_OBJECT, maps.clone(), names),
+            maps,
+        ),
         Err(e) => {
             eprintln_escaped!(
                 "leaktracer: note: no uprobe_multi links (duplicating the map fds: {e})"
@@ -886,10 +1005,6 @@ mod tests {
     use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
     use super::*;
-
-    /// What aya-log adds to the object: its map and its level global.
-    const LOG_MAP: &str = "AYA_LOGS";
-    const LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
     /// The embedded object's global symbols: (programs with their section, maps, globals).
     fn object_symbols() -> (
@@ -957,17 +1072,10 @@ mod tests {
             })
             .collect();
         assert_eq!(programs, expected_programs, "programs (name, section)");
-        let expected_maps: BTreeSet<String> = maps::ALL
-            .iter()
-            .chain([&LOG_MAP])
-            .map(|m| m.to_string())
-            .collect();
+        let expected_maps: BTreeSet<String> = maps::ALL.iter().map(|m| m.to_string()).collect();
         assert_eq!(maps, expected_maps, "maps");
-        let expected_globals: BTreeSet<String> = globals::ALL
-            .iter()
-            .chain([&LOG_LEVEL])
-            .map(|g| g.to_string())
-            .collect();
+        let expected_globals: BTreeSet<String> =
+            globals::ALL.iter().map(|g| g.to_string()).collect();
         assert_eq!(globals, expected_globals, "globals");
     }
 }

@@ -16,7 +16,7 @@ use std::{collections::HashMap, time::Duration};
 
 use aya::maps::IterableMap;
 use tracer_common::{
-    AllocKey, AllocRecord, COUNTER_SLOTS, RecordSlot, StackKey, StackStats, UNKNOWN_STACK,
+    AllocKey, AllocRecord, COUNTER_SLOTS, Counter, RecordSlot, StackKey, StackStats, UNKNOWN_STACK,
     UnmapEvent, threads::ThreadStart,
 };
 
@@ -108,27 +108,10 @@ pub struct MapsSnapshot {
     pub counters: [u64; COUNTER_SLOTS as usize],
 }
 
-/// Prints the eBPF side's warnings (map full and the like, see `count_loss!` in tracer-ebpf)
-/// as they happen, in leaktracer's own one-line style.
-pub struct KernelWarnings;
-
-impl log::Log for KernelWarnings {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::Level::Warn
-    }
-
-    fn log(&self, record: &log::Record) {
-        if self.enabled(record.metadata()) {
-            eprintln_escaped!("leaktracer: warning: {}", record.args());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
 /// Reads the tracer's maps.
 pub struct Collector {
-    warnings: Option<aya_log::EbpfLogger<KernelWarnings>>,
+    /// The loss counters already warned about (see [`Collector::print_warnings`]).
+    warned: [bool; COUNTER_SLOTS as usize],
     /// The heap record table, mapped.
     table: table::RecordTable,
     /// Mapping records added less those removed by [`Collector::drain_unmaps`] (wrapping), as
@@ -144,9 +127,8 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Maps the record table of the loaded programs (`table_slots` of it in use) and takes
-    /// their log out of `ebpf`.
-    pub fn new(ebpf: &mut aya::Ebpf, maps: &EbpfMaps, table_slots: u32) -> anyhow::Result<Self> {
+    /// Maps the record table of the loaded programs (`table_slots` of it in use).
+    pub fn new(maps: &EbpfMaps, table_slots: u32) -> anyhow::Result<Self> {
         let table = table::RecordTable::map(maps.record_table.map(), table_slots as usize)
             .map_err(|e| anyhow::anyhow!("cannot map the record table: {e}"))?;
         Ok(Self {
@@ -154,15 +136,31 @@ impl Collector {
             user_mappings: 0,
             resident: HashMap::new(),
             ended_threads: Vec::new(),
-            // No logger only when the object has no log calls at all.
-            warnings: aya_log::EbpfLogger::init_with_logger(ebpf, KernelWarnings).ok(),
+            warned: [false; COUNTER_SLOTS as usize],
         })
     }
 
-    /// Prints warnings the eBPF programs logged since the last call.
-    pub fn print_warnings(&mut self) {
-        if let Some(logger) = &mut self.warnings {
-            logger.flush();
+    /// Warns, once each, about the losses the eBPF programs counted since the last call (map
+    /// full and the like, see `count_loss!` in tracer-ebpf), in leaktracer's one-line style.
+    /// The programs only count them: a log call from the kernel side cost every program that
+    /// had one thousands of instructions to verify.
+    pub fn print_warnings(&mut self, maps: &EbpfMaps) {
+        for counter in Counter::ALL {
+            let slot = counter as usize;
+            let Some(message) = counter.loss_message() else {
+                continue;
+            };
+            if self.warned[slot] {
+                continue;
+            }
+            let counted = maps
+                .counters
+                .get(&(slot as u32), 0)
+                .is_ok_and(|per_cpu| per_cpu.iter().any(|&n| n != 0));
+            if counted {
+                self.warned[slot] = true;
+                eprintln_escaped!("leaktracer: warning: {message}");
+            }
         }
     }
 

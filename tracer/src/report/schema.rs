@@ -75,7 +75,7 @@ pub struct Report {
 }
 
 /// Attaching and detaching the probes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AttachSummary {
     /// Every attach of the trace, summed (processes that joined later included).
     pub attach_secs: f64,
@@ -89,6 +89,15 @@ pub struct AttachSummary {
     /// `uprobe_multi` links were used (kernel 6.6+; `LEAKTRACER_NO_UPROBE_MULTI=1` turns
     /// them off).
     pub multi: bool,
+    /// Seconds from leaktracer's start until the first targets' probes were in (programs
+    /// loaded and verified, maps created, probes attached: nothing the targets did before is
+    /// seen). Null in reports written by older versions.
+    #[serde(default)]
+    pub load_secs: Option<f64>,
+    /// The programs the kernel loaded (verified) for this trace, by name: a program is loaded
+    /// only once a target needs it (no pymalloc programs for a process without CPython).
+    #[serde(default)]
+    pub programs: Vec<String>,
 }
 
 /// Bytes and blocks of one reachability class.

@@ -76,6 +76,7 @@ impl EndReason {
 
 /// Runs `leaktracer trace`.
 pub fn run(config: TraceConfig) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     // Before any work: a trace of ten minutes must not end in "cannot write".
     config.outputs.check(&[])?;
     probes::check_privileges()?;
@@ -107,7 +108,7 @@ pub fn run(config: TraceConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let result = trace(&config, child.as_mut(), &runtime, signals);
+    let result = trace(&config, child.as_mut(), &runtime, signals, started);
     if let Some(child) = child.as_mut()
         && child.try_reap().is_none()
     {
@@ -124,8 +125,9 @@ fn trace(
     child: Option<&mut LaunchedChild>,
     runtime: &tokio::runtime::Runtime,
     mut signals: Signals,
+    started: std::time::Instant,
 ) -> anyhow::Result<()> {
-    let mut session = Session::open(config, child)?;
+    let mut session = Session::open(config, child, started)?;
     session.start(config.pid(), config.duration)?;
     let end_reason =
         session.wait_for_end(runtime, &mut signals, config.duration, config.interval)?;

@@ -168,6 +168,8 @@ fn attach_summary(stats: AttachStats) -> report::AttachSummary {
         links: stats.links as u64,
         probes: stats.probes as u64,
         multi: stats.multi,
+        load_secs: stats.load.map(|d| d.as_secs_f64()),
+        programs: Vec::new(),
     }
 }
 
@@ -234,6 +236,7 @@ mod tests {
             links: 3,
             probes: 12,
             multi: true,
+            load: Some(Duration::from_millis(420)),
         };
         let facts = reporter.facts(10.5, Some(super::super::EndReason::Duration), stats);
         assert_eq!(facts.end_reason, "duration");
@@ -244,6 +247,7 @@ mod tests {
         let attach = facts.attach.unwrap();
         assert_eq!((attach.links, attach.probes, attach.multi), (3, 12, true));
         assert_eq!((attach.attach_secs, attach.detach_secs), (0.25, None));
+        assert_eq!(attach.load_secs, Some(0.42));
         let live = reporter.facts(1.0, None, stats);
         assert_eq!(live.end_reason, "running");
     }

@@ -8,7 +8,7 @@
 use std::{
     os::fd::{AsFd, OwnedFd},
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -77,6 +77,8 @@ pub(super) struct Session<'a> {
     /// `--program-stats`: held for the whole trace, the kernel measures programs only while
     /// it is open.
     run_time_stats: Option<OwnedFd>,
+    /// When leaktracer started (`attach.load_secs` counts from it).
+    started: Instant,
     /// Resumes the targets the probes stop if leaktracer dies: the last field, so dropped
     /// after everything else.
     _resume_guard: ResumeGuard,
@@ -88,6 +90,7 @@ impl<'a> Session<'a> {
     pub fn open(
         config: &TraceConfig,
         child: Option<&'a mut LaunchedChild>,
+        started: Instant,
     ) -> anyhow::Result<Self> {
         let scope = scope_of(config, child.as_deref())?;
         let mut probes = Probes::load(super::map_sizes(config, scope.kernel_filter()))?;
@@ -152,6 +155,7 @@ impl<'a> Session<'a> {
             redirects: Redirects::new(config.verbose),
             verbose: config.verbose,
             run_time_stats,
+            started,
             _resume_guard: resume_guard,
         })
     }
@@ -165,6 +169,8 @@ impl<'a> Session<'a> {
         }
         if let Some(pid) = pid {
             let plan = self.processes.plan_for_pid(pid)?;
+            // Programs only this target needs load meanwhile.
+            self.probes.prepare(&plan);
             // Tables first, so the first allocation recorded already gets its whole stack.
             self.update_tables(pid);
             self.processes.attach(&mut self.probes, pid, &plan)?;
@@ -259,8 +265,10 @@ impl<'a> Session<'a> {
     }
 
     /// The first line of the trace (and, with --verbose, how the probes were attached).
-    fn say_started(&self, duration: Option<Duration>) {
+    fn say_started(&mut self, duration: Option<Duration>) {
+        self.probes.set_load_time(self.started.elapsed());
         if self.verbose {
+            self.say_load_times();
             let stats = self.probes.stats();
             eprintln_escaped!(
                 "leaktracer: attached {} probes in {} links ({}) in {:.3} s",
@@ -282,6 +290,23 @@ impl<'a> Session<'a> {
                 Some(d) => format!("stopping after {:.0?} or on Ctrl-C", d),
                 None => "Ctrl-C to stop".to_string(),
             }
+        );
+    }
+
+    /// With --verbose: how long the start took, and its parts (the verifier, mostly).
+    fn say_load_times(&self) {
+        let load = self.probes.stats().load.unwrap_or_default();
+        let programs: Vec<String> = self
+            .probes
+            .load_times()
+            .iter()
+            .map(|(name, took)| format!("{name} {:.3} s", took.as_secs_f64()))
+            .collect();
+        eprintln_escaped!(
+            "leaktracer: probes in {:.3} s after start (attach.load_secs); maps created in {:.3} s; programs loaded (verified): {}",
+            load.as_secs_f64(),
+            self.probes.maps_time.as_secs_f64(),
+            programs.join(", ")
         );
     }
 
@@ -467,7 +492,7 @@ impl<'a> Session<'a> {
     /// Settles pending munmap ranges and prints what the kernel side warned about.
     pub(super) fn settle_unmaps(&mut self) -> anyhow::Result<()> {
         self.collector.drain_unmaps(self.probes.maps_mut())?;
-        self.collector.print_warnings();
+        self.collector.print_warnings(self.probes.maps());
         Ok(())
     }
 
@@ -693,6 +718,14 @@ impl<'a> Session<'a> {
         let mut facts = self
             .reporter
             .facts(elapsed, end_reason, self.probes.stats());
+        if let Some(attach) = facts.attach.as_mut() {
+            attach.programs = self
+                .probes
+                .loaded_programs()
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+        }
         facts.mappings = self.mappings(&stacks);
         facts.processes = self.process_entries(snapshot);
         facts.target_exit = self.endings.target_exit().cloned().map(|mut exit| {

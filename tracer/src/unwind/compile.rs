@@ -62,7 +62,7 @@ fn stop_row(pc: u32) -> UnwindRow {
 /// Compiles the table of the ELF object at `path`.
 pub fn compile_file(path: &Path) -> Result<UnwindTable, UnwindError> {
     let display = path.display().to_string();
-    let data = fs::read(path).map_err(|source| UnwindError::Read {
+    let data = crate::target::object_file::read(path).map_err(|source| UnwindError::Read {
         path: display.clone(),
         source,
     })?;

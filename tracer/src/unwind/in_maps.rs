@@ -109,6 +109,9 @@ pub struct TablesInMaps {
     no_room: HashSet<(u64, u64)>,
     /// The last generation published (see `UnwindProcess::generation`).
     generation: u32,
+    /// The arrays' descriptors, kept open although they are written through their mappings:
+    /// a program loaded later (when a target first needs it) names its maps by descriptor.
+    _descriptors: (Array<MapData, UnwindRow>, Array<MapData, UnwindMapping>),
 }
 
 impl TablesInMaps {
@@ -117,6 +120,7 @@ impl TablesInMaps {
         Ok(Self {
             rows: WritableArray::map(maps.rows.map(), maps.row_slots)?,
             mappings: WritableArray::map(maps.mappings.map(), maps.mapping_slots)?,
+            _descriptors: (maps.rows, maps.mappings),
             processes: maps.processes,
             ends: maps.ends,
             row_space: Space::new(maps.row_slots),

@@ -4,7 +4,7 @@
 //! symbols, code and call-frame information (so stripped LTO builds such as Debian's work), and
 //! on 3.13+ from what the interpreter publishes about itself (`_Py_DebugOffsets`).
 
-use std::{collections::HashMap, fs};
+use std::{collections::HashMap, fs, path::Path};
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use tracer_common::python::ThreadSource;
@@ -13,6 +13,7 @@ use super::layout::{DEBUG_OFFSETS_BYTES, Layout};
 use crate::arch::{ThreadLocalLoad, thread_local_load};
 use crate::target::{
     maps::{Mapping, read_maps},
+    object_file,
     remote::RemoteMemory,
 };
 
@@ -176,8 +177,8 @@ impl Symbols {
 /// The interpreter in the object mapped first at `first`, if it holds one.
 fn in_object(pid: u32, first: &Mapping, path: &str) -> Found {
     let by_range = format!("/proc/{pid}/map_files/{:x}-{:x}", first.start, first.end);
-    let Ok(data) =
-        fs::read(&by_range).or_else(|_| fs::read(crate::target::process::path_in_root(pid, path)))
+    let Ok(data) = object_file::read(Path::new(&by_range))
+        .or_else(|_| object_file::read(&crate::target::process::path_in_root(pid, path)))
     else {
         return Found::Nothing;
     };
