@@ -148,10 +148,10 @@ pub const EXECUTABLE_TAG_MASK: u64 = (1 << PYTHON_CODE_ALIGN_BITS) - 1;
 /// Bytes of a frame the kernel reads (covers every field it needs, in every supported layout).
 pub const FRAME_HEADER_BYTES: usize = 72;
 
-/// The kernel reads frames by aligned windows of this many bytes (a power of two, at most a
-/// page): a thread's frames sit next to each other in its data-stack chunk, callers below
-/// callees, so one read covers several frames.
-pub const FRAME_WINDOW_BYTES: usize = 2048;
+/// Bytes of the kernel's per-CPU scratch a frame is read into: room for the larger of
+/// [`FRAME_HEADER_BYTES`] and [`FRAME_OBJECT_BYTES`], plus a field's eight bytes past either
+/// (the fields are read at masked offsets, see the kernel's `python::field`).
+pub const FRAME_SCRATCH_BYTES: usize = 256;
 
 /// Bytes of a `PyFrameObject` (3.9, 3.10) the kernel reads: every field it needs (`f_back`,
 /// `f_code`, `f_lasti`) ends within them, and the object is larger (360 bytes at least).

@@ -6,8 +6,8 @@
 //! "current thread state": glibc's thread-specific data of its pthread key (3.9-3.14), or the
 //! static thread-local variable that replaced it (3.15): either stays set while the thread has
 //! released the GIL (C extensions, ctypes, I/O), so those allocations get their Python frames
-//! too. One frame per `bpf_loop` iteration: one read of the frame's header, the fields taken
-//! from it at the interpreter's offsets (3.11+'s `_PyInterpreterFrame`s here, 3.9 and 3.10's
+//! too. One frame per `bpf_loop` iteration: one read of the frame's header (only the header),
+//! the fields taken from it at the interpreter's offsets (3.11+'s `_PyInterpreterFrame`s here, 3.9 and 3.10's
 //! `PyFrameObject`s in `frame_objects`). The eval loop's shim frames (3.12: owned by the C
 //! stack; 3.13+: `None` as their executable) mark where an activation began; 3.15's sentinel
 //! frame at the bottom of every thread's chain ends it.
@@ -23,7 +23,7 @@ use tracer_common::{
     MAX_STACK_DEPTH,
     python::{
         ActivationMarker, EXECUTABLE_TAG_MASK, FRAME_HEADER_BYTES, FRAME_OWNED_BY_CSTACK,
-        FRAME_WINDOW_BYTES, MAX_PYTHON_FRAMES, NO_CFRAME, NewPythonStack, PYTHON_ENTRY,
+        FRAME_SCRATCH_BYTES, MAX_PYTHON_FRAMES, NO_CFRAME, NewPythonStack, PYTHON_ENTRY,
         PythonProcess, ThreadSource, python_entry,
     },
     runtimes::{RUNTIME_DATA_WORDS, is_runtime_frame},
@@ -33,9 +33,9 @@ use crate::{arch::thread_pointer, maps::STACK_SCRATCH, stack::mix, tsd};
 
 mod frame_objects;
 
-/// Per CPU, the window of frames being read (a map value, so computed offsets index it).
+/// Per CPU, the frame being read (a map value, so computed offsets index it).
 #[map]
-pub(crate) static PYTHON_SCRATCH: PerCpuArray<[u8; FRAME_WINDOW_BYTES]> =
+pub(crate) static PYTHON_SCRATCH: PerCpuArray<[u8; FRAME_SCRATCH_BYTES]> =
     PerCpuArray::with_max_entries(1, 0);
 
 /// Stacks with Python frames kept for the first time, so userspace reads their code objects
@@ -58,10 +58,6 @@ struct Walk {
     hash: u64,
     /// Entries in the scratch stack.
     depth: u64,
-    /// The bytes of the target `PYTHON_SCRATCH` holds: `[window, window + window_len)`
-    /// (`window_len` 0: none yet).
-    window: u64,
-    window_len: u64,
 }
 
 /// Appends the current thread's Python frames to this CPU's scratch stack (holding its native
@@ -95,8 +91,6 @@ pub(crate) fn append_frames(data: &[u64; RUNTIME_DATA_WORDS], hash: u64) -> u64 
         base,
         hash,
         depth,
-        window: 0,
-        window_len: 0,
     };
     // SAFETY: the helper calls `python_frame` at most `frames` times with a pointer to
     // `walk`, which outlives the call; flags must be 0.
@@ -170,47 +164,32 @@ extern "C" fn python_frame(_index: u64, walk: *mut c_void) -> i64 {
     }
 }
 
-/// Frames start at most here in a window, so that every field offset (below 128, masked)
-/// plus 8 stays inside it without a check per field (each check would be a verifier branch).
-const LAST_FRAME_START: usize = FRAME_WINDOW_BYTES - 136;
+/// Field offsets are masked to this, so that every field read stays inside the scratch without
+/// a check per field (each would be a verifier branch).
 const FIELD_MASK: usize = 127;
+const _: () = assert!(FIELD_MASK + 8 <= FRAME_SCRATCH_BYTES);
 
-/// The u64 at `at + offset` of the window (`at <= LAST_FRAME_START`).
+/// The u64 at `offset` of the object read into `scratch` (see [`read_object`]).
 #[inline(always)]
-fn field(window: &[u8; FRAME_WINDOW_BYTES], at: usize, offset: u16) -> u64 {
-    let at = (at & (FRAME_WINDOW_BYTES - 1)).min(LAST_FRAME_START) + (offset as usize & FIELD_MASK);
-    // SAFETY: `at <= LAST_FRAME_START + FIELD_MASK`, and `LAST_FRAME_START + FIELD_MASK + 8`
-    // is the window's size.
-    unsafe { core::ptr::read_unaligned(window.as_ptr().add(at).cast::<u64>()) }
+pub(crate) fn field(scratch: &[u8; FRAME_SCRATCH_BYTES], offset: u16) -> u64 {
+    let at = offset as usize & FIELD_MASK;
+    // SAFETY: `at + 8 <= FIELD_MASK + 8 <= FRAME_SCRATCH_BYTES`.
+    unsafe { core::ptr::read_unaligned(scratch.as_ptr().add(at).cast::<u64>()) }
 }
 
-/// Where the frame at `frame` starts in this CPU's window, reading the window that holds it
-/// when the one held does not: the aligned window around it (in its page, so mapped whenever
-/// the frame is), or, for a frame near a window's end, its header alone.
+/// Reads the first `len` bytes of the object at `at` (a frame) into this CPU's scratch.
+///
+/// Only what the fields need: a walk's cost is mostly these copies, and the frames of a chain
+/// are seldom next to each other (a coroutine's frame lives in its generator object), so the
+/// larger windows read before brought cache lines nobody used.
 #[inline(always)]
-fn frame_in_window(walk: &mut Walk, window: &mut [u8; FRAME_WINDOW_BYTES]) -> Option<usize> {
-    let frame = walk.frame;
-    let held = walk.window_len != 0
-        && frame >= walk.window
-        && frame - walk.window <= (LAST_FRAME_START as u64).min(walk.window_len);
-    if !held {
-        let aligned = frame & !(FRAME_WINDOW_BYTES as u64 - 1);
-        if frame - aligned <= LAST_FRAME_START as u64 {
-            // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
-            unsafe { bpf_probe_read_user_buf(aligned as *const u8, window) }.ok()?;
-            walk.window = aligned;
-            walk.window_len = FRAME_WINDOW_BYTES as u64;
-        } else {
-            let header = window.get_mut(..FRAME_HEADER_BYTES)?;
-            // SAFETY: as above.
-            unsafe { bpf_probe_read_user_buf(frame as *const u8, header) }.ok()?;
-            walk.window = frame;
-            // Only this frame is held: a later frame never matches.
-            walk.window_len = 0;
-            return Some(0);
-        }
-    }
-    Some((frame - walk.window) as usize)
+pub(crate) fn read_object(at: u64, len: usize) -> Option<&'static mut [u8; FRAME_SCRATCH_BYTES]> {
+    // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, no other user meanwhile).
+    let scratch = unsafe { &mut *PYTHON_SCRATCH.get_ptr_mut(0)? };
+    let bytes = scratch.get_mut(..len)?;
+    // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
+    unsafe { bpf_probe_read_user_buf(at as *const u8, bytes) }.ok()?;
+    Some(scratch)
 }
 
 #[inline(always)]
@@ -218,15 +197,13 @@ fn step(walk: &mut Walk) -> Option<()> {
     if walk.frame == 0 || walk.frame == walk.base {
         return None;
     }
-    // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, no other user meanwhile).
-    let window = unsafe { &mut *PYTHON_SCRATCH.get_ptr_mut(0)? };
-    let at = frame_in_window(walk, window)?;
+    let header = read_object(walk.frame, FRAME_HEADER_BYTES)?;
     let process = &walk.process;
     // 3.14+ tag the executable's low bits.
-    let code = field(window, at, process.frame_code) & !EXECUTABLE_TAG_MASK;
-    let instr = field(window, at, process.frame_instr);
-    walk.frame = field(window, at, process.frame_previous);
-    let marker = field(window, at, process.frame_marker) as u8;
+    let code = field(header, process.frame_code) & !EXECUTABLE_TAG_MASK;
+    let instr = field(header, process.frame_instr);
+    walk.frame = field(header, process.frame_previous);
+    let marker = field(header, process.frame_marker) as u8;
     let shim = match process.marker {
         m if m == ActivationMarker::CStackOwner as u8 => marker == FRAME_OWNED_BY_CSTACK,
         m if m == ActivationMarker::NoneExecutable as u8 => code == process.none,

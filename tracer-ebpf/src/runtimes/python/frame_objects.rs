@@ -1,14 +1,14 @@
 //! CPython 3.9 and 3.10: the thread's frames are a chain of heap `PyFrameObject`s (`f_back`,
 //! `f_code`, `f_lasti`), newest first, each run by its own C call of the eval loop (so every
 //! frame begins an activation). One read of the object's first [`FRAME_OBJECT_BYTES`] per
-//! frame: the objects are not next to each other, so the frame windows of 3.11+ do not apply.
+//! frame, as 3.11+'s headers are read (see `read_object`).
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_probe_read_user_buf, generated::bpf_loop};
+use aya_ebpf::helpers::generated::bpf_loop;
 use tracer_common::python::{FRAME_OBJECT_BYTES, InstrKind, PythonProcess, python_entry};
 
-use super::{PYTHON_SCRATCH, field};
+use super::{field, read_object};
 use crate::{maps::STACK_SCRATCH, stack::mix};
 
 /// The walk's state, on the caller's stack (bpf_loop hands the callback a pointer to it).
@@ -75,15 +75,11 @@ fn step(walk: &mut ObjectWalk) -> Option<()> {
     if walk.frame == 0 {
         return None;
     }
-    // SAFETY: this CPU's scratch slot (per-CPU map, valid for the run, no other user meanwhile).
-    let window = unsafe { &mut *PYTHON_SCRATCH.get_ptr_mut(0)? };
-    let header = window.get_mut(..FRAME_OBJECT_BYTES)?;
-    // SAFETY: the helper copies from user memory and fails (no fault) on a bad address.
-    unsafe { bpf_probe_read_user_buf(walk.frame as *const u8, header) }.ok()?;
-    let code = field(window, 0, walk.code);
+    let header = read_object(walk.frame, FRAME_OBJECT_BYTES)?;
+    let code = field(header, walk.code);
     // An `int`: -1 before the first instruction.
-    let lasti = i64::from(field(window, 0, walk.lasti) as u32 as i32);
-    walk.frame = field(window, 0, walk.back);
+    let lasti = i64::from(field(header, walk.lasti) as u32 as i32);
+    walk.frame = field(header, walk.back);
     if code == 0 {
         return None;
     }
