@@ -18,6 +18,11 @@ pub enum Role {
     /// when a process exec'd, so userspace retires what its old image held (an exec frees it
     /// all, with no call to free).
     Tracepoint(&'static str),
+    /// One system call's own tracepoint in tracefs's `syscalls` category (the event named
+    /// here, e.g. `sys_exit_mmap`): runs for that call only, so the other system calls of the
+    /// machine cost nothing. Attached machine-wide at load through a perf event; where the
+    /// events cannot be found or attached, [`SYSCALL_ENTER`] and [`SYSCALL_EXIT`] serve instead.
+    SyscallEvent(&'static str),
     /// Stops a launched command at its entry point, once, so its unwind tables are written
     /// before its first allocation.
     Launch,
@@ -123,6 +128,31 @@ pub const SYSCALL_EXIT: Program = Program {
 pub const SYSCALL_ENTER_TRACEPOINT: &str = "sys_enter";
 pub const SYSCALL_EXIT_TRACEPOINT: &str = "sys_exit";
 
+/// The per-call tracepoints that replace [`SYSCALL_ENTER`] and [`SYSCALL_EXIT`] (see
+/// [`Role::SyscallEvent`]): munmap and mremap at their entry, the rest at their exit.
+const fn syscall_event(name: &'static str) -> Program {
+    Program {
+        name,
+        role: Role::SyscallEvent(name),
+        arguments: &[],
+    }
+}
+pub const SYS_ENTER_MUNMAP: Program = syscall_event("sys_enter_munmap");
+pub const SYS_ENTER_MREMAP: Program = syscall_event("sys_enter_mremap");
+pub const SYS_EXIT_MMAP: Program = syscall_event("sys_exit_mmap");
+pub const SYS_EXIT_MPROTECT: Program = syscall_event("sys_exit_mprotect");
+pub const SYS_EXIT_BRK: Program = syscall_event("sys_exit_brk");
+pub const SYS_EXIT_MREMAP: Program = syscall_event("sys_exit_mremap");
+pub const SYS_EXIT_CLONE: Program = syscall_event("sys_exit_clone");
+pub const SYS_EXIT_CLONE3: Program = syscall_event("sys_exit_clone3");
+
+/// The tracefs category of every [`Role::SyscallEvent`].
+pub const SYSCALL_EVENT_CATEGORY: &str = "syscalls";
+/// Where a `sys_exit_*` event's record holds the call's return value (`ret`, after the common
+/// fields and the call number). Userspace checks it in each event's `format` file and keeps
+/// the raw tracepoints where it differs.
+pub const SYSCALL_EXIT_RET_OFFSET: usize = 16;
+
 /// The OOM killer chose a process (`mark_victim`, in the killer's context): the time, under the
 /// victim's tgid.
 pub const OOM_MARK_VICTIM: Program = Program {
@@ -182,7 +212,7 @@ pub const INTERPRETER_EXIT: Program = Program {
 };
 
 /// Every program of the object.
-pub const ALL: [Program; 20] = [
+pub const ALL: [Program; 28] = [
     MALLOC_ENTER,
     CALLOC_ENTER,
     MEMALIGN_ENTER,
@@ -203,6 +233,14 @@ pub const ALL: [Program; 20] = [
     PYMALLOC_FREE_ENTER,
     OOM_MARK_VICTIM,
     PROCESS_EXIT,
+    SYS_ENTER_MUNMAP,
+    SYS_ENTER_MREMAP,
+    SYS_EXIT_MMAP,
+    SYS_EXIT_MPROTECT,
+    SYS_EXIT_BRK,
+    SYS_EXIT_MREMAP,
+    SYS_EXIT_CLONE,
+    SYS_EXIT_CLONE3,
 ];
 
 /// The program called `name`.

@@ -28,6 +28,7 @@ use crate::{
         detach::drop_in_parallel,
         map_memory::{MapKind, MapMemory, MapShape, estimate, possible_cpus},
         multi::{self, MultiError, MultiPrograms},
+        syscall_events::{self, MappingAttachment, MappingProbes},
     },
     collect::EbpfMaps,
     error::TraceError,
@@ -176,6 +177,8 @@ pub struct AttachStats {
     pub probes: usize,
     /// Whether `uprobe_multi` links were used (one link per program and object).
     pub multi: bool,
+    /// Where the mapping calls are traced (see attach::syscall_events).
+    pub mapping_probes: MappingProbes,
 }
 
 /// Loaded programs and their links. Dropping it detaches every probe (links are file
@@ -187,6 +190,8 @@ pub struct Probes {
     links: Vec<Link>,
     multi: MultiState,
     stats: AttachStats,
+    /// The mapping programs' tier and perf events (see attach::syscall_events).
+    mapping: MappingAttachment,
     /// Set by [`Self::stop_recording`]: the detach order no longer matters.
     stopped: bool,
     /// The launched command's stop at its entry point, while attached.
@@ -406,6 +411,9 @@ impl Probes {
             .map_err(|e| load_error(e, &sizes))?;
         let multi = load_multi_copies(&ebpf);
         for program in programs::ALL {
+            if syscall_events::is_mapping_program(&program) {
+                continue;
+            }
             let name = program.name;
             let loaded = ebpf.program_mut(name).ok_or_else(|| {
                 TraceError::Load(format!("program {name} missing from the object"))
@@ -428,6 +436,7 @@ impl Probes {
             };
             verified.map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
         }
+        let mapping = syscall_events::load_and_attach(&mut ebpf, verifier_summary)?;
         let mut maps = EbpfMaps::take(&mut ebpf).map_err(|e| TraceError::Load(e.to_string()))?;
         fill_sample_table(&mut maps)?;
         Ok(Self {
@@ -437,7 +446,11 @@ impl Probes {
             unwind_rows: sizes.unwind_rows,
             links: Vec::new(),
             multi,
-            stats: AttachStats::default(),
+            stats: AttachStats {
+                mapping_probes: mapping.tier,
+                ..AttachStats::default()
+            },
+            mapping,
             stopped: false,
             launch_stop: None,
             attached: Vec::new(),
@@ -460,6 +473,11 @@ impl Probes {
             .map_err(|e| TraceError::Load(format!("stopping the programs: {e}")))?;
         self.stopped = true;
         Ok(())
+    }
+
+    /// Why the mapping calls are traced at the machine-wide raw tracepoints, when they are.
+    pub fn mapping_fallback(&self) -> Option<&str> {
+        self.mapping.fallback_reason.as_deref()
     }
 
     /// Attach and detach figures so far.
@@ -915,7 +933,8 @@ mod tests {
                 SymbolKind::Text
                     if section.starts_with("uprobe")
                         || section.starts_with("uret")
-                        || section.starts_with("raw_tp") =>
+                        || section.starts_with("raw_tp")
+                        || section == "tracepoint" =>
                 {
                     BTreeSet::insert(&mut programs, (name, section));
                 }
@@ -949,6 +968,7 @@ mod tests {
                 let section = match p.role {
                     Role::Return => "uretprobe".to_string(),
                     Role::Tracepoint(tracepoint) => format!("raw_tp/{tracepoint}"),
+                    Role::SyscallEvent(_) => "tracepoint".to_string(),
                     Role::Allocate | Role::Release | Role::Launch | Role::Freeze => {
                         "uprobe".to_string()
                     }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    attach::syscall_events::MappingProbes,
     growth::{Growth, Thresholds},
     runtimes::RuntimeId,
 };
@@ -89,6 +90,12 @@ pub struct AttachSummary {
     /// `uprobe_multi` links were used (kernel 6.6+; `LEAKTRACER_NO_UPROBE_MULTI=1` turns
     /// them off).
     pub multi: bool,
+    /// Where the mapping calls (mmap, munmap, mremap, mprotect, brk, a thread's clone) were
+    /// traced: `"syscall_tracepoints"`, each call's own tracepoint, which other system calls
+    /// never run; or `"raw_tracepoints"`, the machine-wide `sys_enter`/`sys_exit`, which every
+    /// system call on the machine runs (the fallback; what reports without the key used).
+    #[serde(default)]
+    pub mapping_probes: MappingProbes,
 }
 
 /// Bytes and blocks of one reachability class.

@@ -168,6 +168,7 @@ fn attach_summary(stats: AttachStats) -> report::AttachSummary {
         links: stats.links as u64,
         probes: stats.probes as u64,
         multi: stats.multi,
+        mapping_probes: stats.mapping_probes,
     }
 }
 
@@ -234,6 +235,7 @@ mod tests {
             links: 3,
             probes: 12,
             multi: true,
+            mapping_probes: crate::attach::syscall_events::MappingProbes::SyscallTracepoints,
         };
         let facts = reporter.facts(10.5, Some(super::super::EndReason::Duration), stats);
         assert_eq!(facts.end_reason, "duration");
@@ -243,6 +245,10 @@ mod tests {
         assert_eq!(facts.launched_command, Some(vec!["./server".to_string()]));
         let attach = facts.attach.unwrap();
         assert_eq!((attach.links, attach.probes, attach.multi), (3, 12, true));
+        assert_eq!(
+            attach.mapping_probes,
+            crate::attach::syscall_events::MappingProbes::SyscallTracepoints
+        );
         assert_eq!((attach.attach_secs, attach.detach_secs), (0.25, None));
         let live = reporter.facts(1.0, None, stats);
         assert_eq!(live.end_reason, "running");
