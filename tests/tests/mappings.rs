@@ -96,7 +96,11 @@ fn mapping_calls_use_their_own_tracepoints_and_the_raw_fallback_records_the_same
         stderr.contains("mapping calls traced at their own tracepoints"),
         "{stderr}"
     );
-    assert_eq!(tracefs_mounts(), mounts_before, "no tracefs mount left behind");
+    assert_eq!(
+        tracefs_mounts(),
+        mounts_before,
+        "no tracefs mount left behind"
+    );
     let (tier, stderr) = trace_mappings_with(
         "mapping_probes_raw",
         &[("LEAKTRACER_RAW_SYSCALL_TRACEPOINTS", "1")],
@@ -108,7 +112,11 @@ fn mapping_calls_use_their_own_tracepoints_and_the_raw_fallback_records_the_same
         ),
         "{stderr}"
     );
-    assert_eq!(tracefs_mounts(), mounts_before, "no tracefs mount left behind");
+    assert_eq!(
+        tracefs_mounts(),
+        mounts_before,
+        "no tracefs mount left behind"
+    );
 }
 
 /// Builds and traces a program that has no allocator to probe, checking the report says so;

@@ -76,7 +76,9 @@ pub fn load_and_attach(
         per_call
             .iter()
             .zip(ids)
-            .map(|(&(name, event), id)| attach_one(ebpf, name, id, verifier).map_err(|e| format!("{event}: {e}")))
+            .map(|(&(name, event), id)| {
+                attach_one(ebpf, name, id, verifier).map_err(|e| format!("{event}: {e}"))
+            })
             .collect::<Result<Vec<OwnedFd>, String>>()
     });
     let reason = match attached {
@@ -122,7 +124,9 @@ fn attach_one(
         .ok_or_else(|| format!("program {name} missing from the object"))?
         .try_into()
         .map_err(|e| format!("{name}: {e}"))?;
-    program.load().map_err(|e| format!("{name}: {}", verifier(&e)))?;
+    program
+        .load()
+        .map_err(|e| format!("{name}: {}", verifier(&e)))?;
     let fd = program.fd().map_err(|e| format!("{name}: {e}"))?;
     attach(fd.as_fd(), id).map_err(|e| format!("attaching {name}: {e}"))
 }
@@ -159,9 +163,7 @@ fn mounted_tracefs() -> Option<PathBuf> {
 /// Runs `read` on tracefs mounted on a temporary directory, in a mount namespace of this
 /// thread only (made private first, so the mount propagates nowhere). The directory is removed
 /// afterwards; the mount goes with the namespace when the thread ends, whatever happens.
-fn in_private_tracefs<T>(
-    read: impl FnOnce(&Path) -> Result<T, String>,
-) -> Result<T, String> {
+fn in_private_tracefs<T>(read: impl FnOnce(&Path) -> Result<T, String>) -> Result<T, String> {
     // SAFETY: unshare and mount take no pointers we do not own for the call; the new mount
     // namespace is this thread's alone (CLONE_NEWNS unshares CLONE_FS too).
     let unshared = unsafe { libc::unshare(libc::CLONE_NEWNS) };
@@ -224,7 +226,9 @@ fn mount(source: Option<&str>, target: &Path, kind: Option<&str>, flags: u64) ->
 fn read_events(root: &Path, events: &[&str]) -> Result<Vec<u64>, String> {
     let category = root.join("events").join(SYSCALL_EVENT_CATEGORY);
     if !category.is_dir() {
-        return Err("the kernel has no per-system-call tracepoints (CONFIG_FTRACE_SYSCALLS)".into());
+        return Err(
+            "the kernel has no per-system-call tracepoints (CONFIG_FTRACE_SYSCALLS)".into(),
+        );
     }
     events
         .iter()
