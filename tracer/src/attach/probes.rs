@@ -28,7 +28,7 @@ use crate::{
         detach::drop_in_parallel,
         map_memory::{MapKind, MapMemory, MapShape, estimate, possible_cpus},
         multi::{self, MultiError, MultiPrograms},
-        syscall_events::{self, MappingAttachment, MappingProbes},
+        syscall_events::{self, MappingAttachment},
     },
     collect::EbpfMaps,
     error::TraceError,
@@ -178,7 +178,7 @@ pub struct AttachStats {
     /// Whether `uprobe_multi` links were used (one link per program and object).
     pub multi: bool,
     /// Where the mapping calls are traced (see attach::syscall_events).
-    pub mapping_probes: MappingProbes,
+    pub mapping_probes: crate::report::MappingProbes,
 }
 
 /// Loaded programs and their links. Dropping it detaches every probe (links are file

@@ -23,23 +23,11 @@ use tracer_common::programs::{
     self, Program, Role, SYSCALL_EVENT_CATEGORY, SYSCALL_EXIT_RET_OFFSET,
 };
 
-use crate::error::TraceError;
+use crate::{error::TraceError, report::MappingProbes};
 
 /// Set (to anything), the raw `sys_enter`/`sys_exit` tracepoints serve even where the
 /// per-call ones work: for tests of the fallback.
 pub const FORCE_RAW_ENV: &str = "LEAKTRACER_RAW_SYSCALL_TRACEPOINTS";
-
-/// Which tracepoints the mapping programs run at (the report's `attach.mapping_probes`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MappingProbes {
-    /// Each mapping call's own tracepoint: other system calls cost nothing.
-    SyscallTracepoints,
-    /// The machine-wide `sys_enter`/`sys_exit` raw tracepoints: every system call on the
-    /// machine runs a program.
-    #[default]
-    RawTracepoints,
-}
 
 /// The mapping programs as loaded and attached: the tier, why it is the fallback (when it is),
 /// and the perf events holding the per-call programs (closing them detaches).

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attach::syscall_events::MappingProbes,
     growth::{Growth, Thresholds},
     runtimes::RuntimeId,
 };
@@ -96,6 +95,18 @@ pub struct AttachSummary {
     /// system call on the machine runs (the fallback; what reports without the key used).
     #[serde(default)]
     pub mapping_probes: MappingProbes,
+}
+
+/// Which tracepoints the mapping programs run at (the report's `attach.mapping_probes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MappingProbes {
+    /// Each mapping call's own tracepoint: other system calls cost nothing.
+    SyscallTracepoints,
+    /// The machine-wide `sys_enter`/`sys_exit` raw tracepoints: every system call on the
+    /// machine runs a program.
+    #[default]
+    RawTracepoints,
 }
 
 /// Bytes and blocks of one reachability class.

@@ -235,7 +235,7 @@ mod tests {
             links: 3,
             probes: 12,
             multi: true,
-            mapping_probes: crate::attach::syscall_events::MappingProbes::SyscallTracepoints,
+            mapping_probes: crate::report::MappingProbes::SyscallTracepoints,
         };
         let facts = reporter.facts(10.5, Some(super::super::EndReason::Duration), stats);
         assert_eq!(facts.end_reason, "duration");
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!((attach.links, attach.probes, attach.multi), (3, 12, true));
         assert_eq!(
             attach.mapping_probes,
-            crate::attach::syscall_events::MappingProbes::SyscallTracepoints
+            crate::report::MappingProbes::SyscallTracepoints
         );
         assert_eq!((attach.attach_secs, attach.detach_secs), (0.25, None));
         let live = reporter.facts(1.0, None, stats);
