@@ -107,15 +107,16 @@ pub const PROCESS_EXEC: Program = Program {
 /// The raw tracepoint [`PROCESS_EXEC`] runs at.
 pub const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
-/// Every system call's entry on the machine, for the mapping calls of traced processes:
-/// munmap releases at its entry (before the range can be reused), mremap stamps its start.
+/// The fallback of the per-call tracepoints (see [`Role::SyscallEvent`]): every system call's
+/// entry on the machine, for the mapping calls of traced processes: munmap releases at its entry (before the range can be reused), mremap stamps its start.
 pub const SYSCALL_ENTER: Program = Program {
     name: "syscall_enter",
     role: Role::Tracepoint(SYSCALL_ENTER_TRACEPOINT),
     arguments: &[],
 };
 
-/// Every system call's exit on the machine, for the mapping calls of traced processes: mmap,
+/// The fallback of the per-call tracepoints: every system call's exit on the machine, for the
+/// mapping calls of traced processes: mmap,
 /// mremap, mprotect and brk record what they made once it is made; a new thread's return from
 /// its clone says where its stack is.
 pub const SYSCALL_EXIT: Program = Program {
