@@ -1,6 +1,7 @@
-//! End-to-end: mappings made by the system calls themselves (the `sys_enter`/`sys_exit`
-//! tracepoints), whoever makes them: `syscall(SYS_mmap, ...)` rather than the C library's
-//! wrapper, in a glibc program, a static musl one and a Go one.
+//! End-to-end: mappings made by the system calls themselves (each mapping call's own
+//! tracepoint, or the raw `sys_enter`/`sys_exit` ones as the fallback), whoever makes them:
+//! `syscall(SYS_mmap, ...)` rather than the C library's wrapper, in a glibc program, a static
+//! musl one and a Go one.
 
 use leaktracer_e2e::*;
 
@@ -44,6 +45,78 @@ fn raw_syscall_mappings_are_exact_per_site() {
     let binary = workload("mappings");
     let (_, report) = trace_launched(&dir.join("m.json"), &[], &[binary.to_str().unwrap()]);
     assert_mapping_sites(&report);
+}
+
+/// The tracefs mounts this process sees (leaktracer must add none, even for a moment's use).
+fn tracefs_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|line| line.split_whitespace().nth(2) == Some("tracefs"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Traces the mappings workload with `-v` and `env`, checking its exact sites; returns the
+/// report's `attach.mapping_probes` and leaktracer's stderr.
+fn trace_mappings_with(scratch: &str, env: &[(&str, &str)]) -> (String, String) {
+    let dir = scratch_dir(scratch);
+    let json = dir.join("m.json");
+    let binary = workload("mappings");
+    let args = [
+        "trace",
+        "-v",
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        binary.to_str().unwrap(),
+    ];
+    let done = Tracer::start_with_env(args, env).finish();
+    assert!(done.status.success(), "{}", done.stderr);
+    let report = read_json(&json);
+    assert_mapping_sites(&report);
+    let tier = report["attach"]["mapping_probes"]
+        .as_str()
+        .unwrap_or_else(|| panic!("attach.mapping_probes: {}", report["attach"]))
+        .to_string();
+    (tier, done.stderr)
+}
+
+/// Here (CONFIG_FTRACE_SYSCALLS, tracefs mountable) the mapping calls are traced at their own
+/// tracepoints, which other system calls never run, and finding them mounts nothing that
+/// stays; forced back to the raw `sys_enter`/`sys_exit` tracepoints, the same mappings are
+/// recorded to the byte, and `-v` says which tier and why.
+#[test]
+fn mapping_calls_use_their_own_tracepoints_and_the_raw_fallback_records_the_same() {
+    require_root();
+    let mounts_before = tracefs_mounts();
+    let (tier, stderr) = trace_mappings_with("mapping_probes_per_call", &[]);
+    assert_eq!(tier, "syscall_tracepoints", "{stderr}");
+    assert!(
+        stderr.contains("mapping calls traced at their own tracepoints"),
+        "{stderr}"
+    );
+    assert_eq!(
+        tracefs_mounts(),
+        mounts_before,
+        "no tracefs mount left behind"
+    );
+    let (tier, stderr) = trace_mappings_with(
+        "mapping_probes_raw",
+        &[("LEAKTRACER_RAW_SYSCALL_TRACEPOINTS", "1")],
+    );
+    assert_eq!(tier, "raw_tracepoints", "{stderr}");
+    assert!(
+        stderr.contains(
+            "mapping calls traced at the raw sys_enter/sys_exit tracepoints (every system call on the machine runs a program): LEAKTRACER_RAW_SYSCALL_TRACEPOINTS is set"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        tracefs_mounts(),
+        mounts_before,
+        "no tracefs mount left behind"
+    );
 }
 
 /// Builds and traces a program that has no allocator to probe, checking the report says so;

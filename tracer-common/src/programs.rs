@@ -18,6 +18,11 @@ pub enum Role {
     /// when a process exec'd, so userspace retires what its old image held (an exec frees it
     /// all, with no call to free).
     Tracepoint(&'static str),
+    /// One system call's own tracepoint in tracefs's `syscalls` category (the event named
+    /// here, e.g. `sys_exit_mmap`): runs for that call only, so the other system calls of the
+    /// machine cost nothing. Attached machine-wide at load through a perf event; where the
+    /// events cannot be found or attached, [`SYSCALL_ENTER`] and [`SYSCALL_EXIT`] serve instead.
+    SyscallEvent(&'static str),
     /// Stops a launched command at its entry point, once, so its unwind tables are written
     /// before its first allocation.
     Launch,
@@ -102,15 +107,16 @@ pub const PROCESS_EXEC: Program = Program {
 /// The raw tracepoint [`PROCESS_EXEC`] runs at.
 pub const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
-/// Every system call's entry on the machine, for the mapping calls of traced processes:
-/// munmap releases at its entry (before the range can be reused), mremap stamps its start.
+/// The fallback of the per-call tracepoints (see [`Role::SyscallEvent`]): every system call's
+/// entry on the machine, for the mapping calls of traced processes: munmap releases at its entry (before the range can be reused), mremap stamps its start.
 pub const SYSCALL_ENTER: Program = Program {
     name: "syscall_enter",
     role: Role::Tracepoint(SYSCALL_ENTER_TRACEPOINT),
     arguments: &[],
 };
 
-/// Every system call's exit on the machine, for the mapping calls of traced processes: mmap,
+/// The fallback of the per-call tracepoints: every system call's exit on the machine, for the
+/// mapping calls of traced processes: mmap,
 /// mremap, mprotect and brk record what they made once it is made; a new thread's return from
 /// its clone says where its stack is.
 pub const SYSCALL_EXIT: Program = Program {
@@ -122,6 +128,31 @@ pub const SYSCALL_EXIT: Program = Program {
 /// The raw tracepoints of [`SYSCALL_ENTER`] and [`SYSCALL_EXIT`] (no tracefs needed).
 pub const SYSCALL_ENTER_TRACEPOINT: &str = "sys_enter";
 pub const SYSCALL_EXIT_TRACEPOINT: &str = "sys_exit";
+
+/// The per-call tracepoints that replace [`SYSCALL_ENTER`] and [`SYSCALL_EXIT`] (see
+/// [`Role::SyscallEvent`]): munmap and mremap at their entry, the rest at their exit.
+const fn syscall_event(name: &'static str) -> Program {
+    Program {
+        name,
+        role: Role::SyscallEvent(name),
+        arguments: &[],
+    }
+}
+pub const SYS_ENTER_MUNMAP: Program = syscall_event("sys_enter_munmap");
+pub const SYS_ENTER_MREMAP: Program = syscall_event("sys_enter_mremap");
+pub const SYS_EXIT_MMAP: Program = syscall_event("sys_exit_mmap");
+pub const SYS_EXIT_MPROTECT: Program = syscall_event("sys_exit_mprotect");
+pub const SYS_EXIT_BRK: Program = syscall_event("sys_exit_brk");
+pub const SYS_EXIT_MREMAP: Program = syscall_event("sys_exit_mremap");
+pub const SYS_EXIT_CLONE: Program = syscall_event("sys_exit_clone");
+pub const SYS_EXIT_CLONE3: Program = syscall_event("sys_exit_clone3");
+
+/// The tracefs category of every [`Role::SyscallEvent`].
+pub const SYSCALL_EVENT_CATEGORY: &str = "syscalls";
+/// Where a `sys_exit_*` event's record holds the call's return value (`ret`, after the common
+/// fields and the call number). Userspace checks it in each event's `format` file and keeps
+/// the raw tracepoints where it differs.
+pub const SYSCALL_EXIT_RET_OFFSET: usize = 16;
 
 /// The OOM killer chose a process (`mark_victim`, in the killer's context): the time, under the
 /// victim's tgid.
@@ -182,7 +213,7 @@ pub const INTERPRETER_EXIT: Program = Program {
 };
 
 /// Every program of the object.
-pub const ALL: [Program; 20] = [
+pub const ALL: [Program; 28] = [
     MALLOC_ENTER,
     CALLOC_ENTER,
     MEMALIGN_ENTER,
@@ -203,6 +234,14 @@ pub const ALL: [Program; 20] = [
     PYMALLOC_FREE_ENTER,
     OOM_MARK_VICTIM,
     PROCESS_EXIT,
+    SYS_ENTER_MUNMAP,
+    SYS_ENTER_MREMAP,
+    SYS_EXIT_MMAP,
+    SYS_EXIT_MPROTECT,
+    SYS_EXIT_BRK,
+    SYS_EXIT_MREMAP,
+    SYS_EXIT_CLONE,
+    SYS_EXIT_CLONE3,
 ];
 
 /// CPython's pymalloc programs: loaded only once a process running CPython is attached.
@@ -214,13 +253,13 @@ pub const PYMALLOC: [Program; 4] = [
 ];
 
 /// Whether `program` is loaded with the maps, before any target is known: the C allocator's
-/// entries, free and the shared return (every target needs them), and the raw tracepoints
-/// (attached at load). The others (pymalloc's, the freeze, the launch stop) are loaded when a
+/// entries, free and the shared return (every target needs them), the raw tracepoints and
+/// the mapping calls' own tracepoints (attached at load; the raw pair only as their fallback). The others (pymalloc's, the freeze, the launch stop) are loaded when a
 /// target first needs them, so a C process's trace never verifies them.
 pub fn loaded_up_front(program: &Program) -> bool {
     match program.role {
         Role::Allocate | Role::Release => !PYMALLOC.contains(program),
-        Role::Return | Role::Tracepoint(_) => true,
+        Role::Return | Role::Tracepoint(_) | Role::SyscallEvent(_) => true,
         Role::Launch | Role::Freeze => false,
     }
 }

@@ -64,6 +64,9 @@ pub fn oom_mark_victim(ctx: RawTracePointContext) -> i32 {
     if !is_traced(tgid) {
         return 0;
     }
+    // Told as it happens (the report says it again at the end): a log call costs the verifier
+    // thousands of instructions, so only programs as rare as this one make them.
+    aya_log_ebpf::warn!(&ctx, "the OOM killer chose traced process {}", tgid);
     let now = now_ns();
     match ENDINGS.get_ptr_mut(tgid) {
         // SAFETY: a pointer to the map's value, valid for the program's run.

@@ -1,16 +1,22 @@
-//! The mapping system calls (mmap, munmap, mremap, mprotect, brk) from the machine-wide
-//! `sys_enter`/`sys_exit` raw tracepoints: memory mapped by the call itself, whoever makes it
-//! (a C library's wrapper, `syscall(SYS_mmap, ...)`, Go's runtime, a static binary), with no
-//! trap. Each program first compares the call number, then looks the caller up in `TRACED`:
-//! every other system call on the machine costs that compare.
+//! The mapping system calls (mmap, munmap, mremap, mprotect, brk): memory mapped by the call
+//! itself, whoever makes it (a C library's wrapper, `syscall(SYS_mmap, ...)`, Go's runtime, a
+//! static binary), with no trap. Two tiers run the same logic ([`enter`], [`exit`]):
+//! - each call's own tracepoint (`syscalls/sys_exit_mmap`, ...; see
+//!   `programs::Role::SyscallEvent`): a program runs for that call only, so a process making
+//!   other calls pays nothing;
+//! - the fallback, the machine-wide `sys_enter`/`sys_exit` raw tracepoints, where those events
+//!   cannot be attached: every system call on the machine then costs a compare of its number.
 //!
-//! A mapping made inside an allocator call (arena growth, a large malloc, jemalloc's extents)
-//! is the allocator's: the malloc that caused it accounts for it (the nesting test of
-//! `pending`, on the user stack pointer at the call).
+//! Each program looks the caller up in `TRACED` first. A mapping made inside an allocator call
+//! (arena growth, a large malloc, jemalloc's extents) is the allocator's: the malloc that
+//! caused it accounts for it (the nesting test of `pending`, on the user stack pointer at the
+//! call).
 
 use aya_ebpf::{
-    helpers::generated::bpf_probe_read_kernel, macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    EbpfContext,
+    helpers::generated::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{AllocKey, Counter, programs, threads::THREAD_STACK};
 
@@ -53,12 +59,11 @@ fn traced_process() -> Option<u32> {
     is_traced(tgid).then_some(tgid)
 }
 
-/// This CPU's copy of the calling thread's user registers, from the tracepoint's `regs`
-/// argument (`task_pt_regs(current)`: the user's registers as the call entered the kernel).
+/// This CPU's copy of the calling thread's user registers (`task_pt_regs(current)`: the
+/// user's registers as the call entered the kernel), read from `regs`.
 #[inline(always)]
-fn user_regs(ctx: &RawTracePointContext) -> Option<*mut pt_regs> {
+fn user_regs(regs: u64) -> Option<*mut pt_regs> {
     let copy = SYSCALL_REGS.get_ptr_mut(0)?;
-    let regs: u64 = ctx.arg(0);
     // SAFETY: the helper copies kernel memory into this CPU's map value, and fails (no fault)
     // on a bad address.
     let read = unsafe {
@@ -84,7 +89,7 @@ fn inside_allocator(regs: *mut pt_regs) -> bool {
 /// Tells userspace that `tgid` mapped new code: it re-reads that process's maps and unwind
 /// tables.
 #[inline(always)]
-fn code_mapped(ctx: &RawTracePointContext, tgid: u32) {
+fn code_mapped<C: EbpfContext>(ctx: &C, tgid: u32) {
     if CODE_MAPPED.output::<u32>(&tgid, 0).is_err() {
         count_loss!(
             ctx,
@@ -97,8 +102,8 @@ fn code_mapped(ctx: &RawTracePointContext, tgid: u32) {
 /// Records a mapping of `size` bytes at `start`, made by the call `regs` describe, with its
 /// `flags` (`AllocRecord::flags`).
 #[inline(always)]
-fn record_mapping(
-    ctx: &RawTracePointContext,
+fn record_mapping<C: EbpfContext>(
+    ctx: &C,
     regs: *mut pt_regs,
     tgid: u32,
     start: u64,
@@ -128,8 +133,69 @@ fn mark_record(tgid: u32, start: u64, flags: u32) {
     }
 }
 
-/// `sys_enter`: munmap releases its range here, before another thread can map it again;
-/// mremap stamps its start.
+/// The entry of munmap (`nr`) or mremap, for a traced process: munmap releases its range
+/// here, before another thread can map it again; mremap stamps its start. `regs` finds the
+/// user registers (asked only when needed).
+#[inline(always)]
+fn enter<C: EbpfContext>(ctx: &C, nr: u64, regs: impl FnOnce() -> u64) -> u32 {
+    let Some(tgid) = traced_process() else {
+        return 0;
+    };
+    if nr == MREMAP {
+        let _ = SYSCALL_STARTS.insert(thread_id(), now_ns(), 0);
+        return 0;
+    }
+    let Some(regs) = user_regs(regs()) else {
+        return 0;
+    };
+    if inside_allocator(regs) {
+        return 0;
+    }
+    let [start, length, ..] = arch::syscall_arguments(regs);
+    forget_reservations(tgid, start, page_end(start, length));
+    release_range(ctx, tgid, start, length);
+    0
+}
+
+/// The return of mmap, mremap, mprotect, brk (`nr`), or of clone/clone3, for a traced process:
+/// the mapping calls record what they made, with the stack of the call (the argument registers
+/// are still the user's at the exit; only the return value's register changed); a new
+/// thread's clone, returning `ret` 0 in that thread, says where its stack is.
+#[inline(always)]
+fn exit<C: EbpfContext>(ctx: &C, nr: u64, ret: u64, regs: impl FnOnce() -> u64) -> u32 {
+    let Some(tgid) = traced_process() else {
+        return 0;
+    };
+    let is_clone = nr == CLONE || nr == CLONE3;
+    // The parent's return (the new thread's id) says nothing; the new thread's own (0) runs
+    // on its new stack.
+    if is_clone && ret != 0 {
+        return 0;
+    }
+    if failed(ret) {
+        if nr == MREMAP {
+            let _ = SYSCALL_STARTS.remove(thread_id());
+        }
+        return 0;
+    }
+    let Some(regs) = user_regs(regs()) else {
+        return 0;
+    };
+    if is_clone {
+        thread_started(tgid, arch::sp(regs));
+        return 0;
+    }
+    let [arg0, arg1, arg2, arg3] = arch::syscall_arguments(regs);
+    match nr {
+        MMAP => mmap_exit(ctx, regs, tgid, ret, arg1, arg2, arg3),
+        MPROTECT => mprotect_exit(ctx, regs, tgid, arg0, arg1, arg2),
+        BRK => brk_exit(ctx, regs, tgid, ret),
+        _ => mremap_exit(ctx, regs, tgid, ret, arg0, arg2),
+    }
+    0
+}
+
+/// Fallback tier, `sys_enter`: every system call's entry on the machine (see [`enter`]).
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn syscall_enter(ctx: RawTracePointContext) -> i32 {
     const PROGRAM: programs::Program = programs::SYSCALL_ENTER;
@@ -144,28 +210,11 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> i32 {
     if nr != MUNMAP && nr != MREMAP || programs_are_empty() {
         return 0;
     }
-    let Some(tgid) = traced_process() else {
-        return 0;
-    };
-    if nr == MREMAP {
-        let _ = SYSCALL_STARTS.insert(thread_id(), now_ns(), 0);
-        return 0;
-    }
-    let Some(regs) = user_regs(&ctx) else {
-        return 0;
-    };
-    if inside_allocator(regs) {
-        return 0;
-    }
-    let [start, length, ..] = arch::syscall_arguments(regs);
-    forget_reservations(tgid, start, page_end(start, length));
-    release_range(&ctx, tgid, start, length);
-    0
+    // The tracepoint's `regs` argument.
+    enter(&ctx, nr, || ctx.arg(0)) as i32
 }
 
-/// `sys_exit`: mmap, mremap, mprotect and brk record what they made, with the stack of the
-/// call (the argument registers are still the user's at the exit; only the return value's
-/// register changed); a new thread's clone, returning in that thread, says where its stack is.
+/// Fallback tier, `sys_exit`: every system call's exit on the machine (see [`exit`]).
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
     const PROGRAM: programs::Program = programs::SYSCALL_EXIT;
@@ -182,43 +231,64 @@ pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
     if !matches!(nr, MMAP | MPROTECT | BRK | MREMAP | CLONE | CLONE3) || programs_are_empty() {
         return 0;
     }
-    let Some(tgid) = traced_process() else {
-        return 0;
-    };
-    let ret: u64 = ctx.arg(1);
-    let is_clone = nr == CLONE || nr == CLONE3;
-    // The parent's return (the new thread's id) says nothing; the new thread's own (0) runs
-    // on its new stack.
-    if is_clone && ret != 0 {
-        return 0;
-    }
-    if failed(ret) {
-        if nr == MREMAP {
-            let _ = SYSCALL_STARTS.remove(thread_id());
-        }
-        return 0;
-    }
-    let Some(regs) = user_regs(&ctx) else {
-        return 0;
-    };
-    if is_clone {
-        thread_started(tgid, arch::sp(regs));
-        return 0;
-    }
-    let [arg0, arg1, arg2, arg3] = arch::syscall_arguments(regs);
-    match nr {
-        MMAP => mmap_exit(&ctx, regs, tgid, ret, arg1, arg2, arg3),
-        MPROTECT => mprotect_exit(&ctx, regs, tgid, arg0, arg1, arg2),
-        BRK => brk_exit(&ctx, regs, tgid, ret),
-        _ => mremap_exit(&ctx, regs, tgid, ret, arg0, arg2),
-    }
-    0
+    exit(&ctx, nr, ctx.arg(1), || ctx.arg(0)) as i32
 }
+
+/// The calling thread's user registers, for a per-call tracepoint (whose record holds none).
+#[inline(always)]
+fn current_user_regs() -> u64 {
+    // SAFETY: both helpers take no memory from us; `bpf_task_pt_regs` of the current task is
+    // that task's register set, read through `user_regs`' checked copy.
+    unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 }
+}
+
+/// A per-call tracepoint program (see `programs::Role::SyscallEvent`), checked against its
+/// table entry: `enter NR` runs [`enter`], `exit NR` reads the return value from the record
+/// and runs [`exit`].
+macro_rules! syscall_event {
+    ($name:ident = $program:path, $side:ident $nr:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            const PROGRAM: programs::Program = $program;
+            const {
+                assert!(super::same_name(PROGRAM.name, stringify!($name)));
+                assert!(matches!(
+                    PROGRAM.role,
+                    programs::Role::SyscallEvent(event) if super::same_name(event, stringify!($name))
+                ));
+            }
+            if programs_are_empty() {
+                return 0;
+            }
+            syscall_event!(@ $side ctx, $nr)
+        }
+    };
+    (@ enter $ctx:ident, $nr:expr) => {
+        enter(&$ctx, $nr, current_user_regs)
+    };
+    (@ exit $ctx:ident, $nr:expr) => {{
+        // SAFETY: the record is the event's, at least this long (userspace checked the
+        // offset in the event's format); the helper fails, without a fault, otherwise.
+        let Ok(ret) = (unsafe { $ctx.read_at::<u64>(programs::SYSCALL_EXIT_RET_OFFSET) }) else {
+            return 0;
+        };
+        exit(&$ctx, $nr, ret, current_user_regs)
+    }};
+}
+
+syscall_event!(sys_enter_munmap = programs::SYS_ENTER_MUNMAP, enter MUNMAP);
+syscall_event!(sys_enter_mremap = programs::SYS_ENTER_MREMAP, enter MREMAP);
+syscall_event!(sys_exit_mmap = programs::SYS_EXIT_MMAP, exit MMAP);
+syscall_event!(sys_exit_mprotect = programs::SYS_EXIT_MPROTECT, exit MPROTECT);
+syscall_event!(sys_exit_brk = programs::SYS_EXIT_BRK, exit BRK);
+syscall_event!(sys_exit_mremap = programs::SYS_EXIT_MREMAP, exit MREMAP);
+syscall_event!(sys_exit_clone = programs::SYS_EXIT_CLONE, exit CLONE);
+syscall_event!(sys_exit_clone3 = programs::SYS_EXIT_CLONE3, exit CLONE3);
 
 /// mmap(addr, length, prot, flags, fd, offset) returned `start`.
 #[inline(always)]
-fn mmap_exit(
-    ctx: &RawTracePointContext,
+fn mmap_exit<C: EbpfContext>(
+    ctx: &C,
     regs: *mut pt_regs,
     tgid: u32,
     start: u64,
@@ -256,8 +326,8 @@ fn mmap_exit(
 /// mprotect(addr, length, prot) succeeded: inside a reservation, opening makes memory from
 /// now on and closing (PROT_NONE) gives it back.
 #[inline(always)]
-fn mprotect_exit(
-    ctx: &RawTracePointContext,
+fn mprotect_exit<C: EbpfContext>(
+    ctx: &C,
     regs: *mut pt_regs,
     tgid: u32,
     start: u64,
@@ -291,7 +361,7 @@ fn mprotect_exit(
 /// the old break, shrinking releases what lay above the new one. The first brk seen of a
 /// process only tells where its break is.
 #[inline(always)]
-fn brk_exit(ctx: &RawTracePointContext, regs: *mut pt_regs, tgid: u32, now: u64) {
+fn brk_exit<C: EbpfContext>(ctx: &C, regs: *mut pt_regs, tgid: u32, now: u64) {
     // SAFETY: the value is copied out at once.
     let before = unsafe { BREAKS.get(tgid) }.copied();
     if before != Some(now) {
@@ -313,8 +383,8 @@ fn brk_exit(ctx: &RawTracePointContext, regs: *mut pt_regs, tgid: u32, now: u64)
 /// mremap(old, old_size, new_size, ...) returned `new`: a mapping we recorded moves or
 /// resizes (others predate the trace, or are the allocator's).
 #[inline(always)]
-fn mremap_exit(
-    ctx: &RawTracePointContext,
+fn mremap_exit<C: EbpfContext>(
+    ctx: &C,
     regs: *mut pt_regs,
     tgid: u32,
     new: u64,

@@ -9,7 +9,9 @@
 //! one `uprobe_multi` link per program and object where the kernel has them ([`multi`], through
 //! [`bpf_sys`]), else one perf event per probe; [`detach`] closes links from several threads;
 //! [`map_memory`] says what the kernel maps will take before they are created; [`btf`] reads the
-//! kernel struct offsets some programs need from the running kernel's BTF.
+//! kernel struct offsets some programs need from the running kernel's BTF; [`syscall_events`]
+//! attaches the mapping programs to each mapping call's own tracepoint (the raw
+//! `sys_enter`/`sys_exit` as the fallback).
 
 pub mod allocator;
 pub mod bpf_sys;
@@ -20,3 +22,4 @@ pub mod map_memory;
 pub mod multi;
 pub mod placement;
 pub mod probes;
+pub mod syscall_events;

@@ -28,6 +28,7 @@ use crate::{
         detach::drop_in_parallel,
         map_memory::{MapKind, MapMemory, MapShape, estimate, possible_cpus},
         multi::{self, MapFds, MultiError, MultiPrograms},
+        syscall_events::{self, MappingAttachment},
     },
     collect::EbpfMaps,
     error::TraceError,
@@ -180,6 +181,8 @@ pub struct AttachStats {
     /// From leaktracer's start until the first targets' probes were in (programs loaded and
     /// verified, maps created, probes attached); set once they are.
     pub load: Option<Duration>,
+    /// Where the mapping calls are traced (see attach::syscall_events).
+    pub mapping_probes: crate::report::MappingProbes,
 }
 
 /// Loaded programs and their links. Dropping it detaches every probe (links are file
@@ -191,6 +194,8 @@ pub struct Probes {
     links: Vec<Link>,
     multi: MultiState,
     stats: AttachStats,
+    /// The mapping programs' tier and perf events (see attach::syscall_events).
+    mapping: MappingAttachment,
     /// Set by [`Self::stop_recording`]: the detach order no longer matters.
     stopped: bool,
     /// The programs aya loaded (perf-event uprobes, raw tracepoints), with how long each took
@@ -427,10 +432,9 @@ impl Probes {
         // The uprobe programs wait for a probe that needs them: with `uprobe_multi` their
         // copies are what runs, and aya's are never verified.
         let mut loaded = Vec::new();
-        for program in programs::ALL
-            .iter()
-            .filter(|p| matches!(p.role, Role::Tracepoint(_)))
-        {
+        for program in programs::ALL.iter().filter(|p| {
+            matches!(p.role, Role::Tracepoint(_)) && !syscall_events::is_mapping_program(p)
+        }) {
             let Role::Tracepoint(tracepoint) = program.role else {
                 continue;
             };
@@ -448,6 +452,8 @@ impl Probes {
                 .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
             loaded.push((name, started.elapsed()));
         }
+        let mapping = syscall_events::load_and_attach(&mut ebpf, verifier_summary)?;
+        loaded.extend(mapping.loaded.iter().copied());
         let mut maps = EbpfMaps::take(&mut ebpf).map_err(|e| TraceError::Load(e.to_string()))?;
         // Read by the programs only under --sample-bytes (1024 updates, one system call each).
         if sizes.sample_bytes != 0 {
@@ -460,7 +466,11 @@ impl Probes {
             unwind_rows: sizes.unwind_rows,
             links: Vec::new(),
             multi,
-            stats: AttachStats::default(),
+            stats: AttachStats {
+                mapping_probes: mapping.tier,
+                ..AttachStats::default()
+            },
+            mapping,
             stopped: false,
             loaded,
             maps_time,
@@ -491,6 +501,11 @@ impl Probes {
     /// The first targets' probes are in, `since_start` after leaktracer started.
     pub fn set_load_time(&mut self, since_start: Duration) {
         self.stats.load.get_or_insert(since_start);
+    }
+
+    /// Why the mapping calls are traced at the machine-wide raw tracepoints, when they are.
+    pub fn mapping_fallback(&self) -> Option<&str> {
+        self.mapping.fallback_reason.as_deref()
     }
 
     /// Attach and detach figures so far.
@@ -899,7 +914,7 @@ impl Probes {
 
     /// The collector of what these programs record: their record table mapped.
     pub fn collector(&mut self) -> anyhow::Result<crate::collect::Collector> {
-        crate::collect::Collector::new(&self.maps, self.record_table_slots)
+        crate::collect::Collector::new(&mut self.ebpf, &self.maps, self.record_table_slots)
     }
 
     /// The unwinder's maps, taken out of the object (once: a second call fails).
@@ -1030,7 +1045,8 @@ mod tests {
                 SymbolKind::Text
                     if section.starts_with("uprobe")
                         || section.starts_with("uret")
-                        || section.starts_with("raw_tp") =>
+                        || section.starts_with("raw_tp")
+                        || section == "tracepoint" =>
                 {
                     BTreeSet::insert(&mut programs, (name, section));
                 }
@@ -1064,6 +1080,7 @@ mod tests {
                 let section = match p.role {
                     Role::Return => "uretprobe".to_string(),
                     Role::Tracepoint(tracepoint) => format!("raw_tp/{tracepoint}"),
+                    Role::SyscallEvent(_) => "tracepoint".to_string(),
                     Role::Allocate | Role::Release | Role::Launch | Role::Freeze => {
                         "uprobe".to_string()
                     }

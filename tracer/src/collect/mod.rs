@@ -108,8 +108,28 @@ pub struct MapsSnapshot {
     pub counters: [u64; COUNTER_SLOTS as usize],
 }
 
+/// Prints what the eBPF side logs (rare events, such as the OOM killer choosing a traced
+/// process) as it happens, in leaktracer's one-line style.
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln_escaped!("leaktracer: warning: {}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 /// Reads the tracer's maps.
 pub struct Collector {
+    /// The eBPF side's log (none when no program of the object logs).
+    kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
     /// The loss counters already warned about (see [`Collector::print_warnings`]).
     warned: [bool; COUNTER_SLOTS as usize],
     /// The heap record table, mapped.
@@ -127,8 +147,9 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Maps the record table of the loaded programs (`table_slots` of it in use).
-    pub fn new(maps: &EbpfMaps, table_slots: u32) -> anyhow::Result<Self> {
+    /// Maps the record table of the loaded programs (`table_slots` of it in use) and takes
+    /// their log out of `ebpf`.
+    pub fn new(ebpf: &mut aya::Ebpf, maps: &EbpfMaps, table_slots: u32) -> anyhow::Result<Self> {
         let table = table::RecordTable::map(maps.record_table.map(), table_slots as usize)
             .map_err(|e| anyhow::anyhow!("cannot map the record table: {e}"))?;
         Ok(Self {
@@ -137,14 +158,18 @@ impl Collector {
             resident: HashMap::new(),
             ended_threads: Vec::new(),
             warned: [false; COUNTER_SLOTS as usize],
+            kernel_log: aya_log::EbpfLogger::init_with_logger(ebpf, KernelLog).ok(),
         })
     }
 
     /// Warns, once each, about the losses the eBPF programs counted since the last call (map
     /// full and the like, see `count_loss!` in tracer-ebpf), in leaktracer's one-line style.
     /// The programs only count them: a log call from the kernel side cost every program that
-    /// had one thousands of instructions to verify.
+    /// had one thousands of instructions to verify. Then prints what the rare programs logged.
     pub fn print_warnings(&mut self, maps: &EbpfMaps) {
+        if let Some(log) = &mut self.kernel_log {
+            log.flush();
+        }
         for counter in Counter::ALL {
             let slot = counter as usize;
             let Some(message) = counter.loss_message() else {

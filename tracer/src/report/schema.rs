@@ -98,6 +98,24 @@ pub struct AttachSummary {
     /// only once a target needs it (no pymalloc programs for a process without CPython).
     #[serde(default)]
     pub programs: Vec<String>,
+    /// Where the mapping calls (mmap, munmap, mremap, mprotect, brk, a thread's clone) were
+    /// traced: `"syscall_tracepoints"`, each call's own tracepoint, which other system calls
+    /// never run; or `"raw_tracepoints"`, the machine-wide `sys_enter`/`sys_exit`, which every
+    /// system call on the machine runs (the fallback; what reports without the key used).
+    #[serde(default)]
+    pub mapping_probes: MappingProbes,
+}
+
+/// Which tracepoints the mapping programs run at (the report's `attach.mapping_probes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MappingProbes {
+    /// Each mapping call's own tracepoint: other system calls cost nothing.
+    SyscallTracepoints,
+    /// The machine-wide `sys_enter`/`sys_exit` raw tracepoints: every system call on the
+    /// machine runs a program.
+    #[default]
+    RawTracepoints,
 }
 
 /// Bytes and blocks of one reachability class.

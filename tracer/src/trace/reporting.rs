@@ -170,6 +170,7 @@ fn attach_summary(stats: AttachStats) -> report::AttachSummary {
         multi: stats.multi,
         load_secs: stats.load.map(|d| d.as_secs_f64()),
         programs: Vec::new(),
+        mapping_probes: stats.mapping_probes,
     }
 }
 
@@ -237,6 +238,7 @@ mod tests {
             probes: 12,
             multi: true,
             load: Some(Duration::from_millis(420)),
+            mapping_probes: crate::report::MappingProbes::SyscallTracepoints,
         };
         let facts = reporter.facts(10.5, Some(super::super::EndReason::Duration), stats);
         assert_eq!(facts.end_reason, "duration");
@@ -246,6 +248,10 @@ mod tests {
         assert_eq!(facts.launched_command, Some(vec!["./server".to_string()]));
         let attach = facts.attach.unwrap();
         assert_eq!((attach.links, attach.probes, attach.multi), (3, 12, true));
+        assert_eq!(
+            attach.mapping_probes,
+            crate::report::MappingProbes::SyscallTracepoints
+        );
         assert_eq!((attach.attach_secs, attach.detach_secs), (0.25, None));
         assert_eq!(attach.load_secs, Some(0.42));
         let live = reporter.facts(1.0, None, stats);

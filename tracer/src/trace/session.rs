@@ -281,6 +281,14 @@ impl<'a> Session<'a> {
                 },
                 stats.attach.as_secs_f64()
             );
+            match self.probes.mapping_fallback() {
+                None => eprintln_escaped!(
+                    "leaktracer: mapping calls traced at their own tracepoints (syscalls/sys_exit_mmap, ...): other system calls cost nothing"
+                ),
+                Some(reason) => eprintln_escaped!(
+                    "leaktracer: mapping calls traced at the raw sys_enter/sys_exit tracepoints (every system call on the machine runs a program): {reason}"
+                ),
+            }
         }
         eprintln_escaped!(
             "leaktracer: tracing {}: {} probes attached; {}",
