@@ -1021,6 +1021,10 @@ mod tests {
 
     use super::*;
 
+    /// What aya-log adds to the object: its map and its level global.
+    const LOG_MAP: &str = "AYA_LOGS";
+    const LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
     /// The embedded object's global symbols: (programs with their section, maps, globals).
     fn object_symbols() -> (
         BTreeSet<(String, String)>,
@@ -1089,10 +1093,17 @@ mod tests {
             })
             .collect();
         assert_eq!(programs, expected_programs, "programs (name, section)");
-        let expected_maps: BTreeSet<String> = maps::ALL.iter().map(|m| m.to_string()).collect();
+        let expected_maps: BTreeSet<String> = maps::ALL
+            .iter()
+            .chain([&LOG_MAP])
+            .map(|m| m.to_string())
+            .collect();
         assert_eq!(maps, expected_maps, "maps");
-        let expected_globals: BTreeSet<String> =
-            globals::ALL.iter().map(|g| g.to_string()).collect();
+        let expected_globals: BTreeSet<String> = globals::ALL
+            .iter()
+            .chain([&LOG_LEVEL])
+            .map(|g| g.to_string())
+            .collect();
         assert_eq!(globals, expected_globals, "globals");
     }
 }
