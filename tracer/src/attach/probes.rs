@@ -435,22 +435,7 @@ impl Probes {
         for program in programs::ALL.iter().filter(|p| {
             matches!(p.role, Role::Tracepoint(_)) && !syscall_events::is_mapping_program(p)
         }) {
-            let Role::Tracepoint(tracepoint) = program.role else {
-                continue;
-            };
-            let name = program.name;
-            let started = Instant::now();
-            let raw: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| TraceError::Load(format!("program {name} missing from the object")))?
-                .try_into()
-                .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
-            // Attached at once, machine-wide (each program returns at once for a process not
-            // traced): no event of a target is missed, however early.
-            raw.load()
-                .and_then(|()| raw.attach(tracepoint).map(drop))
-                .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
-            loaded.push((name, started.elapsed()));
+            loaded.push((program.name, load_raw_tracepoint(&mut ebpf, program)?));
         }
         let mapping = syscall_events::load_and_attach(&mut ebpf, verifier_summary)?;
         loaded.extend(mapping.loaded.iter().copied());
@@ -997,6 +982,31 @@ fn fill_sample_table(maps: &mut EbpfMaps) -> Result<(), TraceError> {
             .map_err(|e| TraceError::Load(format!("filling the sampling table: {e}")))?;
     }
     Ok(())
+}
+
+/// Loads the raw tracepoint program `program` and attaches it, at once and machine-wide (each
+/// program returns at once for a process not traced, so no event of a target is missed,
+/// however early); returns how long the load took (the verifier, mostly).
+pub(super) fn load_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &programs::Program,
+) -> Result<Duration, TraceError> {
+    let (name, Role::Tracepoint(tracepoint)) = (program.name, program.role) else {
+        return Err(TraceError::Load(format!(
+            "{} is no raw tracepoint",
+            program.name
+        )));
+    };
+    let started = Instant::now();
+    let raw: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| TraceError::Load(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
+    raw.load()
+        .and_then(|()| raw.attach(tracepoint).map(drop))
+        .map_err(|e| TraceError::Load(format!("{name}: {}", verifier_summary(&e))))?;
+    Ok(started.elapsed())
 }
 
 /// The verifier's log is long; its last lines say why.

@@ -11,10 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{
-    Ebpf,
-    programs::{RawTracePoint, TracePoint},
-};
+use aya::{Ebpf, programs::TracePoint};
 use aya_obj::generated::{
     PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF, PERF_FLAG_FD_CLOEXEC, perf_event_attr,
     perf_type_id,
@@ -89,20 +86,10 @@ pub fn load_and_attach(
         Err(reason) => reason,
     };
     for program in [programs::SYSCALL_ENTER, programs::SYSCALL_EXIT] {
-        let Role::Tracepoint(tracepoint) = program.role else {
-            unreachable!("the raw syscall programs are raw tracepoints")
-        };
-        let name = program.name;
-        let started = std::time::Instant::now();
-        let raw: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| TraceError::Load(format!("program {name} missing from the object")))?
-            .try_into()
-            .map_err(|e| TraceError::Load(format!("{name}: {e}")))?;
-        raw.load()
-            .and_then(|()| raw.attach(tracepoint).map(drop))
-            .map_err(|e| TraceError::Load(format!("{name}: {}", verifier(&e))))?;
-        loaded.push((name, started.elapsed()));
+        loaded.push((
+            program.name,
+            super::probes::load_raw_tracepoint(ebpf, &program)?,
+        ));
     }
     Ok(MappingAttachment {
         tier: MappingProbes::RawTracepoints,
