@@ -75,7 +75,7 @@ fn a_c_target_loads_no_python_program_and_says_its_start_up_time() {
     let programs = loaded_programs(&report);
     // The mapping calls: at their own tracepoints here, at the raw pair where those fail.
     let mapping = match report["attach"]["mapping_probes"].as_str() {
-        Some("syscall_tracepoints") => "sys_exit_mmap",
+        Some("syscall_tracepoints") => "sys_exit_mapping",
         _ => "syscall_exit",
     };
     for needed in ["malloc_enter", "free_enter", "call_return", mapping] {

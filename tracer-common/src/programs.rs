@@ -18,11 +18,11 @@ pub enum Role {
     /// when a process exec'd, so userspace retires what its old image held (an exec frees it
     /// all, with no call to free).
     Tracepoint(&'static str),
-    /// One system call's own tracepoint in tracefs's `syscalls` category (the event named
-    /// here, e.g. `sys_exit_mmap`): runs for that call only, so the other system calls of the
-    /// machine cost nothing. Attached machine-wide at load through a perf event; where the
+    /// System calls' own tracepoints in tracefs's `syscalls` category (the events named here,
+    /// e.g. `sys_exit_mmap`; the program is attached to each): runs for those calls only, so
+    /// the other system calls of the machine cost nothing. Attached machine-wide at load through a perf event; where the
     /// events cannot be found or attached, [`SYSCALL_ENTER`] and [`SYSCALL_EXIT`] serve instead.
-    SyscallEvent(&'static str),
+    SyscallEvent(&'static [&'static str]),
     /// Stops a launched command at its entry point, once, so its unwind tables are written
     /// before its first allocation.
     Launch,
@@ -130,22 +130,26 @@ pub const SYSCALL_ENTER_TRACEPOINT: &str = "sys_enter";
 pub const SYSCALL_EXIT_TRACEPOINT: &str = "sys_exit";
 
 /// The per-call tracepoints that replace [`SYSCALL_ENTER`] and [`SYSCALL_EXIT`] (see
-/// [`Role::SyscallEvent`]): munmap and mremap at their entry, the rest at their exit.
-const fn syscall_event(name: &'static str) -> Program {
-    Program {
-        name,
-        role: Role::SyscallEvent(name),
-        arguments: &[],
-    }
-}
-pub const SYS_ENTER_MUNMAP: Program = syscall_event("sys_enter_munmap");
-pub const SYS_ENTER_MREMAP: Program = syscall_event("sys_enter_mremap");
-pub const SYS_EXIT_MMAP: Program = syscall_event("sys_exit_mmap");
-pub const SYS_EXIT_MPROTECT: Program = syscall_event("sys_exit_mprotect");
-pub const SYS_EXIT_BRK: Program = syscall_event("sys_exit_brk");
-pub const SYS_EXIT_MREMAP: Program = syscall_event("sys_exit_mremap");
-pub const SYS_EXIT_CLONE: Program = syscall_event("sys_exit_clone");
-pub const SYS_EXIT_CLONE3: Program = syscall_event("sys_exit_clone3");
+/// [`Role::SyscallEvent`]): munmap and mremap at their entry, the rest at their exit. One
+/// program per side, attached to each of its events (the record's `__syscall_nr` says which
+/// call it is), so the verifier checks the record path once, not once per call.
+pub const SYS_ENTER_MAPPING: Program = Program {
+    name: "sys_enter_mapping",
+    role: Role::SyscallEvent(&["sys_enter_munmap", "sys_enter_mremap"]),
+    arguments: &[],
+};
+pub const SYS_EXIT_MAPPING: Program = Program {
+    name: "sys_exit_mapping",
+    role: Role::SyscallEvent(&[
+        "sys_exit_mmap",
+        "sys_exit_mprotect",
+        "sys_exit_brk",
+        "sys_exit_mremap",
+        "sys_exit_clone",
+        "sys_exit_clone3",
+    ]),
+    arguments: &[],
+};
 
 /// The tracefs category of every [`Role::SyscallEvent`].
 pub const SYSCALL_EVENT_CATEGORY: &str = "syscalls";
@@ -153,6 +157,9 @@ pub const SYSCALL_EVENT_CATEGORY: &str = "syscalls";
 /// fields and the call number). Userspace checks it in each event's `format` file and keeps
 /// the raw tracepoints where it differs.
 pub const SYSCALL_EXIT_RET_OFFSET: usize = 16;
+/// Where every `syscalls` event's record holds the call's number (`__syscall_nr`, an `int`
+/// after the common fields); checked as [`SYSCALL_EXIT_RET_OFFSET`] is.
+pub const SYSCALL_NR_OFFSET: usize = 8;
 
 /// The OOM killer chose a process (`mark_victim`, in the killer's context): the time, under the
 /// victim's tgid.
@@ -213,7 +220,7 @@ pub const INTERPRETER_EXIT: Program = Program {
 };
 
 /// Every program of the object.
-pub const ALL: [Program; 28] = [
+pub const ALL: [Program; 22] = [
     MALLOC_ENTER,
     CALLOC_ENTER,
     MEMALIGN_ENTER,
@@ -234,14 +241,8 @@ pub const ALL: [Program; 28] = [
     PYMALLOC_FREE_ENTER,
     OOM_MARK_VICTIM,
     PROCESS_EXIT,
-    SYS_ENTER_MUNMAP,
-    SYS_ENTER_MREMAP,
-    SYS_EXIT_MMAP,
-    SYS_EXIT_MPROTECT,
-    SYS_EXIT_BRK,
-    SYS_EXIT_MREMAP,
-    SYS_EXIT_CLONE,
-    SYS_EXIT_CLONE3,
+    SYS_ENTER_MAPPING,
+    SYS_EXIT_MAPPING,
 ];
 
 /// CPython's pymalloc programs: loaded only once a process running CPython is attached.

@@ -242,48 +242,52 @@ fn current_user_regs() -> u64 {
     unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 }
 }
 
-/// A per-call tracepoint program (see `programs::Role::SyscallEvent`), checked against its
-/// table entry: `enter NR` runs [`enter`], `exit NR` reads the return value from the record
-/// and runs [`exit`].
-macro_rules! syscall_event {
-    ($name:ident = $program:path, $side:ident $nr:expr) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            const PROGRAM: programs::Program = $program;
-            const {
-                assert!(super::same_name(PROGRAM.name, stringify!($name)));
-                assert!(matches!(
-                    PROGRAM.role,
-                    programs::Role::SyscallEvent(event) if super::same_name(event, stringify!($name))
-                ));
-            }
-            if programs_are_empty() {
-                return 0;
-            }
-            syscall_event!(@ $side ctx, $nr)
-        }
-    };
-    (@ enter $ctx:ident, $nr:expr) => {
-        enter(&$ctx, $nr, current_user_regs)
-    };
-    (@ exit $ctx:ident, $nr:expr) => {{
-        // SAFETY: the record is the event's, at least this long (userspace checked the
-        // offset in the event's format); the helper fails, without a fault, otherwise.
-        let Ok(ret) = (unsafe { $ctx.read_at::<u64>(programs::SYSCALL_EXIT_RET_OFFSET) }) else {
-            return 0;
-        };
-        exit(&$ctx, $nr, ret, current_user_regs)
-    }};
+/// The call number of a per-call tracepoint's record (userspace checked its offset in every
+/// event's format).
+#[inline(always)]
+fn event_call_number(ctx: &TracePointContext) -> Option<u64> {
+    // SAFETY: the record is the event's, at least this long; the helper fails, without a
+    // fault, otherwise.
+    let nr = unsafe { ctx.read_at::<i32>(programs::SYSCALL_NR_OFFSET) }.ok()?;
+    u64::try_from(nr).ok()
 }
 
-syscall_event!(sys_enter_munmap = programs::SYS_ENTER_MUNMAP, enter MUNMAP);
-syscall_event!(sys_enter_mremap = programs::SYS_ENTER_MREMAP, enter MREMAP);
-syscall_event!(sys_exit_mmap = programs::SYS_EXIT_MMAP, exit MMAP);
-syscall_event!(sys_exit_mprotect = programs::SYS_EXIT_MPROTECT, exit MPROTECT);
-syscall_event!(sys_exit_brk = programs::SYS_EXIT_BRK, exit BRK);
-syscall_event!(sys_exit_mremap = programs::SYS_EXIT_MREMAP, exit MREMAP);
-syscall_event!(sys_exit_clone = programs::SYS_EXIT_CLONE, exit CLONE);
-syscall_event!(sys_exit_clone3 = programs::SYS_EXIT_CLONE3, exit CLONE3);
+/// Per-call tier, the entries of munmap and mremap (`programs::SYS_ENTER_MAPPING`: one program
+/// attached to both events; see [`enter`]).
+#[tracepoint]
+pub fn sys_enter_mapping(ctx: TracePointContext) -> u32 {
+    const PROGRAM: programs::Program = programs::SYS_ENTER_MAPPING;
+    const { assert!(super::same_name(PROGRAM.name, "sys_enter_mapping")) };
+    if programs_are_empty() {
+        return 0;
+    }
+    match event_call_number(&ctx) {
+        Some(nr) if nr == MUNMAP || nr == MREMAP => enter(&ctx, nr, current_user_regs),
+        _ => 0,
+    }
+}
+
+/// Per-call tier, the exits of mmap, mprotect, brk, mremap, clone and clone3
+/// (`programs::SYS_EXIT_MAPPING`: one program attached to each event; see [`exit`]).
+#[tracepoint]
+pub fn sys_exit_mapping(ctx: TracePointContext) -> u32 {
+    const PROGRAM: programs::Program = programs::SYS_EXIT_MAPPING;
+    const { assert!(super::same_name(PROGRAM.name, "sys_exit_mapping")) };
+    if programs_are_empty() {
+        return 0;
+    }
+    let Some(nr) = event_call_number(&ctx) else {
+        return 0;
+    };
+    if !matches!(nr, MMAP | MPROTECT | BRK | MREMAP | CLONE | CLONE3) {
+        return 0;
+    }
+    // SAFETY: as in `event_call_number` (the `ret` offset checked alike).
+    let Ok(ret) = (unsafe { ctx.read_at::<u64>(programs::SYSCALL_EXIT_RET_OFFSET) }) else {
+        return 0;
+    };
+    exit(&ctx, nr, ret, current_user_regs)
+}
 
 /// mmap(addr, length, prot, flags, fd, offset) returned `start`.
 #[inline(always)]

@@ -17,7 +17,7 @@ use aya_obj::generated::{
     perf_type_id,
 };
 use tracer_common::programs::{
-    self, Program, Role, SYSCALL_EVENT_CATEGORY, SYSCALL_EXIT_RET_OFFSET,
+    self, Program, Role, SYSCALL_EVENT_CATEGORY, SYSCALL_EXIT_RET_OFFSET, SYSCALL_NR_OFFSET,
 };
 
 use crate::{error::TraceError, report::MappingProbes};
@@ -51,29 +51,27 @@ pub fn load_and_attach(
     ebpf: &mut Ebpf,
     verifier: fn(&aya::programs::ProgramError) -> String,
 ) -> Result<MappingAttachment, TraceError> {
-    let per_call: Vec<(&'static str, &'static str)> = programs::ALL
+    let per_call: Vec<(&'static str, &'static [&'static str])> = programs::ALL
         .iter()
         .filter_map(|p| match p.role {
-            Role::SyscallEvent(event) => Some((p.name, event)),
+            Role::SyscallEvent(events) => Some((p.name, events)),
             _ => None,
         })
         .collect();
-    let events: Vec<&str> = per_call.iter().map(|(_, event)| *event).collect();
     let mut loaded = Vec::new();
-    let attached = event_ids(&events).and_then(|ids| {
-        per_call
-            .iter()
-            .zip(ids)
-            .map(|(&(name, event), id)| {
-                let started = std::time::Instant::now();
-                let fd = attach_one(ebpf, name, id, verifier).map_err(|e| format!("{event}: {e}"));
-                if fd.is_ok() {
-                    loaded.push((name, started.elapsed()));
-                }
-                fd
-            })
-            .collect::<Result<Vec<OwnedFd>, String>>()
-    });
+    let mut attached: Result<Vec<OwnedFd>, String> = Ok(Vec::new());
+    for &(name, events) in &per_call {
+        let started = std::time::Instant::now();
+        let fds = event_ids(events).and_then(|ids| attach_program(ebpf, name, &ids, verifier));
+        match (&mut attached, fds) {
+            (Ok(all), Ok(fds)) => {
+                loaded.push((name, started.elapsed()));
+                all.extend(fds);
+            }
+            (Ok(_), Err(e)) => attached = Err(e),
+            (Err(_), _) => {}
+        }
+    }
     let reason = match attached {
         Ok(events) => {
             return Ok(MappingAttachment {
@@ -99,13 +97,13 @@ pub fn load_and_attach(
     })
 }
 
-/// Loads the per-call program `name` and attaches it to the event with tracefs id `id`.
-fn attach_one(
+/// Loads the per-call program `name` and attaches it to each event with a tracefs id in `ids`.
+fn attach_program(
     ebpf: &mut Ebpf,
     name: &str,
-    id: u64,
+    ids: &[u64],
     verifier: fn(&aya::programs::ProgramError) -> String,
-) -> Result<OwnedFd, String> {
+) -> Result<Vec<OwnedFd>, String> {
     let program: &mut TracePoint = ebpf
         .program_mut(name)
         .ok_or_else(|| format!("program {name} missing from the object"))?
@@ -115,7 +113,9 @@ fn attach_one(
         .load()
         .map_err(|e| format!("{name}: {}", verifier(&e)))?;
     let fd = program.fd().map_err(|e| format!("{name}: {e}"))?;
-    attach(fd.as_fd(), id).map_err(|e| format!("attaching {name}: {e}"))
+    ids.iter()
+        .map(|&id| attach(fd.as_fd(), id).map_err(|e| format!("attaching {name}: {e}")))
+        .collect()
 }
 
 /// The tracefs id of each of `events` (`syscalls/<event>`), in order, with their `ret` field
@@ -227,8 +227,14 @@ fn read_events(root: &Path, events: &[&str]) -> Result<Vec<u64>, String> {
                 .trim()
                 .parse()
                 .map_err(|_| format!("{}: not an id", dir.join("id").display()))?;
+            let format = fs::read_to_string(dir.join("format")).unwrap_or_default();
+            let nr = field_offset(&format, "__syscall_nr");
+            if nr != Some(SYSCALL_NR_OFFSET) {
+                return Err(format!(
+                    "{event}'s `__syscall_nr` is at {nr:?} in its format, not {SYSCALL_NR_OFFSET}"
+                ));
+            }
             if event.starts_with("sys_exit_") {
-                let format = fs::read_to_string(dir.join("format")).unwrap_or_default();
                 let offset = field_offset(&format, "ret");
                 if offset != Some(SYSCALL_EXIT_RET_OFFSET) {
                     return Err(format!(
