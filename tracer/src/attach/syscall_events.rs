@@ -58,20 +58,23 @@ pub fn load_and_attach(
             _ => None,
         })
         .collect();
+    // Every event's id at once: tracefs is read (mounted, where it must be) one time.
+    let events: Vec<&str> = per_call
+        .iter()
+        .flat_map(|(_, events)| events.iter().copied())
+        .collect();
     let mut loaded = Vec::new();
-    let mut attached: Result<Vec<OwnedFd>, String> = Ok(Vec::new());
-    for &(name, events) in &per_call {
-        let started = std::time::Instant::now();
-        let fds = event_ids(events).and_then(|ids| attach_program(ebpf, name, &ids, verifier));
-        match (&mut attached, fds) {
-            (Ok(all), Ok(fds)) => {
-                loaded.push((name, started.elapsed()));
-                all.extend(fds);
-            }
-            (Ok(_), Err(e)) => attached = Err(e),
-            (Err(_), _) => {}
+    let attached = event_ids(&events).and_then(|ids| {
+        let mut ids = ids.into_iter();
+        let mut fds = Vec::new();
+        for &(name, events) in &per_call {
+            let started = std::time::Instant::now();
+            let ids: Vec<u64> = ids.by_ref().take(events.len()).collect();
+            fds.extend(attach_program(ebpf, name, &ids, verifier)?);
+            loaded.push((name, started.elapsed()));
         }
-    }
+        Ok(fds)
+    });
     let reason = match attached {
         Ok(events) => {
             return Ok(MappingAttachment {
