@@ -227,13 +227,23 @@ fn step(walk: &mut Walk) -> Option<()> {
     }
     let offset = instr.wrapping_sub(code + u64::from(process.code_bytecode)) as i64;
     let entry = process.marker == ActivationMarker::IsEntry as u8 && marker == 1;
-    let value = python_entry(code, offset, entry);
+    push_frame(
+        python_entry(code, offset, entry),
+        &mut walk.depth,
+        &mut walk.hash,
+    )
+}
+
+/// Appends a Python frame's entry (see `python_entry`) to this CPU's scratch stack at `depth`,
+/// and mixes it into `hash`; `None` when the stack is full. Both walkers end a frame so.
+#[inline(always)]
+fn push_frame(value: u64, depth: &mut u64, hash: &mut u64) -> Option<()> {
     let stack = STACK_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot, valid for the run; the index is checked.
-    let slot = unsafe { (*stack).ips.get_mut(walk.depth as usize)? };
+    let slot = unsafe { (*stack).ips.get_mut(*depth as usize)? };
     *slot = value;
-    walk.hash = mix(walk.hash, value);
-    walk.depth += 1;
+    *hash = mix(*hash, value);
+    *depth += 1;
     Some(())
 }
 

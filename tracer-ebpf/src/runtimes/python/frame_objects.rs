@@ -8,8 +8,7 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::bpf_loop;
 use tracer_common::python::{FRAME_OBJECT_BYTES, InstrKind, PythonProcess, python_entry};
 
-use super::{field, read_object};
-use crate::{maps::STACK_SCRATCH, stack::mix};
+use super::{field, push_frame, read_object};
 
 /// The walk's state, on the caller's stack (bpf_loop hands the callback a pointer to it).
 #[repr(C)]
@@ -88,12 +87,9 @@ fn step(walk: &mut ObjectWalk) -> Option<()> {
         (false, true) => lasti * 2,
         (false, false) => lasti,
     };
-    let value = python_entry(code, offset, true);
-    let stack = STACK_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot, valid for the run; the index is checked.
-    let slot = unsafe { (*stack).ips.get_mut(walk.depth as usize)? };
-    *slot = value;
-    walk.hash = mix(walk.hash, value);
-    walk.depth += 1;
-    Some(())
+    push_frame(
+        python_entry(code, offset, true),
+        &mut walk.depth,
+        &mut walk.hash,
+    )
 }
